@@ -1,0 +1,448 @@
+package scheduler
+
+import (
+	"runtime"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Label values of imagekeeper_slots_total{outcome}. They match the slot outcomes the
+// store records.
+const (
+	OutcomeRan            = "ran"
+	OutcomeCaughtUp       = "caught_up"
+	OutcomeMissed         = "missed"
+	OutcomeSkippedOverlap = "skipped_overlap"
+	OutcomeFailed         = "failed"
+)
+
+// Label values of imagekeeper_images_created_total{result}.
+const (
+	CreateGood   = "good"
+	CreateFailed = "failed"
+)
+
+// Label values of imagekeeper_servers_skipped_total{reason}.
+const (
+	// SkipErrorState is a server in Nova's ERROR state.
+	SkipErrorState = "error_state"
+	// SkipBusy is a server with a task in progress (createImage would answer 409).
+	SkipBusy = "busy"
+	// SkipLocked is a locked server.
+	SkipLocked = "locked"
+	// SkipInFlight is a server whose image for an earlier slot is still being made.
+	SkipInFlight = "in_flight"
+)
+
+// Label values of imagekeeper_images_deleted_total{result} and
+// imagekeeper_snapshots_deleted_total{result}.
+const (
+	// DeleteDeleted is a resource we deleted and saw gone.
+	DeleteDeleted = "deleted"
+	// DeleteAlreadyGone is a resource that was gone (404) before we deleted it.
+	DeleteAlreadyGone = "already_gone"
+	// DeleteProtected is an image Glance refused to delete because it is protected (403).
+	DeleteProtected = "protected"
+	// DeleteInUse is a volume snapshot that a volume depends on; it is kept.
+	DeleteInUse = "in_use"
+	// DeleteFailed is any other failure; the deletion is retried later.
+	DeleteFailed = "failed"
+)
+
+// Label values of imagekeeper_images{state}: the store's image states that are
+// still in the cloud (requested counts as creating).
+const (
+	StateGood          = "good"
+	StateCreating      = "creating"
+	StateFailed        = "failed"
+	StateDeleting      = "deleting"
+	StateKeptProtected = "kept_protected"
+)
+
+// labelOther replaces a label value outside the known set, so that a caller's typo
+// or an unexpected string can never grow the number of series without bound.
+const labelOther = "other"
+
+var (
+	slotOutcomes  = []string{OutcomeRan, OutcomeCaughtUp, OutcomeMissed, OutcomeSkippedOverlap, OutcomeFailed}
+	createResults = []string{CreateGood, CreateFailed}
+	skipReasons   = []string{SkipErrorState, SkipBusy, SkipLocked, SkipInFlight}
+	imageDeletes  = []string{DeleteDeleted, DeleteAlreadyGone, DeleteProtected, DeleteFailed}
+	snapDeletes   = []string{DeleteDeleted, DeleteAlreadyGone, DeleteInUse, DeleteFailed}
+	imageStates   = []string{StateGood, StateCreating, StateFailed, StateDeleting, StateKeptProtected}
+)
+
+// ImageCreateBuckets are the upper bounds of imagekeeper_image_create_duration_seconds:
+// from a second (a tiny image on a fast cloud) to six hours (a large volume-backed
+// server whose snapshots crawl).
+var ImageCreateBuckets = []float64{1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600}
+
+// CloudRequestBuckets are the upper bounds of imagekeeper_cloud_request_duration_seconds.
+var CloudRequestBuckets = []float64{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
+
+// BuildInfo labels imagekeeper_build_info.
+type BuildInfo struct {
+	Version   string
+	Revision  string
+	GoVersion string // runtime.Version() when empty
+}
+
+// Metrics is imagekeeper's Prometheus instrumentation. Every method is safe on a nil
+// *Metrics (it does nothing), so code paths that run without a registry (CLI
+// commands, tests) need no checks.
+//
+// Per-policy series are created at zero by InitPolicy and removed by RemovePolicy.
+// A call for a policy that RemovePolicy removed (and no InitPolicy re-added) is
+// dropped, so that a run finishing after a reload removed its policy cannot bring
+// the removed series back; a call for a policy never seen initialises it first.
+type Metrics struct {
+	mu       sync.Mutex
+	policies map[string]bool // true: initialised; false: removed
+
+	slots            *prometheus.CounterVec
+	imagesCreated    *prometheus.CounterVec
+	serversSkipped   *prometheus.CounterVec
+	createDuration   *prometheus.HistogramVec
+	imagesDeleted    *prometheus.CounterVec
+	snapshotsDeleted *prometheus.CounterVec
+	images           *prometheus.GaugeVec
+	leftover         prometheus.Gauge
+	lastSuccess      *prometheus.GaugeVec
+	nextSlot         *prometheus.GaugeVec
+	newestGoodAge    *prometheus.GaugeVec
+	schedulePeriod   *prometheus.GaugeVec
+	serversSelected  *prometheus.GaugeVec
+	serversNoGood    *prometheus.GaugeVec
+	cloudRequests    *prometheus.CounterVec
+	cloudDuration    *prometheus.HistogramVec
+	reloadOK         prometheus.Gauge
+	reloadTime       prometheus.Gauge
+	buildInfo        *prometheus.GaugeVec
+
+	// periods caches the schedule period per policy name, keyed by policy version,
+	// because computing it walks a week of cron slots.
+	periods map[string]periodCache
+	// lastOK is the last success per policy, so that an older time never
+	// overwrites a newer one.
+	lastOK map[string]time.Time
+}
+
+type periodCache struct {
+	version string
+	period  time.Duration
+}
+
+// policyVecs lists every vector labelled by policy, for InitPolicy and RemovePolicy.
+func (m *Metrics) policyVecs() []interface {
+	DeletePartialMatch(prometheus.Labels) int
+} {
+	return []interface {
+		DeletePartialMatch(prometheus.Labels) int
+	}{
+		m.slots, m.imagesCreated, m.serversSkipped, m.createDuration, m.imagesDeleted,
+		m.snapshotsDeleted, m.images, m.lastSuccess, m.nextSlot, m.newestGoodAge,
+		m.schedulePeriod, m.serversSelected, m.serversNoGood,
+	}
+}
+
+// NewMetrics creates the metrics and registers them on reg. It panics if a metric
+// is already registered there (a programming error, as with MustRegister).
+func NewMetrics(reg prometheus.Registerer, build BuildInfo) *Metrics {
+	const ns = "imagekeeper"
+	m := &Metrics{
+		policies: map[string]bool{},
+		periods:  map[string]periodCache{},
+		lastOK:   map[string]time.Time{},
+		slots: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "slots_total",
+			Help: "Scheduled slots by outcome (ran, caught_up, missed, skipped_overlap, failed).",
+		}, []string{"policy", "outcome"}),
+		imagesCreated: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "images_created_total",
+			Help: "Images requested by imagekeeper that ended good (active, all snapshots available) or failed.",
+		}, []string{"policy", "result"}),
+		serversSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "servers_skipped_total",
+			Help: "Selected servers not imaged in a slot, by reason.",
+		}, []string{"policy", "reason"}),
+		createDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: ns, Name: "image_create_duration_seconds",
+			Help:    "Time from the createImage request to a good image (active, all volume snapshots available).",
+			Buckets: ImageCreateBuckets,
+		}, []string{"policy"}),
+		imagesDeleted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "images_deleted_total",
+			Help: "Image deletions by result (deleted, already_gone, protected, failed).",
+		}, []string{"policy", "result"}),
+		snapshotsDeleted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "snapshots_deleted_total",
+			Help: "Volume snapshot deletions by result (deleted, already_gone, in_use, failed).",
+		}, []string{"policy", "result"}),
+		images: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Name: "images",
+			Help: "Images imagekeeper manages, by lineage state.",
+		}, []string{"policy", "state"}),
+		leftover: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Name: "leftover_snapshots",
+			Help: "Volume snapshots whose image is deleted but which are still in the cloud.",
+		}),
+		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Name: "last_success_timestamp_seconds",
+			Help: "Unix time of the policy's last slot that ended with every selected server imaged.",
+		}, []string{"policy"}),
+		nextSlot: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Name: "next_slot_timestamp_seconds",
+			Help: "Unix time of the policy's next scheduled slot.",
+		}, []string{"policy"}),
+		newestGoodAge: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Name: "newest_good_image_age_seconds",
+			Help: "Worst recovery point: the oldest, across the policy's live servers, of each server's newest good image.",
+		}, []string{"policy"}),
+		schedulePeriod: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Name: "schedule_period_seconds",
+			Help: "Longest gap between consecutive slots of the policy's schedule over the coming week.",
+		}, []string{"policy"}),
+		serversSelected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Name: "servers_selected",
+			Help: "Servers the policy selected in its latest slot.",
+		}, []string{"policy"}),
+		serversNoGood: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Name: "servers_without_good_image",
+			Help: "Live servers of the policy that have no good image.",
+		}, []string{"policy"}),
+		cloudRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "cloud_requests_total",
+			Help: "Requests to the cloud API by service, operation and HTTP status (code=\"error\": no response).",
+		}, []string{"service", "operation", "code"}),
+		cloudDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: ns, Name: "cloud_request_duration_seconds",
+			Help:    "Duration of requests to the cloud API.",
+			Buckets: CloudRequestBuckets,
+		}, []string{"service", "operation"}),
+		reloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Name: "config_last_reload_successful",
+			Help: "Whether the last configuration load or reload succeeded (1) or failed (0).",
+		}),
+		reloadTime: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Name: "config_last_reload_success_timestamp_seconds",
+			Help: "Unix time of the last successful configuration load or reload.",
+		}),
+		buildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Name: "build_info",
+			Help: "A metric with a constant '1' value labelled by the build's version, revision and Go version.",
+		}, []string{"version", "revision", "goversion"}),
+	}
+	reg.MustRegister(m.slots, m.imagesCreated, m.serversSkipped, m.createDuration, m.imagesDeleted,
+		m.snapshotsDeleted, m.images, m.leftover, m.lastSuccess, m.nextSlot, m.newestGoodAge,
+		m.schedulePeriod, m.serversSelected, m.serversNoGood, m.cloudRequests, m.cloudDuration,
+		m.reloadOK, m.reloadTime, m.buildInfo)
+	if build.GoVersion == "" {
+		build.GoVersion = runtime.Version()
+	}
+	m.buildInfo.WithLabelValues(orUnknown(build.Version), orUnknown(build.Revision), build.GoVersion).Set(1)
+	return m
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+// known returns v if it is in set, else labelOther.
+func known(v string, set []string) string {
+	for _, s := range set {
+		if v == s {
+			return v
+		}
+	}
+	return labelOther
+}
+
+// InitPolicy creates the policy's series: every counter at 0 for every known label
+// value, the histogram, and the image-state gauges at 0. It is idempotent and
+// re-adds a policy that RemovePolicy removed.
+func (m *Metrics) InitPolicy(policy string) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.initLocked(policy)
+}
+
+func (m *Metrics) initLocked(policy string) {
+	if m.policies[policy] {
+		return
+	}
+	m.policies[policy] = true
+	for _, o := range slotOutcomes {
+		m.slots.WithLabelValues(policy, o)
+	}
+	for _, r := range createResults {
+		m.imagesCreated.WithLabelValues(policy, r)
+	}
+	for _, r := range skipReasons {
+		m.serversSkipped.WithLabelValues(policy, r)
+	}
+	for _, r := range imageDeletes {
+		m.imagesDeleted.WithLabelValues(policy, r)
+	}
+	for _, r := range snapDeletes {
+		m.snapshotsDeleted.WithLabelValues(policy, r)
+	}
+	m.createDuration.WithLabelValues(policy)
+	for _, s := range imageStates {
+		m.images.WithLabelValues(policy, s)
+	}
+	m.serversNoGood.WithLabelValues(policy)
+}
+
+// RemovePolicy deletes every series of the policy, for a reload that removed it.
+// Later calls for the policy are ignored until InitPolicy adds it again.
+func (m *Metrics) RemovePolicy(policy string) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.policies[policy] = false
+	delete(m.periods, policy)
+	delete(m.lastOK, policy)
+	for _, v := range m.policyVecs() {
+		v.DeletePartialMatch(prometheus.Labels{"policy": policy})
+	}
+}
+
+// withPolicy runs f under the lock if the policy's series may be written, first
+// initialising a policy never seen before.
+func (m *Metrics) withPolicy(policy string, f func()) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	state, seen := m.policies[policy]
+	if seen && !state {
+		return
+	}
+	if !seen {
+		m.initLocked(policy)
+	}
+	f()
+}
+
+// SlotOutcome counts one slot of the policy with its outcome (ran, caught_up,
+// missed, skipped_overlap, failed).
+func (m *Metrics) SlotOutcome(policy, outcome string) {
+	m.withPolicy(policy, func() {
+		m.slots.WithLabelValues(policy, known(outcome, slotOutcomes)).Inc()
+	})
+}
+
+// ImageCreated counts one image that ended good or failed; for a good image d is
+// the time from the createImage request to good and feeds the duration histogram.
+func (m *Metrics) ImageCreated(policy, result string, d time.Duration) {
+	m.withPolicy(policy, func() {
+		result = known(result, createResults)
+		m.imagesCreated.WithLabelValues(policy, result).Inc()
+		if result == CreateGood && d >= 0 {
+			m.createDuration.WithLabelValues(policy).Observe(d.Seconds())
+		}
+	})
+}
+
+// ServerSkipped counts one selected server that was not imaged in a slot.
+func (m *Metrics) ServerSkipped(policy, reason string) {
+	m.withPolicy(policy, func() {
+		m.serversSkipped.WithLabelValues(policy, known(reason, skipReasons)).Inc()
+	})
+}
+
+// ServersSelected records how many servers the policy selected in its latest slot.
+func (m *Metrics) ServersSelected(policy string, n int) {
+	m.withPolicy(policy, func() {
+		m.serversSelected.WithLabelValues(policy).Set(float64(n))
+	})
+}
+
+// ImageDeleted counts one image deletion attempt by result (deleted, already_gone,
+// protected, failed).
+func (m *Metrics) ImageDeleted(policy, result string) {
+	m.withPolicy(policy, func() {
+		m.imagesDeleted.WithLabelValues(policy, known(result, imageDeletes)).Inc()
+	})
+}
+
+// SnapshotDeleted counts one volume snapshot deletion attempt by result (deleted,
+// already_gone, in_use, failed).
+func (m *Metrics) SnapshotDeleted(policy, result string) {
+	m.withPolicy(policy, func() {
+		m.snapshotsDeleted.WithLabelValues(policy, known(result, snapDeletes)).Inc()
+	})
+}
+
+// SetNextSlot records the policy's next scheduled slot; a zero t (the schedule
+// never fires again) removes the series.
+func (m *Metrics) SetNextSlot(policy string, t time.Time) {
+	m.withPolicy(policy, func() {
+		if t.IsZero() {
+			m.nextSlot.DeleteLabelValues(policy)
+			return
+		}
+		m.nextSlot.WithLabelValues(policy).Set(unixSeconds(t))
+	})
+}
+
+// SetLastSuccess records the time of the policy's last successful slot. An earlier
+// time than the one recorded is ignored, so that Refresh (from the store) and the
+// runner can both feed it in any order.
+func (m *Metrics) SetLastSuccess(policy string, t time.Time) {
+	if t.IsZero() {
+		return
+	}
+	m.withPolicy(policy, func() {
+		if last, ok := m.lastOK[policy]; ok && !t.After(last) {
+			return
+		}
+		m.lastOK[policy] = t
+		m.lastSuccess.WithLabelValues(policy).Set(unixSeconds(t))
+	})
+}
+
+// ObserveCloudRequest records one request to the cloud API; code is the HTTP status,
+// or 0 when no response arrived (recorded as code="error"). It is meant to be fed
+// from cloud/openstack's Options.Observe hook.
+func (m *Metrics) ObserveCloudRequest(service, operation string, code int, d time.Duration) {
+	if m == nil {
+		return
+	}
+	service, operation = orUnknown(service), orUnknown(operation)
+	c := "error"
+	if code > 0 {
+		c = strconv.Itoa(code)
+	}
+	m.cloudRequests.WithLabelValues(service, operation, c).Inc()
+	m.cloudDuration.WithLabelValues(service, operation).Observe(d.Seconds())
+}
+
+// ConfigReloaded records the result of a configuration load or reload at t.
+func (m *Metrics) ConfigReloaded(ok bool, t time.Time) {
+	if m == nil {
+		return
+	}
+	if !ok {
+		m.reloadOK.Set(0)
+		return
+	}
+	m.reloadOK.Set(1)
+	m.reloadTime.Set(unixSeconds(t))
+}
+
+func unixSeconds(t time.Time) float64 {
+	return float64(t.UnixNano()) / 1e9
+}
