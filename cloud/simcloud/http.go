@@ -1,0 +1,7 @@
+package simcloud
+
+import "net/http"
+
+func (s *Sim) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	http.NotFound(w, r)
+}
