@@ -446,3 +446,15 @@ func (m *Metrics) ConfigReloaded(ok bool, t time.Time) {
 func unixSeconds(t time.Time) float64 {
 	return float64(t.UnixNano()) / 1e9
 }
+
+// setSchedulePeriod records the longest gap between consecutive slots of the
+// policy's schedule (see Refresh).
+func (m *Metrics) setSchedulePeriod(policy string, d time.Duration) {
+	m.withPolicy(policy, func() {
+		if d <= 0 {
+			m.schedulePeriod.DeleteLabelValues(policy)
+			return
+		}
+		m.schedulePeriod.WithLabelValues(policy).Set(d.Seconds())
+	})
+}
