@@ -132,7 +132,7 @@ type Metrics struct {
 
 type periodCache struct {
 	version string
-	period  time.Duration
+	at      time.Time
 }
 
 // policyVecs lists every vector labelled by policy, for InitPolicy and RemovePolicy.
@@ -191,7 +191,7 @@ func NewMetrics(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		}),
 		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: ns, Name: "last_success_timestamp_seconds",
-			Help: "Unix time of the policy's last slot that ended with every selected server imaged.",
+			Help: "Unix time at which the policy's last successful slot run (ran or caught_up) finished.",
 		}, []string{"policy"}),
 		nextSlot: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: ns, Name: "next_slot_timestamp_seconds",

@@ -1,0 +1,151 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// The queries in this file feed the store-derived gauges (scheduler.Metrics.Refresh).
+// They run every refresh, so each one uses an index and reads no more than a
+// policy's live rows: never a scan of the ever-growing events table.
+
+// ImageCountsByPolicyState returns how many images each policy has in each state,
+// leaving out deleted images (they are history, not inventory).
+func (s *Store) ImageCountsByPolicyState(ctx context.Context) (map[string]map[string]int, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT policy, state, COUNT(*) FROM images
+		WHERE state <> 'deleted' GROUP BY policy, state`)
+	if err != nil {
+		return nil, fmt.Errorf("count images by policy and state: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]map[string]int{}
+	for rows.Next() {
+		var policy, state string
+		var n int
+		if err := rows.Scan(&policy, &state, &n); err != nil {
+			return nil, fmt.Errorf("count images by policy and state: %w", err)
+		}
+		if out[policy] == nil {
+			out[policy] = map[string]int{}
+		}
+		out[policy][state] = n
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("count images by policy and state: %w", err)
+	}
+	return out, nil
+}
+
+// LeftoverSnapshotCount returns how many volume snapshots are still in the cloud
+// although their image is gone: snapshots the deletion journal is deleting, had to
+// keep because a volume depends on them, or failed to delete, and live snapshots
+// of an image already marked deleted. The journal deletes snapshots only after it
+// confirmed the image gone, so a snapshot in a deletion state implies that.
+func (s *Store) LeftoverSnapshotCount(ctx context.Context) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM snapshots sn
+		WHERE sn.state IN ('deleting', 'kept_in_use', 'error_deleting')
+		   OR (sn.state NOT IN ('deleted', 'missing')
+		       AND EXISTS (SELECT 1 FROM images i WHERE i.id = sn.image_row AND i.state = 'deleted'))`).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count leftover snapshots: %w", err)
+	}
+	return n, nil
+}
+
+// ServerRecoveryPoint is one live server of a policy and its newest good image.
+type ServerRecoveryPoint struct {
+	ServerID string
+	// NewestGood is when the server's newest good image of the policy was requested
+	// (the moment it captures); zero if the server has no good image.
+	NewestGood time.Time
+}
+
+// NewestGoodPerServer returns, for each live server of the policy, when its newest
+// good image was requested. The live servers are those the policy's latest
+// completed slot selected: servers with an image row for that slot, and servers the
+// slot recorded an event about without making an image (skipped in ERROR, busy, an
+// intent dropped). A slot that failed before it selected anything (a failed
+// listing) does not count, so the previous slot's servers stay live. A policy with
+// no completed slot has no live servers.
+func (s *Store) NewestGoodPerServer(ctx context.Context, policy string) ([]ServerRecoveryPoint, error) {
+	var slotID int64
+	var started sql.NullString
+	err := s.db.QueryRowContext(ctx, `SELECT id, started_at FROM slots
+		WHERE policy = ? AND (outcome IN ('ran', 'caught_up') OR (outcome = 'failed' AND selected > 0))
+		ORDER BY slot DESC LIMIT 1`, policy).Scan(&slotID, &started)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("newest good image per server of %s: latest slot: %w", policy, err)
+	}
+	// events has no index on slot_id; (policy, at >= the slot's start) keeps the
+	// lookup on events_policy_at.
+	since := started.String
+	if !started.Valid {
+		since = ""
+	}
+	rows, err := s.db.QueryContext(ctx, `WITH live AS (
+			SELECT server_id FROM images WHERE policy = ? AND slot_id = ?
+			UNION
+			SELECT server_id FROM events WHERE policy = ? AND at >= ? AND slot_id = ? AND server_id <> ''
+		)
+		SELECT live.server_id,
+			(SELECT MAX(i.requested_at) FROM images i
+			 WHERE i.policy = ? AND i.server_id = live.server_id AND i.state = 'good')
+		FROM live ORDER BY live.server_id`,
+		policy, slotID, policy, since, slotID, policy)
+	if err != nil {
+		return nil, fmt.Errorf("newest good image per server of %s: %w", policy, err)
+	}
+	defer rows.Close()
+	var out []ServerRecoveryPoint
+	for rows.Next() {
+		var rp ServerRecoveryPoint
+		var newest sql.NullString
+		if err := rows.Scan(&rp.ServerID, &newest); err != nil {
+			return nil, fmt.Errorf("newest good image per server of %s: %w", policy, err)
+		}
+		if rp.NewestGood, err = parseTime(newest); err != nil {
+			return nil, fmt.Errorf("newest good image per server of %s: %w", policy, err)
+		}
+		out = append(out, rp)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("newest good image per server of %s: %w", policy, err)
+	}
+	return out, nil
+}
+
+// LastSuccessfulSlots returns, per policy, when its latest successful slot run
+// (outcome ran or caught_up) finished, so that a restarted daemon reports the last
+// success before its first run.
+func (s *Store) LastSuccessfulSlots(ctx context.Context) (map[string]time.Time, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT policy, MAX(finished_at) FROM slots
+		WHERE outcome IN ('ran', 'caught_up') AND finished_at IS NOT NULL GROUP BY policy`)
+	if err != nil {
+		return nil, fmt.Errorf("last successful slots: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]time.Time{}
+	for rows.Next() {
+		var policy string
+		var finished sql.NullString
+		if err := rows.Scan(&policy, &finished); err != nil {
+			return nil, fmt.Errorf("last successful slots: %w", err)
+		}
+		t, err := parseTime(finished)
+		if err != nil {
+			return nil, fmt.Errorf("last successful slots: %w", err)
+		}
+		out[policy] = t
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("last successful slots: %w", err)
+	}
+	return out, nil
+}
