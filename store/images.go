@@ -1,0 +1,483 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// ImageState is the lineage state of an image row.
+type ImageState string
+
+// Image states. An image moves requested -> creating -> good or failed; deletion (the
+// retention engineer's journal) moves good or failed -> deleting -> deleted, or
+// kept_protected when Glance refuses because the image is protected.
+const (
+	// ImageRequested: the intent row is written; the image id is not known yet (the
+	// call has not been made, or its outcome is unknown).
+	ImageRequested ImageState = "requested"
+	// ImageCreating: the id is known; waiting for the image and its snapshots.
+	ImageCreating ImageState = "creating"
+	// ImageGood: the image is active and every volume snapshot behind it available.
+	ImageGood ImageState = "good"
+	// ImageFailed: the image never became good; Reason says why.
+	ImageFailed ImageState = "failed"
+	// ImageDeleting: deletion in progress; DeleteReason says why.
+	ImageDeleting ImageState = "deleting"
+	// ImageDeleted: the image and every snapshot behind it are confirmed gone.
+	ImageDeleted ImageState = "deleted"
+	// ImageKeptProtected: Glance refused to delete a protected image; we keep it.
+	ImageKeptProtected ImageState = "kept_protected"
+)
+
+// ImageStates lists every image state, in lifecycle order.
+var ImageStates = []ImageState{ImageRequested, ImageCreating, ImageGood, ImageFailed, ImageDeleting, ImageDeleted, ImageKeptProtected}
+
+// Image is one lineage row: an image we asked for, keyed by (Policy, ServerID, Slot).
+type Image struct {
+	// Row is the lineage row id (images.id), known before the image id is.
+	Row int64
+	// ImageID is the Glance image id, "" until known.
+	ImageID      string
+	Name         string
+	Policy       string
+	ServerID     string
+	ServerName   string
+	AZ           string
+	VolumeBacked bool
+	Slot         time.Time
+	SlotID       int64
+	// Owner is the imagekeeper_owner stamp we put on the image.
+	Owner string
+	// Metadata is the createImage metadata we sent: rendered policy metadata plus
+	// the stamp.
+	Metadata      map[string]string
+	PolicyVersion string
+	ConfigVersion string
+	State         ImageState
+	// Reason explains the current state (why it failed, why it is still requested).
+	Reason string
+	// Adopted is true when the id was found by our stamp rather than returned by
+	// createImage (an unknown outcome or a crash).
+	Adopted bool
+	// Attempts counts createImage calls made for this row.
+	Attempts    int
+	SizeBytes   int64
+	RequestedAt time.Time
+	CreatedAt   time.Time // when the id became known
+	ActiveAt    time.Time // when it became good
+	FailedAt    time.Time
+	// Deletion journal fields (written by the retention engineer's code).
+	DeleteReason   string
+	DeletingAt     time.Time
+	DeletedAt      time.Time
+	DeleteAttempts int
+	NextAttemptAt  time.Time
+	LastError      string
+	UpdatedAt      time.Time
+}
+
+const imageColumns = `id, image_id, name, policy, server_id, server_name, availability_zone, volume_backed, slot, slot_id,
+	owner, metadata, policy_version, config_version, state, reason, adopted, attempts, size_bytes,
+	requested_at, created_at, active_at, failed_at, delete_reason, deleting_at, deleted_at, delete_attempts,
+	next_attempt_at, last_error, updated_at`
+
+func scanImage(sc interface{ Scan(...any) error }) (Image, error) {
+	var im Image
+	var imageID, slot, requested, created, active, failed, deleting, deleted, next, updated sql.NullString
+	var slotID sql.NullInt64
+	var meta, state string
+	err := sc.Scan(&im.Row, &imageID, &im.Name, &im.Policy, &im.ServerID, &im.ServerName, &im.AZ, &im.VolumeBacked,
+		&slot, &slotID, &im.Owner, &meta, &im.PolicyVersion, &im.ConfigVersion, &state, &im.Reason, &im.Adopted,
+		&im.Attempts, &im.SizeBytes, &requested, &created, &active, &failed, &im.DeleteReason, &deleting, &deleted,
+		&im.DeleteAttempts, &next, &im.LastError, &updated)
+	if err != nil {
+		return Image{}, err
+	}
+	im.ImageID, im.SlotID, im.State = imageID.String, slotID.Int64, ImageState(state)
+	if meta != "" {
+		if err := json.Unmarshal([]byte(meta), &im.Metadata); err != nil {
+			return Image{}, fmt.Errorf("image row %d: decode metadata: %w", im.Row, err)
+		}
+	}
+	for _, p := range []struct {
+		dst *time.Time
+		src sql.NullString
+	}{{&im.Slot, slot}, {&im.RequestedAt, requested}, {&im.CreatedAt, created}, {&im.ActiveAt, active},
+		{&im.FailedAt, failed}, {&im.DeletingAt, deleting}, {&im.DeletedAt, deleted}, {&im.NextAttemptAt, next},
+		{&im.UpdatedAt, updated}} {
+		if *p.dst, err = parseTime(p.src); err != nil {
+			return Image{}, err
+		}
+	}
+	return im, nil
+}
+
+// Intent is what the backup run knows about an image before it asks for it.
+type Intent struct {
+	Policy        string
+	ServerID      string
+	ServerName    string
+	AZ            string
+	VolumeBacked  bool
+	Slot          time.Time
+	SlotID        int64
+	Name          string
+	Metadata      map[string]string
+	PolicyVersion string
+	ConfigVersion string
+}
+
+// RecordIntent writes the intent row of (Policy, ServerID, Slot) in state requested,
+// before any cloud call. If a row for that key exists already, it is returned
+// unchanged with created false: that is the idempotency of a slot.
+func (s *Store) RecordIntent(ctx context.Context, in Intent) (im Image, created bool, err error) {
+	if in.Policy == "" || in.ServerID == "" || in.Slot.IsZero() || in.Name == "" {
+		return Image{}, false, errors.New("record intent: policy, server, slot and name are required")
+	}
+	meta, err := json.Marshal(in.Metadata)
+	if err != nil {
+		return Image{}, false, fmt.Errorf("record intent: encode metadata: %w", err)
+	}
+	if in.Metadata == nil {
+		meta = []byte("{}")
+	}
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		prev, err := scanImage(tx.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images
+			WHERE policy = ? AND server_id = ? AND slot = ?`, in.Policy, in.ServerID, fmtTime(in.Slot)))
+		if err == nil {
+			im = prev
+			return nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		var slotID any
+		if in.SlotID != 0 {
+			slotID = in.SlotID
+		}
+		now := s.stamp()
+		res, err := tx.ExecContext(ctx, `INSERT INTO images (name, policy, server_id, server_name, availability_zone,
+				volume_backed, slot, slot_id, owner, metadata, policy_version, config_version, state, requested_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'requested', ?, ?)`,
+			in.Name, in.Policy, in.ServerID, in.ServerName, in.AZ, boolInt(in.VolumeBacked), fmtTime(in.Slot), slotID,
+			s.owner, string(meta), in.PolicyVersion, in.ConfigVersion, now, now)
+		if err != nil {
+			return err
+		}
+		row, err := res.LastInsertId()
+		if err != nil {
+			return err
+		}
+		if _, err := s.insertEvent(ctx, tx, Event{Kind: EventImageRequested, Policy: in.Policy, ServerID: in.ServerID,
+			ImageRow: row, Slot: in.Slot, SlotID: in.SlotID,
+			Message: fmt.Sprintf("intent recorded: image %q of server %s (policy version %s)", in.Name, orDash(in.ServerName), orDash(in.PolicyVersion))}); err != nil {
+			return err
+		}
+		im, err = scanImage(tx.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ?`, row))
+		created = true
+		return err
+	})
+	if err != nil {
+		return Image{}, false, fmt.Errorf("record intent %s/%s/%s: %w", in.Policy, in.ServerID, in.Slot.UTC().Format(time.RFC3339), err)
+	}
+	return im, created, nil
+}
+
+// transition applies an UPDATE to one image row when its state is one of from, and
+// appends ev (filled with the row's identity) in the same transaction. It returns
+// ErrConflict, naming the actual state, when the row is in no state of from.
+func (s *Store) transition(ctx context.Context, row int64, from []ImageState, ev Event, set string, args ...any) (Image, error) {
+	return s.transitionChecked(ctx, row, from, nil, ev, set, args...)
+}
+
+// transitionChecked is transition with check run inside the transaction, on the
+// current row, before the update.
+func (s *Store) transitionChecked(ctx context.Context, row int64, from []ImageState, check func(tx *sql.Tx, cur Image) error,
+	ev Event, set string, args ...any) (Image, error) {
+	var out Image
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		cur, err := scanImage(tx.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ?`, row))
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("image row %d: %w", row, ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		ok := false
+		for _, st := range from {
+			if cur.State == st {
+				ok = true
+			}
+		}
+		if !ok {
+			return fmt.Errorf("%w: image row %d is %s", ErrConflict, row, cur.State)
+		}
+		if check != nil {
+			if err := check(tx, cur); err != nil {
+				return err
+			}
+		}
+		all := append(append([]any{}, args...), s.stamp(), row)
+		if _, err := tx.ExecContext(ctx, `UPDATE images SET `+set+`, updated_at = ? WHERE id = ?`, all...); err != nil {
+			return err
+		}
+		out, err = scanImage(tx.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ?`, row))
+		if err != nil {
+			return err
+		}
+		ev.Policy, ev.ServerID, ev.ImageRow, ev.ImageID, ev.Slot, ev.SlotID = out.Policy, out.ServerID, out.Row, out.ImageID, out.Slot, out.SlotID
+		_, err = s.insertEvent(ctx, tx, ev)
+		return err
+	})
+	return out, err
+}
+
+// BeginAttempt records that createImage is about to be called for an id-less row
+// (requested, or failed without an id): the row goes to requested, attempts counts
+// the call, and name and metadata are what is being sent.
+func (s *Store) BeginAttempt(ctx context.Context, row int64, name string, metadata map[string]string) (Image, error) {
+	meta, err := json.Marshal(metadata)
+	if err != nil {
+		return Image{}, fmt.Errorf("begin attempt for image row %d: encode metadata: %w", row, err)
+	}
+	cur, err := s.Image(ctx, row)
+	if err != nil {
+		return Image{}, err
+	}
+	if cur.ImageID != "" {
+		return Image{}, fmt.Errorf("begin attempt for image row %d: %w: it already has image %s", row, ErrConflict, cur.ImageID)
+	}
+	im, err := s.transition(ctx, row, []ImageState{ImageRequested, ImageFailed},
+		Event{Kind: EventCreateAttempt, Message: fmt.Sprintf("calling createImage (attempt %d)", cur.Attempts+1)},
+		`state = 'requested', reason = '', failed_at = NULL, attempts = attempts + 1, name = ?, metadata = ?`, name, string(meta))
+	if err != nil {
+		return Image{}, fmt.Errorf("begin attempt for image row %d: %w", row, err)
+	}
+	return im, nil
+}
+
+// SetImageID records the Glance id of a requested row and moves it to creating.
+// adopted says the id was found by our stamp rather than returned by the call;
+// message is the reason written to the audit.
+func (s *Store) SetImageID(ctx context.Context, row int64, imageID string, adopted bool, message string) (Image, error) {
+	if imageID == "" {
+		return Image{}, fmt.Errorf("set image id of row %d: empty id", row)
+	}
+	kind := EventImageCreating
+	if adopted {
+		kind = EventImageAdopted
+	}
+	im, err := s.transition(ctx, row, []ImageState{ImageRequested, ImageFailed}, Event{Kind: kind, Message: message},
+		`image_id = ?, state = 'creating', reason = '', failed_at = NULL, adopted = ?, created_at = ?`,
+		imageID, boolInt(adopted), s.stamp())
+	if err != nil {
+		return Image{}, fmt.Errorf("set image id %s of row %d: %w", imageID, row, err)
+	}
+	return im, nil
+}
+
+// Good is what the wait learned about an image that completed.
+type Good struct {
+	SizeBytes int64
+	// AZ is the availability zone the image can boot in; empty keeps the recorded one.
+	AZ string
+	// ActiveAt is when completion was observed; the store's clock when zero.
+	ActiveAt time.Time
+	// Message is written to the audit.
+	Message string
+}
+
+// MarkGood moves a creating row to good. It refuses (ErrConflict) when any snapshot
+// recorded for the image is not available: a good image is a complete backup.
+func (s *Store) MarkGood(ctx context.Context, row int64, g Good) (Image, error) {
+	allAvailable := func(tx *sql.Tx, _ Image) error {
+		var id, state string
+		err := tx.QueryRowContext(ctx, `SELECT snapshot_id, state FROM snapshots WHERE image_row = ? AND state <> 'available'
+			ORDER BY id LIMIT 1`, row).Scan(&id, &state)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: snapshot %s is %s", ErrConflict, id, state)
+	}
+	at := g.ActiveAt
+	if at.IsZero() {
+		at = s.now()
+	}
+	msg := g.Message
+	if msg == "" {
+		msg = "image active and every volume snapshot available"
+	}
+	im, err := s.transitionChecked(ctx, row, []ImageState{ImageCreating}, allAvailable, Event{Kind: EventImageGood, Message: msg},
+		`state = 'good', reason = '', size_bytes = ?, availability_zone = CASE WHEN ? = '' THEN availability_zone ELSE ? END,
+		active_at = ?`, g.SizeBytes, g.AZ, g.AZ, fmtTime(at))
+	if err != nil {
+		return Image{}, fmt.Errorf("mark image row %d good: %w", row, err)
+	}
+	return im, nil
+}
+
+// MarkFailed moves a requested or creating row to failed with the reason.
+func (s *Store) MarkFailed(ctx context.Context, row int64, reason string) (Image, error) {
+	im, err := s.transition(ctx, row, []ImageState{ImageRequested, ImageCreating}, Event{Kind: EventImageFailed, Message: reason},
+		`state = 'failed', reason = ?, failed_at = ?`, reason, s.stamp())
+	if err != nil {
+		return Image{}, fmt.Errorf("mark image row %d failed: %w", row, err)
+	}
+	return im, nil
+}
+
+// NoteImage records a reason on a row without changing its state (for example
+// "outcome unknown, looking for our stamped image"), with an audit event of kind.
+func (s *Store) NoteImage(ctx context.Context, row int64, kind, reason string) (Image, error) {
+	if kind == "" {
+		kind = EventImageNote
+	}
+	im, err := s.transition(ctx, row, ImageStates, Event{Kind: kind, Message: reason}, `reason = ?`, reason)
+	if err != nil {
+		return Image{}, fmt.Errorf("note image row %d: %w", row, err)
+	}
+	return im, nil
+}
+
+// DropIntent deletes a requested row that has no image id, when the cloud refused the
+// call in a way that proves no image was made (409: server busy), so that a later run
+// of the same slot may try again. The audit keeps the event with the reason.
+func (s *Store) DropIntent(ctx context.Context, row int64, reason string) error {
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		cur, err := scanImage(tx.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ?`, row))
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		if cur.State != ImageRequested || cur.ImageID != "" {
+			return fmt.Errorf("%w: image row %d is %s with id %q", ErrConflict, row, cur.State, cur.ImageID)
+		}
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM snapshots WHERE image_row = ?`, row).Scan(&n); err != nil {
+			return err
+		}
+		if n > 0 {
+			return fmt.Errorf("%w: image row %d has %d snapshots", ErrConflict, row, n)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM images WHERE id = ?`, row); err != nil {
+			return err
+		}
+		_, err = s.insertEvent(ctx, tx, Event{Kind: EventIntentDropped, Policy: cur.Policy, ServerID: cur.ServerID,
+			ImageRow: row, Slot: cur.Slot, SlotID: cur.SlotID, Message: reason})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("drop intent row %d: %w", row, err)
+	}
+	return nil
+}
+
+// Image returns one lineage row by its row id, ErrNotFound if there is none.
+func (s *Store) Image(ctx context.Context, row int64) (Image, error) {
+	im, err := scanImage(s.db.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ?`, row))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Image{}, fmt.Errorf("image row %d: %w", row, ErrNotFound)
+	}
+	if err != nil {
+		return Image{}, fmt.Errorf("read image row %d: %w", row, err)
+	}
+	return im, nil
+}
+
+// ImageByID returns the lineage row of a Glance image id, ErrNotFound if there is none.
+func (s *Store) ImageByID(ctx context.Context, imageID string) (Image, error) {
+	im, err := scanImage(s.db.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE image_id = ?`, imageID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Image{}, fmt.Errorf("image %s: %w", imageID, ErrNotFound)
+	}
+	if err != nil {
+		return Image{}, fmt.Errorf("read image %s: %w", imageID, err)
+	}
+	return im, nil
+}
+
+// ImageByKey returns the lineage row of (policy, server, slot), ErrNotFound if none.
+func (s *Store) ImageByKey(ctx context.Context, policy, serverID string, slot time.Time) (Image, error) {
+	im, err := scanImage(s.db.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images
+		WHERE policy = ? AND server_id = ? AND slot = ?`, policy, serverID, fmtTime(slot)))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Image{}, fmt.Errorf("image %s/%s/%s: %w", policy, serverID, slot.UTC().Format(time.RFC3339), ErrNotFound)
+	}
+	if err != nil {
+		return Image{}, fmt.Errorf("read image %s/%s: %w", policy, serverID, err)
+	}
+	return im, nil
+}
+
+// ImageFilter selects lineage rows; zero fields do not filter.
+type ImageFilter struct {
+	Policy   string
+	ServerID string
+	States   []ImageState
+	// Slot selects one slot instant.
+	Slot time.Time
+	// Limit caps the result (0: no cap).
+	Limit int
+}
+
+// Images returns the matching rows ordered by policy, server, slot and row.
+func (s *Store) Images(ctx context.Context, f ImageFilter) ([]Image, error) {
+	var where []string
+	var args []any
+	if f.Policy != "" {
+		where, args = append(where, "policy = ?"), append(args, f.Policy)
+	}
+	if f.ServerID != "" {
+		where, args = append(where, "server_id = ?"), append(args, f.ServerID)
+	}
+	if !f.Slot.IsZero() {
+		where, args = append(where, "slot = ?"), append(args, fmtTime(f.Slot))
+	}
+	if len(f.States) > 0 {
+		marks := make([]string, len(f.States))
+		for i, st := range f.States {
+			marks[i] = "?"
+			args = append(args, string(st))
+		}
+		where = append(where, "state IN ("+strings.Join(marks, ", ")+")")
+	}
+	q := `SELECT ` + imageColumns + ` FROM images`
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY policy, server_id, slot, id"
+	if f.Limit > 0 {
+		q += fmt.Sprintf(" LIMIT %d", f.Limit)
+	}
+	return s.queryImages(ctx, q, args...)
+}
+
+func (s *Store) queryImages(ctx context.Context, q string, args ...any) ([]Image, error) {
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list images: %w", err)
+	}
+	defer rows.Close()
+	var out []Image
+	for rows.Next() {
+		im, err := scanImage(rows)
+		if err != nil {
+			return nil, fmt.Errorf("scan image: %w", err)
+		}
+		out = append(out, im)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list images: %w", err)
+	}
+	return out, nil
+}
