@@ -1,8 +1,12 @@
 package scheduler
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"time"
+
+	"github.com/imagekeeper/imagekeeper/store"
 )
 
 // slotClock is the part of *policy.Schedule the slot maths needs. Keeping it an
@@ -146,4 +150,37 @@ func planSlots(s slotClock, after, now time.Time, r planRules) slotPlan {
 		plan.catchUp = true
 	}
 	return plan
+}
+
+// StoreLedger adapts the lineage store to the Ledger the scheduler writes to.
+func StoreLedger(st *store.Store) Ledger { return storeLedger{st} }
+
+type storeLedger struct{ st *store.Store }
+
+// LastSlot implements Ledger.
+func (l storeLedger) LastSlot(ctx context.Context, policy string) (time.Time, bool, error) {
+	sl, err := l.st.LastSlot(ctx, policy)
+	if errors.Is(err, store.ErrNotFound) {
+		return time.Time{}, false, nil
+	}
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	return sl.Slot, true, nil
+}
+
+// RecordSlot implements Ledger. A failed outcome is for a run that panicked: its row
+// exists (RunSlot started it), so it is finished rather than recorded.
+func (l storeLedger) RecordSlot(ctx context.Context, policy string, slot time.Time, outcome, reason string) error {
+	if outcome == OutcomeFailed {
+		sl, err := l.st.SlotByKey(ctx, policy, slot)
+		if err == nil {
+			return l.st.FinishSlot(ctx, sl.ID, outcome, reason, sl.Counts)
+		}
+		if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+	}
+	_, err := l.st.RecordSlot(ctx, store.Slot{Policy: policy, Slot: slot, Outcome: outcome, Reason: reason})
+	return err
 }
