@@ -44,6 +44,7 @@
 package simcloud
 
 import (
+	"log/slog"
 	"net/http"
 	"time"
 )
@@ -95,6 +96,22 @@ type Options struct {
 	Region string
 	// Now is the clock; time.Now when nil. Advance adds to it.
 	Now func() time.Time
+	// Logger receives one debug line per request (and unknown paths at info);
+	// nil discards.
+	Logger *slog.Logger
+}
+
+func (o Options) logf(msg string, args ...any) {
+	if o.Logger != nil {
+		o.Logger.Debug(msg, args...)
+	}
+}
+
+// info logs what a developer must see: a request the simulator cannot answer.
+func (o Options) info(msg string, args ...any) {
+	if o.Logger != nil {
+		o.Logger.Info(msg, args...)
+	}
 }
 
 // ServerSpec describes a server to add. Empty fields get defaults: a generated
@@ -182,6 +199,10 @@ type Fault struct {
 	// Count limits the fault to the next Count matching requests; 0 means until
 	// cleared.
 	Count int `json:"count,omitempty"`
+	// After makes the error, 429 or hang strike after the request was processed:
+	// the state changed (an image was made) but the client sees a failure, which
+	// is how a createImage ends with an unknown outcome.
+	After bool `json:"after,omitempty"`
 }
 
 // New returns a simulator with no servers. Call Start to serve it, or mount

@@ -63,8 +63,7 @@ type server struct {
 const (
 	imgStatic = iota // status fixed (PutImage, volume-backed)
 	imgBuild         // queued -> saving -> active
-	imgStuck         // queued -> saving forever
-	imgFail          // queued -> saving -> gone
+	imgStuck         // queued -> saving forever (or until vanishAt)
 )
 
 type image struct {
@@ -74,6 +73,7 @@ type image struct {
 	status      string // for imgStatic
 	start, end  time.Time
 	protected   bool
+	visibility  string // "" shows as private
 	size        int64
 	props       map[string]string
 	serverID    string
@@ -81,6 +81,7 @@ type image struct {
 	created     time.Time
 	updated     time.Time
 	volume      bool
+	vanishAt    time.Time // a failed snapshot's image disappears then; zero = never
 }
 
 type snapshot struct {
@@ -389,7 +390,7 @@ func (s *Sim) image(id string) *image {
 	if im == nil {
 		return nil
 	}
-	if im.kind == imgFail && !s.now().Before(im.end) {
+	if !im.vanishAt.IsZero() && !s.now().Before(im.vanishAt) {
 		delete(s.images, id)
 		return nil
 	}
