@@ -191,7 +191,7 @@ func NewMetrics(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		}),
 		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: ns, Name: "last_success_timestamp_seconds",
-			Help: "Unix time at which the policy's last successful slot run (ran or caught_up) finished.",
+			Help: "Unix time at which the policy's last successful slot run finished (every selected server imaged or skipped with a reason).",
 		}, []string{"policy"}),
 		nextSlot: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: ns, Name: "next_slot_timestamp_seconds",

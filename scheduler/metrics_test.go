@@ -103,7 +103,7 @@ imagekeeper_images_deleted_total{policy="web",result="already_gone"} 0
 imagekeeper_images_deleted_total{policy="web",result="deleted"} 1
 imagekeeper_images_deleted_total{policy="web",result="failed"} 0
 imagekeeper_images_deleted_total{policy="web",result="protected"} 1
-# HELP imagekeeper_last_success_timestamp_seconds Unix time at which the policy's last successful slot run (ran or caught_up) finished.
+# HELP imagekeeper_last_success_timestamp_seconds Unix time at which the policy's last successful slot run finished (every selected server imaged or skipped with a reason).
 # TYPE imagekeeper_last_success_timestamp_seconds gauge
 imagekeeper_last_success_timestamp_seconds{policy="web"} 1.7954946e+09
 # HELP imagekeeper_next_slot_timestamp_seconds Unix time of the policy's next scheduled slot.

@@ -122,11 +122,14 @@ func (s *Store) NewestGoodPerServer(ctx context.Context, policy string) ([]Serve
 }
 
 // LastSuccessfulSlots returns, per policy, when its latest successful slot run
-// (outcome ran or caught_up) finished, so that a restarted daemon reports the last
-// success before its first run.
+// finished, so that a restarted daemon reports the last success before its first
+// run. Successful means what the backup run means by it (scheduler.SlotReport.OK):
+// outcome ran or caught_up, and every selected server imaged good or skipped for a
+// recorded reason.
 func (s *Store) LastSuccessfulSlots(ctx context.Context) (map[string]time.Time, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT policy, MAX(finished_at) FROM slots
-		WHERE outcome IN ('ran', 'caught_up') AND finished_at IS NOT NULL GROUP BY policy`)
+		WHERE outcome IN ('ran', 'caught_up') AND finished_at IS NOT NULL AND failed = 0 AND good + skipped = selected
+		GROUP BY policy`)
 	if err != nil {
 		return nil, fmt.Errorf("last successful slots: %w", err)
 	}

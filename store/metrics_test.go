@@ -31,8 +31,9 @@ func newMetricsFixture(t *testing.T) *metricsFixture {
 	return f
 }
 
-// slot runs one slot at instant at: started at at, finished a minute later.
-func (f *metricsFixture) slot(policy string, at time.Time, outcome string, selected int) Slot {
+// slot runs one slot at instant at: started at at, finished a minute later, with
+// good images of every selected server except failed ones.
+func (f *metricsFixture) slot(policy string, at time.Time, outcome string, selected, failed int) Slot {
 	f.t.Helper()
 	ctx := context.Background()
 	f.clock = at
@@ -42,7 +43,7 @@ func (f *metricsFixture) slot(policy string, at time.Time, outcome string, selec
 	}
 	f.clock = at.Add(time.Minute)
 	if outcome != OutcomeRunning {
-		if err := f.s.FinishSlot(ctx, sl.ID, outcome, "", SlotCounts{Selected: selected}); err != nil {
+		if err := f.s.FinishSlot(ctx, sl.ID, outcome, "", SlotCounts{Selected: selected, Good: selected - failed, Failed: failed}); err != nil {
 			f.t.Fatal(err)
 		}
 	}
@@ -91,23 +92,23 @@ func TestMetricsQueries(t *testing.T) {
 	// dropped d's intent (busy); e is no longer selected. Slot 3's listing failed
 	// (nothing selected), slot 4 is still running: neither replaces slot 2 as the
 	// latest completed slot.
-	s1 := f.slot("web", day(22, 2, 30), OutcomeRan, 3)
+	s1 := f.slot("web", day(22, 2, 30), OutcomeRan, 3, 0)
 	f.image(s1, "a", "good", day(22, 2, 30))
 	f.image(s1, "b", "good", day(22, 2, 31))
 	eOld := f.image(s1, "e", "good", day(22, 2, 32))
-	s2 := f.slot("web", day(23, 2, 30), OutcomeRan, 4)
+	s2 := f.slot("web", day(23, 2, 30), OutcomeRan, 4, 1)
 	f.image(s2, "a", "good", day(23, 2, 35))
 	f.image(s2, "b", "failed", day(23, 2, 36))
 	f.event(s2, EventServerSkipped, "c")
 	f.event(s2, EventIntentDropped, "d")
-	f.slot("web", day(24, 2, 30), OutcomeFailed, 0)
-	s4 := f.slot("web", day(25, 2, 30), OutcomeRunning, 0)
+	f.slot("web", day(24, 2, 30), OutcomeFailed, 0, 0)
+	s4 := f.slot("web", day(25, 2, 30), OutcomeRunning, 0, 0)
 	f.image(s4, "a", "requested", day(25, 2, 30))
 	f.image(s4, "f", "creating", day(25, 2, 31)) // f is new: not live until slot 4 completes
 
 	// Images being deleted and deleted, with their snapshots: leftovers are those
 	// whose image is gone (deletion states) or whose image row is deleted.
-	old := f.slot("web", day(1, 2, 30), OutcomeRan, 1)
+	old := f.slot("web", day(1, 2, 30), OutcomeRan, 1, 0)
 	del := f.image(old, "a", "deleting", day(1, 2, 30))
 	f.snapshot(del, "deleting")       // leftover
 	f.snapshot(del, "kept_in_use")    // leftover
@@ -120,7 +121,7 @@ func TestMetricsQueries(t *testing.T) {
 	kept := f.image(old, "c", "kept_protected", day(1, 2, 32))
 	f.snapshot(kept, "available")
 
-	db := f.slot("db", day(23, 4, 0), OutcomeSkippedOverlap, 0)
+	db := f.slot("db", day(23, 4, 0), OutcomeSkippedOverlap, 0, 0)
 	f.image(db, "x", "good", day(23, 4, 0)) // an image but no completed slot: no live servers
 
 	t.Run("ImageCountsByPolicyState", func(t *testing.T) {
@@ -171,9 +172,9 @@ func TestMetricsQueries(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Slot 2 finished at 02:31 on the 23rd; the failed, running and skipped slots
-		// do not count, and the old slot finished earlier.
-		want := map[string]time.Time{"web": day(23, 2, 31)}
+		// Slot 2 had a failed image and slot 3 failed: the last success is slot 1,
+		// finished at 02:31 on the 22nd (the old slot finished earlier).
+		want := map[string]time.Time{"web": day(22, 2, 31)}
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("got %v, want %v", got, want)
 		}
