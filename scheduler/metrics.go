@@ -112,7 +112,7 @@ type Metrics struct {
 	leftover         prometheus.Gauge
 	lastSuccess      *prometheus.GaugeVec
 	nextSlot         *prometheus.GaugeVec
-	newestGoodAge    *prometheus.GaugeVec
+	newestGoodAge    *ageCollector
 	schedulePeriod   *prometheus.GaugeVec
 	serversSelected  *prometheus.GaugeVec
 	serversNoGood    *prometheus.GaugeVec
@@ -146,6 +146,60 @@ func (m *Metrics) policyVecs() []interface {
 		m.snapshotsDeleted, m.images, m.lastSuccess, m.nextSlot, m.newestGoodAge,
 		m.schedulePeriod, m.serversSelected, m.serversNoGood,
 	}
+}
+
+// ageCollector exports imagekeeper_newest_good_image_age_seconds. Refresh records
+// the worst recovery point's timestamp per policy; the age is computed at scrape
+// time, so that it keeps growing between refreshes as a real age does.
+type ageCollector struct {
+	desc *prometheus.Desc
+	now  func() time.Time
+
+	mu     sync.Mutex
+	oldest map[string]time.Time // policy -> oldest newest-good-image request time
+}
+
+func newAgeCollector(desc *prometheus.Desc) *ageCollector {
+	return &ageCollector{desc: desc, now: time.Now, oldest: map[string]time.Time{}}
+}
+
+// Describe implements prometheus.Collector.
+func (c *ageCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect implements prometheus.Collector.
+func (c *ageCollector) Collect(ch chan<- prometheus.Metric) {
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for policy, t := range c.oldest {
+		age := now.Sub(t)
+		if age < 0 {
+			age = 0
+		}
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, age.Seconds(), policy)
+	}
+}
+
+// set records the policy's worst recovery point; a zero t removes the series.
+func (c *ageCollector) set(policy string, t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t.IsZero() {
+		delete(c.oldest, policy)
+		return
+	}
+	c.oldest[policy] = t
+}
+
+// DeletePartialMatch implements the removal RemovePolicy needs.
+func (c *ageCollector) DeletePartialMatch(labels prometheus.Labels) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.oldest[labels["policy"]]; !ok {
+		return 0
+	}
+	delete(c.oldest, labels["policy"])
+	return 1
 }
 
 // NewMetrics creates the metrics and registers them on reg. It panics if a metric
@@ -197,10 +251,9 @@ func NewMetrics(reg prometheus.Registerer, build BuildInfo) *Metrics {
 			Namespace: ns, Name: "next_slot_timestamp_seconds",
 			Help: "Unix time of the policy's next scheduled slot.",
 		}, []string{"policy"}),
-		newestGoodAge: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: ns, Name: "newest_good_image_age_seconds",
-			Help: "Worst recovery point: the oldest, across the policy's live servers, of each server's newest good image.",
-		}, []string{"policy"}),
+		newestGoodAge: newAgeCollector(prometheus.NewDesc(ns+"_newest_good_image_age_seconds",
+			"Worst recovery point: age of the oldest, across the policy's live servers, of each server's newest good image.",
+			[]string{"policy"}, nil)),
 		schedulePeriod: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: ns, Name: "schedule_period_seconds",
 			Help: "Longest gap between consecutive slots of the policy's schedule over the coming week.",

@@ -116,16 +116,9 @@ func (m *Metrics) Refresh(ctx context.Context, st *store.Store, cfg *policy.Conf
 			m.serversNoGood.WithLabelValues(p.Name).Set(float64(without))
 			// Servers without any good image are counted above, not given an
 			// infinite age; with no good image at all there is no recovery point
-			// to age, and the series is absent.
-			if oldest.IsZero() {
-				m.newestGoodAge.DeleteLabelValues(p.Name)
-				return
-			}
-			age := now.Sub(oldest)
-			if age < 0 {
-				age = 0
-			}
-			m.newestGoodAge.WithLabelValues(p.Name).Set(age.Seconds())
+			// to age, and the series is absent. The age itself is computed at
+			// scrape time from this timestamp.
+			m.newestGoodAge.set(p.Name, oldest)
 		})
 	}
 

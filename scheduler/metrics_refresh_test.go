@@ -130,6 +130,8 @@ func TestMetricsRefresh(t *testing.T) {
 		m.InitPolicy(p.Name)
 	}
 	now := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC) // Tuesday
+	scrape := now
+	m.newestGoodAge.now = func() time.Time { return scrape }
 	if err := m.Refresh(ctx, l.st, cfg, now); err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +161,7 @@ imagekeeper_last_success_timestamp_seconds{policy="web"} %d
 # HELP imagekeeper_leftover_snapshots Volume snapshots whose image is deleted but which are still in the cloud.
 # TYPE imagekeeper_leftover_snapshots gauge
 imagekeeper_leftover_snapshots 0
-# HELP imagekeeper_newest_good_image_age_seconds Worst recovery point: the oldest, across the policy's live servers, of each server's newest good image.
+# HELP imagekeeper_newest_good_image_age_seconds Worst recovery point: age of the oldest, across the policy's live servers, of each server's newest good image.
 # TYPE imagekeeper_newest_good_image_age_seconds gauge
 imagekeeper_newest_good_image_age_seconds{policy="web"} %g
 # HELP imagekeeper_schedule_period_seconds Longest gap between consecutive slots of the policy's schedule over the coming week.
@@ -181,6 +183,17 @@ imagekeeper_servers_without_good_image{policy="weekdays"} 0
 	}
 	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) > 0 {
 		t.Errorf("lint: %v %v", problems, err)
+	}
+
+	// Between refreshes the age keeps growing: it is computed at scrape time.
+	scrape = now.Add(90 * time.Second)
+	wantAge := fmt.Sprintf(`
+# HELP imagekeeper_newest_good_image_age_seconds Worst recovery point: age of the oldest, across the policy's live servers, of each server's newest good image.
+# TYPE imagekeeper_newest_good_image_age_seconds gauge
+imagekeeper_newest_good_image_age_seconds{policy="web"} %g
+`, worstAge+90)
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(wantAge), "imagekeeper_newest_good_image_age_seconds"); err != nil {
+		t.Fatal(err)
 	}
 
 	// A reload that removes web: Refresh with the new config leaves no web series.

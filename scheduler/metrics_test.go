@@ -189,6 +189,7 @@ func TestMetricsInitAndRemovePolicy(t *testing.T) {
 	m.SetNextSlot("a", time.Unix(200, 0))
 	m.ServersSelected("a", 4)
 	m.setSchedulePeriod("a", time.Hour)
+	m.newestGoodAge.set("a", time.Unix(100, 0))
 
 	m.RemovePolicy("a")
 	for name, per := range perPolicy {
@@ -197,7 +198,8 @@ func TestMetricsInitAndRemovePolicy(t *testing.T) {
 		}
 	}
 	for _, name := range []string{"imagekeeper_next_slot_timestamp_seconds", "imagekeeper_servers_selected",
-		"imagekeeper_schedule_period_seconds", "imagekeeper_last_success_timestamp_seconds"} {
+		"imagekeeper_schedule_period_seconds", "imagekeeper_last_success_timestamp_seconds",
+		"imagekeeper_newest_good_image_age_seconds"} {
 		if got := count(name); got != 0 {
 			t.Errorf("%s: %d series after RemovePolicy(a), want 0", name, got)
 		}
