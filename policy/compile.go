@@ -99,28 +99,8 @@ func (l *loader) compile(raw *rawConfig) *Config {
 			defaultLoc = loc
 		}
 	}
-	if len(raw.Policies) == 0 && !l.bad["policies"] {
+	if len(raw.Policies) == 0 && !l.suppressed("policies") {
 		l.errorf("policies", "at least one policy is required")
-	}
-	l.names = map[int]string{}
-	first := map[string]string{}
-	for i := range raw.Policies {
-		path := fmt.Sprintf("policies[%d]", i)
-		name := raw.Policies[i].Name
-		if l.bad[path+".name"] {
-			continue
-		}
-		if err := checkPolicyName(name); err != nil {
-			l.errorf(path+".name", "%v", err)
-			continue
-		}
-		if prev, dup := first[name]; dup {
-			n := l.nodeOf(path + ".name")
-			l.errorAt(n, path+".name", "duplicate policy name %q; first used at %s (names must be unique)", name, l.position(prev))
-			continue
-		}
-		first[name] = path + ".name"
-		l.names[i] = name
 	}
 	for i := range raw.Policies {
 		path := fmt.Sprintf("policies[%d]", i)
@@ -129,14 +109,6 @@ func (l *loader) compile(raw *rawConfig) *Config {
 		}
 	}
 	return cfg
-}
-
-func (l *loader) position(path string) string {
-	n := l.nodeOf(path)
-	if n == nil {
-		return l.file
-	}
-	return fmt.Sprintf("line %d", n.Line)
 }
 
 func checkListen(addr string) error {
@@ -217,7 +189,7 @@ func (l *loader) compileSelect(rs *rawSelect, path string) Selector {
 			l.errorf(p, "must not be empty")
 		}
 	}
-	if len(rs.Tags) == 0 && len(rs.TagsAny) == 0 && !l.bad[path+".tags"] && !l.bad[path+".tags_any"] && !l.bad[path] {
+	if len(rs.Tags) == 0 && len(rs.TagsAny) == 0 && !l.bad[path+".tags"] && !l.bad[path+".tags_any"] && !l.suppressed(path) {
 		l.errorf(path, "at least one of tags or tags_any is required, so that a policy never images every server by accident")
 	}
 	excluded := map[string]bool{}
@@ -288,7 +260,7 @@ func (l *loader) compileSchedule(rs *rawSchedule, path string, defaultLoc *time.
 		l.errorf(path+".spread", "must not be negative, got %s", rs.Spread)
 		spreadSet = false
 	}
-	if l.bad[path+".cron"] {
+	if l.suppressed(path + ".cron") {
 		return nil
 	}
 	s, err := parseSchedule(rs.Cron, loc, allowSubMinute)
@@ -318,7 +290,7 @@ func (l *loader) compileImage(ri *rawImage, path string, p *Policy) *ImageSpec {
 		spec.WaitTimeout = wt
 	}
 	data := l.sampleData(p)
-	if !l.bad[path+".name"] {
+	if !l.suppressed(path + ".name") {
 		if strings.TrimSpace(ri.Name) == "" {
 			l.errorf(path+".name", "is required: a template such as '{{ .Server.Name }}-{{ .Slot.Format \"20060102-1504\" }}'")
 			ok = false
@@ -432,8 +404,8 @@ func (l *loader) compileRetention(rr *rawRetention, path string) Retention {
 			l.errorf(path+".when_server_gone", "unknown value %q; allowed values are keep and apply", rr.WhenServerGone)
 		}
 	}
-	anyBad := false
-	for _, k := range []string{"", ".keep_last", ".keep_hourly", ".keep_daily", ".keep_weekly", ".keep_monthly", ".keep_yearly", ".keep_within"} {
+	anyBad := l.suppressed(path)
+	for _, k := range []string{".keep_last", ".keep_hourly", ".keep_daily", ".keep_weekly", ".keep_monthly", ".keep_yearly", ".keep_within"} {
 		anyBad = anyBad || l.bad[path+k]
 	}
 	if !anyBad && r.KeepLast <= 0 && r.KeepHourly <= 0 && r.KeepDaily <= 0 && r.KeepWeekly <= 0 &&

@@ -53,8 +53,11 @@ func Parse(filename string, data []byte) (*Config, error) {
 		return nil, l.finish()
 	}
 	l.walk(root, &configSchema, "")
+	l.collectNames()
 	var raw rawConfig
-	l.strictDecode(data, &raw)
+	if !l.strictDecode(data, &raw) || !l.aligned(&raw) {
+		return nil, l.finish()
+	}
 	cfg := l.compile(&raw)
 	if len(l.errs) > 0 {
 		return nil, l.finish()
@@ -247,12 +250,14 @@ func expandedSize(n *yaml.Node, memo map[*yaml.Node]int, active map[*yaml.Node]b
 // has already reported every problem it knows with a position; a decode error on
 // a line the walk did not flag is still reported, so that nothing yaml.v3 refuses
 // is ever silently accepted.
-func (l *loader) strictDecode(data []byte, raw *rawConfig) {
+// It reports whether raw is complete enough to check values: yaml.v3 carries on
+// past type errors but stops at anything else (a duplicate key, for one).
+func (l *loader) strictDecode(data []byte, raw *rawConfig) bool {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	err := dec.Decode(raw)
 	if err == nil {
-		return
+		return true
 	}
 	flagged := map[int]bool{}
 	for _, e := range l.errs {
@@ -263,7 +268,7 @@ func (l *loader) strictDecode(data []byte, raw *rawConfig) {
 		if len(l.errs) == 0 {
 			l.syntaxError(err)
 		}
-		return
+		return false
 	}
 	for _, m := range te.Errors {
 		line := 0
@@ -278,6 +283,64 @@ func (l *loader) strictDecode(data []byte, raw *rawConfig) {
 			l.add(&FieldError{File: l.file, Line: line, Msg: m})
 		}
 	}
+	return true
+}
+
+// aligned reports whether raw.Policies[i] is the i-th policy of the file. yaml.v3
+// drops a list element it cannot decode at all (a policy with a duplicate key),
+// which would shift every later policy onto the wrong positions; the walk has
+// reported why, and that report is all we give.
+func (l *loader) aligned(raw *rawConfig) bool {
+	list := l.nodes["policies"]
+	if list == nil || list.Kind != yaml.SequenceNode {
+		return len(raw.Policies) == 0
+	}
+	return len(raw.Policies) == len(list.Content) || len(l.errs) == 0
+}
+
+// suppressed reports whether a "required" or "empty" check at path would only
+// repeat a problem already reported at path or its parent (a misspelt key, a
+// value of the wrong shape).
+func (l *loader) suppressed(path string) bool {
+	if l.bad[path] {
+		return true
+	}
+	if i := strings.LastIndexAny(path, ".["); i >= 0 {
+		return l.bad[path[:i]]
+	}
+	return l.bad[""]
+}
+
+// collectNames checks every policy name and records the valid, unique ones, so
+// that errors inside a policy can name it.
+func (l *loader) collectNames() {
+	l.names = map[int]string{}
+	list := l.nodes["policies"]
+	if list == nil || list.Kind != yaml.SequenceNode {
+		return
+	}
+	first := map[string]int{}
+	for i := range list.Content {
+		path := fmt.Sprintf("policies[%d].name", i)
+		if l.bad[path] {
+			continue
+		}
+		n := l.nodes[path]
+		name := ""
+		if n != nil && !isNull(n) {
+			name = n.Value
+		}
+		if err := checkPolicyName(name); err != nil {
+			l.errorf(path, "%v", err)
+			continue
+		}
+		if line, dup := first[name]; dup {
+			l.errorf(path, "duplicate policy name %q; first used at line %d (names must be unique)", name, line)
+			continue
+		}
+		first[name] = n.Line
+		l.names[i] = name
+	}
 }
 
 // The plain structs yaml.v3 decodes into. Pointers distinguish "absent" (use the
@@ -291,6 +354,9 @@ type (
 		Defaults       rawDefaults `yaml:"defaults"`
 		AllowSubMinute bool        `yaml:"allow_sub_minute"`
 		Policies       []rawPolicy `yaml:"policies"`
+		// Extensions holds top-level keys starting with "x-", which are ignored:
+		// a place to define YAML anchors shared by several policies.
+		Extensions map[string]any `yaml:",inline"`
 	}
 	rawLimits struct {
 		Concurrency       *int     `yaml:"concurrency"`
@@ -578,6 +644,9 @@ func (l *loader) walk(n *yaml.Node, s *schema, path string) {
 		for _, p := range l.pairs(n, path) {
 			f := findField(s.fields, p.key.Value)
 			kp := join(path, p.key.Value)
+			if f == nil && path == "" && strings.HasPrefix(p.key.Value, "x-") {
+				continue
+			}
 			if f == nil {
 				l.errorAt(p.key, kp, "unknown key%s; allowed keys are %s", suggest(p.key.Value, s.fields), keyList(s.fields))
 				// A misspelt key is the likely cause of "required" errors about the
