@@ -175,7 +175,7 @@ func (s *Sim) listSnapshotsHTTP(q *req, detail bool) {
 		}
 		return b.id < a.id
 	}
-	sort.SliceStable(all, func(i, j int) bool { return after(all[j], all[i]) })
+	sort.SliceStable(all, func(i, j int) bool { return after(all[i], all[j]) })
 	var markerSn *snapshot
 	if marker != "" {
 		if markerSn = s.snapshot(marker); markerSn == nil {

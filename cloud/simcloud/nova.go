@@ -238,7 +238,7 @@ func (s *Sim) listServersHTTP(q *req, detail bool) {
 	defer s.mu.Unlock()
 	all := s.sortedServers()
 	// Nova sorts by created_at desc, then id desc.
-	sort.SliceStable(all, func(i, j int) bool { return serverAfter(all[j], all[i]) })
+	sort.SliceStable(all, func(i, j int) bool { return serverAfter(all[i], all[j]) })
 	var markerSrv *server
 	if marker != "" {
 		markerSrv = s.servers[marker]
