@@ -12,12 +12,12 @@ import (
 // itself missing or invalid; Field is then the full path from the document root
 // (for example "policies[2].name").
 type FieldError struct {
-	File   string
-	Line   int
-	Col    int
-	Policy string
-	Field  string
-	Msg    string
+	File   string `json:"file"`
+	Line   int    `json:"line"`
+	Col    int    `json:"col"`
+	Policy string `json:"policy,omitempty"`
+	Field  string `json:"field,omitempty"`
+	Msg    string `json:"message"`
 }
 
 // Error formats the problem as FILE:LINE:COL: policy "NAME": FIELD.PATH: message.
