@@ -18,6 +18,19 @@ import (
 // record the slot and its outcome (ran, caught_up or failed) itself; see RunnerSlots.
 type SlotFunc func(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, catchUp bool) error
 
+// RunnerSlots adapts a Runner to the SlotFunc the Scheduler calls: a slot taken on
+// time runs with TriggerScheduled, a catch-up with TriggerCatchUp.
+func RunnerSlots(r *Runner) SlotFunc {
+	return func(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, catchUp bool) error {
+		trigger := TriggerScheduled
+		if catchUp {
+			trigger = TriggerCatchUp
+		}
+		_, err := r.RunSlot(ctx, cfg, p, slot, trigger)
+		return err
+	}
+}
+
 // Ledger is the part of the lineage store the scheduler reads and writes slots in.
 type Ledger interface {
 	// LastSlot returns the most recent slot recorded for the policy, whatever its

@@ -1,7 +1,590 @@
 package main
 
-import "time"
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
 
-// defaultDrainTimeout is how long a stopping daemon lets in-flight runs finish; the
-// unit's TimeoutStopSec must stay above it.
-const defaultDrainTimeout = 5 * time.Minute
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/imagekeeper/imagekeeper/cloud"
+	"github.com/imagekeeper/imagekeeper/cloud/openstack"
+	"github.com/imagekeeper/imagekeeper/policy"
+	"github.com/imagekeeper/imagekeeper/scheduler"
+	"github.com/imagekeeper/imagekeeper/store"
+)
+
+// Defaults of the daemon.
+const (
+	// defaultDrainTimeout is how long a stopping daemon lets in-flight runs finish;
+	// the unit's TimeoutStopSec must stay above it.
+	defaultDrainTimeout = 5 * time.Minute
+	// defaultWatchInterval is how often the policy file is checked for changes.
+	defaultWatchInterval = 3 * time.Second
+	// defaultCloudFreshness is how long one answer of the cloud keeps /readyz happy;
+	// after that /readyz asks the cloud itself.
+	defaultCloudFreshness = 5 * time.Minute
+	// defaultRefreshInterval is how often the store-derived gauges are recomputed.
+	defaultRefreshInterval = 30 * time.Second
+	// cancelGrace is how long runs get to return once a drain gives up on them.
+	cancelGrace = 10 * time.Second
+)
+
+// Event kinds the daemon adds to the lineage audit.
+const (
+	eventDaemonStarted = "daemon_started"
+	eventDaemonStopped = "daemon_stopped"
+	eventConfigReload  = "config_reloaded"
+)
+
+func init() {
+	register(command{
+		name:    "daemon",
+		summary: "run the schedules (the systemd service)",
+		run:     runDaemon,
+	})
+}
+
+func runDaemon(ctx context.Context, m *Main, args []string) error {
+	fs := flag.NewFlagSet("daemon", flag.ContinueOnError)
+	fs.SetOutput(m.Stderr)
+	configPath := fs.String("config", defaultConfigPath, "policy file")
+	drain := fs.Duration("drain-timeout", defaultDrainTimeout, "how long in-flight runs may finish on SIGTERM/SIGINT")
+	lf := addLogFlags(fs)
+	fs.Usage = func() {
+		fmt.Fprintln(m.Stderr, "usage: imagekeeper daemon [--config FILE] [--drain-timeout 5m] [--log-format text|json] [--log-level info]")
+		fmt.Fprintln(m.Stderr, "\nRuns the policies' schedules. SIGHUP or a change of the file reloads it;")
+		fmt.Fprintln(m.Stderr, "SIGTERM/SIGINT drain in-flight runs, a second one stops waiting.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return usageError("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return usageError("unexpected arguments: %v", fs.Args())
+	}
+	if *drain <= 0 {
+		return usageError("--drain-timeout must be positive")
+	}
+	log, err := lf.logger(m.Stderr)
+	if err != nil {
+		return err
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	d := &Daemon{
+		ConfigPath:   *configPath,
+		DrainTimeout: *drain,
+		Logger:       log,
+		Getenv:       m.Getenv,
+		Signals:      sigs,
+	}
+	return d.Run(ctx)
+}
+
+// Daemon is `imagekeeper daemon` as a value: tests and the demo run it in-process
+// with a temp database, a simulated cloud and signals sent through a channel.
+type Daemon struct {
+	// ConfigPath is the policy file.
+	ConfigPath string
+	// DrainTimeout bounds how long in-flight runs may finish after SIGTERM/SIGINT;
+	// zero means defaultDrainTimeout.
+	DrainTimeout time.Duration
+	// Logger receives the daemon's log; nil discards.
+	Logger *slog.Logger
+	// Getenv reads NOTIFY_SOCKET and WATCHDOG_USEC; nil means os.Getenv.
+	Getenv func(string) string
+	// Signals delivers SIGHUP (reload) and SIGINT/SIGTERM (drain; a second one stops
+	// waiting). Cancelling Run's context drains as SIGTERM does.
+	Signals <-chan os.Signal
+	// StatePath and Listen, when set, override the policy file's state and listen.
+	StatePath, Listen string
+	// NewCloud builds the cloud client; nil means the OpenStack adapter reading
+	// clouds.yaml for cfg.Cloud (or OS_CLOUD).
+	NewCloud func(ctx context.Context, cfg *policy.Config, log *slog.Logger, observe func(openstack.Request)) (cloud.Cloud, error)
+	// WatchInterval is how often the policy file is polled; zero means 3 s.
+	WatchInterval time.Duration
+	// CloudFreshness is how recent the cloud's last answer must be for /readyz; zero
+	// means 5 min.
+	CloudFreshness time.Duration
+	// RunnerPollInterval is passed to the backup runner (image waits); zero leaves its
+	// default.
+	RunnerPollInterval time.Duration
+	// Registry is the private metrics registry; nil means a new one.
+	Registry *prometheus.Registry
+	// Started, when set, is called once the daemon serves, with the HTTP address and
+	// the open store (the demo reads its events).
+	Started func(addr string, st *store.Store)
+	// Reloaded, when set, is called after every reload attempt with its error.
+	Reloaded func(err error)
+	// BeforeClose, when set, is called after the drain, before the store closes.
+	BeforeClose func()
+
+	// sched is the running scheduler, for tests.
+	sched atomic.Pointer[scheduler.Scheduler]
+}
+
+// currentVersion returns the version of the config the daemon runs, "" before start.
+func (d *Daemon) currentVersion() string {
+	if s := d.sched.Load(); s != nil {
+		if cfg := s.Config(); cfg != nil {
+			return cfg.Version
+		}
+	}
+	return ""
+}
+
+// Run runs the daemon until it is told to stop and has drained. It returns nil after
+// a clean drain.
+func (d *Daemon) Run(ctx context.Context) (err error) {
+	log := d.Logger
+	if log == nil {
+		log = discardLogger()
+	}
+	if d.Getenv == nil {
+		d.Getenv = os.Getenv
+	}
+	drainTimeout := orDefault(d.DrainTimeout, defaultDrainTimeout)
+	watchEvery := orDefault(d.WatchInterval, defaultWatchInterval)
+	notify := newNotifier(d.Getenv, os.Getpid())
+
+	cfg, err := policy.Load(d.ConfigPath)
+	if err != nil {
+		logConfigErrors(log, "cannot load the policy file", err)
+		return withExitCode(exitFailure, fmt.Errorf("load %s: %w", d.ConfigPath, err))
+	}
+	watch := newFileWatch(d.ConfigPath)
+	statePath := firstNonEmpty(d.StatePath, cfg.State)
+	if statePath == "" {
+		return withExitCode(exitFailure, fmt.Errorf("%s: no state database (set state:)", d.ConfigPath))
+	}
+	if err := os.MkdirAll(filepath.Dir(statePath), 0o750); err != nil {
+		return withExitCode(exitFailure, fmt.Errorf("state directory: %w", err))
+	}
+	lock, err := acquireLock(statePath)
+	if err != nil {
+		return withExitCode(exitFailure, err)
+	}
+	defer lock.Release()
+
+	st, err := store.Open(ctx, statePath, store.Options{})
+	if err != nil {
+		return withExitCode(exitFailure, fmt.Errorf("open state %s: %w", statePath, err))
+	}
+	defer st.Close()
+
+	reg := d.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	for _, c := range []prometheus.Collector{collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		if err := reg.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
+			return fmt.Errorf("register collector: %w", err)
+		}
+	}
+	metrics := scheduler.NewMetrics(reg, scheduler.BuildInfo{Version: version, Revision: buildRevision()})
+
+	newCloud := d.NewCloud
+	if newCloud == nil {
+		newCloud = openstackCloud
+	}
+	raw, err := newCloud(ctx, cfg, log, func(r openstack.Request) {
+		metrics.ObserveCloudRequest(r.Service, r.Operation, r.Status, r.Duration)
+	})
+	if err != nil {
+		return withExitCode(exitFailure, fmt.Errorf("connect to the cloud: %w", err))
+	}
+	wc := &watchedCloud{Cloud: raw}
+	wc.mark(nil) // connecting authenticated and read the catalog: the cloud answered
+
+	runner := scheduler.NewRunner(scheduler.RunnerOptions{
+		Cloud:        wc,
+		Store:        st,
+		Limits:       cfg.Limits,
+		Logger:       log,
+		Metrics:      metrics,
+		PollInterval: d.RunnerPollInterval,
+	})
+	sched := scheduler.New(scheduler.Options{
+		RunSlot: scheduler.RunnerSlots(runner),
+		Ledger:  scheduler.StoreLedger(st),
+		Metrics: metrics,
+		Logger:  log,
+	})
+
+	freshness := orDefault(d.CloudFreshness, defaultCloudFreshness)
+	checks := []readinessCheck{
+		{"config", func(context.Context) error {
+			if sched.Config() == nil {
+				return errors.New("not loaded")
+			}
+			return nil
+		}},
+		{"store", func(ctx context.Context) error {
+			_, err := st.SchemaVersion(ctx)
+			return err
+		}},
+		{"cloud", func(ctx context.Context) error { return wc.fresh(ctx, freshness) }},
+	}
+	srv, err := startHTTP(firstNonEmpty(d.Listen, cfg.Listen, defaultListen), reg, checks, log)
+	if err != nil {
+		return withExitCode(exitFailure, err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if serr := srv.Shutdown(sctx); serr != nil {
+			log.Warn("http shutdown", "err", serr)
+		}
+	}()
+
+	if err := sched.Start(ctx, cfg); err != nil {
+		return withExitCode(exitFailure, err)
+	}
+	d.sched.Store(sched)
+	metrics.ConfigReloaded(true, time.Now())
+	// ResumeWaits lands with the lineage engineer's wait code; until then there is
+	// nothing to resume.
+	if rw, ok := any(runner).(interface {
+		ResumeWaits(context.Context, *policy.Config) error
+	}); ok {
+		sched.Go("resume waits", func(ctx context.Context) error { return rw.ResumeWaits(ctx, cfg) })
+	}
+	d.audit(st, log, eventDaemonStarted, fmt.Sprintf("pid %d, config %s version %s, %d policies",
+		os.Getpid(), d.ConfigPath, cfg.Version, len(cfg.Policies)))
+	log.Info("imagekeeper daemon serving", "config", d.ConfigPath, "state", statePath, "listen", srv.Addr(),
+		"policies", len(cfg.Policies), "config_version", cfg.Version)
+	if err := notify.Ready(); err != nil {
+		log.Warn("sd_notify", "err", err)
+	}
+	var lastLoop atomic.Int64
+	lastLoop.Store(time.Now().UnixNano())
+	wdCtx, stopWatchdog := context.WithCancel(context.Background())
+	var wdWG sync.WaitGroup
+	wdWG.Add(1)
+	go func() {
+		defer wdWG.Done()
+		// The main loop ticks every watchEvery; a loop silent for far longer is hung.
+		notify.runWatchdog(wdCtx, func() bool {
+			return time.Since(time.Unix(0, lastLoop.Load())) < 3*watchEvery+time.Minute
+		})
+	}()
+	defer func() { stopWatchdog(); wdWG.Wait() }()
+	if d.Started != nil {
+		d.Started(srv.Addr(), st)
+	}
+	go func() {
+		// The gauges derived from the store are recomputed off the main loop: the
+		// query may take a while on a big lineage.
+		t := time.NewTicker(defaultRefreshInterval)
+		defer t.Stop()
+		for {
+			if err := metrics.Refresh(wdCtx, st, sched.Config(), time.Now()); err != nil && wdCtx.Err() == nil {
+				log.Warn("refresh metrics", "err", err)
+			}
+			select {
+			case <-wdCtx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+
+	reload := func(why string) {
+		_ = notify.Reloading()
+		defer func() { _ = notify.Ready() }()
+		rerr := d.reload(sched, runner, cfg, metrics, log, why)
+		if rerr != nil {
+			d.audit(st, log, eventConfigReload, "failed ("+why+"); kept the running config: "+rerr.Error())
+		} else {
+			cur := sched.Config()
+			d.audit(st, log, eventConfigReload, fmt.Sprintf("%s: version %s, %d policies", why, cur.Version, len(cur.Policies)))
+		}
+		if d.Reloaded != nil {
+			d.Reloaded(rerr)
+		}
+	}
+
+	tick := time.NewTicker(watchEvery)
+	defer tick.Stop()
+	reason := ""
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			reason = "context cancelled"
+			break loop
+		case sig := <-d.Signals:
+			if sig == syscall.SIGHUP {
+				reload("SIGHUP")
+				continue
+			}
+			reason = "signal " + sig.String()
+			break loop
+		case <-tick.C:
+			lastLoop.Store(time.Now().UnixNano())
+			if watch.changed() {
+				reload("policy file changed")
+			}
+		}
+	}
+
+	// Drain: no new slots, in-flight runs finish within the timeout, a second signal
+	// stops waiting. Images still being waited on stay "creating" in the store and
+	// the next start resumes them.
+	log.Info("stopping: draining in-flight runs", "reason", reason, "in_flight", sched.InFlight(),
+		"drain_timeout", drainTimeout)
+	_ = notify.Stopping()
+	srv.Draining()
+	dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	go func() {
+		for {
+			select {
+			case <-dctx.Done():
+				return
+			case sig := <-d.Signals:
+				if sig == syscall.SIGHUP {
+					continue
+				}
+				log.Warn("second signal: not waiting for in-flight runs any longer", "signal", sig.String())
+				cancel()
+				return
+			}
+		}
+	}()
+	derr := sched.Drain(dctx, cancelGrace)
+	cancel()
+	if derr != nil {
+		d.audit(st, log, eventDaemonStopped, "stopped ("+reason+") before in-flight runs finished; waits resume on the next start")
+	} else {
+		d.audit(st, log, eventDaemonStopped, "stopped ("+reason+") after a clean drain")
+	}
+	if d.BeforeClose != nil {
+		d.BeforeClose()
+	}
+	if derr != nil {
+		return withExitCode(exitFailure, derr)
+	}
+	log.Info("stopped after a clean drain")
+	return nil
+}
+
+// reload parses, validates and compiles the policy file off to the side and swaps it
+// in; on any error nothing changes.
+func (d *Daemon) reload(sched *scheduler.Scheduler, runner *scheduler.Runner, boot *policy.Config, m *scheduler.Metrics, log *slog.Logger, why string) error {
+	cfg, err := policy.Load(d.ConfigPath)
+	if err != nil {
+		logConfigErrors(log, "reload failed; keeping the running config", err)
+		m.ConfigReloaded(false, time.Now())
+		return err
+	}
+	// These are wired once at start; changing them needs a restart.
+	for _, c := range []struct{ name, was, now string }{
+		{"state", boot.State, cfg.State}, {"listen", boot.Listen, cfg.Listen}, {"cloud", boot.Cloud, cfg.Cloud},
+	} {
+		if c.was != c.now {
+			log.Warn("reload: "+c.name+" changed; it takes effect on restart", "was", c.was, "now", c.now)
+		}
+	}
+	old := sched.Config()
+	runner.SetLimits(cfg.Limits)
+	sched.Swap(cfg)
+	m.ConfigReloaded(true, time.Now())
+	log.Info("config reloaded", "why", why, "config_version", cfg.Version, "was", old.Version,
+		"policies", len(cfg.Policies))
+	return nil
+}
+
+func (d *Daemon) audit(st *store.Store, log *slog.Logger, kind, msg string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := st.AddEvent(ctx, store.Event{Kind: kind, Message: msg}); err != nil {
+		log.Warn("record daemon event", "kind", kind, "err", err)
+	}
+}
+
+// logConfigErrors logs every policy error on a line of its own, as validate prints
+// them, so a failed reload reads like `imagekeeper validate`.
+func logConfigErrors(log *slog.Logger, msg string, err error) {
+	var pe policy.Errors
+	if errors.As(err, &pe) {
+		for _, e := range pe {
+			log.Error(msg, "err", e.Error())
+		}
+		return
+	}
+	log.Error(msg, "err", err)
+}
+
+// openstackCloud is the production cloud: the OpenStack adapter on clouds.yaml.
+func openstackCloud(ctx context.Context, cfg *policy.Config, log *slog.Logger, observe func(openstack.Request)) (cloud.Cloud, error) {
+	return openstack.New(ctx, openstack.Options{CloudName: cfg.Cloud, Observe: observe, Logger: log})
+}
+
+// fileWatch notices a change of the policy file's content by polling, so it needs no
+// inotify dependency and sees edits through symlinks (a config-map style swap) too.
+// A changed mtime or size makes it read and hash the file at once; every hashEvery
+// polls it hashes anyway, because a same-size edit within the file system's mtime
+// granularity changes neither. The hash decides: a touch is not a reload.
+type fileWatch struct {
+	path  string
+	polls int
+	mtime time.Time
+	size  int64
+	sum   [sha256.Size]byte
+}
+
+// hashEvery is how many polls may trust an unchanged stat.
+const hashEvery = 10
+
+func newFileWatch(path string) *fileWatch {
+	w := &fileWatch{path: path}
+	w.changed()
+	return w
+}
+
+// changed reports whether the content differs from what the last call saw.
+func (w *fileWatch) changed() bool {
+	fi, err := os.Stat(w.path)
+	if err != nil {
+		// A file mid-replace may be missing for an instant; the next poll sees it.
+		return false
+	}
+	w.polls++
+	if fi.ModTime().Equal(w.mtime) && fi.Size() == w.size && w.polls%hashEvery != 0 {
+		return false
+	}
+	data, err := os.ReadFile(w.path)
+	if err != nil {
+		return false
+	}
+	w.mtime, w.size = fi.ModTime(), fi.Size()
+	sum := sha256.Sum256(data)
+	if sum == w.sum {
+		return false
+	}
+	w.sum = sum
+	return true
+}
+
+// watchedCloud remembers when the cloud last answered, for /readyz.
+type watchedCloud struct {
+	cloud.Cloud
+	last atomic.Int64 // unix nanoseconds of the last answer
+}
+
+// answered says whether err came from the cloud (any refusal counts as an answer)
+// rather than from not reaching it.
+func answered(err error) bool {
+	return err == nil || !(errors.Is(err, cloud.ErrUnavailable) || errors.Is(err, cloud.ErrUnknownOutcome) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded))
+}
+
+func (w *watchedCloud) mark(err error) {
+	if answered(err) {
+		w.last.Store(time.Now().UnixNano())
+	}
+}
+
+// probeImageID is an image id no cloud has: asking for it costs one cheap GET whose
+// 404 proves the cloud answers.
+const probeImageID = "00000000-0000-0000-0000-000000000000"
+
+// fresh returns nil when the cloud answered within d, asking it once when not.
+func (w *watchedCloud) fresh(ctx context.Context, d time.Duration) error {
+	if time.Since(time.Unix(0, w.last.Load())) <= d {
+		return nil
+	}
+	_, err := w.GetImage(ctx, probeImageID)
+	if answered(err) {
+		return nil
+	}
+	return fmt.Errorf("no answer since %s: %w", time.Unix(0, w.last.Load()).UTC().Format(time.RFC3339), err)
+}
+
+func (w *watchedCloud) ListServers(ctx context.Context, sel cloud.Selector) ([]cloud.Server, error) {
+	v, err := w.Cloud.ListServers(ctx, sel)
+	w.mark(err)
+	return v, err
+}
+
+func (w *watchedCloud) GetServer(ctx context.Context, id string) (cloud.Server, error) {
+	v, err := w.Cloud.GetServer(ctx, id)
+	w.mark(err)
+	return v, err
+}
+
+func (w *watchedCloud) CreateImage(ctx context.Context, serverID, name string, md map[string]string) (string, error) {
+	v, err := w.Cloud.CreateImage(ctx, serverID, name, md)
+	w.mark(err)
+	return v, err
+}
+
+func (w *watchedCloud) GetImage(ctx context.Context, id string) (cloud.Image, error) {
+	v, err := w.Cloud.GetImage(ctx, id)
+	w.mark(err)
+	return v, err
+}
+
+func (w *watchedCloud) ListImages(ctx context.Context, props map[string]string) ([]cloud.Image, error) {
+	v, err := w.Cloud.ListImages(ctx, props)
+	w.mark(err)
+	return v, err
+}
+
+func (w *watchedCloud) DeleteImage(ctx context.Context, id string) error {
+	err := w.Cloud.DeleteImage(ctx, id)
+	w.mark(err)
+	return err
+}
+
+func (w *watchedCloud) GetSnapshot(ctx context.Context, id string) (cloud.Snapshot, error) {
+	v, err := w.Cloud.GetSnapshot(ctx, id)
+	w.mark(err)
+	return v, err
+}
+
+func (w *watchedCloud) ListSnapshots(ctx context.Context) ([]cloud.Snapshot, error) {
+	v, err := w.Cloud.ListSnapshots(ctx)
+	w.mark(err)
+	return v, err
+}
+
+func (w *watchedCloud) DeleteSnapshot(ctx context.Context, id string) error {
+	err := w.Cloud.DeleteSnapshot(ctx, id)
+	w.mark(err)
+	return err
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+func firstNonEmpty(ss ...string) string {
+	for _, s := range ss {
+		if s != "" {
+			return s
+		}
+	}
+	return ""
+}

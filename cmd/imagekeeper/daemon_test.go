@@ -1,0 +1,726 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gophercloud/gophercloud/v2/openstack/config/clouds"
+
+	"github.com/imagekeeper/imagekeeper/cloud"
+	"github.com/imagekeeper/imagekeeper/cloud/openstack"
+	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
+	"github.com/imagekeeper/imagekeeper/policy"
+	"github.com/imagekeeper/imagekeeper/scheduler"
+	"github.com/imagekeeper/imagekeeper/store"
+)
+
+// env is one simulated cloud and a directory holding its clouds.yaml, the policy
+// file and the lineage database, shared by the daemons a test starts in turn.
+type env struct {
+	t      *testing.T
+	sim    *simcloud.Sim
+	dir    string
+	config string
+	state  string
+	clouds string
+}
+
+func newEnv(t *testing.T, simOpts simcloud.Options) *env {
+	t.Helper()
+	if simOpts.ImageBuildTime == 0 {
+		simOpts.ImageBuildTime = 200 * time.Millisecond
+	}
+	if simOpts.SnapshotBuildTime == 0 {
+		simOpts.SnapshotBuildTime = 100 * time.Millisecond
+	}
+	if simOpts.SnapshotDeleteTime == 0 {
+		simOpts.SnapshotDeleteTime = 50 * time.Millisecond
+	}
+	sim := simcloud.New(simOpts)
+	if err := sim.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	dir := t.TempDir()
+	e := &env{t: t, sim: sim, dir: dir, config: filepath.Join(dir, "imagekeeper.yaml"),
+		state: filepath.Join(dir, "lineage.db"), clouds: filepath.Join(dir, "clouds.yaml")}
+	if err := os.WriteFile(e.clouds, sim.CloudsYAML("sim"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// writeConfig writes a policy file with the given policies section.
+func (e *env) writeConfig(policies string) {
+	e.t.Helper()
+	doc := fmt.Sprintf("cloud: sim\nstate: %s\nlisten: 127.0.0.1:0\nallow_sub_minute: true\n"+
+		"limits: {concurrency: 4, requests_per_second: 200}\npolicies:\n%s", e.state, policies)
+	// Write to a temp file and rename, as editors and config managers do, so that the
+	// watcher never reads half a file.
+	tmp := e.config + ".tmp"
+	if err := os.WriteFile(tmp, []byte(doc), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, e.config); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// policyYAML is one policy of the test config.
+func policyYAML(name, every, tag string, extra string) string {
+	return fmt.Sprintf(`  - name: %s
+    select: {tags: [%s]}
+    schedule: {cron: "%s"%s}
+    image:
+      name: '{{ .Server.Name }}-%s-{{ .Slot.Format "150405" }}'
+      wait_timeout: 30s
+    retention: {keep_last: 100, min_keep: 1}
+`, name, tag, every, extra, name)
+}
+
+// running is a daemon started in-process.
+type running struct {
+	d        *Daemon
+	sigs     chan os.Signal
+	done     chan error
+	addr     string
+	st       *store.Store
+	reloaded chan error
+	logs     *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// daemonOpt changes a Daemon before it starts.
+type daemonOpt func(*Daemon)
+
+// start runs a daemon on the env and waits until it serves.
+func (e *env) start(opts ...daemonOpt) *running {
+	e.t.Helper()
+	r := &running{sigs: make(chan os.Signal, 4), done: make(chan error, 1), reloaded: make(chan error, 16),
+		logs: &syncBuffer{}}
+	started := make(chan struct{})
+	r.d = &Daemon{
+		ConfigPath:         e.config,
+		DrainTimeout:       30 * time.Second,
+		Logger:             slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Getenv:             func(string) string { return "" },
+		Signals:            r.sigs,
+		WatchInterval:      50 * time.Millisecond,
+		RunnerPollInterval: 50 * time.Millisecond,
+		NewCloud: func(ctx context.Context, cfg *policy.Config, log *slog.Logger, observe func(openstack.Request)) (cloud.Cloud, error) {
+			return openstack.New(ctx, openstack.Options{CloudName: cfg.Cloud, Observe: observe, Logger: log,
+				RetryBaseDelay: 10 * time.Millisecond,
+				ParseOptions:   []clouds.ParseOption{clouds.WithLocations(e.clouds)}})
+		},
+		Started: func(addr string, st *store.Store) {
+			r.addr, r.st = addr, st
+			close(started)
+		},
+		Reloaded: func(err error) { r.reloaded <- err },
+	}
+	for _, o := range opts {
+		o(r.d)
+	}
+	go func() { r.done <- r.d.Run(context.Background()) }()
+	select {
+	case <-started:
+	case err := <-r.done:
+		e.t.Fatalf("daemon exited before serving: %v\n%s", err, r.logs)
+	case <-time.After(30 * time.Second):
+		e.t.Fatalf("daemon did not start\n%s", r.logs)
+	}
+	e.t.Cleanup(func() {
+		select {
+		case r.sigs <- syscall.SIGTERM:
+		default:
+		}
+		select {
+		case r.sigs <- syscall.SIGTERM:
+		default:
+		}
+		select {
+		case <-r.done:
+		case <-time.After(30 * time.Second):
+			e.t.Errorf("daemon did not stop")
+		}
+	})
+	return r
+}
+
+// stop sends SIGTERM and returns Run's error.
+func (r *running) stop(t *testing.T) error {
+	t.Helper()
+	r.sigs <- syscall.SIGTERM
+	select {
+	case err := <-r.done:
+		r.done <- err // for the cleanup
+		return err
+	case <-time.After(60 * time.Second):
+		t.Fatalf("daemon did not drain\n%s", r.logs)
+		return nil
+	}
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func slotsOf(t *testing.T, st *store.Store, p string) []store.Slot {
+	t.Helper()
+	sl, err := st.Slots(context.Background(), store.SlotFilter{Policy: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sl // newest first
+}
+
+func countOutcome(sl []store.Slot, outcomes ...string) int {
+	n := 0
+	for _, s := range sl {
+		for _, o := range outcomes {
+			if s.Outcome == o {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// simImagesOf returns the simulator's images stamped with policy p.
+func simImagesOf(sim *simcloud.Sim, p string) []simcloud.ImageState {
+	var out []simcloud.ImageState
+	for _, im := range sim.Images() {
+		if im.Properties[cloud.StampPolicy] == p {
+			out = append(out, im)
+		}
+	}
+	return out
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestDaemonRunsSlotsAndServes starts the daemon on two 1 s policies against the
+// simulator: slots fire on their own, every slot gets a ledger row with no gaps,
+// images become good in the cloud, and the HTTP endpoints answer.
+func TestDaemonRunsSlotsAndServes(t *testing.T) {
+	e := newEnv(t, simcloud.Options{})
+	e.sim.AddServer(simcloud.ServerSpec{Name: "web-1", Tags: []string{"web"}})
+	e.sim.AddServer(simcloud.ServerSpec{Name: "db-1", Tags: []string{"db"}, Volumes: 2})
+	e.sim.AddServer(simcloud.ServerSpec{Name: "broken", Tags: []string{"web"}, Status: "ERROR"})
+	e.writeConfig(policyYAML("web", "@every 1s", "web", "") + policyYAML("db", "@every 2s", "db", ""))
+	r := e.start()
+
+	eventually(t, "3 web slots and 2 db slots ran", 30*time.Second, func() bool {
+		return countOutcome(slotsOf(t, r.st, "web"), store.OutcomeRan) >= 3 &&
+			countOutcome(slotsOf(t, r.st, "db"), store.OutcomeRan) >= 2
+	})
+	code, body := httpGet(t, "http://"+r.addr+"/healthz")
+	if code != 200 {
+		t.Errorf("/healthz = %d %q", code, body)
+	}
+	code, body = httpGet(t, "http://"+r.addr+"/readyz")
+	if code != 200 || !strings.Contains(body, "cloud: ok") || !strings.Contains(body, "store: ok") {
+		t.Errorf("/readyz = %d %q", code, body)
+	}
+	code, body = httpGet(t, "http://"+r.addr+"/metrics")
+	if code != 200 || !strings.Contains(body, `imagekeeper_slots_total{outcome="ran",policy="web"}`) ||
+		!strings.Contains(body, "imagekeeper_next_slot_timestamp_seconds") {
+		t.Errorf("/metrics = %d, lacks slot metrics:\n%s", code, body)
+	}
+	if err := r.stop(t); err != nil {
+		t.Fatalf("clean drain returned %v\n%s", err, r.logs)
+	}
+
+	st := openStore(t, e.state)
+	for _, p := range []struct {
+		name string
+		step time.Duration
+	}{{"web", time.Second}, {"db", 2 * time.Second}} {
+		sl := slotsOf(t, st, p.name)
+		for i := 1; i < len(sl); i++ {
+			if gap := sl[i-1].Slot.Sub(sl[i].Slot); gap != p.step {
+				t.Errorf("%s: slots %v and %v are %v apart: a slot has no outcome", p.name, sl[i].Slot, sl[i-1].Slot, gap)
+			}
+		}
+		for _, s := range sl {
+			if s.Outcome != store.OutcomeRan {
+				t.Errorf("%s slot %v: outcome %s (%s)", p.name, s.Slot, s.Outcome, s.Reason)
+			}
+		}
+	}
+	good, err := st.Images(context.Background(), store.ImageFilter{States: []store.ImageState{store.ImageGood}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(good) < 5 {
+		t.Fatalf("%d good images, want at least one per ran slot", len(good))
+	}
+	for _, im := range good {
+		if _, ok := e.sim.Image(im.ImageID); !ok {
+			t.Errorf("good image %s is not in the cloud", im.ImageID)
+		}
+	}
+	for _, im := range e.sim.Images() {
+		if s, _ := e.sim.Server(im.ServerID); s.Name == "broken" {
+			t.Errorf("the server in ERROR got image %s", im.ID)
+		}
+	}
+}
+
+func openStore(t *testing.T, path string) *store.Store {
+	t.Helper()
+	st, err := store.Open(context.Background(), path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// TestDaemonReload edits the policy file under a running daemon: a policy is added,
+// one is changed, one removed, then a broken file changes nothing; SIGHUP reloads too.
+func TestDaemonReload(t *testing.T) {
+	e := newEnv(t, simcloud.Options{})
+	e.sim.AddServer(simcloud.ServerSpec{Name: "a-1", Tags: []string{"a"}})
+	e.sim.AddServer(simcloud.ServerSpec{Name: "b-1", Tags: []string{"b"}})
+	e.writeConfig(policyYAML("a", "@every 1s", "a", "") + policyYAML("gone", "@every 1s", "a", ""))
+	r := e.start()
+	eventually(t, "a and gone ran", 30*time.Second, func() bool {
+		return countOutcome(slotsOf(t, r.st, "a"), store.OutcomeRan) >= 1 &&
+			countOutcome(slotsOf(t, r.st, "gone"), store.OutcomeRan) >= 1
+	})
+	version := r.d.currentVersion()
+
+	// a moves to every 2 s, gone is removed, b is added.
+	e.writeConfig(policyYAML("a", "@every 2s", "a", "") + policyYAML("b", "@every 1s", "b", ""))
+	if err := waitReload(t, r); err != nil {
+		t.Fatalf("reload failed: %v\n%s", err, r.logs)
+	}
+	swapped := time.Now()
+	if v := r.d.currentVersion(); v == version {
+		t.Fatal("config version unchanged after a good reload")
+	}
+	goneImages := len(simImagesOf(e.sim, "gone"))
+	eventually(t, "b ran twice and a ran on its new schedule", 30*time.Second, func() bool {
+		return countOutcome(slotsOf(t, r.st, "b"), store.OutcomeRan) >= 2 &&
+			len(slotsAfter(slotsOf(t, r.st, "a"), swapped.Add(time.Second))) >= 2
+	})
+	for _, s := range slotsAfter(slotsOf(t, r.st, "gone"), swapped.Add(time.Second)) {
+		t.Errorf("removed policy took slot %v (%s)", s.Slot, s.Outcome)
+	}
+	for _, s := range slotsAfter(slotsOf(t, r.st, "a"), swapped.Add(time.Second)) {
+		if s.Slot.Unix()%2 != 0 {
+			t.Errorf("a took %v after moving to every 2 s", s.Slot)
+		}
+	}
+	if n := len(simImagesOf(e.sim, "gone")); n < goneImages || goneImages == 0 {
+		t.Errorf("removed policy's images: %d before, %d after: removal must not delete them", goneImages, n)
+	}
+
+	// A broken file changes nothing.
+	version = r.d.currentVersion()
+	if err := os.WriteFile(e.config, []byte("policies:\n  - name: [oops\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitReload(t, r); err == nil {
+		t.Fatal("a broken policy file reloaded")
+	}
+	if v := r.d.currentVersion(); v != version {
+		t.Fatalf("a failed reload changed the config version %s -> %s", version, v)
+	}
+	before := countOutcome(slotsOf(t, r.st, "b"), store.OutcomeRan)
+	eventually(t, "b still runs after the failed reload", 30*time.Second, func() bool {
+		return countOutcome(slotsOf(t, r.st, "b"), store.OutcomeRan) >= before+2
+	})
+	if !strings.Contains(r.logs.String(), "reload failed; keeping the running config") {
+		t.Errorf("failed reload not logged:\n%s", r.logs)
+	}
+	code, body := httpGet(t, "http://"+r.addr+"/metrics")
+	if code != 200 || !strings.Contains(body, "imagekeeper_config_last_reload_successful 0") {
+		t.Errorf("reload metric not 0 after a failed reload:\n%s", grepLines(body, "reload"))
+	}
+
+	// SIGHUP reloads even when the file did not change (here: back to a good one).
+	e.writeConfig(policyYAML("b", "@every 1s", "b", ""))
+	if err := waitReload(t, r); err != nil {
+		t.Fatal(err)
+	}
+	r.sigs <- syscall.SIGHUP
+	if err := waitReload(t, r); err != nil {
+		t.Fatalf("SIGHUP reload: %v", err)
+	}
+	if err := r.stop(t); err != nil {
+		t.Fatalf("drain: %v", err)
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func waitReload(t *testing.T, r *running) error {
+	t.Helper()
+	select {
+	case err := <-r.reloaded:
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no reload\n%s", r.logs)
+		return nil
+	}
+}
+
+func slotsAfter(sl []store.Slot, t time.Time) []store.Slot {
+	var out []store.Slot
+	for _, s := range sl {
+		if s.Slot.After(t) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// TestDaemonDrainAndResume stops a daemon while it waits for a slow image: a
+// drain that runs out leaves the image creating, and the next daemon on the same
+// database finishes the wait; a second signal stops waiting at once.
+func TestDaemonDrainAndResume(t *testing.T) {
+	e := newEnv(t, simcloud.Options{ImageBuildTime: 4 * time.Second})
+	e.sim.AddServer(simcloud.ServerSpec{Name: "slow-1", Tags: []string{"slow"}})
+	e.writeConfig(policyYAML("slow", "@every 1h", "slow", ", catch_up: latest, max_lateness: 2h"))
+	// The store says the policy last ran long ago, so the start catches up at once.
+	seedLastSlot(t, e.state, "slow", time.Now().Add(-3*time.Hour))
+
+	r := e.start(func(d *Daemon) { d.DrainTimeout = 200 * time.Millisecond })
+	eventually(t, "an image is being made", 30*time.Second, func() bool {
+		ims, _ := r.st.Images(context.Background(), store.ImageFilter{Policy: "slow",
+			States: []store.ImageState{store.ImageCreating}})
+		return len(ims) == 1
+	})
+	err := r.stop(t)
+	if !errors.Is(err, scheduler.ErrDrainInterrupted) {
+		t.Fatalf("drain past its timeout returned %v, want ErrDrainInterrupted", err)
+	}
+	st := openStore(t, e.state)
+	ims, err := st.Images(context.Background(), store.ImageFilter{Policy: "slow"})
+	if err != nil || len(ims) != 1 || ims[0].State != store.ImageCreating {
+		t.Fatalf("after an interrupted drain: %+v, %v; want one image still creating", ims, err)
+	}
+	st.Close()
+
+	r2 := e.start()
+	eventually(t, "the resumed wait makes the image good", 30*time.Second, func() bool {
+		ims, _ := r2.st.Images(context.Background(), store.ImageFilter{Policy: "slow"})
+		return len(ims) == 1 && ims[0].State == store.ImageGood
+	})
+	if n := e.sim.CreateImageCalls(ims[0].ServerID); n != 1 {
+		t.Fatalf("server imaged %d times; the restart must resume, not re-create", n)
+	}
+	if err := r2.stop(t); err != nil {
+		t.Fatalf("clean drain: %v", err)
+	}
+
+	// A second signal stops waiting even with a long drain timeout.
+	e.sim.AddServer(simcloud.ServerSpec{Name: "slow-2", Tags: []string{"slow2"}})
+	e.writeConfig(policyYAML("slow2", "@every 1h", "slow2", ", catch_up: latest, max_lateness: 2h"))
+	seedLastSlot(t, e.state, "slow2", time.Now().Add(-3*time.Hour))
+	r3 := e.start(func(d *Daemon) { d.DrainTimeout = time.Hour })
+	eventually(t, "a new image is being made", 30*time.Second, func() bool {
+		ims, _ := r3.st.Images(context.Background(), store.ImageFilter{Policy: "slow2",
+			States: []store.ImageState{store.ImageCreating}})
+		return len(ims) >= 1
+	})
+	r3.sigs <- syscall.SIGTERM
+	r3.sigs <- syscall.SIGINT
+	select {
+	case err := <-r3.done:
+		r3.done <- err
+		if !errors.Is(err, scheduler.ErrDrainInterrupted) {
+			t.Fatalf("second signal: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a second signal did not stop the drain")
+	}
+}
+
+// seedLastSlot records a ran slot for p in the store at path, as a daemon that
+// stopped after it would have left it.
+func seedLastSlot(t *testing.T, path, p string, slot time.Time) {
+	t.Helper()
+	st, err := store.Open(context.Background(), path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	sl, err := st.StartSlot(context.Background(), store.Slot{Policy: p, Slot: slot.UTC().Truncate(time.Second),
+		Trigger: store.TriggerScheduled})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.FinishSlot(context.Background(), sl.ID, store.OutcomeRan, "", store.SlotCounts{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDaemonCatchUp restarts a daemon whose store says the policy last ran hours
+// ago: the latest missed hourly slot is caught up when catch_up is latest and it is
+// within max_lateness, and recorded missed otherwise; earlier ones are missed.
+func TestDaemonCatchUp(t *testing.T) {
+	now := time.Now().UTC()
+	if now.Sub(now.Truncate(time.Hour)) < 3*time.Second {
+		// Keep the latest hourly slot clearly older than the 2 s max_lateness below.
+		time.Sleep(3 * time.Second)
+		now = time.Now().UTC()
+	}
+	latest := now.Truncate(time.Hour)
+	tests := []struct {
+		name      string
+		schedule  string
+		wantCatch bool
+	}{
+		{"latest within max_lateness", `, catch_up: latest, max_lateness: 2h`, true},
+		{"latest beyond max_lateness", `, catch_up: latest, max_lateness: 2s`, false},
+		{"none", `, catch_up: none, max_lateness: 2h`, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, simcloud.Options{})
+			srv := e.sim.AddServer(simcloud.ServerSpec{Name: "h-1", Tags: []string{"h"}})
+			e.writeConfig(policyYAML("hourly", "@every 1h", "h", tt.schedule))
+			// Down since 3 hours before the latest slot: 3 slots were missed.
+			seedLastSlot(t, e.state, "hourly", latest.Add(-3*time.Hour))
+			r := e.start()
+			if tt.wantCatch {
+				eventually(t, "the caught-up slot finishes", 30*time.Second, func() bool {
+					return countOutcome(slotsOf(t, r.st, "hourly"), store.OutcomeCaughtUp) == 1
+				})
+			}
+			if err := r.stop(t); err != nil {
+				t.Fatal(err)
+			}
+			st := openStore(t, e.state)
+			got := map[string]string{}
+			for _, s := range slotsOf(t, st, "hourly") {
+				got[s.Slot.UTC().Format("15:04")] = s.Outcome
+			}
+			want := map[string]string{
+				latest.Add(-3 * time.Hour).Format("15:04"): store.OutcomeRan,
+				latest.Add(-2 * time.Hour).Format("15:04"): store.OutcomeMissed,
+				latest.Add(-1 * time.Hour).Format("15:04"): store.OutcomeMissed,
+				latest.Format("15:04"):                     store.OutcomeMissed,
+			}
+			if tt.wantCatch {
+				want[latest.Format("15:04")] = store.OutcomeCaughtUp
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("ledger %v\nwant   %v", got, want)
+			}
+			imgs := simImagesOf(e.sim, "hourly")
+			if tt.wantCatch {
+				if len(imgs) != 1 || imgs[0].Properties[cloud.StampSlot] != latest.Format(time.RFC3339) ||
+					imgs[0].ServerID != srv {
+					t.Fatalf("images %+v, want one of %s for slot %s", imgs, srv, latest.Format(time.RFC3339))
+				}
+			} else if len(imgs) != 0 {
+				t.Fatalf("no slot ran, yet images %+v exist", imgs)
+			}
+		})
+	}
+}
+
+// TestSecondDaemonRefused starts two daemons on one database: the second fails at
+// once with an error naming the first one's PID.
+func TestSecondDaemonRefused(t *testing.T) {
+	e := newEnv(t, simcloud.Options{})
+	e.writeConfig(policyYAML("a", "@every 1h", "a", ""))
+	r := e.start()
+	second := &Daemon{ConfigPath: e.config, Getenv: func(string) string { return "" },
+		NewCloud: func(context.Context, *policy.Config, *slog.Logger, func(openstack.Request)) (cloud.Cloud, error) {
+			t.Error("the second daemon got as far as the cloud")
+			return nil, errors.New("unreachable")
+		}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := second.Run(ctx)
+	if !errors.Is(err, errLocked) || !strings.Contains(err.Error(), "pid "+strconv.Itoa(os.Getpid())) {
+		t.Fatalf("second daemon: %v; want errLocked naming pid %d", err, os.Getpid())
+	}
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != exitFailure {
+		t.Fatalf("second daemon exit code: %v", err)
+	}
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDaemonNotifiesSystemd runs the daemon with NOTIFY_SOCKET and WATCHDOG_USEC
+// set and checks what systemd would see, in order.
+func TestDaemonNotifiesSystemd(t *testing.T) {
+	path, next := notifySocket(t)
+	e := newEnv(t, simcloud.Options{})
+	e.writeConfig(policyYAML("a", "@every 1h", "a", ""))
+	environ := map[string]string{"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"}
+	r := e.start(func(d *Daemon) { d.Getenv = func(k string) string { return environ[k] } })
+	// nextState skips watchdog pings, counting them.
+	pings := 0
+	nextState := func() string {
+		for {
+			m := next()
+			if m != "WATCHDOG=1" {
+				return m
+			}
+			pings++
+		}
+	}
+	if got := nextState(); got != "READY=1" {
+		t.Fatalf("first state %q, want READY=1", got)
+	}
+	r.sigs <- syscall.SIGHUP
+	if got := nextState(); !strings.HasPrefix(got, "RELOADING=1\nMONOTONIC_USEC=") {
+		t.Fatalf("reload state %q", got)
+	}
+	if got := nextState(); got != "READY=1" {
+		t.Fatalf("after reload %q, want READY=1", got)
+	}
+	for pings == 0 {
+		if m := next(); m != "WATCHDOG=1" {
+			t.Fatalf("unexpected %q while waiting for a watchdog ping", m)
+		}
+		pings++
+	}
+	r.sigs <- syscall.SIGTERM
+	if got := nextState(); got != "STOPPING=1" {
+		t.Fatalf("stop state %q, want STOPPING=1", got)
+	}
+	if err := <-r.done; err != nil {
+		t.Fatal(err)
+	}
+	r.done <- nil
+}
+
+// TestReadyzReportsCloudDown makes the cloud unreachable: /readyz turns 503 and
+// says the cloud is what fails.
+func TestReadyzReportsCloudDown(t *testing.T) {
+	e := newEnv(t, simcloud.Options{})
+	e.writeConfig(policyYAML("a", "@every 1h", "a", ""))
+	r := e.start(func(d *Daemon) { d.CloudFreshness = time.Nanosecond })
+	if code, body := httpGet(t, "http://"+r.addr+"/readyz"); code != 200 {
+		t.Fatalf("/readyz with a healthy cloud = %d %q", code, body)
+	}
+	e.sim.SetFault(simcloud.Fault{Op: "*", ErrorStatus: 503})
+	code, body := httpGet(t, "http://"+r.addr+"/readyz")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "cloud: no answer") ||
+		!strings.Contains(body, "store: ok") {
+		t.Fatalf("/readyz with the cloud down = %d %q\n%s", code, body, r.logs)
+	}
+	if code, _ := httpGet(t, "http://"+r.addr+"/healthz"); code != 200 {
+		t.Fatalf("/healthz = %d while the process serves", code)
+	}
+	e.sim.ClearFaults()
+}
+
+func TestDaemonFlags(t *testing.T) {
+	var stdout, stderr strings.Builder
+	m := &Main{Stdout: &stdout, Stderr: &stderr, Getenv: func(string) string { return "" }}
+	if code := m.Run(context.Background(), []string{"daemon", "--drain-timeout", "0s"}); code != exitUsage {
+		t.Fatalf("--drain-timeout 0s: exit %d, want %d (%s)", code, exitUsage, stderr.String())
+	}
+	stderr.Reset()
+	code := m.Run(context.Background(), []string{"daemon", "--config", filepath.Join(t.TempDir(), "missing.yaml")})
+	if code != exitFailure || !strings.Contains(stderr.String(), "missing.yaml") {
+		t.Fatalf("missing config: exit %d, stderr %q", code, stderr.String())
+	}
+}
+
+func TestFileWatch(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f.yaml")
+	if err := os.WriteFile(path, []byte("a"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w := newFileWatch(path)
+	if w.changed() {
+		t.Fatal("unchanged file reported changed")
+	}
+	// Same size, same mtime: only the periodic hash notices.
+	fi, _ := os.Stat(path)
+	if err := os.WriteFile(path, []byte("b"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(path, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	seen := false
+	for range hashEvery {
+		if w.changed() {
+			seen = true
+			break
+		}
+	}
+	if !seen {
+		t.Fatal("a same-size edit with the same mtime went unnoticed")
+	}
+	// A touch without an edit is not a change.
+	later := fi.ModTime().Add(time.Minute)
+	if err := os.Chtimes(path, later, later); err != nil {
+		t.Fatal(err)
+	}
+	if w.changed() {
+		t.Fatal("a touch was reported as a change")
+	}
+	if err := os.WriteFile(path, []byte("longer"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !w.changed() {
+		t.Fatal("an edit went unnoticed")
+	}
+}
