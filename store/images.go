@@ -254,7 +254,8 @@ func (s *Store) BeginAttempt(ctx context.Context, row int64, name string, metada
 	}
 	im, err := s.transition(ctx, row, []ImageState{ImageRequested, ImageFailed},
 		Event{Kind: EventCreateAttempt, Message: fmt.Sprintf("calling createImage (attempt %d)", cur.Attempts+1)},
-		`state = 'requested', reason = '', failed_at = NULL, attempts = attempts + 1, name = ?, metadata = ?`, name, string(meta))
+		`state = 'requested', reason = '', failed_at = NULL, attempts = attempts + 1, name = ?, metadata = ?, requested_at = ?`,
+		name, string(meta), s.stamp())
 	if err != nil {
 		return Image{}, fmt.Errorf("begin attempt for image row %d: %w", row, err)
 	}

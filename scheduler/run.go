@@ -1,0 +1,861 @@
+package scheduler
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/imagekeeper/imagekeeper/cloud"
+	"github.com/imagekeeper/imagekeeper/policy"
+	"github.com/imagekeeper/imagekeeper/store"
+)
+
+// Trigger says why a slot runs.
+type Trigger string
+
+// Triggers of a slot run; the store records them with the slot.
+const (
+	TriggerScheduled Trigger = store.TriggerScheduled
+	TriggerCatchUp   Trigger = store.TriggerCatchUp
+	TriggerManual    Trigger = store.TriggerManual
+)
+
+// Defaults of RunnerOptions fields left zero.
+const (
+	DefaultPollInterval    = 10 * time.Second
+	DefaultMaxPollInterval = 2 * time.Minute
+	DefaultWaitTimeout     = 2 * time.Hour
+	DefaultConcurrency     = 4
+)
+
+// ServerOutcome is what became of one selected server in a slot run.
+type ServerOutcome string
+
+// Server outcomes.
+const (
+	// ServerGood: the server has a good image for the slot.
+	ServerGood ServerOutcome = "good"
+	// ServerFailed: its image failed (Reason says why).
+	ServerFailed ServerOutcome = "failed"
+	// ServerSkipped: it was not imaged for a recorded reason (error_state, busy).
+	ServerSkipped ServerOutcome = "skipped"
+	// ServerWaiting: the run stopped (context cancelled) while the image was still
+	// being made; ResumeWaits finishes it.
+	ServerWaiting ServerOutcome = "waiting"
+)
+
+// ServerResult is the outcome of one server in a slot run.
+type ServerResult struct {
+	ServerID   string
+	ServerName string
+	Outcome    ServerOutcome
+	// Reason is the skip reason code (error_state, busy) for a skip, the failure
+	// reason for a failure.
+	Reason string
+	// ImageID is the Glance image, when known.
+	ImageID string
+	// ImageRow is the lineage row id, 0 when no row was written.
+	ImageRow int64
+	// Adopted is true when the image was found by its stamp, not returned by the call.
+	Adopted bool
+	// Existing is true when the slot already had a row for the server before this
+	// run (a re-run).
+	Existing bool
+	// Duration is from the request to the final outcome (0 for skips).
+	Duration time.Duration
+}
+
+// SlotReport is what a slot run did.
+type SlotReport struct {
+	Policy   string
+	Slot     time.Time
+	SlotID   int64
+	Trigger  Trigger
+	Outcome  string // ran, caught_up or failed
+	Reason   string
+	Started  time.Time
+	Finished time.Time
+	// Servers holds one result per selected server, ordered by server id.
+	Servers []ServerResult
+	Counts  store.SlotCounts
+	// CloudCalls counts the cloud calls the run made.
+	CloudCalls int64
+}
+
+// OK reports whether every selected server got a good image or was skipped for a
+// recorded reason.
+func (r *SlotReport) OK() bool {
+	if r == nil || r.Outcome == store.OutcomeFailed {
+		return false
+	}
+	for _, s := range r.Servers {
+		if s.Outcome != ServerGood && s.Outcome != ServerSkipped {
+			return false
+		}
+	}
+	return true
+}
+
+// ProgressEvent reports one server reaching its outcome during a slot run. The first
+// event of a run has Server zero and Done 0: the servers are selected.
+type ProgressEvent struct {
+	Policy string
+	Slot   time.Time
+	Done   int
+	Total  int
+	Server ServerResult
+}
+
+// RunnerOptions configures a Runner.
+type RunnerOptions struct {
+	// Cloud is the cloud to image in; required.
+	Cloud cloud.Cloud
+	// Store is the lineage; required.
+	Store *store.Store
+	// Limits bound concurrency and the request rate across every run of this Runner.
+	Limits policy.Limits
+	// Logger receives the run's logs; discarded when nil.
+	Logger *slog.Logger
+	// Metrics is fed slot outcomes, skips and image results; nil for none.
+	Metrics *Metrics
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+	// Sleep waits for a duration or until ctx is done; tests inject it so that the
+	// spread, rate limit and poll backoff do not wait for real.
+	Sleep func(ctx context.Context, d time.Duration) error
+	// PollInterval is the first wait between polls; it doubles up to MaxPollInterval.
+	PollInterval    time.Duration
+	MaxPollInterval time.Duration
+	// DefaultWaitTimeout applies when a policy has none (and to resumed waits of a
+	// policy no longer in the config).
+	DefaultWaitTimeout time.Duration
+	// Progress, when set, is called as servers reach their outcome (the CLI prints it).
+	// It is called from the run's goroutines, one call at a time.
+	Progress func(ProgressEvent)
+	// AfterRun, when set, runs after a slot's images are settled (not after a run
+	// that failed to start): the hook point for retention (the daemon sets it to
+	// call the prune of the policy). It runs without the policy lock held; take
+	// LockPolicy inside it.
+	AfterRun func(ctx context.Context, cfg *policy.Config, p *policy.Policy) error
+
+	// hooks lets tests stop a run at its crash points.
+	hooks runHooks
+}
+
+// runHooks are the crash points of a backup run, for tests. A hook that returns an
+// error abandons that server's work right there, as a process killed at that point
+// would: nothing after it is recorded.
+type runHooks struct {
+	afterIntent func(serverID string) error
+	afterCreate func(serverID, imageID string) error
+	beforePoll  func(round int) error
+}
+
+// Runner makes the images of slots. One Runner serves every policy of a process: it
+// owns the limits they share (concurrency, request rate) and the per-server lock
+// that keeps two createImage calls off one server.
+type Runner struct {
+	opts    RunnerOptions
+	store   *store.Store
+	log     *slog.Logger
+	metrics *Metrics
+	now     func() time.Time
+	sleep   func(context.Context, time.Duration) error
+	bucket  *tokenBucket
+	workers *semaphore
+	servers keyedLocks
+	pols    keyedLocks
+
+	mu      sync.Mutex
+	waiting map[int64]bool // image rows a wait of this Runner is watching
+}
+
+// NewRunner returns a Runner.
+func NewRunner(opts RunnerOptions) *Runner {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Sleep == nil {
+		opts.Sleep = sleepCtx
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = DefaultPollInterval
+	}
+	if opts.MaxPollInterval <= 0 {
+		opts.MaxPollInterval = DefaultMaxPollInterval
+	}
+	if opts.MaxPollInterval < opts.PollInterval {
+		opts.MaxPollInterval = opts.PollInterval
+	}
+	if opts.DefaultWaitTimeout <= 0 {
+		opts.DefaultWaitTimeout = DefaultWaitTimeout
+	}
+	r := &Runner{
+		opts:    opts,
+		store:   opts.Store,
+		log:     opts.Logger,
+		metrics: opts.Metrics,
+		now:     opts.Now,
+		sleep:   opts.Sleep,
+		waiting: map[int64]bool{},
+	}
+	r.bucket = newTokenBucket(opts.Limits.RequestsPerSecond, r.now, r.sleep)
+	r.workers = newSemaphore(concurrency(opts.Limits))
+	return r
+}
+
+func concurrency(l policy.Limits) int {
+	if l.Concurrency > 0 {
+		return l.Concurrency
+	}
+	return DefaultConcurrency
+}
+
+// SetLimits applies new limits (a config reload) to the calls made from now on.
+func (r *Runner) SetLimits(l policy.Limits) {
+	r.bucket.setRate(l.RequestsPerSecond)
+	r.workers.resize(concurrency(l))
+}
+
+// Cloud returns the Runner's cloud: every call takes a token of the shared request
+// rate. Prune and reconcile use it so that they share the limits with backup runs.
+func (r *Runner) Cloud() cloud.Cloud { return limitedCloud{inner: r.opts.Cloud, bucket: r.bucket} }
+
+// AcquireWorker takes one of the Limits.Concurrency worker slots shared by every run
+// of this Runner; the returned func gives it back.
+func (r *Runner) AcquireWorker(ctx context.Context) (release func(), err error) {
+	return r.workers.acquire(ctx)
+}
+
+// LockPolicy serialises backup runs and prunes of one policy: a run holds it while it
+// makes and waits for images, and a prune should hold it too.
+func (r *Runner) LockPolicy(ctx context.Context, name string) (unlock func(), err error) {
+	return r.pols.lock(ctx, name)
+}
+
+// CloudSelector converts a policy's selector to the cloud's.
+func CloudSelector(s policy.Selector) cloud.Selector {
+	return cloud.Selector{
+		Tags:              append([]string(nil), s.Tags...),
+		TagsAny:           append([]string(nil), s.TagsAny...),
+		ExcludeTags:       append([]string(nil), s.ExcludeTags...),
+		AvailabilityZones: append([]string(nil), s.AvailabilityZones...),
+	}
+}
+
+// StampSlot is the imagekeeper_slot stamp value of a slot: RFC 3339 in UTC.
+func StampSlot(slot time.Time) string { return slot.UTC().Format(time.RFC3339) }
+
+// run is one slot run in progress.
+type run struct {
+	r       *Runner
+	cfg     *policy.Config
+	p       *policy.Policy
+	slot    time.Time // UTC, whole seconds
+	trigger Trigger
+	slotID  int64
+	runID   string
+	cloud   limitedCloud
+	calls   *callCounter
+	log     *slog.Logger
+	timeout time.Duration
+
+	mu       sync.Mutex
+	results  map[string]*ServerResult
+	existing map[string]bool
+	claimed  []store.Image
+	done     int
+	total    int
+}
+
+// RunSlot runs one slot of policy p under cfg: it records the slot, selects the
+// servers, asks for one image per eligible server (idempotently: a server that
+// already has a row for the slot gets no second image), waits until each image is
+// good or failed, records the slot's outcome, and then calls AfterRun. The error
+// is non-nil only when the run could not do its work (listing servers failed, the
+// store failed, ctx was cancelled); failed images are in the report, not the error.
+func (r *Runner) RunSlot(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger) (*SlotReport, error) {
+	if p == nil || p.Image == nil {
+		return nil, errors.New("run slot: policy without image spec")
+	}
+	if trigger == "" {
+		trigger = TriggerScheduled
+	}
+	slot = slot.UTC().Truncate(time.Second)
+	unlock, err := r.LockPolicy(ctx, p.Name)
+	if err != nil {
+		return nil, fmt.Errorf("run slot of %s: %w", p.Name, err)
+	}
+	rep, err := r.runSlot(ctx, cfg, p, slot, trigger)
+	unlock()
+	if err != nil || r.opts.AfterRun == nil || rep == nil || rep.Outcome == store.OutcomeFailed {
+		return rep, err
+	}
+	if err := r.opts.AfterRun(ctx, cfg, p); err != nil {
+		return rep, fmt.Errorf("after run of %s: %w", p.Name, err)
+	}
+	return rep, nil
+}
+
+func (r *Runner) runSlot(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger) (*SlotReport, error) {
+	cfgVersion := ""
+	if cfg != nil {
+		cfgVersion = cfg.Version
+	}
+	started := r.now()
+	sl, err := r.store.StartSlot(ctx, store.Slot{Policy: p.Name, Slot: slot, Trigger: string(trigger),
+		PolicyVersion: p.Version, ConfigVersion: cfgVersion})
+	if err != nil {
+		return nil, fmt.Errorf("run slot: %w", err)
+	}
+	ru := &run{
+		r: r, cfg: cfg, p: p, slot: slot, trigger: trigger, slotID: sl.ID, runID: newRunID(),
+		calls:    &callCounter{},
+		log:      r.log.With("policy", p.Name, "slot", StampSlot(slot)),
+		timeout:  r.waitTimeout(p),
+		results:  map[string]*ServerResult{},
+		existing: map[string]bool{},
+	}
+	ru.cloud = limitedCloud{inner: r.opts.Cloud, bucket: r.bucket, counter: ru.calls}
+	rep := &SlotReport{Policy: p.Name, Slot: slot, SlotID: sl.ID, Trigger: trigger, Started: started}
+	ru.log.Info("slot run starting", "trigger", string(trigger), "run_id", ru.runID)
+
+	runErr := ru.execute(ctx)
+
+	// Record the outcome even when ctx was cancelled: the bookkeeping must land.
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	rep.Servers = ru.sortedResults()
+	for _, s := range rep.Servers {
+		switch s.Outcome {
+		case ServerGood:
+			rep.Counts.Good++
+		case ServerFailed:
+			rep.Counts.Failed++
+		case ServerSkipped:
+			rep.Counts.Skipped++
+		}
+		if s.Existing {
+			rep.Counts.Existing++
+		}
+	}
+	rep.Counts.Selected = len(rep.Servers)
+	rep.Outcome = store.OutcomeRan
+	if trigger == TriggerCatchUp {
+		rep.Outcome = store.OutcomeCaughtUp
+	}
+	switch {
+	case runErr != nil:
+		rep.Outcome, rep.Reason = store.OutcomeFailed, runErr.Error()
+	case rep.Counts.Failed > 0:
+		rep.Reason = fmt.Sprintf("%d of %d images failed", rep.Counts.Failed, rep.Counts.Selected)
+	}
+	rep.CloudCalls = ru.calls.total.Load()
+	rep.Finished = r.now()
+	if err := r.store.FinishSlot(bctx, sl.ID, rep.Outcome, rep.Reason, rep.Counts); err != nil {
+		ru.log.Error("record slot outcome", "err", err)
+		if runErr == nil {
+			runErr = err
+		}
+	}
+	r.metrics.SlotOutcome(p.Name, rep.Outcome)
+	if rep.OK() {
+		r.metrics.SetLastSuccess(p.Name, rep.Finished)
+	}
+	ru.log.Info("slot run finished", "outcome", rep.Outcome, "selected", rep.Counts.Selected, "good", rep.Counts.Good,
+		"failed", rep.Counts.Failed, "skipped", rep.Counts.Skipped, "cloud_calls", rep.CloudCalls,
+		"duration", rep.Finished.Sub(started).Round(time.Millisecond).String())
+	if runErr != nil {
+		return rep, fmt.Errorf("run slot %s of %s: %w", StampSlot(slot), p.Name, runErr)
+	}
+	return rep, nil
+}
+
+func (r *Runner) waitTimeout(p *policy.Policy) time.Duration {
+	if p != nil && p.Image != nil && p.Image.WaitTimeout > 0 {
+		return p.Image.WaitTimeout
+	}
+	return r.opts.DefaultWaitTimeout
+}
+
+func newRunID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// execute selects the servers, makes the images and waits for them.
+func (ru *run) execute(ctx context.Context) error {
+	r, p := ru.r, ru.p
+	sel := CloudSelector(p.Select)
+	servers, err := ru.cloud.ListServers(ctx, sel)
+	if err != nil {
+		ru.event(ctx, store.Event{Kind: "list_failed", Message: "list servers: " + cloud.Reason(err)})
+		return fmt.Errorf("list servers: %w", err)
+	}
+	var selected []cloud.Server
+	for _, s := range servers {
+		// The cloud may have ignored the tag filter (Nova below 2.26 does): check again.
+		if !sel.Matches(s.Tags, s.AvailabilityZone) {
+			ru.log.Warn("cloud returned a server the selector does not match; ignoring it", "server_id", s.ID)
+			continue
+		}
+		selected = append(selected, s)
+	}
+	sort.Slice(selected, func(i, j int) bool { return selected[i].ID < selected[j].ID })
+	ru.total = len(selected)
+	r.metrics.ServersSelected(p.Name, len(selected))
+	ru.progress(ServerResult{})
+
+	existing, err := r.store.Images(ctx, store.ImageFilter{Policy: p.Name, Slot: ru.slot})
+	if err != nil {
+		return err
+	}
+	rows := map[string]store.Image{}
+	for _, im := range existing {
+		rows[im.ServerID] = im
+	}
+
+	defer func() {
+		ru.mu.Lock()
+		claimed := ru.claimed
+		ru.mu.Unlock()
+		r.unclaim(claimed)
+	}()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var toWait []store.Image
+	var firstErr error
+	for _, s := range selected {
+		row, has := rows[s.ID]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			im, wait, err := ru.server(ctx, s, row, has)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil && firstErr == nil && !errors.Is(err, errAbandoned) {
+				firstErr = err
+			}
+			if wait {
+				toWait = append(toWait, im)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		ru.markWaiting(toWait)
+		return err
+	}
+	if len(toWait) > 0 {
+		if err := r.wait(ctx, ru.waitScope(), toWait); err != nil {
+			ru.markWaiting(toWait)
+			return err
+		}
+	}
+	return firstErr
+}
+
+// errAbandoned marks a server whose work a test hook stopped, as a crash would.
+var errAbandoned = errors.New("abandoned at a crash point")
+
+// server handles one selected server: the existing row, the skips, the intent, the
+// call. It returns the row to wait for when wait is true.
+func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has bool) (im store.Image, wait bool, err error) {
+	r, p := ru.r, ru.p
+	log := ru.log.With("server_id", s.ID)
+	res := ServerResult{ServerID: s.ID, ServerName: s.Name, Existing: has}
+	if has {
+		if !ru.claim(row) {
+			res.Outcome, res.ImageRow, res.ImageID = ServerWaiting, row.Row, row.ImageID
+			res.Reason = "image is being waited on by a resumed wait of this process"
+			ru.finish(res)
+			return row, false, nil
+		}
+		ru.mu.Lock()
+		ru.existing[s.ID] = true
+		ru.mu.Unlock()
+		res.ImageRow, res.ImageID, res.Adopted = row.Row, row.ImageID, row.Adopted
+		switch row.State {
+		case store.ImageGood:
+			res.Outcome = ServerGood
+			ru.finish(res)
+			return row, false, nil
+		case store.ImageCreating:
+			return row, true, nil
+		case store.ImageDeleting, store.ImageDeleted, store.ImageKeptProtected:
+			res.Outcome, res.Reason = ServerGood, "image already "+string(row.State)
+			if row.ActiveAt.IsZero() {
+				res.Outcome, res.Reason = ServerFailed, row.Reason
+			}
+			ru.finish(res)
+			return row, false, nil
+		case store.ImageFailed:
+			if row.ImageID != "" {
+				// The slot's image was made and failed; a second image for the same slot
+				// is not ours to make. The next slot tries again.
+				res.Outcome, res.Reason = ServerFailed, row.Reason
+				ru.finish(res)
+				return row, false, nil
+			}
+		}
+		// requested, or failed before any image existed: the outcome of an earlier
+		// call may be unknown, so look for our stamped image before calling again.
+		adopted, found, err := ru.adopt(ctx, row, "row for this slot had no image id")
+		if err != nil {
+			return row, false, ru.failRow(ctx, row, res, "look for stamped image: "+cloud.Reason(err))
+		}
+		if found {
+			return adopted, true, nil
+		}
+	}
+
+	switch {
+	case s.Status == "ERROR":
+		return row, false, ru.skip(ctx, s, res, SkipErrorState, "server is in ERROR state; Nova refuses to image it")
+	case s.TaskState != "":
+		return row, false, ru.skip(ctx, s, res, SkipBusy, fmt.Sprintf("server has a task in progress (task_state %s)", s.TaskState))
+	}
+
+	// Start at the server's stable offset inside the spread window, counted from the
+	// slot, so that a late (catch-up) run does not wait at all. A manual run starts
+	// at once.
+	if ru.trigger != TriggerManual && p.Schedule != nil {
+		if d := ru.slot.Add(spreadOffset(p.Name, s.ID, p.Schedule.Spread)).Sub(r.now()); d > 0 {
+			if err := r.sleep(ctx, d); err != nil {
+				return row, false, err
+			}
+		}
+	}
+	release, err := r.workers.acquire(ctx)
+	if err != nil {
+		return row, false, err
+	}
+	defer release()
+
+	name, meta, err := ru.render(s)
+	if err != nil {
+		if has {
+			return row, false, ru.failRow(ctx, row, res, err.Error())
+		}
+		ru.event(ctx, store.Event{Kind: store.EventImageFailed, ServerID: s.ID, Message: err.Error()})
+		res.Outcome, res.Reason = ServerFailed, err.Error()
+		r.metrics.ImageCreated(p.Name, CreateFailed, 0)
+		ru.finish(res)
+		return row, false, nil
+	}
+	if !has {
+		var created bool
+		row, created, err = r.store.RecordIntent(ctx, store.Intent{
+			Policy: p.Name, ServerID: s.ID, ServerName: s.Name, AZ: s.AvailabilityZone, VolumeBacked: s.VolumeBacked,
+			Slot: ru.slot, SlotID: ru.slotID, Name: name, Metadata: meta, PolicyVersion: p.Version,
+			ConfigVersion: ru.cfgVersion(),
+		})
+		if err != nil {
+			return row, false, err
+		}
+		res.ImageRow = row.Row
+		if !ru.claim(row) {
+			res.Outcome, res.ImageID = ServerWaiting, row.ImageID
+			res.Reason = "image is being waited on by a resumed wait of this process"
+			ru.finish(res)
+			return row, false, nil
+		}
+		if !created {
+			// Another process wrote the row between our read and now: it owns the call.
+			res.Existing = true
+			ru.log.Info("slot row appeared concurrently; not calling again", "server_id", s.ID)
+			if row.State == store.ImageCreating {
+				return row, true, nil
+			}
+			res.Outcome, res.Reason = ServerFailed, "row for this slot written by another run ("+string(row.State)+")"
+			if row.State == store.ImageGood {
+				res.Outcome, res.Reason = ServerGood, ""
+			}
+			ru.finish(res)
+			return row, false, nil
+		}
+	}
+	if h := r.opts.hooks.afterIntent; h != nil {
+		if err := h(s.ID); err != nil {
+			return row, false, errAbandoned
+		}
+	}
+	return ru.create(ctx, s, row, res, name, meta, log)
+}
+
+// create makes the createImage call for a row that has no image yet.
+func (ru *run) create(ctx context.Context, s cloud.Server, row store.Image, res ServerResult, name string,
+	meta map[string]string, log *slog.Logger) (store.Image, bool, error) {
+	r, p := ru.r, ru.p
+	unlock, err := r.servers.lock(ctx, s.ID)
+	if err != nil {
+		return row, false, err
+	}
+	row, err = r.store.BeginAttempt(ctx, row.Row, name, meta)
+	if err != nil {
+		unlock()
+		return row, false, err
+	}
+	id, err := ru.cloud.CreateImage(ctx, s.ID, name, meta)
+	unlock()
+	if err == nil {
+		if h := r.opts.hooks.afterCreate; h != nil {
+			if herr := h(s.ID, id); herr != nil {
+				return row, false, errAbandoned
+			}
+		}
+		bctx := context.WithoutCancel(ctx) // the id must be recorded once we have it
+		row, err = r.store.SetImageID(bctx, row.Row, id, false, "createImage returned image "+id)
+		if err != nil {
+			return row, false, err
+		}
+		log.Info("image requested", "image_id", id)
+		return row, true, nil
+	}
+	switch {
+	case errors.Is(err, cloud.ErrBusy):
+		// 409: Nova refused before making anything, so the intent can go and a later
+		// run of this slot may try again.
+		reason := "server busy: " + cloud.Reason(err)
+		if derr := r.store.DropIntent(context.WithoutCancel(ctx), row.Row, reason); derr != nil {
+			return row, false, derr
+		}
+		res.ImageRow = 0
+		res.Outcome, res.Reason = ServerSkipped, SkipBusy
+		r.metrics.ServerSkipped(p.Name, SkipBusy)
+		log.Info("server skipped", "reason", SkipBusy, "detail", cloud.Reason(err))
+		ru.finish(res)
+		return row, false, nil
+	case errors.Is(err, cloud.ErrUnknownOutcome) || (ctx.Err() == nil && isTransport(err)):
+		// The image may exist: never call again before looking for it. The wait adopts
+		// it when it shows up under our stamp, and fails the row at wait_timeout if not.
+		bctx := context.WithoutCancel(ctx)
+		if _, nerr := r.store.NoteImage(bctx, row.Row, store.EventImageNote,
+			"createImage outcome unknown ("+cloud.Reason(err)+"); looking for our stamped image"); nerr != nil {
+			return row, false, nerr
+		}
+		adopted, found, aerr := ru.adopt(ctx, row, "createImage outcome unknown")
+		if aerr == nil && found {
+			return adopted, true, nil
+		}
+		return row, true, nil
+	case ctx.Err() != nil:
+		// Cancelled mid-call: the outcome is unknown; the next run of the slot looks first.
+		return row, false, ctx.Err()
+	default:
+		return row, false, ru.failRow(context.WithoutCancel(ctx), row, res, "createImage: "+cloud.Reason(err))
+	}
+}
+
+// isTransport reports an error that is not one of the cloud's verdicts: the request
+// may have reached the cloud.
+func isTransport(err error) bool {
+	for _, k := range []error{cloud.ErrNotFound, cloud.ErrBusy, cloud.ErrProtected, cloud.ErrInUse, cloud.ErrQuota,
+		cloud.ErrInvalid, cloud.ErrUnavailable} {
+		if errors.Is(err, k) {
+			return false
+		}
+	}
+	return true
+}
+
+// adopt looks for our stamped image of the row's (policy, server, slot) and records
+// it. found is false when there is none.
+func (ru *run) adopt(ctx context.Context, row store.Image, why string) (store.Image, bool, error) {
+	r := ru.r
+	stamp := cloud.Stamp{Owner: r.store.Owner(), Policy: row.Policy, Server: row.ServerID, Slot: StampSlot(row.Slot)}
+	images, err := ru.cloud.ListImages(ctx, stamp.Properties())
+	if err != nil {
+		return row, false, err
+	}
+	img, ok := pickStamped(images, stamp)
+	if !ok {
+		return row, false, nil
+	}
+	msg := fmt.Sprintf("adopted image %s found by its stamp (%s)", img.ID, why)
+	if n := countStamped(images, stamp); n > 1 {
+		msg += fmt.Sprintf("; %d images carry this stamp, the oldest was adopted", n)
+	}
+	adopted, err := r.store.SetImageID(context.WithoutCancel(ctx), row.Row, img.ID, true, msg)
+	if err != nil {
+		return row, false, err
+	}
+	ru.log.Info("image adopted", "server_id", row.ServerID, "image_id", img.ID)
+	return adopted, true, nil
+}
+
+// pickStamped returns the oldest image carrying exactly stamp.
+func pickStamped(images []cloud.Image, stamp cloud.Stamp) (cloud.Image, bool) {
+	var best cloud.Image
+	found := false
+	for _, im := range images {
+		st, ok := cloud.StampOf(im.Properties)
+		if !ok || st != stamp || im.ID == "" {
+			continue
+		}
+		if !found || im.CreatedAt.Before(best.CreatedAt) || (im.CreatedAt.Equal(best.CreatedAt) && im.ID < best.ID) {
+			best, found = im, true
+		}
+	}
+	return best, found
+}
+
+func countStamped(images []cloud.Image, stamp cloud.Stamp) int {
+	n := 0
+	for _, im := range images {
+		if st, ok := cloud.StampOf(im.Properties); ok && st == stamp {
+			n++
+		}
+	}
+	return n
+}
+
+// render makes the image name and metadata of server s, stamp included.
+func (ru *run) render(s cloud.Server) (string, map[string]string, error) {
+	p := ru.p
+	loc := time.UTC
+	if p.Schedule != nil && p.Schedule.Location != nil {
+		loc = p.Schedule.Location
+	}
+	name, meta, err := p.Image.Render(policy.TemplateData{
+		Server: policy.ServerInfo{ID: s.ID, Name: s.Name, AZ: s.AvailabilityZone, Tags: s.Tags, Metadata: s.Metadata},
+		Policy: policy.PolicyInfo{Name: p.Name},
+		Slot:   ru.slot.In(loc),
+		Now:    ru.r.now().In(loc),
+		RunID:  ru.runID,
+	})
+	if err != nil {
+		return "", nil, fmt.Errorf("render image name and metadata: %w", err)
+	}
+	if meta == nil {
+		meta = map[string]string{}
+	}
+	stamp := cloud.Stamp{Owner: ru.r.store.Owner(), Policy: p.Name, Server: s.ID, Slot: StampSlot(ru.slot)}
+	for k, v := range stamp.Properties() {
+		meta[k] = v
+	}
+	return name, meta, nil
+}
+
+func (ru *run) cfgVersion() string {
+	if ru.cfg == nil {
+		return ""
+	}
+	return ru.cfg.Version
+}
+
+// skip records a server that is not imaged, with its reason.
+func (ru *run) skip(ctx context.Context, s cloud.Server, res ServerResult, reason, detail string) error {
+	ru.event(ctx, store.Event{Kind: store.EventServerSkipped, ServerID: s.ID, Message: reason + ": " + detail})
+	ru.r.metrics.ServerSkipped(ru.p.Name, reason)
+	ru.log.Info("server skipped", "server_id", s.ID, "reason", reason, "detail", detail)
+	res.Outcome, res.Reason = ServerSkipped, reason
+	ru.finish(res)
+	return nil
+}
+
+// failRow marks a row failed and reports the server failed.
+func (ru *run) failRow(ctx context.Context, row store.Image, res ServerResult, reason string) error {
+	im, err := ru.r.store.MarkFailed(ctx, row.Row, reason)
+	if err != nil {
+		return err
+	}
+	ru.r.metrics.ImageCreated(ru.p.Name, CreateFailed, 0)
+	ru.log.Warn("image failed", "server_id", row.ServerID, "reason", reason)
+	res.Outcome, res.Reason, res.ImageRow, res.ImageID = ServerFailed, reason, im.Row, im.ImageID
+	ru.finish(res)
+	return nil
+}
+
+// event appends an audit event about this run's slot.
+func (ru *run) event(ctx context.Context, e store.Event) {
+	e.Policy, e.Slot, e.SlotID = ru.p.Name, ru.slot, ru.slotID
+	if _, err := ru.r.store.AddEvent(context.WithoutCancel(ctx), e); err != nil {
+		ru.log.Error("record event", "kind", e.Kind, "err", err)
+	}
+}
+
+// claim takes a row for this run, so that a resumed wait of the same process
+// leaves it alone; false if that wait has it.
+func (ru *run) claim(row store.Image) bool {
+	if len(ru.r.claim([]store.Image{row})) == 0 {
+		return false
+	}
+	ru.mu.Lock()
+	ru.claimed = append(ru.claimed, row)
+	ru.mu.Unlock()
+	return true
+}
+
+// finish records a server's final result and reports progress.
+func (ru *run) finish(res ServerResult) {
+	ru.mu.Lock()
+	defer ru.mu.Unlock()
+	if _, dup := ru.results[res.ServerID]; dup {
+		return
+	}
+	if ru.existing[res.ServerID] {
+		res.Existing = true
+	}
+	cp := res
+	ru.results[res.ServerID] = &cp
+	ru.done++
+	if ru.r.opts.Progress != nil {
+		ru.r.opts.Progress(ProgressEvent{Policy: ru.p.Name, Slot: ru.slot, Done: ru.done, Total: ru.total, Server: res})
+	}
+}
+
+// progress reports the start of the run (selection done).
+func (ru *run) progress(res ServerResult) {
+	ru.mu.Lock()
+	defer ru.mu.Unlock()
+	if ru.r.opts.Progress != nil {
+		ru.r.opts.Progress(ProgressEvent{Policy: ru.p.Name, Slot: ru.slot, Done: ru.done, Total: ru.total, Server: res})
+	}
+}
+
+// markWaiting reports the servers still being waited on when the run stops early.
+func (ru *run) markWaiting(rows []store.Image) {
+	for _, im := range rows {
+		ru.mu.Lock()
+		_, done := ru.results[im.ServerID]
+		ru.mu.Unlock()
+		if !done {
+			ru.finish(ServerResult{ServerID: im.ServerID, ServerName: im.ServerName, Outcome: ServerWaiting,
+				ImageID: im.ImageID, ImageRow: im.Row, Adopted: im.Adopted, Reason: "run stopped while waiting"})
+		}
+	}
+}
+
+func (ru *run) sortedResults() []ServerResult {
+	ru.mu.Lock()
+	defer ru.mu.Unlock()
+	out := make([]ServerResult, 0, len(ru.results))
+	for _, r := range ru.results {
+		out = append(out, *r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ServerID < out[j].ServerID })
+	return out
+}
+
+// waitScope is the run's part of a wait: its slot, cloud, timeout and result sink.
+func (ru *run) waitScope() waitScope {
+	return waitScope{
+		policy: ru.p.Name, slot: ru.slot, timeout: ru.timeout, cloud: ru.cloud, log: ru.log,
+		done: func(im store.Image, outcome ServerOutcome, reason string, d time.Duration) {
+			ru.finish(ServerResult{ServerID: im.ServerID, ServerName: im.ServerName, Outcome: outcome, Reason: reason,
+				ImageID: im.ImageID, ImageRow: im.Row, Adopted: im.Adopted, Duration: d})
+		},
+	}
+}

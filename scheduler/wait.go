@@ -1,0 +1,371 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/imagekeeper/imagekeeper/cloud"
+	"github.com/imagekeeper/imagekeeper/policy"
+	"github.com/imagekeeper/imagekeeper/store"
+)
+
+// waitScope is one batch of images to wait for: all of one policy and one slot, so
+// that one Glance list filtered by the stamp (owner, policy, slot) sees them all.
+type waitScope struct {
+	policy  string
+	slot    time.Time
+	timeout time.Duration
+	cloud   cloud.Cloud
+	log     *slog.Logger
+	// done receives each image's final outcome (good or failed).
+	done func(im store.Image, outcome ServerOutcome, reason string, d time.Duration)
+	// pollFirst polls before the first sleep (a resumed wait: the images may be long
+	// done); a fresh run sleeps first, since nothing it just asked for is ready yet.
+	pollFirst bool
+}
+
+// waitItem is one image being waited for.
+type waitItem struct {
+	row store.Image
+	// available remembers snapshots already seen available, so that each is fetched
+	// until it is, and no longer.
+	available map[string]bool
+	recorded  map[string]bool
+}
+
+// claim marks rows as watched by this Runner and returns the ones it got; rows that
+// another wait of this Runner already watches are left to it.
+func (r *Runner) claim(rows []store.Image) []store.Image {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var mine []store.Image
+	for _, im := range rows {
+		if r.waiting[im.Row] {
+			continue
+		}
+		r.waiting[im.Row] = true
+		mine = append(mine, im)
+	}
+	return mine
+}
+
+func (r *Runner) unclaim(rows []store.Image) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, im := range rows {
+		delete(r.waiting, im.Row)
+	}
+}
+
+// wait polls until every row is good or failed, or ctx ends (the rows then stay
+// creating, and ResumeWaits picks them up after a restart). Polls are batched: one
+// ListImages by stamp per round covers every image of the scope, then GetSnapshot
+// for each volume snapshot not yet seen available; the interval doubles from
+// PollInterval up to MaxPollInterval.
+func (r *Runner) wait(ctx context.Context, sc waitScope, rows []store.Image) error {
+	items := make([]*waitItem, 0, len(rows))
+	for _, im := range rows {
+		items = append(items, &waitItem{row: im, available: map[string]bool{}, recorded: map[string]bool{}})
+	}
+	sort.Slice(items, func(i, j int) bool { return items[i].row.ServerID < items[j].row.ServerID })
+	interval := r.opts.PollInterval
+	for round := 0; len(items) > 0; round++ {
+		if round > 0 || !sc.pollFirst {
+			if err := r.sleep(ctx, interval); err != nil {
+				return err
+			}
+			interval = min(interval*2, r.opts.MaxPollInterval)
+		}
+		if h := r.opts.hooks.beforePoll; h != nil {
+			if err := h(round); err != nil {
+				return errAbandoned
+			}
+		}
+		var err error
+		items, err = r.poll(ctx, sc, items)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// poll makes one round over the items and returns those still pending.
+func (r *Runner) poll(ctx context.Context, sc waitScope, items []*waitItem) ([]*waitItem, error) {
+	owner := r.store.Owner()
+	slotStamp := StampSlot(sc.slot)
+	listed, listErr := sc.cloud.ListImages(ctx, map[string]string{
+		cloud.StampOwner: owner, cloud.StampPolicy: sc.policy, cloud.StampSlot: slotStamp,
+	})
+	if err := ctx.Err(); err != nil {
+		return items, err
+	}
+	if listErr != nil {
+		sc.log.Warn("list images while waiting", "err", listErr)
+	}
+	byID := map[string]cloud.Image{}
+	for _, im := range listed {
+		byID[im.ID] = im
+	}
+	var pending []*waitItem
+	for _, it := range items {
+		settled, err := r.check(ctx, sc, it, listed, byID, listErr)
+		if err != nil {
+			if ctx.Err() != nil {
+				return append(pending, it), ctx.Err()
+			}
+			// A store error on one row must not stop the others; the row stays as it is
+			// in the store and a later resume retries it.
+			sc.log.Error("wait: record image state", "server_id", it.row.ServerID, "image_id", it.row.ImageID, "err", err)
+			continue
+		}
+		if !settled {
+			pending = append(pending, it)
+		}
+	}
+	return pending, nil
+}
+
+// check looks at one image and records what it learned. settled is true when the
+// row reached good or failed.
+func (r *Runner) check(ctx context.Context, sc waitScope, it *waitItem, listed []cloud.Image, byID map[string]cloud.Image,
+	listErr error) (settled bool, err error) {
+	st := r.store
+	bctx := context.WithoutCancel(ctx)
+	// RequestedAt comes from the store's clock, so the deadline is judged by it too.
+	now := st.Now()
+	deadline := it.row.RequestedAt.Add(sc.timeout)
+	late := now.After(deadline)
+
+	if it.row.ImageID == "" {
+		stamp := cloud.Stamp{Owner: st.Owner(), Policy: it.row.Policy, Server: it.row.ServerID, Slot: StampSlot(it.row.Slot)}
+		img, ok := pickStamped(listed, stamp)
+		if !ok {
+			if !late {
+				return false, nil
+			}
+			return true, r.fail(bctx, sc, it, "createImage outcome unknown and no image with our stamp appeared within wait_timeout "+sc.timeout.String())
+		}
+		row, err := st.SetImageID(bctx, it.row.Row, img.ID, true,
+			fmt.Sprintf("adopted image %s found by its stamp while waiting (the createImage outcome was unknown)", img.ID))
+		if err != nil {
+			return false, err
+		}
+		it.row = row
+	}
+
+	img, ok := byID[it.row.ImageID]
+	if !ok {
+		// Absent from the list (or the list failed): ask for the image itself before
+		// concluding anything; a listing can lag or fail.
+		got, err := sc.cloud.GetImage(ctx, it.row.ImageID)
+		switch {
+		case errors.Is(err, cloud.ErrNotFound):
+			return true, r.fail(bctx, sc, it, fmt.Sprintf("image %s vanished while waiting (Glance 404): Nova deletes the image when the snapshot fails", it.row.ImageID))
+		case err != nil:
+			if late {
+				return true, r.fail(bctx, sc, it, fmt.Sprintf("not confirmed good within wait_timeout %s: %s", sc.timeout, cloud.Reason(err)))
+			}
+			return false, nil
+		}
+		img = got
+	}
+
+	// Record the volume snapshots as soon as the image names them, so that a crash
+	// mid-wait leaves them in the lineage for retention to clean up.
+	var fresh []store.Snapshot
+	for _, ref := range img.Snapshots {
+		if !it.recorded[ref.SnapshotID] {
+			fresh = append(fresh, store.Snapshot{SnapshotID: ref.SnapshotID, DeviceName: ref.DeviceName, BootIndex: ref.BootIndex})
+		}
+	}
+	if len(fresh) > 0 {
+		if err := st.AddSnapshots(bctx, it.row.Row, fresh); err != nil {
+			return false, err
+		}
+		for _, sn := range fresh {
+			it.recorded[sn.SnapshotID] = true
+		}
+	}
+
+	switch img.Status {
+	case cloud.ImageKilled:
+		return true, r.fail(bctx, sc, it, fmt.Sprintf("image %s is killed (Glance: error during upload)", img.ID))
+	case cloud.ImageDeleted, "pending_delete", "deactivated":
+		return true, r.fail(bctx, sc, it, fmt.Sprintf("image %s is %s while waiting", img.ID, img.Status))
+	case cloud.ImageActive:
+		done, failure, err := r.checkSnapshots(ctx, sc, it, img)
+		if err != nil {
+			return false, err
+		}
+		if failure != "" {
+			return true, r.fail(bctx, sc, it, failure)
+		}
+		if done {
+			row, err := st.MarkGood(bctx, it.row.Row, store.Good{SizeBytes: img.Size,
+				Message: fmt.Sprintf("image %s active, %d volume snapshots available", img.ID, len(img.Snapshots))})
+			if err != nil {
+				return false, err
+			}
+			it.row = row
+			d := row.ActiveAt.Sub(row.RequestedAt)
+			r.metrics.ImageCreated(sc.policy, CreateGood, d)
+			sc.log.Info("image good", "server_id", row.ServerID, "image_id", row.ImageID, "duration", d.Round(time.Millisecond).String())
+			if sc.done != nil {
+				sc.done(row, ServerGood, "", d)
+			}
+			return true, nil
+		}
+	}
+	if late {
+		avail := 0
+		for _, ref := range img.Snapshots {
+			if it.available[ref.SnapshotID] {
+				avail++
+			}
+		}
+		msg := fmt.Sprintf("not good within wait_timeout %s: image %s is %s", sc.timeout, img.ID, img.Status)
+		if len(img.Snapshots) > 0 {
+			msg += fmt.Sprintf(", %d of %d volume snapshots available", avail, len(img.Snapshots))
+		}
+		return true, r.fail(bctx, sc, it, msg)
+	}
+	return false, nil
+}
+
+// checkSnapshots fetches each of an active image's volume snapshots not yet seen
+// available. done is true when all are available; failure is set when one failed.
+func (r *Runner) checkSnapshots(ctx context.Context, sc waitScope, it *waitItem, img cloud.Image) (done bool, failure string, err error) {
+	st := r.store
+	bctx := context.WithoutCancel(ctx)
+	done = true
+	for _, ref := range img.Snapshots {
+		if it.available[ref.SnapshotID] {
+			continue
+		}
+		sn, gerr := sc.cloud.GetSnapshot(ctx, ref.SnapshotID)
+		if errors.Is(gerr, cloud.ErrNotFound) {
+			if _, err := st.UpdateSnapshot(bctx, ref.SnapshotID, store.SnapshotUpdate{State: store.SnapshotMissing,
+				Reason: "Cinder answered 404 while we waited for it"}); err != nil {
+				return false, "", err
+			}
+			if failure == "" {
+				failure = fmt.Sprintf("volume snapshot %s of image %s vanished (Cinder 404)", ref.SnapshotID, img.ID)
+			}
+			done = false
+			continue
+		}
+		if gerr != nil {
+			done = false
+			continue
+		}
+		u := store.SnapshotUpdate{VolumeID: sn.VolumeID, SizeGB: sn.Size}
+		switch sn.Status {
+		case cloud.SnapshotAvailable:
+			u.State = store.SnapshotAvailable
+		case cloud.SnapshotError:
+			u.State, u.Reason = store.SnapshotError, "Cinder put the snapshot in error while creating it"
+		case cloud.SnapshotDeleting, cloud.SnapshotErrorDeleting, "deleted":
+			u.State, u.Reason = store.SnapshotMissing, "snapshot is "+sn.Status+" before it was ever available"
+		default:
+			u.State = store.SnapshotCreating
+		}
+		if _, err := st.UpdateSnapshot(bctx, ref.SnapshotID, u); err != nil {
+			return false, "", err
+		}
+		switch u.State {
+		case store.SnapshotAvailable:
+			it.available[ref.SnapshotID] = true
+		case store.SnapshotError, store.SnapshotMissing:
+			// Keep going: the lineage should know every snapshot's state, not just the
+			// first bad one.
+			if failure == "" {
+				failure = fmt.Sprintf("volume snapshot %s of volume %s is %s", ref.SnapshotID, orDash(sn.VolumeID), sn.Status)
+			}
+			done = false
+		default:
+			done = false
+		}
+	}
+	return done, failure, nil
+}
+
+// fail marks a waited-for row failed.
+func (r *Runner) fail(ctx context.Context, sc waitScope, it *waitItem, reason string) error {
+	row, err := r.store.MarkFailed(ctx, it.row.Row, reason)
+	if err != nil {
+		return err
+	}
+	it.row = row
+	r.metrics.ImageCreated(sc.policy, CreateFailed, 0)
+	sc.log.Warn("image failed", "server_id", row.ServerID, "image_id", row.ImageID, "reason", reason)
+	if sc.done != nil {
+		sc.done(row, ServerFailed, reason, r.store.Now().Sub(row.RequestedAt))
+	}
+	return nil
+}
+
+// ResumeWaits picks up the images a previous process left creating (or requested,
+// with an unknown outcome) and waits for them, in batches by (policy, slot). A
+// policy no longer in cfg is waited for with DefaultWaitTimeout. It returns when
+// every such image is good or failed, or ctx ends.
+func (r *Runner) ResumeWaits(ctx context.Context, cfg *policy.Config) error {
+	rows, err := r.store.Images(ctx, store.ImageFilter{States: []store.ImageState{store.ImageCreating, store.ImageRequested}})
+	if err != nil {
+		return fmt.Errorf("resume waits: %w", err)
+	}
+	rows = r.claim(rows)
+	defer r.unclaim(rows)
+	type key struct {
+		policy string
+		slot   time.Time
+	}
+	groups := map[key][]store.Image{}
+	var keys []key
+	for _, im := range rows {
+		k := key{im.Policy, im.Slot}
+		if _, ok := groups[k]; !ok {
+			keys = append(keys, k)
+		}
+		groups[k] = append(groups[k], im)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(keys))
+	for i, k := range keys {
+		var p *policy.Policy
+		if cfg != nil {
+			for _, cp := range cfg.Policies {
+				if cp.Name == k.policy {
+					p = cp
+				}
+			}
+		}
+		sc := waitScope{
+			policy: k.policy, slot: k.slot, timeout: r.waitTimeout(p), cloud: r.Cloud(), pollFirst: true,
+			log: r.log.With("policy", k.policy, "slot", StampSlot(k.slot)),
+		}
+		sc.log.Info("resuming wait", "images", len(groups[k]))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = r.wait(ctx, sc, groups[k])
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("resume waits: %w", err)
+	}
+	return nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
