@@ -19,7 +19,8 @@ var allowedImports = map[string][]string{
 	"cloud":           {},
 	"cloud/simcloud":  {},
 	"cloud/cloudtest": {module + "/cloud"},
-	"cloud/openstack": {module + "/cloud", "github.com/gophercloud/gophercloud/v2"},
+	// gophercloud's clouds.yaml parser brings yaml.v2 with it.
+	"cloud/openstack": {module + "/cloud", "github.com/gophercloud/gophercloud/v2", "gopkg.in/yaml.v2"},
 	"scheduler": {
 		module + "/policy", module + "/store", module + "/cloud",
 		"github.com/robfig/cron/v3", "github.com/prometheus/client_golang/prometheus",
