@@ -93,9 +93,9 @@ func TestLoggerRedactsCredentials(t *testing.T) {
 			}
 			// A plain string under a credential key (a mistake the redaction catches), a
 			// cloud.Secret under a neutral key, and both inside a group.
-			log.Info("auth", "password", real, "value", cloud.Secret(real),
+			log.Info("auth", "password", real, "value", cloud.NewSecret(real),
 				slog.Group("auth", "application_credential_secret", real, "token", []byte(real)))
-			log.Debug("any", "Os_Password", real, "x", cloud.Secret(real))
+			log.Debug("any", "Os_Password", real, "x", cloud.NewSecret(real))
 			out := buf.String()
 			if strings.Contains(out, real) {
 				t.Fatalf("secret leaked in %s log:\n%s", format, out)
