@@ -41,6 +41,17 @@
 //	volume.snapshots.delete  DELETE /snapshots/{id}
 //	volume.other             any other block-storage request
 //	"*"                      (Fault.Op only) every operation above
+//
+// Deliberate simplifications (what a real cloud does that this one does not):
+// tokens are always project-scoped, whatever the request's scope; version
+// documents never need a token; one flavor, no networks, no base images in
+// Glance (server image ids resolve to nothing); server names and ids are the
+// only Nova filters besides tags, status and (from 2.83) availability_zone;
+// Glance images carry no tags and ignore size/date filters; createImage's name
+// limit is Nova's (255 characters), not Huawei's (< 243 bytes); Glance and
+// Keystone error bodies are close to, not byte-for-byte, the real ones; the
+// block_device_mapping key order is fixed (Nova's varies); no quotas (no 403
+// OverQuota, no 413); no quiesce; volume-backed snapshots need no policy.
 package simcloud
 
 import (

@@ -22,6 +22,9 @@ type req struct {
 	base  string   // the simulator's base URL
 	mv    version  // compute microversion (compute requests only)
 	token string
+	// projectInPath records a compute URL with the project id, which Nova's
+	// links then repeat.
+	projectInPath bool
 }
 
 type route struct {
@@ -352,8 +355,7 @@ func utf16Pair(r rune) (rune, rune) {
 	return 0xd800 + (r>>10)&0x3ff, 0xdc00 + r&0x3ff
 }
 
-// readJSON decodes a request body into v; false (after answering 400 with
-// badFn's message) when it is not JSON.
+// readBody reads a request body of at most 1 MiB.
 func readBody(q *req) ([]byte, error) {
 	var b bytes.Buffer
 	if _, err := b.ReadFrom(http.MaxBytesReader(q.w, q.r.Body, 1<<20)); err != nil {

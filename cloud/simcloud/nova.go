@@ -61,10 +61,9 @@ func (s *Sim) routeCompute(q *req) route {
 		return s.computeOther()
 	}
 	segs = segs[1:]
-	q.r.Header.Set("X-Sim-Project-In-Path", "")
 	if len(segs) > 0 && segs[0] == s.opts.ProjectID {
 		segs = segs[1:]
-		q.r.Header.Set("X-Sim-Project-In-Path", "1")
+		q.projectInPath = true
 	}
 	q.segs = segs
 	if len(segs) == 0 {
@@ -196,7 +195,7 @@ func (s *Sim) computePrefix(q *req, bookmark bool) string {
 	if !bookmark {
 		p += "/v2.1"
 	}
-	if q.r.Header.Get("X-Sim-Project-In-Path") == "1" {
+	if q.projectInPath {
 		p += "/" + s.opts.ProjectID
 	}
 	return p
