@@ -1,0 +1,166 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/imagekeeper/imagekeeper/scheduler"
+)
+
+func init() {
+	register(command{
+		name:    "run",
+		summary: "run one slot of a policy now, with progress",
+		run:     runBackup,
+	})
+}
+
+// runNow is the clock of `run`, and runPollInterval its first poll interval (0: the
+// scheduler's default); tests replace them.
+var (
+	runNow          = time.Now
+	runPollInterval time.Duration
+)
+
+// runBackup runs one slot of one policy now: the current minute is the slot, so
+// running it twice in one minute makes no second image. Exit 0 when every selected
+// server got a good image or was skipped for a recorded reason, 1 otherwise.
+func runBackup(ctx context.Context, m *Main, args []string) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(m.Stderr)
+	configPath := fs.String("config", defaultConfigPath, "policy file")
+	policyName := fs.String("policy", "", "policy to run (required)")
+	quiet := fs.Bool("quiet", false, "print only the summary")
+	lf := addLogFlags(fs)
+	// Progress goes to stdout; per-image logs would repeat it on stderr.
+	lf.level = "warn"
+	fs.Lookup("log-level").DefValue = "warn"
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return usageError("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return usageError("unexpected argument %q", fs.Arg(0))
+	}
+	if *policyName == "" {
+		return usageError("--policy is required")
+	}
+	log, err := lf.logger(m.Stderr)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	cfg, err := wireConfig(m, *configPath)
+	if err != nil {
+		return err
+	}
+	p, err := wirePolicy(cfg, *policyName)
+	if err != nil {
+		return err
+	}
+	st, err := wireStore(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	cl, err := wireCloud(ctx, cfg, log, nil)
+	if err != nil {
+		return err
+	}
+
+	var progress func(scheduler.ProgressEvent)
+	if !*quiet {
+		progress = func(e scheduler.ProgressEvent) { printProgress(m.Stdout, e) }
+	}
+	runner := scheduler.NewRunner(scheduler.RunnerOptions{
+		Cloud: cl, Store: st, Limits: cfg.Limits, Logger: log.With("command", "run"), Progress: progress,
+		PollInterval: runPollInterval, MaxPollInterval: 4 * runPollInterval,
+	})
+	slot := runNow().UTC().Truncate(time.Minute)
+	rep, runErr := runner.RunSlot(ctx, cfg, p, slot, scheduler.TriggerManual)
+	if rep != nil {
+		printSummary(m.Stdout, rep)
+	}
+	switch {
+	case runErr != nil && ctx.Err() != nil:
+		return withExitCode(exitFailure, fmt.Errorf("interrupted; images still being made are finished by the daemon (or the next run of this slot): %w", runErr))
+	case runErr != nil:
+		return withExitCode(exitFailure, runErr)
+	case !rep.OK():
+		return withExitCode(exitFailure, fmt.Errorf("%d of %d selected servers have no good image for slot %s",
+			rep.Counts.Selected-rep.Counts.Good-rep.Counts.Skipped, rep.Counts.Selected, scheduler.StampSlot(rep.Slot)))
+	}
+	return nil
+}
+
+// printProgress prints one line per server as it reaches its outcome, e.g.
+// "3/50 web-1: image abc123 good (12s)".
+func printProgress(w io.Writer, e scheduler.ProgressEvent) {
+	if e.Server.ServerID == "" {
+		fmt.Fprintf(w, "%s: slot %s: %d servers selected\n", e.Policy, scheduler.StampSlot(e.Slot), e.Total)
+		return
+	}
+	s := e.Server
+	name := s.ServerName
+	if name == "" {
+		name = s.ServerID
+	}
+	var what string
+	switch s.Outcome {
+	case scheduler.ServerSkipped:
+		what = "skipped (" + s.Reason + ")"
+	case scheduler.ServerGood:
+		what = fmt.Sprintf("image %s good", orNone(s.ImageID))
+		if s.Duration > 0 {
+			what += fmt.Sprintf(" (%s)", roundDuration(s.Duration))
+		}
+		if s.Existing {
+			what += " (already made for this slot)"
+		} else if s.Adopted {
+			what += " (adopted)"
+		}
+	case scheduler.ServerFailed:
+		what = fmt.Sprintf("image %s failed", orNone(s.ImageID))
+		if s.Duration > 0 {
+			what += fmt.Sprintf(" (%s)", roundDuration(s.Duration))
+		}
+		what += ": " + s.Reason
+	default:
+		what = fmt.Sprintf("image %s %s: %s", orNone(s.ImageID), s.Outcome, s.Reason)
+	}
+	fmt.Fprintf(w, "%d/%d %s: %s\n", e.Done, e.Total, name, what)
+}
+
+// printSummary prints the last line(s) of a run.
+func printSummary(w io.Writer, rep *scheduler.SlotReport) {
+	c := rep.Counts
+	fmt.Fprintf(w, "%s: slot %s %s: %d selected, %d good, %d failed, %d skipped in %s (%d cloud calls)\n",
+		rep.Policy, scheduler.StampSlot(rep.Slot), rep.Outcome, c.Selected, c.Good, c.Failed, c.Skipped,
+		roundDuration(rep.Finished.Sub(rep.Started)), rep.CloudCalls)
+	if rep.Reason != "" {
+		fmt.Fprintf(w, "%s: %s\n", rep.Policy, rep.Reason)
+	}
+}
+
+func roundDuration(d time.Duration) time.Duration {
+	switch {
+	case d >= time.Minute:
+		return d.Round(time.Second)
+	case d >= time.Second:
+		return d.Round(100 * time.Millisecond)
+	default:
+		return d.Round(time.Millisecond)
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}

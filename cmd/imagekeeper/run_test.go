@@ -1,0 +1,222 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
+)
+
+const lineageCLIConfig = `cloud: sim
+state: %s
+limits: {concurrency: 4, requests_per_second: 500}
+policies:
+  - name: web
+    select:
+      tags: [backup=daily]
+    schedule:
+      cron: "30 2 * * *"
+      timezone: Asia/Shanghai
+    image:
+      name: '{{ .Server.Name }}-{{ .Slot.Format "20060102-1504" }}'
+      metadata:
+        source: '{{ .Server.ID }}'
+      wait_timeout: 20s
+    retention:
+      keep_last: 3
+`
+
+// cliEnv is a simulator with a clouds.yaml and a config file pointing at it.
+type cliEnv struct {
+	sim    *simcloud.Sim
+	config string
+	state  string
+}
+
+func newCLIEnv(t *testing.T) *cliEnv {
+	t.Helper()
+	sim := simcloud.New(simcloud.Options{Seed: 7, ImageBuildTime: 80 * time.Millisecond, SnapshotBuildTime: 50 * time.Millisecond})
+	if err := sim.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	dir := t.TempDir()
+	cy := filepath.Join(dir, "clouds.yaml")
+	if err := os.WriteFile(cy, sim.CloudsYAML("sim"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("OS_CLIENT_CONFIG_FILE", cy)
+	state := filepath.Join(dir, "lineage.db")
+	config := filepath.Join(dir, "imagekeeper.yaml")
+	if err := os.WriteFile(config, []byte(fmt.Sprintf(lineageCLIConfig, state)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	oldNow, oldPoll := runNow, runPollInterval
+	runNow = func() time.Time { return time.Date(2026, 11, 24, 18, 30, 42, 0, time.UTC) }
+	runPollInterval = 10 * time.Millisecond
+	t.Cleanup(func() { runNow, runPollInterval = oldNow, oldPoll })
+	return &cliEnv{sim: sim, config: config, state: state}
+}
+
+// cli runs imagekeeper in-process and returns exit code, stdout and stderr.
+func cli(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	m := &Main{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: os.Getenv}
+	code := m.Run(context.Background(), args)
+	return code, out.String(), errb.String()
+}
+
+// TestLineageCommands runs run, images, history and why as a user would, against
+// the simulator over HTTP, and checks what they print.
+func TestLineageCommands(t *testing.T) {
+	env := newCLIEnv(t)
+	tags := []string{"backup=daily"}
+	web1 := env.sim.AddServer(simcloud.ServerSpec{Name: "web-1", Tags: tags})
+	env.sim.AddServer(simcloud.ServerSpec{Name: "web-2", Tags: tags})
+	db1 := env.sim.AddServer(simcloud.ServerSpec{Name: "db-1", Tags: tags, Volumes: 2})
+	broken := env.sim.AddServer(simcloud.ServerSpec{Name: "broken", Tags: tags, Status: "ERROR"})
+	env.sim.AddServer(simcloud.ServerSpec{Name: "other", Tags: []string{"backup=never"}})
+
+	code, out, errOut := cli(t, "run", "--config", env.config, "--policy", "web")
+	if code != 0 {
+		t.Fatalf("run: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	for _, re := range []string{
+		`(?m)^web: slot 2026-11-24T18:30:00Z: 4 servers selected$`,
+		`(?m)^[1-4]/4 web-1: image [0-9a-f-]{36} good \([0-9.]+m?s\)$`,
+		`(?m)^[1-4]/4 db-1: image [0-9a-f-]{36} good \([0-9.]+m?s\)$`,
+		`(?m)^[1-4]/4 broken: skipped \(error_state\)$`,
+		`(?m)^web: slot 2026-11-24T18:30:00Z ran: 4 selected, 3 good, 0 failed, 1 skipped in .* \(\d+ cloud calls\)$`,
+	} {
+		if !regexp.MustCompile(re).MatchString(out) {
+			t.Errorf("run output does not match %s:\n%s", re, out)
+		}
+	}
+	if env.sim.CreateImageCalls(broken) != 0 {
+		t.Errorf("ERROR server was imaged")
+	}
+
+	// Same minute again: nothing new.
+	code, out, _ = cli(t, "run", "--config", env.config, "--policy", "web")
+	if code != 0 || !strings.Contains(out, "(already made for this slot)") || env.sim.CreateImageCalls(web1) != 1 {
+		t.Errorf("second run: exit %d, %d calls for web-1\n%s", code, env.sim.CreateImageCalls(web1), out)
+	}
+
+	// images -o json: three good rows, the volume-backed one with two snapshots.
+	code, out, errOut = cli(t, "images", "--config", env.config, "-o", "json")
+	if code != 0 {
+		t.Fatalf("images: exit %d: %s", code, errOut)
+	}
+	var ims []imageJSON
+	if err := json.Unmarshal([]byte(out), &ims); err != nil {
+		t.Fatalf("images json: %v\n%s", err, out)
+	}
+	var dbImage string
+	if len(ims) != 3 {
+		t.Fatalf("images: %d rows, want 3", len(ims))
+	}
+	for _, im := range ims {
+		if im.State != "good" || im.ImageID == "" || im.Policy != "web" {
+			t.Errorf("image row %+v", im)
+		}
+		if im.ServerID == db1 {
+			dbImage = im.ImageID
+			if !im.VolumeBacked || im.Snapshots != 2 {
+				t.Errorf("db-1 image: volume_backed=%v snapshots=%d", im.VolumeBacked, im.Snapshots)
+			}
+		}
+	}
+	code, out, _ = cli(t, "images", "--config", env.config, "--server", web1)
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); code != 0 || len(lines) != 2 ||
+		!strings.HasPrefix(lines[0], "IMAGE ID") || !strings.Contains(lines[1], "web-1-20261125-0230") || !strings.Contains(lines[1], "good") {
+		t.Errorf("images --server: exit %d\n%s", code, out)
+	}
+	if code, _, errOut = cli(t, "images", "--config", env.config, "--state", "bogus"); code != exitUsage || !strings.Contains(errOut, "requested, creating") {
+		t.Errorf("images --state bogus: exit %d: %s", code, errOut)
+	}
+	code, out, _ = cli(t, "images", "--config", env.config, "--state", "failed")
+	if code != 0 || strings.TrimSpace(out) != "no images" {
+		t.Errorf("images --state failed: exit %d %q", code, out)
+	}
+
+	// history: one slot, run twice.
+	code, out, _ = cli(t, "history", "--config", env.config)
+	if !regexp.MustCompile(`(?m)^web\s+2026-11-24T18:30:00Z\s+manual\s+ran\s+4\s+3\s+0\s+1\s+2\s`).MatchString(out) || code != 0 {
+		t.Errorf("history: exit %d\n%s", code, out)
+	}
+	code, out, _ = cli(t, "history", "--config", env.config, "-o", "json", "--policy", "web")
+	var slots []slotJSON
+	if err := json.Unmarshal([]byte(out), &slots); err != nil || code != 0 || len(slots) != 1 || slots[0].Runs != 2 || slots[0].Existing != 3 {
+		t.Errorf("history json: %v %+v", err, slots)
+	}
+
+	// why: where the image came from and every decision.
+	code, out, errOut = cli(t, "why", "--config", env.config, dbImage)
+	if code != 0 {
+		t.Fatalf("why: exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{
+		"image " + dbImage + ` "db-1-20261125-0230"`,
+		"state:     good",
+		"policy:    web (policy version ",
+		"server:    db-1 (" + db1 + "), volume-backed",
+		"slot:      2026-11-24T18:30:00Z (2026-11-25 02:30 CST)",
+		"imagekeeper_slot = 2026-11-24T18:30:00Z",
+		"source = " + db1,
+		"image_requested",
+		"create_attempt",
+		"image_creating",
+		"snapshot_added",
+		"image_good",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("why output lacks %q:\n%s", want, out)
+		}
+	}
+	if n := strings.Count(out, "  available"); n != 2 {
+		t.Errorf("why lists %d available snapshots, want 2:\n%s", n, out)
+	}
+	code, out, _ = cli(t, "why", "--config", env.config, "-o", "json", dbImage)
+	var wj whyJSON
+	if err := json.Unmarshal([]byte(out), &wj); err != nil || code != 0 || len(wj.Snapshots) != 2 || wj.Snapshots[0].VolumeID == "" || len(wj.Events) < 5 {
+		t.Errorf("why json: %v %+v", err, wj)
+	}
+	if code, _, errOut = cli(t, "why", "--config", env.config, "not-ours"); code != exitFailure || !strings.Contains(errOut, "not in the lineage") {
+		t.Errorf("why unknown image: exit %d: %s", code, errOut)
+	}
+}
+
+// TestRunExitCodes: a failed image makes run exit 1; a bad policy name or missing
+// flag is a usage error.
+func TestRunExitCodes(t *testing.T) {
+	env := newCLIEnv(t)
+	bad := env.sim.AddServer(simcloud.ServerSpec{Name: "bad", Tags: []string{"backup=daily"}})
+	env.sim.AddServer(simcloud.ServerSpec{Name: "good", Tags: []string{"backup=daily"}})
+	env.sim.FailNextSnapshot(bad)
+	code, out, errOut := cli(t, "run", "--config", env.config, "--policy", "web")
+	if code != exitFailure {
+		t.Errorf("run with a failed image: exit %d, want 1", code)
+	}
+	if !regexp.MustCompile(`(?m)^[12]/2 bad: image [0-9a-f-]{36} failed \(.*\): image .* vanished while waiting`).MatchString(out) ||
+		!strings.Contains(out, "1 good, 1 failed, 0 skipped") || !strings.Contains(errOut, "1 of 2 selected servers have no good image") {
+		t.Errorf("run output:\n%s\nstderr:\n%s", out, errOut)
+	}
+	if code, _, errOut = cli(t, "run", "--config", env.config, "--policy", "nope"); code != exitUsage || !strings.Contains(errOut, `no policy "nope"`) {
+		t.Errorf("unknown policy: exit %d: %s", code, errOut)
+	}
+	if code, _, _ = cli(t, "run", "--config", env.config); code != exitUsage {
+		t.Errorf("missing --policy: exit %d", code)
+	}
+	if code, _, _ = cli(t, "run", "--config", filepath.Join(t.TempDir(), "missing.yaml"), "--policy", "web"); code != exitUsage {
+		t.Errorf("missing config: exit %d", code)
+	}
+}

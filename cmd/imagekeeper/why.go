@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"sort"
+	"time"
+
+	"github.com/imagekeeper/imagekeeper/store"
+)
+
+func init() {
+	register(command{
+		name:    "why",
+		summary: "explain an image: where it came from, its snapshots, every decision",
+		run:     runWhy,
+	})
+}
+
+// whyJSON is `why -o json`.
+type whyJSON struct {
+	Image     imageJSON      `json:"image"`
+	Snapshots []snapshotJSON `json:"snapshots"`
+	Events    []eventJSON    `json:"events"`
+}
+
+type snapshotJSON struct {
+	SnapshotID  string     `json:"snapshot_id"`
+	VolumeID    string     `json:"volume_id"`
+	DeviceName  string     `json:"device_name,omitempty"`
+	State       string     `json:"state"`
+	Reason      string     `json:"reason,omitempty"`
+	SizeGB      int        `json:"size_gb"`
+	AvailableAt *time.Time `json:"available_at,omitempty"`
+	DeletedAt   *time.Time `json:"deleted_at,omitempty"`
+}
+
+type eventJSON struct {
+	At         time.Time `json:"at"`
+	Kind       string    `json:"kind"`
+	SnapshotID string    `json:"snapshot_id,omitempty"`
+	Message    string    `json:"message"`
+}
+
+// runWhy answers "why does this image exist, why was it kept, why was it deleted"
+// from the lineage.
+func runWhy(ctx context.Context, m *Main, args []string) error {
+	fs := flag.NewFlagSet("why", flag.ContinueOnError)
+	fs.SetOutput(m.Stderr)
+	configPath := fs.String("config", defaultConfigPath, "policy file")
+	output := fs.String("o", "table", "output format: table or json")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return usageError("%v", err)
+	}
+	if fs.NArg() != 1 {
+		return usageError("usage: imagekeeper why [--config FILE] [-o table|json] IMAGE_ID")
+	}
+	if err := checkOutput(*output); err != nil {
+		return err
+	}
+	imageID := fs.Arg(0)
+	cfg, err := wireConfig(m, *configPath)
+	if err != nil {
+		return err
+	}
+	st, err := wireStore(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	im, err := st.ImageByID(ctx, imageID)
+	if errors.Is(err, store.ErrNotFound) {
+		return withExitCode(exitFailure, fmt.Errorf("image %s is not in the lineage: this installation did not make it (or does not know it made it)", imageID))
+	}
+	if err != nil {
+		return err
+	}
+	snaps, err := st.Snapshots(ctx, im.Row)
+	if err != nil {
+		return err
+	}
+	events, err := st.Events(ctx, store.EventFilter{ImageRow: im.Row})
+	if err != nil {
+		return err
+	}
+	if *output == "json" {
+		out := whyJSON{Image: toImageJSON(im, len(snaps)), Snapshots: []snapshotJSON{}, Events: []eventJSON{}}
+		for _, sn := range snaps {
+			j := snapshotJSON{SnapshotID: sn.SnapshotID, VolumeID: sn.VolumeID, DeviceName: sn.DeviceName,
+				State: string(sn.State), Reason: sn.Reason, SizeGB: sn.SizeGB}
+			if !sn.AvailableAt.IsZero() {
+				j.AvailableAt = &sn.AvailableAt
+			}
+			if !sn.DeletedAt.IsZero() {
+				j.DeletedAt = &sn.DeletedAt
+			}
+			out.Snapshots = append(out.Snapshots, j)
+		}
+		for _, e := range events {
+			out.Events = append(out.Events, eventJSON{At: e.At, Kind: e.Kind, SnapshotID: e.SnapshotID, Message: e.Message})
+		}
+		writeJSON(m, out)
+		return nil
+	}
+	w := m.Stdout
+	fmt.Fprintf(w, "image %s %q\n", im.ImageID, im.Name)
+	state := string(im.State)
+	if im.Reason != "" {
+		state += ": " + im.Reason
+	}
+	fmt.Fprintf(w, "  state:     %s\n", state)
+	if im.DeleteReason != "" {
+		fmt.Fprintf(w, "  deletion:  %s\n", im.DeleteReason)
+	}
+	fmt.Fprintf(w, "  policy:    %s (policy version %s, config version %s)\n", im.Policy, orDashCLI(im.PolicyVersion), orDashCLI(im.ConfigVersion))
+	backing := "image-backed"
+	if im.VolumeBacked {
+		backing = "volume-backed"
+	}
+	fmt.Fprintf(w, "  server:    %s (%s), %s, availability zone %s\n", orDashCLI(im.ServerName), im.ServerID, backing, orDashCLI(im.AZ))
+	slot := im.Slot.UTC().Format(time.RFC3339)
+	for _, p := range cfg.Policies {
+		if p.Name == im.Policy && p.Schedule != nil && p.Schedule.Location != nil && p.Schedule.Location != time.UTC {
+			slot += " (" + im.Slot.In(p.Schedule.Location).Format("2006-01-02 15:04 MST") + ")"
+		}
+	}
+	fmt.Fprintf(w, "  slot:      %s\n", slot)
+	how := "returned by createImage"
+	if im.Adopted {
+		how = "adopted: found by its stamp after an unknown outcome"
+	}
+	fmt.Fprintf(w, "  requested: %s (%d createImage attempts; id %s)\n", fmtWhen(im.RequestedAt), im.Attempts, how)
+	if !im.ActiveAt.IsZero() {
+		fmt.Fprintf(w, "  good:      %s (%s after the request)\n", fmtWhen(im.ActiveAt), roundDuration(im.ActiveAt.Sub(im.RequestedAt)))
+	}
+	if !im.FailedAt.IsZero() {
+		fmt.Fprintf(w, "  failed:    %s\n", fmtWhen(im.FailedAt))
+	}
+	if !im.DeletedAt.IsZero() {
+		fmt.Fprintf(w, "  deleted:   %s\n", fmtWhen(im.DeletedAt))
+	}
+	fmt.Fprintf(w, "  size:      %s (%d bytes)\n", humanBytes(im.SizeBytes), im.SizeBytes)
+	fmt.Fprintf(w, "  owner:     %s\n", im.Owner)
+	fmt.Fprintln(w, "metadata:")
+	printMetadata(w, im.Metadata)
+	fmt.Fprintln(w, "snapshots:")
+	if len(snaps) == 0 {
+		fmt.Fprintln(w, "  (none: an image-backed server's image holds its data itself)")
+	}
+	for _, sn := range snaps {
+		line := fmt.Sprintf("  %s  volume %s  %s  %s", sn.SnapshotID, orDashCLI(sn.VolumeID), orDashCLI(sn.DeviceName), sn.State)
+		if sn.Reason != "" {
+			line += ": " + sn.Reason
+		}
+		fmt.Fprintln(w, line)
+	}
+	fmt.Fprintln(w, "events:")
+	for _, e := range events {
+		fmt.Fprintf(w, "  %s  %-16s %s\n", fmtWhen(e.At), e.Kind, e.Message)
+	}
+	return nil
+}
+
+func printMetadata(w io.Writer, md map[string]string) {
+	keys := make([]string, 0, len(md))
+	for k := range md {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	if len(keys) == 0 {
+		fmt.Fprintln(w, "  (none)")
+	}
+	for _, k := range keys {
+		fmt.Fprintf(w, "  %s = %s\n", k, md[k])
+	}
+}
+
+func fmtWhen(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format("2006-01-02T15:04:05.000Z")
+}
