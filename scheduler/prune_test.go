@@ -1,0 +1,624 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/imagekeeper/imagekeeper/cloud"
+	"github.com/imagekeeper/imagekeeper/cloud/openstack"
+	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
+	"github.com/imagekeeper/imagekeeper/policy"
+	"github.com/imagekeeper/imagekeeper/store"
+)
+
+// prunePolicyYAML is the policy file of the prune tests: %s is the retention block.
+const prunePolicyYAML = `cloud: sim
+state: /unused/lineage.db
+limits: {concurrency: 4, requests_per_second: 1000}
+policies:
+  - name: nightly
+    select:
+      tags: [backup=nightly]
+    schedule:
+      cron: "30 2 * * *"
+      timezone: UTC
+    image:
+      name: '{{ .Server.Name }}-{{ .Slot.Format "20060102" }}'
+      wait_timeout: 1h
+    retention:
+%s
+`
+
+// pruneClock is the one clock of a prune test: the simulator, the store and the
+// Runner read it, and the Runner's Sleep moves it, so that nothing waits for real.
+type pruneClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *pruneClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *pruneClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+func (c *pruneClock) Sleep(ctx context.Context, d time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c.Add(d)
+	return nil
+}
+
+// pruneHarness is a simulated cloud over HTTP, our OpenStack adapter on it, a store
+// and a Runner, all on one fake clock.
+type pruneHarness struct {
+	t     *testing.T
+	clock *pruneClock
+	sim   *simcloud.Sim
+	cloud cloud.Cloud
+	store *store.Store
+	cfg   *policy.Config
+	p     *policy.Policy
+	r     *Runner
+}
+
+func newPruneHarness(t *testing.T, retention string) *pruneHarness {
+	t.Helper()
+	clock := &pruneClock{t: time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)}
+	sim := simcloud.New(simcloud.Options{Seed: 7, Now: clock.Now, ImageBuildTime: 2 * time.Minute,
+		SnapshotBuildTime: time.Minute, SnapshotDeleteTime: 30 * time.Second, TokenTTL: 1000 * time.Hour})
+	if err := sim.Start("127.0.0.1:0"); err != nil {
+		t.Fatalf("start simulator: %v", err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	dir := t.TempDir()
+	cy := filepath.Join(dir, "clouds.yaml")
+	if err := os.WriteFile(cy, sim.CloudsYAML("sim"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("OS_CLIENT_CONFIG_FILE", cy)
+	ctx := context.Background()
+	cl, err := openstack.New(ctx, openstack.Options{CloudName: "sim", RetryBaseDelay: time.Millisecond, MaxRetries: -1,
+		RequestTimeout: 20 * time.Second})
+	if err != nil {
+		t.Fatalf("openstack.New on the simulator: %v", err)
+	}
+	cfg, err := policy.Parse("prune.yaml", fmt.Appendf(nil, prunePolicyYAML, retention))
+	if err != nil {
+		t.Fatalf("parse test policy: %v", err)
+	}
+	st, err := store.Open(ctx, filepath.Join(dir, "lineage.db"), store.Options{Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	h := &pruneHarness{t: t, clock: clock, sim: sim, cloud: cl, store: st, cfg: cfg, p: cfg.Policies[0]}
+	h.r = NewRunner(RunnerOptions{Cloud: cl, Store: st, Limits: cfg.Limits, Now: clock.Now, Sleep: clock.Sleep,
+		PollInterval: 10 * time.Second, MaxPollInterval: time.Minute})
+	return h
+}
+
+// server adds a tagged server with n volumes (0: image-backed).
+func (h *pruneHarness) server(name string, volumes int) string {
+	return h.sim.AddServer(simcloud.ServerSpec{Name: name, Volumes: volumes, Tags: []string{"backup=nightly"}})
+}
+
+// slots runs the policy's slot on each of the days before the clock's day, oldest
+// first, and checks that every server got a good image.
+func (h *pruneHarness) slots(days int) {
+	h.t.Helper()
+	today := h.clock.Now().Truncate(24 * time.Hour)
+	for d := days; d >= 1; d-- {
+		slot := today.AddDate(0, 0, -d).Add(2*time.Hour + 30*time.Minute)
+		rep, err := h.r.RunSlot(context.Background(), h.cfg, h.p, slot, TriggerManual)
+		if err != nil {
+			h.t.Fatalf("run slot %v: %v", slot, err)
+		}
+		for _, s := range rep.Servers {
+			if s.Outcome != ServerGood {
+				h.t.Fatalf("slot %v: server %s: %s (%s)", slot, s.ServerID, s.Outcome, s.Reason)
+			}
+		}
+	}
+}
+
+func (h *pruneHarness) prune(opts PruneOptions) *PruneReport {
+	h.t.Helper()
+	rep, err := h.r.Prune(context.Background(), h.cfg, h.p, opts)
+	if err != nil {
+		h.t.Fatalf("prune: %v", err)
+	}
+	return rep
+}
+
+func (h *pruneHarness) rows(states ...store.ImageState) []store.Image {
+	h.t.Helper()
+	rows, err := h.store.Images(context.Background(), store.ImageFilter{Policy: h.p.Name, States: states})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return rows
+}
+
+func (h *pruneHarness) snapshotsOf(row int64) []store.Snapshot {
+	h.t.Helper()
+	s, err := h.store.Snapshots(context.Background(), row)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return s
+}
+
+// checkDeletedGone asserts that every deleted row's image and snapshots are gone
+// from the cloud, and every good row's are there.
+func (h *pruneHarness) checkDeletedGone() {
+	h.t.Helper()
+	for _, row := range h.rows() {
+		_, imageThere := h.sim.Image(row.ImageID)
+		switch row.State {
+		case store.ImageDeleted:
+			if imageThere {
+				h.t.Errorf("row %d deleted, image %s still in the cloud", row.Row, row.ImageID)
+			}
+			for _, sn := range h.snapshotsOf(row.Row) {
+				if _, ok := h.sim.Snapshot(sn.SnapshotID); ok || sn.State != store.SnapshotDeleted {
+					h.t.Errorf("row %d deleted, snapshot %s in cloud=%v, lineage %s", row.Row, sn.SnapshotID, ok, sn.State)
+				}
+			}
+		case store.ImageGood:
+			if !imageThere {
+				h.t.Errorf("row %d good, image %s not in the cloud", row.Row, row.ImageID)
+			}
+			for _, sn := range h.snapshotsOf(row.Row) {
+				if cs, ok := h.sim.Snapshot(sn.SnapshotID); !ok || cs.Status != cloud.SnapshotAvailable {
+					h.t.Errorf("row %d good, snapshot %s in cloud=%v status %s", row.Row, sn.SnapshotID, ok, cs.Status)
+				}
+			}
+		}
+	}
+}
+
+func countActions(rep *PruneReport) map[PruneAction]int {
+	out := map[PruneAction]int{}
+	for _, it := range rep.Items {
+		out[it.Action]++
+	}
+	return out
+}
+
+func TestPruneDeletesImageAndVolumeBackedWithSnapshots(t *testing.T) {
+	h := newPruneHarness(t, "      keep_last: 2")
+	h.server("app", 0)
+	vol := h.server("db", 2)
+	h.slots(4)
+	if n := len(h.sim.Snapshots()); n != 8 {
+		t.Fatalf("setup: %d snapshots in the cloud, want 8 (4 images x 2 volumes)", n)
+	}
+
+	rep := h.prune(PruneOptions{})
+	if got := countActions(rep); got[PruneDeleted] != 4 || got[PruneKeep] != 4 || len(rep.Items) != 8 {
+		t.Fatalf("first prune actions = %v over %d items, want 4 deleted and 4 kept", got, len(rep.Items))
+	}
+	if rep.SnapshotsDeleted != 4 {
+		t.Errorf("SnapshotsDeleted = %d, want 4", rep.SnapshotsDeleted)
+	}
+	for _, it := range rep.Items {
+		if it.Action == PruneDeleted && (len(it.Reasons) == 0 || it.Reasons[0] != policy.ReasonNoRule) {
+			t.Errorf("deleted %s with reasons %q", it.ImageID, it.Reasons)
+		}
+	}
+	h.checkDeletedGone()
+	if n := len(h.sim.Snapshots()); n != 4 {
+		t.Errorf("%d snapshots left in the cloud, want 4", n)
+	}
+	// The newest two of each server are what is left.
+	for _, row := range h.rows(store.ImageGood) {
+		if row.Slot.Before(h.clock.Now().AddDate(0, 0, -3)) {
+			t.Errorf("kept row %d of %v, want only the two newest slots", row.Row, row.Slot)
+		}
+	}
+	if n := len(h.rows(store.ImageDeleted)); n != 4 {
+		t.Errorf("%d deleted rows, want 4", n)
+	}
+	var volDeleted int
+	for _, row := range h.rows(store.ImageDeleted) {
+		if row.ServerID == vol {
+			volDeleted++
+			if n := len(h.snapshotsOf(row.Row)); n != 2 {
+				t.Errorf("deleted volume-backed row %d has %d snapshot rows, want 2", row.Row, n)
+			}
+		}
+	}
+	if volDeleted != 2 {
+		t.Errorf("%d volume-backed rows deleted, want 2", volDeleted)
+	}
+
+	// A second prune finds nothing more to do and calls no delete.
+	h.sim.ResetRequests()
+	rep = h.prune(PruneOptions{})
+	if got := countActions(rep); got[PruneKeep] != 4 || len(rep.Items) != 4 {
+		t.Fatalf("second prune actions = %v, want 4 kept", got)
+	}
+	if req := h.sim.Requests(); req["image.delete"]+req["volume.snapshots.delete"] != 0 {
+		t.Fatalf("second prune made delete calls: %v", req)
+	}
+}
+
+func TestPruneDryRunChangesNothing(t *testing.T) {
+	h := newPruneHarness(t, "      keep_last: 1")
+	h.server("app", 0)
+	h.server("db", 1)
+	h.slots(3)
+	ctx := context.Background()
+	imagesBefore, snapsBefore := h.sim.Images(), h.sim.Snapshots()
+	rowsBefore := h.rows()
+	eventsBefore, err := h.store.Events(ctx, store.EventFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.sim.ResetRequests()
+
+	rep := h.prune(PruneOptions{DryRun: true})
+	if got := countActions(rep); got[PruneDelete] != 4 || got[PruneKeep] != 2 {
+		t.Fatalf("dry run actions = %v, want 4 delete and 2 keep", got)
+	}
+	if !rep.DryRun {
+		t.Error("report does not say dry run")
+	}
+	if !reflect.DeepEqual(h.sim.Images(), imagesBefore) || !reflect.DeepEqual(h.sim.Snapshots(), snapsBefore) {
+		t.Fatal("dry run changed the cloud")
+	}
+	if !reflect.DeepEqual(h.rows(), rowsBefore) {
+		t.Fatal("dry run changed the lineage")
+	}
+	eventsAfter, err := h.store.Events(ctx, store.EventFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(eventsAfter) != len(eventsBefore) {
+		t.Fatalf("dry run wrote %d events", len(eventsAfter)-len(eventsBefore))
+	}
+	for op, n := range h.sim.Requests() {
+		if op != "compute.servers.list" && op != "keystone.token" && op != "compute.versions" && n > 0 {
+			t.Errorf("dry run called %s %d times", op, n)
+		}
+	}
+}
+
+func TestPruneKeepsProtectedImageAndRechecksLater(t *testing.T) {
+	h := newPruneHarness(t, "      keep_last: 1")
+	h.server("db", 1)
+	h.slots(2)
+	old := h.rows(store.ImageGood)[0] // ordered by slot: the oldest
+	if !h.sim.SetImageProtected(old.ImageID, true) {
+		t.Fatal("cannot protect the image")
+	}
+	rep := h.prune(PruneOptions{})
+	if got := countActions(rep); got[PruneProtected] != 1 || got[PruneKeep] != 1 {
+		t.Fatalf("actions = %v, want 1 protected and 1 kept", got)
+	}
+	row, err := h.store.Image(context.Background(), old.Row)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if row.State != store.ImageKeptProtected || row.LastError == "" || row.NextAttemptAt.IsZero() {
+		t.Fatalf("protected row: state %s, last error %q, next %v", row.State, row.LastError, row.NextAttemptAt)
+	}
+	if _, ok := h.sim.Image(old.ImageID); !ok {
+		t.Fatal("protected image deleted")
+	}
+	for _, sn := range h.snapshotsOf(old.Row) {
+		if cs, ok := h.sim.Snapshot(sn.SnapshotID); !ok || cs.Status != cloud.SnapshotAvailable {
+			t.Fatalf("snapshot %s of the protected image touched: %v %s", sn.SnapshotID, ok, cs.Status)
+		}
+	}
+
+	// Not retried every cycle: an hour later, no call about it at all.
+	h.clock.Add(time.Hour)
+	h.sim.ResetRequests()
+	rep = h.prune(PruneOptions{})
+	if got := countActions(rep); got[PruneProtected] != 1 {
+		t.Fatalf("second prune actions = %v, want it still protected", got)
+	}
+	if req := h.sim.Requests(); req["image.delete"] != 0 || req["image.get"] != 0 {
+		t.Fatalf("protected image looked at again within the recheck interval: %v", req)
+	}
+
+	// Once the recheck is due and someone unprotected it, it goes.
+	h.sim.SetImageProtected(old.ImageID, false)
+	h.clock.Add(ProtectedRecheck)
+	rep = h.prune(PruneOptions{})
+	if got := countActions(rep); got[PruneDeleted] != 1 {
+		t.Fatalf("prune after unprotect: actions = %v, want 1 deleted", got)
+	}
+	h.checkDeletedGone()
+}
+
+func TestPruneSnapshotInUseIsKeptAndRetriedWithBackoff(t *testing.T) {
+	h := newPruneHarness(t, "      keep_last: 1")
+	h.server("db", 2)
+	h.slots(2)
+	old := h.rows(store.ImageGood)[0]
+	snaps := h.snapshotsOf(old.Row)
+	busy, free := snaps[0].SnapshotID, snaps[1].SnapshotID
+	if !h.sim.AddVolumeFromSnapshot(busy) {
+		t.Fatal("cannot add a volume from the snapshot")
+	}
+
+	rep := h.prune(PruneOptions{})
+	if got := countActions(rep); got[PrunePending] != 1 {
+		t.Fatalf("actions = %v, want 1 pending", got)
+	}
+	if _, ok := h.sim.Image(old.ImageID); ok {
+		t.Fatal("image still in the cloud; it must go before its snapshots")
+	}
+	if _, ok := h.sim.Snapshot(free); ok {
+		t.Fatal("the free snapshot was not deleted")
+	}
+	if cs, ok := h.sim.Snapshot(busy); !ok || cs.Status != cloud.SnapshotAvailable {
+		t.Fatalf("busy snapshot: exists=%v status %s, want it kept available", ok, cs.Status)
+	}
+	row, _ := h.store.Image(context.Background(), old.Row)
+	if row.State != store.ImageDeleting {
+		t.Fatalf("row is %s, want deleting until every snapshot is gone", row.State)
+	}
+	sn, err := h.store.SnapshotByID(context.Background(), busy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sn.State != store.SnapshotKeptInUse || sn.NextAttemptAt.IsZero() || sn.LastError == "" {
+		t.Fatalf("busy snapshot row: %s next %v error %q", sn.State, sn.NextAttemptAt, sn.LastError)
+	}
+
+	// Within the backoff: nothing is asked of Cinder.
+	h.sim.ResetRequests()
+	h.clock.Add(RetryBackoffBase / 2)
+	rep = h.prune(PruneOptions{})
+	if got := countActions(rep); got[PrunePending] != 1 {
+		t.Fatalf("actions within backoff = %v", got)
+	}
+	if req := h.sim.Requests(); req["volume.snapshots.delete"]+req["volume.snapshots.get"] != 0 {
+		t.Fatalf("retried within the backoff: %v", req)
+	}
+
+	// After the backoff, still busy: kept again, with a longer wait.
+	h.clock.Add(RetryBackoffBase)
+	h.prune(PruneOptions{})
+	sn2, _ := h.store.SnapshotByID(context.Background(), busy)
+	if sn2.State != store.SnapshotKeptInUse || sn2.DeleteAttempts != 2 {
+		t.Fatalf("second attempt: %s, %d attempts", sn2.State, sn2.DeleteAttempts)
+	}
+	if gap, first := sn2.NextAttemptAt.Sub(h.clock.Now()), sn.NextAttemptAt.Sub(sn.UpdatedAt); gap <= first {
+		t.Fatalf("backoff did not grow: %v then %v", first, gap)
+	}
+
+	// The volume goes away (here: the snapshot vanishes for good); the journal ends.
+	h.sim.DeleteSnapshotDirect(busy)
+	h.clock.Add(RetryBackoffMax)
+	rep = h.prune(PruneOptions{})
+	if got := countActions(rep); got[PruneDeleted] != 1 {
+		t.Fatalf("after the volume went: actions = %v, want 1 deleted", got)
+	}
+	h.checkDeletedGone()
+}
+
+// TestPruneResumesAfterCrashAtEachStep kills the journal after each of its steps
+// and checks that the next prune finishes the job with nothing left behind.
+func TestPruneResumesAfterCrashAtEachStep(t *testing.T) {
+	crash := errors.New("crash")
+	for _, tc := range []struct {
+		name  string
+		hooks func(*pruneHooks)
+		// after the crash: is the image still in the cloud?
+		imageThere bool
+	}{
+		{"after mark deleting", func(k *pruneHooks) { k.afterBegin = func(int64) error { return crash } }, true},
+		{"after image delete", func(k *pruneHooks) { k.afterImageDelete = func(int64) error { return crash } }, false},
+		{"after first snapshot delete", func(k *pruneHooks) {
+			k.afterSnapshotDelete = func(int64, string) error { return crash }
+		}, false},
+		{"before mark deleted", func(k *pruneHooks) { k.beforeMarkDeleted = func(int64) error { return crash } }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newPruneHarness(t, "      keep_last: 1")
+			h.server("db", 2)
+			h.slots(2)
+			old := h.rows(store.ImageGood)[0]
+			var opts PruneOptions
+			tc.hooks(&opts.hooks)
+			h.prune(opts)
+			row, _ := h.store.Image(context.Background(), old.Row)
+			if row.State != store.ImageDeleting {
+				t.Fatalf("after the crash the row is %s, want deleting", row.State)
+			}
+			if _, ok := h.sim.Image(old.ImageID); ok != tc.imageThere {
+				t.Fatalf("after the crash image in cloud = %v, want %v", ok, tc.imageThere)
+			}
+			rep := h.prune(PruneOptions{})
+			if got := countActions(rep); got[PruneDeleted] != 1 || got[PruneKeep] != 1 {
+				t.Fatalf("resume: actions = %v, want 1 deleted, 1 kept", got)
+			}
+			h.checkDeletedGone()
+			if n := len(h.sim.Snapshots()); n != 2 {
+				t.Fatalf("%d snapshots left, want the kept image's 2", n)
+			}
+		})
+	}
+}
+
+// TestPruneNeverTouchesInheritedStamp: a server booted from one of our images passes
+// our stamp on to any image made of it. That image has no lineage row, so no prune
+// may ever delete it, however its stamp reads.
+func TestPruneNeverTouchesInheritedStamp(t *testing.T) {
+	h := newPruneHarness(t, "      keep_last: 1")
+	h.server("app", 0)
+	h.slots(1)
+	ours := h.rows(store.ImageGood)[0]
+	base, _ := h.sim.Image(ours.ImageID)
+	// Someone boots a server from our image and snapshots it by hand.
+	clone := h.sim.AddServer(simcloud.ServerSpec{Name: "clone", ImageProperties: base.Properties})
+	foreign, err := h.cloud.CreateImage(context.Background(), clone, "hand-made", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Add(time.Hour)
+	fi, ok := h.sim.Image(foreign)
+	if !ok {
+		t.Fatal("hand-made image missing")
+	}
+	if st, ok := cloud.StampOf(fi.Properties); !ok || st.Owner != h.store.Owner() {
+		t.Fatalf("setup: the hand-made image does not carry our stamp: %v", fi.Properties)
+	}
+	// More of our own images, so that retention has work to do.
+	h.slots(3)
+	h.prune(PruneOptions{})
+	h.clock.Add(48 * time.Hour)
+	h.prune(PruneOptions{})
+	if _, ok := h.sim.Image(foreign); !ok {
+		t.Fatal("the image with an inherited stamp was deleted")
+	}
+	if _, err := h.store.ImageByID(context.Background(), foreign); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the image with an inherited stamp got a lineage row: %v", err)
+	}
+}
+
+func TestPruneHonoursMaxDeletionsPerRun(t *testing.T) {
+	h := newPruneHarness(t, "      keep_last: 1\n      max_deletions_per_run: 4")
+	for i := range 3 {
+		h.server(fmt.Sprintf("app-%d", i), i%2)
+	}
+	h.slots(4) // 3 servers x 3 old images = 9 to delete
+	var runs [][]time.Time
+	for i, want := range []int{4, 4, 1, 0} {
+		rep := h.prune(PruneOptions{})
+		got := countActions(rep)
+		if got[PruneDeleted] != want || got[PruneDeferred] != max(9-4*(i+1), 0) {
+			t.Fatalf("prune %d: actions = %v, want %d deleted and %d deferred", i, got, want, max(9-4*(i+1), 0))
+		}
+		var slots []time.Time
+		for _, it := range rep.Items {
+			if it.Action == PruneDeleted {
+				slots = append(slots, it.Slot)
+			}
+			if it.Action == PruneDeferred && it.Reasons[len(it.Reasons)-1] != ReasonDeferredLimit {
+				t.Fatalf("deferred item without the reason: %q", it.Reasons)
+			}
+		}
+		sort.Slice(slots, func(i, j int) bool { return slots[i].Before(slots[j]) })
+		runs = append(runs, slots)
+	}
+	// Oldest first: nothing a run deleted is younger than what a later run deleted.
+	for i := 1; i < len(runs); i++ {
+		if len(runs[i]) > 0 && runs[i-1][len(runs[i-1])-1].After(runs[i][0]) {
+			t.Fatalf("run %d deleted %v, younger than run %d's %v", i-1, runs[i-1], i, runs[i])
+		}
+	}
+	h.checkDeletedGone()
+}
+
+func TestPruneWhenServerGone(t *testing.T) {
+	for _, tc := range []struct {
+		mode    string
+		deleted int
+	}{{"keep", 0}, {"apply", 2}} {
+		t.Run(tc.mode, func(t *testing.T) {
+			h := newPruneHarness(t, "      keep_last: 1\n      when_server_gone: "+tc.mode)
+			id := h.server("app", 0)
+			h.slots(3)
+			h.sim.RemoveServer(id)
+			rep := h.prune(PruneOptions{})
+			if rep.ServersGone != 1 {
+				t.Fatalf("ServersGone = %d, want 1", rep.ServersGone)
+			}
+			if got := countActions(rep); got[PruneDeleted] != tc.deleted {
+				t.Fatalf("actions = %v, want %d deleted", got, tc.deleted)
+			}
+			if tc.mode == "keep" {
+				for _, it := range rep.Items {
+					if it.Reasons[len(it.Reasons)-1] != ReasonServerGone && it.Action == PruneKeep && it.Reasons[0] == policy.ReasonNoRule {
+						t.Fatalf("kept without the server-gone reason: %q", it.Reasons)
+					}
+				}
+			}
+			h.checkDeletedGone()
+		})
+	}
+}
+
+func TestPruneRefusesPolicyNotInConfig(t *testing.T) {
+	h := newPruneHarness(t, "      keep_last: 1")
+	h.server("app", 0)
+	h.slots(3)
+	removed := *h.p
+	cfg := *h.cfg
+	cfg.Policies = nil
+	if _, err := h.r.Prune(context.Background(), &cfg, &removed, PruneOptions{}); err == nil {
+		t.Fatal("prune of a policy not in the config succeeded")
+	}
+	if n := len(h.rows(store.ImageGood)); n != 3 {
+		t.Fatalf("%d good rows left, want all 3", n)
+	}
+}
+
+// TestPruneRefusesForeignStamp: a lineage row whose image id points at an image that
+// is not stamped for it (here: another installation's) is never deleted.
+func TestPruneRefusesForeignStamp(t *testing.T) {
+	h := newPruneHarness(t, "      keep_last: 1")
+	h.server("app", 0)
+	h.slots(2)
+	srvX := h.server("x", 0) // live, selected, with no image of our own yet
+	ctx := context.Background()
+	slot := h.clock.Now().AddDate(0, 0, -10)
+	foreign := h.sim.PutImage(simcloud.ImageState{Name: "theirs", Properties: cloud.Stamp{Owner: "someone-else",
+		Policy: h.p.Name, Server: srvX, Slot: StampSlot(slot)}.Properties()})
+	im, _, err := h.store.RecordIntent(ctx, store.Intent{Policy: h.p.Name, ServerID: srvX, Slot: slot, Name: "theirs"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.store.SetImageID(ctx, im.Row, foreign, true, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.store.MarkGood(ctx, im.Row, store.Good{}); err != nil {
+		t.Fatal(err)
+	}
+	// Two good rows for srv-x would let retention delete the older; add a newer one
+	// the same way, stamped correctly, so that the foreign one is the candidate.
+	newer := h.sim.PutImage(simcloud.ImageState{Name: "ours", Properties: cloud.Stamp{Owner: h.store.Owner(),
+		Policy: h.p.Name, Server: srvX, Slot: StampSlot(slot.Add(time.Hour))}.Properties()})
+	im2, _, _ := h.store.RecordIntent(ctx, store.Intent{Policy: h.p.Name, ServerID: srvX, Slot: slot.Add(time.Hour), Name: "ours"})
+	h.store.SetImageID(ctx, im2.Row, newer, true, "test")
+	h.store.MarkGood(ctx, im2.Row, store.Good{})
+
+	rep := h.prune(PruneOptions{})
+	var refused bool
+	for _, it := range rep.Items {
+		if it.ImageID == foreign {
+			refused = it.Action == PruneRefused
+		}
+	}
+	if !refused {
+		t.Fatalf("foreign-stamped image not refused: %+v", rep.Items)
+	}
+	if _, ok := h.sim.Image(foreign); !ok {
+		t.Fatal("foreign-stamped image deleted")
+	}
+	row, _ := h.store.Image(ctx, im.Row)
+	if row.State != store.ImageGood {
+		t.Fatalf("refused row is %s, want it left good (the journal never opened)", row.State)
+	}
+}
