@@ -213,13 +213,20 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	wc := &watchedCloud{Cloud: raw}
 	wc.mark(nil) // connecting authenticated and read the catalog: the cloud answered
 
-	runner := scheduler.NewRunner(scheduler.RunnerOptions{
+	var runner *scheduler.Runner
+	runner = scheduler.NewRunner(scheduler.RunnerOptions{
 		Cloud:        wc,
 		Store:        st,
 		Limits:       cfg.Limits,
 		Logger:       log,
 		Metrics:      metrics,
 		PollInterval: d.RunnerPollInterval,
+		// Retention runs after every backup run of the policy, under the config the
+		// run started with; a policy removed by a reload is never pruned.
+		AfterRun: func(ctx context.Context, cfg *policy.Config, p *policy.Policy) error {
+			_, err := runner.Prune(ctx, cfg, p, scheduler.PruneOptions{})
+			return err
+		},
 	})
 	sched := scheduler.New(scheduler.Options{
 		RunSlot: scheduler.RunnerSlots(runner),
@@ -259,13 +266,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	d.sched.Store(sched)
 	metrics.ConfigReloaded(true, time.Now())
-	// ResumeWaits lands with the lineage engineer's wait code; until then there is
-	// nothing to resume.
-	if rw, ok := any(runner).(interface {
-		ResumeWaits(context.Context, *policy.Config) error
-	}); ok {
-		sched.Go("resume waits", func(ctx context.Context) error { return rw.ResumeWaits(ctx, cfg) })
-	}
+	sched.Go("resume waits", func(ctx context.Context) error { return runner.ResumeWaits(ctx, cfg) })
 	d.audit(st, log, eventDaemonStarted, fmt.Sprintf("pid %d, config %s version %s, %d policies",
 		os.Getpid(), d.ConfigPath, cfg.Version, len(cfg.Policies)))
 	log.Info("imagekeeper daemon serving", "config", d.ConfigPath, "state", statePath, "listen", srv.Addr(),

@@ -233,7 +233,7 @@ func simImagesOf(sim *simcloud.Sim, p string) []simcloud.ImageState {
 	return out
 }
 
-func httpGet(t *testing.T, url string) (int, string) {
+func daemonGet(t *testing.T, url string) (int, string) {
 	t.Helper()
 	resp, err := http.Get(url)
 	if err != nil {
@@ -259,15 +259,15 @@ func TestDaemonRunsSlotsAndServes(t *testing.T) {
 		return countOutcome(slotsOf(t, r.st, "web"), store.OutcomeRan) >= 3 &&
 			countOutcome(slotsOf(t, r.st, "db"), store.OutcomeRan) >= 2
 	})
-	code, body := httpGet(t, "http://"+r.addr+"/healthz")
+	code, body := daemonGet(t, "http://"+r.addr+"/healthz")
 	if code != 200 {
 		t.Errorf("/healthz = %d %q", code, body)
 	}
-	code, body = httpGet(t, "http://"+r.addr+"/readyz")
+	code, body = daemonGet(t, "http://"+r.addr+"/readyz")
 	if code != 200 || !strings.Contains(body, "cloud: ok") || !strings.Contains(body, "store: ok") {
 		t.Errorf("/readyz = %d %q", code, body)
 	}
-	code, body = httpGet(t, "http://"+r.addr+"/metrics")
+	code, body = daemonGet(t, "http://"+r.addr+"/metrics")
 	if code != 200 || !strings.Contains(body, `imagekeeper_slots_total{outcome="ran",policy="web"}`) ||
 		!strings.Contains(body, "imagekeeper_next_slot_timestamp_seconds") {
 		t.Errorf("/metrics = %d, lacks slot metrics:\n%s", code, body)
@@ -380,7 +380,7 @@ func TestDaemonReload(t *testing.T) {
 	if !strings.Contains(r.logs.String(), "reload failed; keeping the running config") {
 		t.Errorf("failed reload not logged:\n%s", r.logs)
 	}
-	code, body := httpGet(t, "http://"+r.addr+"/metrics")
+	code, body := daemonGet(t, "http://"+r.addr+"/metrics")
 	if code != 200 || !strings.Contains(body, "imagekeeper_config_last_reload_successful 0") {
 		t.Errorf("reload metric not 0 after a failed reload:\n%s", grepLines(body, "reload"))
 	}
@@ -654,16 +654,16 @@ func TestReadyzReportsCloudDown(t *testing.T) {
 	e := newEnv(t, simcloud.Options{})
 	e.writeConfig(policyYAML("a", "@every 1h", "a", ""))
 	r := e.start(func(d *Daemon) { d.CloudFreshness = time.Nanosecond })
-	if code, body := httpGet(t, "http://"+r.addr+"/readyz"); code != 200 {
+	if code, body := daemonGet(t, "http://"+r.addr+"/readyz"); code != 200 {
 		t.Fatalf("/readyz with a healthy cloud = %d %q", code, body)
 	}
 	e.sim.SetFault(simcloud.Fault{Op: "*", ErrorStatus: 503})
-	code, body := httpGet(t, "http://"+r.addr+"/readyz")
+	code, body := daemonGet(t, "http://"+r.addr+"/readyz")
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "cloud: no answer") ||
 		!strings.Contains(body, "store: ok") {
 		t.Fatalf("/readyz with the cloud down = %d %q\n%s", code, body, r.logs)
 	}
-	if code, _ := httpGet(t, "http://"+r.addr+"/healthz"); code != 200 {
+	if code, _ := daemonGet(t, "http://"+r.addr+"/healthz"); code != 200 {
 		t.Fatalf("/healthz = %d while the process serves", code)
 	}
 	e.sim.ClearFaults()

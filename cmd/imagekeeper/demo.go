@@ -1,0 +1,354 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/gophercloud/gophercloud/v2/openstack/config/clouds"
+
+	"github.com/imagekeeper/imagekeeper/cloud"
+	"github.com/imagekeeper/imagekeeper/cloud/openstack"
+	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
+	"github.com/imagekeeper/imagekeeper/examples"
+	"github.com/imagekeeper/imagekeeper/policy"
+	"github.com/imagekeeper/imagekeeper/store"
+)
+
+func init() {
+	register(command{
+		name:    "demo",
+		summary: "run the daemon against a simulated cloud and narrate what it does",
+		run:     runDemo,
+	})
+}
+
+// demoServers is the simulated fleet: image-backed web servers (one in ERROR),
+// volume-backed database servers with one or two volumes, and servers no policy
+// selects.
+var demoServers = []simcloud.ServerSpec{
+	{Name: "web-1", Tags: []string{"backup=demo", "role=web"}, AZ: "az-1"},
+	{Name: "web-2", Tags: []string{"backup=demo", "role=web"}, AZ: "az-1"},
+	{Name: "web-3", Tags: []string{"backup=demo", "role=web"}, AZ: "az-2"},
+	{Name: "web-4", Tags: []string{"backup=demo", "role=web"}, AZ: "az-2"},
+	{Name: "web-broken", Tags: []string{"backup=demo", "role=web"}, AZ: "az-1", Status: "ERROR"},
+	{Name: "web-5-opted-out", Tags: []string{"backup=demo", "role=web", "no-backup"}, AZ: "az-1"},
+	{Name: "db-1", Tags: []string{"backup=demo", "role=db"}, AZ: "az-1", Volumes: 1},
+	{Name: "db-2", Tags: []string{"backup=demo", "role=db"}, AZ: "az-1", Volumes: 2},
+	{Name: "db-3", Tags: []string{"backup=demo", "role=db"}, AZ: "az-2", Volumes: 2},
+	{Name: "scratch-1", AZ: "az-1"},
+	{Name: "scratch-2", AZ: "az-2", Volumes: 1},
+	{Name: "bastion", Tags: []string{"role=ops"}, AZ: "az-1"},
+}
+
+func runDemo(ctx context.Context, m *Main, args []string) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(m.Stderr)
+	statePath := fs.String("state", "", "lineage database (default: a file in a temp dir, removed on exit)")
+	listen := fs.String("listen", "127.0.0.1:9478", "address of /metrics, /healthz and /readyz")
+	lf := addLogFlags(fs)
+	_ = fs.Set("log-level", "warn") // the narration is the output; logs only for trouble
+	fs.Usage = func() {
+		fmt.Fprintln(m.Stderr, "usage: imagekeeper demo [--state PATH] [--listen 127.0.0.1:9478] [--log-level warn]")
+		fmt.Fprintln(m.Stderr, "\nStarts a simulated OpenStack with a dozen servers and runs the daemon on")
+		fmt.Fprintln(m.Stderr, "examples/demo.yaml, narrating what it does. Ctrl-C stops it.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return usageError("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return usageError("unexpected arguments: %v", fs.Args())
+	}
+	log, err := lf.logger(m.Stderr)
+	if err != nil {
+		return err
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	return demo(ctx, m.Stdout, log, *statePath, *listen, sigs)
+}
+
+// demo runs the simulator and the daemon until a signal or ctx stops it.
+func demo(ctx context.Context, out io.Writer, log *slog.Logger, statePath, listen string, sigs <-chan os.Signal) error {
+	sim := simcloud.New(simcloud.Options{
+		Seed:               1,
+		ImageBuildTime:     3 * time.Second,
+		SnapshotBuildTime:  2 * time.Second,
+		SnapshotDeleteTime: time.Second,
+	})
+	if err := sim.Start("127.0.0.1:0"); err != nil {
+		return fmt.Errorf("start the simulated cloud: %w", err)
+	}
+	defer sim.Close()
+	for _, s := range demoServers {
+		sim.AddServer(s)
+	}
+
+	dir, err := os.MkdirTemp("", "imagekeeper-demo-")
+	if err != nil {
+		return fmt.Errorf("temp dir: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	cloudsPath := filepath.Join(dir, "clouds.yaml")
+	if err := os.WriteFile(cloudsPath, sim.CloudsYAML("demo"), 0o600); err != nil {
+		return fmt.Errorf("write clouds.yaml: %w", err)
+	}
+	configPath := filepath.Join(dir, "imagekeeper.yaml")
+	if err := os.WriteFile(configPath, examples.Demo, 0o644); err != nil {
+		return fmt.Errorf("write demo policy: %w", err)
+	}
+	if statePath == "" {
+		statePath = filepath.Join(dir, "lineage.db")
+	}
+
+	names := map[string]string{}
+	for _, sv := range sim.Servers() {
+		names[sv.ID] = sv.Name
+	}
+	w := &narrator{out: out, serverName: func(id string) string { return names[id] }}
+	w.say("imagekeeper demo: a simulated OpenStack with %d servers is up at %s", len(demoServers), sim.URL())
+	w.say("  image-backed web-1..web-4 (role=web), volume-backed db-1..db-3 (role=db, 1-2 volumes each),")
+	w.say("  web-broken in ERROR, web-5-opted-out tagged no-backup, and 3 servers without backup=demo.")
+	w.say("policies (examples/demo.yaml): web every 10s keeping the last 3 images, db every 15s keeping the last 2.")
+
+	d := &Daemon{
+		ConfigPath:         configPath,
+		StatePath:          statePath,
+		Listen:             listen,
+		DrainTimeout:       30 * time.Second,
+		Logger:             log,
+		Signals:            sigs,
+		RunnerPollInterval: 500 * time.Millisecond,
+		NewCloud: func(ctx context.Context, cfg *policy.Config, log *slog.Logger, observe func(openstack.Request)) (cloud.Cloud, error) {
+			return openstack.New(ctx, openstack.Options{
+				CloudName:    cfg.Cloud,
+				Observe:      observe,
+				Logger:       log,
+				ParseOptions: []clouds.ParseOption{clouds.WithLocations(cloudsPath)},
+			})
+		},
+		Started: func(addr string, st *store.Store) {
+			w.say("daemon running: state %s, metrics at http://%s/metrics. Press Ctrl-C to stop.", statePath, addr)
+			w.follow(st)
+		},
+		BeforeClose: func() { w.stop() },
+	}
+	err = d.Run(ctx)
+	w.stop()
+	if err != nil {
+		return err
+	}
+	w.say("stopped cleanly.")
+	return nil
+}
+
+// narrator tells in plain words what the daemon does, from the lineage's audit
+// events: they record every state change with its reason, so the story is the one
+// `imagekeeper why` would tell, not a second bookkeeping.
+type narrator struct {
+	out io.Writer
+	// serverName names a server id; the audit keeps ids.
+	serverName func(id string) string
+
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	done   chan struct{}
+	seen   int64
+	st     *store.Store
+}
+
+func (n *narrator) say(format string, args ...any) {
+	fmt.Fprintf(n.out, "%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+// follow prints new events every half second until stop.
+func (n *narrator) follow(st *store.Store) {
+	ctx, cancel := context.WithCancel(context.Background())
+	n.mu.Lock()
+	n.cancel, n.done, n.st = cancel, make(chan struct{}), st
+	n.mu.Unlock()
+	go func() {
+		defer close(n.done)
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			n.poll(ctx)
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+}
+
+// stop prints what is left and stops following; safe to call twice.
+func (n *narrator) stop() {
+	n.mu.Lock()
+	cancel, done, st := n.cancel, n.done, n.st
+	n.cancel = nil
+	n.mu.Unlock()
+	if cancel == nil {
+		return
+	}
+	cancel()
+	<-done
+	if st != nil {
+		ctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+		defer c()
+		n.poll(ctx)
+	}
+}
+
+func (n *narrator) poll(ctx context.Context) {
+	n.mu.Lock()
+	st := n.st
+	n.mu.Unlock()
+	// Events arrive in id order; the last 1000 are far more than half a second brings.
+	evs, err := st.Events(ctx, store.EventFilter{Limit: 1000})
+	if err != nil {
+		return
+	}
+	pruned := map[string]bool{}
+	var order []string
+	for _, e := range evs {
+		if e.ID <= n.seen {
+			continue
+		}
+		n.seen = e.ID
+		if line := n.narrate(ctx, e); line != "" {
+			n.say("%s", line)
+		}
+		if e.Kind == store.EventImageDeleted && !pruned[e.Policy] {
+			pruned[e.Policy] = true
+			order = append(order, e.Policy)
+		}
+	}
+	for _, p := range order {
+		if line := n.kept(ctx, p); line != "" {
+			n.say("%s", line)
+		}
+	}
+}
+
+// kept says what retention left of a policy after it deleted something.
+func (n *narrator) kept(ctx context.Context, policy string) string {
+	good, err := n.st.Images(ctx, store.ImageFilter{Policy: policy, States: []store.ImageState{store.ImageGood}})
+	if err != nil || len(good) == 0 {
+		return ""
+	}
+	per := map[string]int{}
+	for _, im := range good {
+		per[im.ServerID]++
+	}
+	same := -1
+	for _, k := range per {
+		if same == -1 {
+			same = k
+		} else if k != same {
+			same = -2
+		}
+	}
+	if same > 0 {
+		return fmt.Sprintf("[%s] retention kept the newest %d good images of each of its %d servers (%d in all)",
+			policy, same, len(per), len(good))
+	}
+	return fmt.Sprintf("[%s] retention kept %d good images across %d servers", policy, len(good), len(per))
+}
+
+// image names the image row of an event: its name and its server's name.
+func (n *narrator) image(ctx context.Context, e store.Event) (name, server string) {
+	name, server = e.ImageID, n.server(e.ServerID)
+	if e.ImageRow != 0 {
+		if im, err := n.st.Image(ctx, e.ImageRow); err == nil {
+			if im.Name != "" {
+				name = im.Name
+			}
+			if im.ServerName != "" {
+				server = im.ServerName
+			}
+		}
+	}
+	return name, server
+}
+
+func (n *narrator) server(id string) string {
+	if n.serverName != nil {
+		if name := n.serverName(id); name != "" {
+			return name
+		}
+	}
+	return id
+}
+
+// narrate turns one audit event into a sentence; "" for events too fine-grained to
+// tell a newcomer.
+func (n *narrator) narrate(ctx context.Context, e store.Event) string {
+	who := e.Policy
+	if who == "" {
+		who = "daemon"
+	}
+	at := e.Slot.Local().Format("15:04:05")
+	msg := strings.TrimSpace(e.Message)
+	switch e.Kind {
+	case store.EventSlotStarted:
+		return fmt.Sprintf("[%s] slot %s is due: imaging the servers the policy selects", who, at)
+	case store.EventSlotFinished:
+		return fmt.Sprintf("[%s] slot %s done: %s", who, at, msg)
+	case store.EventSlotRecorded:
+		return fmt.Sprintf("[%s] slot %s not run: %s", who, at, msg)
+	case store.EventServerSkipped:
+		return fmt.Sprintf("[%s] skipped server %s: %s", who, n.server(e.ServerID), msg)
+	case store.EventImageRequested:
+		name, server := n.image(ctx, e)
+		return fmt.Sprintf("[%s] asked the cloud for an image of %s (%s)", who, server, name)
+	case store.EventImageGood:
+		name, server := n.image(ctx, e)
+		return fmt.Sprintf("[%s] image %s of %s is ready: %s", who, name, server, msg)
+	case store.EventImageFailed:
+		name, server := n.image(ctx, e)
+		return fmt.Sprintf("[%s] image %s of %s failed: %s", who, name, server, msg)
+	case store.EventImageAdopted:
+		name, server := n.image(ctx, e)
+		return fmt.Sprintf("[%s] found image %s of %s by its stamp and adopted it: %s", who, name, server, msg)
+	case store.EventImageDeleting:
+		name, server := n.image(ctx, e)
+		return fmt.Sprintf("[%s] retention: deleting image %s of %s (%s)", who, name, server,
+			strings.TrimPrefix(msg, "deleting: "))
+	case store.EventImageDeleted:
+		name, server := n.image(ctx, e)
+		return fmt.Sprintf("[%s] deleted image %s of %s: %s", who, name, server, msg)
+	case store.EventSnapshotDeleteStep:
+		if !strings.Contains(msg, "-> deleted") {
+			return ""
+		}
+		name, _ := n.image(ctx, e)
+		return fmt.Sprintf("[%s] cleaned up volume snapshot %s left by image %s", who, e.SnapshotID, name)
+	case store.EventImageProtected:
+		name, server := n.image(ctx, e)
+		return fmt.Sprintf("[%s] kept image %s of %s: %s", who, name, server, msg)
+	case store.EventImageCreating, store.EventCreateAttempt, store.EventSnapshotState, store.EventSnapshotAdded,
+		store.EventIntentDropped, store.EventImageNote:
+		return ""
+	case eventDaemonStarted, eventDaemonStopped, eventConfigReload:
+		return fmt.Sprintf("[daemon] %s: %s", strings.ReplaceAll(e.Kind, "_", " "), msg)
+	}
+	// Anything else (deferred deletions, refusals, images gone behind our back) is
+	// told as the store words it.
+	return fmt.Sprintf("[%s] %s: %s", who, strings.ReplaceAll(e.Kind, "_", " "), msg)
+}
