@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/imagekeeper/imagekeeper/cloud"
 	"github.com/imagekeeper/imagekeeper/cloud/openstack"
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
@@ -224,8 +227,10 @@ func TestRunSlotFiftyServers(t *testing.T) {
 
 	var mu sync.Mutex
 	var events []ProgressEvent
+	metrics := NewMetrics(prometheus.NewRegistry(), BuildInfo{Version: "test"})
 	r := h.runner(func(o *RunnerOptions) {
 		o.Progress = func(e ProgressEvent) { mu.Lock(); events = append(events, e); mu.Unlock() }
+		o.Metrics = metrics
 	})
 	ctx := context.Background()
 	rep, err := r.RunSlot(ctx, h.cfg, h.p, h.slot, TriggerManual)
@@ -299,6 +304,22 @@ func TestRunSlotFiftyServers(t *testing.T) {
 	sl, err := h.store.SlotByKey(ctx, "web", h.slot)
 	if err != nil || sl.Outcome != store.OutcomeRan || sl.Counts != want || sl.Trigger != store.TriggerManual {
 		t.Errorf("slot row = %+v, %v", sl, err)
+	}
+	for _, c := range []struct {
+		name string
+		got  float64
+		want float64
+	}{
+		{"images created good", testutil.ToFloat64(metrics.imagesCreated.WithLabelValues("web", CreateGood)), 47},
+		{"images created failed", testutil.ToFloat64(metrics.imagesCreated.WithLabelValues("web", CreateFailed)), 0},
+		{"skipped error_state", testutil.ToFloat64(metrics.serversSkipped.WithLabelValues("web", SkipErrorState)), 2},
+		{"skipped busy", testutil.ToFloat64(metrics.serversSkipped.WithLabelValues("web", SkipBusy)), 1},
+		{"slots ran", testutil.ToFloat64(metrics.slots.WithLabelValues("web", OutcomeRan)), 1},
+		{"servers selected", testutil.ToFloat64(metrics.serversSelected.WithLabelValues("web")), 50},
+	} {
+		if c.got != c.want {
+			t.Errorf("metric %s = %v, want %v", c.name, c.got, c.want)
+		}
 	}
 	if len(events) != 51 || events[0].Total != 50 || events[0].Done != 0 || events[50].Done != 50 {
 		t.Errorf("progress: %d events (first %+v)", len(events), events[0])
@@ -586,4 +607,45 @@ func TestSpreadDelaysScheduledRuns(t *testing.T) {
 			t.Errorf("server %s: offset %v not slept (slept %v)", id, off, slept)
 		}
 	}
+}
+
+// TestResumeFailsIntentWithoutImage: a process died after writing the intent and
+// before calling createImage; after a restart ResumeWaits finds no stamped image
+// and, once wait_timeout has passed, records the row failed with the reason (a
+// later run of that slot may then try again).
+func TestResumeFailsIntentWithoutImage(t *testing.T) {
+	h := newRunHarness(t, runHarnessOptions{waitTimeout: "300ms"})
+	ids := h.addServers(2)
+	ctx := context.Background()
+	crashing := h.runner(func(o *RunnerOptions) {
+		o.hooks.afterIntent = func(string) error { return errors.New("crash") }
+	})
+	_, _ = crashing.RunSlot(ctx, h.cfg, h.p, h.slot, TriggerScheduled)
+	if err := h.runner(nil).ResumeWaits(ctx, h.cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		row, err := h.store.ImageByKey(ctx, "web", id, h.slot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if row.State != store.ImageFailed || !strings.Contains(row.Reason, "no image with our stamp appeared") {
+			t.Errorf("row of %s: %s %q", id, row.State, row.Reason)
+		}
+		if h.sim.CreateImageCalls(id) != 0 {
+			t.Errorf("ResumeWaits called createImage")
+		}
+	}
+	// A re-run of the slot looks for the stamp, finds none, and makes the image.
+	rep, err := h.runner(nil).RunSlot(ctx, h.cfg, h.p, h.slot, TriggerScheduled)
+	if err != nil || rep.Counts.Good != 2 {
+		t.Fatalf("re-run: %+v, %v", rep, err)
+	}
+	for _, id := range ids {
+		row, _ := h.store.ImageByKey(ctx, "web", id, h.slot)
+		if row.Attempts != 1 || row.State != store.ImageGood {
+			t.Errorf("row of %s after re-run: %s, %d attempts", id, row.State, row.Attempts)
+		}
+	}
+	h.checkLineageMatchesCloud()
 }

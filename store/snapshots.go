@@ -210,7 +210,7 @@ func (s *Store) UpdateSnapshot(ctx context.Context, snapshotID string, u Snapsho
 		if err != nil {
 			return err
 		}
-		msg := fmt.Sprintf("volume snapshot %s: %s -> %s", snapshotID, cur.State, state)
+		msg := fmt.Sprintf("volume snapshot %s of volume %s: %s -> %s", snapshotID, orDash(volume), cur.State, state)
 		if reason != "" {
 			msg += ": " + reason
 		}

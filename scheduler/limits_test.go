@@ -1,0 +1,175 @@
+package scheduler
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeTime is a clock whose sleeps advance it instead of waiting.
+type fakeTime struct {
+	mu    sync.Mutex
+	now   time.Time
+	slept []time.Duration
+}
+
+func (f *fakeTime) Now() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.now
+}
+
+func (f *fakeTime) Sleep(ctx context.Context, d time.Duration) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.slept = append(f.slept, d)
+	f.now = f.now.Add(d)
+	return ctx.Err()
+}
+
+func TestTokenBucketPacesCalls(t *testing.T) {
+	ft := &fakeTime{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	b := newTokenBucket(10, ft.Now, ft.Sleep)
+	ctx := context.Background()
+	start := ft.Now()
+	for i := 0; i < 30; i++ {
+		if err := b.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A burst of 10, then 20 more at 10 a second: 2 s, give or take a token.
+	if got := ft.Now().Sub(start); got < 1900*time.Millisecond || got > 2100*time.Millisecond {
+		t.Errorf("30 calls at 10/s with burst 10 took %v, want about 2s", got)
+	}
+	if len(ft.slept) != 20 {
+		t.Errorf("slept %d times, want 20 (the burst is free)", len(ft.slept))
+	}
+	// Unlimited: no sleeping at all.
+	ft.slept = nil
+	u := newTokenBucket(0, ft.Now, ft.Sleep)
+	for i := 0; i < 100; i++ {
+		if err := u.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(ft.slept) != 0 {
+		t.Errorf("unlimited bucket slept %d times", len(ft.slept))
+	}
+}
+
+func TestTokenBucketCancelled(t *testing.T) {
+	ft := &fakeTime{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	b := newTokenBucket(1, ft.Now, sleepCtx)
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := b.Wait(ctx); err != nil { // the burst token
+		t.Fatal(err)
+	}
+	cancel()
+	if err := b.Wait(ctx); err == nil {
+		t.Error("Wait on a cancelled context with no token returned nil")
+	}
+}
+
+func TestSpreadOffsetIsStableAndSpread(t *testing.T) {
+	const spread = 20 * time.Minute
+	seen := map[time.Duration]bool{}
+	var lo, hi int
+	for i := 0; i < 200; i++ {
+		id := fmt.Sprintf("server-%d", i)
+		off := spreadOffset("web", id, spread)
+		if off != spreadOffset("web", id, spread) {
+			t.Fatalf("offset of %s is not stable", id)
+		}
+		if off < 0 || off >= spread {
+			t.Fatalf("offset %v outside [0, %v)", off, spread)
+		}
+		if off < spread/2 {
+			lo++
+		} else {
+			hi++
+		}
+		seen[off] = true
+	}
+	if lo < 70 || hi < 70 || len(seen) < 190 {
+		t.Errorf("offsets are not spread: %d in the first half, %d in the second, %d distinct", lo, hi, len(seen))
+	}
+	if spreadOffset("web", "a", 0) != 0 {
+		t.Error("no spread must mean no offset")
+	}
+	if spreadOffset("web", "a", spread) == spreadOffset("db", "a", spread) && spreadOffset("web", "b", spread) == spreadOffset("db", "b", spread) {
+		t.Error("the policy does not enter the offset")
+	}
+}
+
+func TestKeyedLocksSerialisePerKey(t *testing.T) {
+	var k keyedLocks
+	ctx := context.Background()
+	var mu sync.Mutex
+	inside := map[string]int{}
+	maxInside := map[string]int{}
+	var wg sync.WaitGroup
+	for i := 0; i < 40; i++ {
+		key := fmt.Sprint(i % 4)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			unlock, err := k.lock(ctx, key)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			inside[key]++
+			maxInside[key] = max(maxInside[key], inside[key])
+			mu.Unlock()
+			time.Sleep(time.Millisecond) // widen the window for overlap, if any
+			mu.Lock()
+			inside[key]--
+			mu.Unlock()
+			unlock()
+		}()
+	}
+	wg.Wait()
+	for key, n := range maxInside {
+		if n != 1 {
+			t.Errorf("key %s: %d holders at once", key, n)
+		}
+	}
+	if len(k.m) != 0 {
+		t.Errorf("%d locks left in the map", len(k.m))
+	}
+	// A held lock makes a second locker wait until its context ends.
+	unlock, _ := k.lock(ctx, "x")
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if _, err := k.lock(cctx, "x"); err == nil {
+		t.Error("second lock of a held key succeeded")
+	}
+	unlock()
+}
+
+func TestSemaphoreBoundsWorkers(t *testing.T) {
+	s := newSemaphore(3)
+	ctx := context.Background()
+	var rel []func()
+	for i := 0; i < 3; i++ {
+		r, err := s.acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rel = append(rel, r)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if _, err := s.acquire(cctx); err == nil {
+		t.Error("a fourth worker got in")
+	}
+	rel[0]()
+	if r, err := s.acquire(ctx); err != nil {
+		t.Error(err)
+	} else {
+		r()
+	}
+}
