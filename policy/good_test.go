@@ -294,3 +294,24 @@ func TestSchemaMatchesStructs(t *testing.T) {
 	}
 	check(&configSchema, reflect.TypeOf(rawConfig{}), "")
 }
+
+// TestLiterals: values built by hand (as other packages' tests do) behave like
+// loaded ones instead of panicking.
+func TestLiterals(t *testing.T) {
+	s := &Schedule{Spec: "30 2 * * *", Location: mustLoc(t, "America/New_York")}
+	got := s.Next(time.Date(2024, 3, 9, 12, 0, 0, 0, time.UTC))
+	if want := time.Date(2024, 3, 10, 7, 0, 0, 0, time.UTC); !got.Equal(want) {
+		t.Errorf("literal Next = %s, want %s", got, want)
+	}
+	if l := s.Latest(got); !l.Equal(got) {
+		t.Errorf("literal Latest = %s", l)
+	}
+	if n := (&Schedule{Spec: "not cron"}).Next(time.Now()); !n.IsZero() {
+		t.Errorf("invalid literal Next = %s, want zero", n)
+	}
+	spec := &ImageSpec{Name: "{{ .Server.Name }}-x", Metadata: map[string]string{"k": "{{ .RunID }}"}}
+	name, meta, err := spec.Render(TemplateData{Server: ServerInfo{Name: "s"}, RunID: "r"})
+	if err != nil || name != "s-x" || meta["k"] != "r" {
+		t.Errorf("literal Render = %q %v %v", name, meta, err)
+	}
+}

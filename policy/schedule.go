@@ -147,9 +147,15 @@ func (s *Schedule) Period() time.Duration { return s.period }
 // the zero time if the schedule never fires again.
 func (s *Schedule) Next(after time.Time) time.Time {
 	if s.Every > 0 {
-		step := int64(s.Every / time.Second)
+		step := max(int64(s.Every/time.Second), 1)
 		k := floorDiv(after.Unix(), step) + 1
-		return time.Unix(k*step, 0).In(s.Location)
+		return time.Unix(k*step, 0).In(s.loc())
+	}
+	if s.wall == nil {
+		if c := s.compiled(); c != nil {
+			return c.Next(after)
+		}
+		return time.Time{}
 	}
 	w := s.wallOf(after)
 	// Wall slots map to instants monotonically, so the first wall slot whose
@@ -171,8 +177,14 @@ func (s *Schedule) Next(after time.Time) time.Time {
 // Location, or the zero time if there is none within the last ten years.
 func (s *Schedule) Latest(at time.Time) time.Time {
 	if s.Every > 0 {
-		step := int64(s.Every / time.Second)
-		return time.Unix(floorDiv(at.Unix(), step)*step, 0).In(s.Location)
+		step := max(int64(s.Every/time.Second), 1)
+		return time.Unix(floorDiv(at.Unix(), step)*step, 0).In(s.loc())
+	}
+	if s.wall == nil {
+		if c := s.compiled(); c != nil {
+			return c.Latest(at)
+		}
+		return time.Time{}
 	}
 	w := s.prevWall(s.wallOf(at))
 	if w.IsZero() {
@@ -197,6 +209,24 @@ func (s *Schedule) Latest(at time.Time) time.Time {
 		w = n
 	}
 	return s.instant(w)
+}
+
+func (s *Schedule) loc() *time.Location {
+	if s.Location == nil {
+		return time.UTC
+	}
+	return s.Location
+}
+
+// compiled serves a Schedule built as a literal rather than by Load (tests in
+// other packages do that): it parses Spec on every call, and a spec that does not
+// parse never fires.
+func (s *Schedule) compiled() *Schedule {
+	c, err := parseSchedule(s.Spec, s.loc(), true)
+	if err != nil || c.wall == nil {
+		return nil
+	}
+	return c
 }
 
 // wallOf returns t's wall clock in Location as a UTC time.

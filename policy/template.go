@@ -46,6 +46,15 @@ type ImageSpec struct {
 // leading or trailing space, metadata values of at most 255 bytes. Every error
 // wraps ErrTemplate.
 func (s *ImageSpec) Render(d TemplateData) (name string, metadata map[string]string, err error) {
+	if s.name == nil {
+		// An ImageSpec built as a literal (tests in other packages): compile a copy
+		// on each call rather than mutate a value that may be shared.
+		c, err := s.compile()
+		if err != nil {
+			return "", nil, err
+		}
+		s = c
+	}
 	name, err = execute(s.name, d)
 	if err != nil {
 		return "", nil, fmt.Errorf("%w: name: %v", ErrTemplate, err)
@@ -68,6 +77,20 @@ func (s *ImageSpec) Render(d TemplateData) (name string, metadata map[string]str
 		metadata[k] = v
 	}
 	return name, metadata, nil
+}
+
+func (s *ImageSpec) compile() (*ImageSpec, error) {
+	c := &ImageSpec{Name: s.Name, Metadata: s.Metadata, WaitTimeout: s.WaitTimeout, meta: map[string]*ttemplate.Template{}}
+	var err error
+	if c.name, err = parseTemplate(s.Name); err != nil {
+		return nil, fmt.Errorf("%w: name: %v", ErrTemplate, err)
+	}
+	for k, src := range s.Metadata {
+		if c.meta[k], err = parseTemplate(src); err != nil {
+			return nil, fmt.Errorf("%w: metadata %q: %v", ErrTemplate, k, err)
+		}
+	}
+	return c, nil
 }
 
 func checkName(name string) error {
