@@ -343,12 +343,17 @@ type LineageSnapshot struct {
 	ImageState ImageState
 }
 
-// LineageSnapshots returns every snapshot row that is not deleted, with its image.
-func (s *Store) LineageSnapshots(ctx context.Context) ([]LineageSnapshot, error) {
+// LineageSnapshots returns every snapshot row with its image; deleted ones only when
+// includeDeleted (reconcile looks for snapshots recorded deleted that are still in
+// the cloud).
+func (s *Store) LineageSnapshots(ctx context.Context, includeDeleted bool) ([]LineageSnapshot, error) {
+	where := "WHERE s.state <> 'deleted'"
+	if includeDeleted {
+		where = ""
+	}
 	rows, err := s.db.QueryContext(ctx, `SELECT s.id, s.snapshot_id, s.image_row, s.state, COALESCE(i.image_id, ''),
 			i.policy, i.server_id, i.state
-		FROM snapshots s JOIN images i ON i.id = s.image_row
-		WHERE s.state <> 'deleted' ORDER BY s.id`)
+		FROM snapshots s JOIN images i ON i.id = s.image_row `+where+` ORDER BY s.id`)
 	if err != nil {
 		return nil, fmt.Errorf("list lineage snapshots: %w", err)
 	}

@@ -186,12 +186,24 @@ func TestMarkGone(t *testing.T) {
 	if _, err := s.MarkGone(ctx, im.Row, "again"); !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("MarkGone of a failed row: %v, want ErrConflict", err)
 	}
-	ls, err := s.LineageSnapshots(ctx)
+	ls, err := s.LineageSnapshots(ctx, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(ls) != 1 || ls[0].SnapshotID != "snap-1" || ls[0].ImageState != store.ImageFailed || ls[0].ImageID != im.ImageID {
 		t.Fatalf("LineageSnapshots = %+v", ls)
+	}
+	if _, err := s.RecordSnapshotStep(ctx, "snap-1", store.SnapshotStep{State: store.SnapshotDeleted}); err != nil {
+		t.Fatal(err)
+	}
+	for _, all := range []bool{false, true} {
+		ls, err := s.LineageSnapshots(ctx, all)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := map[bool]int{false: 0, true: 1}[all]; len(ls) != want {
+			t.Fatalf("LineageSnapshots(includeDeleted=%v) = %d rows, want %d", all, len(ls), want)
+		}
 	}
 }
 

@@ -1,0 +1,407 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/imagekeeper/imagekeeper/cloud"
+	"github.com/imagekeeper/imagekeeper/policy"
+	"github.com/imagekeeper/imagekeeper/store"
+)
+
+// DriftCategory is a kind of difference between the cloud and the lineage.
+type DriftCategory string
+
+// Drift categories, in the order reports list them.
+const (
+	// DriftUnknown: an image stamped with our owner that no lineage row names. It is
+	// adopted (with fix) only into the intent row of its stamp's (policy, server,
+	// slot) that has no image id yet: the stamp alone proves nothing.
+	DriftUnknown DriftCategory = "stamped_unknown"
+	// DriftInherited: an image stamped with our owner whose stamp's slot already has
+	// another image, or whose instance_uuid is another server: a snapshot of a server
+	// booted from one of our images. Reported, never adopted, never deleted.
+	DriftInherited DriftCategory = "stamped_inherited"
+	// DriftGone: a good (or kept_protected) row whose image is gone from the cloud.
+	// With fix the row becomes failed, so that it no longer counts as a backup.
+	DriftGone DriftCategory = "known_gone"
+	// DriftLeftover: a volume snapshot of ours whose image is gone. Deleted always
+	// when the image row is recorded deleted, otherwise with fix.
+	DriftLeftover DriftCategory = "leftover_snapshot"
+	// DriftHollow: an image of ours whose volume snapshots are gone: it cannot boot.
+	// Reported.
+	DriftHollow DriftCategory = "hollow_image"
+)
+
+// DriftCategories lists the categories in report order.
+var DriftCategories = []DriftCategory{DriftUnknown, DriftInherited, DriftGone, DriftLeftover, DriftHollow}
+
+// DriftFinding is one difference.
+type DriftFinding struct {
+	Category   DriftCategory
+	Policy     string
+	ServerID   string
+	ImageID    string
+	SnapshotID string
+	ImageRow   int64
+	// Detail says what was found.
+	Detail string
+	// Action is what reconcile did about it ("" when nothing).
+	Action string
+}
+
+// ReconcileReport is what one reconcile found and did.
+type ReconcileReport struct {
+	Fix      bool
+	Started  time.Time
+	Finished time.Time
+	// CloudImages and CloudSnapshots count what the cloud listed (images stamped
+	// with our owner; every snapshot of the project).
+	CloudImages    int
+	CloudSnapshots int
+	Findings       []DriftFinding
+	// Counts and Fixed count findings and the ones acted on, by category.
+	Counts map[DriftCategory]int
+	Fixed  map[DriftCategory]int
+}
+
+// Reconcile diffs the cloud's images stamped with our owner, and the volume
+// snapshots behind them, against the lineage, and reports every difference by
+// category. With fix it adopts what can be proven ours, marks rows whose image is
+// gone, and deletes leftover snapshots; leftovers of images recorded deleted are
+// deleted even without fix (the journal meant them gone). Images it cannot prove
+// ours are never touched.
+func (r *Runner) Reconcile(ctx context.Context, cfg *policy.Config, fix bool) (*ReconcileReport, error) {
+	st := r.store
+	cl := r.Cloud()
+	owner := st.Owner()
+	rep := &ReconcileReport{Fix: fix, Started: st.Now(), Counts: map[DriftCategory]int{}, Fixed: map[DriftCategory]int{}}
+
+	images, err := cl.ListImages(ctx, map[string]string{cloud.StampOwner: owner})
+	if err != nil {
+		return nil, fmt.Errorf("reconcile: list images: %w", err)
+	}
+	snaps, err := cl.ListSnapshots(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reconcile: list snapshots: %w", err)
+	}
+	rows, err := st.Lineage(ctx, store.ImageFilter{})
+	if err != nil {
+		return nil, fmt.Errorf("reconcile: %w", err)
+	}
+	lsnaps, err := st.LineageSnapshots(ctx, true)
+	if err != nil {
+		return nil, fmt.Errorf("reconcile: %w", err)
+	}
+	rep.CloudImages, rep.CloudSnapshots = len(images), len(snaps)
+
+	inCloud := make(map[string]cloud.Image, len(images))
+	for _, im := range images {
+		inCloud[im.ID] = im
+	}
+	snapInCloud := make(map[string]cloud.Snapshot, len(snaps))
+	for _, s := range snaps {
+		snapInCloud[s.ID] = s
+	}
+	byID := make(map[string]store.LineageRow, len(rows))
+	type key struct{ policy, server, slot string }
+	byKey := make(map[key]store.LineageRow, len(rows))
+	for _, row := range rows {
+		if row.ImageID != "" {
+			byID[row.ImageID] = row
+		}
+		byKey[key{row.Policy, row.ServerID, StampSlot(row.Slot)}] = row
+	}
+	add := func(f DriftFinding) *DriftFinding {
+		rep.Findings = append(rep.Findings, f)
+		return &rep.Findings[len(rep.Findings)-1]
+	}
+	var toAdopt []int // indexes into Findings
+
+	// 1. Stamped images the lineage does not know, and hollow images it does.
+	sort.Slice(images, func(i, j int) bool { return images[i].ID < images[j].ID })
+	for _, im := range images {
+		if row, ok := byID[im.ID]; ok {
+			if row.State != store.ImageGood && row.State != store.ImageKeptProtected {
+				continue
+			}
+			var missing []string
+			for _, ref := range im.Snapshots {
+				if _, ok := snapInCloud[ref.SnapshotID]; !ok {
+					missing = append(missing, ref.SnapshotID)
+				}
+			}
+			if len(missing) > 0 {
+				add(DriftFinding{Category: DriftHollow, Policy: row.Policy, ServerID: row.ServerID, ImageID: im.ID, ImageRow: row.Row,
+					Detail: fmt.Sprintf("%d of %d volume snapshots gone: %v", len(missing), len(im.Snapshots), missing)})
+			}
+			continue
+		}
+		stamp, ok := cloud.StampOf(im.Properties)
+		if !ok {
+			add(DriftFinding{Category: DriftUnknown, ImageID: im.ID, Detail: "incomplete stamp: not adoptable"})
+			continue
+		}
+		f := DriftFinding{Category: DriftUnknown, Policy: stamp.Policy, ServerID: stamp.Server, ImageID: im.ID}
+		krow, has := byKey[key{stamp.Policy, stamp.Server, stamp.Slot}]
+		switch {
+		case im.Properties["instance_uuid"] != "" && im.Properties["instance_uuid"] != stamp.Server:
+			f.Category = DriftInherited
+			f.Detail = fmt.Sprintf("made of server %s, stamp names %s: a snapshot of a server booted from our image", im.Properties["instance_uuid"], stamp.Server)
+		case has && krow.ImageID != "":
+			f.Category, f.ImageRow = DriftInherited, krow.Row
+			f.Detail = fmt.Sprintf("slot %s of server %s already holds image %s", stamp.Slot, stamp.Server, krow.ImageID)
+		case !has:
+			f.Detail = "no intent row for its stamp: not adoptable (the stamp alone proves nothing)"
+		case krow.State != store.ImageRequested && krow.State != store.ImageFailed:
+			f.ImageRow = krow.Row
+			f.Detail = fmt.Sprintf("intent row %d is %s: not adoptable", krow.Row, krow.State)
+		default:
+			f.ImageRow = krow.Row
+			f.Detail = fmt.Sprintf("matches intent row %d (%s, no image id)", krow.Row, krow.State)
+			toAdopt = append(toAdopt, len(rep.Findings))
+		}
+		add(f)
+	}
+
+	// 2. Rows whose image is gone. A listing can lag: confirm each with a GET.
+	goneRows := map[int64]bool{} // rows whose image is confirmed gone
+	for _, row := range rows {
+		if row.ImageID == "" || row.State == store.ImageDeleted || row.State == store.ImageDeleting {
+			continue
+		}
+		if _, ok := inCloud[row.ImageID]; ok {
+			continue
+		}
+		if row.State == store.ImageRequested || row.State == store.ImageCreating {
+			continue // a wait is on it; a 404 there is its failure to record
+		}
+		if _, err := cl.GetImage(ctx, row.ImageID); !errors.Is(err, cloud.ErrNotFound) {
+			if err != nil {
+				r.log.Warn("reconcile: confirm image gone", "policy", row.Policy, "image_id", row.ImageID, "err", err)
+			}
+			continue
+		}
+		goneRows[row.Row] = true
+		if row.State == store.ImageGood || row.State == store.ImageKeptProtected {
+			add(DriftFinding{Category: DriftGone, Policy: row.Policy, ServerID: row.ServerID, ImageID: row.ImageID, ImageRow: row.Row,
+				Detail: fmt.Sprintf("lineage says %s, Glance answers 404", row.State)})
+		}
+	}
+
+	// 3. Leftover snapshots: ours, in the cloud, and their image gone.
+	rowByRow := make(map[int64]store.LineageRow, len(rows))
+	for _, row := range rows {
+		rowByRow[row.Row] = row
+	}
+	leftoverRows := map[int64][]int{} // image row -> finding indexes, for fix through the journal
+	always := map[int]bool{}          // finding indexes of leftovers the journal meant gone
+	for _, ls := range lsnaps {
+		cs, ok := snapInCloud[ls.SnapshotID]
+		if !ok || cs.Status == cloud.SnapshotDeleting {
+			continue
+		}
+		row := rowByRow[ls.ImageRow]
+		switch {
+		case ls.ImageState == store.ImageDeleted || ls.State == store.SnapshotDeleted:
+			always[len(rep.Findings)] = true
+			add(DriftFinding{Category: DriftLeftover, Policy: ls.Policy, ServerID: ls.ServerID, ImageID: ls.ImageID,
+				SnapshotID: ls.SnapshotID, ImageRow: ls.ImageRow, Detail: "recorded deleted, still in Cinder (" + cs.Status + ")"})
+		case goneRows[ls.ImageRow] && row.State != store.ImageDeleting:
+			leftoverRows[ls.ImageRow] = append(leftoverRows[ls.ImageRow], len(rep.Findings))
+			add(DriftFinding{Category: DriftLeftover, Policy: ls.Policy, ServerID: ls.ServerID, ImageID: ls.ImageID,
+				SnapshotID: ls.SnapshotID, ImageRow: ls.ImageRow, Detail: fmt.Sprintf("image gone from Glance, row %s; snapshot %s", row.State, cs.Status)})
+		}
+	}
+
+	// Acting. Each fix holds the lock of the row's policy, so that it never races a
+	// backup run or a prune of that policy in this process.
+	bctx := context.WithoutCancel(ctx)
+	for i := range rep.Findings {
+		f := &rep.Findings[i]
+		switch {
+		case always[i]:
+			f.Action = r.deleteLeftover(ctx, cl, f)
+		case !fix:
+		case f.Category == DriftGone:
+			err := r.withPolicyLock(ctx, f.Policy, func() error {
+				_, err := st.MarkGone(bctx, f.ImageRow, "image gone from the cloud (found by reconcile): no longer a backup")
+				return err
+			})
+			f.Action = actionOf(err, "marked failed")
+		}
+	}
+	if fix {
+		for _, i := range toAdopt {
+			f := &rep.Findings[i]
+			f.Action = r.adopt(ctx, cfg, f)
+		}
+		rowsDone := make([]int64, 0, len(leftoverRows))
+		for row := range leftoverRows {
+			rowsDone = append(rowsDone, row)
+		}
+		sort.Slice(rowsDone, func(i, j int) bool { return rowsDone[i] < rowsDone[j] })
+		for _, rowID := range rowsDone {
+			action := r.cleanGoneImage(ctx, cfg, rowID)
+			for _, i := range leftoverRows[rowID] {
+				rep.Findings[i].Action = action
+			}
+		}
+	}
+	for _, f := range rep.Findings {
+		rep.Counts[f.Category]++
+		if f.Action != "" && !isFailedAction(f.Action) {
+			rep.Fixed[f.Category]++
+		}
+	}
+	sort.SliceStable(rep.Findings, func(i, j int) bool {
+		return categoryIndex(rep.Findings[i].Category) < categoryIndex(rep.Findings[j].Category)
+	})
+	rep.Finished = st.Now()
+	return rep, nil
+}
+
+func categoryIndex(c DriftCategory) int {
+	for i, x := range DriftCategories {
+		if x == c {
+			return i
+		}
+	}
+	return len(DriftCategories)
+}
+
+// actionFailedPrefix starts the Action of a fix that did not work.
+const actionFailedPrefix = "failed: "
+
+func actionOf(err error, done string) string {
+	if err != nil {
+		return actionFailedPrefix + err.Error()
+	}
+	return done
+}
+
+func isFailedAction(a string) bool {
+	return len(a) >= len(actionFailedPrefix) && a[:len(actionFailedPrefix)] == actionFailedPrefix
+}
+
+func (r *Runner) withPolicyLock(ctx context.Context, name string, f func() error) error {
+	unlock, err := r.LockPolicy(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return f()
+}
+
+// adopt records a stamped image as the image of its intent row. A requested row
+// younger than its wait timeout may belong to a run still in flight (in another
+// process): it is left alone.
+func (r *Runner) adopt(ctx context.Context, cfg *policy.Config, f *DriftFinding) string {
+	var p *policy.Policy
+	if cfg != nil {
+		for _, q := range cfg.Policies {
+			if q.Name == f.Policy {
+				p = q
+			}
+		}
+	}
+	var action string
+	err := r.withPolicyLock(ctx, f.Policy, func() error {
+		cur, err := r.store.Image(ctx, f.ImageRow)
+		if err != nil {
+			return err
+		}
+		if cur.ImageID != "" || (cur.State != store.ImageRequested && cur.State != store.ImageFailed) {
+			action = fmt.Sprintf("not adopted: row is now %s with image %q", cur.State, cur.ImageID)
+			return nil
+		}
+		if cur.State == store.ImageRequested && r.store.Now().Sub(cur.RequestedAt) < r.waitTimeout(p) {
+			action = "not adopted: the intent is younger than wait_timeout (a run may still be making it)"
+			return nil
+		}
+		_, err = r.store.SetImageID(context.WithoutCancel(ctx), f.ImageRow, f.ImageID, true,
+			fmt.Sprintf("adopted by reconcile: image %s carries this row's stamp", f.ImageID))
+		action = "adopted (creating: the next wait settles it)"
+		return err
+	})
+	if err != nil {
+		return actionOf(err, "")
+	}
+	return action
+}
+
+// cleanGoneImage runs the deletion journal for a row whose image is gone from the
+// cloud, which deletes the snapshots behind it and marks the row deleted.
+func (r *Runner) cleanGoneImage(ctx context.Context, cfg *policy.Config, rowID int64) string {
+	cur, err := r.store.Image(ctx, rowID)
+	if err != nil {
+		return actionOf(err, "")
+	}
+	p := &policy.Policy{Name: cur.Policy}
+	if cfg != nil {
+		for _, q := range cfg.Policies {
+			if q.Name == cur.Policy {
+				p = q
+			}
+		}
+	}
+	var action string
+	err = r.withPolicyLock(ctx, cur.Policy, func() error {
+		bctx := context.WithoutCancel(ctx)
+		cur, err := r.store.Image(ctx, rowID)
+		if err != nil {
+			return err
+		}
+		if cur.State == store.ImageGood || cur.State == store.ImageKeptProtected {
+			if cur, err = r.store.MarkGone(bctx, rowID, "image gone from the cloud (found by reconcile): no longer a backup"); err != nil {
+				return err
+			}
+		}
+		if cur.State != store.ImageFailed && cur.State != store.ImageDeleting {
+			action = "left: row is " + string(cur.State)
+			return nil
+		}
+		pr := &pruner{r: r, p: p, opts: PruneOptions{SnapshotWait: DefaultSnapshotWait}, cl: r.Cloud(), st: r.store,
+			log: r.log.With("policy", cur.Policy), now: r.store.Now()}
+		it := &PruneItem{Reasons: []string{"reconcile: image gone from the cloud; deleting the snapshots left behind"}}
+		row := store.LineageRow{Row: cur.Row, ImageID: cur.ImageID, Policy: cur.Policy, ServerID: cur.ServerID, Slot: cur.Slot,
+			Owner: cur.Owner, State: cur.State}
+		pr.journal(ctx, it, row)
+		switch it.Action {
+		case PruneDeleted:
+			action = "deleted (journal)"
+		default:
+			action = fmt.Sprintf("journal %s: %v", it.Action, it.Reasons[len(it.Reasons)-1])
+		}
+		return nil
+	})
+	if err != nil {
+		return actionOf(err, "")
+	}
+	return action
+}
+
+// deleteLeftover deletes a snapshot whose image the journal recorded deleted; it
+// is not waited for (the next reconcile sees whether it went).
+func (r *Runner) deleteLeftover(ctx context.Context, cl cloud.Cloud, f *DriftFinding) string {
+	err := cl.DeleteSnapshot(ctx, f.SnapshotID)
+	result := DeleteDeleted
+	switch {
+	case errors.Is(err, cloud.ErrNotFound):
+		result, err = DeleteAlreadyGone, nil
+	case errors.Is(err, cloud.ErrInUse):
+		r.metrics.SnapshotDeleted(f.Policy, DeleteInUse)
+		return "kept: in use: " + cloud.Reason(err)
+	case err != nil:
+		r.metrics.SnapshotDeleted(f.Policy, DeleteFailed)
+		return actionOf(err, "")
+	}
+	r.metrics.SnapshotDeleted(f.Policy, result)
+	_, _ = r.store.AddEvent(context.WithoutCancel(ctx), store.Event{Kind: store.EventSnapshotDeleteStep, Policy: f.Policy,
+		ServerID: f.ServerID, ImageRow: f.ImageRow, ImageID: f.ImageID, SnapshotID: f.SnapshotID,
+		Message: "reconcile: leftover of an image recorded deleted; delete requested"})
+	return "delete requested"
+}
