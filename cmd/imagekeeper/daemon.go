@@ -290,9 +290,11 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	if d.Started != nil {
 		d.Started(srv.Addr(), st)
 	}
+	wdWG.Add(1)
 	go func() {
+		defer wdWG.Done()
 		// The gauges derived from the store are recomputed off the main loop: the
-		// query may take a while on a big lineage.
+		// query may take a while on a big lineage. It stops before the store closes.
 		t := time.NewTicker(defaultRefreshInterval)
 		defer t.Stop()
 		for {

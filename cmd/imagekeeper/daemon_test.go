@@ -328,11 +328,13 @@ func TestDaemonReload(t *testing.T) {
 	e := newEnv(t, simcloud.Options{})
 	e.sim.AddServer(simcloud.ServerSpec{Name: "a-1", Tags: []string{"a"}})
 	e.sim.AddServer(simcloud.ServerSpec{Name: "b-1", Tags: []string{"b"}})
-	e.writeConfig(policyYAML("a", "@every 1s", "a", "") + policyYAML("gone", "@every 1s", "a", ""))
+	e.sim.AddServer(simcloud.ServerSpec{Name: "g-1", Tags: []string{"g"}})
+	e.writeConfig(policyYAML("a", "@every 1s", "a", "") + policyYAML("gone", "@every 1s", "g", ""))
 	r := e.start()
-	eventually(t, "a and gone ran", 30*time.Second, func() bool {
-		return countOutcome(slotsOf(t, r.st, "a"), store.OutcomeRan) >= 1 &&
-			countOutcome(slotsOf(t, r.st, "gone"), store.OutcomeRan) >= 1
+	eventually(t, "a ran and gone made an image", 30*time.Second, func() bool {
+		good, _ := r.st.Images(context.Background(), store.ImageFilter{Policy: "gone",
+			States: []store.ImageState{store.ImageGood}})
+		return countOutcome(slotsOf(t, r.st, "a"), store.OutcomeRan) >= 1 && len(good) >= 1
 	})
 	version := r.d.currentVersion()
 
