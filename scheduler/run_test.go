@@ -47,7 +47,7 @@ policies:
 // harness is a simulated cloud over HTTP, our adapter on it, a temp-dir store and
 // a compiled policy.
 type runHarness struct {
-	t     *testing.T
+	t     testing.TB
 	sim   *simcloud.Sim
 	cloud cloud.Cloud
 	store *store.Store
@@ -61,9 +61,10 @@ type runHarnessOptions struct {
 	waitTimeout string
 	sim         simcloud.Options
 	maxRetries  int // of the adapter; 0 for its default
+	pageSize    int // of the adapter; 0 leaves it to the cloud
 }
 
-func newRunHarness(t *testing.T, o runHarnessOptions) *runHarness {
+func newRunHarness(t testing.TB, o runHarnessOptions) *runHarness {
 	t.Helper()
 	if o.waitTimeout == "" {
 		o.waitTimeout = "20s"
@@ -89,7 +90,7 @@ func newRunHarness(t *testing.T, o runHarnessOptions) *runHarness {
 	}
 	t.Setenv("OS_CLIENT_CONFIG_FILE", cy)
 	ctx := context.Background()
-	cl, err := openstack.New(ctx, openstack.Options{CloudName: "sim", RetryBaseDelay: 5 * time.Millisecond, MaxRetries: o.maxRetries,
+	cl, err := openstack.New(ctx, openstack.Options{CloudName: "sim", RetryBaseDelay: 5 * time.Millisecond, MaxRetries: o.maxRetries, PageSize: o.pageSize,
 		RequestTimeout: 20 * time.Second, CreateImageTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatalf("openstack.New on the simulator: %v", err)

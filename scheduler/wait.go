@@ -108,6 +108,7 @@ func (r *Runner) poll(ctx context.Context, sc waitScope, items []*waitItem) ([]*
 	if listErr != nil {
 		sc.log.Warn("list images while waiting", "err", listErr)
 	}
+	sc.log.Debug("wait: polled", "pending", len(items), "listed", len(listed))
 	byID := map[string]cloud.Image{}
 	for _, im := range listed {
 		byID[im.ID] = im
@@ -128,6 +129,7 @@ func (r *Runner) poll(ctx context.Context, sc waitScope, items []*waitItem) ([]*
 			pending = append(pending, it)
 		}
 	}
+	sc.log.Debug("wait: poll done", "pending", len(pending))
 	return pending, nil
 }
 
