@@ -436,6 +436,7 @@ func slotsAfter(sl []store.Slot, t time.Time) []store.Slot {
 // drain that runs out leaves the image creating, and the next daemon on the same
 // database finishes the wait; a second signal stops waiting at once.
 func TestDaemonDrainAndResume(t *testing.T) {
+	awayFromTheHour(t)
 	e := newEnv(t, simcloud.Options{ImageBuildTime: 4 * time.Second})
 	e.sim.AddServer(simcloud.ServerSpec{Name: "slow-1", Tags: []string{"slow"}})
 	e.writeConfig(policyYAML("slow", "@every 1h", "slow", ", catch_up: latest, max_lateness: 2h"))
@@ -494,6 +495,23 @@ func TestDaemonDrainAndResume(t *testing.T) {
 	}
 }
 
+// awayFromTheHour returns the time once it is at least 3 s past an hour and 60 s
+// before the next one: tests on "@every 1h" policies must not see a live slot fire
+// mid-test, and need the latest slot older than a 2 s max_lateness.
+func awayFromTheHour(t *testing.T) time.Time {
+	t.Helper()
+	now := time.Now().UTC()
+	into := now.Sub(now.Truncate(time.Hour))
+	switch {
+	case into < 3*time.Second:
+		time.Sleep(3*time.Second - into)
+	case into > time.Hour-60*time.Second:
+		t.Logf("waiting %v for the hour to pass", time.Hour+3*time.Second-into)
+		time.Sleep(time.Hour + 3*time.Second - into)
+	}
+	return time.Now().UTC()
+}
+
 // seedLastSlot records a ran slot for p in the store at path, as a daemon that
 // stopped after it would have left it.
 func seedLastSlot(t *testing.T, path, p string, slot time.Time) {
@@ -517,13 +535,7 @@ func seedLastSlot(t *testing.T, path, p string, slot time.Time) {
 // ago: the latest missed hourly slot is caught up when catch_up is latest and it is
 // within max_lateness, and recorded missed otherwise; earlier ones are missed.
 func TestDaemonCatchUp(t *testing.T) {
-	now := time.Now().UTC()
-	if now.Sub(now.Truncate(time.Hour)) < 3*time.Second {
-		// Keep the latest hourly slot clearly older than the 2 s max_lateness below.
-		time.Sleep(3 * time.Second)
-		now = time.Now().UTC()
-	}
-	latest := now.Truncate(time.Hour)
+	latest := awayFromTheHour(t).Truncate(time.Hour)
 	tests := []struct {
 		name      string
 		schedule  string
