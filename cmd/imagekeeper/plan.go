@@ -1,0 +1,337 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/imagekeeper/imagekeeper/policy"
+	"github.com/imagekeeper/imagekeeper/scheduler"
+	"github.com/imagekeeper/imagekeeper/store"
+)
+
+func init() {
+	register(command{
+		name:    "plan",
+		summary: "show what each policy selects, names, schedules and would prune (read-only)",
+		run:     runPlan,
+	})
+}
+
+// planNow is the clock of `plan`; tests replace it.
+var planNow = time.Now
+
+// planSlots is how many upcoming slots plan lists per policy.
+const planSlots = 5
+
+type planServerJSON struct {
+	ID        string `json:"id"`
+	Name      string `json:"name"`
+	NextImage string `json:"next_image"`
+	Error     string `json:"error,omitempty"`
+}
+
+type planStepJSON struct {
+	Slot     time.Time `json:"slot"`
+	Created  []string  `json:"created"`
+	Deleted  []string  `json:"deleted"`
+	Deferred int       `json:"deferred,omitempty"`
+}
+
+type planPolicyJSON struct {
+	Policy    string           `json:"policy"`
+	Enabled   bool             `json:"enabled"`
+	Schedule  string           `json:"schedule"`
+	Timezone  string           `json:"timezone"`
+	NextSlots []time.Time      `json:"next_slots"`
+	Servers   []planServerJSON `json:"servers"`
+	Prune     *pruneReportJSON `json:"prune,omitempty"`
+	Horizon   string           `json:"horizon,omitempty"`
+	Steps     []planStepJSON   `json:"steps,omitempty"`
+	End       map[string]int   `json:"images_at_end,omitempty"`
+	Notes     []string         `json:"notes,omitempty"`
+	extra     *policyPlanExtras
+}
+
+// policyPlanExtras carries what the table needs beyond the JSON.
+type policyPlanExtras struct {
+	loc   *time.Location
+	names map[string]string // server id -> name
+}
+
+// runPlan shows, per policy, the servers it selects now with the image name each
+// would get at the next slot, the next slots in the policy's zone, what retention
+// would delete today (a dry-run prune), and with --horizon a simulated sequence of
+// creations and deletions from the same retention code. It changes nothing: the
+// lineage is only read, and only if it exists.
+func runPlan(ctx context.Context, m *Main, args []string) error {
+	fs := flag.NewFlagSet("plan", flag.ContinueOnError)
+	fs.SetOutput(m.Stderr)
+	configPath := fs.String("config", defaultConfigPath, "policy file")
+	policyName := fs.String("policy", "", "policy to plan (default: every policy in the file)")
+	horizonFlag := fs.String("horizon", "", "also simulate creations and deletions over this long (e.g. 30d)")
+	output := fs.String("o", "table", "output: table or json")
+	lf := addLogFlags(fs)
+	lf.level = "warn"
+	fs.Lookup("log-level").DefValue = "warn"
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return usageError("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return usageError("unexpected argument %q", fs.Arg(0))
+	}
+	if err := checkOutput(*output); err != nil {
+		return err
+	}
+	var horizon time.Duration
+	if *horizonFlag != "" {
+		d, err := policy.ParseDuration(*horizonFlag)
+		if err != nil || d <= 0 {
+			return usageError("--horizon %q: want a positive duration such as 30d or 12h", *horizonFlag)
+		}
+		horizon = d
+	}
+	log, err := lf.logger(m.Stderr)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	cfg, err := wireConfig(m, *configPath)
+	if err != nil {
+		return err
+	}
+	pols := cfg.Policies
+	if *policyName != "" {
+		p, err := wirePolicy(cfg, *policyName)
+		if err != nil {
+			return err
+		}
+		pols = []*policy.Policy{p}
+	}
+	cl, err := wireCloud(ctx, cfg, log, nil)
+	if err != nil {
+		return err
+	}
+	// Read the lineage only if it exists: plan must not create a database.
+	var st *store.Store
+	if cfg.State != "" {
+		if _, err := os.Stat(cfg.State); err == nil {
+			if st, err = wireStore(ctx, cfg); err != nil {
+				return err
+			}
+			defer st.Close()
+		}
+	}
+	now := planNow()
+	var runner *scheduler.Runner
+	if st != nil {
+		runner = scheduler.NewRunner(scheduler.RunnerOptions{Cloud: cl, Store: st, Limits: cfg.Limits, Logger: log.With("command", "plan"),
+			Now: planNow})
+	}
+
+	var plans []planPolicyJSON
+	for _, p := range pols {
+		pp := planPolicyJSON{Policy: p.Name, Enabled: p.Enabled, Schedule: p.Schedule.Spec, Timezone: p.Schedule.Location.String(),
+			Servers: []planServerJSON{}, extra: &policyPlanExtras{loc: p.Schedule.Location, names: map[string]string{}}}
+		if !p.Enabled {
+			pp.Notes = append(pp.Notes, "disabled: the daemon makes no images for it")
+		}
+		for t := now; len(pp.NextSlots) < planSlots; {
+			t = p.Schedule.Next(t)
+			if t.IsZero() {
+				break
+			}
+			pp.NextSlots = append(pp.NextSlots, t)
+		}
+		servers, err := cl.ListServers(ctx, scheduler.CloudSelector(p.Select))
+		if err != nil {
+			return withExitCode(exitFailure, fmt.Errorf("policy %s: list servers: %w", p.Name, err))
+		}
+		sort.Slice(servers, func(i, j int) bool { return servers[i].Name < servers[j].Name })
+		render := func(s policy.ServerInfo, slot time.Time) (string, error) {
+			name, _, err := p.Image.Render(policy.TemplateData{Server: s, Policy: policy.PolicyInfo{Name: p.Name},
+				Slot: slot.In(p.Schedule.Location), Now: slot.In(p.Schedule.Location), RunID: "plan"})
+			return name, err
+		}
+		var simServers []scheduler.SimServer
+		for _, s := range servers {
+			info := policy.ServerInfo{ID: s.ID, Name: s.Name, AZ: s.AvailabilityZone, Tags: s.Tags, Metadata: s.Metadata}
+			ps := planServerJSON{ID: s.ID, Name: s.Name}
+			if len(pp.NextSlots) > 0 {
+				if name, err := render(info, pp.NextSlots[0]); err != nil {
+					ps.Error = err.Error()
+				} else {
+					ps.NextImage = name
+				}
+			}
+			pp.Servers = append(pp.Servers, ps)
+			pp.extra.names[s.ID] = s.Name
+			simServers = append(simServers, scheduler.SimServer{ID: s.ID, Selected: true, Name: func(slot time.Time) string {
+				name, err := render(info, slot)
+				if err != nil {
+					return s.Name + " (" + err.Error() + ")"
+				}
+				return name
+			}})
+		}
+
+		existing := map[string][]scheduler.SimImage{}
+		if runner != nil {
+			rep, err := runner.Prune(ctx, cfg, p, scheduler.PruneOptions{DryRun: true})
+			if err != nil {
+				return withExitCode(exitFailure, err)
+			}
+			pj := toPruneJSON(rep)
+			pp.Prune = &pj
+			rows, err := st.Lineage(ctx, store.ImageFilter{Policy: p.Name, States: []store.ImageState{store.ImageRequested,
+				store.ImageCreating, store.ImageGood, store.ImageFailed}})
+			if err != nil {
+				return withExitCode(exitFailure, err)
+			}
+			for _, row := range rows {
+				status := policy.RetentionInProgress
+				switch row.State {
+				case store.ImageGood:
+					status = policy.RetentionGood
+				case store.ImageFailed:
+					status = policy.RetentionFailed
+				}
+				existing[row.ServerID] = append(existing[row.ServerID], scheduler.SimImage{ServerID: row.ServerID, Name: row.Name,
+					RetentionImage: policy.RetentionImage{ID: fmt.Sprintf("row-%d", row.Row), Time: row.Slot, Status: status,
+						FailReason: row.Reason, RequestedAt: row.RequestedAt, FailedAt: row.FailedAt, WaitTimeout: p.Image.WaitTimeout}})
+				if _, ok := pp.extra.names[row.ServerID]; !ok {
+					pp.extra.names[row.ServerID] = row.ServerName
+					simServers = append(simServers, scheduler.SimServer{ID: row.ServerID})
+				}
+			}
+		} else {
+			pp.Notes = append(pp.Notes, fmt.Sprintf("no lineage yet (state %q does not exist): nothing to prune", cfg.State))
+		}
+
+		if horizon > 0 {
+			pp.Horizon = *horizonFlag
+			steps, end, err := scheduler.SimulateRetention(p, simServers, existing, now, now.Add(horizon))
+			if err != nil {
+				return withExitCode(exitFailure, fmt.Errorf("policy %s: %w", p.Name, err))
+			}
+			for _, s := range steps {
+				js := planStepJSON{Slot: s.Slot, Created: []string{}, Deleted: []string{}, Deferred: s.Deferred}
+				for _, c := range s.Created {
+					js.Created = append(js.Created, c.Name)
+				}
+				for _, d := range s.Deleted {
+					js.Deleted = append(js.Deleted, d.Name)
+				}
+				pp.Steps = append(pp.Steps, js)
+			}
+			pp.End = map[string]int{}
+			for sid, ims := range end {
+				name := pp.extra.names[sid]
+				if name == "" {
+					name = sid
+				}
+				pp.End[name] = len(ims)
+			}
+		}
+		plans = append(plans, pp)
+	}
+
+	if *output == "json" {
+		enc := json.NewEncoder(m.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(plans)
+	}
+	for i, pp := range plans {
+		if i > 0 {
+			fmt.Fprintln(m.Stdout)
+		}
+		printPlan(m.Stdout, pp)
+	}
+	return nil
+}
+
+func printPlan(w io.Writer, pp planPolicyJSON) {
+	loc := pp.extra.loc
+	fmt.Fprintf(w, "policy %s: schedule %q in %s\n", pp.Policy, pp.Schedule, pp.Timezone)
+	for _, n := range pp.Notes {
+		fmt.Fprintf(w, "  note: %s\n", n)
+	}
+	var slots []string
+	for _, s := range pp.NextSlots {
+		slots = append(slots, s.In(loc).Format("2006-01-02 15:04 MST"))
+	}
+	fmt.Fprintf(w, "  next slots: %s\n", strings.Join(slots, ", "))
+	fmt.Fprintf(w, "  servers selected now: %d\n", len(pp.Servers))
+	if len(pp.Servers) > 0 {
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "    SERVER\tID\tNEXT IMAGE")
+		for _, s := range pp.Servers {
+			next := s.NextImage
+			if s.Error != "" {
+				next = "error: " + s.Error
+			}
+			fmt.Fprintf(tw, "    %s\t%s\t%s\n", s.Name, s.ID, next)
+		}
+		tw.Flush()
+	}
+	if pp.Prune != nil {
+		var del []pruneItemJSON
+		for _, it := range pp.Prune.Images {
+			if it.Action == string(scheduler.PruneDelete) || it.Action == string(scheduler.PruneDeferred) {
+				del = append(del, it)
+			}
+		}
+		fmt.Fprintf(w, "  retention today: %d images, %d would be deleted\n", len(pp.Prune.Images), len(del))
+		if len(del) > 0 {
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "    IMAGE\tSERVER\tAGE\tDECISION\tREASON")
+			for _, it := range del {
+				server := it.ServerName
+				if server == "" {
+					server = it.ServerID
+				}
+				fmt.Fprintf(tw, "    %s\t%s\t%s\t%s\t%s\n", it.Name, server, formatAge(time.Duration(it.AgeSeconds)*time.Second),
+					it.Action, strings.Join(it.Reasons, "; "))
+			}
+			tw.Flush()
+		}
+	}
+	if pp.Horizon != "" {
+		created, deleted := 0, 0
+		for _, s := range pp.Steps {
+			created += len(s.Created)
+			deleted += len(s.Deleted)
+		}
+		fmt.Fprintf(w, "  horizon %s: %d slots, %d images created, %d deleted\n", pp.Horizon, len(pp.Steps), created, deleted)
+		for _, s := range pp.Steps {
+			line := fmt.Sprintf("    %s  +%d", s.Slot.In(loc).Format("2006-01-02 15:04 MST"), len(s.Created))
+			if len(s.Deleted) > 0 {
+				line += fmt.Sprintf("  -%d: %s", len(s.Deleted), strings.Join(s.Deleted, ", "))
+			}
+			if s.Deferred > 0 {
+				line += fmt.Sprintf("  (%d deferred by max_deletions_per_run)", s.Deferred)
+			}
+			fmt.Fprintln(w, line)
+		}
+		names := make([]string, 0, len(pp.End))
+		for n := range pp.End {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		var ends []string
+		for _, n := range names {
+			ends = append(ends, fmt.Sprintf("%s %d", n, pp.End[n]))
+		}
+		fmt.Fprintf(w, "  images per server at the end: %s\n", strings.Join(ends, ", "))
+	}
+}

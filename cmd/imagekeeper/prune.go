@@ -1,0 +1,262 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/imagekeeper/imagekeeper/policy"
+	"github.com/imagekeeper/imagekeeper/scheduler"
+)
+
+func init() {
+	register(command{
+		name:    "prune",
+		summary: "apply retention now: delete what no rule keeps (--dry-run to only show it)",
+		run:     runPrune,
+	})
+}
+
+// pruneSnapshotWait is how long `prune` waits for deleted volume snapshots to be
+// gone, and prunePollInterval how often it looks (0: the scheduler's defaults);
+// tests shorten them.
+var (
+	pruneSnapshotWait time.Duration
+	prunePollInterval time.Duration
+)
+
+// pruneItemJSON is one image in `prune -o json`.
+type pruneItemJSON struct {
+	ImageID     string              `json:"image_id"`
+	Name        string              `json:"name"`
+	ServerID    string              `json:"server_id"`
+	ServerName  string              `json:"server_name"`
+	Slot        time.Time           `json:"slot"`
+	AgeSeconds  int64               `json:"age_seconds"`
+	State       string              `json:"state"`
+	Action      string              `json:"action"`
+	Reasons     []string            `json:"reasons"`
+	Snapshots   []pruneSnapshotJSON `json:"snapshots,omitempty"`
+	NextAttempt *time.Time          `json:"next_attempt,omitempty"`
+}
+
+type pruneSnapshotJSON struct {
+	SnapshotID string `json:"snapshot_id"`
+	State      string `json:"state"`
+	Reason     string `json:"reason,omitempty"`
+}
+
+// pruneReportJSON is one policy in `prune -o json`.
+type pruneReportJSON struct {
+	Policy           string          `json:"policy"`
+	DryRun           bool            `json:"dry_run"`
+	Servers          int             `json:"servers"`
+	ServersGone      int             `json:"servers_gone"`
+	Counts           map[string]int  `json:"counts"`
+	SnapshotsDeleted int             `json:"snapshots_deleted"`
+	Images           []pruneItemJSON `json:"images"`
+}
+
+func toPruneJSON(rep *scheduler.PruneReport) pruneReportJSON {
+	out := pruneReportJSON{Policy: rep.Policy, DryRun: rep.DryRun, Servers: rep.Servers, ServersGone: rep.ServersGone,
+		Counts: map[string]int{}, SnapshotsDeleted: rep.SnapshotsDeleted, Images: []pruneItemJSON{}}
+	for a, n := range rep.Counts {
+		out.Counts[string(a)] = n
+	}
+	for _, it := range rep.Items {
+		j := pruneItemJSON{ImageID: it.ImageID, Name: it.Name, ServerID: it.ServerID, ServerName: it.ServerName, Slot: it.Slot,
+			AgeSeconds: int64(it.Age / time.Second), State: string(it.State), Action: string(it.Action), Reasons: it.Reasons}
+		for _, sn := range it.Snapshots {
+			j.Snapshots = append(j.Snapshots, pruneSnapshotJSON{SnapshotID: sn.SnapshotID, State: string(sn.State), Reason: sn.Reason})
+		}
+		if !it.NextAttempt.IsZero() {
+			t := it.NextAttempt
+			j.NextAttempt = &t
+		}
+		out.Images = append(out.Images, j)
+	}
+	return out
+}
+
+// runPrune applies retention to one policy or all of them. Without --dry-run it
+// deletes through the journal and reports what it did; with it, it changes nothing
+// in the cloud or the lineage and shows what it would do. Exit 1 when a prune could
+// not decide (the lineage or the server list could not be read) or a guard rail
+// refused a deletion.
+func runPrune(ctx context.Context, m *Main, args []string) error {
+	fs := flag.NewFlagSet("prune", flag.ContinueOnError)
+	fs.SetOutput(m.Stderr)
+	configPath := fs.String("config", defaultConfigPath, "policy file")
+	policyName := fs.String("policy", "", "policy to prune (default: every policy in the file)")
+	dryRun := fs.Bool("dry-run", false, "show what would be deleted; change nothing")
+	output := fs.String("o", "table", "output: table or json")
+	lf := addLogFlags(fs)
+	lf.level = "warn"
+	fs.Lookup("log-level").DefValue = "warn"
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return usageError("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return usageError("unexpected argument %q", fs.Arg(0))
+	}
+	if err := checkOutput(*output); err != nil {
+		return err
+	}
+	log, err := lf.logger(m.Stderr)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	cfg, err := wireConfig(m, *configPath)
+	if err != nil {
+		return err
+	}
+	pols := cfg.Policies
+	if *policyName != "" {
+		p, err := wirePolicy(cfg, *policyName)
+		if err != nil {
+			return err
+		}
+		pols = []*policy.Policy{p}
+	}
+	st, err := wireStore(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	cl, err := wireCloud(ctx, cfg, log, nil)
+	if err != nil {
+		return err
+	}
+	runner := scheduler.NewRunner(scheduler.RunnerOptions{Cloud: cl, Store: st, Limits: cfg.Limits, Logger: log.With("command", "prune"),
+		PollInterval: prunePollInterval, MaxPollInterval: 4 * prunePollInterval})
+
+	var reports []*scheduler.PruneReport
+	var failures []string
+	for _, p := range pols {
+		rep, err := runner.Prune(ctx, cfg, p, scheduler.PruneOptions{DryRun: *dryRun, SnapshotWait: pruneSnapshotWait})
+		if err != nil {
+			failures = append(failures, err.Error())
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		reports = append(reports, rep)
+	}
+	if *output == "json" {
+		out := make([]pruneReportJSON, 0, len(reports))
+		for _, rep := range reports {
+			out = append(out, toPruneJSON(rep))
+		}
+		enc := json.NewEncoder(m.Stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(out); err != nil {
+			return err
+		}
+	} else {
+		printPruneTable(m.Stdout, reports)
+	}
+	refused := 0
+	for _, rep := range reports {
+		refused += rep.Counts[scheduler.PruneRefused]
+	}
+	switch {
+	case len(failures) > 0:
+		return withExitCode(exitFailure, errors.New(strings.Join(failures, "; ")))
+	case refused > 0:
+		return withExitCode(exitFailure, fmt.Errorf("%d deletions refused by a guard rail (see the reasons above)", refused))
+	}
+	return nil
+}
+
+// printPruneTable prints one table per policy (image, server, age, decision,
+// reason) and a summary line.
+func printPruneTable(w io.Writer, reports []*scheduler.PruneReport) {
+	for i, rep := range reports {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "IMAGE\tSERVER\tAGE\tDECISION\tREASON")
+		for _, it := range rep.Items {
+			image := it.Name
+			if image == "" {
+				image = "(row " + fmt.Sprint(it.ImageRow) + ")"
+			}
+			server := it.ServerName
+			if server == "" {
+				server = it.ServerID
+			}
+			reason := strings.Join(it.Reasons, "; ")
+			for _, sn := range it.Snapshots {
+				if sn.State != "deleted" {
+					reason += fmt.Sprintf("; snapshot %s %s", sn.SnapshotID, sn.State)
+					if sn.Reason != "" {
+						reason += ": " + sn.Reason
+					}
+				}
+			}
+			if !it.NextAttempt.IsZero() && (it.Action == scheduler.PrunePending || it.Action == scheduler.PruneProtected) {
+				reason += "; next attempt " + it.NextAttempt.Local().Format("2006-01-02 15:04 MST")
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", image, server, formatAge(it.Age), it.Action, reason)
+		}
+		tw.Flush()
+		fmt.Fprintln(w, pruneSummary(rep))
+	}
+}
+
+// pruneSummary is the last line of a policy's prune, e.g.
+// "nightly: 4 deleted, 4 kept, 1 pending (8 snapshots deleted) over 2 servers".
+func pruneSummary(rep *scheduler.PruneReport) string {
+	var parts []string
+	for _, a := range []scheduler.PruneAction{scheduler.PruneDeleted, scheduler.PruneDelete, scheduler.PruneKeep,
+		scheduler.PrunePending, scheduler.PruneProtected, scheduler.PruneDeferred, scheduler.PruneRefused} {
+		if n := rep.Counts[a]; n > 0 {
+			word := string(a)
+			if a == scheduler.PruneDelete {
+				word = "to delete"
+			}
+			parts = append(parts, fmt.Sprintf("%d %s", n, word))
+		}
+	}
+	if len(parts) == 0 {
+		parts = []string{"no images"}
+	}
+	s := fmt.Sprintf("%s: %s", rep.Policy, strings.Join(parts, ", "))
+	if rep.SnapshotsDeleted > 0 {
+		s += fmt.Sprintf(" (%d volume snapshots deleted)", rep.SnapshotsDeleted)
+	}
+	s += fmt.Sprintf(" over %d servers", rep.Servers)
+	if rep.ServersGone > 0 {
+		s += fmt.Sprintf(" (%d gone or no longer selected)", rep.ServersGone)
+	}
+	if rep.DryRun {
+		s += " [dry run: nothing changed]"
+	}
+	return s
+}
+
+// formatAge renders an age coarsely: "3d4h", "5h12m", "42m", "-3h" for the future.
+func formatAge(d time.Duration) string {
+	if d < 0 {
+		return "-" + formatAge(-d)
+	}
+	switch {
+	case d >= 24*time.Hour:
+		return fmt.Sprintf("%dd%dh", d/(24*time.Hour), d%(24*time.Hour)/time.Hour)
+	case d >= time.Hour:
+		return fmt.Sprintf("%dh%dm", d/time.Hour, d%time.Hour/time.Minute)
+	default:
+		return fmt.Sprintf("%dm", d/time.Minute)
+	}
+}

@@ -1,0 +1,254 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
+)
+
+const retentionCLIConfig = `cloud: sim
+state: %s
+limits: {concurrency: 4, requests_per_second: 500}
+policies:
+  - name: nightly
+    select:
+      tags: [backup=nightly]
+    schedule:
+      cron: "30 2 * * *"
+      timezone: Asia/Shanghai
+    image:
+      name: '{{ .Server.Name }}-{{ .Slot.Format "0102" }}'
+      wait_timeout: 20s
+    retention:
+      keep_last: 1
+`
+
+// retentionEnv is a simulator on real time (short build and delete times), a
+// clouds.yaml and a policy file, with two days of images made by `run`.
+type retentionEnv struct {
+	sim    *simcloud.Sim
+	config string
+	state  string
+	app    string
+	db     string
+}
+
+func newRetentionEnv(t *testing.T) *retentionEnv {
+	t.Helper()
+	sim := simcloud.New(simcloud.Options{Seed: 11, ImageBuildTime: 40 * time.Millisecond, SnapshotBuildTime: 30 * time.Millisecond,
+		SnapshotDeleteTime: 30 * time.Millisecond})
+	if err := sim.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	dir := t.TempDir()
+	cy := filepath.Join(dir, "clouds.yaml")
+	if err := os.WriteFile(cy, sim.CloudsYAML("sim"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("OS_CLIENT_CONFIG_FILE", cy)
+	env := &retentionEnv{sim: sim, state: filepath.Join(dir, "lineage.db"), config: filepath.Join(dir, "imagekeeper.yaml")}
+	if err := os.WriteFile(env.config, fmt.Appendf(nil, retentionCLIConfig, env.state), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tags := []string{"backup=nightly"}
+	env.app = sim.AddServer(simcloud.ServerSpec{Name: "app", Tags: tags})
+	env.db = sim.AddServer(simcloud.ServerSpec{Name: "db", Tags: tags, Volumes: 2})
+
+	oldNow, oldPoll, oldPrunePoll, oldWait := runNow, runPollInterval, prunePollInterval, pruneSnapshotWait
+	t.Cleanup(func() { runNow, runPollInterval, prunePollInterval, pruneSnapshotWait = oldNow, oldPoll, oldPrunePoll, oldWait })
+	runPollInterval, prunePollInterval, pruneSnapshotWait = 10*time.Millisecond, 10*time.Millisecond, 5*time.Second
+	// Two days of slots, fixed, and in the past of the real clock.
+	for _, day := range []int{19, 20} {
+		at := time.Date(2026, 11, day, 10, 0, 0, 0, time.UTC)
+		runNow = func() time.Time { return at }
+		if code, out, errOut := runRetentionCLI(t, "run", "--config", env.config, "--policy", "nightly", "--quiet"); code != 0 {
+			t.Fatalf("run: exit %d\n%s\n%s", code, out, errOut)
+		}
+	}
+	return env
+}
+
+func runRetentionCLI(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	m := &Main{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: os.Getenv}
+	code := m.Run(context.Background(), args)
+	return code, out.String(), errb.String()
+}
+
+func TestPruneCommandDryRunThenDelete(t *testing.T) {
+	env := newRetentionEnv(t)
+	images, snaps := env.sim.Images(), env.sim.Snapshots()
+	if len(images) != 4 || len(snaps) != 4 {
+		t.Fatalf("setup: %d images, %d snapshots; want 4 and 4", len(images), len(snaps))
+	}
+
+	code, out, errOut := runRetentionCLI(t, "prune", "--config", env.config, "--dry-run")
+	if code != 0 {
+		t.Fatalf("prune --dry-run: exit %d\n%s\n%s", code, out, errOut)
+	}
+	for _, re := range []string{
+		`(?m)^IMAGE\s+SERVER\s+AGE\s+DECISION\s+REASON$`,
+		`(?m)^app-1119\s+app\s+\d+d\d+h\s+delete\s+no rule keeps it$`,
+		`(?m)^db-1120\s+db\s+\d+d\d+h\s+keep\s+keep_last 1/1$`,
+		`(?m)^nightly: 2 to delete, 2 keep over 2 servers \[dry run: nothing changed\]$`,
+	} {
+		if !regexp.MustCompile(re).MatchString(out) {
+			t.Errorf("dry-run output does not match %s:\n%s", re, out)
+		}
+	}
+	if !reflect.DeepEqual(env.sim.Images(), images) || !reflect.DeepEqual(env.sim.Snapshots(), snaps) {
+		t.Fatal("prune --dry-run changed the cloud")
+	}
+
+	code, out, errOut = runRetentionCLI(t, "prune", "--config", env.config, "-o", "json")
+	if code != 0 {
+		t.Fatalf("prune: exit %d\n%s\n%s", code, out, errOut)
+	}
+	var reps []pruneReportJSON
+	if err := json.Unmarshal([]byte(out), &reps); err != nil {
+		t.Fatalf("prune -o json: %v\n%s", err, out)
+	}
+	if len(reps) != 1 || reps[0].Counts["deleted"] != 2 || reps[0].Counts["keep"] != 2 || reps[0].SnapshotsDeleted != 2 {
+		t.Fatalf("prune report = %+v", reps)
+	}
+	for _, im := range reps[0].Images {
+		if _, there := env.sim.Image(im.ImageID); there != (im.Action == "keep") {
+			t.Errorf("image %s: action %s, in the cloud = %v", im.Name, im.Action, there)
+		}
+		for _, sn := range im.Snapshots {
+			if _, there := env.sim.Snapshot(sn.SnapshotID); there {
+				t.Errorf("snapshot %s of deleted image %s still in the cloud (%s)", sn.SnapshotID, im.Name, sn.State)
+			}
+		}
+	}
+	if n := len(env.sim.Snapshots()); n != 2 {
+		t.Errorf("%d snapshots left, want the kept db image's 2", n)
+	}
+
+	// Bad flags are usage errors.
+	if code, _, _ := runRetentionCLI(t, "prune", "--config", env.config, "-o", "yaml"); code != exitUsage {
+		t.Errorf("prune -o yaml: exit %d, want %d", code, exitUsage)
+	}
+	if code, _, errOut := runRetentionCLI(t, "prune", "--config", env.config, "--policy", "nope"); code != exitUsage || !strings.Contains(errOut, "nightly") {
+		t.Errorf("prune --policy nope: exit %d: %s", code, errOut)
+	}
+}
+
+func TestReconcileCommand(t *testing.T) {
+	env := newRetentionEnv(t)
+	// The db server's older image vanishes behind our back: its row is known but
+	// gone, and its two volume snapshots are leftovers.
+	var dbOld string
+	for _, im := range env.sim.Images() {
+		if im.ServerID == env.db && (dbOld == "" || im.CreatedAt.Before(mustImage(t, env, dbOld).CreatedAt)) {
+			dbOld = im.ID
+		}
+	}
+	env.sim.DeleteImageDirect(dbOld)
+
+	code, out, errOut := runRetentionCLI(t, "reconcile", "--config", env.config)
+	if code != 0 {
+		t.Fatalf("reconcile: exit %d\n%s\n%s", code, out, errOut)
+	}
+	for _, re := range []string{
+		`(?m)^known_gone\s+nightly\s+\S+\s+` + regexp.QuoteMeta(dbOld) + `\s+-\s+lineage says good, Glance answers 404\s+-$`,
+		`(?m)^reconcile \(report only; --fix to act\): 3 stamped images, 4 snapshots in the cloud: stamped_unknown 0, stamped_inherited 0, known_gone 1, leftover_snapshot 2, hollow_image 0$`,
+	} {
+		if !regexp.MustCompile(re).MatchString(out) {
+			t.Errorf("reconcile output does not match %s:\n%s", re, out)
+		}
+	}
+	if n := len(env.sim.Snapshots()); n != 4 {
+		t.Fatalf("reconcile without --fix deleted snapshots: %d left", n)
+	}
+
+	code, out, errOut = runRetentionCLI(t, "reconcile", "--config", env.config, "--fix", "-o", "json")
+	if code != 0 {
+		t.Fatalf("reconcile --fix: exit %d\n%s\n%s", code, out, errOut)
+	}
+	var rep reconcileJSON
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Fixed["known_gone"] != 1 || rep.Fixed["leftover_snapshot"] != 2 {
+		t.Fatalf("fixed = %v\n%s", rep.Fixed, out)
+	}
+	if n := len(env.sim.Snapshots()); n != 2 {
+		t.Fatalf("after --fix %d snapshots left, want 2", n)
+	}
+	code, out, _ = runRetentionCLI(t, "reconcile", "--config", env.config)
+	if code != 0 || !strings.Contains(out, "known_gone 0, leftover_snapshot 0") {
+		t.Fatalf("reconcile after fix: exit %d\n%s", code, out)
+	}
+}
+
+func mustImage(t *testing.T, env *retentionEnv, id string) simcloud.ImageState {
+	t.Helper()
+	im, ok := env.sim.Image(id)
+	if !ok {
+		t.Fatalf("image %s missing", id)
+	}
+	return im
+}
+
+func TestPlanCommand(t *testing.T) {
+	env := newRetentionEnv(t)
+	old := planNow
+	t.Cleanup(func() { planNow = old })
+	planNow = func() time.Time { return time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC) }
+	images := env.sim.Images()
+
+	code, out, errOut := runRetentionCLI(t, "plan", "--config", env.config, "--horizon", "3d")
+	if code != 0 {
+		t.Fatalf("plan: exit %d\n%s\n%s", code, out, errOut)
+	}
+	for _, re := range []string{
+		`(?m)^policy nightly: schedule "30 2 \* \* \*" in Asia/Shanghai$`,
+		// 12:00 UTC is 20:00 in Shanghai: the next slot is 02:30 CST on Dec 2.
+		`(?m)^  next slots: 2026-12-02 02:30 CST, 2026-12-03 02:30 CST, 2026-12-04 02:30 CST, 2026-12-05 02:30 CST, 2026-12-06 02:30 CST$`,
+		`(?m)^  servers selected now: 2$`,
+		`(?m)^    app\s+\S+\s+app-1202$`,
+		`(?m)^  retention today: 4 images, 2 would be deleted$`,
+		`(?m)^  horizon 3d: 3 slots, 6 images created, 8 deleted$`,
+		// The first simulated prune drops both servers' remaining old images too.
+		`(?m)^    2026-12-02 02:30 CST  \+2  -4: `,
+		`(?m)^    2026-12-04 02:30 CST  \+2  -2: app-1203, db-1203$`,
+		`(?m)^  images per server at the end: app 1, db 1$`,
+	} {
+		if !regexp.MustCompile(re).MatchString(out) {
+			t.Errorf("plan output does not match %s:\n%s", re, out)
+		}
+	}
+	if !reflect.DeepEqual(env.sim.Images(), images) {
+		t.Fatal("plan changed the cloud")
+	}
+
+	// Without a lineage, plan says so and creates no database.
+	cfg2 := filepath.Join(t.TempDir(), "fresh.yaml")
+	fresh := filepath.Join(filepath.Dir(cfg2), "none.db")
+	if err := os.WriteFile(cfg2, fmt.Appendf(nil, retentionCLIConfig, fresh), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ = runRetentionCLI(t, "plan", "--config", cfg2, "-o", "json")
+	if code != 0 || !strings.Contains(out, "no lineage yet") {
+		t.Fatalf("plan without lineage: exit %d\n%s", code, out)
+	}
+	if _, err := os.Stat(fresh); !os.IsNotExist(err) {
+		t.Fatalf("plan created the database: %v", err)
+	}
+	if code, _, _ := runRetentionCLI(t, "plan", "--config", cfg2, "--horizon", "soon"); code != exitUsage {
+		t.Errorf("plan --horizon soon: exit %d, want %d", code, exitUsage)
+	}
+}
