@@ -66,7 +66,9 @@ func newRetentionEnv(t *testing.T) *retentionEnv {
 	env.db = sim.AddServer(simcloud.ServerSpec{Name: "db", Tags: tags, Volumes: 2})
 
 	oldNow, oldPoll, oldPrunePoll, oldWait := runNow, runPollInterval, prunePollInterval, pruneSnapshotWait
-	t.Cleanup(func() { runNow, runPollInterval, prunePollInterval, pruneSnapshotWait = oldNow, oldPoll, oldPrunePoll, oldWait })
+	t.Cleanup(func() {
+		runNow, runPollInterval, prunePollInterval, pruneSnapshotWait = oldNow, oldPoll, oldPrunePoll, oldWait
+	})
 	runPollInterval, prunePollInterval, pruneSnapshotWait = 10*time.Millisecond, 10*time.Millisecond, 5*time.Second
 	// Two days of slots, fixed, and in the past of the real clock.
 	for _, day := range []int{19, 20} {
