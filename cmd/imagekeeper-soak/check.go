@@ -1,0 +1,440 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/imagekeeper/imagekeeper/store"
+)
+
+// lineage is what the soak reads from a copy of the daemon's database.
+type lineage struct {
+	owner  string
+	images []store.Image
+	snaps  []store.Snapshot
+	slots  []store.Slot
+}
+
+// readLineage copies the database (and its WAL) into dir and reads the copy, so the
+// daemon's own file is never opened for writing by the soak.
+func readLineage(ctx context.Context, dbPath, dir string, full bool) (*lineage, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	dst := filepath.Join(dir, filepath.Base(dbPath))
+	for _, suffix := range []string{"", "-wal"} {
+		_ = os.Remove(dst + suffix)
+		if err := copyFile(dbPath+suffix, dst+suffix); err != nil && !(suffix != "" && os.IsNotExist(err)) {
+			return nil, err
+		}
+	}
+	_ = os.Remove(dst + "-shm")
+	st, err := store.Open(ctx, dst, store.Options{})
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	l := &lineage{owner: st.Owner()}
+	if !full {
+		return l, nil
+	}
+	if l.images, err = st.Images(ctx, store.ImageFilter{}); err != nil {
+		return nil, err
+	}
+	if l.snaps, err = st.SnapshotsByState(ctx, store.SnapshotCreating, store.SnapshotAvailable, store.SnapshotError,
+		store.SnapshotMissing, store.SnapshotDeleting, store.SnapshotDeleted, store.SnapshotKeptInUse,
+		store.SnapshotErrorDeleting); err != nil {
+		return nil, err
+	}
+	if l.slots, err = st.Slots(ctx, store.SlotFilter{}); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// request is one line of the simulator's request log (simcloud -v).
+type request struct {
+	method, path, op string
+}
+
+var requestLine = regexp.MustCompile(`msg="simcloud request" method=(\S+) path=(\S+) op=(\S+)`)
+
+func readRequests(logPath string) ([]request, error) {
+	f, err := os.Open(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []request
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if m := requestLine.FindStringSubmatch(sc.Text()); m != nil {
+			out = append(out, request{method: m[1], path: strings.Trim(m[2], `"`), op: m[3]})
+		}
+	}
+	return out, sc.Err()
+}
+
+// lastSeg returns the id at the end of a request path (query stripped).
+func lastSeg(p string) string {
+	if i := strings.IndexByte(p, '?'); i >= 0 {
+		p = p[:i]
+	}
+	return path.Base(p)
+}
+
+// result is the soak's verdict.
+type result struct {
+	slots, kills, faults, images, starts, selfExits, notReady int
+	readyMax                                                  time.Duration
+	outcomes                                                  map[string]int
+	states                                                    map[string]int
+	faultKinds                                                map[string]int
+	requests                                                  int
+	imageDeletes, snapshotDeletes                             int
+	pendingJournal, pendingFailed, keptInUse                  int
+
+	duplicates, untracked, leftovers, wrongDeletions, noOutcome, missingSlots, lost int
+	details                                                                         []string
+}
+
+func (r *result) violate(counter *int, format string, args ...any) {
+	*counter++
+	if len(r.details) < 60 {
+		r.details = append(r.details, fmt.Sprintf(format, args...))
+	}
+}
+
+func (r *result) violations() int {
+	return r.duplicates + r.untracked + r.leftovers + r.wrongDeletions + r.noOutcome + r.missingSlots + r.lost
+}
+
+// failing counts the violations that fail the soak: all but the kinds named in
+// known (a comma-separated list of counter names from the last line).
+func (r *result) failing(known string) int {
+	skip := map[string]bool{}
+	for _, k := range strings.Split(known, ",") {
+		skip[strings.TrimSpace(k)] = true
+	}
+	n := 0
+	for name, v := range map[string]int{"duplicates": r.duplicates, "untracked": r.untracked, "leftovers": r.leftovers,
+		"wrong_deletions": r.wrongDeletions, "no_outcome": r.noOutcome, "missing_slots": r.missingSlots, "lost": r.lost} {
+		if !skip[name] {
+			n += v
+		}
+	}
+	return n
+}
+
+func (r *result) line() string {
+	return fmt.Sprintf("soak: slots=%d kills=%d faults=%d images=%d duplicates=%d untracked=%d leftovers=%d wrong_deletions=%d no_outcome=%d missing_slots=%d lost=%d",
+		r.slots, r.kills, r.faults, r.images, r.duplicates, r.untracked, r.leftovers, r.wrongDeletions, r.noOutcome, r.missingSlots, r.lost)
+}
+
+func (r *result) report(s *soak) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "soak: daemon starts=%d kill9=%d self_exits=%d not_ready_within_30s=%d slowest_ready=%s\n",
+		r.starts, r.kills, r.selfExits, r.notReady, r.readyMax.Round(time.Millisecond))
+	fmt.Fprintf(&b, "soak: faults by kind: %s\n", kv(r.faultKinds))
+	fmt.Fprintf(&b, "soak: slot outcomes: %s\n", kv(r.outcomes))
+	fmt.Fprintf(&b, "soak: lineage image states: %s\n", kv(r.states))
+	fmt.Fprintf(&b, "soak: cloud requests=%d image_deletes=%d snapshot_deletes=%d\n", r.requests, r.imageDeletes, r.snapshotDeletes)
+	fmt.Fprintf(&b, "soak: open journals (image gone, snapshot retry scheduled)=%d failed images' snapshots awaiting FailedGrace=%d kept_in_use=%d\n",
+		r.pendingJournal, r.pendingFailed, r.keptInUse)
+	for _, c := range s.converge {
+		fmt.Fprintf(&b, "soak: converge: %s\n", c)
+	}
+	for _, d := range r.details {
+		fmt.Fprintf(&b, "soak: VIOLATION %s\n", d)
+	}
+	return strings.TrimRight(b.String(), "\n")
+}
+
+func kv(m map[string]int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s=%d", k, m[k])
+	}
+	return strings.Join(parts, " ")
+}
+
+// check compares the simulator's final state, its request log and the lineage.
+func (s *soak) check(ctx context.Context) (*result, error) {
+	st, err := s.sim.state(ctx)
+	if err != nil {
+		return nil, err
+	}
+	l, err := readLineage(ctx, s.dbPath, filepath.Join(s.opts.Workdir, "final-copy"), true)
+	if err != nil {
+		return nil, fmt.Errorf("read the lineage: %w", err)
+	}
+	reqs, err := readRequests(filepath.Join(s.opts.Workdir, "simcloud.log"))
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, im := range st.Images {
+		if _, ok := s.seen[im.ID]; !ok {
+			s.seen[im.ID] = im
+		}
+	}
+	r := &result{kills: s.kills, starts: s.starts, selfExits: s.selfExits, notReady: s.notReady, readyMax: s.readyMax,
+		outcomes: map[string]int{}, states: map[string]int{}, faultKinds: s.faults}
+	for _, n := range s.faults {
+		r.faults += n
+	}
+	for _, n := range st.Requests {
+		r.requests += n
+	}
+
+	final := map[string]simImage{}
+	for _, im := range st.Images {
+		final[im.ID] = im
+	}
+	finalSnaps := map[string]simSnapshot{}
+	for _, sn := range st.Snapshots {
+		finalSnaps[sn.ID] = sn
+	}
+	byImageID := map[string]store.Image{}
+	byRow := map[int64]store.Image{}
+	for _, im := range l.images {
+		byRow[im.Row] = im
+		r.states[string(im.State)]++
+		if im.ImageID != "" {
+			byImageID[im.ImageID] = im
+			r.images++
+		}
+	}
+	snapRow := map[string]store.Snapshot{}
+	for _, sn := range l.snaps {
+		snapRow[sn.SnapshotID] = sn
+	}
+	// snapOwner maps a snapshot to the image that named it, from the lineage or, for
+	// snapshots the lineage never recorded, from what the simulator showed.
+	snapOwner := map[string]string{}
+	for id, im := range s.seen {
+		for _, sn := range im.SnapshotIDs {
+			snapOwner[sn] = id
+		}
+	}
+	for _, sn := range l.snaps {
+		if im, ok := byRow[sn.ImageRow]; ok && im.ImageID != "" {
+			snapOwner[sn.SnapshotID] = im.ImageID
+		}
+	}
+
+	// duplicates: two images in the cloud for one (policy, server, slot).
+	keys := map[string][]string{}
+	for id, im := range s.seen {
+		if s.ours(im) {
+			k := im.Properties["imagekeeper_policy"] + "|" + im.Properties["imagekeeper_server"] + "|" + im.Properties["imagekeeper_slot"]
+			keys[k] = append(keys[k], id)
+		}
+	}
+	for k, ids := range keys {
+		if len(ids) > 1 {
+			sort.Strings(ids)
+			r.violate(&r.duplicates, "duplicate: %d images for (policy, server, slot) %s: %s", len(ids), k, strings.Join(ids, " "))
+		}
+	}
+
+	// untracked: stamped by our createImage, still in the cloud, no lineage row.
+	for _, im := range st.Images {
+		if s.ours(im) {
+			if _, ok := byImageID[im.ID]; !ok {
+				r.violate(&r.untracked, "untracked: image %s (%s, %s) of server %s slot %s carries our stamp and has no lineage row",
+					im.ID, im.Name, im.Status, im.ServerID, im.Properties["imagekeeper_slot"])
+			}
+		}
+	}
+
+	// lost: the lineage says good, the cloud has nothing.
+	for _, im := range l.images {
+		if im.State == store.ImageGood && im.ImageID != "" {
+			if _, ok := final[im.ImageID]; !ok {
+				r.violate(&r.lost, "lost: lineage row %d says image %s of server %s slot %s is good; the cloud has no such image",
+					im.Row, im.ImageID, im.ServerID, im.Slot.Format(time.RFC3339))
+			}
+		}
+	}
+
+	// leftovers: snapshots of images the lineage records as deleted (or whose image is
+	// gone while the lineage still calls it good).
+	for _, sn := range st.Snapshots {
+		imgID, ok := snapOwner[sn.ID]
+		if !ok {
+			continue
+		}
+		row, hasRow := byImageID[imgID]
+		if _, alive := final[imgID]; alive || !hasRow {
+			continue
+		}
+		if sn.DependentVolumes > 0 || snapRow[sn.ID].State == store.SnapshotKeptInUse {
+			r.keptInUse++
+			continue
+		}
+		switch row.State {
+		case store.ImageDeleted:
+			r.violate(&r.leftovers, "leftover: snapshot %s (%s) of image %s, which lineage row %d records as deleted",
+				sn.ID, sn.Status, imgID, row.Row)
+		case store.ImageDeleting, store.ImageKeptProtected:
+			r.pendingJournal++
+		case store.ImageFailed:
+			r.pendingFailed++
+		default:
+			r.violate(&r.leftovers, "leftover: snapshot %s (%s) of image %s, gone from the cloud while lineage row %d is %s",
+				sn.ID, sn.Status, imgID, row.Row, row.State)
+		}
+	}
+
+	// wrong deletions, from the request log.
+	deletedImageAt := map[string]int{}
+	for i, q := range reqs {
+		if q.method != "DELETE" {
+			continue
+		}
+		switch q.op {
+		case "image.delete":
+			r.imageDeletes++
+			id := lastSeg(q.path)
+			if _, ok := deletedImageAt[id]; !ok {
+				deletedImageAt[id] = i
+			}
+			row, ours := byImageID[id]
+			switch {
+			case s.decoyImages[id] != "":
+				r.violate(&r.wrongDeletions, "wrong deletion: DELETE image %s, a decoy (%s)", id, s.decoyImages[id])
+			case !ours:
+				r.violate(&r.wrongDeletions, "wrong deletion: DELETE image %s, which has no lineage row", id)
+			case row.Owner != s.owner:
+				r.violate(&r.wrongDeletions, "wrong deletion: DELETE image %s, owned by %q", id, row.Owner)
+			}
+		case "volume.snapshots.delete":
+			r.snapshotDeletes++
+			id := lastSeg(q.path)
+			imgID, known := snapOwner[id]
+			_, inLineage := snapRow[id]
+			switch {
+			case s.decoySnaps[id] != "":
+				r.violate(&r.wrongDeletions, "wrong deletion: DELETE snapshot %s, a decoy (%s)", id, s.decoySnaps[id])
+			case !inLineage:
+				r.violate(&r.wrongDeletions, "wrong deletion: DELETE snapshot %s, which has no lineage row", id)
+			case known && final[imgID].ID != "":
+				r.violate(&r.wrongDeletions, "wrong deletion: DELETE snapshot %s while its image %s still exists", id, imgID)
+			case known:
+				if at, asked := deletedImageAt[imgID]; !asked || at > i {
+					if _, wasOurs := byImageID[imgID]; wasOurs && !asked {
+						// Nova deleted the image itself (a failed snapshot); no DELETE needed.
+						break
+					}
+					r.violate(&r.wrongDeletions, "wrong deletion: DELETE snapshot %s before its image %s was deleted", id, imgID)
+				}
+			}
+		}
+	}
+	for id, why := range s.decoyImages {
+		if _, ok := final[id]; !ok {
+			r.violate(&r.wrongDeletions, "wrong deletion: decoy image %s (%s) is gone", id, why)
+		}
+	}
+	for id, why := range s.decoySnaps {
+		if _, ok := finalSnaps[id]; !ok {
+			r.violate(&r.wrongDeletions, "wrong deletion: decoy snapshot %s (%s) is gone", id, why)
+		}
+	}
+	for id := range s.protected {
+		if _, ok := final[id]; !ok {
+			r.violate(&r.wrongDeletions, "wrong deletion: protected image %s is gone", id)
+		}
+	}
+	for id := range s.inUse {
+		if _, ok := finalSnaps[id]; !ok {
+			r.violate(&r.wrongDeletions, "wrong deletion: snapshot %s, which a volume depends on, is gone", id)
+		}
+	}
+	// min_keep: a live server selected by a policy keeps min_keep good images once
+	// it has had that many.
+	live := map[string]simServer{}
+	for _, sv := range st.Servers {
+		live[sv.ID] = sv
+	}
+	for _, p := range soakPolicies {
+		ever, present := map[string]int{}, map[string]int{}
+		for _, im := range l.images {
+			if im.Policy != p.Name || im.ActiveAt.IsZero() {
+				continue
+			}
+			ever[im.ServerID]++
+			if _, ok := final[im.ImageID]; ok && (im.State == store.ImageGood || im.State == store.ImageKeptProtected) {
+				present[im.ServerID]++
+			}
+		}
+		for sv, n := range ever {
+			if _, ok := live[sv]; ok && n >= p.MinKeep && present[sv] < p.MinKeep {
+				r.violate(&r.wrongDeletions, "wrong deletion: policy %s server %s has %d good images in the cloud, min_keep is %d (it had %d)",
+					p.Name, sv, present[sv], p.MinKeep, n)
+			}
+		}
+	}
+
+	// slots: every row has an outcome; between a policy's first and last row every
+	// slot instant has a row, or a missed row says it stands for the gap.
+	every := map[string]time.Duration{}
+	for _, p := range soakPolicies {
+		every[p.Name] = p.Every
+	}
+	byPolicy := map[string][]store.Slot{}
+	for _, sl := range l.slots {
+		r.slots++
+		r.outcomes[sl.Outcome]++
+		if sl.Outcome == store.OutcomeRunning || sl.Outcome == "" {
+			r.violate(&r.noOutcome, "no outcome: slot %s %s is %q after the daemon stopped (started %s)",
+				sl.Policy, sl.Slot.Format(time.RFC3339), sl.Outcome, sl.StartedAt.Format(time.RFC3339))
+		}
+		byPolicy[sl.Policy] = append(byPolicy[sl.Policy], sl)
+	}
+	for name, sls := range byPolicy {
+		sort.Slice(sls, func(i, j int) bool { return sls[i].Slot.Before(sls[j].Slot) })
+		for i := 1; i < len(sls); i++ {
+			gap := sls[i].Slot.Sub(sls[i-1].Slot)
+			if e := every[name]; e > 0 && gap > e && !strings.Contains(sls[i].Reason, "stands for") {
+				r.violate(&r.missingSlots, "missing slots: policy %s has no row for the %d slot(s) between %s and %s",
+					name, int(gap/e)-1, sls[i-1].Slot.Format(time.RFC3339), sls[i].Slot.Format(time.RFC3339))
+			}
+		}
+	}
+	return r, nil
+}
