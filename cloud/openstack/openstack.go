@@ -28,6 +28,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gophercloud/gophercloud/v2"
@@ -193,12 +194,14 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 	default:
 		c.log.Debug("custom HTTP transport: clouds.yaml TLS settings are not applied")
 	}
-	httpClient.Transport = &observingTransport{next: base, observe: opts.Observe}
+	observer := &observingTransport{next: base, observe: opts.Observe}
+	httpClient.Transport = observer
 
 	pc, err := gcopenstack.NewClient(ao.IdentityEndpoint)
 	if err != nil {
 		return nil, fmt.Errorf("identity endpoint %q: %w", ao.IdentityEndpoint, err)
 	}
+	observer.identityBase = pc.IdentityBase
 	pc.HTTPClient = httpClient
 	// Set before Authenticate: the re-authentication client is a copy taken there.
 	pc.RetryFunc = c.retry
@@ -208,15 +211,19 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 		return nil, fmt.Errorf("authenticate at %s: %w", ao.IdentityEndpoint, err)
 	}
 
+	observer.discovering.Store(&opInfo{"compute", "versions"})
 	if c.compute, err = gcopenstack.NewComputeV2(pc, eo); err != nil {
 		return nil, fmt.Errorf("compute endpoint: %w", err)
 	}
+	observer.discovering.Store(&opInfo{"image", "versions"})
 	if c.image, err = gcopenstack.NewImageV2(pc, eo); err != nil {
 		return nil, fmt.Errorf("image endpoint: %w", err)
 	}
+	observer.discovering.Store(&opInfo{"volume", "versions"})
 	if c.volume, err = gcopenstack.NewBlockStorageV3(pc, eo); err != nil {
 		return nil, fmt.Errorf("volume v3 endpoint: %w", err)
 	}
+	observer.discovering.Store(nil)
 
 	mv := opts.ComputeMicroversion
 	if mv == "" {
@@ -283,6 +290,12 @@ func withOp(ctx context.Context, service, operation string) context.Context {
 type observingTransport struct {
 	next    http.RoundTripper
 	observe func(Request)
+	// identityBase is Keystone's base URL: gophercloud's version discovery inside
+	// Authenticate sends its GET without our context, so it is named by its URL.
+	identityBase string
+	// discovering names the service whose endpoint gophercloud is checking while New
+	// builds the service clients: those version GETs carry no context either.
+	discovering atomic.Pointer[opInfo]
 }
 
 // RoundTrip implements http.RoundTripper.
@@ -295,6 +308,12 @@ func (t *observingTransport) RoundTrip(req *http.Request) (*http.Response, error
 	// by their path, not by the call that triggered them.
 	if strings.HasSuffix(req.URL.Path, "/auth/tokens") {
 		info = opInfo{"identity", "token"}
+	}
+	if info.service == "" && t.identityBase != "" && strings.HasPrefix(req.URL.String(), t.identityBase) {
+		info = opInfo{"identity", "versions"}
+	}
+	if d := t.discovering.Load(); info.service == "" && d != nil {
+		info = *d
 	}
 	if info.service == "" {
 		info = opInfo{"unknown", "unknown"}
