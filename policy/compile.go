@@ -19,7 +19,7 @@ import (
 	_ "time/tzdata"
 )
 
-// Defaults applied when a key is absent (docs/policy-reference.md lists them).
+// Defaults applied when a key is absent (README.md, "The policy file", lists them).
 const (
 	DefaultListen             = "127.0.0.1:9478"
 	DefaultState              = "/var/lib/imagekeeper/lineage.db"

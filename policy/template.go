@@ -161,7 +161,7 @@ func bounded(s string) (string, error) {
 	return s, nil
 }
 
-// funcs is the documented helper set (docs/policy-reference.md). Arguments come
+// funcs is the documented helper set (README.md, "The policy file"). Arguments come
 // first and the piped value last, so that helpers read well in pipelines:
 // {{ .Server.Name | lower | trunc 40 }}. The printing builtins are replaced by
 // bounded versions of themselves.
