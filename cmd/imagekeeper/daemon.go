@@ -202,7 +202,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 
 	newCloud := d.NewCloud
 	if newCloud == nil {
-		newCloud = openstackCloud
+		newCloud = wireCloud
 	}
 	raw, err := newCloud(ctx, cfg, log, func(r openstack.Request) {
 		metrics.ObserveCloudRequest(r.Service, r.Operation, r.Status, r.Duration)
@@ -225,6 +225,11 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		// run started with; a policy removed by a reload is never pruned.
 		AfterRun: func(ctx context.Context, cfg *policy.Config, p *policy.Policy) error {
 			_, err := runner.Prune(ctx, cfg, p, scheduler.PruneOptions{})
+			// The recovery-point gauges move with every run; the periodic refresh
+			// alone would lag a short schedule by up to its interval.
+			if rerr := metrics.Refresh(ctx, st, cfg, time.Now()); rerr != nil && ctx.Err() == nil {
+				log.Warn("refresh metrics after run", "policy", p.Name, "err", rerr)
+			}
 			return err
 		},
 	})
@@ -434,11 +439,6 @@ func logConfigErrors(log *slog.Logger, msg string, err error) {
 		return
 	}
 	log.Error(msg, "err", err)
-}
-
-// openstackCloud is the production cloud: the OpenStack adapter on clouds.yaml.
-func openstackCloud(ctx context.Context, cfg *policy.Config, log *slog.Logger, observe func(openstack.Request)) (cloud.Cloud, error) {
-	return openstack.New(ctx, openstack.Options{CloudName: cfg.Cloud, Observe: observe, Logger: log})
 }
 
 // fileWatch notices a change of the policy file's content by polling, so it needs no

@@ -8,6 +8,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/scheduler"
 )
 
@@ -35,6 +36,7 @@ func runBackup(ctx context.Context, m *Main, args []string) error {
 	configPath := fs.String("config", defaultConfigPath, "policy file")
 	policyName := fs.String("policy", "", "policy to run (required)")
 	quiet := fs.Bool("quiet", false, "print only the summary")
+	noPrune := fs.Bool("no-prune", false, "skip retention after the run")
 	lf := addLogFlags(fs)
 	// Progress goes to stdout; per-image logs would repeat it on stderr.
 	lf.level = "warn"
@@ -77,9 +79,22 @@ func runBackup(ctx context.Context, m *Main, args []string) error {
 	if !*quiet {
 		progress = func(e scheduler.ProgressEvent) { printProgress(m.Stdout, e) }
 	}
-	runner := scheduler.NewRunner(scheduler.RunnerOptions{
+	var runner *scheduler.Runner
+	runner = scheduler.NewRunner(scheduler.RunnerOptions{
 		Cloud: cl, Store: st, Limits: cfg.Limits, Logger: log.With("command", "run"), Progress: progress,
 		PollInterval: runPollInterval, MaxPollInterval: 4 * runPollInterval,
+		// Retention follows every backup run, here as in the daemon, so that a
+		// crontab of `imagekeeper run` keeps the same promises.
+		AfterRun: func(ctx context.Context, cfg *policy.Config, p *policy.Policy) error {
+			if *noPrune {
+				return nil
+			}
+			rep, err := runner.Prune(ctx, cfg, p, scheduler.PruneOptions{})
+			if rep != nil {
+				fmt.Fprintln(m.Stdout, "retention: "+pruneSummary(rep))
+			}
+			return err
+		},
 	})
 	slot := runNow().UTC().Truncate(time.Minute)
 	rep, runErr := runner.RunSlot(ctx, cfg, p, slot, scheduler.TriggerManual)

@@ -220,3 +220,48 @@ func TestRunExitCodes(t *testing.T) {
 		t.Errorf("missing config: exit %d", code)
 	}
 }
+
+// TestRunPrunesAfterwards checks that `run` applies retention after its backup run,
+// as the daemon does: with keep_last 3, the fourth slot deletes the oldest image of
+// each server and its volume snapshots, and --no-prune leaves everything in place.
+func TestRunPrunesAfterwards(t *testing.T) {
+	env := newCLIEnv(t)
+	tags := []string{"backup=daily"}
+	env.sim.AddServer(simcloud.ServerSpec{Name: "web-1", Tags: tags})
+	env.sim.AddServer(simcloud.ServerSpec{Name: "db-1", Tags: tags, Volumes: 1})
+	oldPrunePoll, oldWait := prunePollInterval, pruneSnapshotWait
+	prunePollInterval, pruneSnapshotWait = 10*time.Millisecond, 5*time.Second
+	t.Cleanup(func() { prunePollInterval, pruneSnapshotWait = oldPrunePoll, oldWait })
+
+	live := func() (images, snapshots int) { return len(env.sim.Images()), len(env.sim.Snapshots()) }
+	base := time.Date(2026, 11, 24, 18, 30, 0, 0, time.UTC)
+	for i := 0; i < 4; i++ {
+		at := base.Add(time.Duration(i) * time.Minute)
+		runNow = func() time.Time { return at }
+		args := []string{"run", "--config", env.config, "--policy", "web"}
+		if i == 3 {
+			args = append(args, "--no-prune")
+		}
+		code, out, errOut := cli(t, args...)
+		if code != 0 {
+			t.Fatalf("run %d: exit %d\n%s\n%s", i, code, out, errOut)
+		}
+		if got := strings.Contains(out, "retention: web:"); got == (i == 3) {
+			t.Errorf("run %d: retention line printed = %v\n%s", i, got, out)
+		}
+	}
+	if images, snaps := live(); images != 8 || snaps != 4 {
+		t.Fatalf("after 4 runs, the last with --no-prune: %d images, %d snapshots; want 8 and 4", images, snaps)
+	}
+	at := base.Add(4 * time.Minute)
+	runNow = func() time.Time { return at }
+	code, out, errOut := cli(t, "run", "--config", env.config, "--policy", "web")
+	if code != 0 || !regexp.MustCompile(`(?m)^retention: web: 4 deleted`).MatchString(out) {
+		t.Fatalf("fifth run: exit %d, want a retention line with 4 deleted\n%s\n%s", code, out, errOut)
+	}
+	// Prune waits until Cinder has really deleted the snapshots, so the cloud is
+	// already in its final state when run returns.
+	if images, snaps := live(); images != 6 || snaps != 3 {
+		t.Fatalf("after the pruning run: %d images, %d snapshots; want 6 (3 per server) and 3", images, snaps)
+	}
+}
