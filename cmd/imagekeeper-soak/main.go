@@ -23,7 +23,7 @@
 //
 // Usage (see BENCHMARKS.md):
 //
-//	go run ./cmd/imagekeeper-soak -mode short            # CI: ~3 minutes
+//	go run ./cmd/imagekeeper-soak -mode short            # CI: ~3.5 minutes
 //	go run ./cmd/imagekeeper-soak -mode long             # 100 kills over >= 500 slots
 //	go run ./cmd/imagekeeper-soak -bin ./imagekeeper -seed 7 -duration 5m -kills 20
 package main
@@ -57,14 +57,15 @@ type options struct {
 	Duration time.Duration
 	Kills    int
 	Settle   time.Duration
+	Converge time.Duration
 	Verbose  bool
 	Mode     string
 }
 
 // modes are the documented presets; explicit flags override them.
 var modes = map[string]options{
-	"short": {Servers: 40, Duration: 150 * time.Second, Kills: 10, Settle: 45 * time.Second},
-	"long":  {Servers: 40, Duration: 26 * time.Minute, Kills: 100, Settle: 60 * time.Second},
+	"short": {Servers: 40, Duration: 105 * time.Second, Kills: 10, Settle: 30 * time.Second, Converge: 45 * time.Second},
+	"long":  {Servers: 40, Duration: 26 * time.Minute, Kills: 100, Settle: 60 * time.Second, Converge: 2 * time.Minute},
 }
 
 func main() {
@@ -74,7 +75,7 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("imagekeeper-soak", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	mode := fs.String("mode", "short", "preset: short (CI, ~3 min) or long (100 kills, >= 500 slots)")
+	mode := fs.String("mode", "short", "preset: short (CI, ~3.5 min) or long (100 kills, >= 500 slots)")
 	bin := fs.String("bin", "", "imagekeeper binary; empty builds ./cmd/imagekeeper into the work directory")
 	workdir := fs.String("workdir", "", "work directory (kept); empty makes a temporary one, removed on success")
 	seed := fs.Int64("seed", 0, "seed of the kill and fault schedule; 0 picks one from the clock (printed)")
@@ -82,6 +83,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	duration := fs.Duration("duration", 0, "length of the kill-and-fault phase (0: the mode's)")
 	kills := fs.Int("kills", -1, "number of kill -9s spread over the phase (-1: the mode's)")
 	settle := fs.Duration("settle", 0, "fault-free time given to the daemon before the checks (0: the mode's)")
+	converge := fs.Duration("converge", 0, "time budget of the reconcile and prune rounds after the daemon stopped (0: the mode's)")
 	verbose := fs.Bool("v", false, "print every fault and kill as it happens")
 	known := fs.String("known", "", "comma-separated violation counters (e.g. no_outcome) that are known bugs: reported, but they do not fail the soak")
 	if err := fs.Parse(args); err != nil {
@@ -109,6 +111,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if *settle > 0 {
 		o.Settle = *settle
+	}
+	if *converge > 0 {
+		o.Converge = *converge
 	}
 	if o.Servers < 12 {
 		fmt.Fprintln(stderr, "imagekeeper-soak: need at least 12 servers")

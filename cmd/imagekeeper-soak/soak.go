@@ -54,17 +54,18 @@ var soakPolicies = []policyDef{
       name: 'app {{ .Server.Name }} {{ .Slot.Unix }}'
       metadata: {tier: app}
       wait_timeout: 20s
-    retention: {keep_last: 1, keep_within: 15s, min_keep: 1, max_deletions_per_run: 5}
+    retention: {keep_last: 1, keep_within: 15s, min_keep: 1, max_deletions_per_run: 10}
 `},
 }
 
 // soak is one run of the soak.
 type soak struct {
-	opts options
-	out  io.Writer
-	log  io.Writer
-	rng  *rand.Rand
-	rmu  sync.Mutex
+	opts  options
+	began time.Time
+	out   io.Writer
+	log   io.Writer
+	rng   *rand.Rand
+	rmu   sync.Mutex
 
 	bin, cfgPath, dbPath, listen string
 	sim                          *simClient
@@ -101,6 +102,11 @@ func (s *soak) float() float64 {
 	return s.rng.Float64()
 }
 
+// progress prints a phase change with the time since the soak began.
+func (s *soak) progress(format string, args ...any) {
+	fmt.Fprintf(s.out, "soak: +%s %s\n", time.Since(s.began).Round(time.Second), fmt.Sprintf(format, args...))
+}
+
 func (s *soak) logf(format string, args ...any) {
 	if s.opts.Verbose {
 		fmt.Fprintf(s.log, "%s soak: %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
@@ -109,6 +115,7 @@ func (s *soak) logf(format string, args ...any) {
 
 func (s *soak) run(ctx context.Context) (*result, error) {
 	o := s.opts
+	s.began = time.Now()
 	s.rng = rand.New(rand.NewSource(o.Seed))
 	s.faults = map[string]int{}
 	s.seen = map[string]simImage{}
@@ -163,6 +170,7 @@ func (s *soak) run(ctx context.Context) (*result, error) {
 		return nil, err
 	}
 
+	s.progress("daemon ready; kill-and-fault phase of %s", o.Duration)
 	phase, endPhase := context.WithTimeout(ctx, o.Duration)
 	defer endPhase()
 	var wg sync.WaitGroup
@@ -190,15 +198,20 @@ func (s *soak) run(ctx context.Context) (*result, error) {
 			return nil, err
 		}
 	}
-	fmt.Fprintf(s.out, "soak: faults cleared; settling %s\n", o.Settle)
+	s.progress("faults cleared; settling %s", o.Settle)
 	settle, endSettle := context.WithTimeout(ctx, o.Settle)
 	s.pollImages(settle)
 	endSettle()
+	s.progress("stopping the daemon (SIGTERM)")
 	drained, derr := s.stopDaemon()
 	if !drained {
 		s.converge = append(s.converge, fmt.Sprintf("daemon did not drain within 60s (killed): %v", derr))
 	}
-	s.runConvergeCommands(ctx)
+	s.progress("converging (reconcile, prune; %s at most)", o.Converge)
+	cctx, cancel := context.WithTimeout(ctx, o.Converge)
+	s.runConvergeCommands(cctx)
+	cancel()
+	s.progress("checking")
 	return s.check(ctx)
 }
 
@@ -330,16 +343,24 @@ func (s *soak) stopDaemon() (bool, error) {
 }
 
 // killLoop kill -9s the daemon Kills times at seeded random moments spread over the
-// phase and restarts it after a short random pause (so that some slots fall into
-// the gap). A daemon that exits by itself is counted and restarted.
+// phase (drawn up front, so that every kill happens) and restarts it after a short
+// random pause (so that some slots fall into the gap). A daemon that exits by
+// itself is counted and restarted.
 func (s *soak) killLoop(ctx context.Context) {
-	mean := s.opts.Duration / time.Duration(s.opts.Kills+1)
-	next := time.Now().Add(time.Duration((0.3 + 1.4*s.float()) * float64(mean)))
-	done := 0
+	start := time.Now()
+	at := make([]time.Duration, s.opts.Kills)
+	for i := range at {
+		at[i] = time.Duration((0.03 + 0.9*s.float()) * float64(s.opts.Duration))
+	}
+	sort.Slice(at, func(i, j int) bool { return at[i] < at[j] })
 	for {
 		s.mu.Lock()
 		p := s.daemon
 		s.mu.Unlock()
+		wait := time.Hour
+		if len(at) > 0 {
+			wait = time.Until(start.Add(at[0]))
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -354,27 +375,23 @@ func (s *soak) killLoop(ctx context.Context) {
 				return
 			}
 			continue
-		case <-time.After(time.Until(next)):
+		case <-time.After(wait):
 		}
-		if done >= s.opts.Kills {
-			next = time.Now().Add(time.Hour)
-			continue
-		}
+		at = at[1:]
 		s.logf("kill -9 daemon pid %d", p.pid())
 		p.kill()
 		s.mu.Lock()
 		s.kills++
 		s.mu.Unlock()
-		done++
 		time.Sleep(time.Duration(s.intn(3000)) * time.Millisecond)
 		if ctx.Err() != nil {
+			// The convergence phase restarts it.
 			return
 		}
 		if err := s.startDaemon(); err != nil {
 			fmt.Fprintf(s.log, "soak: %v\n", err)
 			return
 		}
-		next = time.Now().Add(time.Duration((0.3 + 1.4*s.float()) * float64(mean)))
 	}
 }
 
@@ -557,6 +574,10 @@ func (s *soak) runConvergeCommands(ctx context.Context) {
 			cmd := exec.CommandContext(ctx, s.bin, append(step, "--config", s.cfgPath)...)
 			cmd.Env = env
 			out, err := cmd.CombinedOutput()
+			if ctx.Err() != nil {
+				s.converge = append(s.converge, fmt.Sprintf("%s round %d: cut by the convergence budget", step[0], round))
+				return
+			}
 			_ = os.WriteFile(filepath.Join(s.opts.Workdir, fmt.Sprintf("converge-%s-%d.txt", step[0], round)), out, 0o644)
 			s.converge = append(s.converge, fmt.Sprintf("%s round %d: exit %v, %d bytes of output", step[0], round, errString(err), len(out)))
 			if string(out) == prev {
