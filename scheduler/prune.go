@@ -1,11 +1,13 @@
 package scheduler
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -63,6 +65,11 @@ const (
 type PruneOptions struct {
 	// DryRun decides and reports without changing the cloud or the store.
 	DryRun bool
+	// Full lists every image in the report's Items; otherwise Items lists only the
+	// images something happens to (deleted, to delete, pending, refused), and kept,
+	// protected and deferred images are only counted. The CLI wants the full table;
+	// the daemon, pruning a large fleet after every run, does not.
+	Full bool
 	// SnapshotWait overrides DefaultSnapshotWait.
 	SnapshotWait time.Duration
 
@@ -122,7 +129,8 @@ type PruneReport struct {
 	// them that no longer exist or no longer match the selector.
 	Servers     int
 	ServersGone int
-	// Items has one entry per image row not yet deleted, by server and newest first.
+	// Items has one entry per image row not yet deleted (by server, newest first)
+	// when PruneOptions.Full; otherwise only the images something happens to.
 	Items []PruneItem
 	// Counts by action.
 	Counts map[PruneAction]int
@@ -191,21 +199,31 @@ type pruner struct {
 	now  time.Time
 }
 
-// candidate is an image retention wants deleted.
+// candidate is an image to delete: a new deletion retention asks for, or an open
+// journal to resume.
 type candidate struct {
-	item int // index into the report's items
-	row  store.LineageRow
+	row store.LineageRow
+	it  PruneItem
+	// idx is the candidate's index in the report's Items in a full report, -1 until
+	// it is placed otherwise.
+	idx int
 }
+
+// pruneBatch is how many servers' rows one lineage query reads: memory stays
+// bounded by it, and the store's one connection is free between batches.
+const pruneBatch = 256
+
+var pruneStates = []store.ImageState{store.ImageRequested, store.ImageCreating, store.ImageGood, store.ImageFailed,
+	store.ImageDeleting, store.ImageKeptProtected}
 
 func (pr *pruner) run(ctx context.Context) (*PruneReport, error) {
 	rep := &PruneReport{Policy: pr.p.Name, DryRun: pr.opts.DryRun, Started: pr.now, Counts: map[PruneAction]int{}}
-	rows, err := pr.st.Lineage(ctx, store.ImageFilter{Policy: pr.p.Name, States: []store.ImageState{
-		store.ImageRequested, store.ImageCreating, store.ImageGood, store.ImageFailed, store.ImageDeleting, store.ImageKeptProtected}})
+	serverIDs, err := pr.st.LineageServers(ctx, pr.p.Name)
 	if err != nil {
 		return nil, err
 	}
 	live := map[string]bool{}
-	if len(rows) > 0 {
+	if len(serverIDs) > 0 {
 		servers, err := pr.cl.ListServers(ctx, CloudSelector(pr.p.Select))
 		if err != nil {
 			return nil, fmt.Errorf("list servers: %w", err)
@@ -214,80 +232,129 @@ func (pr *pruner) run(ctx context.Context) (*PruneReport, error) {
 			live[s.ID] = true
 		}
 	}
-
-	// Protected images whose recheck is due: if someone unprotected them (or deleted
-	// them), they go back to what they were and retention decides afresh below.
-	if !pr.opts.DryRun {
-		for i := range rows {
-			if rows[i].State == store.ImageKeptProtected && !rows[i].NextAttemptAt.After(pr.now) {
-				rows[i] = pr.recheckProtected(ctx, rows[i])
-			}
-		}
-	}
-
-	byServer := map[string][]store.LineageRow{}
-	var serverIDs []string
-	for _, row := range rows {
-		if _, ok := byServer[row.ServerID]; !ok {
-			serverIDs = append(serverIDs, row.ServerID)
-		}
-		byServer[row.ServerID] = append(byServer[row.ServerID], row)
-	}
-	sort.Strings(serverIDs)
-	rep.Servers = len(serverIDs)
-
-	var resume []candidate // open journals
-	var fresh []candidate  // new deletions, subject to the cap
-	for _, sid := range serverIDs {
-		srows := byServer[sid]
-		gone := !live[sid]
-		if gone {
-			rep.ServersGone++
-		}
-		items, cands, open := pr.decideServer(srows, gone)
-		base := len(rep.Items)
-		rep.Items = append(rep.Items, items...)
-		for _, c := range cands {
-			c.item += base
-			fresh = append(fresh, c)
-		}
-		for _, c := range open {
-			c.item += base
-			resume = append(resume, c)
-		}
-	}
-
-	// The cap: oldest first, so that what waits is the youngest.
-	sort.SliceStable(fresh, func(i, j int) bool {
-		a, b := fresh[i].row, fresh[j].row
-		if !a.Slot.Equal(b.Slot) {
-			return a.Slot.Before(b.Slot)
-		}
-		return a.Row < b.Row
-	})
 	limit := pr.p.Retention.MaxDeletionsPerRun
 	if limit <= 0 {
 		limit = policy.DefaultMaxDeletionsPerRun
 	}
-	if len(fresh) > limit {
-		for _, c := range fresh[limit:] {
-			it := &rep.Items[c.item]
+	// counted holds the actions of images not listed in Items (a report that is not
+	// Full lists only the images something happens to).
+	counted := map[PruneAction]int{}
+	var resume []candidate // open journals: not subject to the cap
+	var fresh []candidate  // new deletions: the limit oldest survive
+	deferred := func(c candidate) {
+		if c.idx >= 0 {
+			it := &rep.Items[c.idx]
 			it.Action = PruneDeferred
 			it.Reasons = append(it.Reasons, ReasonDeferredLimit)
+		} else {
+			counted[PruneDeferred]++
 		}
-		pr.log.Info("deletions deferred by max_deletions_per_run", "limit", limit, "deferred", len(fresh)-limit)
-		fresh = fresh[:limit]
+	}
+	trim := func(keep int) {
+		sortCandidates(fresh)
+		for _, c := range fresh[keep:] {
+			deferred(c)
+		}
+		fresh = fresh[:keep]
 	}
 
-	if pr.opts.DryRun {
-		for _, c := range fresh {
-			rep.Items[c.item].Action = PruneDelete
+	// youngest is the youngest of the limit oldest new deletions once that many
+	// are known: anything younger is deferred without being kept around.
+	var youngest *store.LineageRow
+	var rows []store.LineageRow
+	for b := 0; b < len(serverIDs); b += pruneBatch {
+		batch := serverIDs[b:min(b+pruneBatch, len(serverIDs))]
+		rows, err = pr.st.AppendLineage(ctx, rows[:0], pr.p.Name, batch, pruneStates)
+		if err != nil {
+			return nil, err
 		}
-		for _, c := range resume {
-			rep.Items[c.item].Action = PrunePending
+		for lo := 0; lo < len(rows); {
+			hi := lo + 1
+			for hi < len(rows) && rows[hi].ServerID == rows[lo].ServerID {
+				hi++
+			}
+			srows := rows[lo:hi]
+			lo = hi
+			rep.Servers++
+			gone := !live[srows[0].ServerID]
+			if gone {
+				rep.ServersGone++
+			}
+			// Protected images whose recheck is due: if someone unprotected them (or
+			// deleted them), they go back to what they were and retention decides
+			// afresh below.
+			if !pr.opts.DryRun {
+				for i := range srows {
+					if srows[i].State == store.ImageKeptProtected && !srows[i].NextAttemptAt.After(pr.now) {
+						srows[i] = pr.recheckProtected(ctx, srows[i])
+					}
+				}
+			}
+			items, cands := pr.decideServer(srows, gone)
+			base := len(rep.Items)
+			for _, it := range items {
+				if pr.opts.Full {
+					rep.Items = append(rep.Items, it)
+				} else if it.Action != PruneKeep && it.Action != PruneProtected && it.Action != "" {
+					rep.Items = append(rep.Items, it)
+				} else if it.Action != "" {
+					counted[it.Action]++
+				}
+			}
+			for _, ref := range cands {
+				row := &srows[ref.row]
+				idx := -1
+				if pr.opts.Full {
+					idx = base + ref.item
+				}
+				if row.State != store.ImageDeleting && youngest != nil && !olderThan(row, youngest) {
+					deferred(candidate{idx: idx})
+					continue
+				}
+				c := candidate{row: *row, it: items[ref.item], idx: idx}
+				if c.row.State == store.ImageDeleting {
+					if !pr.opts.Full {
+						rep.Items = append(rep.Items, c.it)
+						c.idx = len(rep.Items) - 1
+					}
+					resume = append(resume, c)
+					continue
+				}
+				fresh = append(fresh, c)
+			}
+			if len(fresh) > 2*limit {
+				trim(limit)
+				youngest = &fresh[limit-1].row
+			}
 		}
-	} else {
+	}
+	if len(fresh) > limit {
+		pr.log.Info("deletions deferred by max_deletions_per_run", "limit", limit, "deferred", len(fresh)-limit)
+		trim(limit)
+	}
+	sortCandidates(fresh)
+	if !pr.opts.Full {
+		for i := range fresh {
+			rep.Items = append(rep.Items, fresh[i].it)
+			fresh[i].idx = len(rep.Items) - 1
+		}
+	}
+
+	for _, c := range resume {
+		rep.Items[c.idx].Action = PrunePending
+	}
+	for _, c := range fresh {
+		// Until the journal says otherwise (a prune stopped before it got there).
+		rep.Items[c.idx].Action = PrunePending
+		if pr.opts.DryRun {
+			rep.Items[c.idx].Action = PruneDelete
+		}
+	}
+	if !pr.opts.DryRun {
 		pr.execute(ctx, rep, append(resume, fresh...))
+	}
+	for a, n := range counted {
+		rep.Counts[a] += n
 	}
 	for _, it := range rep.Items {
 		rep.Counts[it.Action]++
@@ -301,75 +368,99 @@ func (pr *pruner) run(ctx context.Context) (*PruneReport, error) {
 	return rep, ctx.Err()
 }
 
-// decideServer applies retention to one server's rows. It returns the report items
-// (newest first), the new deletions and the open journals to resume.
-func (pr *pruner) decideServer(rows []store.LineageRow, gone bool) (items []PruneItem, fresh, open []candidate) {
+// sortCandidates orders new deletions oldest first, so that the cap defers the
+// youngest.
+func sortCandidates(cs []candidate) {
+	slices.SortFunc(cs, func(a, b candidate) int {
+		if c := a.row.Slot.Compare(b.row.Slot); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.row.Row, b.row.Row)
+	})
+}
+
+// olderThan reports whether a sorts before b in sortCandidates' order.
+func olderThan(a, b *store.LineageRow) bool {
+	if c := a.Slot.Compare(b.Slot); c != 0 {
+		return c < 0
+	}
+	return a.Row < b.Row
+}
+
+// candRef points at a candidate in decideServer's input rows and output items.
+type candRef struct{ row, item int }
+
+// decideServer applies retention to one server's rows (newest first). It returns
+// the report items (newest first; candidates have no Action yet) and the candidates:
+// new deletions and open journals whose next attempt is due.
+func (pr *pruner) decideServer(rows []store.LineageRow, gone bool) (items []PruneItem, cands []candRef) {
 	ret := pr.p.Retention
 	loc := time.UTC
 	if pr.p.Schedule != nil && pr.p.Schedule.Location != nil {
 		loc = pr.p.Schedule.Location
 	}
 	wait := pr.r.waitTimeout(pr.p)
-	var input []policy.RetentionImage
-	byKey := map[string]store.LineageRow{}
-	for _, row := range rows {
+	input := make([]policy.RetentionImage, 0, len(rows))
+	byKey := make(map[string]int, len(rows))
+	goodLeft := 0
+	for i, row := range rows {
 		st := policy.RetentionInProgress
 		switch row.State {
 		case store.ImageGood:
 			st = policy.RetentionGood
+			goodLeft++
 		case store.ImageFailed:
 			st = policy.RetentionFailed
 		case store.ImageDeleting, store.ImageKeptProtected:
 			continue // decided already; reported below
 		}
 		key := retentionKey(row)
-		byKey[key] = row
+		byKey[key] = i
 		input = append(input, policy.RetentionImage{ID: key, Time: row.Slot, Status: st, FailReason: row.Reason,
 			RequestedAt: row.RequestedAt, FailedAt: row.FailedAt, WaitTimeout: wait})
 	}
 	decisions := policy.Retain(input, ret, loc, pr.now)
-
-	goodLeft := 0
-	for _, in := range input {
-		if in.Status == policy.RetentionGood {
-			goodLeft++
-		}
-	}
 	minKeep := max(ret.MinKeep, 1)
+	items = make([]PruneItem, 0, len(rows))
 	for _, d := range decisions {
-		row := byKey[d.ImageID]
+		ri := byKey[d.ImageID]
+		row := rows[ri]
 		it := pr.item(row)
-		it.Keep, it.Reasons = d.Keep, append([]string(nil), d.Reasons...)
+		it.Keep, it.Reasons = d.Keep, d.Reasons
 		switch {
 		case d.Keep:
 			it.Action = PruneKeep
 		case gone && ret.WhenServerGone != policy.ServerGoneApply:
 			it.Keep, it.Action = true, PruneKeep
-			it.Reasons = append(it.Reasons, ReasonServerGone)
+			it.Reasons = append(it.Reasons[:len(it.Reasons):len(it.Reasons)], ReasonServerGone)
 		case row.Owner != pr.st.Owner():
 			// A row written by another installation sharing this database file.
 			it.Action = PruneRefused
-			it.Reasons = append(it.Reasons, fmt.Sprintf("refused: lineage row of installation %s, not %s", row.Owner, pr.st.Owner()))
+			it.Reasons = append(it.Reasons[:len(it.Reasons):len(it.Reasons)],
+				fmt.Sprintf("refused: lineage row of installation %s, not %s", row.Owner, pr.st.Owner()))
 		case row.State == store.ImageGood && goodLeft-1 < minKeep:
 			// Retain never asks for this; the guard rail stands on its own anyway.
 			it.Action = PruneRefused
-			it.Reasons = append(it.Reasons, fmt.Sprintf("refused: would leave fewer than min_keep %d good images", minKeep))
+			it.Reasons = append(it.Reasons[:len(it.Reasons):len(it.Reasons)],
+				fmt.Sprintf("refused: would leave fewer than min_keep %d good images", minKeep))
 		default:
 			if row.State == store.ImageGood {
 				goodLeft--
 			}
-			fresh = append(fresh, candidate{item: len(items), row: row})
+			cands = append(cands, candRef{row: ri, item: len(items)})
 		}
 		items = append(items, it)
 	}
-	for _, row := range rows {
+	for ri, row := range rows {
 		switch row.State {
 		case store.ImageDeleting:
 			it := pr.item(row)
 			it.Reasons = []string{row.DeleteReason}
-			it.Action, it.NextAttempt = PrunePending, row.NextAttemptAt
+			it.NextAttempt = row.NextAttemptAt
 			if !row.NextAttemptAt.After(pr.now) {
-				open = append(open, candidate{item: len(items), row: row})
+				cands = append(cands, candRef{row: ri, item: len(items)})
+			} else {
+				it.Action = PrunePending
 			}
 			items = append(items, it)
 		case store.ImageKeptProtected:
@@ -379,25 +470,33 @@ func (pr *pruner) decideServer(rows []store.LineageRow, gone bool) (items []Prun
 			items = append(items, it)
 		}
 	}
-	sort.SliceStable(items, func(i, j int) bool { return items[i].Slot.After(items[j].Slot) })
-	// The candidates point into items by index: re-point them after the sort.
-	pos := make(map[int64]int, len(items))
-	for i, it := range items {
-		pos[it.ImageRow] = i
+	// rows come newest first and so do the decisions; only the journal's rows
+	// (deleting, kept_protected), listed last, may need to move. Sorting would
+	// invalidate the candidates' item indexes: re-point them.
+	if pr.opts.Full && !slices.IsSortedFunc(items, func(a, b PruneItem) int { return b.Slot.Compare(a.Slot) }) {
+		perm := make([]int, len(items))
+		for i := range perm {
+			perm[i] = i
+		}
+		slices.SortStableFunc(perm, func(a, b int) int { return items[b].Slot.Compare(items[a].Slot) })
+		sorted := make([]PruneItem, len(items))
+		where := make([]int, len(items))
+		for to, from := range perm {
+			sorted[to] = items[from]
+			where[from] = to
+		}
+		for i := range cands {
+			cands[i].item = where[cands[i].item]
+		}
+		items = sorted
 	}
-	for i := range fresh {
-		fresh[i].item = pos[fresh[i].row.Row]
-	}
-	for i := range open {
-		open[i].item = pos[open[i].row.Row]
-	}
-	return items, fresh, open
+	return items, cands
 }
 
-// retentionKey identifies a row to Retain: the image id once known, the row id
-// before (an intent without an id has nothing else).
+// retentionKey identifies a row to Retain: its row id (an intent without an image
+// id has nothing else).
 func retentionKey(row store.LineageRow) string {
-	return fmt.Sprintf("row-%d", row.Row)
+	return strconv.FormatInt(row.Row, 10)
 }
 
 func (pr *pruner) item(row store.LineageRow) PruneItem {
@@ -418,7 +517,7 @@ func (pr *pruner) execute(ctx context.Context, rep *PruneReport, cands []candida
 			defer wg.Done()
 			defer release()
 			// Each goroutine writes only its own item.
-			pr.journal(ctx, &rep.Items[c.item], c.row)
+			pr.journal(ctx, &rep.Items[c.idx], c.row)
 		}(c)
 	}
 	wg.Wait()

@@ -193,12 +193,22 @@ func (h *pruneHarness) checkDeletedGone() {
 	}
 }
 
-func countActions(rep *PruneReport) map[PruneAction]int {
-	out := map[PruneAction]int{}
+// countActions returns the report's counts, after checking that they agree with
+// its items (every image is listed in a full report; in a short one, the images
+// not listed are the kept, protected and deferred ones).
+func countActions(t *testing.T, rep *PruneReport, full bool) map[PruneAction]int {
+	t.Helper()
+	listed := map[PruneAction]int{}
 	for _, it := range rep.Items {
-		out[it.Action]++
+		listed[it.Action]++
 	}
-	return out
+	for a, n := range rep.Counts {
+		quiet := a == PruneKeep || a == PruneProtected || a == PruneDeferred
+		if listed[a] != n && (full || !quiet) {
+			t.Fatalf("report counts %s %d, lists %d (full=%v)", a, n, listed[a], full)
+		}
+	}
+	return rep.Counts
 }
 
 func TestPruneDeletesImageAndVolumeBackedWithSnapshots(t *testing.T) {
@@ -210,8 +220,8 @@ func TestPruneDeletesImageAndVolumeBackedWithSnapshots(t *testing.T) {
 		t.Fatalf("setup: %d snapshots in the cloud, want 8 (4 images x 2 volumes)", n)
 	}
 
-	rep := h.prune(PruneOptions{})
-	if got := countActions(rep); got[PruneDeleted] != 4 || got[PruneKeep] != 4 || len(rep.Items) != 8 {
+	rep := h.prune(PruneOptions{Full: true})
+	if got := countActions(t, rep, true); got[PruneDeleted] != 4 || got[PruneKeep] != 4 || len(rep.Items) != 8 {
 		t.Fatalf("first prune actions = %v over %d items, want 4 deleted and 4 kept", got, len(rep.Items))
 	}
 	if rep.SnapshotsDeleted != 4 {
@@ -251,7 +261,7 @@ func TestPruneDeletesImageAndVolumeBackedWithSnapshots(t *testing.T) {
 	// A second prune finds nothing more to do and calls no delete.
 	h.sim.ResetRequests()
 	rep = h.prune(PruneOptions{})
-	if got := countActions(rep); got[PruneKeep] != 4 || len(rep.Items) != 4 {
+	if got := countActions(t, rep, false); got[PruneKeep] != 4 || len(rep.Items) != 0 {
 		t.Fatalf("second prune actions = %v, want 4 kept", got)
 	}
 	if req := h.sim.Requests(); req["image.delete"]+req["volume.snapshots.delete"] != 0 {
@@ -274,7 +284,7 @@ func TestPruneDryRunChangesNothing(t *testing.T) {
 	h.sim.ResetRequests()
 
 	rep := h.prune(PruneOptions{DryRun: true})
-	if got := countActions(rep); got[PruneDelete] != 4 || got[PruneKeep] != 2 {
+	if got := countActions(t, rep, false); got[PruneDelete] != 4 || got[PruneKeep] != 2 {
 		t.Fatalf("dry run actions = %v, want 4 delete and 2 keep", got)
 	}
 	if !rep.DryRun {
@@ -309,7 +319,7 @@ func TestPruneKeepsProtectedImageAndRechecksLater(t *testing.T) {
 		t.Fatal("cannot protect the image")
 	}
 	rep := h.prune(PruneOptions{})
-	if got := countActions(rep); got[PruneProtected] != 1 || got[PruneKeep] != 1 {
+	if got := countActions(t, rep, false); got[PruneProtected] != 1 || got[PruneKeep] != 1 {
 		t.Fatalf("actions = %v, want 1 protected and 1 kept", got)
 	}
 	row, err := h.store.Image(context.Background(), old.Row)
@@ -332,7 +342,7 @@ func TestPruneKeepsProtectedImageAndRechecksLater(t *testing.T) {
 	h.clock.Add(time.Hour)
 	h.sim.ResetRequests()
 	rep = h.prune(PruneOptions{})
-	if got := countActions(rep); got[PruneProtected] != 1 {
+	if got := countActions(t, rep, false); got[PruneProtected] != 1 {
 		t.Fatalf("second prune actions = %v, want it still protected", got)
 	}
 	if req := h.sim.Requests(); req["image.delete"] != 0 || req["image.get"] != 0 {
@@ -343,7 +353,7 @@ func TestPruneKeepsProtectedImageAndRechecksLater(t *testing.T) {
 	h.sim.SetImageProtected(old.ImageID, false)
 	h.clock.Add(ProtectedRecheck)
 	rep = h.prune(PruneOptions{})
-	if got := countActions(rep); got[PruneDeleted] != 1 {
+	if got := countActions(t, rep, false); got[PruneDeleted] != 1 {
 		t.Fatalf("prune after unprotect: actions = %v, want 1 deleted", got)
 	}
 	h.checkDeletedGone()
@@ -361,7 +371,7 @@ func TestPruneSnapshotInUseIsKeptAndRetriedWithBackoff(t *testing.T) {
 	}
 
 	rep := h.prune(PruneOptions{})
-	if got := countActions(rep); got[PrunePending] != 1 {
+	if got := countActions(t, rep, false); got[PrunePending] != 1 {
 		t.Fatalf("actions = %v, want 1 pending", got)
 	}
 	if _, ok := h.sim.Image(old.ImageID); ok {
@@ -389,7 +399,7 @@ func TestPruneSnapshotInUseIsKeptAndRetriedWithBackoff(t *testing.T) {
 	h.sim.ResetRequests()
 	h.clock.Add(RetryBackoffBase / 2)
 	rep = h.prune(PruneOptions{})
-	if got := countActions(rep); got[PrunePending] != 1 {
+	if got := countActions(t, rep, false); got[PrunePending] != 1 {
 		t.Fatalf("actions within backoff = %v", got)
 	}
 	if req := h.sim.Requests(); req["volume.snapshots.delete"]+req["volume.snapshots.get"] != 0 {
@@ -411,7 +421,7 @@ func TestPruneSnapshotInUseIsKeptAndRetriedWithBackoff(t *testing.T) {
 	h.sim.DeleteSnapshotDirect(busy)
 	h.clock.Add(RetryBackoffMax)
 	rep = h.prune(PruneOptions{})
-	if got := countActions(rep); got[PruneDeleted] != 1 {
+	if got := countActions(t, rep, false); got[PruneDeleted] != 1 {
 		t.Fatalf("after the volume went: actions = %v, want 1 deleted", got)
 	}
 	h.checkDeletedGone()
@@ -450,7 +460,7 @@ func TestPruneResumesAfterCrashAtEachStep(t *testing.T) {
 				t.Fatalf("after the crash image in cloud = %v, want %v", ok, tc.imageThere)
 			}
 			rep := h.prune(PruneOptions{})
-			if got := countActions(rep); got[PruneDeleted] != 1 || got[PruneKeep] != 1 {
+			if got := countActions(t, rep, false); got[PruneDeleted] != 1 || got[PruneKeep] != 1 {
 				t.Fatalf("resume: actions = %v, want 1 deleted, 1 kept", got)
 			}
 			h.checkDeletedGone()
@@ -505,8 +515,8 @@ func TestPruneHonoursMaxDeletionsPerRun(t *testing.T) {
 	h.slots(4) // 3 servers x 3 old images = 9 to delete
 	var runs [][]time.Time
 	for i, want := range []int{4, 4, 1, 0} {
-		rep := h.prune(PruneOptions{})
-		got := countActions(rep)
+		rep := h.prune(PruneOptions{Full: i%2 == 0})
+		got := countActions(t, rep, i%2 == 0)
 		if got[PruneDeleted] != want || got[PruneDeferred] != max(9-4*(i+1), 0) {
 			t.Fatalf("prune %d: actions = %v, want %d deleted and %d deferred", i, got, want, max(9-4*(i+1), 0))
 		}
@@ -541,11 +551,11 @@ func TestPruneWhenServerGone(t *testing.T) {
 			id := h.server("app", 0)
 			h.slots(3)
 			h.sim.RemoveServer(id)
-			rep := h.prune(PruneOptions{})
+			rep := h.prune(PruneOptions{Full: true})
 			if rep.ServersGone != 1 {
 				t.Fatalf("ServersGone = %d, want 1", rep.ServersGone)
 			}
-			if got := countActions(rep); got[PruneDeleted] != tc.deleted {
+			if got := countActions(t, rep, true); got[PruneDeleted] != tc.deleted {
 				t.Fatalf("actions = %v, want %d deleted", got, tc.deleted)
 			}
 			if tc.mode == "keep" {

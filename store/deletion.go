@@ -73,35 +73,113 @@ func (s *Store) Lineage(ctx context.Context, f ImageFilter) ([]LineageRow, error
 	if f.Limit > 0 {
 		q += fmt.Sprintf(" LIMIT %d", f.Limit)
 	}
+	return s.scanLineage(ctx, nil, q, args...)
+}
+
+// scanLineage runs a lineage query. Policy and owner are the same on most rows:
+// they are interned, so that a large result holds one copy of each.
+func (s *Store) scanLineage(ctx context.Context, out []LineageRow, q string, args ...any) ([]LineageRow, error) {
 	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
-		return nil, fmt.Errorf("list lineage: %w", err)
+		return out, fmt.Errorf("list lineage: %w", err)
 	}
 	defer rows.Close()
-	var out []LineageRow
 	var imageID, slot, requested, active, failed, next sql.NullString
 	var state string
+	intern := map[string]string{}
+	in := func(s string) string {
+		if v, ok := intern[s]; ok {
+			return v
+		}
+		intern[s] = s
+		return s
+	}
 	for rows.Next() {
-		var r LineageRow
+		out = append(out, LineageRow{})
+		r := &out[len(out)-1]
 		if err := rows.Scan(&r.Row, &imageID, &r.Name, &r.Policy, &r.ServerID, &r.ServerName, &r.VolumeBacked, &slot,
 			&r.Owner, &state, &r.Reason, &r.DeleteReason, &requested, &active, &failed, &next); err != nil {
-			return nil, fmt.Errorf("scan lineage: %w", err)
+			return out[:len(out)-1], fmt.Errorf("scan lineage: %w", err)
 		}
-		r.ImageID, r.State = imageID.String, ImageState(state)
-		for _, p := range [...]struct {
-			dst *time.Time
-			src sql.NullString
-		}{{&r.Slot, slot}, {&r.RequestedAt, requested}, {&r.ActiveAt, active}, {&r.FailedAt, failed}, {&r.NextAttemptAt, next}} {
-			if *p.dst, err = parseLean(p.src); err != nil {
-				return nil, fmt.Errorf("lineage row %d: %w", r.Row, err)
+		r.ImageID, r.State = imageID.String, ImageState(in(state))
+		r.Policy, r.Owner = in(r.Policy), in(r.Owner)
+		if r.Slot, err = parseLean(slot); err == nil {
+			if r.RequestedAt, err = parseLean(requested); err == nil {
+				if r.ActiveAt, err = parseLean(active); err == nil {
+					if r.FailedAt, err = parseLean(failed); err == nil {
+						r.NextAttemptAt, err = parseLean(next)
+					}
+				}
 			}
 		}
-		out = append(out, r)
+		if err != nil {
+			return out[:len(out)-1], fmt.Errorf("lineage row %d: %w", r.Row, err)
+		}
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list lineage: %w", err)
+		return out, fmt.Errorf("list lineage: %w", err)
 	}
 	return out, nil
+}
+
+// LineageServers returns the distinct server ids with rows under policy, sorted. It
+// reads only the (policy, server_id, slot) index.
+func (s *Store) LineageServers(ctx context.Context, policy string) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT DISTINCT server_id FROM images WHERE policy = ? ORDER BY server_id`, policy)
+	if err != nil {
+		return nil, fmt.Errorf("list lineage servers: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("scan lineage server: %w", err)
+		}
+		out = append(out, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list lineage servers: %w", err)
+	}
+	return out, nil
+}
+
+// AppendLineage appends to dst the rows of policy for the given servers in the
+// given states (all when none), ordered by server, newest slot first, and returns
+// the extended slice. Callers page through a large lineage a few hundred servers at
+// a time (see LineageServers), reusing dst, so that memory stays bounded and the one
+// connection is free between pages.
+func (s *Store) AppendLineage(ctx context.Context, dst []LineageRow, policy string, serverIDs []string, states []ImageState) ([]LineageRow, error) {
+	if len(serverIDs) == 0 {
+		return dst, nil
+	}
+	args := make([]any, 0, 1+len(serverIDs)+len(states))
+	args = append(args, policy)
+	q := strings.Builder{}
+	q.WriteString(`SELECT id, image_id, name, policy, server_id, server_name, volume_backed, slot, owner, state, reason,
+		delete_reason, requested_at, active_at, failed_at, next_attempt_at FROM images WHERE policy = ? AND server_id IN (`)
+	for i, id := range serverIDs {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		q.WriteString("?")
+		args = append(args, id)
+	}
+	q.WriteString(")")
+	if len(states) > 0 {
+		q.WriteString(" AND state IN (")
+		for i, st := range states {
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			q.WriteString("?")
+			args = append(args, string(st))
+		}
+		q.WriteString(")")
+	}
+	// The order of the (policy, server_id, slot DESC) index: no sort step.
+	q.WriteString(" ORDER BY policy, server_id, slot DESC, id")
+	return s.scanLineage(ctx, dst, q.String(), args...)
 }
 
 // parseLean is parseTime with a fast path for the stored fixed-width form, which is

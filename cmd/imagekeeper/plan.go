@@ -187,7 +187,7 @@ func runPlan(ctx context.Context, m *Main, args []string) error {
 
 		existing := map[string][]scheduler.SimImage{}
 		if runner != nil {
-			rep, err := runner.Prune(ctx, cfg, p, scheduler.PruneOptions{DryRun: true})
+			rep, err := runner.Prune(ctx, cfg, p, scheduler.PruneOptions{DryRun: true, Full: true})
 			if err != nil {
 				return withExitCode(exitFailure, err)
 			}

@@ -142,7 +142,7 @@ func runPrune(ctx context.Context, m *Main, args []string) error {
 	var reports []*scheduler.PruneReport
 	var failures []string
 	for _, p := range pols {
-		rep, err := runner.Prune(ctx, cfg, p, scheduler.PruneOptions{DryRun: *dryRun, SnapshotWait: pruneSnapshotWait})
+		rep, err := runner.Prune(ctx, cfg, p, scheduler.PruneOptions{DryRun: *dryRun, Full: true, SnapshotWait: pruneSnapshotWait})
 		if err != nil {
 			failures = append(failures, err.Error())
 			if ctx.Err() != nil {

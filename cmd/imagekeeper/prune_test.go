@@ -30,7 +30,7 @@ policies:
       name: '{{ .Server.Name }}-{{ .Slot.Format "0102" }}'
       wait_timeout: 20s
     retention:
-      keep_last: 1
+      keep_last: %d
 `
 
 // retentionEnv is a simulator on real time (short build and delete times), a
@@ -58,7 +58,8 @@ func newRetentionEnv(t *testing.T) *retentionEnv {
 	}
 	t.Setenv("OS_CLIENT_CONFIG_FILE", cy)
 	env := &retentionEnv{sim: sim, state: filepath.Join(dir, "lineage.db"), config: filepath.Join(dir, "imagekeeper.yaml")}
-	if err := os.WriteFile(env.config, fmt.Appendf(nil, retentionCLIConfig, env.state), 0o600); err != nil {
+	// `run` prunes after its slot: while the history is made, keep all of it.
+	if err := os.WriteFile(env.config, fmt.Appendf(nil, retentionCLIConfig, env.state, 5), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	tags := []string{"backup=nightly"}
@@ -77,6 +78,9 @@ func newRetentionEnv(t *testing.T) *retentionEnv {
 		if code, out, errOut := runRetentionCLI(t, "run", "--config", env.config, "--policy", "nightly", "--quiet"); code != 0 {
 			t.Fatalf("run: exit %d\n%s\n%s", code, out, errOut)
 		}
+	}
+	if err := os.WriteFile(env.config, fmt.Appendf(nil, retentionCLIConfig, env.state, 1), 0o600); err != nil {
+		t.Fatal(err)
 	}
 	return env
 }
@@ -240,7 +244,7 @@ func TestPlanCommand(t *testing.T) {
 	// Without a lineage, plan says so and creates no database.
 	cfg2 := filepath.Join(t.TempDir(), "fresh.yaml")
 	fresh := filepath.Join(filepath.Dir(cfg2), "none.db")
-	if err := os.WriteFile(cfg2, fmt.Appendf(nil, retentionCLIConfig, fresh), 0o600); err != nil {
+	if err := os.WriteFile(cfg2, fmt.Appendf(nil, retentionCLIConfig, fresh, 1), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	code, out, _ = runRetentionCLI(t, "plan", "--config", cfg2, "-o", "json")
