@@ -324,7 +324,8 @@ func (pr *pruner) run(ctx context.Context) (*PruneReport, error) {
 			}
 			if len(fresh) > 2*limit {
 				trim(limit)
-				youngest = &fresh[limit-1].row
+				y := fresh[limit-1].row
+				youngest = &y
 			}
 		}
 	}

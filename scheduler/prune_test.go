@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/imagekeeper/imagekeeper/cloud"
 	"github.com/imagekeeper/imagekeeper/cloud/openstack"
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
@@ -630,5 +633,112 @@ func TestPruneRefusesForeignStamp(t *testing.T) {
 	row, _ := h.store.Image(ctx, im.Row)
 	if row.State != store.ImageGood {
 		t.Fatalf("refused row is %s, want it left good (the journal never opened)", row.State)
+	}
+}
+
+// TestPruneDefersOnCloudErrorAndRetries: a Glance delete that fails (after the
+// adapter's retries) leaves the journal open with a backoff; the next prune after it
+// finishes the job.
+func TestPruneDefersOnCloudErrorAndRetries(t *testing.T) {
+	h := newPruneHarness(t, "      keep_last: 1")
+	h.server("app", 0)
+	h.slots(2)
+	old := h.rows(store.ImageGood)[0]
+	h.sim.SetFault(simcloud.Fault{Op: "image.delete", ErrorStatus: 503, Count: 1})
+	rep := h.prune(PruneOptions{})
+	if got := countActions(t, rep, false); got[PrunePending] != 1 {
+		t.Fatalf("actions = %v, want 1 pending", got)
+	}
+	row, _ := h.store.Image(context.Background(), old.Row)
+	if row.State != store.ImageDeleting || row.LastError == "" || !row.NextAttemptAt.After(h.clock.Now()) {
+		t.Fatalf("after a failed delete: state %s, error %q, next %v", row.State, row.LastError, row.NextAttemptAt)
+	}
+	if _, ok := h.sim.Image(old.ImageID); !ok {
+		t.Fatal("image gone although the delete failed")
+	}
+	h.clock.Add(RetryBackoffBase)
+	rep = h.prune(PruneOptions{})
+	if got := countActions(t, rep, false); got[PruneDeleted] != 1 {
+		t.Fatalf("retry: actions = %v, want 1 deleted", got)
+	}
+	h.checkDeletedGone()
+}
+
+// TestPruneCleansFailedImageAfterGrace: a volume-backed image whose snapshots went
+// to error is failed; it is kept while within wait_timeout + FailedGrace, then the
+// journal deletes what is left of it (Nova already deleted the image; the error
+// snapshots stay behind in Cinder).
+func TestPruneCleansFailedImageAfterGrace(t *testing.T) {
+	h := newPruneHarness(t, "      keep_last: 3")
+	srv := h.server("db", 2)
+	h.slots(1)
+	h.sim.FailNextSnapshot(srv)
+	today := h.clock.Now().Truncate(24 * time.Hour)
+	rep, err := h.r.RunSlot(context.Background(), h.cfg, h.p, today.Add(2*time.Hour+30*time.Minute), TriggerManual)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Servers[0].Outcome != ServerFailed {
+		t.Fatalf("setup: the slot's image is %s, want failed", rep.Servers[0].Outcome)
+	}
+	failed := h.rows(store.ImageFailed)
+	if len(failed) != 1 {
+		t.Fatalf("%d failed rows, want 1", len(failed))
+	}
+	snaps := h.snapshotsOf(failed[0].Row)
+	if len(snaps) != 2 {
+		t.Fatalf("failed row has %d snapshot rows, want 2", len(snaps))
+	}
+	for _, sn := range snaps {
+		if _, ok := h.sim.Snapshot(sn.SnapshotID); !ok {
+			t.Fatalf("setup: error snapshot %s not in Cinder", sn.SnapshotID)
+		}
+	}
+
+	rep2 := h.prune(PruneOptions{Full: true})
+	var reasons []string
+	for _, it := range rep2.Items {
+		if it.ImageRow == failed[0].Row {
+			reasons = it.Reasons
+			if it.Action != PruneKeep {
+				t.Fatalf("failed image within grace: action %s", it.Action)
+			}
+		}
+	}
+	if len(reasons) != 2 || reasons[1] != policy.ReasonFailedGrace {
+		t.Fatalf("failed image within grace: reasons %q", reasons)
+	}
+
+	h.clock.Add(h.p.Image.WaitTimeout + policy.FailedGrace)
+	rep2 = h.prune(PruneOptions{})
+	if got := countActions(t, rep2, false); got[PruneDeleted] != 1 || got[PruneKeep] != 1 {
+		t.Fatalf("after the grace: actions = %v, want the failed one deleted and the good one kept", got)
+	}
+	for _, sn := range snaps {
+		if _, ok := h.sim.Snapshot(sn.SnapshotID); ok {
+			t.Errorf("error snapshot %s still in Cinder", sn.SnapshotID)
+		}
+	}
+	h.checkDeletedGone()
+}
+
+func TestPruneCountsDeletionsInMetrics(t *testing.T) {
+	h := newPruneHarness(t, "      keep_last: 1")
+	h.server("app", 0)
+	h.server("db", 2)
+	h.slots(2)
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg, BuildInfo{Version: "test"})
+	m.InitPolicy(h.p.Name)
+	h.r = NewRunner(RunnerOptions{Cloud: h.cloud, Store: h.store, Limits: h.cfg.Limits, Now: h.clock.Now, Sleep: h.clock.Sleep,
+		PollInterval: 10 * time.Second, MaxPollInterval: time.Minute, Metrics: m})
+	h.prune(PruneOptions{})
+	for _, tc := range []struct {
+		vec  *prometheus.CounterVec
+		want float64
+	}{{m.imagesDeleted, 2}, {m.snapshotsDeleted, 2}} {
+		if got := testutil.ToFloat64(tc.vec.WithLabelValues(h.p.Name, DeleteDeleted)); got != tc.want {
+			t.Errorf("deleted counter = %v, want %v", got, tc.want)
+		}
 	}
 }
