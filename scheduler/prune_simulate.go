@@ -41,6 +41,9 @@ type SimDeletion struct {
 type SimServer struct {
 	ID       string
 	Selected bool
+	// Idle marks a selected server that gets no images (one in ERROR: a backup run
+	// skips it) but whose existing images retention treats as a live server's.
+	Idle bool
 	// Name renders the image name of a slot (nil: the server id and the slot).
 	Name func(slot time.Time) string
 }
@@ -80,7 +83,7 @@ func SimulateRetention(p *policy.Policy, servers []SimServer, existing map[strin
 		}
 		step := SimStep{Slot: slot}
 		for _, s := range servers {
-			if !s.Selected {
+			if !s.Selected || s.Idle {
 				continue
 			}
 			name := fmt.Sprintf("%s@%s", s.ID, slot.In(loc).Format("2006-01-02T15:04"))

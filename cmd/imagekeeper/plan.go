@@ -167,7 +167,10 @@ func runPlan(ctx context.Context, m *Main, args []string) error {
 		for _, s := range servers {
 			info := policy.ServerInfo{ID: s.ID, Name: s.Name, AZ: s.AvailabilityZone, Tags: s.Tags, Metadata: s.Metadata}
 			ps := planServerJSON{ID: s.ID, Name: s.Name}
-			if len(pp.NextSlots) > 0 {
+			if s.Status == "ERROR" {
+				// A backup run skips it (Nova refuses to image a server in ERROR).
+				ps.Error = "server in ERROR: skipped until it recovers"
+			} else if len(pp.NextSlots) > 0 {
 				if name, err := render(info, pp.NextSlots[0]); err != nil {
 					ps.Error = err.Error()
 				} else {
@@ -176,7 +179,7 @@ func runPlan(ctx context.Context, m *Main, args []string) error {
 			}
 			pp.Servers = append(pp.Servers, ps)
 			pp.extra.names[s.ID] = s.Name
-			simServers = append(simServers, scheduler.SimServer{ID: s.ID, Selected: true, Name: func(slot time.Time) string {
+			simServers = append(simServers, scheduler.SimServer{ID: s.ID, Selected: true, Idle: s.Status == "ERROR", Name: func(slot time.Time) string {
 				name, err := render(info, slot)
 				if err != nil {
 					return s.Name + " (" + err.Error() + ")"
@@ -278,7 +281,7 @@ func printPlan(w io.Writer, pp planPolicyJSON) {
 		for _, s := range pp.Servers {
 			next := s.NextImage
 			if s.Error != "" {
-				next = "error: " + s.Error
+				next = "(" + s.Error + ")"
 			}
 			fmt.Fprintf(tw, "    %s\t%s\t%s\n", s.Name, s.ID, next)
 		}

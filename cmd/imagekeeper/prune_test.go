@@ -215,6 +215,7 @@ func TestPlanCommand(t *testing.T) {
 	t.Cleanup(func() { planNow = old })
 	planNow = func() time.Time { return time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC) }
 	images := env.sim.Images()
+	env.sim.AddServer(simcloud.ServerSpec{Name: "zz-broken", Tags: []string{"backup=nightly"}, Status: "ERROR"})
 
 	code, out, errOut := runRetentionCLI(t, "plan", "--config", env.config, "--horizon", "3d")
 	if code != 0 {
@@ -224,13 +225,15 @@ func TestPlanCommand(t *testing.T) {
 		`(?m)^policy nightly: schedule "30 2 \* \* \*" in Asia/Shanghai$`,
 		// 12:00 UTC is 20:00 in Shanghai: the next slot is 02:30 CST on Dec 2.
 		`(?m)^  next slots: 2026-12-02 02:30 CST, 2026-12-03 02:30 CST, 2026-12-04 02:30 CST, 2026-12-05 02:30 CST, 2026-12-06 02:30 CST$`,
-		`(?m)^  servers selected now: 2$`,
+		`(?m)^  servers selected now: 3$`,
 		`(?m)^    app\s+\S+\s+app-1202$`,
+		`(?m)^    zz-broken\s+\S+\s+\(server in ERROR: skipped until it recovers\)$`,
 		`(?m)^  retention today: 4 images, 2 would be deleted$`,
 		`(?m)^  horizon 3d: 3 slots, 6 images created, 8 deleted$`,
 		// The first simulated prune drops both servers' remaining old images too.
 		`(?m)^    2026-12-02 02:30 CST  \+2  -4: `,
 		`(?m)^    2026-12-04 02:30 CST  \+2  -2: app-1203, db-1203$`,
+		// The server in ERROR gets no image, so nothing of it shows at the end.
 		`(?m)^  images per server at the end: app 1, db 1$`,
 	} {
 		if !regexp.MustCompile(re).MatchString(out) {
