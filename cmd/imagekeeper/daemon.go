@@ -451,7 +451,9 @@ type fileWatch struct {
 	polls int
 	mtime time.Time
 	size  int64
-	sum   [sha256.Size]byte
+	// seen is the content the last read found; applied the content last reported
+	// as a change. They differ while an edit settles.
+	seen, applied [sha256.Size]byte
 }
 
 // hashEvery is how many polls may trust an unchanged stat.
@@ -459,11 +461,20 @@ const hashEvery = 10
 
 func newFileWatch(path string) *fileWatch {
 	w := &fileWatch{path: path}
-	w.changed()
+	if fi, err := os.Stat(path); err == nil {
+		if data, err := os.ReadFile(path); err == nil {
+			w.mtime, w.size = fi.ModTime(), fi.Size()
+			w.seen = sha256.Sum256(data)
+			w.applied = w.seen
+		}
+	}
 	return w
 }
 
-// changed reports whether the content differs from what the last call saw.
+// changed reports whether the content differs from what it last reported. New
+// content counts only once a later poll finds it unchanged: editors and
+// os.WriteFile truncate before they write, and a poll between the two must not
+// reload a half-written file (which would fail, or worse, succeed with less).
 func (w *fileWatch) changed() bool {
 	fi, err := os.Stat(w.path)
 	if err != nil {
@@ -471,19 +482,21 @@ func (w *fileWatch) changed() bool {
 		return false
 	}
 	w.polls++
-	if fi.ModTime().Equal(w.mtime) && fi.Size() == w.size && w.polls%hashEvery != 0 {
+	if !fi.ModTime().Equal(w.mtime) || fi.Size() != w.size || w.polls%hashEvery == 0 {
+		data, err := os.ReadFile(w.path)
+		if err != nil {
+			return false
+		}
+		w.mtime, w.size = fi.ModTime(), fi.Size()
+		if sum := sha256.Sum256(data); sum != w.seen {
+			w.seen = sum
+			return false
+		}
+	}
+	if w.seen == w.applied {
 		return false
 	}
-	data, err := os.ReadFile(w.path)
-	if err != nil {
-		return false
-	}
-	w.mtime, w.size = fi.ModTime(), fi.Size()
-	sum := sha256.Sum256(data)
-	if sum == w.sum {
-		return false
-	}
-	w.sum = sum
+	w.applied = w.seen
 	return true
 }
 

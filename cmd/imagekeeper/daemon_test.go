@@ -734,7 +734,27 @@ func TestFileWatch(t *testing.T) {
 	if err := os.WriteFile(path, []byte("longer"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if w.changed() {
+		t.Fatal("an edit was reported before it settled for one poll")
+	}
 	if !w.changed() {
 		t.Fatal("an edit went unnoticed")
+	}
+	// A write caught half-way (truncated, then filled) is reported once, with the
+	// final content, not once per intermediate state.
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if w.changed() {
+		t.Fatal("a truncated file was reported before it settled")
+	}
+	if err := os.WriteFile(path, []byte("final content"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if w.changed() {
+		t.Fatal("content still being written was reported")
+	}
+	if !w.changed() || w.changed() {
+		t.Fatal("the settled edit must be reported exactly once")
 	}
 }
