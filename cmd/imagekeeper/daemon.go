@@ -35,6 +35,10 @@ const (
 	// defaultCloudFreshness is how long one answer of the cloud keeps /readyz happy;
 	// after that /readyz asks the cloud itself.
 	defaultCloudFreshness = 5 * time.Minute
+	// defaultReconcileInterval is how often the daemon reconciles: often enough that
+	// a leftover snapshot does not linger for long, rare enough that listing every
+	// stamped image is a small share of the API budget.
+	defaultReconcileInterval = 15 * time.Minute
 	// defaultRefreshInterval is how often the store-derived gauges are recomputed.
 	defaultRefreshInterval = 30 * time.Second
 	// cancelGrace is how long runs get to return once a drain gives up on them.
@@ -125,6 +129,9 @@ type Daemon struct {
 	// RunnerPollInterval is passed to the backup runner (image waits); zero leaves its
 	// default.
 	RunnerPollInterval time.Duration
+	// ReconcileInterval is how often the cloud is diffed against the lineage (and
+	// leftover snapshots of deleted images are cleaned); zero means 15 min.
+	ReconcileInterval time.Duration
 	// Registry is the private metrics registry; nil means a new one.
 	Registry *prometheus.Registry
 	// Started, when set, is called once the daemon serves, with the HTTP address and
@@ -311,6 +318,24 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 				return
 			case <-t.C:
 			}
+		}
+	}()
+
+	wdWG.Add(1)
+	go func() {
+		defer wdWG.Done()
+		// The periodic reconcile reports drift and deletes the leftover snapshots of
+		// images the journal recorded deleted; it adopts nothing and touches nothing
+		// it cannot prove ours (that needs `imagekeeper reconcile --fix`).
+		t := time.NewTicker(orDefault(d.ReconcileInterval, defaultReconcileInterval))
+		defer t.Stop()
+		for {
+			select {
+			case <-wdCtx.Done():
+				return
+			case <-t.C:
+			}
+			d.reconcile(wdCtx, runner, sched.Config(), log)
 		}
 	}()
 
@@ -603,4 +628,29 @@ func firstNonEmpty(ss ...string) string {
 		}
 	}
 	return ""
+}
+
+// reconcile runs one reconcile pass without fix and logs what it found.
+func (d *Daemon) reconcile(ctx context.Context, runner *scheduler.Runner, cfg *policy.Config, log *slog.Logger) {
+	rep, err := runner.Reconcile(ctx, cfg, false)
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn("reconcile", "err", err)
+		}
+		return
+	}
+	attrs := []any{"cloud_images", rep.CloudImages}
+	drift := 0
+	for cat, n := range rep.Counts {
+		attrs = append(attrs, string(cat), n)
+		drift += n
+	}
+	for cat, n := range rep.Fixed {
+		attrs = append(attrs, "fixed_"+string(cat), n)
+	}
+	if drift > 0 {
+		log.Warn("reconcile found drift between the cloud and the lineage; see `imagekeeper reconcile`", attrs...)
+		return
+	}
+	log.Debug("reconcile: cloud and lineage agree", attrs...)
 }

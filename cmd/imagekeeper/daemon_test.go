@@ -758,3 +758,25 @@ func TestFileWatch(t *testing.T) {
 		t.Fatal("the settled edit must be reported exactly once")
 	}
 }
+
+// TestDaemonReconcilesPeriodically arranges an image that carries our owner stamp
+// but has no lineage row: the daemon's periodic reconcile must report it as drift
+// and must not delete it (the stamp alone proves nothing).
+func TestDaemonReconcilesPeriodically(t *testing.T) {
+	e := newEnv(t, simcloud.Options{})
+	e.sim.AddServer(simcloud.ServerSpec{Name: "a-1", Tags: []string{"a"}})
+	e.writeConfig(policyYAML("a", "@every 1h", "a", ""))
+	r := e.start(func(d *Daemon) { d.ReconcileInterval = 100 * time.Millisecond })
+	stray := e.sim.PutImage(simcloud.ImageState{Name: "stray", Status: "active", Properties: cloud.Stamp{
+		Owner: r.st.Owner(), Policy: "a", Server: "not-in-lineage", Slot: "2026-11-24T18:30:00Z"}.Properties()})
+	eventually(t, "the periodic reconcile to report the stray image", 30*time.Second, func() bool {
+		return strings.Contains(r.logs.String(), "reconcile found drift") &&
+			strings.Contains(r.logs.String(), "stamped_unknown=1")
+	})
+	if _, ok := e.sim.Image(stray); !ok {
+		t.Fatal("the periodic reconcile deleted an image it cannot prove ours")
+	}
+	if err := r.stop(t); err != nil {
+		t.Fatalf("drain: %v", err)
+	}
+}
