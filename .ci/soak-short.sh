@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Short crash-and-fault soak (issue 8, DESIGN.md section 10), called from .ci/run.
 # It builds imagekeeper, runs `imagekeeper simcloud` and `imagekeeper daemon` as
-# separate processes on loopback for ~150 s with 10 seeded kill -9s and injected
+# separate processes on loopback for ~105 s with 10 seeded kill -9s and injected
 # faults, then checks the simulator's state and the lineage. It takes 3-4 minutes on
 # 2 cores and prints one machine-readable last line:
 #   soak: slots=.. kills=.. faults=.. images=.. duplicates=0 untracked=0 leftovers=0 wrong_deletions=0 ...
@@ -18,7 +18,7 @@ mkdir -p "$work"
 go build -o "$work/imagekeeper" ./cmd/imagekeeper
 go build -o "$work/imagekeeper-soak" ./cmd/imagekeeper-soak
 status=0
-timeout 290 "$work/imagekeeper-soak" -mode short -bin "$work/imagekeeper" -workdir "$work/run" \
+timeout 280 "$work/imagekeeper-soak" -mode short -bin "$work/imagekeeper" -workdir "$work/run" \
   -seed "${SOAK_SEED:-8}" -known "${SOAK_KNOWN:-}" || status=$?
 if [ "$status" -ne 0 ]; then
   echo "soak failed (exit $status); last lines of the daemon log:" >&2
