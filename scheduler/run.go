@@ -518,6 +518,14 @@ func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has 
 		if found {
 			return adopted, true, nil
 		}
+		if row.State == store.ImageRequested && row.Attempts > 0 && r.store.Now().Before(row.RequestedAt.Add(ru.timeout)) {
+			// A call was made for this row and its outcome was never learned (a crash or
+			// a stop mid-call, or another process's call still in flight). Nova may still
+			// be making the image (for a volume-backed server it snapshots every volume
+			// before the Glance image appears, and sets no task state, so a second call
+			// would be accepted): wait for the stamp until wait_timeout instead.
+			return row, true, nil
+		}
 	}
 
 	switch {

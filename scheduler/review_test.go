@@ -1,0 +1,185 @@
+package scheduler
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/imagekeeper/imagekeeper/cloud"
+	"github.com/imagekeeper/imagekeeper/cloud/cloudtest"
+	"github.com/imagekeeper/imagekeeper/policy"
+	"github.com/imagekeeper/imagekeeper/store"
+)
+
+// reviewClock is a manual clock shared by a Fake, a store and a Runner; Sleep
+// advances it instead of waiting.
+type reviewClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *reviewClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *reviewClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// reviewEnv is a Fake cloud, a temp-dir store and the run tests' policy, all on
+// one manual clock.
+type reviewEnv struct {
+	clock *reviewClock
+	fake  *cloudtest.Fake
+	store *store.Store
+	cfg   *policy.Config
+	p     *policy.Policy
+	slot  time.Time
+}
+
+func newReviewEnv(t *testing.T, waitTimeout string) *reviewEnv {
+	t.Helper()
+	slot := time.Date(2026, 11, 24, 18, 30, 0, 0, time.UTC)
+	clock := &reviewClock{now: slot.Add(time.Minute)}
+	fake := cloudtest.NewFake(cloudtest.FakeOptions{Now: clock.Now, SnapshotBuildTime: 30 * time.Second,
+		ImageBuildTime: time.Minute})
+	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "lineage.db"), store.Options{Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	cfg, err := policy.Parse("test.yaml", []byte(fmt.Sprintf(testPolicyYAML, waitTimeout)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &reviewEnv{clock: clock, fake: fake, store: st, cfg: cfg, p: cfg.Policies[0], slot: slot}
+}
+
+func (e *reviewEnv) runner(cl cloud.Cloud, mod func(*RunnerOptions)) *Runner {
+	o := RunnerOptions{Cloud: cl, Store: e.store, Limits: e.cfg.Limits, Now: e.clock.Now,
+		PollInterval: 10 * time.Second, MaxPollInterval: time.Minute,
+		Sleep: func(ctx context.Context, d time.Duration) error {
+			e.clock.Advance(d)
+			return ctx.Err()
+		}}
+	if mod != nil {
+		mod(&o)
+	}
+	return NewRunner(o)
+}
+
+// inflightCloud models a createImage request that Nova is still working on when
+// the client gives up: for a volume-backed server Nova snapshots every volume inside
+// the request and only then makes the Glance image, and it sets no task state, so a
+// second request is accepted. The first call returns an unknown outcome without an
+// image; finish makes the image the first request was making.
+type inflightCloud struct {
+	cloud.Cloud
+	fake *cloudtest.Fake
+
+	mu       sync.Mutex
+	calls    int
+	onFirst  func()
+	pending  func() // makes the first request's image
+	finished bool
+}
+
+func (c *inflightCloud) CreateImage(ctx context.Context, serverID, name string, metadata map[string]string) (string, error) {
+	c.mu.Lock()
+	c.calls++
+	first := c.calls == 1
+	c.mu.Unlock()
+	if !first {
+		return c.Cloud.CreateImage(ctx, serverID, name, metadata)
+	}
+	meta := map[string]string{}
+	for k, v := range metadata {
+		meta[k] = v
+	}
+	c.mu.Lock()
+	c.pending = func() { _, _ = c.fake.CreateImage(context.Background(), serverID, name, meta) }
+	c.mu.Unlock()
+	if c.onFirst != nil {
+		c.onFirst()
+	}
+	return "", &cloud.Error{Op: "create image", ID: serverID, Kind: cloud.ErrUnknownOutcome, Err: context.Canceled}
+}
+
+// finish lets Nova complete the first request (once).
+func (c *inflightCloud) finish() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pending != nil && !c.finished {
+		c.finished = true
+		c.pending()
+	}
+}
+
+func (c *inflightCloud) createCalls() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.calls
+}
+
+// TestRerunDoesNotCallAgainWhileFirstCallMayBeInFlight: a run is stopped while its
+// createImage request for a volume-backed server is in flight (the user hits ^C on
+// `imagekeeper run`, or a second process runs the same slot). A re-run of the slot
+// within wait_timeout finds no stamped image yet, because Nova makes the Glance image
+// only after it has snapshotted the volumes. It must wait for the stamp, not call
+// createImage again: a second call would make a second image for the slot.
+func TestRerunDoesNotCallAgainWhileFirstCallMayBeInFlight(t *testing.T) {
+	e := newReviewEnv(t, "1h")
+	id := e.fake.AddServer(cloudtest.ServerSpec{Name: "db", Tags: []string{"backup=daily"}, Volumes: 1})
+	ctx, cancel := context.WithCancel(context.Background())
+	cl := &inflightCloud{Cloud: e.fake, fake: e.fake, onFirst: cancel}
+	if _, err := e.runner(cl, nil).RunSlot(ctx, e.cfg, e.p, e.slot, TriggerManual); err == nil {
+		t.Fatal("the stopped run reported no error")
+	}
+	row, err := e.store.ImageByKey(context.Background(), "web", id, e.slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if row.State != store.ImageRequested || row.Attempts != 1 {
+		t.Fatalf("after the stopped run the row is %s with %d attempts", row.State, row.Attempts)
+	}
+
+	// The re-run, a minute later; Nova finishes the first request while it waits.
+	e.clock.Advance(time.Minute)
+	polls := 0
+	r := e.runner(cl, func(o *RunnerOptions) {
+		o.Sleep = func(ctx context.Context, d time.Duration) error {
+			polls++
+			if polls == 2 {
+				cl.finish()
+			}
+			e.clock.Advance(d)
+			return ctx.Err()
+		}
+	})
+	rep, err := r.RunSlot(context.Background(), e.cfg, e.p, e.slot, TriggerManual)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.finish()
+	if n := cl.createCalls(); n != 1 {
+		t.Errorf("createImage called %d times for one slot, want 1", n)
+	}
+	stamped, err := e.fake.ListImages(context.Background(), cloud.Stamp{Owner: e.store.Owner(), Policy: "web",
+		Server: id, Slot: StampSlot(e.slot)}.Properties())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(stamped) != 1 {
+		t.Errorf("%d images carry the slot's stamp, want 1", len(stamped))
+	}
+	if len(rep.Servers) != 1 || rep.Servers[0].Outcome != ServerGood || !rep.Servers[0].Adopted {
+		t.Errorf("re-run report %+v", rep.Servers)
+	}
+}
