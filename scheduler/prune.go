@@ -531,7 +531,17 @@ func (pr *pruner) recheckProtected(ctx context.Context, row store.LineageRow) st
 	var msg string
 	switch {
 	case errors.Is(err, cloud.ErrNotFound):
-		msg = "protected image is gone from Glance; retention decides about its snapshots again"
+		// Gone: never good again (it would count towards min_keep and the keep rules
+		// in place of a real backup). Failed, the journal cleans its snapshots.
+		im, err := pr.st.MarkGone(context.WithoutCancel(ctx), row.Row,
+			"protected image is gone from Glance (found at its recheck): no longer a backup")
+		if err != nil {
+			log.Warn("record protected image gone", "err", err)
+			return row
+		}
+		log.Info("protected image gone from Glance")
+		row.State, row.Reason, row.FailedAt, row.NextAttemptAt = im.State, im.Reason, im.FailedAt, time.Time{}
+		return row
 	case err != nil:
 		log.Warn("recheck protected image", "err", err)
 		return row

@@ -183,3 +183,47 @@ func TestRerunDoesNotCallAgainWhileFirstCallMayBeInFlight(t *testing.T) {
 		t.Errorf("re-run report %+v", rep.Servers)
 	}
 }
+
+// TestPruneProtectedImageGoneIsNotGood: a kept_protected image that is gone from
+// Glance when its recheck comes (someone unprotected and deleted it) must not go back
+// to good: a row recorded good whose image does not exist counts towards min_keep
+// and the keep rules in place of a real backup, and tells the gauges a server has a
+// backup it does not have. It becomes failed, so that the journal cleans the
+// snapshots left behind.
+func TestPruneProtectedImageGoneIsNotGood(t *testing.T) {
+	h := newPruneHarness(t, "      keep_last: 1")
+	h.server("db", 1)
+	h.slots(2)
+	good := h.rows(store.ImageGood)
+	old, newest := good[0], good[1]
+	if !h.sim.SetImageProtected(old.ImageID, true) {
+		t.Fatal("cannot protect the image")
+	}
+	h.prune(PruneOptions{})
+	if row, _ := h.store.Image(context.Background(), old.Row); row.State != store.ImageKeptProtected {
+		t.Fatalf("old row is %s, want kept_protected", row.State)
+	}
+	// The newest image is deleted behind our back and reconcile --fix records it.
+	h.sim.DeleteImageDirect(newest.ImageID)
+	if _, err := h.store.MarkGone(context.Background(), newest.Row, "gone (test)"); err != nil {
+		t.Fatal(err)
+	}
+	// And so is the protected one.
+	h.sim.DeleteImageDirect(old.ImageID)
+	h.clock.Add(ProtectedRecheck + time.Minute)
+	h.prune(PruneOptions{})
+	row, err := h.store.Image(context.Background(), old.Row)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if row.State == store.ImageGood {
+		t.Fatalf("row of image %s, gone from Glance, is recorded good", old.ImageID)
+	}
+	// Past the failed grace, the journal deletes the snapshots it left behind.
+	h.clock.Add(time.Hour + policy.FailedGrace + time.Minute)
+	h.prune(PruneOptions{})
+	if row, _ := h.store.Image(context.Background(), old.Row); row.State != store.ImageDeleted {
+		t.Fatalf("old row is %s (%s), want deleted", row.State, row.LastError)
+	}
+	h.checkDeletedGone()
+}
