@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -61,40 +60,24 @@ func init() {
 }
 
 func runDaemon(ctx context.Context, m *Main, args []string) error {
-	fs := flag.NewFlagSet("daemon", flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
-	configPath := fs.String("config", defaultConfigPath, "policy file")
+	fs := newFlagSet(m, "daemon").withConfig().withLogs("info").describe(
+		"usage: imagekeeper daemon [--config FILE] [--drain-timeout 5m] [--log-format text|json] [--log-level info]",
+		"Runs the policies' schedules. SIGHUP or a change of the file reloads it;",
+		"SIGTERM/SIGINT drain in-flight runs, a second one stops waiting.")
 	drain := fs.Duration("drain-timeout", defaultDrainTimeout, "how long in-flight runs may finish on SIGTERM/SIGINT")
-	lf := addLogFlags(fs)
-	fs.Usage = func() {
-		fmt.Fprintln(m.Stderr, "usage: imagekeeper daemon [--config FILE] [--drain-timeout 5m] [--log-format text|json] [--log-level info]")
-		fmt.Fprintln(m.Stderr, "\nRuns the policies' schedules. SIGHUP or a change of the file reloads it;")
-		fmt.Fprintln(m.Stderr, "SIGTERM/SIGINT drain in-flight runs, a second one stops waiting.")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usageError("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usageError("unexpected arguments: %v", fs.Args())
+	if err := fs.parse(args, 0); err != nil {
+		return err
 	}
 	if *drain <= 0 {
 		return usageError("--drain-timeout must be positive")
-	}
-	log, err := lf.logger(m.Stderr)
-	if err != nil {
-		return err
 	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 	d := &Daemon{
-		ConfigPath:   *configPath,
+		ConfigPath:   fs.config,
 		DrainTimeout: *drain,
-		Logger:       log,
+		Logger:       fs.log,
 		Getenv:       m.Getenv,
 		Signals:      sigs,
 	}

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -51,36 +49,23 @@ var demoServers = []simcloud.ServerSpec{
 	{Name: "bastion", Tags: []string{"role=ops"}, AZ: "az-1"},
 }
 
+// runDemo runs `imagekeeper demo`: the daemon against a simulated cloud, told in
+// plain words, so that a newcomer sees a whole lifecycle within a minute.
 func runDemo(ctx context.Context, m *Main, args []string) error {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
+	// The narration is the output; logs only for trouble.
+	fs := newFlagSet(m, "demo").withLogs("warn").describe(
+		"usage: imagekeeper demo [--state PATH] [--listen 127.0.0.1:9478] [--log-level warn]",
+		"Starts a simulated OpenStack with a dozen servers and runs the daemon on",
+		"examples/demo.yaml, narrating what it does. Ctrl-C stops it.")
 	statePath := fs.String("state", "", "lineage database (default: a file in a temp dir, removed on exit)")
 	listen := fs.String("listen", "127.0.0.1:9478", "address of /metrics, /healthz and /readyz")
-	lf := addLogFlags(fs)
-	_ = fs.Set("log-level", "warn") // the narration is the output; logs only for trouble
-	fs.Usage = func() {
-		fmt.Fprintln(m.Stderr, "usage: imagekeeper demo [--state PATH] [--listen 127.0.0.1:9478] [--log-level warn]")
-		fmt.Fprintln(m.Stderr, "\nStarts a simulated OpenStack with a dozen servers and runs the daemon on")
-		fmt.Fprintln(m.Stderr, "examples/demo.yaml, narrating what it does. Ctrl-C stops it.")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usageError("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usageError("unexpected arguments: %v", fs.Args())
-	}
-	log, err := lf.logger(m.Stderr)
-	if err != nil {
+	if err := fs.parse(args, 0); err != nil {
 		return err
 	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
-	return demo(ctx, m.Stdout, log, *statePath, *listen, sigs)
+	return demo(ctx, m.Stdout, fs.log, *statePath, *listen, sigs)
 }
 
 // demo runs the simulator and the daemon until a signal or ctx stops it.

@@ -1,12 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"context"
-	"errors"
-	"flag"
 	"fmt"
+	"slices"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/imagekeeper/imagekeeper/store"
@@ -47,65 +46,38 @@ type imageJSON struct {
 }
 
 func toImageJSON(im store.Image, snapshots int) imageJSON {
-	opt := func(t time.Time) *time.Time {
-		if t.IsZero() {
-			return nil
-		}
-		return &t
-	}
 	return imageJSON{
 		ImageID: im.ImageID, Name: im.Name, Policy: im.Policy, ServerID: im.ServerID, ServerName: im.ServerName,
 		AZ: im.AZ, VolumeBacked: im.VolumeBacked, Slot: im.Slot, State: string(im.State), Reason: im.Reason,
 		Adopted: im.Adopted, Attempts: im.Attempts, SizeBytes: im.SizeBytes, Snapshots: snapshots,
 		PolicyVersion: im.PolicyVersion, ConfigVersion: im.ConfigVersion, RequestedAt: im.RequestedAt,
-		ActiveAt: opt(im.ActiveAt), FailedAt: opt(im.FailedAt), DeleteReason: im.DeleteReason, DeletedAt: opt(im.DeletedAt),
+		ActiveAt: optTime(im.ActiveAt), FailedAt: optTime(im.FailedAt), DeleteReason: im.DeleteReason, DeletedAt: optTime(im.DeletedAt),
 		Metadata: im.Metadata,
 	}
 }
 
 // runImages lists lineage rows, filtered by policy, server and state.
 func runImages(ctx context.Context, m *Main, args []string) error {
-	fs := flag.NewFlagSet("images", flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
-	configPath := fs.String("config", defaultConfigPath, "policy file")
+	fs := newFlagSet(m, "images").withConfig().withOutput()
 	pol := fs.String("policy", "", "only this policy")
 	server := fs.String("server", "", "only this server id")
 	state := fs.String("state", "", "only this state: "+statesList())
-	output := fs.String("o", "table", "output format: table or json")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usageError("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usageError("unexpected argument %q", fs.Arg(0))
-	}
-	if err := checkOutput(*output); err != nil {
+	if err := fs.parse(args, 0); err != nil {
 		return err
 	}
 	f := store.ImageFilter{Policy: *pol, ServerID: *server}
 	if *state != "" {
-		ok := false
-		for _, s := range store.ImageStates {
-			if string(s) == *state {
-				ok = true
-			}
-		}
-		if !ok {
+		if !slices.Contains(store.ImageStates, store.ImageState(*state)) {
 			return usageError("--state %q: use one of %s", *state, statesList())
 		}
 		f.States = []store.ImageState{store.ImageState(*state)}
 	}
-	cfg, err := wireConfig(m, *configPath)
+	wired, err := fs.wire(ctx, wireOptions{store: true})
 	if err != nil {
 		return err
 	}
-	st, err := wireStore(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
+	defer wired.close()
+	st := wired.store
 	ims, err := st.Images(ctx, f)
 	if err != nil {
 		return err
@@ -120,37 +92,27 @@ func runImages(ctx context.Context, m *Main, args []string) error {
 			counts[i] = len(snaps)
 		}
 	}
-	if *output == "json" {
+	if fs.json() {
 		out := make([]imageJSON, 0, len(ims))
 		for i, im := range ims {
 			out = append(out, toImageJSON(im, counts[i]))
 		}
-		writeJSON(m, out)
-		return nil
+		return writeJSON(m.Stdout, out)
 	}
 	if len(ims) == 0 {
 		fmt.Fprintln(m.Stdout, "no images")
 		return nil
 	}
-	tw := tabwriter.NewWriter(m.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "IMAGE ID\tPOLICY\tSERVER\tSLOT\tSTATE\tSIZE\tSNAPSHOTS\tNAME\tREASON")
+	t := newTable(m.Stdout, "IMAGE ID", "POLICY", "SERVER", "SLOT", "STATE", "SIZE", "SNAPSHOTS", "NAME", "REASON")
 	for i, im := range ims {
-		server := im.ServerName
-		if server == "" {
-			server = im.ServerID
-		}
 		snaps := "-"
 		if im.VolumeBacked {
 			snaps = fmt.Sprint(counts[i])
 		}
-		reason := im.Reason
-		if im.DeleteReason != "" {
-			reason = im.DeleteReason
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", orDashCLI(im.ImageID), im.Policy, server,
-			im.Slot.UTC().Format(time.RFC3339), im.State, humanBytes(im.SizeBytes), snaps, im.Name, orDashCLI(oneLine(reason, 60)))
+		t.row(orDash(im.ImageID), im.Policy, cmp.Or(im.ServerName, im.ServerID), im.Slot.UTC().Format(time.RFC3339),
+			im.State, humanBytes(im.SizeBytes), snaps, im.Name, orDash(oneLine(cmp.Or(im.DeleteReason, im.Reason), 60)))
 	}
-	return tw.Flush()
+	return t.flush()
 }
 
 func statesList() string {
@@ -173,13 +135,6 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
-func orDashCLI(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }
 
 // oneLine keeps table cells on one line and at most n runes.

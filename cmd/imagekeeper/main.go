@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -100,7 +101,8 @@ func (m *Main) Run(ctx context.Context, args []string) int {
 		return exitUsage
 	}
 	err := cmd.run(ctx, m, args[1:])
-	if err == nil {
+	// -h has printed the command's flags: asking for help is not a failure.
+	if err == nil || errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}
 	code := exitFailure

@@ -1,16 +1,13 @@
 package main
 
 import (
+	"cmp"
 	"context"
-	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"sort"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/imagekeeper/imagekeeper/policy"
@@ -73,25 +70,10 @@ type policyPlanExtras struct {
 // creations and deletions from the same retention code. It changes nothing: the
 // lineage is only read, and only if it exists.
 func runPlan(ctx context.Context, m *Main, args []string) error {
-	fs := flag.NewFlagSet("plan", flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
-	configPath := fs.String("config", defaultConfigPath, "policy file")
+	fs := newFlagSet(m, "plan").withConfig().withOutput().withLogs("warn")
 	policyName := fs.String("policy", "", "policy to plan (default: every policy in the file)")
 	horizonFlag := fs.String("horizon", "", "also simulate creations and deletions over this long (e.g. 30d)")
-	output := fs.String("o", "table", "output: table or json")
-	lf := addLogFlags(fs)
-	lf.level = "warn"
-	fs.Lookup("log-level").DefValue = "warn"
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usageError("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usageError("unexpected argument %q", fs.Arg(0))
-	}
-	if err := checkOutput(*output); err != nil {
+	if err := fs.parse(args, 0); err != nil {
 		return err
 	}
 	var horizon time.Duration
@@ -102,57 +84,35 @@ func runPlan(ctx context.Context, m *Main, args []string) error {
 		}
 		horizon = d
 	}
-	log, err := lf.logger(m.Stderr)
-	if err != nil {
-		return usageError("%v", err)
-	}
-	cfg, err := wireConfig(m, *configPath)
+	wired, err := fs.wire(ctx, wireOptions{policy: *policyName, cloud: true})
 	if err != nil {
 		return err
 	}
-	pols := cfg.Policies
-	if *policyName != "" {
-		p, err := wirePolicy(cfg, *policyName)
-		if err != nil {
-			return err
-		}
-		pols = []*policy.Policy{p}
-	}
-	cl, err := wireCloud(ctx, cfg, log, nil)
-	if err != nil {
-		return err
-	}
+	defer wired.close()
+	cfg, cl := wired.cfg, wired.cloud
 	// Read the lineage only if it exists: plan must not create a database.
-	var st *store.Store
 	if cfg.State != "" {
 		if _, err := os.Stat(cfg.State); err == nil {
-			if st, err = wireStore(ctx, cfg); err != nil {
+			if wired.store, err = wireStore(ctx, cfg); err != nil {
 				return err
 			}
-			defer st.Close()
 		}
 	}
+	st := wired.store
 	now := planNow()
 	var runner *scheduler.Runner
 	if st != nil {
-		runner = scheduler.NewRunner(scheduler.RunnerOptions{Cloud: cl, Store: st, Limits: cfg.Limits, Logger: log.With("command", "plan"),
-			Now: planNow})
+		runner = wired.runner(scheduler.RunnerOptions{Now: planNow})
 	}
 
 	var plans []planPolicyJSON
-	for _, p := range pols {
+	for _, p := range wired.policies {
 		pp := planPolicyJSON{Policy: p.Name, Enabled: p.Enabled, Schedule: p.Schedule.Spec, Timezone: p.Schedule.Location.String(),
 			Servers: []planServerJSON{}, extra: &policyPlanExtras{loc: p.Schedule.Location, names: map[string]string{}}}
 		if !p.Enabled {
 			pp.Notes = append(pp.Notes, "disabled: the daemon makes no images for it")
 		}
-		for t := now; len(pp.NextSlots) < planSlots; {
-			t = p.Schedule.Next(t)
-			if t.IsZero() {
-				break
-			}
-			pp.NextSlots = append(pp.NextSlots, t)
-		}
+		pp.NextSlots = nextSlots(p.Schedule, now, planSlots)
 		servers, err := cl.ListServers(ctx, scheduler.CloudSelector(p.Select))
 		if err != nil {
 			return withExitCode(exitFailure, fmt.Errorf("policy %s: list servers: %w", p.Name, err))
@@ -239,31 +199,29 @@ func runPlan(ctx context.Context, m *Main, args []string) error {
 			}
 			pp.End = map[string]int{}
 			for sid, ims := range end {
-				name := pp.extra.names[sid]
-				if name == "" {
-					name = sid
-				}
-				pp.End[name] = len(ims)
+				pp.End[cmp.Or(pp.extra.names[sid], sid)] = len(ims)
 			}
 		}
 		plans = append(plans, pp)
 	}
 
-	if *output == "json" {
-		enc := json.NewEncoder(m.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(plans)
+	if fs.json() {
+		return writeJSON(m.Stdout, plans)
 	}
 	for i, pp := range plans {
 		if i > 0 {
 			fmt.Fprintln(m.Stdout)
 		}
-		printPlan(m.Stdout, pp)
+		if err := printPlan(m.Stdout, pp); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
-func printPlan(w io.Writer, pp planPolicyJSON) {
+// printPlan prints one policy's plan: what it selects, when it runs, what retention
+// would delete today and, with --horizon, the simulated slots.
+func printPlan(w io.Writer, pp planPolicyJSON) error {
 	loc := pp.extra.loc
 	fmt.Fprintf(w, "policy %s: schedule %q in %s\n", pp.Policy, pp.Schedule, pp.Timezone)
 	for _, n := range pp.Notes {
@@ -276,16 +234,17 @@ func printPlan(w io.Writer, pp planPolicyJSON) {
 	fmt.Fprintf(w, "  next slots: %s\n", strings.Join(slots, ", "))
 	fmt.Fprintf(w, "  servers selected now: %d\n", len(pp.Servers))
 	if len(pp.Servers) > 0 {
-		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "    SERVER\tID\tNEXT IMAGE")
+		t := newTable(w, "    SERVER", "ID", "NEXT IMAGE")
 		for _, s := range pp.Servers {
 			next := s.NextImage
 			if s.Error != "" {
 				next = "(" + s.Error + ")"
 			}
-			fmt.Fprintf(tw, "    %s\t%s\t%s\n", s.Name, s.ID, next)
+			t.row("    "+s.Name, s.ID, next)
 		}
-		tw.Flush()
+		if err := t.flush(); err != nil {
+			return err
+		}
 	}
 	if pp.Prune != nil {
 		var del []pruneItemJSON
@@ -296,17 +255,14 @@ func printPlan(w io.Writer, pp planPolicyJSON) {
 		}
 		fmt.Fprintf(w, "  retention today: %d images, %d would be deleted\n", len(pp.Prune.Images), len(del))
 		if len(del) > 0 {
-			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "    IMAGE\tSERVER\tAGE\tDECISION\tREASON")
+			t := newTable(w, "    IMAGE", "SERVER", "AGE", "DECISION", "REASON")
 			for _, it := range del {
-				server := it.ServerName
-				if server == "" {
-					server = it.ServerID
-				}
-				fmt.Fprintf(tw, "    %s\t%s\t%s\t%s\t%s\n", it.Name, server, formatAge(time.Duration(it.AgeSeconds)*time.Second),
+				t.row("    "+it.Name, cmp.Or(it.ServerName, it.ServerID), formatAge(time.Duration(it.AgeSeconds)*time.Second),
 					it.Action, strings.Join(it.Reasons, "; "))
 			}
-			tw.Flush()
+			if err := t.flush(); err != nil {
+				return err
+			}
 		}
 	}
 	if pp.Horizon != "" {
@@ -337,4 +293,5 @@ func printPlan(w io.Writer, pp planPolicyJSON) {
 		}
 		fmt.Fprintf(w, "  images per server at the end: %s\n", strings.Join(ends, ", "))
 	}
+	return nil
 }

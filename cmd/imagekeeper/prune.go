@@ -1,17 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 	"time"
 
-	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/scheduler"
 )
 
@@ -71,13 +68,10 @@ func toPruneJSON(rep *scheduler.PruneReport) pruneReportJSON {
 	}
 	for _, it := range rep.Items {
 		j := pruneItemJSON{ImageID: it.ImageID, Name: it.Name, ServerID: it.ServerID, ServerName: it.ServerName, Slot: it.Slot,
-			AgeSeconds: int64(it.Age / time.Second), State: string(it.State), Action: string(it.Action), Reasons: it.Reasons}
+			AgeSeconds: int64(it.Age / time.Second), State: string(it.State), Action: string(it.Action), Reasons: it.Reasons,
+			NextAttempt: optTime(it.NextAttempt)}
 		for _, sn := range it.Snapshots {
 			j.Snapshots = append(j.Snapshots, pruneSnapshotJSON{SnapshotID: sn.SnapshotID, State: string(sn.State), Reason: sn.Reason})
-		}
-		if !it.NextAttempt.IsZero() {
-			t := it.NextAttempt
-			j.NextAttempt = &t
 		}
 		out.Images = append(out.Images, j)
 	}
@@ -90,59 +84,23 @@ func toPruneJSON(rep *scheduler.PruneReport) pruneReportJSON {
 // not decide (the lineage or the server list could not be read) or a guard rail
 // refused a deletion.
 func runPrune(ctx context.Context, m *Main, args []string) error {
-	fs := flag.NewFlagSet("prune", flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
-	configPath := fs.String("config", defaultConfigPath, "policy file")
+	fs := newFlagSet(m, "prune").withConfig().withOutput().withLogs("warn")
 	policyName := fs.String("policy", "", "policy to prune (default: every policy in the file)")
 	dryRun := fs.Bool("dry-run", false, "show what would be deleted; change nothing")
-	output := fs.String("o", "table", "output: table or json")
-	lf := addLogFlags(fs)
-	lf.level = "warn"
-	fs.Lookup("log-level").DefValue = "warn"
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usageError("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usageError("unexpected argument %q", fs.Arg(0))
-	}
-	if err := checkOutput(*output); err != nil {
+	if err := fs.parse(args, 0); err != nil {
 		return err
 	}
-	log, err := lf.logger(m.Stderr)
-	if err != nil {
-		return usageError("%v", err)
-	}
-	cfg, err := wireConfig(m, *configPath)
+	wired, err := fs.wire(ctx, wireOptions{policy: *policyName, store: true, cloud: true})
 	if err != nil {
 		return err
 	}
-	pols := cfg.Policies
-	if *policyName != "" {
-		p, err := wirePolicy(cfg, *policyName)
-		if err != nil {
-			return err
-		}
-		pols = []*policy.Policy{p}
-	}
-	st, err := wireStore(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	cl, err := wireCloud(ctx, cfg, log, nil)
-	if err != nil {
-		return err
-	}
-	runner := scheduler.NewRunner(scheduler.RunnerOptions{Cloud: cl, Store: st, Limits: cfg.Limits, Logger: log.With("command", "prune"),
-		PollInterval: prunePollInterval, MaxPollInterval: 4 * prunePollInterval})
+	defer wired.close()
+	runner := wired.runner(scheduler.RunnerOptions{PollInterval: prunePollInterval, MaxPollInterval: 4 * prunePollInterval})
 
 	var reports []*scheduler.PruneReport
 	var failures []string
-	for _, p := range pols {
-		rep, err := runner.Prune(ctx, cfg, p, scheduler.PruneOptions{DryRun: *dryRun, Full: true, SnapshotWait: pruneSnapshotWait})
+	for _, p := range wired.policies {
+		rep, err := runner.Prune(ctx, wired.cfg, p, scheduler.PruneOptions{DryRun: *dryRun, Full: true, SnapshotWait: pruneSnapshotWait})
 		if err != nil {
 			failures = append(failures, err.Error())
 			if ctx.Err() != nil {
@@ -152,18 +110,16 @@ func runPrune(ctx context.Context, m *Main, args []string) error {
 		}
 		reports = append(reports, rep)
 	}
-	if *output == "json" {
+	if fs.json() {
 		out := make([]pruneReportJSON, 0, len(reports))
 		for _, rep := range reports {
 			out = append(out, toPruneJSON(rep))
 		}
-		enc := json.NewEncoder(m.Stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(out); err != nil {
+		if err := writeJSON(m.Stdout, out); err != nil {
 			return err
 		}
-	} else {
-		printPruneTable(m.Stdout, reports)
+	} else if err := printPruneTable(m.Stdout, reports); err != nil {
+		return err
 	}
 	refused := 0
 	for _, rep := range reports {
@@ -180,22 +136,14 @@ func runPrune(ctx context.Context, m *Main, args []string) error {
 
 // printPruneTable prints one table per policy (image, server, age, decision,
 // reason) and a summary line.
-func printPruneTable(w io.Writer, reports []*scheduler.PruneReport) {
+func printPruneTable(w io.Writer, reports []*scheduler.PruneReport) error {
 	for i, rep := range reports {
 		if i > 0 {
 			fmt.Fprintln(w)
 		}
-		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "IMAGE\tSERVER\tAGE\tDECISION\tREASON")
+		t := newTable(w, "IMAGE", "SERVER", "AGE", "DECISION", "REASON")
 		for _, it := range rep.Items {
-			image := it.Name
-			if image == "" {
-				image = "(row " + fmt.Sprint(it.ImageRow) + ")"
-			}
-			server := it.ServerName
-			if server == "" {
-				server = it.ServerID
-			}
+			image := cmp.Or(it.Name, fmt.Sprintf("(row %d)", it.ImageRow))
 			reason := strings.Join(it.Reasons, "; ")
 			for _, sn := range it.Snapshots {
 				if sn.State != "deleted" {
@@ -208,11 +156,14 @@ func printPruneTable(w io.Writer, reports []*scheduler.PruneReport) {
 			if !it.NextAttempt.IsZero() && (it.Action == scheduler.PrunePending || it.Action == scheduler.PruneProtected) {
 				reason += "; next attempt " + it.NextAttempt.Local().Format("2006-01-02 15:04 MST")
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", image, server, formatAge(it.Age), it.Action, reason)
+			t.row(image, cmp.Or(it.ServerName, it.ServerID), formatAge(it.Age), it.Action, reason)
 		}
-		tw.Flush()
+		if err := t.flush(); err != nil {
+			return err
+		}
 		fmt.Fprintln(w, pruneSummary(rep))
 	}
+	return nil
 }
 
 // pruneSummary is the last line of a policy's prune, e.g.

@@ -2,13 +2,9 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/imagekeeper/imagekeeper/scheduler"
 )
@@ -46,50 +42,22 @@ type reconcileJSON struct {
 // deleted are deleted even without --fix. Images it cannot prove ours are never
 // touched.
 func runReconcile(ctx context.Context, m *Main, args []string) error {
-	fs := flag.NewFlagSet("reconcile", flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
-	configPath := fs.String("config", defaultConfigPath, "policy file")
+	fs := newFlagSet(m, "reconcile").withConfig().withOutput().withLogs("warn")
 	fix := fs.Bool("fix", false, "adopt, mark and delete leftovers (default: report only)")
-	output := fs.String("o", "table", "output: table or json")
-	lf := addLogFlags(fs)
-	lf.level = "warn"
-	fs.Lookup("log-level").DefValue = "warn"
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usageError("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usageError("unexpected argument %q", fs.Arg(0))
-	}
-	if err := checkOutput(*output); err != nil {
+	if err := fs.parse(args, 0); err != nil {
 		return err
 	}
-	log, err := lf.logger(m.Stderr)
-	if err != nil {
-		return usageError("%v", err)
-	}
-	cfg, err := wireConfig(m, *configPath)
+	wired, err := fs.wire(ctx, wireOptions{store: true, cloud: true})
 	if err != nil {
 		return err
 	}
-	st, err := wireStore(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	cl, err := wireCloud(ctx, cfg, log, nil)
-	if err != nil {
-		return err
-	}
-	runner := scheduler.NewRunner(scheduler.RunnerOptions{Cloud: cl, Store: st, Limits: cfg.Limits, Logger: log.With("command", "reconcile"),
-		PollInterval: prunePollInterval, MaxPollInterval: 4 * prunePollInterval})
-	rep, err := runner.Reconcile(ctx, cfg, *fix)
+	defer wired.close()
+	runner := wired.runner(scheduler.RunnerOptions{PollInterval: prunePollInterval, MaxPollInterval: 4 * prunePollInterval})
+	rep, err := runner.Reconcile(ctx, wired.cfg, *fix)
 	if err != nil {
 		return withExitCode(exitFailure, err)
 	}
-	if *output == "json" {
+	if fs.json() {
 		out := reconcileJSON{Fix: rep.Fix, CloudImages: rep.CloudImages, CloudSnapshots: rep.CloudSnapshots,
 			Counts: map[string]int{}, Fixed: map[string]int{}, Findings: []driftJSON{}}
 		for _, c := range scheduler.DriftCategories {
@@ -100,29 +68,22 @@ func runReconcile(ctx context.Context, m *Main, args []string) error {
 			out.Findings = append(out.Findings, driftJSON{Category: string(f.Category), Policy: f.Policy, ServerID: f.ServerID,
 				ImageID: f.ImageID, SnapshotID: f.SnapshotID, Detail: f.Detail, Action: f.Action})
 		}
-		enc := json.NewEncoder(m.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(out)
+		return writeJSON(m.Stdout, out)
 	}
-	printReconcile(m.Stdout, rep)
-	return nil
+	return printReconcile(m.Stdout, rep)
 }
 
-func printReconcile(w io.Writer, rep *scheduler.ReconcileReport) {
+// printReconcile prints the findings, one row each, and a line of counts per
+// category.
+func printReconcile(w io.Writer, rep *scheduler.ReconcileReport) error {
 	if len(rep.Findings) > 0 {
-		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "CATEGORY\tPOLICY\tSERVER\tIMAGE\tSNAPSHOT\tDETAIL\tACTION")
-		dash := func(s string) string {
-			if s == "" {
-				return "-"
-			}
-			return s
-		}
+		t := newTable(w, "CATEGORY", "POLICY", "SERVER", "IMAGE", "SNAPSHOT", "DETAIL", "ACTION")
 		for _, f := range rep.Findings {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Category, dash(f.Policy), dash(f.ServerID), dash(f.ImageID),
-				dash(f.SnapshotID), f.Detail, dash(f.Action))
+			t.row(f.Category, orDash(f.Policy), orDash(f.ServerID), orDash(f.ImageID), orDash(f.SnapshotID), f.Detail, orDash(f.Action))
 		}
-		tw.Flush()
+		if err := t.flush(); err != nil {
+			return err
+		}
 	}
 	var parts []string
 	for _, c := range scheduler.DriftCategories {
@@ -138,4 +99,5 @@ func printReconcile(w io.Writer, rep *scheduler.ReconcileReport) {
 	}
 	fmt.Fprintf(w, "reconcile (%s): %d stamped images, %d snapshots in the cloud: %s\n", mode, rep.CloudImages,
 		rep.CloudSnapshots, strings.Join(parts, ", "))
+	return nil
 }

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"time"
@@ -31,58 +29,30 @@ var (
 // running it twice in one minute makes no second image. Exit 0 when every selected
 // server got a good image or was skipped for a recorded reason, 1 otherwise.
 func runBackup(ctx context.Context, m *Main, args []string) error {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
-	configPath := fs.String("config", defaultConfigPath, "policy file")
+	fs := newFlagSet(m, "run").withConfig().withLogs("warn")
 	policyName := fs.String("policy", "", "policy to run (required)")
 	quiet := fs.Bool("quiet", false, "print only the summary")
 	noPrune := fs.Bool("no-prune", false, "skip retention after the run")
-	lf := addLogFlags(fs)
-	// Progress goes to stdout; per-image logs would repeat it on stderr.
-	lf.level = "warn"
-	fs.Lookup("log-level").DefValue = "warn"
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usageError("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usageError("unexpected argument %q", fs.Arg(0))
+	if err := fs.parse(args, 0); err != nil {
+		return err
 	}
 	if *policyName == "" {
 		return usageError("--policy is required")
 	}
-	log, err := lf.logger(m.Stderr)
-	if err != nil {
-		return usageError("%v", err)
-	}
-	cfg, err := wireConfig(m, *configPath)
+	wired, err := fs.wire(ctx, wireOptions{policy: *policyName, store: true, cloud: true})
 	if err != nil {
 		return err
 	}
-	p, err := wirePolicy(cfg, *policyName)
-	if err != nil {
-		return err
-	}
-	st, err := wireStore(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	cl, err := wireCloud(ctx, cfg, log, nil)
-	if err != nil {
-		return err
-	}
+	defer wired.close()
+	cfg, p := wired.cfg, wired.policies[0]
 
 	var progress func(scheduler.ProgressEvent)
 	if !*quiet {
 		progress = func(e scheduler.ProgressEvent) { printProgress(m.Stdout, e) }
 	}
 	var runner *scheduler.Runner
-	runner = scheduler.NewRunner(scheduler.RunnerOptions{
-		Cloud: cl, Store: st, Limits: cfg.Limits, Logger: log.With("command", "run"), Progress: progress,
-		PollInterval: runPollInterval, MaxPollInterval: 4 * runPollInterval,
+	runner = wired.runner(scheduler.RunnerOptions{
+		Progress: progress, PollInterval: runPollInterval, MaxPollInterval: 4 * runPollInterval,
 		// Retention follows every backup run, here as in the daemon, so that a
 		// crontab of `imagekeeper run` keeps the same promises.
 		AfterRun: func(ctx context.Context, cfg *policy.Config, p *policy.Policy) error {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -49,9 +48,10 @@ func simcloudFleet(n int) []simcloud.ServerSpec {
 	return specs
 }
 
+// runSimcloud serves a simulated cloud until ctx ends (Ctrl-C), for trying
+// imagekeeper, the openstack CLI or a soak against it.
 func runSimcloud(ctx context.Context, m *Main, args []string) error {
-	fs := flag.NewFlagSet("simcloud", flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
+	fs := newFlagSet(m, "simcloud")
 	listen := fs.String("listen", "127.0.0.1:0", "address to listen on")
 	servers := fs.Int("servers", 6, "number of simulated servers")
 	cloudsYAML := fs.String("clouds-yaml", "", "write a clouds.yaml with a `simcloud` entry to this `path`")
@@ -60,11 +60,8 @@ func runSimcloud(ctx context.Context, m *Main, args []string) error {
 	imageBuild := fs.Duration("image-build-time", simcloud.DefaultImageBuildTime, "time an image-backed snapshot takes to become active")
 	snapBuild := fs.Duration("snapshot-build-time", simcloud.DefaultSnapshotBuildTime, "time a volume snapshot stays creating")
 	verbose := fs.Bool("v", false, "log every request")
-	if err := fs.Parse(args); err != nil {
-		return usageError("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usageError("unexpected arguments: %v", fs.Args())
+	if err := fs.parse(args, 0); err != nil {
+		return err
 	}
 	if *servers < 0 {
 		return usageError("--servers must be >= 0, got %d", *servers)

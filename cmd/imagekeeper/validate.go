@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"time"
 
@@ -47,38 +45,29 @@ type validatePolicyJSON struct {
 // 1 invalid (every problem on stderr as FILE:LINE:COL: ...), 2 unreadable file or
 // bad flags.
 func runValidate(_ context.Context, m *Main, args []string) error {
-	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
-	configPath := fs.String("config", defaultConfigPath, "policy file")
-	output := fs.String("o", "table", "output format: table or json")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usageError("%v", err)
+	fs := newFlagSet(m, "validate").withConfig().withOutput().
+		describe("usage: imagekeeper validate [--config FILE] [-o table|json]")
+	if err := fs.parse(args, 0); err != nil {
+		return err
 	}
-	if fs.NArg() > 0 {
-		return usageError("unexpected argument %q (use --config FILE)", fs.Arg(0))
-	}
-	if *output != "table" && *output != "json" {
-		return usageError("-o %q: use table or json", *output)
-	}
-	cfg, err := policy.Load(*configPath)
+	cfg, err := policy.Load(fs.config)
 	var perrs policy.Errors
 	switch {
 	case errors.As(err, &perrs):
-		if *output == "json" {
-			writeJSON(m, validateJSON{Path: *configPath, Errors: perrs})
-		}
 		for _, e := range perrs {
 			fmt.Fprintln(m.Stderr, e.Error())
+		}
+		if fs.json() {
+			if err := writeJSON(m.Stdout, validateJSON{Path: fs.config, Errors: perrs}); err != nil {
+				return err
+			}
 		}
 		return withExitCode(exitFailure, errSilent)
 	case err != nil:
 		return withExitCode(exitUsage, err)
 	}
 	now := validateNow()
-	if *output == "json" {
+	if fs.json() {
 		out := validateJSON{OK: true, Path: cfg.Path, Version: cfg.Version}
 		for _, p := range cfg.Policies {
 			out.Policies = append(out.Policies, validatePolicyJSON{
@@ -86,8 +75,7 @@ func runValidate(_ context.Context, m *Main, args []string) error {
 				Timezone: p.Schedule.Location.String(), Next: nextSlots(p.Schedule, now, validateSlots),
 			})
 		}
-		writeJSON(m, out)
-		return nil
+		return writeJSON(m.Stdout, out)
 	}
 	noun := "policies"
 	if len(cfg.Policies) == 1 {
@@ -117,11 +105,4 @@ func nextSlots(s *policy.Schedule, now time.Time, n int) []time.Time {
 		out = append(out, t)
 	}
 	return out
-}
-
-func writeJSON(m *Main, v any) {
-	enc := json.NewEncoder(m.Stdout)
-	enc.SetIndent("", "  ")
-	// Encoding plain structs cannot fail; a failed write has nowhere to be reported.
-	_ = enc.Encode(v)
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"sort"
@@ -48,32 +47,18 @@ type eventJSON struct {
 // runWhy answers "why does this image exist, why was it kept, why was it deleted"
 // from the lineage.
 func runWhy(ctx context.Context, m *Main, args []string) error {
-	fs := flag.NewFlagSet("why", flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
-	configPath := fs.String("config", defaultConfigPath, "policy file")
-	output := fs.String("o", "table", "output format: table or json")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usageError("%v", err)
-	}
-	if fs.NArg() != 1 {
-		return usageError("usage: imagekeeper why [--config FILE] [-o table|json] IMAGE_ID")
-	}
-	if err := checkOutput(*output); err != nil {
+	fs := newFlagSet(m, "why").withConfig().withOutput().
+		describe("usage: imagekeeper why [--config FILE] [-o table|json] IMAGE_ID")
+	if err := fs.parse(args, 1); err != nil {
 		return err
 	}
 	imageID := fs.Arg(0)
-	cfg, err := wireConfig(m, *configPath)
+	wired, err := fs.wire(ctx, wireOptions{store: true})
 	if err != nil {
 		return err
 	}
-	st, err := wireStore(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
+	defer wired.close()
+	cfg, st := wired.cfg, wired.store
 	im, err := st.ImageByID(ctx, imageID)
 	if errors.Is(err, store.ErrNotFound) {
 		return withExitCode(exitFailure, fmt.Errorf("image %s is not in the lineage: this installation did not make it (or does not know it made it)", imageID))
@@ -89,24 +74,17 @@ func runWhy(ctx context.Context, m *Main, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *output == "json" {
+	if fs.json() {
 		out := whyJSON{Image: toImageJSON(im, len(snaps)), Snapshots: []snapshotJSON{}, Events: []eventJSON{}}
 		for _, sn := range snaps {
-			j := snapshotJSON{SnapshotID: sn.SnapshotID, VolumeID: sn.VolumeID, DeviceName: sn.DeviceName,
-				State: string(sn.State), Reason: sn.Reason, SizeGB: sn.SizeGB}
-			if !sn.AvailableAt.IsZero() {
-				j.AvailableAt = &sn.AvailableAt
-			}
-			if !sn.DeletedAt.IsZero() {
-				j.DeletedAt = &sn.DeletedAt
-			}
-			out.Snapshots = append(out.Snapshots, j)
+			out.Snapshots = append(out.Snapshots, snapshotJSON{SnapshotID: sn.SnapshotID, VolumeID: sn.VolumeID,
+				DeviceName: sn.DeviceName, State: string(sn.State), Reason: sn.Reason, SizeGB: sn.SizeGB,
+				AvailableAt: optTime(sn.AvailableAt), DeletedAt: optTime(sn.DeletedAt)})
 		}
 		for _, e := range events {
 			out.Events = append(out.Events, eventJSON{At: e.At, Kind: e.Kind, SnapshotID: e.SnapshotID, Message: e.Message})
 		}
-		writeJSON(m, out)
-		return nil
+		return writeJSON(m.Stdout, out)
 	}
 	w := m.Stdout
 	fmt.Fprintf(w, "image %s %q\n", im.ImageID, im.Name)
@@ -118,12 +96,12 @@ func runWhy(ctx context.Context, m *Main, args []string) error {
 	if im.DeleteReason != "" {
 		fmt.Fprintf(w, "  deletion:  %s\n", im.DeleteReason)
 	}
-	fmt.Fprintf(w, "  policy:    %s (policy version %s, config version %s)\n", im.Policy, orDashCLI(im.PolicyVersion), orDashCLI(im.ConfigVersion))
+	fmt.Fprintf(w, "  policy:    %s (policy version %s, config version %s)\n", im.Policy, orDash(im.PolicyVersion), orDash(im.ConfigVersion))
 	backing := "image-backed"
 	if im.VolumeBacked {
 		backing = "volume-backed"
 	}
-	fmt.Fprintf(w, "  server:    %s (%s), %s, availability zone %s\n", orDashCLI(im.ServerName), im.ServerID, backing, orDashCLI(im.AZ))
+	fmt.Fprintf(w, "  server:    %s (%s), %s, availability zone %s\n", orDash(im.ServerName), im.ServerID, backing, orDash(im.AZ))
 	slot := im.Slot.UTC().Format(time.RFC3339)
 	for _, p := range cfg.Policies {
 		if p.Name == im.Policy && p.Schedule != nil && p.Schedule.Location != nil && p.Schedule.Location != time.UTC {
@@ -158,7 +136,7 @@ func runWhy(ctx context.Context, m *Main, args []string) error {
 		fmt.Fprintln(w, "  (none: an image-backed server's image holds its data itself)")
 	}
 	for _, sn := range snaps {
-		line := fmt.Sprintf("  %s  volume %s  %s  %s", sn.SnapshotID, orDashCLI(sn.VolumeID), orDashCLI(sn.DeviceName), sn.State)
+		line := fmt.Sprintf("  %s  volume %s  %s  %s", sn.SnapshotID, orDash(sn.VolumeID), orDash(sn.DeviceName), sn.State)
 		if sn.Reason != "" {
 			line += ": " + sn.Reason
 		}

@@ -12,8 +12,75 @@ import (
 	"github.com/imagekeeper/imagekeeper/cloud"
 	"github.com/imagekeeper/imagekeeper/cloud/openstack"
 	"github.com/imagekeeper/imagekeeper/policy"
+	"github.com/imagekeeper/imagekeeper/scheduler"
 	"github.com/imagekeeper/imagekeeper/store"
 )
+
+// wiring is what a command's work needs: the policy file, the policies it acts on
+// and, when asked for, the lineage and the cloud. flagSet.wire opens them in one
+// order for every command, so that the same bad input fails the same way in each.
+type wiring struct {
+	cfg      *policy.Config
+	policies []*policy.Policy // the one --policy names, or every policy in the file
+	store    *store.Store     // nil unless wireOptions.store
+	cloud    cloud.Cloud      // nil unless wireOptions.cloud
+	log      *slog.Logger
+	command  string
+}
+
+// wireOptions says what a command needs besides the policy file.
+type wireOptions struct {
+	policy string // a --policy value; "" means every policy
+	store  bool   // open the lineage (creating it if need be)
+	cloud  bool   // connect to the cloud
+}
+
+// wire loads the policy file that --config names, picks the policies, and opens
+// what o asks for, in that order: a typo in --policy fails before the lineage is
+// created or the cloud asked. Close the result when done.
+func (fs *flagSet) wire(ctx context.Context, o wireOptions) (*wiring, error) {
+	cfg, err := wireConfig(fs.m, fs.config)
+	if err != nil {
+		return nil, err
+	}
+	w := &wiring{cfg: cfg, policies: cfg.Policies, log: fs.log, command: fs.Name()}
+	if o.policy != "" {
+		p, err := wirePolicy(cfg, o.policy)
+		if err != nil {
+			return nil, err
+		}
+		w.policies = []*policy.Policy{p}
+	}
+	if o.store {
+		if w.store, err = wireStore(ctx, cfg); err != nil {
+			return nil, err
+		}
+	}
+	if o.cloud {
+		if w.cloud, err = wireCloud(ctx, cfg, fs.log, nil); err != nil {
+			w.close()
+			return nil, err
+		}
+	}
+	return w, nil
+}
+
+// close closes the lineage if wire opened it. A read-only command has nothing to
+// lose, and a writing one has committed each change as it made it, so a failed
+// close has nothing left to report.
+func (w *wiring) close() {
+	if w.store != nil {
+		_ = w.store.Close()
+	}
+}
+
+// runner returns a backup runner on the wired cloud and lineage with the policy
+// file's limits; o sets the rest. Its log lines name the command that made them.
+func (w *wiring) runner(o scheduler.RunnerOptions) *scheduler.Runner {
+	o.Cloud, o.Store, o.Limits = w.cloud, w.store, w.cfg.Limits
+	o.Logger = w.log.With("command", w.command)
+	return scheduler.NewRunner(o)
+}
 
 // wireConfig loads the policy file for a command that does work. Every validation
 // problem is printed on stderr as FILE:LINE:COL: ... (exit 1); an unreadable file is
@@ -72,12 +139,4 @@ var wireCloud = func(ctx context.Context, cfg *policy.Config, log *slog.Logger, 
 		return nil, fmt.Errorf("connect to cloud %q: %w", cfg.Cloud, err)
 	}
 	return c, nil
-}
-
-// checkOutput validates the -o flag shared by the read commands.
-func checkOutput(o string) error {
-	if o != "table" && o != "json" {
-		return usageError("-o %q: use table or json", o)
-	}
-	return nil
 }
