@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sync"
@@ -226,4 +227,41 @@ func TestPruneProtectedImageGoneIsNotGood(t *testing.T) {
 		t.Fatalf("old row is %s (%s), want deleted", row.State, row.LastError)
 	}
 	h.checkDeletedGone()
+}
+
+// TestLaterRunSettlesRowsLeftInProgress: a run stopped while it waited (^C on
+// `imagekeeper run` from a crontab, where no daemon ever resumes waits) leaves its
+// rows creating. Nothing else ever decides them: retention counts an in-progress row
+// neither as a backup nor as garbage, so the image (and, if it failed, the volume
+// snapshots behind it) would stay forever. The next run of the policy, once their
+// wait_timeout has passed, settles them.
+func TestLaterRunSettlesRowsLeftInProgress(t *testing.T) {
+	e := newReviewEnv(t, "1h")
+	id := e.fake.AddServer(cloudtest.ServerSpec{Name: "db", Tags: []string{"backup=daily"}, Volumes: 1})
+	stopped := e.runner(e.fake, func(o *RunnerOptions) {
+		o.hooks.beforePoll = func(int) error { return errors.New("stopped") }
+	})
+	if _, err := stopped.RunSlot(context.Background(), e.cfg, e.p, e.slot, TriggerManual); err != nil && !errors.Is(err, errAbandoned) {
+		t.Logf("stopped run: %v", err)
+	}
+	row, err := e.store.ImageByKey(context.Background(), "web", id, e.slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if row.State != store.ImageCreating {
+		t.Fatalf("after the stopped run the row is %s", row.State)
+	}
+	// The next day's run, long after wait_timeout; no ResumeWaits in between.
+	e.clock.Advance(24 * time.Hour)
+	next := e.slot.Add(24 * time.Hour)
+	if _, err := e.runner(e.fake, nil).RunSlot(context.Background(), e.cfg, e.p, next, TriggerManual); err != nil {
+		t.Fatal(err)
+	}
+	row, err = e.store.ImageByKey(context.Background(), "web", id, e.slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if row.State != store.ImageGood {
+		t.Errorf("row left creating by the stopped run is %s (%s) after a later run", row.State, row.Reason)
+	}
 }

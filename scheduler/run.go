@@ -331,6 +331,9 @@ func (r *Runner) runSlot(ctx context.Context, cfg *policy.Config, p *policy.Poli
 	ru.log.Info("slot run starting", "trigger", string(trigger), "run_id", ru.runID)
 
 	runErr := ru.execute(ctx)
+	if runErr == nil {
+		r.settleStale(ctx, p, slot)
+	}
 
 	// Record the outcome even when ctx was cancelled: the bookkeeping must land.
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -379,6 +382,48 @@ func (r *Runner) runSlot(ctx context.Context, cfg *policy.Config, p *policy.Poli
 		return rep, fmt.Errorf("run slot %s of %s: %w", StampSlot(slot), p.Name, runErr)
 	}
 	return rep, nil
+}
+
+// settleStale decides the rows of p that earlier runs left requested or creating
+// (a run stopped mid-wait, a wait that dropped a row on a store error, an adoption by
+// reconcile) once their wait_timeout has passed and no wait of this Runner watches
+// them. Without it such rows stay in progress until a daemon restarts, or forever
+// where no daemon runs: retention counts them neither as backups nor as garbage.
+// Every such row is past its deadline, so one poll per slot settles it.
+func (r *Runner) settleStale(ctx context.Context, p *policy.Policy, current time.Time) {
+	rows, err := r.store.Images(ctx, store.ImageFilter{Policy: p.Name,
+		States: []store.ImageState{store.ImageRequested, store.ImageCreating}})
+	if err != nil {
+		r.log.Warn("look for images left in progress", "policy", p.Name, "err", err)
+		return
+	}
+	timeout := r.waitTimeout(p)
+	now := r.store.Now()
+	var stale []store.Image
+	for _, im := range rows {
+		if !im.Slot.Equal(current) && now.After(im.RequestedAt.Add(timeout)) {
+			stale = append(stale, im)
+		}
+	}
+	stale = r.claim(stale)
+	defer r.unclaim(stale)
+	bySlot := map[time.Time][]store.Image{}
+	var slots []time.Time
+	for _, im := range stale {
+		if _, ok := bySlot[im.Slot]; !ok {
+			slots = append(slots, im.Slot)
+		}
+		bySlot[im.Slot] = append(bySlot[im.Slot], im)
+	}
+	for _, sl := range slots {
+		sc := waitScope{policy: p.Name, slot: sl, timeout: timeout, cloud: r.Cloud(), pollFirst: true,
+			log: r.log.With("policy", p.Name, "slot", StampSlot(sl))}
+		sc.log.Info("settling images left in progress by an earlier run", "images", len(bySlot[sl]))
+		if err := r.wait(ctx, sc, bySlot[sl]); err != nil {
+			sc.log.Warn("settle images left in progress", "err", err)
+			return
+		}
+	}
 }
 
 func (r *Runner) waitTimeout(p *policy.Policy) time.Duration {
