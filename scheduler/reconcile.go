@@ -25,8 +25,9 @@ const (
 	// another image, or whose instance_uuid is another server: a snapshot of a server
 	// booted from one of our images. Reported, never adopted, never deleted.
 	DriftInherited DriftCategory = "stamped_inherited"
-	// DriftGone: a good (or kept_protected) row whose image is gone from the cloud.
-	// With fix the row becomes failed, so that it no longer counts as a backup.
+	// DriftGone: a good (or kept_protected) row whose image is gone from the cloud
+	// (confirmed by a 404). The row always becomes failed, fix or not, so that it no
+	// longer counts as a backup.
 	DriftGone DriftCategory = "known_gone"
 	// DriftLeftover: a volume snapshot of ours whose image is gone. Deleted always
 	// when the image row is recorded deleted, otherwise with fix.
@@ -225,13 +226,16 @@ func (r *Runner) Reconcile(ctx context.Context, cfg *policy.Config, fix bool) (*
 		switch {
 		case always[i]:
 			f.Action = r.deleteLeftover(ctx, cl, f)
-		case !fix:
 		case f.Category == DriftGone:
+			// Marking is always safe (it deletes nothing) and always needed: a row
+			// that says good for an image Glance no longer has would count towards
+			// min_keep and the keep rules in place of a real backup.
 			err := r.withPolicyLock(ctx, f.Policy, func() error {
 				_, err := st.MarkGone(bctx, f.ImageRow, "image gone from the cloud (found by reconcile): no longer a backup")
 				return err
 			})
 			f.Action = actionOf(err, "marked failed")
+		case !fix:
 		}
 	}
 	if fix {

@@ -114,9 +114,12 @@ func TestReconcileReportsAndFixesEachCategory(t *testing.T) {
 	if f := by[DriftHollow][0]; f.ImageRow != sc.hollowRow {
 		t.Errorf("hollow finding is row %d, want %d", f.ImageRow, sc.hollowRow)
 	}
-	// Without fix only the leftover of an image recorded deleted is acted on.
+	// Without fix only the leftover of an image recorded deleted is deleted, and rows
+	// whose image is gone are marked (that deletes nothing and stops a phantom
+	// backup from counting towards min_keep).
 	for _, f := range rep.Findings {
-		if (f.Action != "") != (f.SnapshotID == sc.resurrectedSnap) {
+		acts := f.SnapshotID == sc.resurrectedSnap || f.Category == DriftGone
+		if (f.Action != "") != acts {
 			t.Errorf("without fix: %s %s%s acted %q", f.Category, f.ImageID, f.SnapshotID, f.Action)
 		}
 	}
@@ -124,8 +127,8 @@ func TestReconcileReportsAndFixesEachCategory(t *testing.T) {
 	if _, ok := h.sim.Snapshot(sc.resurrectedSnap); ok {
 		t.Error("leftover of a deleted image still in Cinder")
 	}
-	if row, _ := h.store.Image(ctx, sc.goneRow); row.State != store.ImageGood {
-		t.Errorf("without fix the gone row became %s", row.State)
+	if row, _ := h.store.Image(ctx, sc.goneRow); row.State != store.ImageFailed {
+		t.Errorf("without fix the gone row is %s, want failed", row.State)
 	}
 	if row, _ := h.store.Image(ctx, sc.adoptRow); row.ImageID != "" {
 		t.Errorf("without fix the intent row adopted %s", row.ImageID)
@@ -135,7 +138,7 @@ func TestReconcileReportsAndFixesEachCategory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantFixed := map[DriftCategory]int{DriftUnknown: 1, DriftGone: 2, DriftLeftover: 2}
+	wantFixed := map[DriftCategory]int{DriftUnknown: 1, DriftLeftover: 2}
 	if fmt.Sprint(rep.Fixed) != fmt.Sprint(wantFixed) {
 		t.Fatalf("fixed = %v, want %v\n%+v", rep.Fixed, wantFixed, rep.Findings)
 	}

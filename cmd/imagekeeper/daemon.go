@@ -307,9 +307,10 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	wdWG.Add(1)
 	go func() {
 		defer wdWG.Done()
-		// The periodic reconcile reports drift and deletes the leftover snapshots of
-		// images the journal recorded deleted; it adopts nothing and touches nothing
-		// it cannot prove ours (that needs `imagekeeper reconcile --fix`).
+		// The periodic reconcile reports drift, marks rows whose image is gone (so
+		// they stop counting as backups) and deletes the leftover snapshots of images
+		// the journal recorded deleted; it adopts nothing and touches nothing it
+		// cannot prove ours (that needs `imagekeeper reconcile --fix`).
 		t := time.NewTicker(orDefault(d.ReconcileInterval, defaultReconcileInterval))
 		defer t.Stop()
 		for {

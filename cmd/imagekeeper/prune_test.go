@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -45,52 +43,29 @@ type retentionEnv struct {
 
 func newRetentionEnv(t *testing.T) *retentionEnv {
 	t.Helper()
-	sim := simcloud.New(simcloud.Options{Seed: 11, ImageBuildTime: 40 * time.Millisecond, SnapshotBuildTime: 30 * time.Millisecond,
-		SnapshotDeleteTime: 30 * time.Millisecond})
-	if err := sim.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
 	dir := t.TempDir()
-	cy := filepath.Join(dir, "clouds.yaml")
-	if err := os.WriteFile(cy, sim.CloudsYAML("sim"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("OS_CLIENT_CONFIG_FILE", cy)
+	sim := startSim(t, dir, simcloud.Options{Seed: 11, ImageBuildTime: 40 * time.Millisecond, SnapshotBuildTime: 30 * time.Millisecond,
+		SnapshotDeleteTime: 30 * time.Millisecond})
 	env := &retentionEnv{sim: sim, state: filepath.Join(dir, "lineage.db"), config: filepath.Join(dir, "imagekeeper.yaml")}
 	// `run` prunes after its slot: while the history is made, keep all of it.
-	if err := os.WriteFile(env.config, fmt.Appendf(nil, retentionCLIConfig, env.state, 5), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, env.config, fmt.Sprintf(retentionCLIConfig, env.state, 5))
 	tags := []string{"backup=nightly"}
 	env.app = sim.AddServer(simcloud.ServerSpec{Name: "app", Tags: tags})
 	env.db = sim.AddServer(simcloud.ServerSpec{Name: "db", Tags: tags, Volumes: 2})
 
-	oldNow, oldPoll, oldPrunePoll, oldWait := runNow, runPollInterval, prunePollInterval, pruneSnapshotWait
-	t.Cleanup(func() {
-		runNow, runPollInterval, prunePollInterval, pruneSnapshotWait = oldNow, oldPoll, oldPrunePoll, oldWait
-	})
-	runPollInterval, prunePollInterval, pruneSnapshotWait = 10*time.Millisecond, 10*time.Millisecond, 5*time.Second
+	setForTest(t, &runPollInterval, 10*time.Millisecond)
+	setForTest(t, &prunePollInterval, 10*time.Millisecond)
+	setForTest(t, &pruneSnapshotWait, 5*time.Second)
 	// Two days of slots, fixed, and in the past of the real clock.
 	for _, day := range []int{19, 20} {
 		at := time.Date(2026, 11, day, 10, 0, 0, 0, time.UTC)
-		runNow = func() time.Time { return at }
-		if code, out, errOut := runRetentionCLI(t, "run", "--config", env.config, "--policy", "nightly", "--quiet"); code != 0 {
+		setForTest(t, &runNow, func() time.Time { return at })
+		if code, out, errOut := cli(t, "run", "--config", env.config, "--policy", "nightly", "--quiet"); code != 0 {
 			t.Fatalf("run: exit %d\n%s\n%s", code, out, errOut)
 		}
 	}
-	if err := os.WriteFile(env.config, fmt.Appendf(nil, retentionCLIConfig, env.state, 1), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, env.config, fmt.Sprintf(retentionCLIConfig, env.state, 1))
 	return env
-}
-
-func runRetentionCLI(t *testing.T, args ...string) (int, string, string) {
-	t.Helper()
-	var out, errb bytes.Buffer
-	m := &Main{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: os.Getenv}
-	code := m.Run(context.Background(), args)
-	return code, out.String(), errb.String()
 }
 
 func TestPruneCommandDryRunThenDelete(t *testing.T) {
@@ -100,7 +75,7 @@ func TestPruneCommandDryRunThenDelete(t *testing.T) {
 		t.Fatalf("setup: %d images, %d snapshots; want 4 and 4", len(images), len(snaps))
 	}
 
-	code, out, errOut := runRetentionCLI(t, "prune", "--config", env.config, "--dry-run")
+	code, out, errOut := cli(t, "prune", "--config", env.config, "--dry-run")
 	if code != 0 {
 		t.Fatalf("prune --dry-run: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -118,7 +93,7 @@ func TestPruneCommandDryRunThenDelete(t *testing.T) {
 		t.Fatal("prune --dry-run changed the cloud")
 	}
 
-	code, out, errOut = runRetentionCLI(t, "prune", "--config", env.config, "-o", "json")
+	code, out, errOut = cli(t, "prune", "--config", env.config, "-o", "json")
 	if code != 0 {
 		t.Fatalf("prune: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -144,10 +119,10 @@ func TestPruneCommandDryRunThenDelete(t *testing.T) {
 	}
 
 	// Bad flags are usage errors.
-	if code, _, _ := runRetentionCLI(t, "prune", "--config", env.config, "-o", "yaml"); code != exitUsage {
+	if code, _, _ := cli(t, "prune", "--config", env.config, "-o", "yaml"); code != exitUsage {
 		t.Errorf("prune -o yaml: exit %d, want %d", code, exitUsage)
 	}
-	if code, _, errOut := runRetentionCLI(t, "prune", "--config", env.config, "--policy", "nope"); code != exitUsage || !strings.Contains(errOut, "nightly") {
+	if code, _, errOut := cli(t, "prune", "--config", env.config, "--policy", "nope"); code != exitUsage || !strings.Contains(errOut, "nightly") {
 		t.Errorf("prune --policy nope: exit %d: %s", code, errOut)
 	}
 }
@@ -164,13 +139,13 @@ func TestReconcileCommand(t *testing.T) {
 	}
 	env.sim.DeleteImageDirect(dbOld)
 
-	code, out, errOut := runRetentionCLI(t, "reconcile", "--config", env.config)
+	code, out, errOut := cli(t, "reconcile", "--config", env.config)
 	if code != 0 {
 		t.Fatalf("reconcile: exit %d\n%s\n%s", code, out, errOut)
 	}
 	for _, re := range []string{
-		`(?m)^known_gone\s+nightly\s+\S+\s+` + regexp.QuoteMeta(dbOld) + `\s+-\s+lineage says good, Glance answers 404\s+-$`,
-		`(?m)^reconcile \(report only; --fix to act\): 3 stamped images, 4 snapshots in the cloud: stamped_unknown 0, stamped_inherited 0, known_gone 1, leftover_snapshot 2, hollow_image 0$`,
+		`(?m)^known_gone\s+nightly\s+\S+\s+` + regexp.QuoteMeta(dbOld) + `\s+-\s+lineage says good, Glance answers 404\s+marked failed$`,
+		`(?m)^reconcile \(rows of gone images marked; --fix to adopt and clean up\): 3 stamped images, 4 snapshots in the cloud: stamped_unknown 0, stamped_inherited 0, known_gone 1 \(1 fixed\), leftover_snapshot 2, hollow_image 0$`,
 	} {
 		if !regexp.MustCompile(re).MatchString(out) {
 			t.Errorf("reconcile output does not match %s:\n%s", re, out)
@@ -180,7 +155,7 @@ func TestReconcileCommand(t *testing.T) {
 		t.Fatalf("reconcile without --fix deleted snapshots: %d left", n)
 	}
 
-	code, out, errOut = runRetentionCLI(t, "reconcile", "--config", env.config, "--fix", "-o", "json")
+	code, out, errOut = cli(t, "reconcile", "--config", env.config, "--fix", "-o", "json")
 	if code != 0 {
 		t.Fatalf("reconcile --fix: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -188,13 +163,14 @@ func TestReconcileCommand(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatal(err)
 	}
-	if rep.Fixed["known_gone"] != 1 || rep.Fixed["leftover_snapshot"] != 2 {
+	// The first reconcile already marked the gone row: only the leftovers remain.
+	if rep.Fixed["known_gone"] != 0 || rep.Fixed["leftover_snapshot"] != 2 {
 		t.Fatalf("fixed = %v\n%s", rep.Fixed, out)
 	}
 	if n := len(env.sim.Snapshots()); n != 2 {
 		t.Fatalf("after --fix %d snapshots left, want 2", n)
 	}
-	code, out, _ = runRetentionCLI(t, "reconcile", "--config", env.config)
+	code, out, _ = cli(t, "reconcile", "--config", env.config)
 	if code != 0 || !strings.Contains(out, "known_gone 0, leftover_snapshot 0") {
 		t.Fatalf("reconcile after fix: exit %d\n%s", code, out)
 	}
@@ -211,13 +187,11 @@ func mustImage(t *testing.T, env *retentionEnv, id string) simcloud.ImageState {
 
 func TestPlanCommand(t *testing.T) {
 	env := newRetentionEnv(t)
-	old := planNow
-	t.Cleanup(func() { planNow = old })
-	planNow = func() time.Time { return time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC) }
+	setForTest(t, &planNow, func() time.Time { return time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC) })
 	images := env.sim.Images()
 	env.sim.AddServer(simcloud.ServerSpec{Name: "zz-broken", Tags: []string{"backup=nightly"}, Status: "ERROR"})
 
-	code, out, errOut := runRetentionCLI(t, "plan", "--config", env.config, "--horizon", "3d")
+	code, out, errOut := cli(t, "plan", "--config", env.config, "--horizon", "3d")
 	if code != 0 {
 		t.Fatalf("plan: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -245,19 +219,17 @@ func TestPlanCommand(t *testing.T) {
 	}
 
 	// Without a lineage, plan says so and creates no database.
-	cfg2 := filepath.Join(t.TempDir(), "fresh.yaml")
-	fresh := filepath.Join(filepath.Dir(cfg2), "none.db")
-	if err := os.WriteFile(cfg2, fmt.Appendf(nil, retentionCLIConfig, fresh, 1), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	code, out, _ = runRetentionCLI(t, "plan", "--config", cfg2, "-o", "json")
+	dir := t.TempDir()
+	fresh := filepath.Join(dir, "none.db")
+	cfg2 := writeFile(t, filepath.Join(dir, "fresh.yaml"), fmt.Sprintf(retentionCLIConfig, fresh, 1))
+	code, out, _ = cli(t, "plan", "--config", cfg2, "-o", "json")
 	if code != 0 || !strings.Contains(out, "no lineage yet") {
 		t.Fatalf("plan without lineage: exit %d\n%s", code, out)
 	}
 	if _, err := os.Stat(fresh); !os.IsNotExist(err) {
 		t.Fatalf("plan created the database: %v", err)
 	}
-	if code, _, _ := runRetentionCLI(t, "plan", "--config", cfg2, "--horizon", "soon"); code != exitUsage {
+	if code, _, _ := cli(t, "plan", "--config", cfg2, "--horizon", "soon"); code != exitUsage {
 		t.Errorf("plan --horizon soon: exit %d, want %d", code, exitUsage)
 	}
 }

@@ -43,7 +43,7 @@ type reconcileJSON struct {
 // touched.
 func runReconcile(ctx context.Context, m *Main, args []string) error {
 	fs := newFlagSet(m, "reconcile").withConfig().withOutput().withLogs("warn")
-	fix := fs.Bool("fix", false, "adopt, mark and delete leftovers (default: report only)")
+	fix := fs.Bool("fix", false, "adopt what is provably ours and delete leftover snapshots (default: report, and mark rows whose image is gone)")
 	if err := fs.parse(args, 0); err != nil {
 		return err
 	}
@@ -93,7 +93,7 @@ func printReconcile(w io.Writer, rep *scheduler.ReconcileReport) error {
 		}
 		parts = append(parts, s)
 	}
-	mode := "report only; --fix to act"
+	mode := "rows of gone images marked; --fix to adopt and clean up"
 	if rep.Fix {
 		mode = "fix"
 	}
