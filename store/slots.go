@@ -262,12 +262,14 @@ func (s *Store) SlotByKey(ctx context.Context, policy string, slot time.Time) (S
 	return sl, nil
 }
 
-// LastSlot returns the policy's newest recorded slot (whatever its outcome),
-// ErrNotFound if it has none. The daemon uses it to find slots missed while it was
-// down.
+// LastSlot returns the policy's newest recorded slot of the schedule (whatever its
+// outcome), ErrNotFound if it has none. The daemon uses it to find slots missed
+// while it was down, so manual runs (`imagekeeper run`, whose slot is just the
+// current minute) do not count: one made during the downtime would otherwise hide
+// the scheduled slots before it, neither caught up nor recorded as missed.
 func (s *Store) LastSlot(ctx context.Context, policy string) (Slot, error) {
 	sl, err := scanSlot(s.db.QueryRowContext(ctx, `SELECT `+slotColumns+` FROM slots WHERE policy = ?
-		ORDER BY slot DESC LIMIT 1`, policy))
+		AND trigger != '`+TriggerManual+`' ORDER BY slot DESC LIMIT 1`, policy))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Slot{}, fmt.Errorf("last slot of %s: %w", policy, ErrNotFound)
 	}

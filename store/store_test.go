@@ -368,6 +368,15 @@ func TestSlotsRerunAndRecord(t *testing.T) {
 	if _, err := s.RecordSlot(ctx, store.Slot{Policy: "p", Slot: t2, Outcome: store.OutcomeMissed, Reason: "late by 7h"}); err != nil {
 		t.Fatal(err)
 	}
+	// A manual run after t2 is not a slot of the schedule: LastSlot skips it, or the
+	// daemon would never see the scheduled slots missed before it.
+	manual, err := s.StartSlot(ctx, store.Slot{Policy: "p", Slot: t2.Add(time.Hour), Trigger: store.TriggerManual})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.FinishSlot(ctx, manual.ID, store.OutcomeRan, "", store.SlotCounts{}); err != nil {
+		t.Fatal(err)
+	}
 	last, err := s.LastSlot(ctx, "p")
 	if err != nil || !last.Slot.Equal(t2) || last.Outcome != store.OutcomeMissed || last.Reason != "late by 7h" {
 		t.Errorf("last slot = %+v, %v", last, err)
@@ -376,7 +385,7 @@ func TestSlotsRerunAndRecord(t *testing.T) {
 		t.Errorf("last slot of unknown policy: %v", err)
 	}
 	all, err := s.Slots(ctx, store.SlotFilter{Policy: "p"})
-	if err != nil || len(all) != 2 || !all[0].Slot.Equal(t2) {
+	if err != nil || len(all) != 3 || !all[1].Slot.Equal(t2) {
 		t.Errorf("slots = %+v, %v", all, err)
 	}
 }
