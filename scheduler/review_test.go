@@ -265,3 +265,34 @@ func TestLaterRunSettlesRowsLeftInProgress(t *testing.T) {
 		t.Errorf("row left creating by the stopped run is %s (%s) after a later run", row.State, row.Reason)
 	}
 }
+
+// TestPickStampedSkipsInheritedStamps checks that adoption never takes a snapshot of
+// another server that inherited our stamp (its instance_uuid names that server),
+// even when it is the oldest image carrying the stamp.
+func TestPickStampedSkipsInheritedStamps(t *testing.T) {
+	stamp := cloud.Stamp{Owner: "o", Policy: "p", Server: "srv-1", Slot: "2026-11-24T18:30:00Z"}
+	props := func(extra map[string]string) map[string]string {
+		m := stamp.Properties()
+		for k, v := range extra {
+			m[k] = v
+		}
+		return m
+	}
+	t0 := time.Date(2026, 11, 24, 18, 30, 0, 0, time.UTC)
+	images := []cloud.Image{
+		{ID: "inherited", CreatedAt: t0, Properties: props(map[string]string{"instance_uuid": "srv-2"})},
+		{ID: "ours", CreatedAt: t0.Add(time.Minute), Properties: props(map[string]string{"instance_uuid": "srv-1"})},
+		{ID: "volume-backed", CreatedAt: t0.Add(2 * time.Minute), Properties: props(nil)},
+	}
+	got, ok := pickStamped(images, stamp)
+	if !ok || got.ID != "ours" {
+		t.Fatalf("pickStamped = %q, %v; want ours", got.ID, ok)
+	}
+	got, ok = pickStamped(images[:1], stamp)
+	if ok {
+		t.Fatalf("pickStamped adopted the inherited image %q", got.ID)
+	}
+	if got, ok = pickStamped(images[2:], stamp); !ok || got.ID != "volume-backed" {
+		t.Fatalf("an image without instance_uuid (volume-backed) must be adoptable: %q, %v", got.ID, ok)
+	}
+}

@@ -748,13 +748,20 @@ func (ru *run) adopt(ctx context.Context, row store.Image, why string) (store.Im
 	return adopted, true, nil
 }
 
-// pickStamped returns the oldest image carrying exactly stamp.
+// pickStamped returns the oldest image carrying exactly stamp and made of the
+// stamped server. Nova records the source server as instance_uuid on an
+// image-backed server's snapshot (volume-backed ones have none); a snapshot of a
+// server booted from one of our images inherits our whole stamp but names its own
+// server there, and must never be adopted.
 func pickStamped(images []cloud.Image, stamp cloud.Stamp) (cloud.Image, bool) {
 	var best cloud.Image
 	found := false
 	for _, im := range images {
 		st, ok := cloud.StampOf(im.Properties)
 		if !ok || st != stamp || im.ID == "" {
+			continue
+		}
+		if src := im.Properties["instance_uuid"]; src != "" && src != stamp.Server {
 			continue
 		}
 		if !found || im.CreatedAt.Before(best.CreatedAt) || (im.CreatedAt.Equal(best.CreatedAt) && im.ID < best.ID) {
