@@ -1,11 +1,8 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -43,36 +40,13 @@ type cliEnv struct {
 
 func newCLIEnv(t *testing.T) *cliEnv {
 	t.Helper()
-	sim := simcloud.New(simcloud.Options{Seed: 7, ImageBuildTime: 80 * time.Millisecond, SnapshotBuildTime: 50 * time.Millisecond})
-	if err := sim.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
 	dir := t.TempDir()
-	cy := filepath.Join(dir, "clouds.yaml")
-	if err := os.WriteFile(cy, sim.CloudsYAML("sim"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("OS_CLIENT_CONFIG_FILE", cy)
+	sim := startSim(t, dir, simcloud.Options{Seed: 7, ImageBuildTime: 80 * time.Millisecond, SnapshotBuildTime: 50 * time.Millisecond})
 	state := filepath.Join(dir, "lineage.db")
-	config := filepath.Join(dir, "imagekeeper.yaml")
-	if err := os.WriteFile(config, []byte(fmt.Sprintf(lineageCLIConfig, state)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	oldNow, oldPoll := runNow, runPollInterval
-	runNow = func() time.Time { return time.Date(2026, 11, 24, 18, 30, 42, 0, time.UTC) }
-	runPollInterval = 10 * time.Millisecond
-	t.Cleanup(func() { runNow, runPollInterval = oldNow, oldPoll })
+	config := writeFile(t, filepath.Join(dir, "imagekeeper.yaml"), fmt.Sprintf(lineageCLIConfig, state))
+	setForTest(t, &runNow, func() time.Time { return time.Date(2026, 11, 24, 18, 30, 42, 0, time.UTC) })
+	setForTest(t, &runPollInterval, 10*time.Millisecond)
 	return &cliEnv{sim: sim, config: config, state: state}
-}
-
-// cli runs imagekeeper in-process and returns exit code, stdout and stderr.
-func cli(t *testing.T, args ...string) (int, string, string) {
-	t.Helper()
-	var out, errb bytes.Buffer
-	m := &Main{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: os.Getenv}
-	code := m.Run(context.Background(), args)
-	return code, out.String(), errb.String()
 }
 
 // TestLineageCommands runs run, images, history and why as a user would, against
@@ -229,15 +203,14 @@ func TestRunPrunesAfterwards(t *testing.T) {
 	tags := []string{"backup=daily"}
 	env.sim.AddServer(simcloud.ServerSpec{Name: "web-1", Tags: tags})
 	env.sim.AddServer(simcloud.ServerSpec{Name: "db-1", Tags: tags, Volumes: 1})
-	oldPrunePoll, oldWait := prunePollInterval, pruneSnapshotWait
-	prunePollInterval, pruneSnapshotWait = 10*time.Millisecond, 5*time.Second
-	t.Cleanup(func() { prunePollInterval, pruneSnapshotWait = oldPrunePoll, oldWait })
+	setForTest(t, &prunePollInterval, 10*time.Millisecond)
+	setForTest(t, &pruneSnapshotWait, 5*time.Second)
 
 	live := func() (images, snapshots int) { return len(env.sim.Images()), len(env.sim.Snapshots()) }
 	base := time.Date(2026, 11, 24, 18, 30, 0, 0, time.UTC)
 	for i := 0; i < 4; i++ {
 		at := base.Add(time.Duration(i) * time.Minute)
-		runNow = func() time.Time { return at }
+		setForTest(t, &runNow, func() time.Time { return at })
 		args := []string{"run", "--config", env.config, "--policy", "web"}
 		if i == 3 {
 			args = append(args, "--no-prune")
@@ -254,7 +227,7 @@ func TestRunPrunesAfterwards(t *testing.T) {
 		t.Fatalf("after 4 runs, the last with --no-prune: %d images, %d snapshots; want 8 and 4", images, snaps)
 	}
 	at := base.Add(4 * time.Minute)
-	runNow = func() time.Time { return at }
+	setForTest(t, &runNow, func() time.Time { return at })
 	code, out, errOut := cli(t, "run", "--config", env.config, "--policy", "web")
 	if code != 0 || !regexp.MustCompile(`(?m)^retention: web: 4 deleted`).MatchString(out) {
 		t.Fatalf("fifth run: exit %d, want a retention line with 4 deleted\n%s\n%s", code, out, errOut)

@@ -137,15 +137,6 @@ policies:
 	return f
 }
 
-// cliRun runs one command in-process and returns its exit code and everything it
-// printed.
-func cliRun(ctx context.Context, args ...string) (int, string, string) {
-	var stdout, stderr bytes.Buffer
-	m := &Main{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, Getenv: os.Getenv}
-	code := m.Run(ctx, args)
-	return code, stdout.String(), stderr.String()
-}
-
 // TestSecretsNeverPrinted loads real-looking credentials (a password and an
 // application-credential secret), drives every CLI command that exists against a
 // simulated cloud that accepts them, at debug log level in both log formats, and
@@ -187,7 +178,7 @@ func TestSecretsNeverPrinted(t *testing.T) {
 			}
 			continue
 		}
-		code, stdout, stderr := cliRun(ctx, s.args...)
+		code, stdout, stderr := cli(t, s.args...)
 		ran++
 		name := strings.Join(s.args, " ")
 		if s.wantCode >= 0 && code != s.wantCode {
@@ -203,7 +194,7 @@ func TestSecretsNeverPrinted(t *testing.T) {
 			t.Fatal("the runs made no image: the credentials were never used")
 		}
 		for _, o := range []string{"table", "json"} {
-			code, stdout, stderr := cliRun(ctx, "why", "--config", pw, "-o", o, imgs[0].ID)
+			code, stdout, stderr := cli(t, "why", "--config", pw, "-o", o, imgs[0].ID)
 			if code != 0 {
 				t.Errorf("why %s: exit %d\n%s%s", imgs[0].ID, code, stdout, stderr)
 			}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"io"
 	"net/http"
@@ -44,10 +43,8 @@ func TestSimcloudFleet(t *testing.T) {
 
 func TestSimcloudCommandFlags(t *testing.T) {
 	for _, args := range [][]string{{"--servers", "-1"}, {"--nope"}, {"extra"}} {
-		var stderr bytes.Buffer
-		m := &Main{Stdout: io.Discard, Stderr: &stderr, Getenv: func(string) string { return "" }}
-		if code := m.Run(context.Background(), append([]string{"simcloud"}, args...)); code != exitUsage {
-			t.Errorf("simcloud %v: exit %d, want %d (%s)", args, code, exitUsage, stderr.String())
+		if code, _, stderr := cli(t, append([]string{"simcloud"}, args...)...); code != exitUsage {
+			t.Errorf("simcloud %v: exit %d, want %d (%s)", args, code, exitUsage, stderr)
 		}
 	}
 }

@@ -1,44 +1,17 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 )
 
-func runMain(t *testing.T, args ...string) (code int, stdout, stderr string) {
-	t.Helper()
-	var out, errb bytes.Buffer
-	m := &Main{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }}
-	code = m.Run(context.Background(), args)
-	return code, out.String(), errb.String()
-}
-
-func writeFile(t *testing.T, name, content string) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-func fixValidateClock(t *testing.T, now time.Time) {
-	t.Helper()
-	old := validateNow
-	validateNow = func() time.Time { return now }
-	t.Cleanup(func() { validateNow = old })
-}
-
 func TestValidateOK(t *testing.T) {
 	// Just before the US spring-forward gap: the 02:30 slot runs at 03:00 EDT.
-	fixValidateClock(t, time.Date(2024, 3, 9, 12, 0, 0, 0, time.UTC))
-	path := writeFile(t, "ok.yaml", `policies:
+	setForTest(t, &validateNow, func() time.Time { return time.Date(2024, 3, 9, 12, 0, 0, 0, time.UTC) })
+	path := writeFile(t, filepath.Join(t.TempDir(), "ok.yaml"), `policies:
   - name: ny
     select: {tags: [backup]}
     schedule: {cron: "30 2 * * *", timezone: America/New_York}
@@ -51,7 +24,7 @@ func TestValidateOK(t *testing.T) {
     image: {name: "{{ .Server.Name }}"}
     retention: {keep_last: 3}
 `)
-	code, stdout, stderr := runMain(t, "validate", "--config", path)
+	code, stdout, stderr := cli(t, "validate", "--config", path)
 	if code != 0 || stderr != "" {
 		t.Fatalf("exit %d, stderr %q", code, stderr)
 	}
@@ -76,7 +49,7 @@ func TestValidateExamples(t *testing.T) {
 		t.Fatalf("no examples: %v", err)
 	}
 	for _, f := range files {
-		code, stdout, stderr := runMain(t, "validate", "--config", f)
+		code, stdout, stderr := cli(t, "validate", "--config", f)
 		if code != 0 || !strings.HasPrefix(stdout, "ok: ") {
 			t.Errorf("%s: exit %d\nstdout %s\nstderr %s", f, code, stdout, stderr)
 		}
@@ -84,7 +57,7 @@ func TestValidateExamples(t *testing.T) {
 }
 
 func TestValidateInvalid(t *testing.T) {
-	path := writeFile(t, "bad.yaml", `limits: {concurrency: 0}
+	path := writeFile(t, filepath.Join(t.TempDir(), "bad.yaml"), `limits: {concurrency: 0}
 policies:
   - name: web
     select: {tags: [a/b]}
@@ -92,7 +65,7 @@ policies:
     image: {name: "{{ .Server.Name }}"}
     retention: {keep_last: 3}
 `)
-	code, stdout, stderr := runMain(t, "validate", "--config", path)
+	code, stdout, stderr := cli(t, "validate", "--config", path)
 	if code != 1 {
 		t.Fatalf("exit %d, want 1", code)
 	}
@@ -109,8 +82,8 @@ policies:
 }
 
 func TestValidateJSON(t *testing.T) {
-	path := writeFile(t, "bad.yaml", "policies: []\n")
-	code, stdout, _ := runMain(t, "validate", "-o", "json", "--config", path)
+	path := writeFile(t, filepath.Join(t.TempDir(), "bad.yaml"), "policies: []\n")
+	code, stdout, _ := cli(t, "validate", "-o", "json", "--config", path)
 	if code != 1 {
 		t.Fatalf("exit %d, want 1", code)
 	}
@@ -125,15 +98,15 @@ func TestValidateJSON(t *testing.T) {
 
 func TestValidateUnreadable(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "nope.yaml")
-	code, _, stderr := runMain(t, "validate", "--config", missing)
+	code, _, stderr := cli(t, "validate", "--config", missing)
 	if code != 2 || !strings.Contains(stderr, "no such file") {
 		t.Fatalf("exit %d stderr %q, want 2 and the os error", code, stderr)
 	}
-	code, _, _ = runMain(t, "validate", "extra-arg")
+	code, _, _ = cli(t, "validate", "extra-arg")
 	if code != 2 {
 		t.Fatalf("positional argument: exit %d, want 2", code)
 	}
-	code, _, _ = runMain(t, "validate", "--no-such-flag")
+	code, _, _ = cli(t, "validate", "--no-such-flag")
 	if code != 2 {
 		t.Fatalf("unknown flag: exit %d, want 2", code)
 	}

@@ -29,7 +29,10 @@ func init() {
 	register(command{
 		name:    "version",
 		summary: "print the version, revision and Go version",
-		run: func(_ context.Context, m *Main, _ []string) error {
+		run: func(_ context.Context, m *Main, args []string) error {
+			if err := newFlagSet(m, "version").parse(args, 0); err != nil {
+				return err
+			}
 			fmt.Fprintf(m.Stdout, "imagekeeper %s (revision %s, %s)\n", version, buildRevision(), runtime.Version())
 			return nil
 		},
