@@ -250,10 +250,11 @@ func (n *narrator) kept(ctx context.Context, policy string) string {
 		}
 	}
 	if same > 0 {
-		return fmt.Sprintf("[%s] retention kept the newest %d good images of each of its %d servers (%d in all)",
-			policy, same, len(per), len(good))
+		return fmt.Sprintf("[%s] retention kept the newest %s of each of its %s (%d in all)",
+			policy, plural(same, "good image", "good images"), plural(len(per), "server", "servers"), len(good))
 	}
-	return fmt.Sprintf("[%s] retention kept %d good images across %d servers", policy, len(good), len(per))
+	return fmt.Sprintf("[%s] retention kept %s across %s", policy, plural(len(good), "good image", "good images"),
+		plural(len(per), "server", "servers"))
 }
 
 // image names the image row of an event: its name and its server's name.
@@ -270,6 +271,25 @@ func (n *narrator) image(ctx context.Context, e store.Event) (name, server strin
 		}
 	}
 	return name, server
+}
+
+// ready says what made an image good. The runner's event message counts volume
+// snapshots without pluralising ("1 volume snapshots available") and counts none
+// for an image-backed server, so the sentence is rebuilt from the lineage's
+// snapshot rows; msg is told as it is if they cannot be read.
+func (n *narrator) ready(ctx context.Context, e store.Event, msg string) string {
+	if e.ImageRow == 0 || e.ImageID == "" {
+		return msg
+	}
+	snaps, err := n.st.Snapshots(ctx, e.ImageRow)
+	if err != nil {
+		return msg
+	}
+	s := "image " + e.ImageID + " active"
+	if len(snaps) > 0 {
+		s += ", " + plural(len(snaps), "volume snapshot", "volume snapshots") + " available"
+	}
+	return s
 }
 
 func (n *narrator) server(id string) string {
@@ -304,7 +324,7 @@ func (n *narrator) narrate(ctx context.Context, e store.Event) string {
 		return fmt.Sprintf("[%s] asked the cloud for an image of %s (%s)", who, server, name)
 	case store.EventImageGood:
 		name, server := n.image(ctx, e)
-		return fmt.Sprintf("[%s] image %s of %s is ready: %s", who, name, server, msg)
+		return fmt.Sprintf("[%s] image %s of %s is ready: %s", who, name, server, n.ready(ctx, e, msg))
 	case store.EventImageFailed:
 		name, server := n.image(ctx, e)
 		return fmt.Sprintf("[%s] image %s of %s failed: %s", who, name, server, msg)

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/imagekeeper/imagekeeper/examples"
 	"github.com/imagekeeper/imagekeeper/policy"
+	"github.com/imagekeeper/imagekeeper/store"
 )
 
 // TestDemoPolicyLoads keeps the embedded demo policy valid and fast.
@@ -96,12 +99,15 @@ func TestDemoAsAUserRunsIt(t *testing.T) {
 	if err != nil {
 		t.Fatalf("demo exited with %v after SIGINT\nstdout:\n%s\nstderr:\n%s", err, text, stderr.String())
 	}
-	ready := regexp.MustCompile(`(?m)\[web\] image web-\d-\d{6} of web-\d is ready`).FindAllString(text, -1)
+	ready := regexp.MustCompile(`(?m)\[web\] image web-\d-\d{6} of web-\d is ready: image \S+ active$`).FindAllString(text, -1)
 	if len(ready) < 4 {
 		t.Errorf("saw %d web images made, want at least 4:\n%s", len(ready), text)
 	}
-	if !regexp.MustCompile(`(?m)\[db\] image db-\d-\d{6} of db-\d is ready: .* [12] volume snapshots available`).MatchString(text) {
+	if !regexp.MustCompile(`(?m)\[db\] image db-\d-\d{6} of db-\d is ready: image \S+ active, (1 volume snapshot|2 volume snapshots) available$`).MatchString(text) {
 		t.Errorf("no volume-backed image made:\n%s", text)
+	}
+	if strings.Contains(text, "1 volume snapshots") || strings.Contains(text, "0 volume snapshots") {
+		t.Errorf("snapshot count not in words:\n%s", text)
 	}
 	if !strings.Contains(text, "skipped server web-broken") {
 		t.Errorf("the server in ERROR was not reported skipped:\n%s", text)
@@ -114,5 +120,47 @@ func TestDemoAsAUserRunsIt(t *testing.T) {
 	}
 	if strings.Contains(stderr.String(), "level=ERROR") {
 		t.Errorf("errors logged:\n%s", stderr.String())
+	}
+}
+
+// TestNarratorImageReady checks the sentence for a good image counts its volume
+// snapshots in words ("1 volume snapshot", "2 volume snapshots") and names none for
+// an image-backed server, whatever count the runner's event message gives.
+func TestNarratorImageReady(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "lineage.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	slot := time.Date(2026, 11, 24, 18, 30, 0, 0, time.UTC)
+	n := &narrator{out: io.Discard, st: st, serverName: func(id string) string { return "" }}
+	for i, tt := range []struct {
+		snapshots int
+		want      string
+	}{
+		{0, "[db] image db-0-183000 of db-0 is ready: image img-0 active"},
+		{1, "[db] image db-1-183000 of db-1 is ready: image img-1 active, 1 volume snapshot available"},
+		{2, "[db] image db-2-183000 of db-2 is ready: image img-2 active, 2 volume snapshots available"},
+	} {
+		server := fmt.Sprintf("db-%d", i)
+		im, _, err := st.RecordIntent(ctx, store.Intent{Policy: "db", ServerID: "id-" + server, ServerName: server,
+			VolumeBacked: tt.snapshots > 0, Slot: slot, Name: server + "-183000"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var snaps []store.Snapshot
+		for j := range tt.snapshots {
+			snaps = append(snaps, store.Snapshot{SnapshotID: fmt.Sprintf("snap-%d-%d", i, j), VolumeID: fmt.Sprintf("vol-%d-%d", i, j)})
+		}
+		if err := st.AddSnapshots(ctx, im.Row, snaps); err != nil {
+			t.Fatal(err)
+		}
+		id := fmt.Sprintf("img-%d", i)
+		e := store.Event{Kind: store.EventImageGood, Policy: "db", ServerID: "id-" + server, ImageRow: im.Row, ImageID: id,
+			Message: fmt.Sprintf("image %s active, %d volume snapshots available", id, tt.snapshots)}
+		if got := n.narrate(ctx, e); got != tt.want {
+			t.Errorf("%d snapshots:\n got %q\nwant %q", tt.snapshots, got, tt.want)
+		}
 	}
 }

@@ -253,7 +253,7 @@ func printPlan(w io.Writer, pp planPolicyJSON) error {
 				del = append(del, it)
 			}
 		}
-		fmt.Fprintf(w, "  retention today: %d images, %d would be deleted\n", len(pp.Prune.Images), len(del))
+		fmt.Fprintf(w, "  retention today: %s, %d would be deleted\n", plural(len(pp.Prune.Images), "image", "images"), len(del))
 		if len(del) > 0 {
 			t := newTable(w, "    IMAGE", "SERVER", "AGE", "DECISION", "REASON")
 			for _, it := range del {
@@ -271,7 +271,8 @@ func printPlan(w io.Writer, pp planPolicyJSON) error {
 			created += len(s.Created)
 			deleted += len(s.Deleted)
 		}
-		fmt.Fprintf(w, "  horizon %s: %d slots, %d images created, %d deleted\n", pp.Horizon, len(pp.Steps), created, deleted)
+		fmt.Fprintf(w, "  horizon %s: %s, %s created, %d deleted\n", pp.Horizon, plural(len(pp.Steps), "slot", "slots"),
+			plural(created, "image", "images"), deleted)
 		for _, s := range pp.Steps {
 			line := fmt.Sprintf("    %s  +%d", s.Slot.In(loc).Format("2006-01-02 15:04 MST"), len(s.Created))
 			if len(s.Deleted) > 0 {

@@ -129,7 +129,8 @@ func runPrune(ctx context.Context, m *Main, args []string) error {
 	case len(failures) > 0:
 		return withExitCode(exitFailure, errors.New(strings.Join(failures, "; ")))
 	case refused > 0:
-		return withExitCode(exitFailure, fmt.Errorf("%d deletions refused by a guard rail (see the reasons above)", refused))
+		return withExitCode(exitFailure, fmt.Errorf("%s refused by a guard rail (see the reasons above)",
+			plural(refused, "deletion", "deletions")))
 	}
 	return nil
 }
@@ -185,9 +186,9 @@ func pruneSummary(rep *scheduler.PruneReport) string {
 	}
 	s := fmt.Sprintf("%s: %s", rep.Policy, strings.Join(parts, ", "))
 	if rep.SnapshotsDeleted > 0 {
-		s += fmt.Sprintf(" (%d volume snapshots deleted)", rep.SnapshotsDeleted)
+		s += fmt.Sprintf(" (%s deleted)", plural(rep.SnapshotsDeleted, "volume snapshot", "volume snapshots"))
 	}
-	s += fmt.Sprintf(" over %d servers", rep.Servers)
+	s += " over " + plural(rep.Servers, "server", "servers")
 	if rep.ServersGone > 0 {
 		s += fmt.Sprintf(" (%d gone or no longer selected)", rep.ServersGone)
 	}

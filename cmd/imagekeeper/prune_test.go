@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
+	"github.com/imagekeeper/imagekeeper/scheduler"
 )
 
 const retentionCLIConfig = `cloud: sim
@@ -231,5 +232,24 @@ func TestPlanCommand(t *testing.T) {
 	}
 	if code, _, _ := cli(t, "plan", "--config", cfg2, "--horizon", "soon"); code != exitUsage {
 		t.Errorf("plan --horizon soon: exit %d, want %d", code, exitUsage)
+	}
+}
+
+// TestPruneSummaryWords checks the summary line counts in words, one and many.
+func TestPruneSummaryWords(t *testing.T) {
+	for _, tt := range []struct {
+		rep  scheduler.PruneReport
+		want string
+	}{
+		{scheduler.PruneReport{Policy: "p", Counts: map[scheduler.PruneAction]int{scheduler.PruneDeleted: 1}, SnapshotsDeleted: 1, Servers: 1},
+			"p: 1 deleted (1 volume snapshot deleted) over 1 server"},
+		{scheduler.PruneReport{Policy: "p", Counts: map[scheduler.PruneAction]int{scheduler.PruneDeleted: 2, scheduler.PruneKeep: 3},
+			SnapshotsDeleted: 2, Servers: 2, ServersGone: 1, DryRun: true},
+			"p: 2 deleted, 3 keep (2 volume snapshots deleted) over 2 servers (1 gone or no longer selected) [dry run: nothing changed]"},
+		{scheduler.PruneReport{Policy: "p"}, "p: no images over 0 servers"},
+	} {
+		if got := pruneSummary(&tt.rep); got != tt.want {
+			t.Errorf("pruneSummary:\n got %q\nwant %q", got, tt.want)
+		}
 	}
 }

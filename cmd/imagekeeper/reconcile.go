@@ -97,7 +97,7 @@ func printReconcile(w io.Writer, rep *scheduler.ReconcileReport) error {
 	if rep.Fix {
 		mode = "fix"
 	}
-	fmt.Fprintf(w, "reconcile (%s): %d stamped images, %d snapshots in the cloud: %s\n", mode, rep.CloudImages,
-		rep.CloudSnapshots, strings.Join(parts, ", "))
+	fmt.Fprintf(w, "reconcile (%s): %s, %s in the cloud: %s\n", mode, plural(rep.CloudImages, "stamped image", "stamped images"),
+		plural(rep.CloudSnapshots, "snapshot", "snapshots"), strings.Join(parts, ", "))
 	return nil
 }

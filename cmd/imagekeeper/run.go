@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -87,14 +88,11 @@ func runBackup(ctx context.Context, m *Main, args []string) error {
 // "3/50 web-1: image abc123 good (12s)".
 func printProgress(w io.Writer, e scheduler.ProgressEvent) {
 	if e.Server.ServerID == "" {
-		fmt.Fprintf(w, "%s: slot %s: %d servers selected\n", e.Policy, scheduler.StampSlot(e.Slot), e.Total)
+		fmt.Fprintf(w, "%s: slot %s: %s selected\n", e.Policy, scheduler.StampSlot(e.Slot), plural(e.Total, "server", "servers"))
 		return
 	}
 	s := e.Server
-	name := s.ServerName
-	if name == "" {
-		name = s.ServerID
-	}
+	name := cmp.Or(s.ServerName, s.ServerID)
 	var what string
 	switch s.Outcome {
 	case scheduler.ServerSkipped:

@@ -54,7 +54,7 @@ func runSimcloud(ctx context.Context, m *Main, args []string) error {
 	fs := newFlagSet(m, "simcloud")
 	listen := fs.String("listen", "127.0.0.1:0", "address to listen on")
 	servers := fs.Int("servers", 6, "number of simulated servers")
-	cloudsYAML := fs.String("clouds-yaml", "", "write a clouds.yaml with a `simcloud` entry to this `path`")
+	cloudsYAML := fs.String("clouds-yaml", "", "write a clouds.yaml with a cloud named simcloud to this `path`")
 	seed := fs.Int64("seed", 1, "seed for the generated ids")
 	computeVersion := fs.String("compute-version", simcloud.DefaultComputeVersion, "maximum compute microversion")
 	imageBuild := fs.Duration("image-build-time", simcloud.DefaultImageBuildTime, "time an image-backed snapshot takes to become active")

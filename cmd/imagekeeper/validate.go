@@ -77,11 +77,7 @@ func runValidate(_ context.Context, m *Main, args []string) error {
 		}
 		return writeJSON(m.Stdout, out)
 	}
-	noun := "policies"
-	if len(cfg.Policies) == 1 {
-		noun = "policy"
-	}
-	fmt.Fprintf(m.Stdout, "ok: %d %s\n", len(cfg.Policies), noun)
+	fmt.Fprintf(m.Stdout, "ok: %s\n", plural(len(cfg.Policies), "policy", "policies"))
 	for _, p := range cfg.Policies {
 		state := ""
 		if !p.Enabled {

@@ -113,11 +113,8 @@ func runWhy(ctx context.Context, m *Main, args []string) error {
 	if im.Adopted {
 		how = "adopted: found by its stamp after an unknown outcome"
 	}
-	attempts := fmt.Sprintf("%d createImage calls", im.Attempts)
-	if im.Attempts == 1 {
-		attempts = "1 createImage call"
-	}
-	fmt.Fprintf(w, "  requested: %s (%s; id %s)\n", fmtWhen(im.RequestedAt), attempts, how)
+	fmt.Fprintf(w, "  requested: %s (%s; id %s)\n", fmtWhen(im.RequestedAt),
+		plural(im.Attempts, "createImage call", "createImage calls"), how)
 	if !im.ActiveAt.IsZero() {
 		fmt.Fprintf(w, "  good:      %s (%s after the request)\n", fmtWhen(im.ActiveAt), roundDuration(im.ActiveAt.Sub(im.RequestedAt)))
 	}

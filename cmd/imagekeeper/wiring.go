@@ -93,7 +93,7 @@ func wireConfig(m *Main, path string) (*policy.Config, error) {
 		for _, e := range perrs {
 			fmt.Fprintln(m.Stderr, e.Error())
 		}
-		return nil, withExitCode(exitFailure, fmt.Errorf("%s is not valid (%d problems; see above)", path, len(perrs)))
+		return nil, withExitCode(exitFailure, fmt.Errorf("%s is not valid (%s; see above)", path, plural(len(perrs), "problem", "problems")))
 	case errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission):
 		return nil, withExitCode(exitUsage, err)
 	case err != nil:
