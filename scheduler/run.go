@@ -365,6 +365,14 @@ func (r *Runner) runSlot(ctx context.Context, cfg *policy.Config, p *policy.Poli
 	}
 	rep.CloudCalls = ru.calls.total.Load()
 	rep.Finished = r.now()
+	if runErr != nil && ctx.Err() != nil && trigger != TriggerManual {
+		// The process is shutting down: the slot stays running, and the next start
+		// resumes it (ResumeInterruptedSlots). Failed would be wrong once the images
+		// it asked for turn good, as they usually do.
+		rep.Outcome, rep.Reason = store.OutcomeRunning, "interrupted by shutdown; resumed at the next start"
+		ru.log.Info("slot run interrupted by shutdown; the next start resumes it")
+		return rep, fmt.Errorf("run slot %s of %s: %w", StampSlot(slot), p.Name, runErr)
+	}
 	if err := r.store.FinishSlot(bctx, sl.ID, rep.Outcome, rep.Reason, rep.Counts); err != nil {
 		ru.log.Error("record slot outcome", "err", err)
 		if runErr == nil {

@@ -203,6 +203,8 @@ func (s *Store) RecordSlot(ctx context.Context, sl Slot) (Slot, error) {
 // SlotFilter selects slots; zero fields do not filter.
 type SlotFilter struct {
 	Policy string
+	// Outcome, when set, keeps only slots with this outcome (e.g. OutcomeRunning).
+	Outcome string
 	// Since and Until bound the slot instant (inclusive).
 	Since, Until time.Time
 	// Limit caps the result to the newest Limit slots.
@@ -215,6 +217,9 @@ func (s *Store) Slots(ctx context.Context, f SlotFilter) ([]Slot, error) {
 	var args []any
 	if f.Policy != "" {
 		where, args = append(where, "policy = ?"), append(args, f.Policy)
+	}
+	if f.Outcome != "" {
+		where, args = append(where, "outcome = ?"), append(args, f.Outcome)
 	}
 	if !f.Since.IsZero() {
 		where, args = append(where, "slot >= ?"), append(args, fmtTime(f.Since))

@@ -256,12 +256,22 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		}
 	}()
 
+	// Read before the scheduler starts: every slot still running now was left so by
+	// a previous process (the lock rules out another daemon).
+	interrupted, err := runner.InterruptedSlots(ctx)
+	if err != nil {
+		return withExitCode(exitFailure, err)
+	}
 	if err := sched.Start(ctx, cfg); err != nil {
 		return withExitCode(exitFailure, err)
 	}
 	d.sched.Store(sched)
 	metrics.ConfigReloaded(true, time.Now())
-	sched.Go("resume waits", func(ctx context.Context) error { return runner.ResumeWaits(ctx, cfg) })
+	sched.Go("resume waits", func(ctx context.Context) error {
+		werr := runner.ResumeWaits(ctx, cfg)
+		// After the waits, so that the interrupted slots' images are free to adopt.
+		return errors.Join(werr, runner.ResumeInterruptedSlots(ctx, cfg, interrupted))
+	})
 	d.audit(st, log, eventDaemonStarted, fmt.Sprintf("pid %d, config %s version %s, %d policies",
 		os.Getpid(), d.ConfigPath, cfg.Version, len(cfg.Policies)))
 	log.Info("imagekeeper daemon serving", "config", d.ConfigPath, "state", statePath, "listen", srv.Addr(),

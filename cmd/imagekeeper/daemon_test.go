@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -99,23 +98,6 @@ type running struct {
 	st       *store.Store
 	reloaded chan error
 	logs     *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // daemonOpt changes a Daemon before it starts.
@@ -458,6 +440,9 @@ func TestDaemonDrainAndResume(t *testing.T) {
 	if err != nil || len(ims) != 1 || ims[0].State != store.ImageCreating {
 		t.Fatalf("after an interrupted drain: %+v, %v; want one image still creating", ims, err)
 	}
+	if sl, err := st.SlotByKey(context.Background(), "slow", ims[0].Slot); err != nil || sl.Outcome != store.OutcomeRunning {
+		t.Fatalf("after an interrupted drain the slot is %+v, %v; want running", sl, err)
+	}
 	st.Close()
 
 	r2 := e.start()
@@ -467,6 +452,14 @@ func TestDaemonDrainAndResume(t *testing.T) {
 	})
 	if n := e.sim.CreateImageCalls(ims[0].ServerID); n != 1 {
 		t.Fatalf("server imaged %d times; the restart must resume, not re-create", n)
+	}
+	// The slot the first daemon left running gets its outcome from the second.
+	eventually(t, "the interrupted slot to get an outcome", 30*time.Second, func() bool {
+		sl, err := r2.st.SlotByKey(context.Background(), "slow", ims[0].Slot)
+		return err == nil && sl.Outcome == store.OutcomeCaughtUp && sl.Counts.Good == 1
+	})
+	if n := e.sim.CreateImageCalls(ims[0].ServerID); n != 1 {
+		t.Fatalf("server imaged %d times after the interrupted slot was resumed", n)
 	}
 	if err := r2.stop(t); err != nil {
 		t.Fatalf("clean drain: %v", err)

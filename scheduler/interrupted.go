@@ -1,0 +1,75 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/imagekeeper/imagekeeper/policy"
+	"github.com/imagekeeper/imagekeeper/store"
+)
+
+// InterruptedSlots returns the slots a previous process left running: it was killed
+// or crashed mid-run, so nothing recorded their outcome. Call it before the
+// scheduler starts, while no run of this process can be running.
+func (r *Runner) InterruptedSlots(ctx context.Context) ([]store.Slot, error) {
+	slots, err := r.store.Slots(ctx, store.SlotFilter{Outcome: store.OutcomeRunning})
+	if err != nil {
+		return nil, fmt.Errorf("interrupted slots: %w", err)
+	}
+	return slots, nil
+}
+
+// ResumeInterruptedSlots gives every interrupted slot an outcome. A scheduled or
+// caught-up slot of a policy still in cfg and enabled, and no older than its
+// max_lateness, is run again: the run is idempotent by (policy, server, slot), so
+// it adopts or waits for the images the dead process asked for and asks only for
+// the servers it had not reached. Any other interrupted slot (a manual run, a
+// removed or disabled policy, too late) is recorded failed with the reason. Call it
+// after ResumeWaits, so that the images of those slots are no longer claimed.
+func (r *Runner) ResumeInterruptedSlots(ctx context.Context, cfg *policy.Config, slots []store.Slot) error {
+	var errs []error
+	for _, sl := range slots {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		p := findPolicy(cfg, sl.Policy)
+		reason := ""
+		switch {
+		case sl.Trigger == store.TriggerManual:
+			reason = "interrupted: the manual run's process ended before it finished"
+		case p == nil:
+			reason = "interrupted, and the policy is no longer in the file"
+		case !p.Enabled:
+			reason = "interrupted, and the policy is now disabled"
+		case p.Schedule != nil && p.Schedule.MaxLateness > 0 && r.now().Sub(sl.Slot) > p.Schedule.MaxLateness:
+			reason = fmt.Sprintf("interrupted, and now later than max_lateness %s: not resumed", p.Schedule.MaxLateness)
+		}
+		if reason != "" {
+			if err := r.store.FinishSlot(ctx, sl.ID, store.OutcomeFailed, reason, sl.Counts); err != nil {
+				errs = append(errs, fmt.Errorf("finish interrupted slot %s %s: %w", sl.Policy, StampSlot(sl.Slot), err))
+				continue
+			}
+			r.metrics.SlotOutcome(sl.Policy, store.OutcomeFailed)
+			r.log.Warn("interrupted slot not resumed", "policy", sl.Policy, "slot", StampSlot(sl.Slot), "reason", reason)
+			continue
+		}
+		r.log.Info("resuming interrupted slot", "policy", sl.Policy, "slot", StampSlot(sl.Slot))
+		if _, err := r.RunSlot(ctx, cfg, p, sl.Slot, Trigger(sl.Trigger)); err != nil {
+			errs = append(errs, fmt.Errorf("resume interrupted slot %s %s: %w", sl.Policy, StampSlot(sl.Slot), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func findPolicy(cfg *policy.Config, name string) *policy.Policy {
+	if cfg == nil {
+		return nil
+	}
+	for _, p := range cfg.Policies {
+		if p.Name == name {
+			return p
+		}
+	}
+	return nil
+}

@@ -1,0 +1,70 @@
+package scheduler
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/imagekeeper/imagekeeper/cloud/cloudtest"
+	"github.com/imagekeeper/imagekeeper/store"
+)
+
+// TestResumeInterruptedSlots leaves four slots running, as a killed process does,
+// and checks that each gets an outcome: a recent scheduled slot is run again and
+// makes its image once; a manual one, one of a removed policy and one older than
+// max_lateness are recorded failed with their reason, and make no image.
+func TestResumeInterruptedSlots(t *testing.T) {
+	ctx := context.Background()
+	e := newReviewEnv(t, "10m")
+	srv := e.fake.AddServer(cloudtest.ServerSpec{Name: "web-1", Tags: []string{"backup=daily"}})
+	start := func(policy string, slot time.Time, trigger string) store.Slot {
+		t.Helper()
+		sl, err := e.store.StartSlot(ctx, store.Slot{Policy: policy, Slot: slot, Due: slot, Trigger: trigger})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sl
+	}
+	recent := start("web", e.slot, store.TriggerScheduled)
+	manual := start("web", e.slot.Add(-time.Hour), store.TriggerManual)
+	removed := start("gone", e.slot, store.TriggerScheduled)
+	tooLate := start("web", e.slot.Add(-48*time.Hour), store.TriggerScheduled)
+
+	r := e.runner(e.fake, nil)
+	interrupted, err := r.InterruptedSlots(ctx)
+	if err != nil || len(interrupted) != 4 {
+		t.Fatalf("InterruptedSlots = %d slots, %v; want 4", len(interrupted), err)
+	}
+	if err := r.ResumeInterruptedSlots(ctx, e.cfg, interrupted); err != nil {
+		t.Fatal(err)
+	}
+	want := map[int64]struct{ outcome, reason string }{
+		recent.ID:  {store.OutcomeRan, ""},
+		manual.ID:  {store.OutcomeFailed, "manual run"},
+		removed.ID: {store.OutcomeFailed, "no longer in the file"},
+		tooLate.ID: {store.OutcomeFailed, "max_lateness"},
+	}
+	for id, w := range want {
+		var got store.Slot
+		all, err := e.store.Slots(ctx, store.SlotFilter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, sl := range all {
+			if sl.ID == id {
+				got = sl
+			}
+		}
+		if got.Outcome != w.outcome || !strings.Contains(got.Reason, w.reason) {
+			t.Errorf("slot %s %v (%s): outcome %q reason %q; want %q containing %q",
+				got.Policy, got.Slot, got.Trigger, got.Outcome, got.Reason, w.outcome, w.reason)
+		}
+	}
+	if n := e.fake.CreateImageCalls(srv); n != 1 {
+		t.Errorf("createImage called %d times; only the resumed slot may ask, once", n)
+	}
+	if left, _ := r.InterruptedSlots(ctx); len(left) != 0 {
+		t.Errorf("%d slots still running after the resume", len(left))
+	}
+}
