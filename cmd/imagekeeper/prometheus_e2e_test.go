@@ -17,7 +17,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -352,28 +351,15 @@ func e2eBuildBinary(t *testing.T, dir string) string {
 type e2eProcess struct {
 	name string
 	cmd  *exec.Cmd
-	mu   sync.Mutex
-	out  bytes.Buffer
+	out  syncBuffer
 	done chan struct{}
-}
-
-func (p *e2eProcess) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.Write(b)
-}
-
-func (p *e2eProcess) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
 }
 
 func e2eStart(t *testing.T, name string, args ...string) *e2eProcess {
 	t.Helper()
 	p := &e2eProcess{name: filepath.Base(name), done: make(chan struct{})}
 	p.cmd = exec.Command(name, args...)
-	p.cmd.Stdout, p.cmd.Stderr = p, p
+	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -387,7 +373,7 @@ func e2eStart(t *testing.T, name string, args ...string) *e2eProcess {
 			<-p.done
 		}
 		if t.Failed() {
-			t.Logf("--- %s output (last 4 KiB):\n%s", p.name, e2eTail(p.output(), 4096))
+			t.Logf("--- %s output (last 4 KiB):\n%s", p.name, e2eTail(p.out.String(), 4096))
 		}
 	})
 	return p

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net/http"
@@ -206,7 +205,7 @@ func TestSecretsNeverPrinted(t *testing.T) {
 	if _, ok := commands["daemon"]; ok {
 		before := len(f.sim.Images())
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		var stdout, stderr lockedBuffer
+		var stdout, stderr syncBuffer
 		done := make(chan int)
 		go func() {
 			m := &Main{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, Getenv: os.Getenv}
@@ -249,22 +248,4 @@ func TestSecretsNeverPrinted(t *testing.T) {
 		t.Errorf("only %d lines of output: is debug logging on?", lines)
 	}
 	t.Logf("%d commands, %d lines of output, %d secrets (%d tokens): none printed", len(outputs), lines, len(secrets), len(tokens))
-}
-
-// lockedBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
