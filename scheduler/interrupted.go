@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/store"
@@ -26,12 +27,22 @@ func (r *Runner) InterruptedSlots(ctx context.Context) ([]store.Slot, error) {
 // it adopts or waits for the images the dead process asked for and asks only for
 // the servers it had not reached. Any other interrupted slot (a manual run, a
 // removed or disabled policy, too late) is recorded failed with the reason. Call it
-// after ResumeWaits, so that the images of those slots are no longer claimed.
+// before ResumeWaits, so that each re-run claims and waits for its own images.
+// Slots of different policies resume concurrently.
 func (r *Runner) ResumeInterruptedSlots(ctx context.Context, cfg *policy.Config, slots []store.Slot) error {
-	var errs []error
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+	)
+	fail := func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		errs = append(errs, err)
+	}
 	for _, sl := range slots {
 		if ctx.Err() != nil {
-			return ctx.Err()
+			break
 		}
 		p := findPolicy(cfg, sl.Policy)
 		reason := ""
@@ -47,7 +58,7 @@ func (r *Runner) ResumeInterruptedSlots(ctx context.Context, cfg *policy.Config,
 		}
 		if reason != "" {
 			if err := r.store.FinishSlot(ctx, sl.ID, store.OutcomeFailed, reason, sl.Counts); err != nil {
-				errs = append(errs, fmt.Errorf("finish interrupted slot %s %s: %w", sl.Policy, StampSlot(sl.Slot), err))
+				fail(fmt.Errorf("finish interrupted slot %s %s: %w", sl.Policy, StampSlot(sl.Slot), err))
 				continue
 			}
 			r.metrics.SlotOutcome(sl.Policy, store.OutcomeFailed)
@@ -55,9 +66,17 @@ func (r *Runner) ResumeInterruptedSlots(ctx context.Context, cfg *policy.Config,
 			continue
 		}
 		r.log.Info("resuming interrupted slot", "policy", sl.Policy, "slot", StampSlot(sl.Slot))
-		if _, err := r.RunSlot(ctx, cfg, p, sl.Slot, Trigger(sl.Trigger)); err != nil {
-			errs = append(errs, fmt.Errorf("resume interrupted slot %s %s: %w", sl.Policy, StampSlot(sl.Slot), err))
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := r.RunSlot(ctx, cfg, p, sl.Slot, Trigger(sl.Trigger)); err != nil {
+				fail(fmt.Errorf("resume interrupted slot %s %s: %w", sl.Policy, StampSlot(sl.Slot), err))
+			}
+		}()
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		fail(err)
 	}
 	return errors.Join(errs...)
 }

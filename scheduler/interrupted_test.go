@@ -68,3 +68,42 @@ func TestResumeInterruptedSlots(t *testing.T) {
 		t.Errorf("%d slots still running after the resume", len(left))
 	}
 }
+
+// TestSlotRecordedBeforeWaitingForThePolicy checks that a slot waiting for its
+// policy's lock (held here, as a resumed slot would hold it) already has a running
+// row: a process killed while it waits must leave a slot to resume, not a hole.
+func TestSlotRecordedBeforeWaitingForThePolicy(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	e := newReviewEnv(t, "10m")
+	r := e.runner(e.fake, nil)
+	unlock, err := r.LockPolicy(ctx, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.RunSlot(ctx, e.cfg, e.p, e.slot, TriggerScheduled)
+		done <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		sl, err := e.store.SlotByKey(context.Background(), "web", e.slot)
+		if err == nil && sl.Outcome == store.OutcomeRunning {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no running slot row while the run waits for the policy lock: %+v, %v", sl, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel() // the process goes away while waiting
+	if err := <-done; err == nil {
+		t.Fatal("RunSlot returned no error after its context was cancelled")
+	}
+	left, err := r.InterruptedSlots(context.Background())
+	if err != nil || len(left) != 1 {
+		t.Fatalf("interrupted slots = %+v, %v; want the one that was waiting", left, err)
+	}
+}

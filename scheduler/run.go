@@ -292,11 +292,24 @@ func (r *Runner) RunSlot(ctx context.Context, cfg *policy.Config, p *policy.Poli
 		trigger = TriggerScheduled
 	}
 	slot = slot.UTC().Truncate(time.Second)
+	cfgVersion := ""
+	if cfg != nil {
+		cfgVersion = cfg.Version
+	}
+	started := r.now()
+	// The slot is recorded before waiting for the policy lock: a process killed
+	// while it waits (behind a resumed slot, say) must leave a running row for the
+	// next start to resume, not a slot with no row at all.
+	sl, err := r.store.StartSlot(ctx, store.Slot{Policy: p.Name, Slot: slot, Trigger: string(trigger),
+		PolicyVersion: p.Version, ConfigVersion: cfgVersion})
+	if err != nil {
+		return nil, fmt.Errorf("run slot: %w", err)
+	}
 	unlock, err := r.LockPolicy(ctx, p.Name)
 	if err != nil {
 		return nil, fmt.Errorf("run slot of %s: %w", p.Name, err)
 	}
-	rep, err := r.runSlot(ctx, cfg, p, slot, trigger)
+	rep, err := r.runSlot(ctx, cfg, p, slot, trigger, sl, started)
 	unlock()
 	if err != nil || r.opts.AfterRun == nil || rep == nil || rep.Outcome == store.OutcomeFailed {
 		return rep, err
@@ -307,17 +320,8 @@ func (r *Runner) RunSlot(ctx context.Context, cfg *policy.Config, p *policy.Poli
 	return rep, nil
 }
 
-func (r *Runner) runSlot(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger) (*SlotReport, error) {
-	cfgVersion := ""
-	if cfg != nil {
-		cfgVersion = cfg.Version
-	}
-	started := r.now()
-	sl, err := r.store.StartSlot(ctx, store.Slot{Policy: p.Name, Slot: slot, Trigger: string(trigger),
-		PolicyVersion: p.Version, ConfigVersion: cfgVersion})
-	if err != nil {
-		return nil, fmt.Errorf("run slot: %w", err)
-	}
+func (r *Runner) runSlot(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger,
+	sl store.Slot, started time.Time) (*SlotReport, error) {
 	ru := &run{
 		r: r, cfg: cfg, p: p, slot: slot, trigger: trigger, slotID: sl.ID, runID: newRunID(),
 		calls:    &callCounter{},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sort"
 	"sync"
 	"time"
@@ -76,7 +77,7 @@ func (r *Runner) wait(ctx context.Context, sc waitScope, rows []store.Image) err
 	interval := r.opts.PollInterval
 	for round := 0; len(items) > 0; round++ {
 		if round > 0 || !sc.pollFirst {
-			if err := r.sleep(ctx, interval); err != nil {
+			if err := r.sleep(ctx, min(interval, r.untilFirstDeadline(sc, items))); err != nil {
 				return err
 			}
 			interval = min(interval*2, r.opts.MaxPollInterval)
@@ -93,6 +94,21 @@ func (r *Runner) wait(ctx context.Context, sc waitScope, rows []store.Image) err
 		}
 	}
 	return nil
+}
+
+// untilFirstDeadline is how long until the first pending item passes its
+// wait_timeout, plus a little so that the next poll finds it late. The backed-off
+// interval may be minutes: without this bound a timed-out image would be noticed
+// that much later, and a shutdown or a resumed slot would wait for nothing.
+func (r *Runner) untilFirstDeadline(sc waitScope, items []*waitItem) time.Duration {
+	first := time.Duration(math.MaxInt64)
+	now := r.now()
+	for _, it := range items {
+		if d := it.row.RequestedAt.Add(sc.timeout).Sub(now); d < first {
+			first = d
+		}
+	}
+	return max(first, 0) + 50*time.Millisecond
 }
 
 // poll makes one round over the items and returns those still pending.

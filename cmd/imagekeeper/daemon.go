@@ -267,10 +267,11 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	d.sched.Store(sched)
 	metrics.ConfigReloaded(true, time.Now())
-	sched.Go("resume waits", func(ctx context.Context) error {
-		werr := runner.ResumeWaits(ctx, cfg)
-		// After the waits, so that the interrupted slots' images are free to adopt.
-		return errors.Join(werr, runner.ResumeInterruptedSlots(ctx, cfg, interrupted))
+	sched.Go("resume", func(ctx context.Context) error {
+		// Interrupted slots first: each re-run claims and waits for its own images,
+		// so that the slot's outcome reflects them; ResumeWaits then takes the rest.
+		serr := runner.ResumeInterruptedSlots(ctx, cfg, interrupted)
+		return errors.Join(serr, runner.ResumeWaits(ctx, cfg))
 	})
 	d.audit(st, log, eventDaemonStarted, fmt.Sprintf("pid %d, config %s version %s, %d policies",
 		os.Getpid(), d.ConfigPath, cfg.Version, len(cfg.Policies)))
