@@ -45,34 +45,8 @@ type LineageRow struct {
 
 // Lineage returns the rows f selects, lean, ordered by policy, server, slot and row.
 func (s *Store) Lineage(ctx context.Context, f ImageFilter) ([]LineageRow, error) {
-	var where []string
-	var args []any
-	if f.Policy != "" {
-		where, args = append(where, "policy = ?"), append(args, f.Policy)
-	}
-	if f.ServerID != "" {
-		where, args = append(where, "server_id = ?"), append(args, f.ServerID)
-	}
-	if !f.Slot.IsZero() {
-		where, args = append(where, "slot = ?"), append(args, fmtTime(f.Slot))
-	}
-	if len(f.States) > 0 {
-		marks := make([]string, len(f.States))
-		for i, st := range f.States {
-			marks[i] = "?"
-			args = append(args, string(st))
-		}
-		where = append(where, "state IN ("+strings.Join(marks, ", ")+")")
-	}
-	q := `SELECT id, image_id, name, policy, server_id, server_name, volume_backed, slot, owner, state, reason,
-		delete_reason, requested_at, active_at, failed_at, next_attempt_at FROM images`
-	if len(where) > 0 {
-		q += " WHERE " + strings.Join(where, " AND ")
-	}
-	q += " ORDER BY policy, server_id, slot, id"
-	if f.Limit > 0 {
-		q += fmt.Sprintf(" LIMIT %d", f.Limit)
-	}
+	q, args := f.query(`id, image_id, name, policy, server_id, server_name, volume_backed, slot, owner, state, reason,
+		delete_reason, requested_at, active_at, failed_at, next_attempt_at`)
 	return s.scanLineage(ctx, nil, q, args...)
 }
 

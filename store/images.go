@@ -433,6 +433,13 @@ type ImageFilter struct {
 
 // Images returns the matching rows ordered by policy, server, slot and row.
 func (s *Store) Images(ctx context.Context, f ImageFilter) ([]Image, error) {
+	q, args := f.query(imageColumns)
+	return s.queryImages(ctx, q, args...)
+}
+
+// query builds the SELECT of columns over the rows f matches, ordered by policy,
+// server, slot and row: the one place that turns an ImageFilter into SQL.
+func (f ImageFilter) query(columns string) (string, []any) {
 	var where []string
 	var args []any
 	if f.Policy != "" {
@@ -452,7 +459,7 @@ func (s *Store) Images(ctx context.Context, f ImageFilter) ([]Image, error) {
 		}
 		where = append(where, "state IN ("+strings.Join(marks, ", ")+")")
 	}
-	q := `SELECT ` + imageColumns + ` FROM images`
+	q := `SELECT ` + columns + ` FROM images`
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -460,7 +467,7 @@ func (s *Store) Images(ctx context.Context, f ImageFilter) ([]Image, error) {
 	if f.Limit > 0 {
 		q += fmt.Sprintf(" LIMIT %d", f.Limit)
 	}
-	return s.queryImages(ctx, q, args...)
+	return q, args
 }
 
 func (s *Store) queryImages(ctx context.Context, q string, args ...any) ([]Image, error) {
