@@ -471,21 +471,29 @@ func (f ImageFilter) query(columns string) (string, []any) {
 }
 
 func (s *Store) queryImages(ctx context.Context, q string, args ...any) ([]Image, error) {
-	rows, err := s.db.QueryContext(ctx, q, args...)
+	return queryAll(ctx, s.db, "images", scanImage, q, args...)
+}
+
+// queryAll runs a query and scans every row with scan; what names the rows in
+// errors. Rows are read to the end before returning, so the single connection is
+// free again when it returns.
+func queryAll[T any](ctx context.Context, db *sql.DB, what string, scan func(interface{ Scan(...any) error }) (T, error),
+	q string, args ...any) ([]T, error) {
+	rows, err := db.QueryContext(ctx, q, args...)
 	if err != nil {
-		return nil, fmt.Errorf("list images: %w", err)
+		return nil, fmt.Errorf("list %s: %w", what, err)
 	}
 	defer rows.Close()
-	var out []Image
+	var out []T
 	for rows.Next() {
-		im, err := scanImage(rows)
+		v, err := scan(rows)
 		if err != nil {
-			return nil, fmt.Errorf("scan image: %w", err)
+			return nil, fmt.Errorf("scan %s: %w", what, err)
 		}
-		out = append(out, im)
+		out = append(out, v)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list images: %w", err)
+		return nil, fmt.Errorf("list %s: %w", what, err)
 	}
 	return out, nil
 }

@@ -235,23 +235,7 @@ func (s *Store) Slots(ctx context.Context, f SlotFilter) ([]Slot, error) {
 	if f.Limit > 0 {
 		q += fmt.Sprintf(" LIMIT %d", f.Limit)
 	}
-	rows, err := s.db.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("list slots: %w", err)
-	}
-	defer rows.Close()
-	var out []Slot
-	for rows.Next() {
-		sl, err := scanSlot(rows)
-		if err != nil {
-			return nil, fmt.Errorf("scan slot: %w", err)
-		}
-		out = append(out, sl)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list slots: %w", err)
-	}
-	return out, nil
+	return queryAll(ctx, s.db, "slots", scanSlot, q, args...)
 }
 
 // SlotByKey returns the slot row of (policy, slot), ErrNotFound if there is none.

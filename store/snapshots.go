@@ -262,21 +262,5 @@ func (s *Store) SnapshotByID(ctx context.Context, snapshotID string) (Snapshot, 
 }
 
 func (s *Store) querySnapshots(ctx context.Context, q string, args ...any) ([]Snapshot, error) {
-	rows, err := s.db.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("list snapshots: %w", err)
-	}
-	defer rows.Close()
-	var out []Snapshot
-	for rows.Next() {
-		sn, err := scanSnapshot(rows)
-		if err != nil {
-			return nil, fmt.Errorf("scan snapshot: %w", err)
-		}
-		out = append(out, sn)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list snapshots: %w", err)
-	}
-	return out, nil
+	return queryAll(ctx, s.db, "snapshots", scanSnapshot, q, args...)
 }
