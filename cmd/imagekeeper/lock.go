@@ -10,7 +10,7 @@ import (
 )
 
 // errLocked says another process holds the database lock.
-var errLocked = errors.New("another imagekeeper daemon is using this database")
+var errLocked = errors.New("another imagekeeper process (a daemon, or a run, prune or reconcile) is using this database")
 
 // dbLock is an exclusive lock on <database>.lock that lives as long as the
 // process holds the file open: the kernel drops it when the process dies, so a crash

@@ -90,7 +90,7 @@ func runPrune(ctx context.Context, m *Main, args []string) error {
 	if err := fs.parse(args, 0); err != nil {
 		return err
 	}
-	wired, err := fs.wire(ctx, wireOptions{policy: *policyName, store: true, cloud: true})
+	wired, err := fs.wire(ctx, wireOptions{policy: *policyName, store: true, exclusive: !*dryRun, cloud: true})
 	if err != nil {
 		return err
 	}

@@ -47,7 +47,7 @@ func runReconcile(ctx context.Context, m *Main, args []string) error {
 	if err := fs.parse(args, 0); err != nil {
 		return err
 	}
-	wired, err := fs.wire(ctx, wireOptions{store: true, cloud: true})
+	wired, err := fs.wire(ctx, wireOptions{store: true, exclusive: true, cloud: true})
 	if err != nil {
 		return err
 	}

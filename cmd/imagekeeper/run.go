@@ -40,7 +40,7 @@ func runBackup(ctx context.Context, m *Main, args []string) error {
 	if *policyName == "" {
 		return usageError("--policy is required")
 	}
-	wired, err := fs.wire(ctx, wireOptions{policy: *policyName, store: true, cloud: true})
+	wired, err := fs.wire(ctx, wireOptions{policy: *policyName, store: true, exclusive: true, cloud: true})
 	if err != nil {
 		return err
 	}

@@ -3,8 +3,10 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -236,5 +238,46 @@ func TestRunPrunesAfterwards(t *testing.T) {
 	// already in its final state when run returns.
 	if images, snaps := live(); images != 6 || snaps != 3 {
 		t.Fatalf("after the pruning run: %d images, %d snapshots; want 6 (3 per server) and 3", images, snaps)
+	}
+}
+
+// TestWritingCommandsRespectTheDatabaseLock holds the lock a daemon holds and
+// checks that run, prune and reconcile refuse to write beside it (naming the
+// holder), that prune --dry-run and the read commands still work, and that the
+// cloud was not asked for anything by the refused commands.
+func TestWritingCommandsRespectTheDatabaseLock(t *testing.T) {
+	env := newCLIEnv(t)
+	env.sim.AddServer(simcloud.ServerSpec{Name: "web-1", Tags: []string{"backup=daily"}})
+	if code, out, errOut := cli(t, "run", "--config", env.config, "--policy", "web"); code != 0 {
+		t.Fatalf("run before the lock: exit %d\n%s\n%s", code, out, errOut)
+	}
+	lock, err := acquireLock(env.state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Release()
+	calls := env.sim.Requests()["compute.createImage"]
+	for _, args := range [][]string{
+		{"run", "--config", env.config, "--policy", "web"},
+		{"prune", "--config", env.config},
+		{"reconcile", "--config", env.config},
+	} {
+		code, _, errOut := cli(t, args...)
+		if code != exitFailure || !strings.Contains(errOut, "is using this database") ||
+			!strings.Contains(errOut, "pid "+strconv.Itoa(os.Getpid())) {
+			t.Errorf("%s beside a held lock: exit %d, stderr %q; want exit 1 naming the holder", args[0], code, errOut)
+		}
+	}
+	if n := env.sim.Requests()["compute.createImage"]; n != calls {
+		t.Errorf("a refused run still called createImage (%d -> %d)", calls, n)
+	}
+	for _, args := range [][]string{
+		{"prune", "--config", env.config, "--dry-run"},
+		{"images", "--config", env.config},
+		{"history", "--config", env.config},
+	} {
+		if code, out, errOut := cli(t, args...); code != 0 {
+			t.Errorf("%v beside a held lock: exit %d\n%s\n%s", args, code, out, errOut)
+		}
 	}
 }

@@ -23,6 +23,7 @@ type wiring struct {
 	cfg      *policy.Config
 	policies []*policy.Policy // the one --policy names, or every policy in the file
 	store    *store.Store     // nil unless wireOptions.store
+	lock     *dbLock          // nil unless wireOptions.exclusive
 	cloud    cloud.Cloud      // nil unless wireOptions.cloud
 	log      *slog.Logger
 	command  string
@@ -32,7 +33,12 @@ type wiring struct {
 type wireOptions struct {
 	policy string // a --policy value; "" means every policy
 	store  bool   // open the lineage (creating it if need be)
-	cloud  bool   // connect to the cloud
+	// exclusive takes the database lock the daemon holds, for a command that
+	// changes the cloud or the lineage: the per-policy locks and row claims that keep
+	// runs, prunes and reconciles apart live in one process, so two processes on one
+	// database must never both be writing.
+	exclusive bool
+	cloud     bool // connect to the cloud
 }
 
 // wire loads the policy file that --config names, picks the policies, and opens
@@ -52,7 +58,13 @@ func (fs *flagSet) wire(ctx context.Context, o wireOptions) (*wiring, error) {
 		w.policies = []*policy.Policy{p}
 	}
 	if o.store {
+		if o.exclusive {
+			if w.lock, err = acquireLock(cfg.State); err != nil {
+				return nil, withExitCode(exitFailure, fmt.Errorf("%w; stop it first, or let it do the work", err))
+			}
+		}
 		if w.store, err = wireStore(ctx, cfg); err != nil {
+			w.close()
 			return nil, err
 		}
 	}
@@ -71,6 +83,9 @@ func (fs *flagSet) wire(ctx context.Context, o wireOptions) (*wiring, error) {
 func (w *wiring) close() {
 	if w.store != nil {
 		_ = w.store.Close()
+	}
+	if w.lock != nil {
+		_ = w.lock.Release()
 	}
 }
 
