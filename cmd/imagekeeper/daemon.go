@@ -216,8 +216,11 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		AfterRun: func(ctx context.Context, cfg *policy.Config, p *policy.Policy) error {
 			_, err := runner.Prune(ctx, cfg, p, scheduler.PruneOptions{})
 			// The recovery-point gauges move with every run; the periodic refresh
-			// alone would lag a short schedule by up to its interval.
-			if rerr := metrics.Refresh(ctx, st, cfg, time.Now()); rerr != nil && ctx.Err() == nil {
+			// alone would lag a short schedule by up to its interval. Only this
+			// policy's gauges (and the global ones) are recomputed: with many
+			// policies due at once, a full refresh per run would be quadratic.
+			scoped := &policy.Config{Version: cfg.Version, Policies: []*policy.Policy{p}}
+			if rerr := metrics.Refresh(ctx, st, scoped, time.Now()); rerr != nil && ctx.Err() == nil {
 				log.Warn("refresh metrics after run", "policy", p.Name, "err", rerr)
 			}
 			return err
