@@ -347,8 +347,17 @@ func (n *narrator) narrate(ctx context.Context, e store.Event) string {
 	case store.EventImageProtected:
 		name, server := n.image(ctx, e)
 		return fmt.Sprintf("[%s] kept image %s of %s: %s", who, name, server, msg)
+	case store.EventImageNote:
+		// Notes are mostly bookkeeping, but an unknown createImage outcome is the
+		// one moment a newcomer must see: the run now waits for the stamped image
+		// (up to wait_timeout) instead of asking again.
+		if !strings.Contains(msg, "outcome unknown") {
+			return ""
+		}
+		name, server := n.image(ctx, e)
+		return fmt.Sprintf("[%s] image %s of %s: %s", who, name, server, msg)
 	case store.EventImageCreating, store.EventCreateAttempt, store.EventSnapshotState, store.EventSnapshotAdded,
-		store.EventIntentDropped, store.EventImageNote:
+		store.EventIntentDropped:
 		return ""
 	case eventDaemonStarted, eventDaemonStopped, eventConfigReload:
 		return fmt.Sprintf("[daemon] %s: %s", strings.ReplaceAll(e.Kind, "_", " "), msg)
