@@ -266,18 +266,7 @@ func (s *Store) ReleaseProtected(ctx context.Context, row int64, message string)
 // (ErrConflict) while any snapshot of the image is not confirmed deleted: a row is
 // deleted only when the image and everything behind it are gone.
 func (s *Store) MarkDeleted(ctx context.Context, row int64, message string) (Image, error) {
-	allGone := func(tx *sql.Tx, _ Image) error {
-		var id, state string
-		err := tx.QueryRowContext(ctx, `SELECT snapshot_id, state FROM snapshots WHERE image_row = ? AND state <> 'deleted'
-			ORDER BY id LIMIT 1`, row).Scan(&id, &state)
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		return fmt.Errorf("%w: snapshot %s is %s", ErrConflict, id, state)
-	}
+	allGone := snapshotsAllIn(ctx, row, SnapshotDeleted)
 	im, err := s.transitionChecked(ctx, row, []ImageState{ImageDeleting}, allGone, Event{Kind: EventImageDeleted, Message: message},
 		`state = 'deleted', deleted_at = ?, next_attempt_at = NULL, last_error = ''`, s.stamp())
 	if err != nil {

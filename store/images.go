@@ -293,21 +293,29 @@ type Good struct {
 	Message string
 }
 
-// MarkGood moves a creating row to good. It refuses (ErrConflict) when any snapshot
-// recorded for the image is not available: a good image is a complete backup.
-func (s *Store) MarkGood(ctx context.Context, row int64, g Good) (Image, error) {
-	allAvailable := func(tx *sql.Tx, _ Image) error {
-		var id, state string
-		err := tx.QueryRowContext(ctx, `SELECT snapshot_id, state FROM snapshots WHERE image_row = ? AND state <> 'available'
-			ORDER BY id LIMIT 1`, row).Scan(&id, &state)
+// snapshotsAllIn returns a transition check that refuses (ErrConflict, naming the
+// first offender) while any snapshot recorded for the image row is not in state.
+// It guards both ends of an image's life: good needs every snapshot available,
+// deleted needs every snapshot deleted.
+func snapshotsAllIn(ctx context.Context, row int64, state SnapshotState) func(*sql.Tx, Image) error {
+	return func(tx *sql.Tx, _ Image) error {
+		var id, got string
+		err := tx.QueryRowContext(ctx, `SELECT snapshot_id, state FROM snapshots WHERE image_row = ? AND state <> ?
+			ORDER BY id LIMIT 1`, row, string(state)).Scan(&id, &got)
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		return fmt.Errorf("%w: snapshot %s is %s", ErrConflict, id, state)
+		return fmt.Errorf("%w: snapshot %s is %s", ErrConflict, id, got)
 	}
+}
+
+// MarkGood moves a creating row to good. It refuses (ErrConflict) when any snapshot
+// recorded for the image is not available: a good image is a complete backup.
+func (s *Store) MarkGood(ctx context.Context, row int64, g Good) (Image, error) {
+	allAvailable := snapshotsAllIn(ctx, row, SnapshotAvailable)
 	at := g.ActiveAt
 	if at.IsZero() {
 		at = s.now()
