@@ -14,14 +14,16 @@ import (
 
 // simcloudOptions are the flags of `imagekeeper simcloud`.
 type simcloudOptions struct {
-	listen         string
-	servers        int
-	cloudsYAML     string
-	seed           int64
-	computeVersion string
-	imageBuild     time.Duration
-	snapBuild      time.Duration
-	verbose        bool
+	listen           string
+	servers          int
+	cloudsYAML       string
+	seed             int64
+	deterministic    bool
+	computeVersion   string
+	computeProjectID bool
+	imageBuild       time.Duration
+	snapBuild        time.Duration
+	verbose          bool
 }
 
 // newSimcloudCommand builds `imagekeeper simcloud`.
@@ -41,8 +43,10 @@ Ctrl-C, for trying imagekeeper, the openstack CLI or a soak against it.`,
 	f.StringVar(&o.listen, "listen", "127.0.0.1:0", "address to listen on")
 	f.IntVar(&o.servers, "servers", 6, "number of simulated servers")
 	f.StringVar(&o.cloudsYAML, "clouds-yaml", "", "write a clouds.yaml with a cloud named simcloud to this `path`")
-	f.Int64Var(&o.seed, "seed", 1, "seed for the generated ids")
+	f.Int64Var(&o.seed, "seed", 1, "seed for the generated ids (mixed with a per-start value unless --deterministic-ids)")
+	f.BoolVar(&o.deterministic, "deterministic-ids", false, "make the ids depend on --seed alone: the same after every start (a real cloud never reuses an id)")
 	f.StringVar(&o.computeVersion, "compute-version", simcloud.DefaultComputeVersion, "maximum compute microversion")
+	f.BoolVar(&o.computeProjectID, "compute-project-id", false, "put the project id in the catalog's compute endpoint (/v2.1/{project_id}, Huawei's form; Zed's default has none)")
 	f.DurationVar(&o.imageBuild, "image-build-time", simcloud.DefaultImageBuildTime, "time an image-backed snapshot takes to become active")
 	f.DurationVar(&o.snapBuild, "snapshot-build-time", simcloud.DefaultSnapshotBuildTime, "time a volume snapshot stays creating")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log every request")
@@ -92,7 +96,8 @@ func runSimcloud(ctx context.Context, m *Main, o *simcloudOptions) error {
 	logger := slog.New(slog.NewTextHandler(m.Stderr, &slog.HandlerOptions{Level: level}))
 
 	sim := simcloud.New(simcloud.Options{
-		Seed: o.seed, ComputeVersion: o.computeVersion, Logger: logger,
+		Seed: o.seed, DeterministicIDs: o.deterministic, ComputeVersion: o.computeVersion,
+		ComputeProjectID: o.computeProjectID, Logger: logger,
 		ImageBuildTime: o.imageBuild, SnapshotBuildTime: o.snapBuild,
 	})
 	for _, spec := range simcloudFleet(o.servers) {
