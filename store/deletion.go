@@ -53,7 +53,7 @@ func (s *Store) Lineage(ctx context.Context, f ImageFilter) ([]LineageRow, error
 // scanLineage runs a lineage query. Policy and owner are the same on most rows:
 // they are interned, so that a large result holds one copy of each.
 func (s *Store) scanLineage(ctx context.Context, out []LineageRow, q string, args ...any) ([]LineageRow, error) {
-	rows, err := s.db.QueryContext(ctx, q, args...)
+	rows, err := s.reader().QueryContext(ctx, q, args...)
 	if err != nil {
 		return out, fmt.Errorf("list lineage: %w", err)
 	}
@@ -99,7 +99,7 @@ func (s *Store) scanLineage(ctx context.Context, out []LineageRow, q string, arg
 // LineageServers returns the distinct server ids with rows under policy, sorted. It
 // reads only the (policy, server_id, slot) index.
 func (s *Store) LineageServers(ctx context.Context, policy string) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT DISTINCT server_id FROM images WHERE policy = ? ORDER BY server_id`, policy)
+	rows, err := s.reader().QueryContext(ctx, `SELECT DISTINCT server_id FROM images WHERE policy = ? ORDER BY server_id`, policy)
 	if err != nil {
 		return nil, fmt.Errorf("list lineage servers: %w", err)
 	}
@@ -392,7 +392,7 @@ func (s *Store) LineageSnapshots(ctx context.Context, includeDeleted bool) ([]Li
 	if includeDeleted {
 		where = ""
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT s.id, s.snapshot_id, s.image_row, s.state, COALESCE(i.image_id, ''),
+	rows, err := s.reader().QueryContext(ctx, `SELECT s.id, s.snapshot_id, s.image_row, s.state, COALESCE(i.image_id, ''),
 			i.policy, i.server_id, i.state
 		FROM snapshots s JOIN images i ON i.id = s.image_row `+where+` ORDER BY s.id`)
 	if err != nil {
