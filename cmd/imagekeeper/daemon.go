@@ -38,7 +38,8 @@ const (
 	// a leftover snapshot does not linger for long, rare enough that listing every
 	// stamped image is a small share of the API budget.
 	defaultReconcileInterval = 15 * time.Minute
-	// defaultRefreshInterval is how often the store-derived gauges are recomputed.
+	// defaultRefreshInterval is how often stale schedule periods are recomputed (the
+	// store-derived gauges move with runs, not with a timer).
 	defaultRefreshInterval = 30 * time.Second
 	// cancelGrace is how long runs get to return once a drain gives up on them.
 	cancelGrace = 10 * time.Second
@@ -215,12 +216,10 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		// run started with; a policy removed by a reload is never pruned.
 		AfterRun: func(ctx context.Context, cfg *policy.Config, p *policy.Policy) error {
 			_, err := runner.Prune(ctx, cfg, p, scheduler.PruneOptions{})
-			// The recovery-point gauges move with every run; the periodic refresh
-			// alone would lag a short schedule by up to its interval. Only this
-			// policy's gauges (and the global ones) are recomputed: with many
-			// policies due at once, a full refresh per run would be quadratic.
-			scoped := &policy.Config{Version: cfg.Version, Policies: []*policy.Policy{p}}
-			if rerr := metrics.Refresh(ctx, st, scoped, time.Now()); rerr != nil && ctx.Err() == nil {
+			// The store-derived gauges move with every run and only with runs (and
+			// reconciles): only this policy's are recomputed, from its part of the
+			// indexes, so a hundred policies due at once cost a hundred small reads.
+			if rerr := metrics.RefreshPolicy(ctx, st, p, time.Now()); rerr != nil && ctx.Err() == nil {
 				log.Warn("refresh metrics after run", "policy", p.Name, "err", rerr)
 			}
 			return err
@@ -302,14 +301,18 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	wdWG.Add(1)
 	go func() {
 		defer wdWG.Done()
-		// The gauges derived from the store are recomputed off the main loop: the
-		// query may take a while on a big lineage. It stops before the store closes.
+		// The gauges derived from the store are computed once, off the main loop
+		// (readiness does not wait for a big lineage); runs and reconciles keep them
+		// current after that. The loop only recomputes schedule periods that went
+		// stale (a reload, a day old), which reads no store. It stops before the
+		// store closes.
+		if err := metrics.Refresh(wdCtx, st, sched.Config(), time.Now()); err != nil && wdCtx.Err() == nil {
+			log.Warn("refresh metrics", "err", err)
+		}
 		t := time.NewTicker(defaultRefreshInterval)
 		defer t.Stop()
 		for {
-			if err := metrics.Refresh(wdCtx, st, sched.Config(), time.Now()); err != nil && wdCtx.Err() == nil {
-				log.Warn("refresh metrics", "err", err)
-			}
+			metrics.RefreshPeriods(sched.Config(), time.Now())
 			select {
 			case <-wdCtx.Done():
 				return
@@ -334,6 +337,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 			case <-t.C:
 			}
 			d.reconcile(wdCtx, runner, sched.Config(), log)
+			if err := metrics.RefreshLeftover(wdCtx, st); err != nil && wdCtx.Err() == nil {
+				log.Warn("refresh leftover snapshot gauge", "err", err)
+			}
 		}
 	}()
 
