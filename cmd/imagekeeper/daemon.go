@@ -62,15 +62,21 @@ func init() {
 
 func runDaemon(ctx context.Context, m *Main, args []string) error {
 	fs := newFlagSet(m, "daemon").withConfig().withLogs("info").describe(
-		"usage: imagekeeper daemon [--config FILE] [--drain-timeout 5m] [--log-format text|json] [--log-level info]",
+		"usage: imagekeeper daemon [--config FILE] [--drain-timeout 5m] [--pprof 127.0.0.1:PORT] [--log-format text|json] [--log-level info]",
 		"Runs the policies' schedules. SIGHUP or a change of the file reloads it;",
 		"SIGTERM/SIGINT drain in-flight runs, a second one stops waiting.")
 	drain := fs.Duration("drain-timeout", defaultDrainTimeout, "how long in-flight runs may finish on SIGTERM/SIGINT")
+	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this loopback address, e.g. 127.0.0.1:6060 (off when empty)")
 	if err := fs.parse(args, 0); err != nil {
 		return err
 	}
 	if *drain <= 0 {
 		return usageError("--drain-timeout must be positive")
+	}
+	if *pprofAddr != "" {
+		if err := checkLoopback(*pprofAddr); err != nil {
+			return usageError("%v", err)
+		}
 	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
@@ -81,6 +87,7 @@ func runDaemon(ctx context.Context, m *Main, args []string) error {
 		Logger:       fs.log,
 		Getenv:       m.Getenv,
 		Signals:      sigs,
+		PprofListen:  *pprofAddr,
 	}
 	return d.Run(ctx)
 }
@@ -102,6 +109,9 @@ type Daemon struct {
 	Signals <-chan os.Signal
 	// StatePath and Listen, when set, override the policy file's state and listen.
 	StatePath, Listen string
+	// PprofListen, when set, serves net/http/pprof there (loopback only; off by
+	// default): operators can profile a daemon in production.
+	PprofListen string
 	// NewCloud builds the cloud client; nil means the OpenStack adapter reading
 	// clouds.yaml for cfg.Cloud (or OS_CLOUD).
 	NewCloud func(ctx context.Context, cfg *policy.Config, log *slog.Logger, observe func(openstack.Request)) (cloud.Cloud, error)
@@ -153,6 +163,15 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	drainTimeout := orDefault(d.DrainTimeout, defaultDrainTimeout)
 	watchEvery := orDefault(d.WatchInterval, defaultWatchInterval)
 	notify := newNotifier(d.Getenv, os.Getpid())
+
+	memLimit := setMemoryLimit(d.Getenv)
+	if d.PprofListen != "" {
+		ps, err := startPprof(d.PprofListen, log)
+		if err != nil {
+			return withExitCode(exitFailure, err)
+		}
+		defer ps.Close()
+	}
 
 	cfg, err := policy.Load(d.ConfigPath)
 	if err != nil {
@@ -278,7 +297,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	d.audit(st, log, eventDaemonStarted, fmt.Sprintf("pid %d, config %s version %s, %d policies",
 		os.Getpid(), d.ConfigPath, cfg.Version, len(cfg.Policies)))
 	log.Info("imagekeeper daemon serving", "config", d.ConfigPath, "state", statePath, "listen", srv.Addr(),
-		"policies", len(cfg.Policies), "config_version", cfg.Version)
+		"policies", len(cfg.Policies), "config_version", cfg.Version, "memory_limit_mib", memLimit>>20)
 	if err := notify.Ready(); err != nil {
 		log.Warn("sd_notify", "err", err)
 	}
