@@ -46,6 +46,10 @@ func TestHotQueriesUseTheirIndexes(t *testing.T) {
 	settle, settleArgs := ImageFilter{Policy: "p", States: []ImageState{ImageRequested, ImageCreating}}.query(imageColumns)
 	ofSlot, ofSlotArgs := ImageFilter{Policy: "p", Slot: slot}.query(imageColumns)
 	inFlight, inFlightArgs := ImageFilter{States: []ImageState{ImageCreating, ImageRequested}}.query(imageColumns)
+	var liveArgs []any
+	for _, st := range LiveStates {
+		liveArgs = append(liveArgs, string(st))
+	}
 	for _, c := range []struct {
 		name string
 		q    string
@@ -62,6 +66,9 @@ func TestHotQueriesUseTheirIndexes(t *testing.T) {
 		{"settle: a policy's rows in progress", settle, settleArgs, []string{"USING INDEX images_policy_state (policy=? AND state=?)"}},
 		{"a run's rows of its slot", ofSlot, ofSlotArgs, []string{"USING INDEX images_policy_slot (policy=? AND slot=?)"}},
 		{"every row in progress (resume)", inFlight, inFlightArgs, []string{"USING INDEX images_state (state=?)"}},
+		{"live rows (reconcile)", liveLineageQuery, liveArgs, []string{"USING INDEX images_state (state=?)"}},
+		{"retention rows of a batch of servers", retentionRowsQuery(2, 2), []any{"owner", "p", "a", "b", "good", "failed"},
+			[]string{"USING INDEX images_policy_server_slot (policy=? AND server_id=?)"}},
 	} {
 		plan := explain(t, s, c.q, c.args...)
 		for _, w := range c.want {
