@@ -15,8 +15,6 @@ import (
 	"sort"
 	"strings"
 	"time"
-
-	"github.com/imagekeeper/imagekeeper/store"
 )
 
 // benchScale measures the daemon at scale: time from exec to /readyz 200 and RSS
@@ -69,13 +67,6 @@ func benchScale(ctx context.Context, args []string) error {
 	fmt.Printf("setup: %d servers added in %s\n", *n, time.Since(t0).Round(time.Millisecond))
 
 	db := filepath.Join(dir, "lineage.db")
-	t0 = time.Now()
-	if err := writeLineage(ctx, dir, db, ids, *policies, *perServer); err != nil {
-		return err
-	}
-	fi, _ := os.Stat(db)
-	fmt.Printf("setup: lineage of %d rows written in %s (%s)\n", *n**perServer, time.Since(t0).Round(time.Millisecond), mib(fi.Size()/1024))
-
 	listen, err := freePort()
 	if err != nil {
 		return err
@@ -96,6 +87,13 @@ func benchScale(ctx context.Context, args []string) error {
 	if err := os.WriteFile(cfg, []byte(c.String()), 0o644); err != nil {
 		return err
 	}
+
+	t0 = time.Now()
+	if err := writeLineage(ctx, b, cfg, s.env(), db, ids, *policies, *perServer); err != nil {
+		return err
+	}
+	fi, _ := os.Stat(db)
+	fmt.Printf("setup: lineage of %d rows written in %s (%s)\n", *n**perServer, time.Since(t0).Round(time.Millisecond), mib(fi.Size()/1024))
 
 	// Start early in a minute so that readiness comes before the next boundary.
 	if sec := time.Now().Second(); sec > 5 {
@@ -329,18 +327,22 @@ func firstCreates(logPath string, due time.Time, pool map[string]int, first map[
 	return sc.Err()
 }
 
-// writeLineage makes the lineage database with the store (schema, owner) and fills
-// it with the sqlite3 shell in one transaction: rows images per server, one a day
-// going back, every one good, under the policy that selects the server.
-func writeLineage(ctx context.Context, dir, db string, ids []string, policies, perServer int) error {
-	st, err := store.Open(ctx, db, store.Options{})
+// writeLineage makes the lineage database with the binary under test (so that its
+// schema is the binary's, and an older binary can be measured), reads the owner it
+// made, and fills it with the sqlite3 shell in one transaction: rows images per
+// server, one a day going back, every one good, under the policy that selects the
+// server.
+func writeLineage(ctx context.Context, bin, cfg string, env []string, db string, ids []string, policies, perServer int) error {
+	mk := exec.CommandContext(ctx, bin, "images", "--config", cfg)
+	mk.Env = append(os.Environ(), env...)
+	if out, err := mk.CombinedOutput(); err != nil {
+		return fmt.Errorf("make the lineage database with %s images: %w\n%s", bin, err, out)
+	}
+	out, err := exec.CommandContext(ctx, "sqlite3", db, "SELECT owner FROM installation WHERE id = 1").Output()
 	if err != nil {
-		return err
+		return fmt.Errorf("read the owner: %w", err)
 	}
-	owner := st.Owner()
-	if err := st.Close(); err != nil {
-		return err
-	}
+	owner := strings.TrimSpace(string(out))
 	var sql bytes.Buffer
 	sql.WriteString("PRAGMA journal_mode=WAL;\nBEGIN;\nCREATE TEMP TABLE srv (n INTEGER PRIMARY KEY, id TEXT);\n")
 	for i, id := range ids {
