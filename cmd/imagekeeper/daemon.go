@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -13,6 +14,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -52,29 +55,37 @@ const (
 	eventConfigReload  = "config_reloaded"
 )
 
-func init() {
-	register(command{
-		name:    "daemon",
-		summary: "run the schedules (the systemd service)",
-		run:     runDaemon,
-	})
+// daemonOptions are the flags of `imagekeeper daemon`.
+type daemonOptions struct {
+	*common
+	drain time.Duration
+	pprof string
 }
 
-func runDaemon(ctx context.Context, m *Main, args []string) error {
-	fs := newFlagSet(m, "daemon").withConfig().withLogs("info").describe(
-		"usage: imagekeeper daemon [--config FILE] [--drain-timeout 5m] [--pprof 127.0.0.1:PORT] [--log-format text|json] [--log-level info]",
-		"Runs the policies' schedules. SIGHUP or a change of the file reloads it;",
-		"SIGTERM/SIGINT drain in-flight runs, a second one stops waiting.")
-	drain := fs.Duration("drain-timeout", defaultDrainTimeout, "how long in-flight runs may finish on SIGTERM/SIGINT")
-	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this loopback address, e.g. 127.0.0.1:6060 (off when empty)")
-	if err := fs.parse(args, 0); err != nil {
-		return err
+// newDaemonCommand builds `imagekeeper daemon`.
+func newDaemonCommand(m *Main) *cobra.Command {
+	o := &daemonOptions{}
+	cmd := &cobra.Command{
+		Use:   "daemon [--config FILE] [--drain-timeout 5m] [--pprof 127.0.0.1:PORT]",
+		Short: "run the schedules (the systemd service)",
+		Long: `Runs the policies' schedules: the systemd service. SIGHUP or a change of the
+file reloads it; SIGTERM/SIGINT drain in-flight runs, a second one stops waiting.`,
+		Example: `  imagekeeper daemon --config /etc/imagekeeper/imagekeeper.yaml --log-format json`,
+		Args:    noArgs,
+		RunE:    func(cmd *cobra.Command, _ []string) error { return runDaemon(cmd.Context(), m, o) },
 	}
-	if *drain <= 0 {
+	o.common = newCommon(m, cmd).withConfig().withLogs("info")
+	cmd.Flags().DurationVar(&o.drain, "drain-timeout", defaultDrainTimeout, "how long in-flight runs may finish on SIGTERM/SIGINT")
+	cmd.Flags().StringVar(&o.pprof, "pprof", "", "serve net/http/pprof on this loopback address, e.g. 127.0.0.1:6060 (off when empty)")
+	return cmd
+}
+
+func runDaemon(ctx context.Context, m *Main, o *daemonOptions) error {
+	if o.drain <= 0 {
 		return usageError("--drain-timeout must be positive")
 	}
-	if *pprofAddr != "" {
-		if err := checkLoopback(*pprofAddr); err != nil {
+	if o.pprof != "" {
+		if err := checkLoopback(o.pprof); err != nil {
 			return usageError("%v", err)
 		}
 	}
@@ -82,12 +93,12 @@ func runDaemon(ctx context.Context, m *Main, args []string) error {
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 	d := &Daemon{
-		ConfigPath:   fs.config,
-		DrainTimeout: *drain,
-		Logger:       fs.log,
+		ConfigPath:   o.config,
+		DrainTimeout: o.drain,
+		Logger:       o.log,
 		Getenv:       m.Getenv,
 		Signals:      sigs,
-		PprofListen:  *pprofAddr,
+		PprofListen:  o.pprof,
 	}
 	return d.Run(ctx)
 }
@@ -176,7 +187,13 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	cfg, err := policy.Load(d.ConfigPath)
 	if err != nil {
 		logConfigErrors(log, "cannot load the policy file", err)
-		return withExitCode(exitFailure, fmt.Errorf("load %s: %w", d.ConfigPath, err))
+		// A file that is not there or not readable is the caller's mistake (exit 2,
+		// as for every command); one that does not validate is exit 1.
+		code := exitFailure
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
+			code = exitUsage
+		}
+		return withExitCode(code, fmt.Errorf("load %s: %w", d.ConfigPath, err))
 	}
 	watch := newFileWatch(d.ConfigPath)
 	statePath := firstNonEmpty(d.StatePath, cfg.State)
@@ -208,7 +225,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 			return fmt.Errorf("register collector: %w", err)
 		}
 	}
-	metrics := scheduler.NewMetrics(reg, scheduler.BuildInfo{Version: version, Revision: buildRevision()})
+	metrics := scheduler.NewMetrics(reg, scheduler.BuildInfo{Version: buildVersion(), Revision: buildRevision()})
 
 	newCloud := d.NewCloud
 	if newCloud == nil {
