@@ -122,6 +122,18 @@ func (m *Metrics) Refresh(ctx context.Context, st *store.Store, cfg *policy.Conf
 		})
 	}
 
+	for _, p := range cfg.Policies {
+		if m.emptyKnown(p.Name) {
+			continue
+		}
+		since, err := st.EmptySince(ctx, p.Name)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		m.withPolicy(p.Name, func() { m.setEmptyLocked(p.Name, since, !since.IsZero(), true) })
+	}
+
 	if last, err := st.LastSuccessfulSlots(ctx); err != nil {
 		errs = append(errs, err)
 	} else {
@@ -151,4 +163,11 @@ func (m *Metrics) refreshPeriod(p *policy.Policy, now time.Time) {
 	m.periods[p.Name] = periodCache{version: p.Version, at: now}
 	m.mu.Unlock()
 	m.setSchedulePeriod(p.Name, d)
+}
+
+// emptyKnown reports whether the policy's empty-selection series is already known.
+func (m *Metrics) emptyKnown(policy string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.emptySeeded[policy]
 }
