@@ -55,8 +55,10 @@ func runSimcloud(ctx context.Context, m *Main, args []string) error {
 	listen := fs.String("listen", "127.0.0.1:0", "address to listen on")
 	servers := fs.Int("servers", 6, "number of simulated servers")
 	cloudsYAML := fs.String("clouds-yaml", "", "write a clouds.yaml with a cloud named simcloud to this `path`")
-	seed := fs.Int64("seed", 1, "seed for the generated ids")
+	seed := fs.Int64("seed", 1, "seed for the generated ids (mixed with a per-start value unless --deterministic-ids)")
+	deterministic := fs.Bool("deterministic-ids", false, "make the ids depend on --seed alone: the same after every start (a real cloud never reuses an id)")
 	computeVersion := fs.String("compute-version", simcloud.DefaultComputeVersion, "maximum compute microversion")
+	computeProjectID := fs.Bool("compute-project-id", false, "put the project id in the catalog's compute endpoint (/v2.1/{project_id}, Huawei's form; Zed's default has none)")
 	imageBuild := fs.Duration("image-build-time", simcloud.DefaultImageBuildTime, "time an image-backed snapshot takes to become active")
 	snapBuild := fs.Duration("snapshot-build-time", simcloud.DefaultSnapshotBuildTime, "time a volume snapshot stays creating")
 	verbose := fs.Bool("v", false, "log every request")
@@ -73,7 +75,8 @@ func runSimcloud(ctx context.Context, m *Main, args []string) error {
 	logger := slog.New(slog.NewTextHandler(m.Stderr, &slog.HandlerOptions{Level: level}))
 
 	sim := simcloud.New(simcloud.Options{
-		Seed: *seed, ComputeVersion: *computeVersion, Logger: logger,
+		Seed: *seed, DeterministicIDs: *deterministic, ComputeVersion: *computeVersion,
+		ComputeProjectID: *computeProjectID, Logger: logger,
 		ImageBuildTime: *imageBuild, SnapshotBuildTime: *snapBuild,
 	})
 	for _, spec := range simcloudFleet(*servers) {
