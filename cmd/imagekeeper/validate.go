@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/imagekeeper/imagekeeper/cloud"
 	"github.com/imagekeeper/imagekeeper/policy"
+	"github.com/imagekeeper/imagekeeper/scheduler"
 )
 
 // validateNow is the clock of validate; tests replace it.
@@ -39,14 +41,21 @@ type validatePolicyJSON struct {
 	Schedule string      `json:"schedule"`
 	Timezone string      `json:"timezone"`
 	Next     []time.Time `json:"next"`
+	// SelectedNow is how many servers the policy selects in the cloud now; only with
+	// --check-cloud.
+	SelectedNow *int   `json:"selected_now,omitempty"`
+	Warning     string `json:"warning,omitempty"`
 }
 
 // runValidate loads the file exactly as the daemon would. Exit codes: 0 valid,
 // 1 invalid (every problem on stderr as FILE:LINE:COL: ...), 2 unreadable file or
 // bad flags.
-func runValidate(_ context.Context, m *Main, args []string) error {
+func runValidate(ctx context.Context, m *Main, args []string) error {
 	fs := newFlagSet(m, "validate").withConfig().withOutput().
-		describe("usage: imagekeeper validate [--config FILE] [-o table|json]")
+		describe("usage: imagekeeper validate [--config FILE] [--check-cloud] [-o table|json]",
+			"With --check-cloud it also logs in to the cloud and counts the servers each policy selects now;",
+			"an enabled policy that selects none is a warning and exit 1.")
+	checkCloud := fs.Bool("check-cloud", false, "log in to the cloud and count what each policy selects now")
 	if err := fs.parse(args, 0); err != nil {
 		return err
 	}
@@ -67,15 +76,49 @@ func runValidate(_ context.Context, m *Main, args []string) error {
 		return withExitCode(exitUsage, err)
 	}
 	now := validateNow()
+	selected := map[string]int{}
+	warnings := map[string]string{}
+	if *checkCloud {
+		cl, err := wireCloud(ctx, cfg, discardLogger(), nil)
+		if err != nil {
+			return withExitCode(exitFailure, err)
+		}
+		for _, p := range cfg.Policies {
+			n, err := countSelected(ctx, cl, p)
+			if err != nil {
+				return withExitCode(exitFailure, fmt.Errorf("policy %s: list servers: %w", p.Name, err))
+			}
+			selected[p.Name] = n
+			if n == 0 && p.Enabled {
+				warnings[p.Name] = emptySelectionWarning(p)
+			}
+		}
+	}
+	var result error
+	if len(warnings) > 0 {
+		verb := "select"
+		if len(warnings) == 1 {
+			verb = "selects"
+		}
+		result = withExitCode(exitFailure, fmt.Errorf("%s %s no server now", plural(len(warnings), "policy", "policies"), verb))
+	}
 	if fs.json() {
 		out := validateJSON{OK: true, Path: cfg.Path, Version: cfg.Version}
 		for _, p := range cfg.Policies {
-			out.Policies = append(out.Policies, validatePolicyJSON{
+			pj := validatePolicyJSON{
 				Name: p.Name, Enabled: p.Enabled, Version: p.Version, Schedule: p.Schedule.Spec,
 				Timezone: p.Schedule.Location.String(), Next: nextSlots(p.Schedule, now, validateSlots),
-			})
+				Warning: warnings[p.Name],
+			}
+			if n, ok := selected[p.Name]; ok {
+				pj.SelectedNow = &n
+			}
+			out.Policies = append(out.Policies, pj)
 		}
-		return writeJSON(m.Stdout, out)
+		if err := writeJSON(m.Stdout, out); err != nil {
+			return err
+		}
+		return result
 	}
 	fmt.Fprintf(m.Stdout, "ok: %s\n", plural(len(cfg.Policies), "policy", "policies"))
 	for _, p := range cfg.Policies {
@@ -87,8 +130,31 @@ func runValidate(_ context.Context, m *Main, args []string) error {
 		for _, t := range nextSlots(p.Schedule, now, validateSlots) {
 			fmt.Fprintf(m.Stdout, "  %s %s\n", t.Format(time.RFC3339), t.Format("MST Mon"))
 		}
+		if n, ok := selected[p.Name]; ok {
+			fmt.Fprintf(m.Stdout, "  selects now: %s\n", plural(n, "server", "servers"))
+		}
+		if w := warnings[p.Name]; w != "" {
+			fmt.Fprintf(m.Stderr, "warning: policy %s %s\n", p.Name, w)
+		}
 	}
-	return nil
+	return result
+}
+
+// countSelected counts the servers p selects in the cloud now, as a slot would:
+// the cloud's filter, checked again client-side.
+func countSelected(ctx context.Context, cl cloud.Cloud, p *policy.Policy) (int, error) {
+	sel := scheduler.CloudSelector(p.Select)
+	servers, err := cl.ListServers(ctx, sel)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, s := range servers {
+		if sel.Matches(s.Tags, s.AvailabilityZone) {
+			n++
+		}
+	}
+	return n, nil
 }
 
 func nextSlots(s *policy.Schedule, now time.Time, n int) []time.Time {
