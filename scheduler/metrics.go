@@ -124,6 +124,7 @@ type Metrics struct {
 	reloadOK         prometheus.Gauge
 	reloadTime       prometheus.Gauge
 	cloudUp          prometheus.Gauge
+	foreignStamped   prometheus.Gauge
 	buildInfo        *prometheus.GaugeVec
 
 	// periods caches the schedule period per policy name, keyed by policy version,
@@ -304,6 +305,10 @@ func NewMetrics(reg prometheus.Registerer, build BuildInfo) *Metrics {
 			Namespace: ns, Name: "cloud_up",
 			Help: "Whether the cloud answered imagekeeper's last request (1), or it got no answer, a 5xx or a 401, or the daemon has not authenticated yet (0).",
 		}),
+		foreignStamped: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Name: "foreign_stamped_images",
+			Help: "Images in the cloud stamped with one of the config's policy names but another owner id (a lost lineage: see imagekeeper recover).",
+		}),
 		buildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: ns, Name: "build_info",
 			Help: "A metric with a constant '1' value labelled by the build's version, revision and Go version.",
@@ -312,7 +317,7 @@ func NewMetrics(reg prometheus.Registerer, build BuildInfo) *Metrics {
 	reg.MustRegister(m.slots, m.imagesCreated, m.serversSkipped, m.createDuration, m.imagesDeleted,
 		m.snapshotsDeleted, m.images, m.leftover, m.lastSuccess, m.nextSlot, m.newestGoodAge,
 		m.schedulePeriod, m.serversSelected, m.serversNoGood, m.emptySince, m.cloudRequests, m.cloudDuration,
-		m.reloadOK, m.reloadTime, m.cloudUp, m.buildInfo)
+		m.reloadOK, m.reloadTime, m.cloudUp, m.foreignStamped, m.buildInfo)
 	if build.GoVersion == "" {
 		build.GoVersion = runtime.Version()
 	}
@@ -557,6 +562,15 @@ func (m *Metrics) SetCloudUp(up bool) {
 		v = 1
 	}
 	m.cloudUp.Set(v)
+}
+
+// SetForeignStamped records how many images carry one of our policy names with
+// another owner id (see Runner.ForeignStamps).
+func (m *Metrics) SetForeignStamped(n int) {
+	if m == nil {
+		return
+	}
+	m.foreignStamped.Set(float64(n))
 }
 
 func unixSeconds(t time.Time) float64 {

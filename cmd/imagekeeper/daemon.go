@@ -681,7 +681,25 @@ func (d *Daemon) reconcile(ctx context.Context, runner *scheduler.Runner, cfg *p
 	}
 	if drift > 0 {
 		log.Warn("reconcile found drift between the cloud and the lineage; see `imagekeeper reconcile`", attrs...)
+	} else {
+		log.Debug("reconcile: cloud and lineage agree", attrs...)
+	}
+	d.checkForeignStamps(ctx, runner, cfg, log)
+}
+
+// checkForeignStamps warns about images that carry our policy names but another
+// owner id: nothing of ours sees them again, and a lost lineage is the usual cause.
+func (d *Daemon) checkForeignStamps(ctx context.Context, runner *scheduler.Runner, cfg *policy.Config, log *slog.Logger) {
+	byOwner, err := runner.ForeignStamps(ctx, cfg)
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn("look for images of our policies stamped by another owner", "err", err)
+		}
 		return
 	}
-	log.Debug("reconcile: cloud and lineage agree", attrs...)
+	for _, owner := range scheduler.Owners(byOwner) {
+		log.Warn("images of this config's policies carry another owner id: nothing prunes or reports them; if the "+
+			"lineage was lost, stop the daemon and run `imagekeeper recover --owner "+owner+"`",
+			"foreign_owner", owner, "images", byOwner[owner])
+	}
 }

@@ -256,6 +256,7 @@ func TestGrafanaDashboardShape(t *testing.T) {
 		"imagekeeper_images_deleted_total", "imagekeeper_snapshots_deleted_total", "imagekeeper_leftover_snapshots",
 		"rate(imagekeeper_cloud_requests_total", `code=~"5..|429|error"`, "imagekeeper_config_last_reload_successful",
 		"imagekeeper_cloud_up", "imagekeeper_selection_empty_since_timestamp_seconds", `outcome="empty"`,
+		"imagekeeper_foreign_stamped_images",
 	} {
 		if !strings.Contains(all, need) {
 			t.Errorf("no dashboard query contains %q", need)
@@ -298,7 +299,8 @@ func TestAlertRulesUseExportedMetrics(t *testing.T) {
 	}
 	for _, want := range []string{"ImagekeeperRecoveryPointStale", "ImagekeeperSlotsFailing", "ImagekeeperServersWithoutGoodImage",
 		"ImagekeeperLeftoverSnapshotsGrowing", "ImagekeeperCloudErrors", "ImagekeeperConfigReloadFailed",
-		"ImagekeeperAbsent", "ImagekeeperDown", "ImagekeeperCloudDown", "ImagekeeperPolicySelectsNothing"} {
+		"ImagekeeperAbsent", "ImagekeeperDown", "ImagekeeperCloudDown", "ImagekeeperPolicySelectsNothing",
+		"ImagekeeperOrphanedImages"} {
 		if !alerts[want] {
 			t.Errorf("alert %s is missing", want)
 		}

@@ -118,3 +118,35 @@ func TestRecoverRebuildsALostLineage(t *testing.T) {
 		t.Fatalf("recover --force: exit %d\n%s\n%s", code, out, errOut)
 	}
 }
+
+// TestDaemonNoticesALostLineage runs the daemon, loses lineage.db and starts it
+// again: the new database has a new owner id, and the periodic reconcile now says
+// that images of its policies carry the old one, names it with the recover command,
+// and exports imagekeeper_foreign_stamped_images. The old daemon said nothing.
+func TestDaemonNoticesALostLineage(t *testing.T) {
+	e := newEnv(t, simcloud.Options{})
+	e.sim.AddServer(simcloud.ServerSpec{Name: "a-1", Tags: []string{"a"}})
+	e.writeConfig(policyYAML("a", "@every 1s", "a", ""))
+	r := e.start()
+	eventually(t, "a good image", 20*time.Second, func() bool { return len(simImagesOf(e.sim, "a")) > 0 })
+	old := r.st.Owner()
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	for _, suffix := range []string{"", "-wal", "-shm"} {
+		if err := os.Remove(e.state + suffix); err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+	}
+	e.writeConfig(policyYAML("a", "@every 1h", "a", ""))
+	r = e.start(func(d *Daemon) { d.ReconcileInterval = 100 * time.Millisecond })
+	if r.st.Owner() == old {
+		t.Fatal("a fresh database kept the old owner id; the test proves nothing")
+	}
+	eventually(t, "the warning about the old owner", 30*time.Second, func() bool {
+		return strings.Contains(r.logs.String(), "imagekeeper recover --owner "+old)
+	})
+	if v := metricValue(t, r.addr, "imagekeeper_foreign_stamped_images"); v == "" || v == "0" {
+		t.Fatalf("imagekeeper_foreign_stamped_images = %q, want the old images", v)
+	}
+}
