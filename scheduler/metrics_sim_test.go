@@ -161,10 +161,12 @@ imagekeeper_servers_skipped_total{policy="web",reason="locked"} 0
 # TYPE imagekeeper_servers_without_good_image gauge
 imagekeeper_servers_without_good_image{policy="idle"} 0
 imagekeeper_servers_without_good_image{policy="web"} 1
-# HELP imagekeeper_slots_total Scheduled slots by outcome (ran, caught_up, missed, skipped_overlap, failed).
+# HELP imagekeeper_slots_total Scheduled slots by outcome (ran, caught_up, missed, skipped_overlap, failed, empty).
 # TYPE imagekeeper_slots_total counter
 imagekeeper_slots_total{outcome="caught_up",policy="idle"} 0
+imagekeeper_slots_total{outcome="empty",policy="idle"} 0
 imagekeeper_slots_total{outcome="caught_up",policy="web"} 0
+imagekeeper_slots_total{outcome="empty",policy="web"} 0
 imagekeeper_slots_total{outcome="failed",policy="idle"} 0
 imagekeeper_slots_total{outcome="failed",policy="web"} 0
 imagekeeper_slots_total{outcome="missed",policy="idle"} 0

@@ -119,9 +119,10 @@ imagekeeper_servers_skipped_total{policy="web",reason="busy"} 0
 imagekeeper_servers_skipped_total{policy="web",reason="error_state"} 1
 imagekeeper_servers_skipped_total{policy="web",reason="in_flight"} 0
 imagekeeper_servers_skipped_total{policy="web",reason="locked"} 0
-# HELP imagekeeper_slots_total Scheduled slots by outcome (ran, caught_up, missed, skipped_overlap, failed).
+# HELP imagekeeper_slots_total Scheduled slots by outcome (ran, caught_up, missed, skipped_overlap, failed, empty).
 # TYPE imagekeeper_slots_total counter
 imagekeeper_slots_total{outcome="caught_up",policy="web"} 0
+imagekeeper_slots_total{outcome="empty",policy="web"} 0
 imagekeeper_slots_total{outcome="failed",policy="web"} 0
 imagekeeper_slots_total{outcome="missed",policy="web"} 0
 imagekeeper_slots_total{outcome="other",policy="web"} 1

@@ -31,6 +31,10 @@ const (
 	EventIntentDropped = "intent_dropped"
 	EventSnapshotState = "snapshot_state"
 	EventSnapshotAdded = "snapshot_added"
+	// EventServerLeft says a server with good images is no longer selected by the
+	// policy (retagged, moved, deleted). It names the server but does not make it
+	// one of the slot's live servers.
+	EventServerLeft = "server_left_selection"
 )
 
 // Event is one line of the audit: a state change or a decision, with its reason.
