@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/store"
 )
 
@@ -118,5 +120,52 @@ func TestEmptySelectionIsNotASuccess(t *testing.T) {
 	}
 	if n := testutil.CollectAndCount(metrics.emptySince); n != 0 {
 		t.Fatalf("selection_empty_since still has %d series", n)
+	}
+}
+
+// TestEmptySelectionSurvivesARestart: a fresh Metrics (a restarted daemon) reads the
+// start of the current run of empty slots from the lineage, so that the alert's
+// clock does not start again at every restart; a later listing takes over.
+func TestEmptySelectionSurvivesARestart(t *testing.T) {
+	ctx := context.Background()
+	cfg, err := policy.Parse("refresh.yaml", []byte(refreshConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "lineage.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	d1 := time.Date(2026, 11, 23, 2, 30, 0, 0, time.UTC)
+	for i, outcome := range []string{store.OutcomeRan, store.OutcomeEmpty, store.OutcomeEmpty} {
+		sl, err := st.StartSlot(ctx, store.Slot{Policy: "web", Slot: d1.AddDate(0, 0, i), Trigger: store.TriggerScheduled})
+		if err != nil {
+			t.Fatal(err)
+		}
+		selected := 1
+		if outcome == store.OutcomeEmpty {
+			selected = 0
+		}
+		if err := st.FinishSlot(ctx, sl.ID, outcome, "", store.SlotCounts{Selected: selected, Good: selected}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := NewMetrics(prometheus.NewRegistry(), BuildInfo{Version: "test"})
+	if err := m.Refresh(ctx, st, cfg, d1.AddDate(0, 0, 3)); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := testutil.ToFloat64(m.emptySince.WithLabelValues("web")), float64(d1.AddDate(0, 0, 1).Unix()); got != want {
+		t.Fatalf("empty since %v after a restart, want the first empty slot %v", got, want)
+	}
+	if n := testutil.CollectAndCount(m.emptySince); n != 1 {
+		t.Fatalf("%d empty-selection series, want only web's", n)
+	}
+	m.SelectionEmpty("web", d1.AddDate(0, 0, 3), false)
+	if err := m.Refresh(ctx, st, cfg, d1.AddDate(0, 0, 3)); err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.CollectAndCount(m.emptySince); n != 0 {
+		t.Fatalf("a refresh brought back the series a listing removed (%d series)", n)
 	}
 }
