@@ -482,7 +482,7 @@ func (s *Sim) serverView(q *req, sv *server) map[string]any {
 			"message": "Build of instance " + sv.id + " aborted: simulated failure"}
 	}
 	if q.mv.atLeast(9) {
-		out["locked"] = false
+		out["locked"] = sv.locked
 	}
 	if q.mv.atLeast(19) {
 		out["description"] = nil
@@ -729,6 +729,11 @@ func (s *Sim) serverAction(q *req, id string) {
 	}
 	if vm := vmStateOf(sv.status); !snapshotVMStates[vm] {
 		s.novaFault(q, http.StatusConflict, fmt.Sprintf("Cannot 'createImage' instance %s while it is in vm_state %s", id, vm), nil)
+		return
+	}
+	if sv.locked {
+		// nova.exception.InstanceIsLocked, mapped to HTTPConflict by the API.
+		s.novaFault(q, http.StatusConflict, fmt.Sprintf("Instance %s is locked", id), nil)
 		return
 	}
 	if sv.taskState != "" {
