@@ -235,12 +235,12 @@ func (s *Store) Slots(ctx context.Context, f SlotFilter) ([]Slot, error) {
 	if f.Limit > 0 {
 		q += fmt.Sprintf(" LIMIT %d", f.Limit)
 	}
-	return queryAll(ctx, s.db, "slots", scanSlot, q, args...)
+	return queryAll(ctx, s.reader(), "slots", scanSlot, q, args...)
 }
 
 // SlotByKey returns the slot row of (policy, slot), ErrNotFound if there is none.
 func (s *Store) SlotByKey(ctx context.Context, policy string, slot time.Time) (Slot, error) {
-	sl, err := scanSlot(s.db.QueryRowContext(ctx, `SELECT `+slotColumns+` FROM slots WHERE policy = ? AND slot = ?`,
+	sl, err := scanSlot(s.reader().QueryRowContext(ctx, `SELECT `+slotColumns+` FROM slots WHERE policy = ? AND slot = ?`,
 		policy, fmtTime(slot)))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Slot{}, fmt.Errorf("slot %s %s: %w", policy, slot.UTC().Format(time.RFC3339), ErrNotFound)
@@ -257,7 +257,7 @@ func (s *Store) SlotByKey(ctx context.Context, policy string, slot time.Time) (S
 // current minute) do not count: one made during the downtime would otherwise hide
 // the scheduled slots before it, neither caught up nor recorded as missed.
 func (s *Store) LastSlot(ctx context.Context, policy string) (Slot, error) {
-	sl, err := scanSlot(s.db.QueryRowContext(ctx, `SELECT `+slotColumns+` FROM slots WHERE policy = ?
+	sl, err := scanSlot(s.reader().QueryRowContext(ctx, `SELECT `+slotColumns+` FROM slots WHERE policy = ?
 		AND trigger != '`+TriggerManual+`' ORDER BY slot DESC LIMIT 1`, policy))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Slot{}, fmt.Errorf("last slot of %s: %w", policy, ErrNotFound)
@@ -273,4 +273,26 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// Policies returns the names of the policies the lineage has slots or images of,
+// sorted: what a reader without the policy file can ask about.
+func (s *Store) Policies(ctx context.Context) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT policy FROM slots UNION SELECT policy FROM images ORDER BY 1`)
+	if err != nil {
+		return nil, fmt.Errorf("list lineage policies: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return nil, fmt.Errorf("scan lineage policy: %w", err)
+		}
+		out = append(out, name)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list lineage policies: %w", err)
+	}
+	return out, nil
 }

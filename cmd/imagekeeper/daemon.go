@@ -43,7 +43,8 @@ const (
 	// a leftover snapshot does not linger for long, rare enough that listing every
 	// stamped image is a small share of the API budget.
 	defaultReconcileInterval = 15 * time.Minute
-	// defaultRefreshInterval is how often the store-derived gauges are recomputed.
+	// defaultRefreshInterval is how often stale schedule periods are recomputed (the
+	// store-derived gauges move with runs, not with a timer).
 	defaultRefreshInterval = 30 * time.Second
 	// cancelGrace is how long runs get to return once a drain gives up on them.
 	cancelGrace = 10 * time.Second
@@ -60,13 +61,14 @@ const (
 type daemonOptions struct {
 	*common
 	drain time.Duration
+	pprof string
 }
 
 // newDaemonCommand builds `imagekeeper daemon`.
 func newDaemonCommand(m *Main) *cobra.Command {
 	o := &daemonOptions{}
 	cmd := &cobra.Command{
-		Use:   "daemon [--config FILE] [--drain-timeout 5m]",
+		Use:   "daemon [--config FILE] [--drain-timeout 5m] [--pprof 127.0.0.1:PORT]",
 		Short: "run the schedules (the systemd service)",
 		Long: `Runs the policies' schedules: the systemd service. SIGHUP or a change of the
 file reloads it; SIGTERM/SIGINT drain in-flight runs, a second one stops waiting.`,
@@ -76,12 +78,18 @@ file reloads it; SIGTERM/SIGINT drain in-flight runs, a second one stops waiting
 	}
 	o.common = newCommon(m, cmd).withConfig().withLogs("info")
 	cmd.Flags().DurationVar(&o.drain, "drain-timeout", defaultDrainTimeout, "how long in-flight runs may finish on SIGTERM/SIGINT")
+	cmd.Flags().StringVar(&o.pprof, "pprof", "", "serve net/http/pprof on this loopback address, e.g. 127.0.0.1:6060 (off when empty)")
 	return cmd
 }
 
 func runDaemon(ctx context.Context, m *Main, o *daemonOptions) error {
 	if o.drain <= 0 {
 		return usageError("--drain-timeout must be positive")
+	}
+	if o.pprof != "" {
+		if err := checkLoopback(o.pprof); err != nil {
+			return usageError("%v", err)
+		}
 	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
@@ -92,6 +100,7 @@ func runDaemon(ctx context.Context, m *Main, o *daemonOptions) error {
 		Logger:       o.log,
 		Getenv:       m.Getenv,
 		Signals:      sigs,
+		PprofListen:  o.pprof,
 	}
 	return d.Run(ctx)
 }
@@ -113,6 +122,9 @@ type Daemon struct {
 	Signals <-chan os.Signal
 	// StatePath and Listen, when set, override the policy file's state and listen.
 	StatePath, Listen string
+	// PprofListen, when set, serves net/http/pprof there (loopback only; off by
+	// default): operators can profile a daemon in production.
+	PprofListen string
 	// NewCloud builds the cloud client; nil means the OpenStack adapter reading
 	// clouds.yaml for cfg.Cloud (or OS_CLOUD).
 	NewCloud func(ctx context.Context, cfg *policy.Config, log *slog.Logger, observe func(openstack.Request)) (cloud.Cloud, error)
@@ -167,6 +179,15 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	drainTimeout := orDefault(d.DrainTimeout, defaultDrainTimeout)
 	watchEvery := orDefault(d.WatchInterval, defaultWatchInterval)
 	notify := newNotifier(d.Getenv, os.Getpid())
+
+	memLimit := setMemoryLimit(d.Getenv)
+	if d.PprofListen != "" {
+		ps, err := startPprof(d.PprofListen, log)
+		if err != nil {
+			return withExitCode(exitFailure, err)
+		}
+		defer ps.Close()
+	}
 
 	cfg, err := policy.Load(d.ConfigPath)
 	if err != nil {
@@ -236,12 +257,10 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		// run started with; a policy removed by a reload is never pruned.
 		AfterRun: func(ctx context.Context, cfg *policy.Config, p *policy.Policy) error {
 			_, err := runner.Prune(ctx, cfg, p, scheduler.PruneOptions{})
-			// The recovery-point gauges move with every run; the periodic refresh
-			// alone would lag a short schedule by up to its interval. Only this
-			// policy's gauges (and the global ones) are recomputed: with many
-			// policies due at once, a full refresh per run would be quadratic.
-			scoped := &policy.Config{Version: cfg.Version, Policies: []*policy.Policy{p}}
-			if rerr := metrics.Refresh(ctx, st, scoped, time.Now()); rerr != nil && ctx.Err() == nil {
+			// The store-derived gauges move with every run and only with runs (and
+			// reconciles): only this policy's are recomputed, from its part of the
+			// indexes, so a hundred policies due at once cost a hundred small reads.
+			if rerr := metrics.RefreshPolicy(ctx, st, p, time.Now()); rerr != nil && ctx.Err() == nil {
 				log.Warn("refresh metrics after run", "policy", p.Name, "err", rerr)
 			}
 			return err
@@ -317,7 +336,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	d.audit(st, log, eventDaemonStarted, fmt.Sprintf("pid %d, config %s version %s, %d policies",
 		os.Getpid(), d.ConfigPath, cfg.Version, len(cfg.Policies)))
 	log.Info("imagekeeper daemon serving", "config", d.ConfigPath, "state", statePath, "listen", srv.Addr(), "control_socket", ctl.path,
-		"policies", len(cfg.Policies), "config_version", cfg.Version)
+		"policies", len(cfg.Policies), "config_version", cfg.Version, "memory_limit_mib", memLimit>>20)
 	if err := notify.Ready(); err != nil {
 		log.Warn("sd_notify", "err", err)
 	}
@@ -340,14 +359,18 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	wdWG.Add(1)
 	go func() {
 		defer wdWG.Done()
-		// The gauges derived from the store are recomputed off the main loop: the
-		// query may take a while on a big lineage. It stops before the store closes.
+		// The gauges derived from the store are computed once, off the main loop
+		// (readiness does not wait for a big lineage); runs and reconciles keep them
+		// current after that. The loop only recomputes schedule periods that went
+		// stale (a reload, a day old), which reads no store. It stops before the
+		// store closes.
+		if err := metrics.Refresh(wdCtx, st, sched.Config(), time.Now()); err != nil && wdCtx.Err() == nil {
+			log.Warn("refresh metrics", "err", err)
+		}
 		t := time.NewTicker(defaultRefreshInterval)
 		defer t.Stop()
 		for {
-			if err := metrics.Refresh(wdCtx, st, sched.Config(), time.Now()); err != nil && wdCtx.Err() == nil {
-				log.Warn("refresh metrics", "err", err)
-			}
+			metrics.RefreshPeriods(sched.Config(), time.Now())
 			select {
 			case <-wdCtx.Done():
 				return
@@ -372,6 +395,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 			case <-t.C:
 			}
 			d.reconcile(wdCtx, runner, sched.Config(), log)
+			if err := metrics.RefreshLeftover(wdCtx, st); err != nil && wdCtx.Err() == nil {
+				log.Warn("refresh leftover snapshot gauge", "err", err)
+			}
 		}
 	}()
 

@@ -16,8 +16,8 @@ import (
 // imagesOptions are the flags of `imagekeeper images`.
 type imagesOptions struct {
 	*common
-	policy string
-	server string
+	policy     string
+	server     string
 	imageState string
 }
 

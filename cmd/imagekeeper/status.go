@@ -138,12 +138,12 @@ func statusPolicies(ctx context.Context, st *store.Store, cfg *policy.Config) ([
 			names = append(names, p.Name)
 		}
 	}
-	counts, err := st.ImageCountsByPolicyState(ctx)
+	inLineage, err := st.Policies(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var extra []string
-	for name := range counts {
+	for _, name := range inLineage {
 		if !slices.Contains(names, name) {
 			extra = append(extra, name)
 		}
@@ -248,4 +248,3 @@ func printStatus(w io.Writer, s statusJSON) error {
 	}
 	return t.flush()
 }
-

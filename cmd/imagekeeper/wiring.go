@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -155,22 +156,13 @@ func (c *common) wireLineage(ctx context.Context, o wireOptions) (*wiring, error
 // lineageHasPolicy checks --policy against the lineage when no policy file goes
 // with it: a name the lineage has never recorded is a usage error.
 func lineageHasPolicy(ctx context.Context, st *store.Store, state, name string) error {
-	counts, err := st.ImageCountsByPolicyState(ctx)
+	names, err := st.Policies(ctx)
 	if err != nil {
 		return err
 	}
-	slots, err := st.Slots(ctx, store.SlotFilter{Policy: name, Limit: 1})
-	if err != nil {
-		return err
-	}
-	if _, ok := counts[name]; ok || len(slots) > 0 {
+	if slices.Contains(names, name) {
 		return nil
 	}
-	names := make([]string, 0, len(counts))
-	for n := range counts {
-		names = append(names, n)
-	}
-	sort.Strings(names)
 	return usageError("no policy %q in the lineage %s (policies: %s)", name, state, orDash(strings.Join(names, ", ")))
 }
 
