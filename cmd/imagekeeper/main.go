@@ -145,6 +145,7 @@ Exit codes: 0 success; 1 the work failed or the configuration is invalid;
 		newPruneCommand(m),
 		newReconcileCommand(m),
 		newStatusCommand(m),
+		newRecoverCommand(m),
 		newImagesCommand(m),
 		newHistoryCommand(m),
 		newWhyCommand(m),
