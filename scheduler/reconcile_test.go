@@ -211,6 +211,8 @@ func TestReconcilePreviewChangesNothing(t *testing.T) {
 			action = previewDelete
 		case f.Category == DriftGone:
 			action = previewMarkGone
+		case f.Category == DriftHollow:
+			action = previewMarkHollow
 		case f.ImageID == sc.adoptImage:
 			action = previewAdopt
 		case f.Category == DriftLeftover:
