@@ -264,7 +264,13 @@ func (pr *pruner) run(ctx context.Context) (*PruneReport, error) {
 	var rows []store.LineageRow
 	for b := 0; b < len(serverIDs); b += pruneBatch {
 		batch := serverIDs[b:min(b+pruneBatch, len(serverIDs))]
-		rows, err = pr.st.AppendLineage(ctx, rows[:0], pr.p.Name, batch, pruneStates)
+		if pr.opts.Full {
+			rows, err = pr.st.AppendLineage(ctx, rows[:0], pr.p.Name, batch, pruneStates)
+		} else {
+			// Only the rows something happens to are shown: read what retention
+			// needs, packed, and the names of the shown rows afterwards.
+			rows, err = pr.st.AppendRetentionRows(ctx, rows[:0], pr.p.Name, batch, pruneStates)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -341,6 +347,11 @@ func (pr *pruner) run(ctx context.Context) (*PruneReport, error) {
 		}
 	}
 
+	if !pr.opts.Full {
+		if err := pr.nameItems(ctx, rep.Items); err != nil {
+			return nil, err
+		}
+	}
 	for _, c := range resume {
 		rep.Items[c.idx].Action = PrunePending
 	}
@@ -367,6 +378,32 @@ func (pr *pruner) run(ctx context.Context) (*PruneReport, error) {
 	}
 	rep.Finished = pr.r.store.Now()
 	return rep, ctx.Err()
+}
+
+// nameItems fills the image and server names of items planned from packed rows
+// (AppendRetentionRows leaves them out): one lookup for the rows shown.
+func (pr *pruner) nameItems(ctx context.Context, items []PruneItem) error {
+	if len(items) == 0 {
+		return nil
+	}
+	ids := make([]int64, len(items))
+	for i, it := range items {
+		ids[i] = it.ImageRow
+	}
+	rows, err := pr.st.LineageRows(ctx, ids)
+	if err != nil {
+		return err
+	}
+	byRow := make(map[int64]*store.LineageRow, len(rows))
+	for i := range rows {
+		byRow[rows[i].Row] = &rows[i]
+	}
+	for i := range items {
+		if row := byRow[items[i].ImageRow]; row != nil {
+			items[i].Name, items[i].ServerName = row.Name, row.ServerName
+		}
+	}
+	return nil
 }
 
 // sortCandidates orders new deletions oldest first, so that the cap defers the
@@ -418,7 +455,7 @@ func (pr *pruner) decideServer(rows []store.LineageRow, gone bool) (items []Prun
 		key := retentionKey(row)
 		byKey[key] = i
 		input = append(input, policy.RetentionImage{ID: key, Time: row.Slot, Status: st, FailReason: row.Reason,
-			RequestedAt: row.RequestedAt, FailedAt: row.FailedAt, WaitTimeout: wait})
+			RequestedAt: row.RequestedAt, FailedAt: row.FailedAt, LateUntil: row.LateUntil, WaitTimeout: wait})
 	}
 	decisions := policy.Retain(input, ret, loc, pr.now)
 	minKeep := max(ret.MinKeep, 1)
@@ -624,6 +661,9 @@ func (pr *pruner) deleteImage(ctx context.Context, it *PruneItem, row store.Line
 			if why := pr.stampMismatch(row, img); why != "" {
 				return pr.refuse(ctx, it, row, why, log)
 			}
+			if stillMaking(row, img) {
+				return pr.defer_(ctx, it, row, fmt.Sprintf("Glance still shows the image %s: it may yet complete", img.Status))
+			}
 		}
 	} else if row.State == store.ImageFailed {
 		// An intent whose outcome was never learned: an image with our stamp may
@@ -714,6 +754,13 @@ func (pr *pruner) deleteImage(ctx context.Context, it *PruneItem, row store.Line
 	it.Action, it.NextAttempt = PruneDeleted, time.Time{}
 	log.Info("image deleted", "snapshots", len(snaps))
 	return nil
+}
+
+// stillMaking reports an image of a failed row that Glance still shows being
+// made: the failure was a verdict of our clock, not of the cloud, and the image may
+// yet become a complete backup. Retention never deletes it then.
+func stillMaking(row store.LineageRow, img cloud.Image) bool {
+	return row.State == store.ImageFailed && (img.Status == cloud.ImageQueued || img.Status == cloud.ImageSaving)
 }
 
 // stampMismatch says why img's stamp does not prove it is this row's image, or "".

@@ -81,10 +81,19 @@ type pruneHarness struct {
 }
 
 func newPruneHarness(t *testing.T, retention string) *pruneHarness {
+	return newPruneHarnessWith(t, retention, nil)
+}
+
+// newPruneHarnessWith is newPruneHarness with the simulator's options changed by mod.
+func newPruneHarnessWith(t *testing.T, retention string, mod func(*simcloud.Options)) *pruneHarness {
 	t.Helper()
 	clock := &pruneClock{t: time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)}
-	sim := simcloud.New(simcloud.Options{Seed: 7, DeterministicIDs: true, Now: clock.Now, ImageBuildTime: 2 * time.Minute,
-		SnapshotBuildTime: time.Minute, SnapshotDeleteTime: 30 * time.Second, TokenTTL: 1000 * time.Hour})
+	so := simcloud.Options{Seed: 7, DeterministicIDs: true, Now: clock.Now, ImageBuildTime: 2 * time.Minute,
+		SnapshotBuildTime: time.Minute, SnapshotDeleteTime: 30 * time.Second, TokenTTL: 1000 * time.Hour}
+	if mod != nil {
+		mod(&so)
+	}
+	sim := simcloud.New(so)
 	if err := sim.Start("127.0.0.1:0"); err != nil {
 		t.Fatalf("start simulator: %v", err)
 	}
@@ -292,6 +301,19 @@ func TestPruneDryRunChangesNothing(t *testing.T) {
 	}
 	if !rep.DryRun {
 		t.Error("report does not say dry run")
+	}
+	// Planned from packed rows, the shown items still carry every field a report
+	// prints.
+	byRow := map[int64]store.Image{}
+	for _, im := range rowsBefore {
+		byRow[im.Row] = im
+	}
+	for _, it := range rep.Items {
+		im := byRow[it.ImageRow]
+		if it.Name != im.Name || it.ServerName != im.ServerName || it.ImageID != im.ImageID || it.ServerID != im.ServerID ||
+			!it.Slot.Equal(im.Slot) || it.Name == "" || it.ServerName == "" {
+			t.Errorf("item %+v does not show row %+v", it, im)
+		}
 	}
 	if !reflect.DeepEqual(h.sim.Images(), imagesBefore) || !reflect.DeepEqual(h.sim.Snapshots(), snapsBefore) {
 		t.Fatal("dry run changed the cloud")
