@@ -25,6 +25,9 @@ const (
 const (
 	CreateGood   = "good"
 	CreateFailed = "failed"
+	// CreateLateGood counts an image failed by wait_timeout that completed within
+	// its late window (it was counted failed before).
+	CreateLateGood = "late_good"
 )
 
 // Label values of imagekeeper_servers_skipped_total{reason}.
@@ -70,7 +73,7 @@ const labelOther = "other"
 
 var (
 	slotOutcomes  = []string{OutcomeRan, OutcomeCaughtUp, OutcomeMissed, OutcomeSkippedOverlap, OutcomeFailed, OutcomeEmpty}
-	createResults = []string{CreateGood, CreateFailed}
+	createResults = []string{CreateGood, CreateFailed, CreateLateGood}
 	skipReasons   = []string{SkipErrorState, SkipBusy, SkipLocked, SkipInFlight}
 	imageDeletes  = []string{DeleteDeleted, DeleteAlreadyGone, DeleteProtected, DeleteFailed}
 	snapDeletes   = []string{DeleteDeleted, DeleteAlreadyGone, DeleteInUse, DeleteFailed}
@@ -230,7 +233,7 @@ func NewMetrics(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		}, []string{"policy", "outcome"}),
 		imagesCreated: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "images_created_total",
-			Help: "Images requested by imagekeeper that ended good (active, all snapshots available) or failed.",
+			Help: "Images requested by imagekeeper that ended good (active, all snapshots available), failed, or late_good (failed at wait_timeout, completed later).",
 		}, []string{"policy", "result"}),
 		serversSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "servers_skipped_total",

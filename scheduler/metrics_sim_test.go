@@ -123,12 +123,14 @@ imagekeeper_images{policy="web",state="deleting"} 0
 imagekeeper_images{policy="web",state="failed"} 0
 imagekeeper_images{policy="web",state="good"} 5
 imagekeeper_images{policy="web",state="kept_protected"} 0
-# HELP imagekeeper_images_created_total Images requested by imagekeeper that ended good (active, all snapshots available) or failed.
+# HELP imagekeeper_images_created_total Images requested by imagekeeper that ended good (active, all snapshots available), failed, or late_good (failed at wait_timeout, completed later).
 # TYPE imagekeeper_images_created_total counter
 imagekeeper_images_created_total{policy="idle",result="failed"} 0
 imagekeeper_images_created_total{policy="idle",result="good"} 0
+imagekeeper_images_created_total{policy="idle",result="late_good"} 0
 imagekeeper_images_created_total{policy="web",result="failed"} 0
 imagekeeper_images_created_total{policy="web",result="good"} 9
+imagekeeper_images_created_total{policy="web",result="late_good"} 0
 # HELP imagekeeper_images_deleted_total Image deletions by result (deleted, already_gone, protected, failed).
 # TYPE imagekeeper_images_deleted_total counter
 imagekeeper_images_deleted_total{policy="idle",result="already_gone"} 0

@@ -93,10 +93,11 @@ imagekeeper_image_create_duration_seconds_bucket{policy="web",le="21600"} 2
 imagekeeper_image_create_duration_seconds_bucket{policy="web",le="+Inf"} 2
 imagekeeper_image_create_duration_seconds_sum{policy="web"} 7290
 imagekeeper_image_create_duration_seconds_count{policy="web"} 2
-# HELP imagekeeper_images_created_total Images requested by imagekeeper that ended good (active, all snapshots available) or failed.
+# HELP imagekeeper_images_created_total Images requested by imagekeeper that ended good (active, all snapshots available), failed, or late_good (failed at wait_timeout, completed later).
 # TYPE imagekeeper_images_created_total counter
 imagekeeper_images_created_total{policy="web",result="failed"} 1
 imagekeeper_images_created_total{policy="web",result="good"} 2
+imagekeeper_images_created_total{policy="web",result="late_good"} 0
 # HELP imagekeeper_images_deleted_total Image deletions by result (deleted, already_gone, protected, failed).
 # TYPE imagekeeper_images_deleted_total counter
 imagekeeper_images_deleted_total{policy="web",result="already_gone"} 0

@@ -455,7 +455,7 @@ func (pr *pruner) decideServer(rows []store.LineageRow, gone bool) (items []Prun
 		key := retentionKey(row)
 		byKey[key] = i
 		input = append(input, policy.RetentionImage{ID: key, Time: row.Slot, Status: st, FailReason: row.Reason,
-			RequestedAt: row.RequestedAt, FailedAt: row.FailedAt, WaitTimeout: wait})
+			RequestedAt: row.RequestedAt, FailedAt: row.FailedAt, LateUntil: row.LateUntil, WaitTimeout: wait})
 	}
 	decisions := policy.Retain(input, ret, loc, pr.now)
 	minKeep := max(ret.MinKeep, 1)
@@ -661,6 +661,9 @@ func (pr *pruner) deleteImage(ctx context.Context, it *PruneItem, row store.Line
 			if why := pr.stampMismatch(row, img); why != "" {
 				return pr.refuse(ctx, it, row, why, log)
 			}
+			if stillMaking(row, img) {
+				return pr.defer_(ctx, it, row, fmt.Sprintf("Glance still shows the image %s: it may yet complete", img.Status))
+			}
 		}
 	} else if row.State == store.ImageFailed {
 		// An intent whose outcome was never learned: an image with our stamp may
@@ -751,6 +754,13 @@ func (pr *pruner) deleteImage(ctx context.Context, it *PruneItem, row store.Line
 	it.Action, it.NextAttempt = PruneDeleted, time.Time{}
 	log.Info("image deleted", "snapshots", len(snaps))
 	return nil
+}
+
+// stillMaking reports an image of a failed row that Glance still shows being
+// made: the failure was a verdict of our clock, not of the cloud, and the image may
+// yet become a complete backup. Retention never deletes it then.
+func stillMaking(row store.LineageRow, img cloud.Image) bool {
+	return row.State == store.ImageFailed && (img.Status == cloud.ImageQueued || img.Status == cloud.ImageSaving)
 }
 
 // stampMismatch says why img's stamp does not prove it is this row's image, or "".

@@ -176,6 +176,8 @@ type Runner struct {
 
 	mu      sync.Mutex
 	waiting map[int64]bool // image rows a wait of this Runner is watching
+	// lateWake wakes WatchLate when an image enters its late window.
+	lateWake chan struct{}
 }
 
 // NewRunner returns a Runner.
@@ -202,13 +204,14 @@ func NewRunner(opts RunnerOptions) *Runner {
 		opts.DefaultWaitTimeout = DefaultWaitTimeout
 	}
 	r := &Runner{
-		opts:    opts,
-		store:   opts.Store,
-		log:     opts.Logger,
-		metrics: opts.Metrics,
-		now:     opts.Now,
-		sleep:   opts.Sleep,
-		waiting: map[int64]bool{},
+		opts:     opts,
+		store:    opts.Store,
+		log:      opts.Logger,
+		metrics:  opts.Metrics,
+		now:      opts.Now,
+		sleep:    opts.Sleep,
+		waiting:  map[int64]bool{},
+		lateWake: make(chan struct{}, 1),
 	}
 	r.bucket = newTokenBucket(opts.Limits.RequestsPerSecond, r.now, r.sleep)
 	r.workers = newSemaphore(concurrency(opts.Limits))
@@ -414,6 +417,11 @@ func (r *Runner) runSlot(ctx context.Context, cfg *policy.Config, p *policy.Poli
 // where no daemon runs: retention counts them neither as backups nor as garbage.
 // Every such row is past its deadline, so one poll per slot settles it.
 func (r *Runner) settleStale(ctx context.Context, p *policy.Policy, current time.Time) {
+	// Images of this policy in their late window get one look too, so that they are
+	// promoted where no daemon runs WatchLate (runs from the CLI).
+	if _, err := r.checkLate(ctx, p.Name); err != nil {
+		r.log.Warn("look at images in their late window", "policy", p.Name, "err", err)
+	}
 	rows, err := r.store.Images(ctx, store.ImageFilter{Policy: p.Name,
 		States: []store.ImageState{store.ImageRequested, store.ImageCreating}})
 	if err != nil {
@@ -439,7 +447,7 @@ func (r *Runner) settleStale(ctx context.Context, p *policy.Policy, current time
 		bySlot[im.Slot] = append(bySlot[im.Slot], im)
 	}
 	for _, sl := range slots {
-		sc := waitScope{policy: p.Name, slot: sl, timeout: timeout, cloud: r.Cloud(), pollFirst: true,
+		sc := waitScope{policy: p.Name, slot: sl, timeout: timeout, p: p, cloud: r.Cloud(), pollFirst: true,
 			log: r.log.With("policy", p.Name, "slot", StampSlot(sl))}
 		sc.log.Info("settling images left in progress by an earlier run", "images", len(bySlot[sl]))
 		if err := r.wait(ctx, sc, bySlot[sl]); err != nil {
@@ -1019,7 +1027,7 @@ func (ru *run) sortedResults() []ServerResult {
 // waitScope is the run's part of a wait: its slot, cloud, timeout and result sink.
 func (ru *run) waitScope() waitScope {
 	return waitScope{
-		policy: ru.p.Name, slot: ru.slot, timeout: ru.timeout, cloud: ru.cloud, log: ru.log,
+		policy: ru.p.Name, slot: ru.slot, timeout: ru.timeout, p: ru.p, cloud: ru.cloud, log: ru.log,
 		done: func(im store.Image, outcome ServerOutcome, reason string, d time.Duration) {
 			ru.finish(ServerResult{ServerID: im.ServerID, ServerName: im.ServerName, Outcome: outcome, Reason: reason,
 				ImageID: im.ImageID, ImageRow: im.Row, Adopted: im.Adopted, Duration: d})

@@ -391,10 +391,18 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	wdWG.Add(1)
 	go func() {
 		defer wdWG.Done()
-		// The periodic reconcile reports drift, marks rows whose image is gone (so
-		// they stop counting as backups) and deletes the leftover snapshots of images
-		// the journal recorded deleted; it adopts nothing and touches nothing it
-		// cannot prove ours (that needs `imagekeeper reconcile --fix`).
+		// Images failed by wait_timeout are watched through their late window and
+		// promoted to good if they complete (image_late_good).
+		_ = runner.WatchLate(wdCtx)
+	}()
+
+	wdWG.Add(1)
+	go func() {
+		defer wdWG.Done()
+		// The periodic reconcile reports drift, marks rows whose image is gone or
+		// hollow (so they stop counting as backups), promotes late-good images and
+		// deletes the leftover snapshots of images the journal recorded deleted; it
+		// touches nothing it cannot prove ours.
 		t := time.NewTicker(orDefault(d.ReconcileInterval, defaultReconcileInterval))
 		defer t.Stop()
 		for {

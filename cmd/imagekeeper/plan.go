@@ -194,7 +194,8 @@ func runPlan(ctx context.Context, m *Main, o *planOptions) error {
 				}
 				existing[row.ServerID] = append(existing[row.ServerID], scheduler.SimImage{ServerID: row.ServerID, Name: row.Name,
 					RetentionImage: policy.RetentionImage{ID: fmt.Sprintf("row-%d", row.Row), Time: row.Slot, Status: status,
-						FailReason: row.Reason, RequestedAt: row.RequestedAt, FailedAt: row.FailedAt, WaitTimeout: p.Image.WaitTimeout}})
+						FailReason: row.Reason, RequestedAt: row.RequestedAt, FailedAt: row.FailedAt, LateUntil: row.LateUntil,
+						WaitTimeout: p.Image.WaitTimeout}})
 				if _, ok := pp.extra.names[row.ServerID]; !ok {
 					pp.extra.names[row.ServerID] = row.ServerName
 					simServers = append(simServers, scheduler.SimServer{ID: row.ServerID})
