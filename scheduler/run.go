@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -8,9 +9,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/imagekeeper/imagekeeper/cloud"
@@ -30,7 +33,13 @@ const (
 
 // Defaults of RunnerOptions fields left zero.
 const (
-	DefaultPollInterval    = 10 * time.Second
+	// DefaultPollInterval is the first wait before an image (or a snapshot
+	// deletion) is polled: a real cloud makes a small image active in about 7 s and
+	// Cinder deletes a snapshot in about 2 s, and a first poll at a fixed 10 s made a
+	// run take 11-12 s. A poll round is one batched listing per slot, so polling
+	// early costs little; the wait grows by half each round (2, 3, 4.5, 6.75 s...)
+	// up to DefaultMaxPollInterval.
+	DefaultPollInterval    = 2 * time.Second
 	DefaultMaxPollInterval = 2 * time.Minute
 	DefaultWaitTimeout     = 2 * time.Hour
 	DefaultConcurrency     = 4
@@ -131,7 +140,8 @@ type RunnerOptions struct {
 	// Sleep waits for a duration or until ctx is done; tests inject it so that the
 	// spread, rate limit and poll backoff do not wait for real.
 	Sleep func(ctx context.Context, d time.Duration) error
-	// PollInterval is the first wait between polls; it doubles up to MaxPollInterval.
+	// PollInterval is the first wait between polls; it grows by half each round up
+	// to MaxPollInterval (nextPoll).
 	PollInterval    time.Duration
 	MaxPollInterval time.Duration
 	// DefaultWaitTimeout applies when a policy has none (and to resumed waits of a
@@ -236,9 +246,10 @@ func (r *Runner) SetLimits(l policy.Limits) {
 func (r *Runner) Cloud() cloud.Cloud { return limitedCloud{inner: r.opts.Cloud, bucket: r.bucket} }
 
 // AcquireWorker takes one of the Limits.Concurrency worker slots shared by every run
-// of this Runner; the returned func gives it back.
-func (r *Runner) AcquireWorker(ctx context.Context) (release func(), err error) {
-	return r.workers.acquire(ctx)
+// of this Runner, for work of the named policy (slots are shared fairly between
+// policies); the returned func gives it back.
+func (r *Runner) AcquireWorker(ctx context.Context, policy string) (release func(), err error) {
+	return r.workers.acquire(ctx, policy)
 }
 
 // LockPolicy serialises backup runs and prunes of one policy: a run holds it while it
@@ -267,6 +278,7 @@ type run struct {
 	p       *policy.Policy
 	slot    time.Time // UTC, whole seconds
 	trigger Trigger
+	call    RunSlotOptions
 	slotID  int64
 	runID   string
 	cloud   limitedCloud
@@ -291,6 +303,26 @@ type run struct {
 // is non-nil only when the run could not do its work (listing servers failed, the
 // store failed, ctx was cancelled); failed images are in the report, not the error.
 func (r *Runner) RunSlot(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger) (*SlotReport, error) {
+	return r.RunSlotWith(ctx, cfg, p, slot, trigger, RunSlotOptions{})
+}
+
+// RunSlotOptions are what one call of RunSlotWith asks beyond RunSlot: a manual run
+// of some servers, with its own progress, and without retention.
+type RunSlotOptions struct {
+	// Servers, when not empty, limits the run to these server ids among the ones
+	// the policy selects (`run --server`): an image before maintenance. Ids the
+	// policy does not select are ignored; the caller checks them first.
+	Servers []string
+	// Progress, when set, is called as Progress of RunnerOptions is, for this run
+	// only: the run of a control-socket client in the daemon.
+	Progress func(ProgressEvent)
+	// SkipAfterRun leaves out AfterRun (`run --no-prune`).
+	SkipAfterRun bool
+}
+
+// RunSlotWith is RunSlot with per-call options.
+func (r *Runner) RunSlotWith(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger,
+	o RunSlotOptions) (*SlotReport, error) {
 	if p == nil || p.Image == nil {
 		return nil, errors.New("run slot: policy without image spec")
 	}
@@ -315,9 +347,9 @@ func (r *Runner) RunSlot(ctx context.Context, cfg *policy.Config, p *policy.Poli
 	if err != nil {
 		return nil, fmt.Errorf("run slot of %s: %w", p.Name, err)
 	}
-	rep, err := r.runSlot(ctx, cfg, p, slot, trigger, sl, started)
+	rep, err := r.runSlot(ctx, cfg, p, slot, trigger, sl, started, o)
 	unlock()
-	if err != nil || r.opts.AfterRun == nil || rep == nil || rep.Outcome == store.OutcomeFailed {
+	if err != nil || r.opts.AfterRun == nil || o.SkipAfterRun || rep == nil || rep.Outcome == store.OutcomeFailed {
 		return rep, err
 	}
 	if err := r.opts.AfterRun(ctx, cfg, p); err != nil {
@@ -327,9 +359,9 @@ func (r *Runner) RunSlot(ctx context.Context, cfg *policy.Config, p *policy.Poli
 }
 
 func (r *Runner) runSlot(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger,
-	sl store.Slot, started time.Time) (*SlotReport, error) {
+	sl store.Slot, started time.Time, o RunSlotOptions) (*SlotReport, error) {
 	ru := &run{
-		r: r, cfg: cfg, p: p, slot: slot, trigger: trigger, slotID: sl.ID, runID: newRunID(),
+		r: r, cfg: cfg, p: p, slot: slot, trigger: trigger, slotID: sl.ID, runID: newRunID(), call: o,
 		calls:    &callCounter{},
 		log:      r.log.With("policy", p.Name, "slot", StampSlot(slot)),
 		timeout:  r.waitTimeout(p),
@@ -474,7 +506,14 @@ func newRunID() string {
 func (ru *run) execute(ctx context.Context) error {
 	r, p := ru.r, ru.p
 	sel := CloudSelector(p.Select)
+	// The listing takes a worker slot like any other call: a hundred policies due at
+	// once would otherwise decode a hundred listings at the same time.
+	release, err := r.workers.acquire(ctx, p.Name)
+	if err != nil {
+		return err
+	}
 	servers, err := ru.cloud.ListServers(ctx, sel)
+	release()
 	if err != nil {
 		ru.event(ctx, store.Event{Kind: "list_failed", Message: "list servers: " + cloud.Reason(err)})
 		return fmt.Errorf("list servers: %w", err)
@@ -484,6 +523,9 @@ func (ru *run) execute(ctx context.Context) error {
 		// The cloud may have ignored the tag filter (Nova below 2.26 does): check again.
 		if !sel.Matches(s.Tags, s.AvailabilityZone) {
 			ru.log.Warn("cloud returned a server the selector does not match; ignoring it", "server_id", s.ID)
+			continue
+		}
+		if len(ru.call.Servers) > 0 && !slices.Contains(ru.call.Servers, s.ID) {
 			continue
 		}
 		selected = append(selected, s)
@@ -514,23 +556,43 @@ func (ru *run) execute(ctx context.Context) error {
 		ru.mu.Unlock()
 		r.unclaim(claimed)
 	}()
+	// Servers in the order they may start: by their offset in the spread window
+	// (none without a spread), then by id.
+	order := selected
+	if ru.trigger != TriggerManual && p.Schedule != nil && p.Schedule.Spread > 0 {
+		order = slices.Clone(selected)
+		slices.SortStableFunc(order, func(a, b cloud.Server) int {
+			return cmp.Compare(spreadOffset(p.Name, a.ID, p.Schedule.Spread), spreadOffset(p.Name, b.ID, p.Schedule.Spread))
+		})
+	}
+	// At most Concurrency goroutines per run take the servers in that order: no run
+	// can use more worker slots than that, and a goroutine per server (10,000 at
+	// scale, 85 MB of stacks) would only wait for a slot.
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var toWait []store.Image
 	var firstErr error
-	for _, s := range selected {
-		row, has := rows[s.ID]
+	var next atomic.Int64
+	for range min(r.workers.capacity(), len(order)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			im, wait, err := ru.server(ctx, s, row, has)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil && firstErr == nil && !errors.Is(err, errAbandoned) {
-				firstErr = err
-			}
-			if wait {
-				toWait = append(toWait, im)
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(order) {
+					return
+				}
+				s := order[i]
+				row, has := rows[s.ID]
+				im, wait, err := ru.server(ctx, s, row, has)
+				mu.Lock()
+				if err != nil && firstErr == nil && !errors.Is(err, errAbandoned) {
+					firstErr = err
+				}
+				if wait {
+					toWait = append(toWait, im)
+				}
+				mu.Unlock()
 			}
 		}()
 	}
@@ -693,7 +755,7 @@ func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has 
 			}
 		}
 	}
-	release, err := r.workers.acquire(ctx)
+	release, err := r.workers.acquire(ctx, p.Name)
 	if err != nil {
 		return row, false, err
 	}
@@ -986,8 +1048,17 @@ func (ru *run) finish(res ServerResult) {
 	cp := res
 	ru.results[res.ServerID] = &cp
 	ru.done++
+	ru.report(res)
+}
+
+// report calls the progress callbacks; ru.mu is held.
+func (ru *run) report(res ServerResult) {
+	e := ProgressEvent{Policy: ru.p.Name, Slot: ru.slot, Done: ru.done, Total: ru.total, Server: res}
 	if ru.r.opts.Progress != nil {
-		ru.r.opts.Progress(ProgressEvent{Policy: ru.p.Name, Slot: ru.slot, Done: ru.done, Total: ru.total, Server: res})
+		ru.r.opts.Progress(e)
+	}
+	if ru.call.Progress != nil {
+		ru.call.Progress(e)
 	}
 }
 
@@ -995,9 +1066,7 @@ func (ru *run) finish(res ServerResult) {
 func (ru *run) progress(res ServerResult) {
 	ru.mu.Lock()
 	defer ru.mu.Unlock()
-	if ru.r.opts.Progress != nil {
-		ru.r.opts.Progress(ProgressEvent{Policy: ru.p.Name, Slot: ru.slot, Done: ru.done, Total: ru.total, Server: res})
-	}
+	ru.report(res)
 }
 
 // markWaiting reports the servers still being waited on when the run stops early.
