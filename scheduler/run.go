@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -8,9 +9,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/imagekeeper/imagekeeper/cloud"
@@ -30,7 +33,13 @@ const (
 
 // Defaults of RunnerOptions fields left zero.
 const (
-	DefaultPollInterval    = 10 * time.Second
+	// DefaultPollInterval is the first wait before an image (or a snapshot
+	// deletion) is polled: a real cloud makes a small image active in about 7 s and
+	// Cinder deletes a snapshot in about 2 s, and a first poll at a fixed 10 s made a
+	// run take 11-12 s. A poll round is one batched listing per slot, so polling
+	// early costs little; the wait grows by half each round (2, 3, 4.5, 6.75 s...)
+	// up to DefaultMaxPollInterval.
+	DefaultPollInterval    = 2 * time.Second
 	DefaultMaxPollInterval = 2 * time.Minute
 	DefaultWaitTimeout     = 2 * time.Hour
 	DefaultConcurrency     = 4
@@ -131,7 +140,8 @@ type RunnerOptions struct {
 	// Sleep waits for a duration or until ctx is done; tests inject it so that the
 	// spread, rate limit and poll backoff do not wait for real.
 	Sleep func(ctx context.Context, d time.Duration) error
-	// PollInterval is the first wait between polls; it doubles up to MaxPollInterval.
+	// PollInterval is the first wait between polls; it grows by half each round up
+	// to MaxPollInterval (nextPoll).
 	PollInterval    time.Duration
 	MaxPollInterval time.Duration
 	// DefaultWaitTimeout applies when a policy has none (and to resumed waits of a
@@ -242,9 +252,10 @@ func (r *Runner) SetLimits(l policy.Limits) {
 func (r *Runner) Cloud() cloud.Cloud { return limitedCloud{inner: r.opts.Cloud, bucket: r.bucket} }
 
 // AcquireWorker takes one of the Limits.Concurrency worker slots shared by every run
-// of this Runner; the returned func gives it back.
-func (r *Runner) AcquireWorker(ctx context.Context) (release func(), err error) {
-	return r.workers.acquire(ctx)
+// of this Runner, for work of the named policy (slots are shared fairly between
+// policies); the returned func gives it back.
+func (r *Runner) AcquireWorker(ctx context.Context, policy string) (release func(), err error) {
+	return r.workers.acquire(ctx, policy)
 }
 
 // LockPolicy serialises backup runs and prunes of one policy: a run holds it while it
@@ -273,6 +284,7 @@ type run struct {
 	p       *policy.Policy
 	slot    time.Time // UTC, whole seconds
 	trigger Trigger
+	call    RunSlotOptions
 	slotID  int64
 	runID   string
 	cloud   limitedCloud
@@ -297,6 +309,26 @@ type run struct {
 // is non-nil only when the run could not do its work (listing servers failed, the
 // store failed, ctx was cancelled); failed images are in the report, not the error.
 func (r *Runner) RunSlot(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger) (*SlotReport, error) {
+	return r.RunSlotWith(ctx, cfg, p, slot, trigger, RunSlotOptions{})
+}
+
+// RunSlotOptions are what one call of RunSlotWith asks beyond RunSlot: a manual run
+// of some servers, with its own progress, and without retention.
+type RunSlotOptions struct {
+	// Servers, when not empty, limits the run to these server ids among the ones
+	// the policy selects (`run --server`): an image before maintenance. Ids the
+	// policy does not select are ignored; the caller checks them first.
+	Servers []string
+	// Progress, when set, is called as Progress of RunnerOptions is, for this run
+	// only: the run of a control-socket client in the daemon.
+	Progress func(ProgressEvent)
+	// SkipAfterRun leaves out AfterRun (`run --no-prune`).
+	SkipAfterRun bool
+}
+
+// RunSlotWith is RunSlot with per-call options.
+func (r *Runner) RunSlotWith(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger,
+	o RunSlotOptions) (*SlotReport, error) {
 	if p == nil || p.Image == nil {
 		return nil, errors.New("run slot: policy without image spec")
 	}
@@ -321,9 +353,9 @@ func (r *Runner) RunSlot(ctx context.Context, cfg *policy.Config, p *policy.Poli
 	if err != nil {
 		return nil, fmt.Errorf("run slot of %s: %w", p.Name, err)
 	}
-	rep, err := r.runSlot(ctx, cfg, p, slot, trigger, sl, started)
+	rep, err := r.runSlot(ctx, cfg, p, slot, trigger, sl, started, o)
 	unlock()
-	if err != nil || r.opts.AfterRun == nil || rep == nil || rep.Outcome == store.OutcomeFailed {
+	if err != nil || r.opts.AfterRun == nil || o.SkipAfterRun || rep == nil || rep.Outcome == store.OutcomeFailed {
 		return rep, err
 	}
 	if err := r.opts.AfterRun(ctx, cfg, p); err != nil {
@@ -333,9 +365,9 @@ func (r *Runner) RunSlot(ctx context.Context, cfg *policy.Config, p *policy.Poli
 }
 
 func (r *Runner) runSlot(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger,
-	sl store.Slot, started time.Time) (*SlotReport, error) {
+	sl store.Slot, started time.Time, o RunSlotOptions) (*SlotReport, error) {
 	ru := &run{
-		r: r, cfg: cfg, p: p, slot: slot, trigger: trigger, slotID: sl.ID, runID: newRunID(),
+		r: r, cfg: cfg, p: p, slot: slot, trigger: trigger, slotID: sl.ID, runID: newRunID(), call: o,
 		calls:    &callCounter{},
 		log:      r.log.With("policy", p.Name, "slot", StampSlot(slot)),
 		timeout:  r.waitTimeout(p),
@@ -381,7 +413,7 @@ func (r *Runner) runSlot(ctx context.Context, cfg *policy.Config, p *policy.Poli
 		rep.Outcome = store.OutcomeEmpty
 		rep.Reason = "selected no server (select: " + DescribeSelector(CloudSelector(p.Select)) + ")"
 	case rep.Counts.Failed > 0:
-		rep.Reason = fmt.Sprintf("%d of %d images failed", rep.Counts.Failed, rep.Counts.Selected)
+		rep.Reason = fmt.Sprintf("%d of %s failed", rep.Counts.Failed, plural(rep.Counts.Selected, "image", "images"))
 	}
 	if len(ru.left) > 0 && runErr == nil {
 		note := fmt.Sprintf("%d server(s) with good images left the selection: %s", len(ru.left), strings.Join(ru.left, ", "))
@@ -480,16 +512,26 @@ func newRunID() string {
 func (ru *run) execute(ctx context.Context) error {
 	r, p := ru.r, ru.p
 	sel := CloudSelector(p.Select)
+	// The listing takes a worker slot like any other call: a hundred policies due at
+	// once would otherwise decode a hundred listings at the same time.
+	release, err := r.workers.acquire(ctx, p.Name)
+	if err != nil {
+		return err
+	}
 	servers, err := ru.cloud.ListServers(ctx, sel)
+	release()
 	if err != nil {
 		ru.event(ctx, store.Event{Kind: "list_failed", Message: "list servers: " + cloud.Reason(err)})
-		return fmt.Errorf("list servers: %w", err)
+		return err // the cloud's error names the call: "list servers: ..."
 	}
 	var selected []cloud.Server
 	for _, s := range servers {
 		// The cloud may have ignored the tag filter (Nova below 2.26 does): check again.
 		if !sel.Matches(s.Tags, s.AvailabilityZone) {
-			ru.log.Warn("cloud returned a server the selector does not match; ignoring it", "server_id", s.ID)
+			ru.log.Warn("cloud returned a server the selector does not match; ignoring it", "server_id", s.ID, "server_name", s.Name)
+			continue
+		}
+		if len(ru.call.Servers) > 0 && !slices.Contains(ru.call.Servers, s.ID) {
 			continue
 		}
 		selected = append(selected, s)
@@ -520,23 +562,56 @@ func (ru *run) execute(ctx context.Context) error {
 		ru.mu.Unlock()
 		r.unclaim(claimed)
 	}()
+	// Servers in the order they may start: by their offset in the spread window
+	// (none without a spread), then by id.
+	order := selected
+	if ru.trigger != TriggerManual && p.Schedule != nil && p.Schedule.Spread > 0 {
+		order = slices.Clone(selected)
+		slices.SortStableFunc(order, func(a, b cloud.Server) int {
+			return cmp.Compare(spreadOffset(p.Name, a.ID, p.Schedule.Spread), spreadOffset(p.Name, b.ID, p.Schedule.Spread))
+		})
+	}
+	// At most Concurrency goroutines per run take the servers in that order: no run
+	// can use more worker slots than that, and a goroutine per server (10,000 at
+	// scale, 85 MB of stacks) would only wait for a slot.
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var toWait []store.Image
 	var firstErr error
-	for _, s := range selected {
-		row, has := rows[s.ID]
+	var next atomic.Int64
+	record := func(im store.Image, wait bool, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil && firstErr == nil && !errors.Is(err, errAbandoned) {
+			firstErr = err
+		}
+		if wait {
+			toWait = append(toWait, im)
+		}
+	}
+	for range min(r.workers.capacity(), len(order)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			im, wait, err := ru.serverRetryingBusy(ctx, s, row, has)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil && firstErr == nil && !errors.Is(err, errAbandoned) {
-				firstErr = err
-			}
-			if wait {
-				toWait = append(toWait, im)
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(order) {
+					return
+				}
+				s := order[i]
+				row, has := rows[s.ID]
+				im, wait, err := ru.server(ctx, s, row, has)
+				if busy := (busyError{}); errors.As(err, &busy) {
+					// Looked at again later, on a goroutine of its own: its backoff
+					// must not hold one of the run's workers.
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						record(ru.retryBusy(ctx, s, busy))
+					}()
+					continue
+				}
+				record(im, wait, err)
 			}
 		}()
 	}
@@ -649,19 +724,15 @@ func (ru *run) busyDeadline() time.Time {
 	return ru.slot.Add(bound)
 }
 
-// serverRetryingBusy runs server, and while it finds the server busy, waits with
-// backoff, reads the server again and retries, until busyDeadline; then the server
-// is skipped busy.
-func (ru *run) serverRetryingBusy(ctx context.Context, s cloud.Server, row store.Image, has bool) (store.Image, bool, error) {
+// retryBusy is called when server found s busy: it waits with backoff, reads the
+// server again and runs server again, while it is busy and busyDeadline has not
+// passed; then the server is skipped busy.
+func (ru *run) retryBusy(ctx context.Context, s cloud.Server, busy busyError) (store.Image, bool, error) {
 	r := ru.r
 	deadline := ru.busyDeadline()
 	interval := r.opts.BusyRetryInterval
+	var im store.Image
 	for attempt := 1; ; attempt++ {
-		im, wait, err := ru.server(ctx, s, row, has)
-		var busy busyError
-		if !errors.As(err, &busy) {
-			return im, wait, err
-		}
 		left := deadline.Sub(r.now())
 		if left <= 0 {
 			detail := busy.detail
@@ -681,14 +752,15 @@ func (ru *run) serverRetryingBusy(ctx context.Context, s cloud.Server, row store
 			return im, false, ctx.Err()
 		}
 		// A 409 dropped the intent; a task state found before the intent wrote none.
-		row, err = r.store.ImageByKey(ctx, ru.p.Name, s.ID, ru.slot)
-		switch {
-		case err == nil:
-			has = true
-		case errors.Is(err, store.ErrNotFound):
-			row, has = store.Image{}, false
-		default:
+		row, err := r.store.ImageByKey(ctx, ru.p.Name, s.ID, ru.slot)
+		has := err == nil
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return im, false, err
+		}
+		var wait bool
+		im, wait, err = ru.server(ctx, s, row, has)
+		if !errors.As(err, &busy) {
+			return im, wait, err
 		}
 	}
 }
@@ -720,7 +792,7 @@ var errAbandoned = errors.New("abandoned at a crash point")
 // call. It returns the row to wait for when wait is true.
 func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has bool) (im store.Image, wait bool, err error) {
 	r, p := ru.r, ru.p
-	log := ru.log.With("server_id", s.ID)
+	log := ru.log.With("server_id", s.ID, "server_name", s.Name)
 	res := ServerResult{ServerID: s.ID, ServerName: s.Name, Existing: has}
 	if has {
 		if !ru.claim(row) {
@@ -804,7 +876,7 @@ func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has 
 			}
 		}
 	}
-	release, err := r.workers.acquire(ctx)
+	release, err := r.workers.acquire(ctx, p.Name)
 	if err != nil {
 		return row, false, err
 	}
@@ -841,7 +913,7 @@ func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has 
 		if !created {
 			// Another process wrote the row between our read and now: it owns the call.
 			res.Existing = true
-			ru.log.Info("slot row appeared concurrently; not calling again", "server_id", s.ID)
+			ru.log.Info("slot row appeared concurrently; not calling again", "server_id", s.ID, "server_name", s.Name)
 			if row.State == store.ImageCreating {
 				return row, true, nil
 			}
@@ -899,7 +971,7 @@ func (ru *run) create(ctx context.Context, s cloud.Server, row store.Image, res 
 		if err != nil {
 			return row, false, err
 		}
-		log.Info("image requested", "image_id", id)
+		log.Info("image requested", "image_id", id, "image_name", row.Name)
 		return row, true, nil
 	}
 	switch {
@@ -970,7 +1042,7 @@ func (ru *run) adopt(ctx context.Context, row store.Image, why string) (store.Im
 	if err != nil {
 		return row, false, err
 	}
-	ru.log.Info("image adopted", "server_id", row.ServerID, "image_id", img.ID)
+	ru.log.Info("image adopted", "server_id", row.ServerID, "server_name", row.ServerName, "image_id", img.ID, "image_name", img.Name)
 	return adopted, true, nil
 }
 
@@ -1045,7 +1117,7 @@ func (ru *run) cfgVersion() string {
 func (ru *run) skip(ctx context.Context, s cloud.Server, res ServerResult, reason, detail string) error {
 	ru.event(ctx, store.Event{Kind: store.EventServerSkipped, ServerID: s.ID, Message: reason + ": " + detail})
 	ru.r.metrics.ServerSkipped(ru.p.Name, reason)
-	ru.log.Info("server skipped", "server_id", s.ID, "reason", reason, "detail", detail)
+	ru.log.Info("server skipped", "server_id", s.ID, "server_name", s.Name, "reason", reason, "detail", detail)
 	res.Outcome, res.Reason = ServerSkipped, reason
 	ru.finish(res)
 	return nil
@@ -1058,7 +1130,7 @@ func (ru *run) failRow(ctx context.Context, row store.Image, res ServerResult, r
 		return err
 	}
 	ru.r.metrics.ImageCreated(ru.p.Name, CreateFailed, 0)
-	ru.log.Warn("image failed", "server_id", row.ServerID, "reason", reason)
+	ru.log.Warn("image failed", "server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name, "reason", reason)
 	res.Outcome, res.Reason, res.ImageRow, res.ImageID = ServerFailed, reason, im.Row, im.ImageID
 	ru.finish(res)
 	return nil
@@ -1107,8 +1179,17 @@ func (ru *run) finish(res ServerResult) {
 	cp := res
 	ru.results[res.ServerID] = &cp
 	ru.done++
+	ru.report(res)
+}
+
+// report calls the progress callbacks; ru.mu is held.
+func (ru *run) report(res ServerResult) {
+	e := ProgressEvent{Policy: ru.p.Name, Slot: ru.slot, Done: ru.done, Total: ru.total, Server: res}
 	if ru.r.opts.Progress != nil {
-		ru.r.opts.Progress(ProgressEvent{Policy: ru.p.Name, Slot: ru.slot, Done: ru.done, Total: ru.total, Server: res})
+		ru.r.opts.Progress(e)
+	}
+	if ru.call.Progress != nil {
+		ru.call.Progress(e)
 	}
 }
 
@@ -1116,9 +1197,7 @@ func (ru *run) finish(res ServerResult) {
 func (ru *run) progress(res ServerResult) {
 	ru.mu.Lock()
 	defer ru.mu.Unlock()
-	if ru.r.opts.Progress != nil {
-		ru.r.opts.Progress(ProgressEvent{Policy: ru.p.Name, Slot: ru.slot, Done: ru.done, Total: ru.total, Server: res})
-	}
+	ru.report(res)
 }
 
 // markWaiting reports the servers still being waited on when the run stops early.

@@ -32,6 +32,9 @@ func cli(t *testing.T, args ...string) (code int, stdout, stderr string) {
 // a clouds.yaml with one cloud named "sim" in dir, named by OS_CLIENT_CONFIG_FILE.
 func startSim(t *testing.T, dir string, opts simcloud.Options) *simcloud.Sim {
 	t.Helper()
+	// These tests compare listings whose order breaks ties by id: keep the ids
+	// those of the seed alone.
+	opts.DeterministicIDs = true
 	sim := simcloud.New(opts)
 	if err := sim.Start("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
@@ -114,8 +117,8 @@ func TestEveryCommandParsesFlagsAlike(t *testing.T) {
 				t.Errorf("help %s: exit %d, output differs from -h:\n%s", name, code, help)
 			}
 			in := func(names ...string) bool { return slices.Contains(names, name) }
-			hasConfig := in("run", "images", "history", "why", "prune", "plan", "reconcile", "validate", "daemon", "recover")
-			hasOutput := in("images", "history", "why", "prune", "plan", "reconcile", "validate")
+			hasConfig := in("run", "images", "history", "why", "prune", "plan", "reconcile", "validate", "daemon", "recover", "status")
+			hasOutput := in("images", "history", "why", "prune", "plan", "reconcile", "validate", "status")
 			hasLogs := in("run", "prune", "plan", "reconcile", "daemon", "demo", "recover")
 			for flag, want := range map[string]bool{
 				"--config string ": hasConfig,
@@ -295,7 +298,7 @@ func TestMissingPolicyFileIsUsage(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "missing.yaml")
 	for _, args := range [][]string{
 		{"daemon"}, {"run", "--policy", "web"}, {"prune"}, {"reconcile"}, {"images"}, {"history"},
-		{"why", "img-1"}, {"plan"}, {"validate"},
+		{"why", "img-1"}, {"plan"}, {"validate"}, {"status"},
 	} {
 		code, stdout, stderr := cli(t, append(args, "--config", missing)...)
 		if code != exitUsage || stdout != "" || !strings.Contains(stderr, "imagekeeper "+args[0]+": ") ||
