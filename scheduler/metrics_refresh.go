@@ -58,23 +58,48 @@ func SchedulePeriod(s *policy.Schedule, now time.Time) time.Duration {
 // in this process: images by policy and state, leftover snapshots, the worst
 // recovery point and the servers without a good image per policy, the last success
 // per policy (so that a restarted daemon reports it before its first run), and each
-// policy's schedule period. Only the policies of cfg are exported (a removed
-// policy's images stay in the store, not in the metrics). Errors are returned
-// joined after every gauge that could be computed was set; nil m, st or cfg does
-// nothing.
-func (m *Metrics) Refresh(ctx context.Context, st *store.Store, cfg *policy.Config, now time.Time) error {
-	if m == nil || st == nil || cfg == nil {
+// policy's schedule period. Only the policies of the config in force are exported
+// (a removed policy's images stay in the store, not in the metrics). Errors are
+// returned joined after every gauge that could be computed was set; nil m, st or
+// cfgs does nothing.
+func (m *Metrics) Refresh(ctx context.Context, st *store.Store, cfgs *policy.Coordinator, now time.Time) error {
+	if cfgs == nil {
+		return nil
+	}
+	cfg := cfgs.Current()
+	if cfg == nil {
+		return nil
+	}
+	return m.refresh(ctx, st, cfg.Policies, now)
+}
+
+// RefreshPolicy is Refresh for one policy (and the global gauges): after a run, a
+// full refresh per policy would be quadratic when many are due at once. A policy
+// absent from the config in force is left alone.
+func (m *Metrics) RefreshPolicy(ctx context.Context, st *store.Store, cfgs *policy.Coordinator, name string, now time.Time) error {
+	if cfgs == nil {
+		return nil
+	}
+	p := findPolicy(cfgs.Current(), name)
+	if p == nil {
+		return nil
+	}
+	return m.refresh(ctx, st, []*policy.Policy{p}, now)
+}
+
+func (m *Metrics) refresh(ctx context.Context, st *store.Store, policies []*policy.Policy, now time.Time) error {
+	if m == nil || st == nil {
 		return nil
 	}
 	var errs []error
-	for _, p := range cfg.Policies {
+	for _, p := range policies {
 		m.refreshPeriod(p, now)
 	}
 
 	if counts, err := st.ImageCountsByPolicyState(ctx); err != nil {
 		errs = append(errs, err)
 	} else {
-		for _, p := range cfg.Policies {
+		for _, p := range policies {
 			byState := map[string]int{}
 			for state, n := range counts[p.Name] {
 				if state == "requested" {
@@ -96,7 +121,7 @@ func (m *Metrics) Refresh(ctx context.Context, st *store.Store, cfg *policy.Conf
 		m.leftover.Set(float64(n))
 	}
 
-	for _, p := range cfg.Policies {
+	for _, p := range policies {
 		rps, err := st.NewestGoodPerServer(ctx, p.Name)
 		if err != nil {
 			errs = append(errs, err)
@@ -125,7 +150,7 @@ func (m *Metrics) Refresh(ctx context.Context, st *store.Store, cfg *policy.Conf
 	if last, err := st.LastSuccessfulSlots(ctx); err != nil {
 		errs = append(errs, err)
 	} else {
-		for _, p := range cfg.Policies {
+		for _, p := range policies {
 			if t, ok := last[p.Name]; ok {
 				m.SetLastSuccess(p.Name, t)
 			}

@@ -121,8 +121,11 @@ type PruneItem struct {
 
 // PruneReport is what one prune of one policy decided and did.
 type PruneReport struct {
-	Policy   string
-	DryRun   bool
+	Policy string
+	DryRun bool
+	// Inactive says why nothing was decided: the policy is absent from, or disabled
+	// in, the config in force when retention ran. Empty for a prune that decided.
+	Inactive string
 	Started  time.Time
 	Finished time.Time
 	// Servers counts the servers with images under the policy; ServersGone those of
@@ -138,7 +141,7 @@ type PruneReport struct {
 	SnapshotsDeleted int
 }
 
-// Prune applies policy p's retention to the images the lineage holds for it: it
+// prune applies policy p's retention to the images the lineage holds for it: it
 // decides with policy.Retain per server, resumes deletions a previous prune left
 // open, and deletes through the journal what no rule keeps, within the guard rails:
 //   - only rows of this installation, of images whose Glance stamp names this
@@ -151,22 +154,11 @@ type PruneReport struct {
 //   - when_server_gone: keep keeps every image of a server that no longer exists or
 //     no longer matches the selector.
 //
-// p must be one of cfg's policies: a policy removed from the file deletes nothing.
-// Prune takes the policy's lock, so it never runs alongside a backup run of p. The
-// error is non-nil only when the prune could not decide (the lineage or the server
-// list could not be read); per-image failures are in the report and retried later.
-func (r *Runner) Prune(ctx context.Context, cfg *policy.Config, p *policy.Policy, opts PruneOptions) (*PruneReport, error) {
-	if p == nil {
-		return nil, errors.New("prune: nil policy")
-	}
-	if cfg != nil && !inConfig(cfg, p.Name) {
-		return nil, fmt.Errorf("prune %s: policy is not in the config: a removed policy's images are never deleted", p.Name)
-	}
-	unlock, err := r.LockPolicy(ctx, p.Name)
-	if err != nil {
-		return nil, fmt.Errorf("prune %s: %w", p.Name, err)
-	}
-	defer unlock()
+// Only Retention calls it, holding the policy's lock, with p as the config owner
+// had it once the lock was taken. The error is non-nil only when the prune could
+// not decide (the lineage or the server list could not be read); per-image
+// failures are in the report and retried later.
+func (r *Runner) prune(ctx context.Context, p *policy.Policy, opts PruneOptions) (*PruneReport, error) {
 	pr := &pruner{r: r, p: p, opts: opts, cl: r.Cloud(), st: r.store,
 		log: r.log.With("policy", p.Name), now: r.store.Now()}
 	if pr.opts.SnapshotWait <= 0 {
@@ -177,15 +169,6 @@ func (r *Runner) Prune(ctx context.Context, cfg *policy.Config, p *policy.Policy
 		return nil, fmt.Errorf("prune %s: %w", p.Name, err)
 	}
 	return rep, nil
-}
-
-func inConfig(cfg *policy.Config, name string) bool {
-	for _, q := range cfg.Policies {
-		if q != nil && q.Name == name {
-			return true
-		}
-	}
-	return false
 }
 
 // pruner is one prune in progress.

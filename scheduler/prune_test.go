@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -128,7 +129,7 @@ func (h *pruneHarness) slots(days int) {
 	today := h.clock.Now().Truncate(24 * time.Hour)
 	for d := days; d >= 1; d-- {
 		slot := today.AddDate(0, 0, -d).Add(2*time.Hour + 30*time.Minute)
-		rep, err := h.r.RunSlot(context.Background(), h.cfg, h.p, slot, TriggerManual)
+		rep, err := h.r.RunSlot(context.Background(), h.cfg.Version, h.p, slot, TriggerManual)
 		if err != nil {
 			h.t.Fatalf("run slot %v: %v", slot, err)
 		}
@@ -142,7 +143,7 @@ func (h *pruneHarness) slots(days int) {
 
 func (h *pruneHarness) prune(opts PruneOptions) *PruneReport {
 	h.t.Helper()
-	rep, err := h.r.Prune(context.Background(), h.cfg, h.p, opts)
+	rep, err := NewRetention(h.r, policy.NewCoordinator(h.cfg), RetentionOptions{}).Prune(context.Background(), h.p.Name, opts)
 	if err != nil {
 		h.t.Fatalf("prune: %v", err)
 	}
@@ -573,18 +574,47 @@ func TestPruneWhenServerGone(t *testing.T) {
 	}
 }
 
-func TestPruneRefusesPolicyNotInConfig(t *testing.T) {
+// TestPruneSkipsPolicyNotInForce: retention asks the config owner for the policy
+// once it holds the lock; a policy absent or disabled then deletes nothing.
+func TestPruneSkipsPolicyNotInForce(t *testing.T) {
 	h := newPruneHarness(t, "      keep_last: 1")
 	h.server("app", 0)
 	h.slots(3)
-	removed := *h.p
-	cfg := *h.cfg
-	cfg.Policies = nil
-	if _, err := h.r.Prune(context.Background(), &cfg, &removed, PruneOptions{}); err == nil {
-		t.Fatal("prune of a policy not in the config succeeded")
+	removed := *h.cfg
+	removed.Policies = nil
+	disabled := *h.cfg
+	off := *h.p
+	off.Enabled = false
+	disabled.Policies = []*policy.Policy{&off}
+	cfgs := policy.NewCoordinator(h.cfg)
+	ret := NewRetention(h.r, cfgs, RetentionOptions{})
+	for _, tc := range []struct {
+		name string
+		cfg  *policy.Config
+		why  string
+	}{{"removed", &removed, "not in the config"}, {"disabled", &disabled, "disabled"}} {
+		if err := cfgs.Apply(tc.cfg); err != nil {
+			t.Fatal(err)
+		}
+		for _, dry := range []bool{true, false} {
+			rep, err := ret.Prune(context.Background(), h.p.Name, PruneOptions{DryRun: dry, Full: true})
+			if err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			if !strings.Contains(rep.Inactive, tc.why) || len(rep.Items) != 0 {
+				t.Errorf("%s (dry run %v): inactive %q, %d items; want %q and none", tc.name, dry, rep.Inactive, len(rep.Items), tc.why)
+			}
+		}
+		if n := len(h.rows(store.ImageGood)); n != 3 {
+			t.Fatalf("%s: %d good rows left, want all 3", tc.name, n)
+		}
 	}
-	if n := len(h.rows(store.ImageGood)); n != 3 {
-		t.Fatalf("%d good rows left, want all 3", n)
+	// Back in force, the same call prunes.
+	if err := cfgs.Apply(h.cfg); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := ret.Prune(context.Background(), h.p.Name, PruneOptions{}); err != nil || rep.Counts[PruneDeleted] != 2 {
+		t.Fatalf("prune once the policy is back: %v, %v; want 2 deleted", rep, err)
 	}
 }
 
@@ -674,7 +704,7 @@ func TestPruneCleansFailedImageAfterGrace(t *testing.T) {
 	h.slots(1)
 	h.sim.FailNextSnapshot(srv)
 	today := h.clock.Now().Truncate(24 * time.Hour)
-	rep, err := h.r.RunSlot(context.Background(), h.cfg, h.p, today.Add(2*time.Hour+30*time.Minute), TriggerManual)
+	rep, err := h.r.RunSlot(context.Background(), h.cfg.Version, h.p, today.Add(2*time.Hour+30*time.Minute), TriggerManual)
 	if err != nil {
 		t.Fatal(err)
 	}
