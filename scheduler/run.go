@@ -666,12 +666,24 @@ func (ru *run) create(ctx context.Context, s cloud.Server, row store.Image, res 
 	if err != nil {
 		return row, false, err
 	}
+	// The rate-limit token is taken before the attempt is recorded: a run stopped
+	// while queued for it (a drain, a second SIGTERM) has sent nothing, and an
+	// attempt on the row would make the resumed slot wait the whole wait_timeout for
+	// a stamped image that cannot exist instead of calling at once.
+	if err := ru.cloud.take(ctx); err != nil {
+		unlock()
+		return row, false, err
+	}
+	if err := ctx.Err(); err != nil {
+		unlock()
+		return row, false, err
+	}
 	row, err = r.store.BeginAttempt(ctx, row.Row, name, meta)
 	if err != nil {
 		unlock()
 		return row, false, err
 	}
-	id, err := ru.cloud.CreateImage(ctx, s.ID, name, meta)
+	id, err := ru.cloud.inner.CreateImage(ctx, s.ID, name, meta)
 	unlock()
 	if err == nil {
 		if h := r.opts.hooks.afterCreate; h != nil {

@@ -650,3 +650,45 @@ func TestResumeFailsIntentWithoutImage(t *testing.T) {
 	}
 	h.checkLineageMatchesCloud()
 }
+
+// TestStopWhileQueuedRecordsNoAttempt: a run stopped while its createImage waits
+// for a rate-limit token has sent nothing, so the row records no attempt and the
+// resumed slot calls createImage at once instead of waiting wait_timeout for a
+// stamped image that cannot exist and failing the server.
+func TestStopWhileQueuedRecordsNoAttempt(t *testing.T) {
+	h := newRunHarness(t, runHarnessOptions{waitTimeout: "2s"})
+	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	queued := h.runner(func(o *RunnerOptions) {
+		// One call a second: ListServers takes the only token, createImage queues.
+		o.Limits = policy.Limits{RequestsPerSecond: 1, Concurrency: 2}
+		o.Sleep = func(ctx context.Context, d time.Duration) error {
+			cancel() // the drain's second SIGTERM arrives while the call is queued
+			return ctx.Err()
+		}
+	})
+	if _, err := queued.RunSlot(ctx, h.cfg, h.p, h.slot, TriggerScheduled); err == nil {
+		t.Fatal("stopped run returned no error")
+	}
+	bg := context.Background()
+	row, err := h.store.ImageByKey(bg, "web", id, h.slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if row.State != store.ImageRequested || row.Attempts != 0 || h.sim.CreateImageCalls(id) != 0 {
+		t.Fatalf("after a stop while queued: row %s with %d attempts, %d calls; want requested, 0, 0",
+			row.State, row.Attempts, h.sim.CreateImageCalls(id))
+	}
+	start := time.Now()
+	rep, err := h.runner(nil).RunSlot(bg, h.cfg, h.p, h.slot, TriggerScheduled)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Counts.Good != 1 || h.sim.CreateImageCalls(id) != 1 {
+		t.Errorf("resumed slot: counts %+v, %d createImage calls; want 1 good from 1 call", rep.Counts, h.sim.CreateImageCalls(id))
+	}
+	if d := time.Since(start); d > 1500*time.Millisecond {
+		t.Errorf("resumed slot took %v: it waited for an image that was never asked for", d)
+	}
+}
