@@ -360,7 +360,9 @@ func (s *Scheduler) addLocked(p *policy.Policy, now time.Time) *policyState {
 // Swap makes cfg the current config. Added (or newly enabled) policies start with
 // their next slot; removed (or disabled) ones stop taking slots, and nothing of
 // theirs is deleted for it; changed ones take effect from their next slot. Runs in
-// flight keep the config they started with.
+// flight keep the policy they started with for what they image; retention after
+// them asks the config owner (Retention), so it follows cfg at once. The daemon
+// subscribes Swap to its policy.Coordinator.
 func (s *Scheduler) Swap(cfg *policy.Config) {
 	now := s.now()
 	s.mu.Lock()

@@ -264,14 +264,14 @@ type run struct {
 	// (retention) may act on them.
 	cfgVersion string
 	p          *policy.Policy
-	slot    time.Time // UTC, whole seconds
-	trigger Trigger
-	slotID  int64
-	runID   string
-	cloud   limitedCloud
-	calls   *callCounter
-	log     *slog.Logger
-	timeout time.Duration
+	slot       time.Time // UTC, whole seconds
+	trigger    Trigger
+	slotID     int64
+	runID      string
+	cloud      limitedCloud
+	calls      *callCounter
+	log        *slog.Logger
+	timeout    time.Duration
 
 	mu       sync.Mutex
 	results  map[string]*ServerResult

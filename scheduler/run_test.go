@@ -668,7 +668,7 @@ func TestStopWhileQueuedRecordsNoAttempt(t *testing.T) {
 			return ctx.Err()
 		}
 	})
-	if _, err := queued.RunSlot(ctx, h.cfg, h.p, h.slot, TriggerScheduled); err == nil {
+	if _, err := queued.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerScheduled); err == nil {
 		t.Fatal("stopped run returned no error")
 	}
 	bg := context.Background()
@@ -681,7 +681,7 @@ func TestStopWhileQueuedRecordsNoAttempt(t *testing.T) {
 			row.State, row.Attempts, h.sim.CreateImageCalls(id))
 	}
 	start := time.Now()
-	rep, err := h.runner(nil).RunSlot(bg, h.cfg, h.p, h.slot, TriggerScheduled)
+	rep, err := h.runner(nil).RunSlot(bg, h.cfg.Version, h.p, h.slot, TriggerScheduled)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/scheduler"
+	"github.com/imagekeeper/imagekeeper/store"
 )
 
 func init() {
@@ -51,26 +52,26 @@ func runBackup(ctx context.Context, m *Main, args []string) error {
 	if !*quiet {
 		progress = func(e scheduler.ProgressEvent) { printProgress(m.Stdout, e) }
 	}
-	var runner *scheduler.Runner
-	runner = wired.runner(scheduler.RunnerOptions{
+	runner := wired.runner(scheduler.RunnerOptions{
 		Progress: progress, PollInterval: runPollInterval, MaxPollInterval: 4 * runPollInterval,
-		// Retention follows every backup run, here as in the daemon, so that a
-		// crontab of `imagekeeper run` keeps the same promises.
-		AfterRun: func(ctx context.Context, cfg *policy.Config, p *policy.Policy) error {
-			if *noPrune {
-				return nil
-			}
-			rep, err := runner.Prune(ctx, cfg, p, scheduler.PruneOptions{})
-			if rep != nil {
-				fmt.Fprintln(m.Stdout, "retention: "+pruneSummary(rep))
-			}
-			return err
-		},
 	})
 	slot := runNow().UTC().Truncate(time.Minute)
-	rep, runErr := runner.RunSlot(ctx, cfg, p, slot, scheduler.TriggerManual)
+	rep, runErr := runner.RunSlot(ctx, cfg.Version, p, slot, scheduler.TriggerManual)
 	if rep != nil {
 		printSummary(m.Stdout, rep)
+	}
+	// Retention follows every settled backup run, here as in the daemon, so that a
+	// crontab of `imagekeeper run` keeps the same promises; it asks the file's
+	// config for the policy by name, as the daemon's retention asks the one in force.
+	if !*noPrune && runErr == nil && rep != nil && rep.Outcome != store.OutcomeFailed {
+		prep, err := scheduler.NewRetention(runner, policy.NewCoordinator(cfg), scheduler.RetentionOptions{}).
+			Prune(ctx, p.Name, scheduler.PruneOptions{})
+		if prep != nil {
+			fmt.Fprintln(m.Stdout, "retention: "+pruneSummary(prep))
+		}
+		if err != nil {
+			runErr = fmt.Errorf("retention after the run of %s: %w", p.Name, err)
+		}
 	}
 	switch {
 	case runErr != nil && ctx.Err() != nil:
