@@ -188,7 +188,7 @@ func TestRender(t *testing.T) {
     schedule: {cron: "@daily", timezone: Asia/Tokyo}
     image:
       name: '{{ .Server.Name | trunc 9 }}{{ .Server.Metadata.suffix }}'
-      metadata: {run: '{{ .RunID }}', tags: '{{ join "," .Server.Tags | upper }}', az: '{{ .Server.AZ | replace "-" "_" }}'}
+      metadata: {run: '{{ .RunID }}', server_tags: '{{ join "," .Server.Tags | upper }}', az: '{{ .Server.AZ | replace "-" "_" }}'}
     retention: {keep_last: 1}
 `))
 	if err != nil {
@@ -204,7 +204,7 @@ func TestRender(t *testing.T) {
 	if name != "héllo-w" {
 		t.Errorf("name = %q", name)
 	}
-	if meta["run"] != "r1" || meta["tags"] != "A,B" || meta["az"] != "eu_1" {
+	if meta["run"] != "r1" || meta["server_tags"] != "A,B" || meta["az"] != "eu_1" {
 		t.Errorf("metadata = %v", meta)
 	}
 	for _, c := range []struct {

@@ -26,8 +26,8 @@ policies:
       metadata:
         source: '{{ .Server.ID }}'
         az: '{{ .Server.AZ | default "none" }}'
-        owner: '{{ index .Server.Metadata "owner" | trunc 200 }}'
-        tags: '{{ join "," .Server.Tags | trunc 255 }}'
+        server_owner: '{{ index .Server.Metadata "owner" | trunc 200 }}'
+        server_tags: '{{ join "," .Server.Tags | trunc 255 }}'
         slugged: '{{ .Server.Name | slug | upper | trunc 64 }}'
         quoted: '{{ printf "%q" .Server.Name | trunc 255 }}'
         replaced: '{{ replace "-" "--" .Server.Name | lower | trunc 255 }}'

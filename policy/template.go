@@ -109,6 +109,25 @@ func checkName(name string) error {
 
 var metadataKeyRE = regexp.MustCompile(`^[A-Za-z0-9_:. -]+$`)
 
+// reservedMetadataKeys are Glance's core and reserved image attributes and the
+// properties Nova writes on a snapshot itself. Sent as createImage metadata they
+// would be refused (a 400 for the whole image), silently overridden, or worse:
+// visibility: public would publish every backup to the whole cloud.
+var reservedMetadataKeys = map[string]string{
+	"id": "Glance", "name": "Glance", "status": "Glance", "visibility": "Glance", "protected": "Glance",
+	"owner": "Glance", "checksum": "Glance", "size": "Glance", "virtual_size": "Glance",
+	"container_format": "Glance", "disk_format": "Glance", "created_at": "Glance", "updated_at": "Glance",
+	"tags": "Glance", "locations": "Glance", "direct_url": "Glance", "self": "Glance", "file": "Glance",
+	"schema": "Glance", "min_disk": "Glance", "min_ram": "Glance", "os_hidden": "Glance",
+	"os_hash_algo": "Glance", "os_hash_value": "Glance", "deleted": "Glance", "deleted_at": "Glance",
+	"instance_uuid": "Nova", "block_device_mapping": "Nova", "bdm_v2": "Nova", "root_device_name": "Nova",
+	"image_type": "Nova", "base_image_ref": "Nova", "owner_project_name": "Nova", "owner_user_name": "Nova",
+	"user_id": "Nova", "boot_roles": "Nova",
+}
+
+// reservedGlancePrefix marks Glance's own reserved properties (os_glance_import_task...).
+const reservedGlancePrefix = "os_glance_"
+
 func checkMetadataKey(k string) error {
 	switch {
 	case k == "":
@@ -119,6 +138,14 @@ func checkMetadataKey(k string) error {
 		return errors.New("may contain only letters, digits, space and - _ : .")
 	case strings.HasPrefix(strings.ToLower(k), ReservedMetadataPrefix):
 		return fmt.Errorf("the %s prefix is reserved for imagekeeper's ownership stamp", ReservedMetadataPrefix)
+	case strings.HasPrefix(strings.ToLower(k), reservedGlancePrefix):
+		return fmt.Errorf("the %s prefix is reserved by Glance", reservedGlancePrefix)
+	}
+	if who, ok := reservedMetadataKeys[strings.ToLower(k)]; ok {
+		if who == "Nova" {
+			return errors.New("Nova writes this property on every snapshot itself")
+		}
+		return errors.New("a Glance core or reserved image attribute, not a property an image may be given")
 	}
 	return nil
 }

@@ -26,6 +26,7 @@ func Run(t *testing.T, newEnv func(t *testing.T, opts EnvOptions) Env) {
 	}{
 		{"ListServers/NovaTagSemantics", testTagSemantics},
 		{"ListServers/FiltersServerSideAcrossPages", testTagFiltersPaged},
+		{"ListServers/KeyValueTagsAcrossPages", testKeyValueTagsPaged},
 		{"ListServers/AvailabilityZone", testAvailabilityZone},
 		{"GetServer", testGetServer},
 		{"CreateImage/ImageBackedLifecycle", testImageBackedLifecycle},
@@ -172,6 +173,38 @@ func testTagFiltersPaged(t *testing.T, e Env) {
 	// 25 servers would need at least 9.
 	if n < 3 || n > 4 {
 		t.Errorf("list requests = %d, want 3 or 4 (filters applied by the cloud, every page followed)", n)
+	}
+}
+
+// testKeyValueTagsPaged: Huawei-style key=value tags in an any-of filter whose
+// matches span pages. Nova's next link carries the filter re-encoded (a comma as
+// %2C, "=" as %3D); following it must keep the filter.
+func testKeyValueTagsPaged(t *testing.T, e Env) {
+	ctx := ctxFor(t)
+	var want []string
+	for i := range 5 {
+		want = append(want, e.Ctl.AddServer(ServerSpec{Name: fmt.Sprintf("daily-%d", i), Tags: []string{"backup=daily", "env=prod"}}))
+	}
+	for i := range 2 {
+		want = append(want, e.Ctl.AddServer(ServerSpec{Name: fmt.Sprintf("weekly-%d", i), Tags: []string{"backup=weekly"}}))
+	}
+	for i := range 6 {
+		e.Ctl.AddServer(ServerSpec{Name: fmt.Sprintf("monthly-%d", i), Tags: []string{"backup=monthly", "env=prod"}})
+	}
+	before := e.Ctl.Requests(OpListServers)
+	got, err := e.Cloud.ListServers(ctx, cloud.Selector{TagsAny: []string{"backup=daily", "backup=weekly"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, w := ids(got), sorted(want...); !slices.Equal(g, w) {
+		t.Fatalf("ListServers(any of backup=daily, backup=weekly) = %v, want %v", g, w)
+	}
+	if !e.Paged {
+		return
+	}
+	// 7 matches in pages of 3: 3 pages, plus possibly one empty page.
+	if n := e.Ctl.Requests(OpListServers) - before; n < 3 || n > 4 {
+		t.Errorf("list requests = %d, want 3 or 4 (the filter kept on every page)", n)
 	}
 }
 

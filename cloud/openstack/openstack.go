@@ -213,15 +213,15 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 
 	observer.discovering.Store(&opInfo{"compute", "versions"})
 	if c.compute, err = gcopenstack.NewComputeV2(pc, eo); err != nil {
-		return nil, fmt.Errorf("compute endpoint: %w", err)
+		return nil, endpointError(pc, eo, "compute", err)
 	}
 	observer.discovering.Store(&opInfo{"image", "versions"})
 	if c.image, err = gcopenstack.NewImageV2(pc, eo); err != nil {
-		return nil, fmt.Errorf("image endpoint: %w", err)
+		return nil, endpointError(pc, eo, "image", err)
 	}
 	observer.discovering.Store(&opInfo{"volume", "versions"})
 	if c.volume, err = gcopenstack.NewBlockStorageV3(pc, eo); err != nil {
-		return nil, fmt.Errorf("volume v3 endpoint: %w", err)
+		return nil, endpointError(pc, eo, "volume", err)
 	}
 	observer.discovering.Store(nil)
 

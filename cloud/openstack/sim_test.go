@@ -150,26 +150,39 @@ func (c controller) InjectFault(f cloudtest.Fault) bool {
 	return true
 }
 
-func newContractEnv(computeVersion string) func(t *testing.T, o cloudtest.EnvOptions) cloudtest.Env {
+func newContractEnv(computeVersion string, projectInURL bool, wantMV string) func(t *testing.T, o cloudtest.EnvOptions) cloudtest.Env {
 	return func(t *testing.T, o cloudtest.EnvOptions) cloudtest.Env {
-		e := newSim(t, simcloud.Options{ComputeVersion: computeVersion, MaxLimit: o.PageSize})
+		e := newSim(t, simcloud.Options{ComputeVersion: computeVersion, MaxLimit: o.PageSize, ComputeProjectID: projectInURL})
 		c := e.mustClient(t, clientConfig{opts: openstack.Options{PageSize: o.PageSize}})
+		if got := c.Microversion(); got != wantMV {
+			t.Fatalf("cloud max %q: client uses %s, want %s", computeVersion, got, wantMV)
+		}
 		return cloudtest.Env{Cloud: c, Ctl: controller{e}, Retries: true, Paged: o.PageSize > 0, Settle: time.Hour}
 	}
 }
 
-// TestContractAgainstSimulator runs the contract over real HTTP, at the default
-// (2.60, so 2.45 is used: image id in the body) and at 2.44 (image id in Location).
+// TestContractAgainstSimulator runs the contract over real HTTP against clouds
+// whose highest compute microversion is 2.26 (image id in Location), 2.45, 2.60
+// (Huawei) and 2.93 (Zed, the simulator's default), each with the compute endpoint
+// as Zed publishes it (no project id) and in Huawei's documented form
+// (/v2.1/{project_id}). Below 2.26 New refuses the cloud (TestRefusesCloudAt21).
 func TestContractAgainstSimulator(t *testing.T) {
-	for _, v := range []string{"", "2.44"} {
-		name := "max=" + v
-		if v == "" {
-			name = "max=default"
+	for _, v := range []struct{ max, use string }{{"2.26", "2.26"}, {"2.45", "2.45"}, {"2.60", "2.45"}, {"", "2.45"}} {
+		for _, projectInURL := range []bool{false, true} {
+			name := "max=" + v.max
+			if v.max == "" {
+				name = "max=default"
+			}
+			if projectInURL {
+				name += "/endpoint=v2.1-project"
+			} else {
+				name += "/endpoint=v2.1"
+			}
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				cloudtest.Run(t, newContractEnv(v.max, projectInURL, v.use))
+			})
 		}
-		t.Run(name, func(t *testing.T) {
-			t.Parallel()
-			cloudtest.Run(t, newContractEnv(v))
-		})
 	}
 }
 

@@ -8,7 +8,7 @@
 // The simulator serves every service on one listener, laid out like devstack:
 //
 //	/identity/v3            Keystone (auth_url)
-//	/compute/v2.1/{project} Nova
+//	/compute/v2.1           Nova (also /compute/v2.1/{project})
 //	/image/v2               Glance
 //	/volume/v3/{project}    Cinder
 //	/_sim/                  control and inspection (not OpenStack)
@@ -42,16 +42,62 @@
 //	volume.other             any other block-storage request
 //	"*"                      (Fault.Op only) every operation above
 //
+// # Answers of the real cloud this simulator copies
+//
+// Captured with curl and python-openstackclient against a packaged OpenStack Zed
+// (Nova 26, Glance 25, Cinder 21, Keystone 22); each has a test in this package:
+//
+//   - Catalog: the compute endpoint is .../v2.1 without the project id (Zed's
+//     default); Huawei documents .../v2.1/{project_id}. Options.ComputeProjectID
+//     and PATCH /_sim/settings {"compute_project_id": true} give the second form;
+//     both are served either way and links repeat the form of the request. The
+//     volume endpoints (block-storage, volumev3) carry the project id.
+//   - Keystone: a password request without a scope, for a user without a default
+//     project, gets 201 and an unscoped token: no project, roles or catalog (so
+//     gophercloud finds no endpoint at all), and Nova, Glance and Cinder answer
+//     401 to it. A region_name the catalog does not have is not refused by
+//     Keystone: the client finds no endpoint (gophercloud: "No suitable endpoint
+//     could be found in the service catalog.").
+//   - GET /v2.1/ answers 200 with "version": "2.93", "min_version": "2.1" and the
+//     headers OpenStack-API-Version: compute 2.1 and X-OpenStack-Nova-API-Version:
+//     2.1 (the requested version when one is asked for). The root version list
+//     has no such headers.
+//   - Ids are never reused; project ids stay across restarts.
+//   - Next links re-encode the query as Python's urlencode does: a comma is %2C
+//     and "=" %3D (tags-any=fid%2Cbackup%3Ddaily), marker last. Glance: {"next":
+//     "/v2/images?limit=1&marker=<id>", "first": "/v2/images?limit=1"}.
+//   - The admin server view has OS-EXT-SRV-ATTR:host, :hypervisor_hostname,
+//     :instance_name, from 2.3 :hostname, :kernel_id, :launch_index, :ramdisk_id,
+//     :reservation_id, :root_device_name, :user_data, and from 2.16 host_status.
+//     A server without networks has no security_groups key.
+//   - An image-backed snapshot is queued, saving from about 0.7 s, then active;
+//     its keys are Glance's plus base_image_ref, boot_roles, image_location
+//     ("snapshot"), image_state ("available"), image_type, instance_uuid,
+//     owner_id, owner_project_name, owner_user_name, owner_specified.openstack.
+//     {md5,object,sha256} (inherited from the base image), user_id, and stores
+//     once it has data.
+//   - A volume-backed snapshot image is active at once, size 0, and its
+//     root_device_name and block_device_mapping device names follow the server's
+//     root device (/dev/sda on a scsi deployment, /dev/vda with virtio).
+//   - Glance's errors are webob's: an HTML page for Accept */* or none (403
+//     "Image <id> is protected and cannot be deleted.", 404 "No image found with
+//     ID <id>"), JSON for Accept: application/json (what gophercloud sends). An
+//     image DELETE answers 204 and a Cinder snapshot DELETE 202 (Openstack-Api-
+//     Version: volume 3.0), both empty with Content-Type text/html;
+//     charset=UTF-8; an unknown snapshot is a JSON 404 itemNotFound.
+//
 // Deliberate simplifications (what a real cloud does that this one does not):
-// tokens are always project-scoped, whatever the request's scope; version
-// documents never need a token; one flavor, no networks, no base images in
-// Glance (server image ids resolve to nothing); server names and ids are the
-// only Nova filters besides tags, status and (from 2.83) availability_zone;
-// Glance images carry no tags and ignore size/date filters; createImage's name
-// limit is Nova's (255 characters), not Huawei's (< 243 bytes); Glance and
-// Keystone error bodies are close to, not byte-for-byte, the real ones; the
-// block_device_mapping key order is fixed (Nova's varies); no quotas (no 403
-// OverQuota, no 413); no quiesce; volume-backed snapshots need no policy.
+// the simulated user has no default project, so an unscoped request never gets
+// a project-scoped token; version documents never need a token; one flavor,
+// no networks, no base images in Glance (server image ids resolve to nothing);
+// server names and ids are the only Nova filters besides tags, status and (from
+// 2.83) availability_zone; Glance images carry no tags and ignore size/date
+// filters; createImage's name limit is Nova's (255 characters), not Huawei's
+// (< 243 bytes); Keystone's error bodies are close to, not byte-for-byte, the
+// real ones; the block_device_mapping key order is fixed (Nova's varies); an
+// image-backed snapshot's upload takes ImageBuildTime (2 s by default; about 6.7 s on the
+// captured cloud); no quotas (no 403 OverQuota, no 413); no quiesce;
+// volume-backed snapshots need no policy.
 package simcloud
 
 import (
@@ -62,10 +108,12 @@ import (
 
 // Default values of Options fields left zero.
 const (
-	DefaultComputeVersion     = "2.60"
+	DefaultComputeVersion     = "2.93"
 	DefaultMaxLimit           = 1000
 	DefaultTokenTTL           = time.Hour
 	DefaultImageBuildTime     = 2 * time.Second
+	DefaultImageQueueTime     = 700 * time.Millisecond
+	DefaultRootDevice         = "/dev/vda"
 	DefaultSnapshotBuildTime  = time.Second
 	DefaultSnapshotDeleteTime = 500 * time.Millisecond
 	DefaultUsername           = "admin"
@@ -78,19 +126,33 @@ const (
 // Options configures a Sim. Zero fields take the defaults above; ProjectID, UserID
 // and AppCredentialID are derived from Seed when empty.
 type Options struct {
-	// Seed makes every generated id (servers, images, snapshots, tokens) repeatable.
+	// Seed seeds every generated id (servers, images, snapshots, volumes, tokens).
+	// Unless DeterministicIDs is set, a per-start component is mixed in, so that
+	// ids differ between two starts with the same seed. Project, user and
+	// application credential ids come from the seed alone.
 	Seed int64
+	// DeterministicIDs makes the ids depend on Seed alone: the same after every
+	// start, for tests that compare ids between runs.
+	DeterministicIDs bool
 	// ComputeVersion is the maximum compute microversion ("version" in the version
 	// document); the minimum is always 2.1.
 	ComputeVersion string
+	// ComputeProjectID puts the project id in the catalog's compute endpoint
+	// (.../compute/v2.1/{project_id}), the form Huawei documents; by default the
+	// endpoint is Zed's .../compute/v2.1. Both forms are served either way.
+	ComputeProjectID bool
 	// MaxLimit is Nova's osapi_max_limit: the page size when no limit is given and
 	// the cap on a larger one. Glance and Cinder listings use it too.
 	MaxLimit int
 	// TokenTTL is how long an issued token stays valid.
 	TokenTTL time.Duration
 	// ImageBuildTime is how long an image-backed server's image takes from queued to
-	// active: queued for the first quarter, saving for the rest.
+	// active.
 	ImageBuildTime time.Duration
+	// ImageQueueTime is how long such an image stays queued before saving (Zed:
+	// about 0.7 s), capped at a quarter of ImageBuildTime so that short test builds
+	// still pass through saving.
+	ImageQueueTime time.Duration
 	// SnapshotBuildTime is how long a Cinder snapshot stays creating.
 	SnapshotBuildTime time.Duration
 	// SnapshotDeleteTime is how long a deleted Cinder snapshot stays deleting before
@@ -136,8 +198,12 @@ type ServerSpec struct {
 	Tags      []string          `json:"tags,omitempty"`
 	Metadata  map[string]string `json:"metadata,omitempty"`
 	// Volumes is 0 for an image-backed server, N > 0 for a volume-backed server with
-	// N attached volumes (the first is the root disk, /dev/vda).
+	// N attached volumes (the first is the root disk).
 	Volumes int `json:"volumes,omitempty"`
+	// RootDevice is the server's root device name (OS-EXT-SRV-ATTR:root_device_name),
+	// "/dev/vda" by default; it depends on the disk bus ("/dev/sda" for scsi). A
+	// volume-backed image's root_device_name and block_device_mapping follow it.
+	RootDevice string `json:"root_device,omitempty"`
 	// ImageProperties are the properties of the image the server was booted from;
 	// an image-backed snapshot inherits them (Nova's image_* system metadata), which
 	// is how a server booted from one of our images passes our stamp on.
@@ -156,6 +222,7 @@ type ServerState struct {
 	Metadata        map[string]string `json:"metadata"`
 	ImageRef        string            `json:"image_ref"` // "" for volume-backed
 	VolumeIDs       []string          `json:"volume_ids"`
+	RootDevice      string            `json:"root_device"`
 	ImageProperties map[string]string `json:"image_properties,omitempty"`
 	CreatedAt       time.Time         `json:"created_at"`
 }
@@ -294,6 +361,23 @@ func (s *Sim) SetServerTaskState(id, taskState string) {
 // SetServerTags replaces a server's tags.
 func (s *Sim) SetServerTags(id string, tags []string) {
 	s.withServer(id, func(sv *server) { sv.tags = append([]string(nil), tags...) })
+}
+
+// SetComputeProjectID chooses the compute endpoint that tokens issued from now on
+// carry in their catalog: with the project id (.../v2.1/{project_id}, Huawei's
+// documented form) or without (Zed's default). Both forms are served either way.
+func (s *Sim) SetComputeProjectID(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.computeProjectID = on
+}
+
+// ComputeProjectID reports whether the catalog's compute endpoint carries the
+// project id.
+func (s *Sim) ComputeProjectID() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.computeProjectID
 }
 
 // SetFault installs a fault and returns its id for ClearFault.

@@ -218,7 +218,7 @@ func (s *Sim) listSnapshotsHTTP(q *req, detail bool) {
 			coll += "/detail"
 		}
 		body["snapshots_links"] = []any{map[string]any{"rel": "next",
-			"href": q.base + "/volume/v3/" + s.opts.ProjectID + coll + "?" + withMarker(q.r.URL.RawQuery, page[len(page)-1].id)}}
+			"href": q.base + "/volume/v3/" + s.opts.ProjectID + coll + "?" + nextQuery(q.r.URL.RawQuery, page[len(page)-1].id)}}
 	}
 	writeJSON(q.w, http.StatusOK, body)
 }
@@ -254,8 +254,9 @@ func (s *Sim) deleteSnapshotHTTP(q *req, id string) {
 	sn.status = sn.statusAt(now)
 	sn.deleteAt = now.Add(s.opts.SnapshotDeleteTime)
 	sn.updated = now
+	// An empty 202 with webob's default Content-Type, as Cinder answers it.
 	q.w.Header().Set("Content-Length", "0")
-	q.w.Header().Set("Content-Type", "application/json")
+	q.w.Header().Set("Content-Type", "text/html; charset=UTF-8")
 	q.w.WriteHeader(http.StatusAccepted)
 }
 
@@ -264,18 +265,18 @@ func (s *Sim) deleteSnapshotHTTP(q *req, id string) {
 func (s *Sim) volumesHTTP(q *req) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	type vol struct{ id, server string }
+	type vol struct{ id, server, device string }
 	var vols []vol
 	for _, sv := range s.sortedServers() {
-		for _, v := range sv.volumes {
-			vols = append(vols, vol{v, sv.id})
+		for i, v := range sv.volumes {
+			vols = append(vols, vol{v, sv.id, deviceName(sv.rootDevice, i)})
 		}
 	}
 	view := func(v vol, i int) map[string]any {
 		return map[string]any{
 			"id": v.id, "name": fmt.Sprintf("vol-%s", v.id[:8]), "status": "in-use", "size": 1,
 			"availability_zone": "nova", "bootable": fmt.Sprint(i == 0), "volume_type": "__DEFAULT__",
-			"attachments": []any{map[string]any{"server_id": v.server, "volume_id": v.id, "id": v.id, "attachment_id": v.id, "device": "/dev/vda"}},
+			"attachments": []any{map[string]any{"server_id": v.server, "volume_id": v.id, "id": v.id, "attachment_id": v.id, "device": v.device}},
 			"metadata":    map[string]any{}, "description": nil, "multiattach": false, "encrypted": false,
 			"created_at": "2024-01-01T00:00:00.000000", "updated_at": nil, "snapshot_id": nil, "source_volid": nil,
 			"links": []any{},

@@ -25,6 +25,10 @@ import (
 //	DELETE /_sim/snapshots/{id}
 //	POST   /_sim/faults                     fault -> {"id": N}; durations as "250ms" strings or nanoseconds
 //	DELETE /_sim/faults/{id} | /_sim/faults
+//	GET    /_sim/settings                   {"compute_project_id": bool}
+//	PATCH  /_sim/settings                   {"compute_project_id": bool}: the catalog's compute
+//	                                        endpoint for tokens issued from then on (with or
+//	                                        without /{project_id})
 //	POST   /_sim/expire-tokens
 //	POST   /_sim/advance                    {"duration": "10s"}
 //	GET    /_sim/clouds.yaml?name=simcloud
@@ -96,6 +100,19 @@ func (s *Sim) serveControl(w http.ResponseWriter, r *http.Request) {
 		}
 		w.Header().Set("Content-Type", "application/yaml")
 		_, _ = w.Write(s.CloudsYAML(name))
+	case segs[0] == "settings" && len(segs) == 1 && (m == http.MethodGet || m == http.MethodPatch):
+		if m == http.MethodPatch {
+			var body struct {
+				ComputeProjectID *bool `json:"compute_project_id"`
+			}
+			if !decodeCtl(w, r, &body) {
+				return
+			}
+			if body.ComputeProjectID != nil {
+				s.SetComputeProjectID(*body.ComputeProjectID)
+			}
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"compute_project_id": s.ComputeProjectID()})
 	case segs[0] == "expire-tokens" && m == http.MethodPost:
 		s.ExpireTokens()
 		noContent()

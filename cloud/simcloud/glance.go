@@ -154,6 +154,9 @@ func (s *Sim) imageView(im *image) map[string]any {
 		out["container_format"] = "bare"
 		if im.size > 0 {
 			out["virtual_size"] = 1073741824
+			// An image with data has a location in a store (multi-store
+			// Glance lists their ids); a volume-backed one has none.
+			out["stores"] = "file"
 		}
 	}
 	for k, v := range im.props {
@@ -259,27 +262,36 @@ func (s *Sim) listImagesHTTP(q *req) {
 	for _, im := range page {
 		list = append(list, s.imageView(im))
 	}
+	// Glance builds its links from dict(request.params) with urlencode: one value
+	// per key (the last), in first-seen order, quote_plus-encoded, marker last.
+	params := glanceParams(q.r.URL.RawQuery)
 	first := "/v2/images"
-	if rest := withoutMarker(q.r.URL.RawQuery); rest != "" {
-		first += "?" + rest
+	if len(params) > 0 {
+		first += "?" + strings.Join(params, "&")
 	}
 	body := map[string]any{"images": list, "first": first, "schema": "/v2/schemas/images"}
 	if len(page) > 0 && len(page) == limit {
-		body["next"] = "/v2/images?" + withMarker(q.r.URL.RawQuery, page[len(page)-1].id)
+		body["next"] = "/v2/images?" + strings.Join(append(params, "marker="+url.QueryEscape(page[len(page)-1].id)), "&")
 	}
 	writeJSON(q.w, http.StatusOK, body)
 }
 
-func withoutMarker(raw string) string {
-	var parts []string
-	for _, p := range strings.Split(raw, "&") {
+// glanceParams is pyQueryPairs with Python dict semantics: one pair per key,
+// the last value in the first key's place.
+func glanceParams(raw string) []string {
+	pairs := pyQueryPairs(raw)
+	var out []string
+	at := map[string]int{}
+	for _, p := range pairs {
 		k, _, _ := strings.Cut(p, "=")
-		if ku, err := url.QueryUnescape(k); p == "" || (err == nil && ku == "marker") {
+		if i, ok := at[k]; ok {
+			out[i] = p
 			continue
 		}
-		parts = append(parts, p)
+		at[k] = len(out)
+		out = append(out, p)
 	}
-	return strings.Join(parts, "&")
+	return out
 }
 
 // inFilter matches Glance's "in:a,b" operator or an exact value.
@@ -377,6 +389,8 @@ func (s *Sim) deleteImageHTTP(q *req, id string) {
 	}
 	// Deleting an image leaves its volume snapshots, as Glance does.
 	delete(s.images, id)
+	// Glance's 204 carries webob's default Content-Type.
+	q.w.Header().Set("Content-Type", "text/html; charset=UTF-8")
 	q.w.WriteHeader(http.StatusNoContent)
 }
 

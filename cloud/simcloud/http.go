@@ -56,7 +56,7 @@ func (s *Sim) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if handled {
 		return
 	}
-	if rt.auth && !s.validToken(q.token) {
+	if rt.auth && !s.validToken(q.token, !strings.HasPrefix(rt.op, "keystone.")) {
 		s.unauthorized(q)
 		return
 	}
@@ -122,14 +122,16 @@ func splitPath(p string) []string {
 	return strings.Split(p, "/")
 }
 
-func (s *Sim) validToken(tok string) bool {
+// validToken reports whether tok is a live token; needScope refuses unscoped
+// ones, as keystonemiddleware does in front of Nova, Glance and Cinder.
+func (s *Sim) validToken(tok string, needScope bool) bool {
 	if tok == "" {
 		return false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	exp, ok := s.tokens[tok]
-	return ok && s.now().Before(exp)
+	ti, ok := s.tokens[tok]
+	return ok && s.now().Before(ti.expires) && (ti.scoped || !needScope)
 }
 
 // unauthorized answers as keystonemiddleware does for a missing or expired token.
@@ -277,20 +279,77 @@ func cinderFault(w http.ResponseWriter, code int, msg string) {
 	writeJSONCT(w, code, "application/json", map[string]any{faultName(code): map[string]any{"code": code, "message": msg}})
 }
 
-// webobError answers like Glance (webob): JSON when the client accepts it, else
-// plain text.
+// webobError answers like Glance's webob exceptions: the Accept header chooses
+// between text/html and application/json, and plain text when it accepts
+// neither. No Accept header or */* (curl) gets the HTML page; gophercloud sends
+// Accept: application/json and gets JSON.
 func webobError(q *req, code int, msg string) {
 	status := fmt.Sprintf("%d %s", code, http.StatusText(code))
-	if strings.Contains(q.r.Header.Get("Accept"), "json") {
+	switch acceptOffer(q.r.Header.Get("Accept"), "text/html", "application/json") {
+	case "application/json":
 		writeJSONCT(q.w, code, "application/json", map[string]any{
 			"message": msg + "<br /><br />\n\n\n", "code": status, "title": http.StatusText(code)})
-		return
+	case "text/html":
+		body := "<html>\n <head>\n  <title>" + status + "</title>\n </head>\n <body>\n  <h1>" + status +
+			"</h1>\n  " + pyHTMLEscape(msg) + "<br /><br />\n\n\n\n </body>\n</html>"
+		writeBody(q.w, code, "text/html; charset=UTF-8", body)
+	default:
+		writeText(q.w, code, status+"\n\n"+msg+"\n\n   ")
 	}
-	writeText(q.w, code, status+"\n\n"+msg+"\n\n   ")
+}
+
+// pyHTMLEscape is Python's html.escape, which webob applies to the explanation.
+var pyHTMLEscape = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", `"`, "&quot;", "'", "&#x27;").Replace
+
+// acceptOffer picks the offer an Accept header prefers, as webob's
+// acceptable_offers does: each offer takes the quality of the most specific
+// range that matches it, the highest quality wins and ties go to the earlier
+// offer; "" when none is acceptable. No header accepts everything.
+func acceptOffer(header string, offers ...string) string {
+	if strings.TrimSpace(header) == "" {
+		return offers[0]
+	}
+	best, bestQ := "", 0.0
+	for _, offer := range offers {
+		otype, _, _ := strings.Cut(offer, "/")
+		q, spec := 0.0, -1
+		for _, rng := range strings.Split(header, ",") {
+			parts := strings.Split(rng, ";")
+			mr := strings.ToLower(strings.TrimSpace(parts[0]))
+			rq := 1.0
+			for _, p := range parts[1:] {
+				if v, ok := strings.CutPrefix(strings.TrimSpace(p), "q="); ok {
+					if f, err := strconv.ParseFloat(v, 64); err == nil {
+						rq = f
+					}
+				}
+			}
+			s := -1
+			switch {
+			case mr == offer:
+				s = 2
+			case mr == otype+"/*":
+				s = 1
+			case mr == "*/*":
+				s = 0
+			}
+			if s > spec {
+				q, spec = rq, s
+			}
+		}
+		if spec >= 0 && q > bestQ {
+			best, bestQ = offer, q
+		}
+	}
+	return best
 }
 
 func writeText(w http.ResponseWriter, code int, body string) {
-	w.Header().Set("Content-Type", "text/plain; charset=UTF-8")
+	writeBody(w, code, "text/plain; charset=UTF-8", body)
+}
+
+func writeBody(w http.ResponseWriter, code int, ct, body string) {
+	w.Header().Set("Content-Type", ct)
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(code)
 	_, _ = w.Write([]byte(body))

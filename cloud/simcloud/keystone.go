@@ -121,7 +121,7 @@ func (s *Sim) issueToken(q *req) {
 				ok, method = true, m
 			}
 		case "token":
-			if s.validToken(id.Token.ID) {
+			if s.validToken(id.Token.ID, false) {
 				ok, method = true, m
 			}
 		}
@@ -133,7 +133,8 @@ func (s *Sim) issueToken(q *req) {
 			"message": "The request you have made requires authentication."}})
 		return
 	}
-	if ok && len(ar.Auth.Scope) > 0 && string(ar.Auth.Scope) != "null" {
+	hasScope := len(ar.Auth.Scope) > 0 && string(ar.Auth.Scope) != "null"
+	if ok && hasScope {
 		var sc scopeRequest
 		if json.Unmarshal(ar.Auth.Scope, &sc) == nil && sc.Project != nil {
 			p := sc.Project
@@ -146,20 +147,24 @@ func (s *Sim) issueToken(q *req) {
 		s.unauthorized(q)
 		return
 	}
+	// Without a scope Keystone issues an unscoped token (the simulated user has
+	// no default project): no project, no roles, no catalog. An application
+	// credential always carries its project.
+	scoped := hasScope || method == "application_credential"
 	s.mu.Lock()
 	now := s.now()
 	exp := now.Add(o.TokenTTL)
 	var b [16]byte
 	s.tokenRand.Read(b[:])
 	tok := fmt.Sprintf("gAAAAAB%x", b)
-	s.tokens[tok] = exp
+	s.tokens[tok] = tokenInfo{expires: exp, scoped: scoped}
 	s.mu.Unlock()
 
 	q.w.Header().Set("X-Subject-Token", tok)
-	writeJSON(q.w, http.StatusCreated, map[string]any{"token": s.tokenBody(q, method, now, exp)})
+	writeJSON(q.w, http.StatusCreated, map[string]any{"token": s.tokenBody(q, method, now, exp, scoped)})
 }
 
-func (s *Sim) tokenBody(q *req, method string, issued, exp interface{ Format(string) string }) map[string]any {
+func (s *Sim) tokenBody(q *req, method string, issued, exp interface{ Format(string) string }, scoped bool) map[string]any {
 	o := s.opts
 	domain := map[string]any{"id": "default", "name": o.DomainName}
 	ep := func(kind, url string) []any {
@@ -168,48 +173,59 @@ func (s *Sim) tokenBody(q *req, method string, issued, exp interface{ Format(str
 			"region_id": o.Region, "url": url,
 		}}
 	}
-	compute := q.base + "/compute/v2.1/" + o.ProjectID
+	// Zed's compute endpoint has no project id; Huawei documents the other form.
+	compute := q.base + "/compute/v2.1"
+	if s.ComputeProjectID() {
+		compute += "/" + o.ProjectID
+	}
 	volume := q.base + "/volume/v3/" + o.ProjectID
 	const tf = "2006-01-02T15:04:05.000000Z"
-	return map[string]any{
+	body := map[string]any{
 		"methods":    []string{method},
 		"user":       map[string]any{"domain": domain, "id": o.UserID, "name": o.Username, "password_expires_at": nil},
 		"audit_ids":  []string{"c2ltY2xvdWQtYXVkaXQ"},
 		"expires_at": exp.Format(tf),
 		"issued_at":  issued.Format(tf),
-		"project":    map[string]any{"domain": domain, "id": o.ProjectID, "name": o.ProjectName},
-		"is_domain":  false,
-		"roles": []any{
-			map[string]any{"id": "9fe2ff9ee4384b1894a90878d3e92bab", "name": "member"},
-			map[string]any{"id": "b4bc6aa0dbc14c2b9f7a2a4b8ae1a5f2", "name": "reader"},
-		},
-		"catalog": []any{
-			map[string]any{"type": "identity", "name": "keystone", "id": "identity",
-				"endpoints": ep("identity", q.base+"/identity")},
-			map[string]any{"type": "compute", "name": "nova", "id": "compute",
-				"endpoints": ep("compute", compute)},
-			map[string]any{"type": "image", "name": "glance", "id": "image",
-				"endpoints": ep("image", q.base+"/image")},
-			map[string]any{"type": "block-storage", "name": "cinder", "id": "block-storage",
-				"endpoints": ep("block-storage", volume)},
-			map[string]any{"type": "volumev3", "name": "cinderv3", "id": "volumev3",
-				"endpoints": ep("volumev3", volume)},
-		},
 	}
+	if !scoped {
+		return body
+	}
+	body["project"] = map[string]any{"domain": domain, "id": o.ProjectID, "name": o.ProjectName}
+	body["is_domain"] = false
+	// The simulated user is devstack's admin: the admin role is why Nova shows
+	// the OS-EXT-SRV-ATTR fields and host_status.
+	body["roles"] = []any{
+		map[string]any{"id": "4f1b6bd6e1f6438b8d1e0c9b0a3f2c11", "name": "admin"},
+		map[string]any{"id": "9fe2ff9ee4384b1894a90878d3e92bab", "name": "member"},
+		map[string]any{"id": "b4bc6aa0dbc14c2b9f7a2a4b8ae1a5f2", "name": "reader"},
+	}
+	body["catalog"] = []any{
+		map[string]any{"type": "identity", "name": "keystone", "id": "identity",
+			"endpoints": ep("identity", q.base+"/identity")},
+		map[string]any{"type": "compute", "name": "nova", "id": "compute",
+			"endpoints": ep("compute", compute)},
+		map[string]any{"type": "image", "name": "glance", "id": "image",
+			"endpoints": ep("image", q.base+"/image")},
+		map[string]any{"type": "block-storage", "name": "cinder", "id": "block-storage",
+			"endpoints": ep("block-storage", volume)},
+		map[string]any{"type": "volumev3", "name": "cinderv3", "id": "volumev3",
+			"endpoints": ep("volumev3", volume)},
+	}
+	return body
 }
 
 // validateToken answers GET /v3/auth/tokens for the X-Subject-Token.
 func (s *Sim) validateToken(q *req) {
 	sub := q.r.Header.Get("X-Subject-Token")
 	s.mu.Lock()
-	exp, ok := s.tokens[sub]
+	ti, ok := s.tokens[sub]
 	now := s.now()
 	s.mu.Unlock()
-	if !ok || !now.Before(exp) {
+	if !ok || !now.Before(ti.expires) {
 		writeJSON(q.w, http.StatusNotFound, map[string]any{"error": map[string]any{
 			"code": 404, "title": "Not Found", "message": "Could not find token: " + sub + "."}})
 		return
 	}
 	q.w.Header().Set("X-Subject-Token", sub)
-	writeJSON(q.w, http.StatusOK, map[string]any{"token": s.tokenBody(q, "password", now, exp)})
+	writeJSON(q.w, http.StatusOK, map[string]any{"token": s.tokenBody(q, "password", now, ti.expires, ti.scoped)})
 }

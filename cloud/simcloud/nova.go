@@ -40,7 +40,7 @@ var minCompute = version{2, 1}
 func (s *Sim) maxCompute() version {
 	v, ok := parseVersion(s.opts.ComputeVersion)
 	if !ok {
-		return version{2, 60}
+		v, _ = parseVersion(DefaultComputeVersion)
 	}
 	return v
 }
@@ -68,7 +68,10 @@ func (s *Sim) routeCompute(q *req) route {
 	q.segs = segs
 	if len(segs) == 0 {
 		if get {
-			return route{op: "compute.versions", handle: s.computeVersion}
+			// The v2.1 document is a microversioned resource: it carries the
+			// version headers (compute 2.1 when none was asked for); the root
+			// version list above does not.
+			return route{op: "compute.versions", handle: s.nova(s.computeVersion)}
 		}
 		return s.computeOther()
 	}
@@ -296,7 +299,7 @@ func (s *Sim) listServersHTTP(q *req, detail bool) {
 			coll += "/detail"
 		}
 		body["servers_links"] = []any{map[string]any{"rel": "next",
-			"href": s.computePrefix(q, false) + coll + "?" + withMarker(q.r.URL.RawQuery, page[len(page)-1].id)}}
+			"href": s.computePrefix(q, false) + coll + "?" + nextQuery(q.r.URL.RawQuery, page[len(page)-1].id)}}
 	}
 	writeJSON(q.w, http.StatusOK, body)
 }
@@ -310,22 +313,37 @@ func serverAfter(a, b *server) bool {
 	return b.id < a.id
 }
 
-// withMarker rewrites a raw query with marker=m, keeping the other parameters in
-// order, as Nova and Glance build their next links.
-func withMarker(raw, m string) string {
+// nextQuery is the query of a next link: the request's parameters in their order
+// without marker, then marker=m, each key and value re-encoded the way Python's
+// urlencode (quote_plus) does it, as Nova, Glance and Cinder build their links:
+// a comma becomes %2C and "=" %3D (tags-any=a%2Cb%3Dc).
+func nextQuery(raw, m string) string {
+	parts := pyQueryPairs(raw)
+	return strings.Join(append(parts, "marker="+url.QueryEscape(m)), "&")
+}
+
+// pyQueryPairs decodes a raw query and re-encodes each pair with quote_plus,
+// dropping marker.
+func pyQueryPairs(raw string) []string {
 	var parts []string
 	for _, p := range strings.Split(raw, "&") {
 		if p == "" {
 			continue
 		}
-		k, _, _ := strings.Cut(p, "=")
-		if ku, err := url.QueryUnescape(k); err == nil && ku == "marker" {
+		k, v, _ := strings.Cut(p, "=")
+		ku, err1 := url.QueryUnescape(k)
+		vu, err2 := url.QueryUnescape(v)
+		if err1 != nil || err2 != nil {
+			ku, vu = k, v
+		}
+		if ku == "marker" {
 			continue
 		}
-		parts = append(parts, p)
+		// url.QueryEscape keeps exactly quote_plus's safe set (letters, digits,
+		// "-", "_", ".", "~") and turns a space into "+".
+		parts = append(parts, url.QueryEscape(ku)+"="+url.QueryEscape(vu))
 	}
-	parts = append(parts, "marker="+url.QueryEscape(m))
-	return strings.Join(parts, "&")
+	return parts
 }
 
 func hasAll(have, want []string) bool {
@@ -429,7 +447,31 @@ func (s *Sim) serverView(q *req, sv *server) map[string]any {
 		"OS-EXT-STS:vm_state":                  vmStateOf(sv.status),
 		"OS-EXT-STS:power_state":               powerState(sv.status),
 		"os-extended-volumes:volumes_attached": vols,
-		"security_groups":                      []any{map[string]any{"name": "default"}},
+		// No security_groups key: the simulated servers have no networks, and
+		// Nova shows the key only for a server with ports.
+		// The simulated user is an admin, who sees the extended attributes.
+		"OS-EXT-SRV-ATTR:host":                computeHost,
+		"OS-EXT-SRV-ATTR:hypervisor_hostname": computeHost,
+		"OS-EXT-SRV-ATTR:instance_name":       fmt.Sprintf("instance-%08x", sv.seq),
+	}
+	if sv.status == "SHELVED_OFFLOADED" {
+		out["OS-EXT-SRV-ATTR:host"], out["OS-EXT-SRV-ATTR:hypervisor_hostname"] = nil, nil
+	}
+	if q.mv.atLeast(3) {
+		out["OS-EXT-SRV-ATTR:reservation_id"] = fmt.Sprintf("r-%08x", sv.seq)
+		out["OS-EXT-SRV-ATTR:launch_index"] = 0
+		out["OS-EXT-SRV-ATTR:kernel_id"] = ""
+		out["OS-EXT-SRV-ATTR:ramdisk_id"] = ""
+		out["OS-EXT-SRV-ATTR:hostname"] = sanitizeHostname(sv.name)
+		out["OS-EXT-SRV-ATTR:root_device_name"] = sv.rootDevice
+		out["OS-EXT-SRV-ATTR:user_data"] = nil
+	}
+	if q.mv.atLeast(16) {
+		hs := "UP"
+		if out["OS-EXT-SRV-ATTR:host"] == nil {
+			hs = ""
+		}
+		out["host_status"] = hs
 	}
 	switch sv.status {
 	case "ACTIVE", "BUILD", "REBUILD", "RESIZE", "VERIFY_RESIZE", "MIGRATING":
@@ -458,6 +500,29 @@ func (s *Sim) serverView(q *req, sv *server) map[string]any {
 		out["locked_reason"] = nil
 	}
 	return out
+}
+
+// computeHost is the one nova-compute host of the simulated cloud.
+const computeHost = "simcloud-compute-1"
+
+// sanitizeHostname is Nova's sanitize_hostname: lower case, spaces and
+// underscores to "-", other characters outside [a-z0-9.-] dropped, no leading
+// or trailing "." or "-".
+func sanitizeHostname(name string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(name) {
+		switch {
+		case r == ' ' || r == '_':
+			b.WriteByte('-')
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '.', r == '-':
+			b.WriteRune(r)
+		}
+	}
+	h := strings.Trim(b.String(), ".-")
+	if h == "" {
+		return "server"
+	}
+	return h
 }
 
 func (s *Sim) instanceNotFound(q *req, id string) {
@@ -695,6 +760,27 @@ var nonInheritable = map[string]bool{
 	"block_device_mapping":           true, "bdm_v2": true, "root_device_name": true,
 }
 
+// baseImageProps are the owner_specified.openstack.* properties openstacksdk
+// puts on an image it uploads (md5 and sha256 left empty, as it does unless asked
+// to compute them); a snapshot of a server booted from it inherits them.
+var baseImageProps = map[string]string{
+	"owner_specified.openstack.md5":    "",
+	"owner_specified.openstack.sha256": "",
+	"owner_specified.openstack.object": "images/cirros-0.6.2-x86_64-disk",
+}
+
+// deviceName is the i-th disk's device after root ("/dev/sda" -> "/dev/sdb"...).
+func deviceName(root string, i int) string {
+	if root == "" {
+		root = DefaultRootDevice
+	}
+	last := root[len(root)-1]
+	if last < 'a' || last > 'z' {
+		return root
+	}
+	return root[:len(root)-1] + string(rune('a'+(int(last-'a')+i)%26))
+}
+
 // snapshotServer makes the image (and, for a volume-backed server, the Cinder
 // snapshots) of a createImage; callers hold s.mu and have checked the state.
 func (s *Sim) snapshotServer(sv *server, name string, meta map[string]string) string {
@@ -717,12 +803,27 @@ func (s *Sim) snapshotServer(sv *server, name string, meta map[string]string) st
 		props["instance_uuid"] = sv.id
 		props["user_id"] = s.opts.UserID
 		props["image_type"] = "snapshot"
+		// The libvirt driver's snapshot metadata.
+		props["image_location"] = "snapshot"
+		props["image_state"] = "available"
+		props["owner_id"] = s.opts.ProjectID
+		// Inherited from the base image, which openstacksdk uploaded (devstack's
+		// cirros): its owner_specified.openstack.* properties pass on.
+		for k, v := range baseImageProps {
+			if _, ok := props[k]; !ok {
+				props[k] = v
+			}
+		}
 		for k, v := range meta {
 			props[k] = v
 		}
 		b := s.opts.ImageBuildTime
+		// Zed: queued for about 0.7 s (the disk snapshot), then saving for the
+		// upload, whatever its length.
+		queue := min(s.opts.ImageQueueTime, b/4)
 		im.kind, im.start, im.end, im.size = imgBuild, now, now.Add(b), 21430272
-		sv.taskStart, sv.taskUntil = now, now.Add(b)
+		im.saving = now.Add(queue)
+		sv.taskStart, sv.taskSaving, sv.taskUntil = now, im.saving, now.Add(b)
 		switch {
 		case fail:
 			im.kind = imgStuck
@@ -753,14 +854,16 @@ func (s *Sim) snapshotServer(sv *server, name string, meta map[string]string) st
 		if i == 0 {
 			boot = "0"
 		}
-		dev := "/dev/vd" + string(rune('a'+i%26))
+		dev := deviceName(sv.rootDevice, i)
 		bdm = append(bdm, `{"delete_on_termination": false, "guest_format": null, "device_type": null, "image_id": null, `+
 			`"destination_type": "volume", "disk_bus": null, "encryption_options": null, "source_type": "snapshot", `+
 			`"boot_index": `+boot+`, "device_name": "`+dev+`", "tag": null, "volume_size": 1, "volume_id": null, `+
 			`"encrypted": null, "no_device": null, "encryption_secret_uuid": null, "encryption_format": null, `+
 			`"volume_type": null, "snapshot_id": "`+sn.id+`"}`)
 	}
-	props["root_device_name"] = "/dev/vda"
+	// Nova copies the instance's root device name, which follows the disk bus
+	// (/dev/sda on a scsi deployment), not a fixed /dev/vda.
+	props["root_device_name"] = sv.rootDevice
 	props["bdm_v2"] = "True"
 	props["block_device_mapping"] = "[" + strings.Join(bdm, ", ") + "]"
 	im.kind, im.status, im.size, im.volume = imgStatic, "active", 0, true

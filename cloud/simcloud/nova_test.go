@@ -203,8 +203,9 @@ func TestMicroversionNegotiation(t *testing.T) {
 		{"nova header", map[string]string{"X-OpenStack-Nova-API-Version": "2.30"}, 200, "2.30"},
 		{"generic header", map[string]string{"OpenStack-API-Version": "compute 2.45"}, 200, "2.45"},
 		{"generic wins", map[string]string{"OpenStack-API-Version": "compute 2.50", "X-OpenStack-Nova-API-Version": "2.3"}, 200, "2.50"},
-		{"latest", map[string]string{"X-OpenStack-Nova-API-Version": "latest"}, 200, "2.60"},
-		{"too new", map[string]string{"X-OpenStack-Nova-API-Version": "2.61"}, 406, ""},
+		{"latest", map[string]string{"X-OpenStack-Nova-API-Version": "latest"}, 200, "2.93"},
+		{"zed max", map[string]string{"X-OpenStack-Nova-API-Version": "2.93"}, 200, "2.93"},
+		{"too new", map[string]string{"X-OpenStack-Nova-API-Version": "2.94"}, 406, ""},
 		{"too old", map[string]string{"X-OpenStack-Nova-API-Version": "2.0"}, 406, ""},
 		{"garbage", map[string]string{"X-OpenStack-Nova-API-Version": "two"}, 400, ""},
 	} {
@@ -227,17 +228,24 @@ func TestMicroversionNegotiation(t *testing.T) {
 			}
 		})
 	}
-	_, b := h.do("GET", "/compute/v2.1/servers", "", map[string]string{"X-OpenStack-Nova-API-Version": "2.61"})
-	jsonEqual(t, b, `{"computeFault": {"code": 406, "message": "Version 2.61 is not supported by the API. Minimum is 2.1 and maximum is 2.60."}}`)
+	_, b := h.do("GET", "/compute/v2.1/servers", "", map[string]string{"X-OpenStack-Nova-API-Version": "2.94"})
+	jsonEqual(t, b, `{"computeFault": {"code": 406, "message": "Version 2.94 is not supported by the API. Minimum is 2.1 and maximum is 2.93."}}`)
 
+	// Zed: GET /v2.1/ answers 200 with the version headers (2.1 when none was
+	// asked for) and version 2.93.
 	for _, path := range []string{"/compute/v2.1/", "/compute/v2.1/" + h.sim.Options().ProjectID + "/"} {
+		resp, b := h.do("GET", path, "", nil)
 		var doc struct{ Version map[string]any }
-		if code := h.getJSON(path, &doc); code != 200 || doc.Version["version"] != "2.60" || doc.Version["min_version"] != "2.1" {
-			t.Errorf("%s: %d %v", path, code, doc.Version)
+		mustJSON(t, b, &doc)
+		if resp.StatusCode != 200 || doc.Version["version"] != "2.93" || doc.Version["min_version"] != "2.1" {
+			t.Errorf("%s: %d %v", path, resp.StatusCode, doc.Version)
+		}
+		if got, got2 := resp.Header.Get("Openstack-Api-Version"), resp.Header.Get("X-Openstack-Nova-Api-Version"); got != "compute 2.1" || got2 != "2.1" {
+			t.Errorf("%s headers: Openstack-Api-Version %q, X-Openstack-Nova-Api-Version %q; want compute 2.1 and 2.1", path, got, got2)
 		}
 	}
 	var root struct{ Versions []map[string]any }
-	if code := h.getJSON("/compute/", &root); code != 200 || len(root.Versions) != 2 || root.Versions[1]["version"] != "2.60" {
+	if code := h.getJSON("/compute/", &root); code != 200 || len(root.Versions) != 2 || root.Versions[1]["version"] != "2.93" {
 		t.Errorf("root versions: %d %v", code, root.Versions)
 	}
 	h2 := newHarness(t, Options{ComputeVersion: "2.44"})
@@ -377,9 +385,12 @@ func TestImageBackedLifecycle(t *testing.T) {
 		at          time.Duration
 		image, task any
 	}{
+		// Zed: queued, saving from about 0.7 s whatever the build time, then active.
 		{0, "queued", "image_snapshot_pending"},
-		{1 * time.Second, "queued", "image_snapshot"},
-		{2 * time.Second, "saving", "image_uploading"},
+		{300 * time.Millisecond, "queued", "image_snapshot_pending"},
+		{400 * time.Millisecond, "queued", "image_snapshot"},
+		{699 * time.Millisecond, "queued", "image_snapshot"},
+		{700 * time.Millisecond, "saving", "image_uploading"},
 		{7 * time.Second, "saving", "image_uploading"},
 		{8 * time.Second, "active", nil},
 	}
@@ -546,7 +557,7 @@ func TestFailedAndStuckSnapshots(t *testing.T) {
 
 func TestDeterministicIDs(t *testing.T) {
 	ids := func() []string {
-		s := New(Options{Seed: 42, Now: func() time.Time { return epoch }})
+		s := New(Options{Seed: 42, DeterministicIDs: true, Now: func() time.Time { return epoch }})
 		a := s.AddServer(ServerSpec{})
 		b := s.AddServer(ServerSpec{Volumes: 1})
 		return []string{a, b, s.Options().ProjectID}
@@ -558,8 +569,49 @@ func TestDeterministicIDs(t *testing.T) {
 	if len(x[0]) != 36 || x[0][14] != '4' {
 		t.Errorf("not a v4 UUID: %s", x[0])
 	}
-	z := New(Options{Seed: 43}).AddServer(ServerSpec{})
+	z := New(Options{Seed: 43, DeterministicIDs: true}).AddServer(ServerSpec{})
 	if z == x[0] {
 		t.Error("different seeds gave the same id")
+	}
+}
+
+// TestIDsDifferAcrossStarts: a real cloud never hands out an id twice, so two
+// starts with the same seed must not either (imagekeeper's database outlives a
+// simulator restart); the project stays, as a real Keystone's does.
+func TestIDsDifferAcrossStarts(t *testing.T) {
+	type run struct {
+		ids     map[string]bool
+		project string
+		token   string
+	}
+	start := func() run {
+		h := newHarness(t, Options{Seed: 7})
+		r := run{ids: map[string]bool{}, project: h.sim.Options().ProjectID, token: h.token}
+		img := h.sim.AddServer(ServerSpec{})
+		vol := h.sim.AddServer(ServerSpec{Volumes: 2})
+		r.ids[img], r.ids[vol] = true, true
+		r.ids[h.createImage(img, "i", nil)] = true
+		v := h.createImage(vol, "v", nil)
+		r.ids[v] = true
+		im, _ := h.sim.Image(v)
+		for _, id := range append(im.SnapshotIDs, h.sim.Servers()[1].VolumeIDs...) {
+			r.ids[id] = true
+		}
+		if len(r.ids) != 8 {
+			t.Fatalf("ids within one run collide: %v", r.ids)
+		}
+		return r
+	}
+	a, b := start(), start()
+	for id := range a.ids {
+		if b.ids[id] {
+			t.Errorf("id %s handed out again after a restart with the same seed", id)
+		}
+	}
+	if a.token == b.token {
+		t.Error("the first token is the same after a restart")
+	}
+	if a.project != b.project {
+		t.Errorf("project id changed across restarts: %s, %s", a.project, b.project)
 	}
 }

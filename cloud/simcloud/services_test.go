@@ -41,7 +41,7 @@ func TestKeystoneAuth(t *testing.T) {
 		urls[c.Type] = c.Endpoints[0].URL
 	}
 	want := map[string]string{
-		"compute": h.srv.URL + "/compute/v2.1/" + o.ProjectID, "image": h.srv.URL + "/image",
+		"compute": h.srv.URL + "/compute/v2.1", "image": h.srv.URL + "/image",
 		"block-storage": h.srv.URL + "/volume/v3/" + o.ProjectID, "volumev3": h.srv.URL + "/volume/v3/" + o.ProjectID,
 		"identity": h.srv.URL + "/identity",
 	}

@@ -2,6 +2,8 @@ package simcloud
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand"
@@ -18,26 +20,37 @@ import (
 type Sim struct {
 	opts Options
 
-	mu          sync.Mutex
-	baseURL     string
-	offset      time.Duration
-	idRand      *rand.Rand // ids of servers, images, snapshots, volumes
-	tokenRand   *rand.Rand // tokens: separate so re-auth does not shift other ids
-	faultRand   *rand.Rand // error-rate draws
-	seq         int64
-	servers     map[string]*server
-	images      map[string]*image
-	snapshots   map[string]*snapshot
-	tokens      map[string]time.Time // token -> expiry
-	faults      map[int]*Fault
-	faultSeq    int
-	requests    map[string]int
-	createCalls map[string]int
+	mu        sync.Mutex
+	baseURL   string
+	offset    time.Duration
+	idRand    *rand.Rand // ids of servers, images, snapshots, volumes
+	tokenRand *rand.Rand // tokens: separate so re-auth does not shift other ids
+	// computeProjectID puts the project id in the catalog's compute endpoint
+	// (Options.ComputeProjectID, changed at run time by SetComputeProjectID).
+	computeProjectID bool
+	faultRand        *rand.Rand // error-rate draws
+	seq              int64
+	servers          map[string]*server
+	images           map[string]*image
+	snapshots        map[string]*snapshot
+	tokens           map[string]tokenInfo
+	faults           map[int]*Fault
+	faultSeq         int
+	requests         map[string]int
+	createCalls      map[string]int
 
 	ln      net.Listener
 	srv     *http.Server
 	closed  chan struct{}
 	closeMu sync.Once
+}
+
+// tokenInfo is what the simulator remembers of an issued token.
+type tokenInfo struct {
+	expires time.Time
+	// scoped is false for an unscoped token (no project): Keystone accepts it,
+	// the other services answer 401.
+	scoped bool
 }
 
 type server struct {
@@ -47,11 +60,13 @@ type server struct {
 	az          string
 	taskState   string
 	taskStart   time.Time // start of a snapshot task; zero for a manual task state
+	taskSaving  time.Time // when the snapshot task's image starts saving
 	taskUntil   time.Time // when the snapshot task ends; zero when not a snapshot task
 	tags        []string
 	metadata    map[string]string
 	imageRef    string
 	volumes     []string
+	rootDevice  string
 	imageProps  map[string]string
 	created     time.Time
 	failNext    bool
@@ -72,6 +87,7 @@ type image struct {
 	kind        int
 	status      string // for imgStatic
 	start, end  time.Time
+	saving      time.Time // queued until then (imgBuild, imgStuck)
 	protected   bool
 	visibility  string // "" shows as private
 	size        int64
@@ -136,41 +152,68 @@ func newSim(opts Options) *Sim {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	s := &Sim{
-		opts:        opts,
-		baseURL:     "http://127.0.0.1",
-		idRand:      rand.New(rand.NewSource(opts.Seed)),
-		tokenRand:   rand.New(rand.NewSource(opts.Seed + 1)),
-		faultRand:   rand.New(rand.NewSource(opts.Seed + 2)),
-		servers:     map[string]*server{},
-		images:      map[string]*image{},
-		snapshots:   map[string]*snapshot{},
-		tokens:      map[string]time.Time{},
-		faults:      map[int]*Fault{},
-		requests:    map[string]int{},
-		createCalls: map[string]int{},
-		closed:      make(chan struct{}),
+	if opts.ImageQueueTime <= 0 {
+		opts.ImageQueueTime = DefaultImageQueueTime
 	}
-	// Project and user ids look like Keystone's: 32 hex digits, no dashes.
+	// Resource ids and tokens mix a per-start component into the seed, so that a
+	// restarted simulator never hands out the ids of an earlier run (a real cloud
+	// never reuses one); DeterministicIDs leaves the seed alone.
+	idSeed := opts.Seed
+	if !opts.DeterministicIDs {
+		idSeed ^= perStart()
+	}
+	s := &Sim{
+		opts:             opts,
+		baseURL:          "http://127.0.0.1",
+		idRand:           rand.New(rand.NewSource(idSeed)),
+		tokenRand:        rand.New(rand.NewSource(idSeed + 1)),
+		faultRand:        rand.New(rand.NewSource(opts.Seed + 2)),
+		computeProjectID: opts.ComputeProjectID,
+		servers:          map[string]*server{},
+		images:           map[string]*image{},
+		snapshots:        map[string]*snapshot{},
+		tokens:           map[string]tokenInfo{},
+		faults:           map[int]*Fault{},
+		requests:         map[string]int{},
+		createCalls:      map[string]int{},
+		closed:           make(chan struct{}),
+	}
+	// Project and user ids look like Keystone's: 32 hex digits, no dashes. They
+	// come from the seed alone: a real Keystone keeps its project across restarts
+	// of the other services.
+	ident := rand.New(rand.NewSource(opts.Seed))
 	if s.opts.ProjectID == "" {
-		s.opts.ProjectID = strings.ReplaceAll(s.newID(), "-", "")
+		s.opts.ProjectID = strings.ReplaceAll(uuid4(ident), "-", "")
 	}
 	if s.opts.UserID == "" {
-		s.opts.UserID = strings.ReplaceAll(s.newID(), "-", "")
+		s.opts.UserID = strings.ReplaceAll(uuid4(ident), "-", "")
 	}
 	if s.opts.AppCredentialID == "" {
-		s.opts.AppCredentialID = strings.ReplaceAll(s.newID(), "-", "")
+		s.opts.AppCredentialID = strings.ReplaceAll(uuid4(ident), "-", "")
 	}
 	return s
+}
+
+// perStart returns a value that differs on every start of a simulator (crypto
+// randomness, the clock as a fallback).
+func perStart() int64 {
+	var b [8]byte
+	if _, err := crand.Read(b[:]); err != nil {
+		return time.Now().UnixNano()
+	}
+	return int64(binary.LittleEndian.Uint64(b[:]))
 }
 
 // now returns the simulated time; callers hold s.mu.
 func (s *Sim) now() time.Time { return s.opts.Now().Add(s.offset).UTC() }
 
 // newID returns a random (seeded) version-4 UUID; callers hold s.mu or own s.
-func (s *Sim) newID() string {
+func (s *Sim) newID() string { return uuid4(s.idRand) }
+
+// uuid4 draws a version-4 UUID from r.
+func uuid4(r *rand.Rand) string {
 	var b [16]byte
-	s.idRand.Read(b[:])
+	r.Read(b[:])
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
@@ -280,7 +323,11 @@ func (s *Sim) addServer(spec ServerSpec) string {
 		tags:       append([]string(nil), spec.Tags...),
 		metadata:   copyMap(spec.Metadata),
 		imageProps: copyMap(spec.ImageProperties),
+		rootDevice: spec.RootDevice,
 		created:    s.now(),
+	}
+	if sv.rootDevice == "" {
+		sv.rootDevice = DefaultRootDevice
 	}
 	if sv.id == "" {
 		sv.id = s.newID()
@@ -336,16 +383,16 @@ func (sv *server) refresh(now time.Time) {
 	}
 	if !now.Before(sv.taskUntil) {
 		sv.taskState = ""
-		sv.taskUntil, sv.taskStart = time.Time{}, time.Time{}
+		sv.taskUntil, sv.taskStart, sv.taskSaving = time.Time{}, time.Time{}, time.Time{}
 		return
 	}
 	// Nova's snapshot task states in order over the build, matching the image:
-	// pending and image_snapshot while the image is queued, uploading while saving.
-	frac := float64(now.Sub(sv.taskStart)) / float64(sv.taskUntil.Sub(sv.taskStart))
+	// pending then image_snapshot while the image is queued, uploading while saving.
+	half := sv.taskStart.Add(sv.taskSaving.Sub(sv.taskStart) / 2)
 	switch {
-	case frac < 0.125:
+	case now.Before(half):
 		sv.taskState = "image_snapshot_pending"
-	case frac < 0.25:
+	case now.Before(sv.taskSaving):
 		sv.taskState = "image_snapshot"
 	default:
 		sv.taskState = "image_uploading"
@@ -358,8 +405,8 @@ func (sv *server) state(now time.Time) ServerState {
 		ID: sv.id, Name: sv.name, Status: sv.status, VMState: vmStateOf(sv.status),
 		TaskState: sv.taskState, AZ: sv.az, Tags: append([]string{}, sv.tags...),
 		Metadata: copyMap(sv.metadata), ImageRef: sv.imageRef,
-		VolumeIDs: append([]string{}, sv.volumes...), ImageProperties: copyMap(sv.imageProps),
-		CreatedAt: sv.created,
+		VolumeIDs: append([]string{}, sv.volumes...), RootDevice: sv.rootDevice,
+		ImageProperties: copyMap(sv.imageProps), CreatedAt: sv.created,
 	}
 }
 
@@ -402,9 +449,8 @@ func (im *image) statusAt(now time.Time) string {
 	if im.kind == imgStatic {
 		return im.status
 	}
-	quarter := im.start.Add(im.end.Sub(im.start) / 4)
 	switch {
-	case now.Before(quarter):
+	case now.Before(im.saving):
 		return "queued"
 	case im.kind == imgBuild && !now.Before(im.end):
 		return "active"
@@ -430,9 +476,8 @@ func (im *image) state(now time.Time) ImageState {
 func (im *image) updatedAt(now time.Time) time.Time {
 	u := im.updated
 	if im.kind != imgStatic {
-		quarter := im.start.Add(im.end.Sub(im.start) / 4)
-		if !now.Before(quarter) && quarter.After(u) {
-			u = quarter
+		if !now.Before(im.saving) && im.saving.After(u) {
+			u = im.saving
 		}
 		if im.kind == imgBuild && !now.Before(im.end) && im.end.After(u) {
 			u = im.end

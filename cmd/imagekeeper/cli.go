@@ -2,14 +2,17 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/imagekeeper/imagekeeper/policy"
 )
 
 // This file holds what every subcommand does the same way: the shared flags, how
@@ -23,114 +26,116 @@ const (
 	outputJSON  = "json"
 )
 
-// flagSet is a subcommand's flags: the command's own, registered on the embedded
-// flag.FlagSet, and the shared ones it asks for with withConfig, withOutput and
-// withLogs.
-type flagSet struct {
-	*flag.FlagSet
-	m *Main
+// common is what every command's options share: the flags every command spells the
+// same way (--config, -o/--output, --log-format/--log-level, registered by the
+// command that wants them with withConfig, withOutput and withLogs) and what they
+// yield once checked. A command's options struct embeds it.
+type common struct {
+	m    *Main
+	name string // the command's name, for log lines
 
 	config string // --config, when withConfig registered it
 	output string // -o, when withOutput registered it
 	logs   *logFlags
-	// log is built by parse from --log-format and --log-level; it discards when the
-	// command has no log flags.
+	// log is built by complete from --log-format and --log-level; it discards when
+	// the command has no log flags.
 	log *slog.Logger
-	// usageLine, when set, heads the -h output and is quoted when the positional
-	// arguments are wrong.
-	usageLine string
+
+	cmd   *cobra.Command
+	flags *pflag.FlagSet
 }
 
-// newFlagSet returns the flags of subcommand name. Errors and -h go to m.Stderr:
-// stdout carries only results, so that `-o json` output stays parseable.
-func newFlagSet(m *Main, name string) *flagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
-	return &flagSet{FlagSet: fs, m: m, log: discardLogger()}
+// newCommon returns the shared options of cmd. It makes complete cmd's PreRunE, so
+// that the shared checks run before the command's own code, in every command alike.
+func newCommon(m *Main, cmd *cobra.Command) *common {
+	c := &common{m: m, name: cmd.Name(), log: discardLogger(), cmd: cmd, flags: cmd.Flags()}
+	cmd.PreRunE = func(*cobra.Command, []string) error { return c.complete() }
+	return c
 }
 
 // withConfig registers --config, the policy file.
-func (fs *flagSet) withConfig() *flagSet {
-	fs.StringVar(&fs.config, "config", defaultConfigPath, "policy file")
-	return fs
+func (c *common) withConfig() *common {
+	c.flags.StringVar(&c.config, "config", defaultConfigPath, "policy file")
+	return c
 }
 
-// withOutput registers -o; parse rejects anything but table or json.
-func (fs *flagSet) withOutput() *flagSet {
-	fs.StringVar(&fs.output, "o", outputTable, "output format: table or json")
-	return fs
+// withOutput registers -o/--output; complete rejects anything but table or json.
+func (c *common) withOutput() *common {
+	c.flags.StringVarP(&c.output, "output", "o", outputTable, "output format: table or json")
+	completeValues(c.cmd, "output", outputTable, outputJSON)
+	return c
 }
 
 // withLogs registers --log-format and --log-level with level as the default. The
 // commands that print their own progress default to warn, so that per-image log
 // lines on stderr do not repeat what stdout already says.
-func (fs *flagSet) withLogs(level string) *flagSet {
-	fs.logs = addLogFlags(fs.FlagSet)
-	fs.logs.level = level
-	fs.Lookup("log-level").DefValue = level
-	return fs
+func (c *common) withLogs(level string) *common {
+	c.logs = addLogFlags(c.flags)
+	c.logs.level = level
+	c.flags.Lookup("log-level").DefValue = level
+	completeValues(c.cmd, "log-format", logFormatText, logFormatJSON)
+	completeValues(c.cmd, "log-level", "debug", "info", "warn", "error")
+	return c
 }
 
-// describe gives -h a usage line and a description above the flag list.
-func (fs *flagSet) describe(usageLine string, description ...string) *flagSet {
-	fs.usageLine = usageLine
-	fs.Usage = func() {
-		w := fs.Output()
-		fmt.Fprintln(w, usageLine)
-		if len(description) > 0 {
-			fmt.Fprintln(w)
-			for _, line := range description {
-				fmt.Fprintln(w, line)
-			}
-		}
-		fs.PrintDefaults()
+// complete checks what every command checks the same way, after the flags are
+// parsed: a bad -o value or log flag is a usage error (exit 2).
+func (c *common) complete() error {
+	if c.flags.Lookup("output") != nil && c.output != outputTable && c.output != outputJSON {
+		return usageError("-o %q: use %s or %s", c.output, outputTable, outputJSON)
 	}
-	return fs
-}
-
-// parse parses args and checks what every command checks the same way. -h returns
-// flag.ErrHelp, which Run turns into exit 0 (the flag package has printed the
-// flags); a bad flag, -o value or log flag, or a count of positional arguments other
-// than positional, is a usage error (exit 2).
-func (fs *flagSet) parse(args []string, positional int) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError("%v", err)
-	}
-	if fs.NArg() != positional {
-		return fs.argsError(positional)
-	}
-	if fs.Lookup("o") != nil && fs.output != outputTable && fs.output != outputJSON {
-		return usageError("-o %q: use %s or %s", fs.output, outputTable, outputJSON)
-	}
-	if fs.logs != nil {
-		log, err := fs.logs.logger(fs.m.Stderr)
+	if c.logs != nil {
+		log, err := c.logs.logger(c.m.Stderr)
 		if err != nil {
 			return err
 		}
-		fs.log = log
+		c.log = log
 	}
 	return nil
 }
 
-// argsError reports positional arguments the command does not take, or too few.
-func (fs *flagSet) argsError(positional int) error {
-	switch {
-	case fs.NArg() > positional && fs.usageLine != "":
-		return usageError("unexpected argument %q (%s)", fs.Arg(positional), fs.usageLine)
-	case fs.NArg() > positional:
-		return usageError("unexpected argument %q", fs.Arg(positional))
-	case fs.usageLine != "":
-		return usageError("%s", fs.usageLine)
-	default:
-		return usageError("want %s, got %d", plural(positional, "argument", "arguments"), fs.NArg())
-	}
+// json reports whether -o asked for JSON.
+func (c *common) json() bool { return c.output == outputJSON }
+
+// completeValues offers fixed values for cmd's flag name in shell completion.
+func completeValues(cmd *cobra.Command, name string, values ...string) {
+	_ = cmd.RegisterFlagCompletionFunc(name, cobra.FixedCompletions(values, cobra.ShellCompDirectiveNoFileComp))
 }
 
-// json reports whether -o asked for JSON.
-func (fs *flagSet) json() bool { return fs.output == outputJSON }
+// completePolicies completes cmd's --policy with the names of the policies in the
+// file --config names.
+func completePolicies(cmd *cobra.Command, c *common) {
+	_ = cmd.RegisterFlagCompletionFunc("policy", func(*cobra.Command, []string, string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		cfg, err := policy.Load(c.config)
+		if err != nil {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		var names []cobra.Completion
+		for _, p := range cfg.Policies {
+			names = append(names, p.Name)
+		}
+		return names, cobra.ShellCompDirectiveNoFileComp
+	})
+}
+
+// noArgs is the Args check of a command that takes no positional argument: a stray
+// one is a usage error that quotes the command's usage line.
+func noArgs(cmd *cobra.Command, args []string) error {
+	return exactArgs(0)(cmd, args)
+}
+
+// exactArgs is the Args check of a command that takes n positional arguments.
+func exactArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		switch {
+		case len(args) > n:
+			return usageError("unexpected argument %q (usage: %s)", args[n], cmd.UseLine())
+		case len(args) < n:
+			return usageError("usage: %s", cmd.UseLine())
+		}
+		return nil
+	}
+}
 
 // writeJSON writes v as indented JSON, the one JSON format of every -o json.
 func writeJSON(w io.Writer, v any) error {

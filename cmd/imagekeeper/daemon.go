@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -13,6 +14,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -51,33 +54,40 @@ const (
 	eventConfigReload  = "config_reloaded"
 )
 
-func init() {
-	register(command{
-		name:    "daemon",
-		summary: "run the schedules (the systemd service)",
-		run:     runDaemon,
-	})
+// daemonOptions are the flags of `imagekeeper daemon`.
+type daemonOptions struct {
+	*common
+	drain time.Duration
 }
 
-func runDaemon(ctx context.Context, m *Main, args []string) error {
-	fs := newFlagSet(m, "daemon").withConfig().withLogs("info").describe(
-		"usage: imagekeeper daemon [--config FILE] [--drain-timeout 5m] [--log-format text|json] [--log-level info]",
-		"Runs the policies' schedules. SIGHUP or a change of the file reloads it;",
-		"SIGTERM/SIGINT drain in-flight runs, a second one stops waiting.")
-	drain := fs.Duration("drain-timeout", defaultDrainTimeout, "how long in-flight runs may finish on SIGTERM/SIGINT")
-	if err := fs.parse(args, 0); err != nil {
-		return err
+// newDaemonCommand builds `imagekeeper daemon`.
+func newDaemonCommand(m *Main) *cobra.Command {
+	o := &daemonOptions{}
+	cmd := &cobra.Command{
+		Use:   "daemon [--config FILE] [--drain-timeout 5m]",
+		Short: "run the schedules (the systemd service)",
+		Long: `Runs the policies' schedules: the systemd service. SIGHUP or a change of the
+file reloads it; SIGTERM/SIGINT drain in-flight runs, a second one stops waiting.`,
+		Example: `  imagekeeper daemon --config /etc/imagekeeper/imagekeeper.yaml --log-format json`,
+		Args:    noArgs,
+		RunE:    func(cmd *cobra.Command, _ []string) error { return runDaemon(cmd.Context(), m, o) },
 	}
-	if *drain <= 0 {
+	o.common = newCommon(m, cmd).withConfig().withLogs("info")
+	cmd.Flags().DurationVar(&o.drain, "drain-timeout", defaultDrainTimeout, "how long in-flight runs may finish on SIGTERM/SIGINT")
+	return cmd
+}
+
+func runDaemon(ctx context.Context, m *Main, o *daemonOptions) error {
+	if o.drain <= 0 {
 		return usageError("--drain-timeout must be positive")
 	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 	d := &Daemon{
-		ConfigPath:   fs.config,
-		DrainTimeout: *drain,
-		Logger:       fs.log,
+		ConfigPath:   o.config,
+		DrainTimeout: o.drain,
+		Logger:       o.log,
 		Getenv:       m.Getenv,
 		Signals:      sigs,
 	}
@@ -160,7 +170,13 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	cfg, err := cfgs.Load(d.ConfigPath)
 	if err != nil {
 		logConfigErrors(log, "cannot load the policy file", err)
-		return withExitCode(exitFailure, fmt.Errorf("load %s: %w", d.ConfigPath, err))
+		// A file that is not there or not readable is the caller's mistake (exit 2,
+		// as for every command); one that does not validate is exit 1.
+		code := exitFailure
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
+			code = exitUsage
+		}
+		return withExitCode(code, fmt.Errorf("load %s: %w", d.ConfigPath, err))
 	}
 	watch := newFileWatch(d.ConfigPath)
 	statePath := firstNonEmpty(d.StatePath, cfg.State)
@@ -192,7 +208,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 			return fmt.Errorf("register collector: %w", err)
 		}
 	}
-	metrics := scheduler.NewMetrics(reg, scheduler.BuildInfo{Version: version, Revision: buildRevision()})
+	metrics := scheduler.NewMetrics(reg, scheduler.BuildInfo{Version: buildVersion(), Revision: buildRevision()})
 
 	newCloud := d.NewCloud
 	if newCloud == nil {

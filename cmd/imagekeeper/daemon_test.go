@@ -718,7 +718,8 @@ func TestDaemonFlags(t *testing.T) {
 	}
 	stderr.Reset()
 	code := m.Run(context.Background(), []string{"daemon", "--config", filepath.Join(t.TempDir(), "missing.yaml")})
-	if code != exitFailure || !strings.Contains(stderr.String(), "missing.yaml") {
+	// A file that is not there is a usage error (exit 2), as for every command.
+	if code != exitUsage || !strings.Contains(stderr.String(), "missing.yaml") {
 		t.Fatalf("missing config: exit %d, stderr %q", code, stderr.String())
 	}
 }

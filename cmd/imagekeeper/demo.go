@@ -15,6 +15,8 @@ import (
 
 	"github.com/gophercloud/gophercloud/v2/openstack/config/clouds"
 
+	"github.com/spf13/cobra"
+
 	"github.com/imagekeeper/imagekeeper/cloud"
 	"github.com/imagekeeper/imagekeeper/cloud/openstack"
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
@@ -23,12 +25,32 @@ import (
 	"github.com/imagekeeper/imagekeeper/store"
 )
 
-func init() {
-	register(command{
-		name:    "demo",
-		summary: "run the daemon against a simulated cloud and narrate what it does",
-		run:     runDemo,
-	})
+// demoOptions are the flags of `imagekeeper demo`.
+type demoOptions struct {
+	*common
+	state  string
+	listen string
+}
+
+// newDemoCommand builds `imagekeeper demo`.
+func newDemoCommand(m *Main) *cobra.Command {
+	o := &demoOptions{}
+	cmd := &cobra.Command{
+		Use:   "demo [--state PATH] [--listen 127.0.0.1:9478]",
+		Short: "run the daemon against a simulated cloud and narrate what it does",
+		Long: `Starts a simulated OpenStack with a dozen servers and runs the daemon on
+examples/demo.yaml, narrating what it does. Ctrl-C stops it.`,
+		Example: `  imagekeeper demo
+  imagekeeper demo --listen 127.0.0.1:0 --state /tmp/demo.db`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runDemo(cmd.Context(), m, o) },
+	}
+	// The narration is the output; logs only for trouble.
+	o.common = newCommon(m, cmd).withLogs("warn")
+	f := cmd.Flags()
+	f.StringVar(&o.state, "state", "", "lineage database (default: a file in a temp dir, removed on exit)")
+	f.StringVar(&o.listen, "listen", "127.0.0.1:9478", "address of /metrics, /healthz and /readyz")
+	return cmd
 }
 
 // demoServers is the simulated fleet: image-backed web servers (one in ERROR),
@@ -51,21 +73,11 @@ var demoServers = []simcloud.ServerSpec{
 
 // runDemo runs `imagekeeper demo`: the daemon against a simulated cloud, told in
 // plain words, so that a newcomer sees a whole lifecycle within a minute.
-func runDemo(ctx context.Context, m *Main, args []string) error {
-	// The narration is the output; logs only for trouble.
-	fs := newFlagSet(m, "demo").withLogs("warn").describe(
-		"usage: imagekeeper demo [--state PATH] [--listen 127.0.0.1:9478] [--log-level warn]",
-		"Starts a simulated OpenStack with a dozen servers and runs the daemon on",
-		"examples/demo.yaml, narrating what it does. Ctrl-C stops it.")
-	statePath := fs.String("state", "", "lineage database (default: a file in a temp dir, removed on exit)")
-	listen := fs.String("listen", "127.0.0.1:9478", "address of /metrics, /healthz and /readyz")
-	if err := fs.parse(args, 0); err != nil {
-		return err
-	}
+func runDemo(ctx context.Context, m *Main, o *demoOptions) error {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
-	return demo(ctx, m.Stdout, fs.log, *statePath, *listen, sigs)
+	return demo(ctx, m.Stdout, o.log, o.state, o.listen, sigs)
 }
 
 // demo runs the simulator and the daemon until a signal or ctx stops it.

@@ -5,15 +5,38 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/imagekeeper/imagekeeper/store"
 )
 
-func init() {
-	register(command{
-		name:    "history",
-		summary: "list slots with their outcome and counts",
-		run:     runHistory,
-	})
+// historyOptions are the flags of `imagekeeper history`.
+type historyOptions struct {
+	*common
+	policy string
+	limit  int
+}
+
+// newHistoryCommand builds `imagekeeper history`.
+func newHistoryCommand(m *Main) *cobra.Command {
+	o := &historyOptions{}
+	cmd := &cobra.Command{
+		Use:   "history [--policy NAME] [--limit N]",
+		Short: "list slots with their outcome and counts",
+		Long: `Lists the slots the lineage records, newest first: when each ran, what
+triggered it, its outcome and how many servers were selected, good, failed and
+skipped. It reads the lineage only.`,
+		Example: `  imagekeeper history --policy web-daily --limit 10
+  imagekeeper history -o json`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runHistory(cmd.Context(), m, o) },
+	}
+	o.common = newCommon(m, cmd).withConfig().withOutput()
+	f := cmd.Flags()
+	f.StringVar(&o.policy, "policy", "", "only this policy")
+	f.IntVar(&o.limit, "limit", 50, "at most this many slots (0: all)")
+	completePolicies(cmd, o.common)
+	return cmd
 }
 
 // slotJSON is one slot in `history -o json`.
@@ -35,26 +58,20 @@ type slotJSON struct {
 }
 
 // runHistory lists slots, newest first.
-func runHistory(ctx context.Context, m *Main, args []string) error {
-	fs := newFlagSet(m, "history").withConfig().withOutput()
-	pol := fs.String("policy", "", "only this policy")
-	limit := fs.Int("limit", 50, "at most this many slots (0: all)")
-	if err := fs.parse(args, 0); err != nil {
-		return err
+func runHistory(ctx context.Context, m *Main, o *historyOptions) error {
+	if o.limit < 0 {
+		return usageError("--limit %d: must be 0 or more", o.limit)
 	}
-	if *limit < 0 {
-		return usageError("--limit %d: must be 0 or more", *limit)
-	}
-	wired, err := fs.wire(ctx, wireOptions{store: true})
+	wired, err := o.wire(ctx, wireOptions{store: true})
 	if err != nil {
 		return err
 	}
 	defer wired.close()
-	slots, err := wired.store.Slots(ctx, store.SlotFilter{Policy: *pol, Limit: *limit})
+	slots, err := wired.store.Slots(ctx, store.SlotFilter{Policy: o.policy, Limit: o.limit})
 	if err != nil {
 		return err
 	}
-	if fs.json() {
+	if o.json() {
 		out := make([]slotJSON, 0, len(slots))
 		for _, s := range slots {
 			j := slotJSON{Policy: s.Policy, Slot: s.Slot, Trigger: s.Trigger, Outcome: s.Outcome, Reason: s.Reason,

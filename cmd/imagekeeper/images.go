@@ -8,15 +8,40 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/imagekeeper/imagekeeper/store"
 )
 
-func init() {
-	register(command{
-		name:    "images",
-		summary: "list the images in the lineage",
-		run:     runImages,
-	})
+// imagesOptions are the flags of `imagekeeper images`.
+type imagesOptions struct {
+	*common
+	policy string
+	server string
+	state  string
+}
+
+// newImagesCommand builds `imagekeeper images`.
+func newImagesCommand(m *Main) *cobra.Command {
+	o := &imagesOptions{}
+	cmd := &cobra.Command{
+		Use:   "images [--policy NAME] [--server ID] [--state STATE]",
+		Short: "list the images in the lineage",
+		Long: `Lists the images the lineage records, newest first, with their policy, server,
+slot, state and size. It reads the lineage only: it never asks the cloud.`,
+		Example: `  imagekeeper images --policy web-daily
+  imagekeeper images --state failed -o json`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runImages(cmd.Context(), m, o) },
+	}
+	o.common = newCommon(m, cmd).withConfig().withOutput()
+	f := cmd.Flags()
+	f.StringVar(&o.policy, "policy", "", "only this policy")
+	f.StringVar(&o.server, "server", "", "only this server id")
+	f.StringVar(&o.state, "state", "", "only this state: "+statesList())
+	completePolicies(cmd, o.common)
+	completeValues(cmd, "state", imageStateNames()...)
+	return cmd
 }
 
 // imageJSON is one image in `images -o json` and `why -o json`.
@@ -57,22 +82,15 @@ func toImageJSON(im store.Image, snapshots int) imageJSON {
 }
 
 // runImages lists lineage rows, filtered by policy, server and state.
-func runImages(ctx context.Context, m *Main, args []string) error {
-	fs := newFlagSet(m, "images").withConfig().withOutput()
-	pol := fs.String("policy", "", "only this policy")
-	server := fs.String("server", "", "only this server id")
-	state := fs.String("state", "", "only this state: "+statesList())
-	if err := fs.parse(args, 0); err != nil {
-		return err
-	}
-	f := store.ImageFilter{Policy: *pol, ServerID: *server}
-	if *state != "" {
-		if !slices.Contains(store.ImageStates, store.ImageState(*state)) {
-			return usageError("--state %q: use one of %s", *state, statesList())
+func runImages(ctx context.Context, m *Main, o *imagesOptions) error {
+	f := store.ImageFilter{Policy: o.policy, ServerID: o.server}
+	if o.state != "" {
+		if !slices.Contains(store.ImageStates, store.ImageState(o.state)) {
+			return usageError("--state %q: use one of %s", o.state, statesList())
 		}
-		f.States = []store.ImageState{store.ImageState(*state)}
+		f.States = []store.ImageState{store.ImageState(o.state)}
 	}
-	wired, err := fs.wire(ctx, wireOptions{store: true})
+	wired, err := o.wire(ctx, wireOptions{store: true})
 	if err != nil {
 		return err
 	}
@@ -92,7 +110,7 @@ func runImages(ctx context.Context, m *Main, args []string) error {
 			counts[i] = len(snaps)
 		}
 	}
-	if fs.json() {
+	if o.json() {
 		out := make([]imageJSON, 0, len(ims))
 		for i, im := range ims {
 			out = append(out, toImageJSON(im, counts[i]))
@@ -116,11 +134,16 @@ func runImages(ctx context.Context, m *Main, args []string) error {
 }
 
 func statesList() string {
+	return strings.Join(imageStateNames(), ", ")
+}
+
+// imageStateNames lists the states an image row can be in.
+func imageStateNames() []string {
 	var s []string
 	for _, st := range store.ImageStates {
 		s = append(s, string(st))
 	}
-	return strings.Join(s, ", ")
+	return s
 }
 
 // humanBytes prints a size in binary units.

@@ -1,10 +1,11 @@
 package main
 
 import (
-	"flag"
 	"io"
 	"log/slog"
 	"strings"
+
+	"github.com/spf13/pflag"
 )
 
 // Log attribute keys. Every subcommand and package logs with these exact keys so that
@@ -36,7 +37,7 @@ type logFlags struct {
 
 // addLogFlags registers --log-format and --log-level on fs. Call logger after
 // fs.Parse.
-func addLogFlags(fs *flag.FlagSet) *logFlags {
+func addLogFlags(fs *pflag.FlagSet) *logFlags {
 	lf := &logFlags{}
 	fs.StringVar(&lf.format, "log-format", logFormatText, "log format: text or json")
 	fs.StringVar(&lf.level, "log-level", "info", "log level: debug, info, warn or error")

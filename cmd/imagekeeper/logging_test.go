@@ -4,11 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"flag"
 	"io"
 	"log/slog"
 	"strings"
 	"testing"
+
+	"github.com/spf13/pflag"
 
 	"github.com/imagekeeper/imagekeeper/cloud"
 )
@@ -31,7 +32,7 @@ func TestLogFlags(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			fs := flag.NewFlagSet("x", flag.ContinueOnError)
+			fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
 			fs.SetOutput(io.Discard)
 			lf := addLogFlags(fs)
 			if err := fs.Parse(tt.args); err != nil {

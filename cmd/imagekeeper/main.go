@@ -6,13 +6,16 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"sort"
+	"strings"
 	"syscall"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/spf13/cobra"
 )
 
 // Exit codes shared by every subcommand.
@@ -38,24 +41,6 @@ type Main struct {
 // NewMain returns a Main wired to the process's streams and environment.
 func NewMain() *Main {
 	return &Main{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv}
-}
-
-// command is one subcommand. run returns an error; exitCode maps it.
-type command struct {
-	name    string
-	summary string
-	run     func(ctx context.Context, m *Main, args []string) error
-}
-
-var commands = map[string]command{}
-
-// register adds a subcommand; each lives in its own file so that they can grow
-// independently.
-func register(c command) {
-	if _, dup := commands[c.name]; dup {
-		panic("imagekeeper: duplicate command " + c.name)
-	}
-	commands[c.name] = c
 }
 
 // exitError carries a specific exit code through the error chain.
@@ -84,25 +69,14 @@ func withExitCode(code int, err error) error {
 // needs (for example every validation error) and only want the exit code.
 var errSilent = errors.New("silent")
 
-// Run dispatches args (without the program name) to a subcommand and returns the
-// process exit code.
+// Run runs the command line args (without the program name) and returns the
+// process exit code. Every error is printed once, on stderr, as
+// "imagekeeper COMMAND: ...".
 func (m *Main) Run(ctx context.Context, args []string) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		m.usage(m.Stdout)
-		if len(args) == 0 {
-			return exitUsage
-		}
-		return exitOK
-	}
-	cmd, ok := commands[args[0]]
-	if !ok {
-		fmt.Fprintf(m.Stderr, "imagekeeper: unknown command %q\n\n", args[0])
-		m.usage(m.Stderr)
-		return exitUsage
-	}
-	err := cmd.run(ctx, m, args[1:])
-	// -h has printed the command's flags: asking for help is not a failure.
-	if err == nil || errors.Is(err, flag.ErrHelp) {
+	root := m.newRootCommand()
+	root.SetArgs(args)
+	cmd, err := root.ExecuteContextC(ctx)
+	if err == nil {
 		return exitOK
 	}
 	code := exitFailure
@@ -111,25 +85,122 @@ func (m *Main) Run(ctx context.Context, args []string) int {
 		code = ee.code
 	}
 	if !errors.Is(err, errSilent) {
-		fmt.Fprintf(m.Stderr, "imagekeeper %s: %v\n", cmd.name, err)
+		prefix := "imagekeeper"
+		if cmd != nil && cmd != root {
+			prefix += " " + cmd.Name()
+		}
+		fmt.Fprintf(m.Stderr, "%s: %v\n", prefix, err)
 	}
 	return code
 }
 
-func (m *Main) usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: imagekeeper COMMAND [flags]")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "commands:")
-	names := make([]string, 0, len(commands))
-	for n := range commands {
-		names = append(names, n)
+// newRootCommand builds the command tree: one constructor per command, each with
+// its own options struct, so that two runs of Main share no flag state.
+func (m *Main) newRootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "imagekeeper",
+		Short: "keep point-in-time images of cloud servers",
+		Long: `imagekeeper keeps point-in-time images of OpenStack servers: it reads YAML
+policies, images the servers they select on each policy's schedule, records the
+lineage in SQLite, and prunes old images and the volume snapshots behind them.
+
+Exit codes: 0 success; 1 the work failed or the configuration is invalid;
+2 bad usage (unknown command or flag, wrong arguments) or an unreadable file.`,
+		Version: versionString(),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				hint := ""
+				if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+					hint = "; did you mean " + strings.Join(s, " or ") + "?"
+				}
+				return usageError("unknown command %q%s (see 'imagekeeper help')", args[0], hint)
+			}
+			return nil
+		},
+		// Without a command there is nothing to do: show the commands, exit 2.
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cmd.SetOut(m.Stderr)
+			_ = cmd.Help()
+			return withExitCode(exitUsage, errSilent)
+		},
+		SilenceErrors: true, // Run prints errors, once, with the command's name
+		SilenceUsage:  true, // a failed command does not repeat its help after the error
 	}
-	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(w, "  %-10s %s\n", n, commands[n].summary)
+	root.SuggestionsMinimumDistance = 2
+	root.SetVersionTemplate("{{.Version}}\n")
+	root.SetIn(m.Stdin)
+	root.SetOut(m.Stdout)
+	root.SetErr(m.Stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError("%v", err) })
+	root.AddCommand(
+		newDaemonCommand(m),
+		newRunCommand(m),
+		newPruneCommand(m),
+		newReconcileCommand(m),
+		newImagesCommand(m),
+		newHistoryCommand(m),
+		newWhyCommand(m),
+		newPlanCommand(m),
+		newValidateCommand(m),
+		newDemoCommand(m),
+		newSimcloudCommand(m),
+		newVersionCommand(m),
+		newManCommand(m),
+	)
+	root.SetHelpCommand(newHelpCommand())
+	// cobra adds completion on first Execute; adding it now lets its one-line
+	// summaries read like ours, lowercase, in help and in the man pages.
+	root.InitDefaultCompletionCmd()
+	lowercaseSummaries(root)
+	return root
+}
+
+// newHelpCommand builds `imagekeeper help [COMMAND]`. cobra's own shows the
+// program's help for a command it does not know, and exits 0; this one says so,
+// and exits 2, as an unknown command does.
+func newHelpCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:     "help [COMMAND]",
+		Short:   "show the help of a command",
+		Example: "  imagekeeper help run\n  imagekeeper help completion bash",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			target, rest, err := cmd.Root().Find(args)
+			if err != nil || target == nil || (len(args) > 0 && target == cmd.Root()) {
+				return usageError("unknown command %q (see 'imagekeeper help')", strings.Join(args, " "))
+			}
+			if len(rest) > 0 {
+				return usageError("unexpected argument %q (usage: %s)", rest[0], cmd.UseLine())
+			}
+			// As cobra's help does: the flags are added when a command runs.
+			target.InitDefaultHelpFlag()
+			target.InitDefaultVersionFlag()
+			return target.Help()
+		},
+		ValidArgsFunction: func(cmd *cobra.Command, args []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {
+			target, _, err := cmd.Root().Find(args)
+			if err != nil {
+				return nil, cobra.ShellCompDirectiveNoFileComp
+			}
+			var names []cobra.Completion
+			for _, c := range target.Commands() {
+				if c.IsAvailableCommand() {
+					names = append(names, c.Name())
+				}
+			}
+			return names, cobra.ShellCompDirectiveNoFileComp
+		},
 	}
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Run 'imagekeeper COMMAND -h' for the flags of a command.")
+}
+
+// lowercaseSummaries starts every one-line summary under c with a lowercase
+// letter, as ours do, so that cobra's built-in commands do not stand out.
+func lowercaseSummaries(c *cobra.Command) {
+	if r, size := utf8.DecodeRuneInString(c.Short); size > 0 {
+		c.Short = string(unicode.ToLower(r)) + c.Short[size:]
+	}
+	for _, sub := range c.Commands() {
+		lowercaseSummaries(sub)
+	}
 }
 
 func main() {

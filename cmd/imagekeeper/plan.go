@@ -10,17 +10,41 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/scheduler"
 	"github.com/imagekeeper/imagekeeper/store"
 )
 
-func init() {
-	register(command{
-		name:    "plan",
-		summary: "show what each policy selects, names, schedules and would prune (read-only)",
-		run:     runPlan,
-	})
+// planOptions are the flags of `imagekeeper plan`.
+type planOptions struct {
+	*common
+	policy  string
+	horizon string
+}
+
+// newPlanCommand builds `imagekeeper plan`.
+func newPlanCommand(m *Main) *cobra.Command {
+	o := &planOptions{}
+	cmd := &cobra.Command{
+		Use:   "plan [--policy NAME] [--horizon 30d]",
+		Short: "show what each policy selects, names, schedules and would prune (read-only)",
+		Long: `Shows, per policy, the servers it selects now with the image name each would
+get at the next slot, the next slots in the policy's zone, and what retention
+would delete today. With --horizon it simulates creations and deletions over
+that long with the same retention code. It changes nothing.`,
+		Example: `  imagekeeper plan
+  imagekeeper plan --policy web-daily --horizon 30d`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runPlan(cmd.Context(), m, o) },
+	}
+	o.common = newCommon(m, cmd).withConfig().withOutput().withLogs("warn")
+	f := cmd.Flags()
+	f.StringVar(&o.policy, "policy", "", "policy to plan (default: every policy in the file)")
+	f.StringVar(&o.horizon, "horizon", "", "also simulate creations and deletions over this long (e.g. 30d)")
+	completePolicies(cmd, o.common)
+	return cmd
 }
 
 // planNow is the clock of `plan`; tests replace it.
@@ -69,22 +93,16 @@ type policyPlanExtras struct {
 // would delete today (a dry-run prune), and with --horizon a simulated sequence of
 // creations and deletions from the same retention code. It changes nothing: the
 // lineage is only read, and only if it exists.
-func runPlan(ctx context.Context, m *Main, args []string) error {
-	fs := newFlagSet(m, "plan").withConfig().withOutput().withLogs("warn")
-	policyName := fs.String("policy", "", "policy to plan (default: every policy in the file)")
-	horizonFlag := fs.String("horizon", "", "also simulate creations and deletions over this long (e.g. 30d)")
-	if err := fs.parse(args, 0); err != nil {
-		return err
-	}
+func runPlan(ctx context.Context, m *Main, o *planOptions) error {
 	var horizon time.Duration
-	if *horizonFlag != "" {
-		d, err := policy.ParseDuration(*horizonFlag)
+	if o.horizon != "" {
+		d, err := policy.ParseDuration(o.horizon)
 		if err != nil || d <= 0 {
-			return usageError("--horizon %q: want a positive duration such as 30d or 12h", *horizonFlag)
+			return usageError("--horizon %q: want a positive duration such as 30d or 12h", o.horizon)
 		}
 		horizon = d
 	}
-	wired, err := fs.wire(ctx, wireOptions{policy: *policyName, cloud: true})
+	wired, err := o.wire(ctx, wireOptions{policy: o.policy, cloud: true})
 	if err != nil {
 		return err
 	}
@@ -183,7 +201,7 @@ func runPlan(ctx context.Context, m *Main, args []string) error {
 		}
 
 		if horizon > 0 {
-			pp.Horizon = *horizonFlag
+			pp.Horizon = o.horizon
 			steps, end, err := scheduler.SimulateRetention(p, simServers, existing, now, now.Add(horizon))
 			if err != nil {
 				return withExitCode(exitFailure, fmt.Errorf("policy %s: %w", p.Name, err))
@@ -206,7 +224,7 @@ func runPlan(ctx context.Context, m *Main, args []string) error {
 		plans = append(plans, pp)
 	}
 
-	if fs.json() {
+	if o.json() {
 		return writeJSON(m.Stdout, plans)
 	}
 	for i, pp := range plans {

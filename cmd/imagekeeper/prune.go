@@ -9,16 +9,40 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/scheduler"
 )
 
-func init() {
-	register(command{
-		name:    "prune",
-		summary: "apply retention now: delete what no rule keeps (--dry-run to only show it)",
-		run:     runPrune,
-	})
+// pruneOptions are the flags of `imagekeeper prune`.
+type pruneOptions struct {
+	*common
+	policy string
+	dryRun bool
+}
+
+// newPruneCommand builds `imagekeeper prune`.
+func newPruneCommand(m *Main) *cobra.Command {
+	o := &pruneOptions{}
+	cmd := &cobra.Command{
+		Use:   "prune [--policy NAME] [--dry-run]",
+		Short: "apply retention now: delete what no rule keeps (--dry-run to only show it)",
+		Long: `Applies retention to one policy or all of them: deletes, through the journal,
+every image no rule keeps and the volume snapshots behind it. With --dry-run it
+changes nothing and shows what it would do, with a reason per image. Exit 1 when
+a prune could not decide or a guard rail refused a deletion.`,
+		Example: `  imagekeeper prune --dry-run
+  imagekeeper prune --policy web-daily -o json`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runPrune(cmd.Context(), m, o) },
+	}
+	o.common = newCommon(m, cmd).withConfig().withOutput().withLogs("warn")
+	f := cmd.Flags()
+	f.StringVar(&o.policy, "policy", "", "policy to prune (default: every policy in the file)")
+	f.BoolVar(&o.dryRun, "dry-run", false, "show what would be deleted; change nothing")
+	completePolicies(cmd, o.common)
+	return cmd
 }
 
 // pruneSnapshotWait is how long `prune` waits for deleted volume snapshots to be
@@ -85,14 +109,8 @@ func toPruneJSON(rep *scheduler.PruneReport) pruneReportJSON {
 // in the cloud or the lineage and shows what it would do. Exit 1 when a prune could
 // not decide (the lineage or the server list could not be read) or a guard rail
 // refused a deletion.
-func runPrune(ctx context.Context, m *Main, args []string) error {
-	fs := newFlagSet(m, "prune").withConfig().withOutput().withLogs("warn")
-	policyName := fs.String("policy", "", "policy to prune (default: every policy in the file)")
-	dryRun := fs.Bool("dry-run", false, "show what would be deleted; change nothing")
-	if err := fs.parse(args, 0); err != nil {
-		return err
-	}
-	wired, err := fs.wire(ctx, wireOptions{policy: *policyName, store: true, exclusive: !*dryRun, cloud: true})
+func runPrune(ctx context.Context, m *Main, o *pruneOptions) error {
+	wired, err := o.wire(ctx, wireOptions{policy: o.policy, store: true, exclusive: !o.dryRun, cloud: true})
 	if err != nil {
 		return err
 	}
@@ -105,7 +123,7 @@ func runPrune(ctx context.Context, m *Main, args []string) error {
 	var reports []*scheduler.PruneReport
 	var failures []string
 	for _, p := range wired.policies {
-		rep, err := retention.Prune(ctx, p.Name, scheduler.PruneOptions{DryRun: *dryRun, Full: true, SnapshotWait: pruneSnapshotWait})
+		rep, err := retention.Prune(ctx, p.Name, scheduler.PruneOptions{DryRun: o.dryRun, Full: true, SnapshotWait: pruneSnapshotWait})
 		if err != nil {
 			failures = append(failures, err.Error())
 			if ctx.Err() != nil {
@@ -115,7 +133,7 @@ func runPrune(ctx context.Context, m *Main, args []string) error {
 		}
 		reports = append(reports, rep)
 	}
-	if fs.json() {
+	if o.json() {
 		out := make([]pruneReportJSON, 0, len(reports))
 		for _, rep := range reports {
 			out = append(out, toPruneJSON(rep))

@@ -6,15 +6,36 @@ import (
 	"io"
 	"strings"
 
+	"github.com/spf13/cobra"
+
 	"github.com/imagekeeper/imagekeeper/scheduler"
 )
 
-func init() {
-	register(command{
-		name:    "reconcile",
-		summary: "diff the cloud's stamped images and snapshots against the lineage (--fix to act)",
-		run:     runReconcile,
-	})
+// reconcileOptions are the flags of `imagekeeper reconcile`.
+type reconcileOptions struct {
+	*common
+	fix bool
+}
+
+// newReconcileCommand builds `imagekeeper reconcile`.
+func newReconcileCommand(m *Main) *cobra.Command {
+	o := &reconcileOptions{}
+	cmd := &cobra.Command{
+		Use:   "reconcile [--fix]",
+		Short: "diff the cloud's stamped images and snapshots against the lineage (--fix to act)",
+		Long: `Lists every image and volume snapshot in the cloud that carries this
+installation's stamp and compares them with the lineage, reporting drift by
+category. With --fix it adopts stamped images that match an intent row, marks
+rows whose image is gone, and deletes leftover snapshots. Images it cannot prove
+ours are never touched.`,
+		Example: `  imagekeeper reconcile
+  imagekeeper reconcile --fix -o json`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runReconcile(cmd.Context(), m, o) },
+	}
+	o.common = newCommon(m, cmd).withConfig().withOutput().withLogs("warn")
+	cmd.Flags().BoolVar(&o.fix, "fix", false, "adopt what is provably ours and delete leftover snapshots (default: report, and mark rows whose image is gone)")
+	return cmd
 }
 
 type driftJSON struct {
@@ -41,23 +62,18 @@ type reconcileJSON struct {
 // is gone, and deletes leftover snapshots; snapshots of images the journal recorded
 // deleted are deleted even without --fix. Images it cannot prove ours are never
 // touched.
-func runReconcile(ctx context.Context, m *Main, args []string) error {
-	fs := newFlagSet(m, "reconcile").withConfig().withOutput().withLogs("warn")
-	fix := fs.Bool("fix", false, "adopt what is provably ours and delete leftover snapshots (default: report, and mark rows whose image is gone)")
-	if err := fs.parse(args, 0); err != nil {
-		return err
-	}
-	wired, err := fs.wire(ctx, wireOptions{store: true, exclusive: true, cloud: true})
+func runReconcile(ctx context.Context, m *Main, o *reconcileOptions) error {
+	wired, err := o.wire(ctx, wireOptions{store: true, exclusive: true, cloud: true})
 	if err != nil {
 		return err
 	}
 	defer wired.close()
 	runner := wired.runner(scheduler.RunnerOptions{PollInterval: prunePollInterval, MaxPollInterval: 4 * prunePollInterval})
-	rep, err := runner.Reconcile(ctx, wired.cfg, *fix)
+	rep, err := runner.Reconcile(ctx, wired.cfg, o.fix)
 	if err != nil {
 		return withExitCode(exitFailure, err)
 	}
-	if fs.json() {
+	if o.json() {
 		out := reconcileJSON{Fix: rep.Fix, CloudImages: rep.CloudImages, CloudSnapshots: rep.CloudSnapshots,
 			Counts: map[string]int{}, Fixed: map[string]int{}, Findings: []driftJSON{}}
 		for _, c := range scheduler.DriftCategories {

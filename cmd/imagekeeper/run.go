@@ -7,17 +7,44 @@ import (
 	"io"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/scheduler"
 	"github.com/imagekeeper/imagekeeper/store"
 )
 
-func init() {
-	register(command{
-		name:    "run",
-		summary: "run one slot of a policy now, with progress",
-		run:     runBackup,
-	})
+// runOptions are the flags of `imagekeeper run`.
+type runOptions struct {
+	*common
+	policy  string
+	quiet   bool
+	noPrune bool
+}
+
+// newRunCommand builds `imagekeeper run`.
+func newRunCommand(m *Main) *cobra.Command {
+	o := &runOptions{}
+	cmd := &cobra.Command{
+		Use:   "run --policy NAME",
+		Short: "run one slot of a policy now, with progress",
+		Long: `Runs one slot of a policy now: images every server the policy selects, waits
+for each image, prints a line per server as it finishes, then applies retention.
+The current minute is the slot, so running it twice in one minute makes no
+second image. Exit 0 when every selected server got a good image or was skipped
+for a recorded reason, 1 otherwise.`,
+		Example: `  imagekeeper run --policy web-daily
+  imagekeeper run --policy web-daily --quiet --no-prune`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runBackup(cmd.Context(), m, o) },
+	}
+	o.common = newCommon(m, cmd).withConfig().withLogs("warn")
+	f := cmd.Flags()
+	f.StringVar(&o.policy, "policy", "", "policy to run (required)")
+	f.BoolVar(&o.quiet, "quiet", false, "print only the summary")
+	f.BoolVar(&o.noPrune, "no-prune", false, "skip retention after the run")
+	completePolicies(cmd, o.common)
+	return cmd
 }
 
 // runNow is the clock of `run`, and runPollInterval its first poll interval (0: the
@@ -30,18 +57,11 @@ var (
 // runBackup runs one slot of one policy now: the current minute is the slot, so
 // running it twice in one minute makes no second image. Exit 0 when every selected
 // server got a good image or was skipped for a recorded reason, 1 otherwise.
-func runBackup(ctx context.Context, m *Main, args []string) error {
-	fs := newFlagSet(m, "run").withConfig().withLogs("warn")
-	policyName := fs.String("policy", "", "policy to run (required)")
-	quiet := fs.Bool("quiet", false, "print only the summary")
-	noPrune := fs.Bool("no-prune", false, "skip retention after the run")
-	if err := fs.parse(args, 0); err != nil {
-		return err
-	}
-	if *policyName == "" {
+func runBackup(ctx context.Context, m *Main, o *runOptions) error {
+	if o.policy == "" {
 		return usageError("--policy is required")
 	}
-	wired, err := fs.wire(ctx, wireOptions{policy: *policyName, store: true, exclusive: true, cloud: true})
+	wired, err := o.wire(ctx, wireOptions{policy: o.policy, store: true, exclusive: true, cloud: true})
 	if err != nil {
 		return err
 	}
@@ -49,7 +69,7 @@ func runBackup(ctx context.Context, m *Main, args []string) error {
 	cfg, p := wired.cfg, wired.policies[0]
 
 	var progress func(scheduler.ProgressEvent)
-	if !*quiet {
+	if !o.quiet {
 		progress = func(e scheduler.ProgressEvent) { printProgress(m.Stdout, e) }
 	}
 	runner := wired.runner(scheduler.RunnerOptions{
@@ -63,7 +83,7 @@ func runBackup(ctx context.Context, m *Main, args []string) error {
 	// Retention follows every settled backup run, here as in the daemon, so that a
 	// crontab of `imagekeeper run` keeps the same promises; it asks the file's
 	// config for the policy by name, as the daemon's retention asks the one in force.
-	if !*noPrune && runErr == nil && rep != nil && rep.Outcome != store.OutcomeFailed {
+	if !o.noPrune && runErr == nil && rep != nil && rep.Outcome != store.OutcomeFailed {
 		prep, err := scheduler.NewRetention(runner, policy.NewCoordinator(cfg), scheduler.RetentionOptions{}).
 			Prune(ctx, p.Name, scheduler.PruneOptions{})
 		if prep != nil {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/imagekeeper/imagekeeper/policy"
 )
 
@@ -15,12 +17,27 @@ var validateNow = time.Now
 // validateSlots is how many upcoming slots validate prints per policy.
 const validateSlots = 3
 
-func init() {
-	register(command{
-		name:    "validate",
-		summary: "check a policy file and print each policy's next slots",
-		run:     runValidate,
-	})
+// validateOptions are the flags of `imagekeeper validate`.
+type validateOptions struct {
+	*common
+}
+
+// newValidateCommand builds `imagekeeper validate`.
+func newValidateCommand(m *Main) *cobra.Command {
+	o := &validateOptions{}
+	cmd := &cobra.Command{
+		Use:   "validate [--config FILE]",
+		Short: "check a policy file and print each policy's next slots",
+		Long: `Loads the policy file exactly as the daemon would and prints each policy's next
+slots. Exit 0 when it is valid; 1 when it is not, with every problem on stderr as
+FILE:LINE:COL: ...; 2 when the file cannot be read.`,
+		Example: `  imagekeeper validate --config /etc/imagekeeper/imagekeeper.yaml
+  imagekeeper validate -o json`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runValidate(cmd.Context(), m, o) },
+	}
+	o.common = newCommon(m, cmd).withConfig().withOutput()
+	return cmd
 }
 
 // validateJSON is the -o json output of validate.
@@ -44,21 +61,16 @@ type validatePolicyJSON struct {
 // runValidate loads the file exactly as the daemon would. Exit codes: 0 valid,
 // 1 invalid (every problem on stderr as FILE:LINE:COL: ...), 2 unreadable file or
 // bad flags.
-func runValidate(_ context.Context, m *Main, args []string) error {
-	fs := newFlagSet(m, "validate").withConfig().withOutput().
-		describe("usage: imagekeeper validate [--config FILE] [-o table|json]")
-	if err := fs.parse(args, 0); err != nil {
-		return err
-	}
-	cfg, err := policy.Load(fs.config)
+func runValidate(_ context.Context, m *Main, o *validateOptions) error {
+	cfg, err := policy.Load(o.config)
 	var perrs policy.Errors
 	switch {
 	case errors.As(err, &perrs):
 		for _, e := range perrs {
 			fmt.Fprintln(m.Stderr, e.Error())
 		}
-		if fs.json() {
-			if err := writeJSON(m.Stdout, validateJSON{Path: fs.config, Errors: perrs}); err != nil {
+		if o.json() {
+			if err := writeJSON(m.Stdout, validateJSON{Path: o.config, Errors: perrs}); err != nil {
 				return err
 			}
 		}
@@ -67,7 +79,7 @@ func runValidate(_ context.Context, m *Main, args []string) error {
 		return withExitCode(exitUsage, err)
 	}
 	now := validateNow()
-	if fs.json() {
+	if o.json() {
 		out := validateJSON{OK: true, Path: cfg.Path, Version: cfg.Version}
 		for _, p := range cfg.Policies {
 			out.Policies = append(out.Policies, validatePolicyJSON{

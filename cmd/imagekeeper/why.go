@@ -8,15 +8,32 @@ import (
 	"sort"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/imagekeeper/imagekeeper/store"
 )
 
-func init() {
-	register(command{
-		name:    "why",
-		summary: "explain an image: where it came from, its snapshots, every decision",
-		run:     runWhy,
-	})
+// whyOptions are the flags of `imagekeeper why`.
+type whyOptions struct {
+	*common
+}
+
+// newWhyCommand builds `imagekeeper why`.
+func newWhyCommand(m *Main) *cobra.Command {
+	o := &whyOptions{}
+	cmd := &cobra.Command{
+		Use:   "why IMAGE_ID",
+		Short: "explain an image: where it came from, its snapshots, every decision",
+		Long: `Answers "why does this image exist, why was it kept, why was it deleted" from
+the lineage: the image's server, slot and policy version, the volume snapshots
+behind it, and every event recorded about it.`,
+		Example: `  imagekeeper why 3f2a9c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b
+  imagekeeper why 3f2a9c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b -o json`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error { return runWhy(cmd.Context(), m, o, args[0]) },
+	}
+	o.common = newCommon(m, cmd).withConfig().withOutput()
+	return cmd
 }
 
 // whyJSON is `why -o json`.
@@ -46,14 +63,8 @@ type eventJSON struct {
 
 // runWhy answers "why does this image exist, why was it kept, why was it deleted"
 // from the lineage.
-func runWhy(ctx context.Context, m *Main, args []string) error {
-	fs := newFlagSet(m, "why").withConfig().withOutput().
-		describe("usage: imagekeeper why [--config FILE] [-o table|json] IMAGE_ID")
-	if err := fs.parse(args, 1); err != nil {
-		return err
-	}
-	imageID := fs.Arg(0)
-	wired, err := fs.wire(ctx, wireOptions{store: true})
+func runWhy(ctx context.Context, m *Main, o *whyOptions, imageID string) error {
+	wired, err := o.wire(ctx, wireOptions{store: true})
 	if err != nil {
 		return err
 	}
@@ -74,7 +85,7 @@ func runWhy(ctx context.Context, m *Main, args []string) error {
 	if err != nil {
 		return err
 	}
-	if fs.json() {
+	if o.json() {
 		out := whyJSON{Image: toImageJSON(im, len(snaps)), Snapshots: []snapshotJSON{}, Events: []eventJSON{}}
 		for _, sn := range snaps {
 			out.Snapshots = append(out.Snapshots, snapshotJSON{SnapshotID: sn.SnapshotID, VolumeID: sn.VolumeID,

@@ -17,7 +17,7 @@ import (
 )
 
 // wiring is what a command's work needs: the policy file, the policies it acts on
-// and, when asked for, the lineage and the cloud. flagSet.wire opens them in one
+// and, when asked for, the lineage and the cloud. common.wire opens them in one
 // order for every command, so that the same bad input fails the same way in each.
 type wiring struct {
 	cfg      *policy.Config
@@ -44,12 +44,12 @@ type wireOptions struct {
 // wire loads the policy file that --config names, picks the policies, and opens
 // what o asks for, in that order: a typo in --policy fails before the lineage is
 // created or the cloud asked. Close the result when done.
-func (fs *flagSet) wire(ctx context.Context, o wireOptions) (*wiring, error) {
-	cfg, err := wireConfig(fs.m, fs.config)
+func (c *common) wire(ctx context.Context, o wireOptions) (*wiring, error) {
+	cfg, err := wireConfig(c.m, c.config)
 	if err != nil {
 		return nil, err
 	}
-	w := &wiring{cfg: cfg, policies: cfg.Policies, log: fs.log, command: fs.Name()}
+	w := &wiring{cfg: cfg, policies: cfg.Policies, log: c.log, command: c.name}
 	if o.policy != "" {
 		p, err := wirePolicy(cfg, o.policy)
 		if err != nil {
@@ -69,7 +69,7 @@ func (fs *flagSet) wire(ctx context.Context, o wireOptions) (*wiring, error) {
 		}
 	}
 	if o.cloud {
-		if w.cloud, err = wireCloud(ctx, cfg, fs.log, nil); err != nil {
+		if w.cloud, err = wireCloud(ctx, cfg, c.log, nil); err != nil {
 			w.close()
 			return nil, err
 		}
