@@ -307,8 +307,10 @@ func TestPruneDryRunChangesNothing(t *testing.T) {
 	if len(eventsAfter) != len(eventsBefore) {
 		t.Fatalf("dry run wrote %d events", len(eventsAfter)-len(eventsBefore))
 	}
+	// It reads (servers, and each image it would delete, as the real run does before
+	// it deletes) and nothing else.
 	for op, n := range h.sim.Requests() {
-		if op != "compute.servers.list" && op != "keystone.token" && op != "compute.versions" && n > 0 {
+		if op != "compute.servers.list" && op != "keystone.token" && op != "compute.versions" && op != "image.get" && n > 0 {
 			t.Errorf("dry run called %s %d times", op, n)
 		}
 	}
@@ -361,6 +363,62 @@ func TestPruneKeepsProtectedImageAndRechecksLater(t *testing.T) {
 		t.Fatalf("prune after unprotect: actions = %v, want 1 deleted", got)
 	}
 	h.checkDeletedGone()
+}
+
+// TestPruneDryRunShowsWhatTheRealRunDoes protects an image retention would delete
+// in Glance: the dry run must show it kept (protected), as the real run keeps it,
+// and agree with the real run on every other image. Before plan-then-execute, the
+// dry run never asked Glance and showed it as delete.
+func TestPruneDryRunShowsWhatTheRealRunDoes(t *testing.T) {
+	h := newPruneHarness(t, "      keep_last: 1")
+	h.server("db", 1)
+	h.server("app", 0)
+	h.slots(3)
+	var protected store.Image
+	for _, row := range h.rows(store.ImageGood) {
+		if row.VolumeBacked && protected.Row == 0 {
+			protected = row // the oldest of db
+		}
+	}
+	if !h.sim.SetImageProtected(protected.ImageID, true) {
+		t.Fatal("cannot protect the image")
+	}
+	h.sim.ResetRequests()
+	dry := h.prune(PruneOptions{DryRun: true, Full: true})
+	for op, n := range h.sim.Requests() {
+		if n > 0 && (strings.Contains(op, "delete") || strings.Contains(op, "update")) {
+			t.Errorf("dry run called %s %d times", op, n)
+		}
+	}
+	real := h.prune(PruneOptions{Full: true})
+	byRow := func(rep *PruneReport) map[int64]PruneItem {
+		out := map[int64]PruneItem{}
+		for _, it := range rep.Items {
+			out[it.ImageRow] = it
+		}
+		return out
+	}
+	d, r := byRow(dry), byRow(real)
+	if len(d) != 6 || len(r) != 6 {
+		t.Fatalf("dry run lists %d images, the real run %d; want 6 each", len(d), len(r))
+	}
+	if it := d[protected.Row]; it.Action != PruneProtected || !it.Keep {
+		t.Errorf("dry run shows the protected image as %s (keep %v), reasons %q; want protected, kept", it.Action, it.Keep, it.Reasons)
+	}
+	// What the dry run says is what the real run did: delete became deleted.
+	done := map[PruneAction]PruneAction{PruneDelete: PruneDeleted}
+	for row, di := range d {
+		want := di.Action
+		if w, ok := done[want]; ok {
+			want = w
+		}
+		if got := r[row].Action; got != want {
+			t.Errorf("row %d: dry run says %s, the real run did %s", row, di.Action, got)
+		}
+	}
+	if _, ok := h.sim.Image(protected.ImageID); !ok {
+		t.Fatal("protected image deleted")
+	}
 }
 
 func TestPruneSnapshotInUseIsKeptAndRetriedWithBackoff(t *testing.T) {

@@ -180,7 +180,7 @@ func printPruneTable(w io.Writer, reports []*scheduler.PruneReport) error {
 			if !it.NextAttempt.IsZero() && (it.Action == scheduler.PrunePending || it.Action == scheduler.PruneProtected) {
 				reason += "; next attempt " + it.NextAttempt.Local().Format("2006-01-02 15:04 MST")
 			}
-			t.row(image, cmp.Or(it.ServerName, it.ServerID), formatAge(it.Age), it.Action, reason)
+			t.row(image, cmp.Or(it.ServerName, it.ServerID), formatAge(it.Age), decision(it.Action), reason)
 		}
 		if err := t.flush(); err != nil {
 			return err
@@ -188,6 +188,14 @@ func printPruneTable(w io.Writer, reports []*scheduler.PruneReport) error {
 		fmt.Fprintln(w, pruneSummary(rep))
 	}
 	return nil
+}
+
+// decision is how the table shows an action: a protected image is kept, and says why.
+func decision(a scheduler.PruneAction) string {
+	if a == scheduler.PruneProtected {
+		return "keep (protected)"
+	}
+	return string(a)
 }
 
 // pruneSummary is the last line of a policy's prune, e.g.
