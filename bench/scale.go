@@ -6,6 +6,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,8 +15,6 @@ import (
 	"sort"
 	"strings"
 	"time"
-
-	"github.com/imagekeeper/imagekeeper/store"
 )
 
 // benchScale measures the daemon at scale: time from exec to /readyz 200 and RSS
@@ -30,6 +29,7 @@ func benchScale(ctx context.Context, args []string) error {
 	perServer := fs.Int("images", 100, "lineage rows per server (servers x images rows in all)")
 	conc := fs.Int("concurrency", 16, "limits.concurrency")
 	rps := fs.Float64("rps", 1000, "limits.requests_per_second")
+	profile := fs.String("profile", "", "write a 30 s CPU profile of the daemon, taken from the slot instant, to this file (the binary must have --pprof)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -67,13 +67,6 @@ func benchScale(ctx context.Context, args []string) error {
 	fmt.Printf("setup: %d servers added in %s\n", *n, time.Since(t0).Round(time.Millisecond))
 
 	db := filepath.Join(dir, "lineage.db")
-	t0 = time.Now()
-	if err := writeLineage(ctx, dir, db, ids, *policies, *perServer); err != nil {
-		return err
-	}
-	fi, _ := os.Stat(db)
-	fmt.Printf("setup: lineage of %d rows written in %s (%s)\n", *n**perServer, time.Since(t0).Round(time.Millisecond), mib(fi.Size()/1024))
-
 	listen, err := freePort()
 	if err != nil {
 		return err
@@ -95,6 +88,13 @@ func benchScale(ctx context.Context, args []string) error {
 		return err
 	}
 
+	t0 = time.Now()
+	if err := writeLineage(ctx, b, cfg, s.env(), db, ids, *policies, *perServer); err != nil {
+		return err
+	}
+	fi, _ := os.Stat(db)
+	fmt.Printf("setup: lineage of %d rows written in %s (%s)\n", *n**perServer, time.Since(t0).Round(time.Millisecond), mib(fi.Size()/1024))
+
 	// Start early in a minute so that readiness comes before the next boundary.
 	if sec := time.Now().Second(); sec > 5 {
 		time.Sleep(time.Duration(60-sec+2) * time.Second)
@@ -104,7 +104,15 @@ func benchScale(ctx context.Context, args []string) error {
 		return err
 	}
 	defer logf.Close()
-	d, err := startChild(b, []string{"daemon", "--config", cfg, "--drain-timeout", "5s"}, s.env(), logf, logf)
+	dargs := []string{"daemon", "--config", cfg, "--drain-timeout", "5s"}
+	var pprofAddr string
+	if *profile != "" {
+		if pprofAddr, err = freePort(); err != nil {
+			return err
+		}
+		dargs = append(dargs, "--pprof", pprofAddr)
+	}
+	d, err := startChild(b, dargs, s.env(), logf, logf)
 	if err != nil {
 		return err
 	}
@@ -119,6 +127,22 @@ func benchScale(ctx context.Context, args []string) error {
 	due := time.Now().Truncate(time.Minute).Add(time.Minute)
 	fmt.Printf("daemon ready in %s, RSS %s, CPU %.2fs; all %d policies due at %s\n",
 		ready.Round(time.Millisecond), mib(rssReady), cpuReady.Seconds(), *policies, due.Format("15:04:05"))
+
+	// Idle CPU: from a few seconds after ready (start-up work done) to just before
+	// the slot, nothing is due; what the daemon burns then is its idle cost.
+	idleFrom, idleTo := time.Now().Add(5*time.Second), due.Add(-2*time.Second)
+	var idleCPU, idleWall time.Duration
+	if idleTo.Sub(idleFrom) >= 10*time.Second {
+		time.Sleep(time.Until(idleFrom))
+		c0, t0 := procCPU(pid), time.Now()
+		time.Sleep(time.Until(idleTo))
+		idleCPU, idleWall = procCPU(pid)-c0, time.Since(t0)
+	}
+	time.Sleep(time.Until(due))
+	cpuDue := procCPU(pid)
+	if *profile != "" {
+		go fetchProfile(pprofAddr, *profile)
+	}
 
 	// Wait for every policy's first createImage after due (at most 5 minutes).
 	first := map[int]time.Time{}
@@ -148,6 +172,11 @@ func benchScale(ctx context.Context, args []string) error {
 	}
 	_, hwm := procStatus(pid)
 	cpuAll := procCPU(pid)
+	slotWall := time.Since(due)
+	creates, err := countCreates(filepath.Join(dir, "simcloud.log"), due)
+	if err != nil {
+		return err
+	}
 	var late []time.Duration
 	for _, t := range first {
 		late = append(late, t.Sub(due))
@@ -166,8 +195,22 @@ func benchScale(ctx context.Context, args []string) error {
 		pct(1).Round(time.Millisecond), *conc, *rps)
 	fmt.Printf("daemon RSS at ready %s, highest sampled %s, peak (VmHWM) %s; CPU %.2fs to ready, %.2fs in all\n",
 		mib(rssReady), mib(rssMax), mib(hwm), cpuReady.Seconds(), cpuAll.Seconds())
-	fmt.Printf("bench scale: servers=%d policies=%d rows=%d ready_s=%.2f rss_ready_mib=%.1f rss_peak_mib=%.1f late_p50_s=%.2f late_p99_s=%.2f\n",
-		*n, *policies, *n**perServer, ready.Seconds(), float64(rssReady)/1024, float64(hwm)/1024, pct(0.5).Seconds(), pct(0.99).Seconds())
+	idlePct := -1.0
+	if idleWall > 0 {
+		idlePct = 100 * idleCPU.Seconds() / idleWall.Seconds()
+		fmt.Printf("idle CPU before the slot: %.2fs over %s (%.2f%% of a core)\n", idleCPU.Seconds(), idleWall.Round(time.Second), idlePct)
+	}
+	cpuSlot := cpuAll - cpuDue
+	perCreate := 0.0
+	if creates > 0 {
+		perCreate = cpuSlot.Seconds() * 1000 / float64(creates)
+	}
+	fmt.Printf("slot: %d createImage calls in %s after due, daemon CPU %.2fs meanwhile (%.2f ms per createImage)\n",
+		creates, slotWall.Round(time.Second), cpuSlot.Seconds(), perCreate)
+	fmt.Printf("load: %s\n", loadavg())
+	fmt.Printf("bench scale: servers=%d policies=%d rows=%d ready_s=%.2f rss_ready_mib=%.1f rss_peak_mib=%.1f late_p50_s=%.2f late_p99_s=%.2f creates=%d cpu_per_create_ms=%.2f idle_cpu_pct=%.2f\n",
+		*n, *policies, *n**perServer, ready.Seconds(), float64(rssReady)/1024, float64(hwm)/1024, pct(0.5).Seconds(), pct(0.99).Seconds(),
+		creates, perCreate, idlePct)
 	_ = d.cmd.Process.Signal(os.Interrupt)
 	select {
 	case <-d.done:
@@ -195,6 +238,62 @@ func waitReady(ctx context.Context, c *child, listen string, limit time.Duration
 		time.Sleep(20 * time.Millisecond)
 	}
 	return 0, fmt.Errorf("not ready within %s", limit)
+}
+
+// countCreates counts the createImage requests at or after due in the simulator's log.
+func countCreates(logPath string, due time.Time) (int, error) {
+	f, err := os.Open(logPath)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	n := 0
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		m := createLine.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		if t, err := time.Parse(time.RFC3339Nano, m[1]); err == nil && !t.Before(due) {
+			n++
+		}
+	}
+	return n, sc.Err()
+}
+
+// fetchProfile saves a 30 s CPU profile of the daemon's pprof endpoint to path.
+func fetchProfile(addr, path string) {
+	hc := &http.Client{Timeout: time.Minute}
+	resp, err := hc.Get("http://" + addr + "/debug/pprof/profile?seconds=30")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "profile: %v\n", err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "profile: %v\n", err)
+		return
+	}
+	defer f.Close()
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		fmt.Fprintf(os.Stderr, "profile: %v\n", err)
+	}
+}
+
+// loadavg returns the first three fields of /proc/loadavg: the machine's load,
+// which every figure of this shared machine must be read with.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 var createLine = regexp.MustCompile(`^time=(\S+) .*method=POST path=\S*/servers/([^/\s]+)/action op=compute\.createImage`)
@@ -228,18 +327,22 @@ func firstCreates(logPath string, due time.Time, pool map[string]int, first map[
 	return sc.Err()
 }
 
-// writeLineage makes the lineage database with the store (schema, owner) and fills
-// it with the sqlite3 shell in one transaction: rows images per server, one a day
-// going back, every one good, under the policy that selects the server.
-func writeLineage(ctx context.Context, dir, db string, ids []string, policies, perServer int) error {
-	st, err := store.Open(ctx, db, store.Options{})
+// writeLineage makes the lineage database with the binary under test (so that its
+// schema is the binary's, and an older binary can be measured), reads the owner it
+// made, and fills it with the sqlite3 shell in one transaction: rows images per
+// server, one a day going back, every one good, under the policy that selects the
+// server.
+func writeLineage(ctx context.Context, bin, cfg string, env []string, db string, ids []string, policies, perServer int) error {
+	mk := exec.CommandContext(ctx, bin, "images", "--config", cfg)
+	mk.Env = append(os.Environ(), env...)
+	if out, err := mk.CombinedOutput(); err != nil {
+		return fmt.Errorf("make the lineage database with %s images: %w\n%s", bin, err, out)
+	}
+	out, err := exec.CommandContext(ctx, "sqlite3", db, "SELECT owner FROM installation WHERE id = 1").Output()
 	if err != nil {
-		return err
+		return fmt.Errorf("read the owner: %w", err)
 	}
-	owner := st.Owner()
-	if err := st.Close(); err != nil {
-		return err
-	}
+	owner := strings.TrimSpace(string(out))
 	var sql bytes.Buffer
 	sql.WriteString("PRAGMA journal_mode=WAL;\nBEGIN;\nCREATE TEMP TABLE srv (n INTEGER PRIMARY KEY, id TEXT);\n")
 	for i, id := range ids {

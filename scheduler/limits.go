@@ -2,11 +2,15 @@ package scheduler
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"hash/fnv"
 	"math"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/imagekeeper/imagekeeper/cloud"
 )
@@ -28,70 +32,70 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 }
 
 // tokenBucket limits the rate of cloud calls: rate tokens a second, at most burst
-// saved up. A caller reserves a token (the count may go negative) and sleeps until
-// its reservation is due, so waiting callers are served in arrival order without a
-// background goroutine.
+// saved up. It is a golang.org/x/time/rate Limiter driven by the Runner's clock and
+// sleep (tests inject a fake clock), doing what Limiter.Wait does: reserve a token
+// (waiting callers are served in arrival order, without a background goroutine),
+// fail at once when the context's deadline comes before the token would, sleep
+// until the reservation is due, and hand the token back when the wait is cancelled.
 type tokenBucket struct {
-	mu     sync.Mutex
-	rate   float64 // tokens per second; <= 0 means unlimited
-	burst  float64
-	tokens float64
-	last   time.Time
-	now    func() time.Time
-	sleep  func(context.Context, time.Duration) error
+	lim   *rate.Limiter
+	now   func() time.Time
+	sleep func(context.Context, time.Duration) error
 }
 
-func newTokenBucket(rate float64, now func() time.Time, sleep func(context.Context, time.Duration) error) *tokenBucket {
-	b := &tokenBucket{now: now, sleep: sleep}
-	b.setRate(rate)
+func newTokenBucket(rps float64, now func() time.Time, sleep func(context.Context, time.Duration) error) *tokenBucket {
+	b := &tokenBucket{lim: rate.NewLimiter(limitOf(rps), burstOf(rps)), now: now, sleep: sleep}
 	return b
 }
 
-// setRate changes the rate (a reload of the limits); saved tokens are capped.
-func (b *tokenBucket) setRate(rate float64) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.rate = rate
-	// A burst of one second's worth smooths a slot's first calls without letting a
-	// large fleet start with a storm.
-	b.burst = math.Max(1, math.Ceil(rate))
-	if b.tokens > b.burst {
-		b.tokens = b.burst
+// limitOf is the Limiter's rate for requests_per_second; <= 0 means unlimited.
+func limitOf(rps float64) rate.Limit {
+	if rps <= 0 {
+		return rate.Inf
 	}
-	if b.last.IsZero() {
-		b.tokens = b.burst
-		b.last = b.now()
-	}
+	return rate.Limit(rps)
 }
+
+// burstOf is one second's worth of calls: it smooths a slot's first calls without
+// letting a large fleet start with a storm.
+func burstOf(rps float64) int {
+	return int(math.Max(1, math.Ceil(rps)))
+}
+
+// setRate changes the rate (a reload of the limits); saved tokens are capped by the
+// new burst.
+func (b *tokenBucket) setRate(rps float64) {
+	now := b.now()
+	b.lim.SetLimitAt(now, limitOf(rps))
+	b.lim.SetBurstAt(now, burstOf(rps))
+}
+
+// errRateDeadline is returned when ctx's deadline comes before the next token.
+var errRateDeadline = errors.New("request rate: the next token comes after the context's deadline")
 
 // Wait takes one token, sleeping until it is available or ctx is done.
 func (b *tokenBucket) Wait(ctx context.Context) error {
 	if b == nil {
 		return nil
 	}
-	b.mu.Lock()
-	if b.rate <= 0 {
-		b.mu.Unlock()
-		return ctx.Err()
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	now := b.now()
-	if now.After(b.last) {
-		b.tokens = math.Min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
-		b.last = now
+	r := b.lim.ReserveN(now, 1)
+	if !r.OK() {
+		return fmt.Errorf("request rate: a call needs more than the burst of %d", b.lim.Burst())
 	}
-	b.tokens--
-	var wait time.Duration
-	if b.tokens < 0 {
-		wait = time.Duration(-b.tokens / b.rate * float64(time.Second))
-	}
-	b.mu.Unlock()
+	wait := r.DelayFrom(now)
 	if wait <= 0 {
-		return ctx.Err()
+		return nil
+	}
+	if dl, ok := ctx.Deadline(); ok && dl.Before(now.Add(wait)) {
+		r.CancelAt(now)
+		return fmt.Errorf("%w (wait %s)", errRateDeadline, wait)
 	}
 	if err := b.sleep(ctx, wait); err != nil {
-		b.mu.Lock()
-		b.tokens++ // hand the reservation back
-		b.mu.Unlock()
+		r.CancelAt(b.now()) // hand the reservation back
 		return err
 	}
 	return nil

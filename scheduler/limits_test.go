@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -69,6 +70,61 @@ func TestTokenBucketCancelled(t *testing.T) {
 	cancel()
 	if err := b.Wait(ctx); err == nil {
 		t.Error("Wait on a cancelled context with no token returned nil")
+	}
+}
+
+func TestTokenBucketHandsBackCancelledTokens(t *testing.T) {
+	// The fake clock starts at the real time: the deadline check compares the
+	// context's (real) deadline with the bucket's clock.
+	ft := &fakeTime{now: time.Now()}
+	cancelled := errors.New("cancelled")
+	failing := true
+	b := newTokenBucket(1, ft.Now, func(ctx context.Context, d time.Duration) error {
+		if failing {
+			return cancelled
+		}
+		return ft.Sleep(ctx, d)
+	})
+	ctx := context.Background()
+	if err := b.Wait(ctx); err != nil { // the burst token
+		t.Fatal(err)
+	}
+	for range 3 { // three waits given up: their reservations go back
+		if err := b.Wait(ctx); !errors.Is(err, cancelled) {
+			t.Fatalf("Wait = %v, want the sleep's error", err)
+		}
+	}
+	failing = false
+	if err := b.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(ft.slept) != 1 || ft.slept[0] != time.Second {
+		t.Errorf("slept %v, want one second: the cancelled reservations must not count", ft.slept)
+	}
+	// A deadline before the next token fails at once, without sleeping: drain the
+	// bucket so that the next token is an hour and a bit away.
+	b.setRate(1.0 / 4000)
+	dctx, cancel := context.WithDeadline(ctx, ft.Now().Add(time.Hour))
+	defer cancel()
+	if err := b.Wait(dctx); !errors.Is(err, errRateDeadline) {
+		t.Errorf("Wait with a near deadline = %v, want errRateDeadline", err)
+	}
+	if len(ft.slept) != 1 {
+		t.Errorf("slept %v after a deadline refusal", ft.slept)
+	}
+	// A reload to a higher rate applies to the next call.
+	b.setRate(100)
+	ft.now = ft.now.Add(time.Second)
+	ft.slept = nil
+	for range 5 {
+		if err := b.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range ft.slept {
+		if d > 20*time.Millisecond {
+			t.Errorf("after setRate(100) a call slept %v", d)
+		}
 	}
 }
 

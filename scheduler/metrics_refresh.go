@@ -58,99 +58,26 @@ func SchedulePeriod(s *policy.Schedule, now time.Time) time.Duration {
 // in this process: images by policy and state, leftover snapshots, the worst
 // recovery point and the servers without a good image per policy, the last success
 // per policy (so that a restarted daemon reports it before its first run), and each
-// policy's schedule period. Only the policies of the config in force are exported
-// (a removed policy's images stay in the store, not in the metrics). Errors are
-// returned joined after every gauge that could be computed was set; nil m, st or
-// cfgs does nothing.
-func (m *Metrics) Refresh(ctx context.Context, st *store.Store, cfgs *policy.Coordinator, now time.Time) error {
-	if cfgs == nil {
-		return nil
-	}
-	cfg := cfgs.Current()
-	if cfg == nil {
-		return nil
-	}
-	return m.refresh(ctx, st, cfg.Policies, now)
-}
-
-// RefreshPolicy is Refresh for one policy (and the global gauges): after a run, a
-// full refresh per policy would be quadratic when many are due at once. A policy
-// absent from the config in force is left alone.
-func (m *Metrics) RefreshPolicy(ctx context.Context, st *store.Store, cfgs *policy.Coordinator, name string, now time.Time) error {
-	if cfgs == nil {
-		return nil
-	}
-	p := findPolicy(cfgs.Current(), name)
-	if p == nil {
-		return nil
-	}
-	return m.refresh(ctx, st, []*policy.Policy{p}, now)
-}
-
-func (m *Metrics) refresh(ctx context.Context, st *store.Store, policies []*policy.Policy, now time.Time) error {
-	if m == nil || st == nil {
+// policy's schedule period. Only the policies of cfg are exported (a removed
+// policy's images stay in the store, not in the metrics). The daemon calls it once
+// at start; after that the gauges move with each run (RefreshPolicy) and nothing
+// recomputes them all again: every query here is per policy and indexed, but a
+// hundred of them every few seconds would still be a steady cost for nothing.
+// Errors are returned joined after every gauge that could be computed was set; nil
+// m, st or cfg does nothing.
+func (m *Metrics) Refresh(ctx context.Context, st *store.Store, cfg *policy.Config, now time.Time) error {
+	if m == nil || st == nil || cfg == nil {
 		return nil
 	}
 	var errs []error
-	for _, p := range policies {
-		m.refreshPeriod(p, now)
+	for _, p := range cfg.Policies {
+		errs = append(errs, m.refreshPolicy(ctx, st, p, now))
 	}
-
-	if counts, err := st.ImageCountsByPolicyState(ctx); err != nil {
-		errs = append(errs, err)
-	} else {
-		for _, p := range policies {
-			byState := map[string]int{}
-			for state, n := range counts[p.Name] {
-				if state == "requested" {
-					state = StateCreating // the intent row of an image being requested
-				}
-				byState[state] += n
-			}
-			m.withPolicy(p.Name, func() {
-				for _, state := range imageStates {
-					m.images.WithLabelValues(p.Name, state).Set(float64(byState[state]))
-				}
-			})
-		}
-	}
-
-	if n, err := st.LeftoverSnapshotCount(ctx); err != nil {
-		errs = append(errs, err)
-	} else {
-		m.leftover.Set(float64(n))
-	}
-
-	for _, p := range policies {
-		rps, err := st.NewestGoodPerServer(ctx, p.Name)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		without, oldest := 0, time.Time{}
-		for _, rp := range rps {
-			if rp.NewestGood.IsZero() {
-				without++
-				continue
-			}
-			if oldest.IsZero() || rp.NewestGood.Before(oldest) {
-				oldest = rp.NewestGood
-			}
-		}
-		m.withPolicy(p.Name, func() {
-			m.serversNoGood.WithLabelValues(p.Name).Set(float64(without))
-			// Servers without any good image are counted above, not given an
-			// infinite age; with no good image at all there is no recovery point
-			// to age, and the series is absent. The age itself is computed at
-			// scrape time from this timestamp.
-			m.newestGoodAge.set(p.Name, oldest)
-		})
-	}
-
+	errs = append(errs, m.RefreshLeftover(ctx, st))
 	if last, err := st.LastSuccessfulSlots(ctx); err != nil {
 		errs = append(errs, err)
 	} else {
-		for _, p := range policies {
+		for _, p := range cfg.Policies {
 			if t, ok := last[p.Name]; ok {
 				m.SetLastSuccess(p.Name, t)
 			}
@@ -160,6 +87,91 @@ func (m *Metrics) refresh(ctx context.Context, st *store.Store, policies []*poli
 		return fmt.Errorf("refresh metrics: %w", err)
 	}
 	return nil
+}
+
+// RefreshPolicy recomputes what one run of p can have changed: p's images by state,
+// its recovery point and servers without a good image, its schedule period, and
+// the leftover snapshots (retention runs after the run). Each query reads only p's
+// part of an index, so it costs the same with one policy or a hundred.
+func (m *Metrics) RefreshPolicy(ctx context.Context, st *store.Store, p *policy.Policy, now time.Time) error {
+	if m == nil || st == nil || p == nil {
+		return nil
+	}
+	if err := errors.Join(m.refreshPolicy(ctx, st, p, now), m.RefreshLeftover(ctx, st)); err != nil {
+		return fmt.Errorf("refresh metrics of %s: %w", p.Name, err)
+	}
+	return nil
+}
+
+// RefreshLeftover recomputes the leftover-snapshot gauge (after a prune or a
+// reconcile).
+func (m *Metrics) RefreshLeftover(ctx context.Context, st *store.Store) error {
+	if m == nil || st == nil {
+		return nil
+	}
+	n, err := st.LeftoverSnapshotCount(ctx)
+	if err != nil {
+		return err
+	}
+	m.leftover.Set(float64(n))
+	return nil
+}
+
+// RefreshPeriods recomputes the schedule periods of cfg's policies whose cached
+// value is stale (a changed policy, a day old); it reads no store and is cheap to
+// call often.
+func (m *Metrics) RefreshPeriods(cfg *policy.Config, now time.Time) {
+	if m == nil || cfg == nil {
+		return
+	}
+	for _, p := range cfg.Policies {
+		m.refreshPeriod(p, now)
+	}
+}
+
+// refreshPolicy sets p's store-derived gauges.
+func (m *Metrics) refreshPolicy(ctx context.Context, st *store.Store, p *policy.Policy, now time.Time) error {
+	m.refreshPeriod(p, now)
+	var errs []error
+	if counts, err := st.ImageCountsOfPolicy(ctx, p.Name); err != nil {
+		errs = append(errs, err)
+	} else {
+		byState := map[string]int{}
+		for state, n := range counts {
+			if state == "requested" {
+				state = StateCreating // the intent row of an image being requested
+			}
+			byState[state] += n
+		}
+		m.withPolicy(p.Name, func() {
+			for _, state := range imageStates {
+				m.images.WithLabelValues(p.Name, state).Set(float64(byState[state]))
+			}
+		})
+	}
+	rps, err := st.NewestGoodPerServer(ctx, p.Name)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	without, oldest := 0, time.Time{}
+	for _, rp := range rps {
+		if rp.NewestGood.IsZero() {
+			without++
+			continue
+		}
+		if oldest.IsZero() || rp.NewestGood.Before(oldest) {
+			oldest = rp.NewestGood
+		}
+	}
+	m.withPolicy(p.Name, func() {
+		m.serversNoGood.WithLabelValues(p.Name).Set(float64(without))
+		// Servers without any good image are counted above, not given an
+		// infinite age; with no good image at all there is no recovery point
+		// to age, and the series is absent. The age itself is computed at
+		// scrape time from this timestamp.
+		m.newestGoodAge.set(p.Name, oldest)
+	})
+	return errors.Join(errs...)
 }
 
 // refreshPeriod sets the policy's schedule period, recomputing it when the policy

@@ -132,7 +132,7 @@ func TestMetricsRefresh(t *testing.T) {
 	now := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC) // Tuesday
 	scrape := now
 	m.newestGoodAge.now = func() time.Time { return scrape }
-	if err := m.Refresh(ctx, l.st, policy.NewCoordinator(cfg), now); err != nil {
+	if err := m.Refresh(ctx, l.st, cfg, now); err != nil {
 		t.Fatal(err)
 	}
 	worstAge := now.Sub(bRequested).Seconds()
@@ -199,7 +199,7 @@ imagekeeper_newest_good_image_age_seconds{policy="web"} %g
 	// A reload that removes web: Refresh with the new config leaves no web series.
 	m.RemovePolicy("web")
 	cfg.Policies = cfg.Policies[1:]
-	if err := m.Refresh(ctx, l.st, policy.NewCoordinator(cfg), now); err != nil {
+	if err := m.Refresh(ctx, l.st, cfg, now); err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range names {

@@ -106,7 +106,7 @@ func TestMetricsAfterScriptedRun(t *testing.T) {
 	if _, err := NewRetention(r, policy.NewCoordinator(cfg), RetentionOptions{}).Prune(ctx, web.Name, PruneOptions{SnapshotWait: 5 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Refresh(ctx, st, policy.NewCoordinator(cfg), time.Now()); err != nil {
+	if err := m.Refresh(ctx, st, cfg, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 

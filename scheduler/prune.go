@@ -249,7 +249,13 @@ func (pr *pruner) run(ctx context.Context) (*PruneReport, error) {
 	var rows []store.LineageRow
 	for b := 0; b < len(serverIDs); b += pruneBatch {
 		batch := serverIDs[b:min(b+pruneBatch, len(serverIDs))]
-		rows, err = pr.st.AppendLineage(ctx, rows[:0], pr.p.Name, batch, pruneStates)
+		if pr.opts.Full {
+			rows, err = pr.st.AppendLineage(ctx, rows[:0], pr.p.Name, batch, pruneStates)
+		} else {
+			// Only the rows something happens to are shown: read what retention
+			// needs, packed, and the names of the shown rows afterwards.
+			rows, err = pr.st.AppendRetentionRows(ctx, rows[:0], pr.p.Name, batch, pruneStates)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -326,6 +332,11 @@ func (pr *pruner) run(ctx context.Context) (*PruneReport, error) {
 		}
 	}
 
+	if !pr.opts.Full {
+		if err := pr.nameItems(ctx, rep.Items); err != nil {
+			return nil, err
+		}
+	}
 	// The plan's last input is what Glance says about each image to delete: a
 	// protected image is kept and a foreign stamp refused, in the dry run exactly as
 	// in the real one, which then carries out this very plan.
@@ -350,6 +361,32 @@ func (pr *pruner) run(ctx context.Context) (*PruneReport, error) {
 	}
 	rep.Finished = pr.r.store.Now()
 	return rep, ctx.Err()
+}
+
+// nameItems fills the image and server names of items planned from packed rows
+// (AppendRetentionRows leaves them out): one lookup for the rows shown.
+func (pr *pruner) nameItems(ctx context.Context, items []PruneItem) error {
+	if len(items) == 0 {
+		return nil
+	}
+	ids := make([]int64, len(items))
+	for i, it := range items {
+		ids[i] = it.ImageRow
+	}
+	rows, err := pr.st.LineageRows(ctx, ids)
+	if err != nil {
+		return err
+	}
+	byRow := make(map[int64]*store.LineageRow, len(rows))
+	for i := range rows {
+		byRow[rows[i].Row] = &rows[i]
+	}
+	for i := range items {
+		if row := byRow[items[i].ImageRow]; row != nil {
+			items[i].Name, items[i].ServerName = row.Name, row.ServerName
+		}
+	}
+	return nil
 }
 
 // sortCandidates orders new deletions oldest first, so that the cap defers the

@@ -294,6 +294,19 @@ func TestPruneDryRunChangesNothing(t *testing.T) {
 	if !rep.DryRun {
 		t.Error("report does not say dry run")
 	}
+	// Planned from packed rows, the shown items still carry every field a report
+	// prints.
+	byRow := map[int64]store.Image{}
+	for _, im := range rowsBefore {
+		byRow[im.Row] = im
+	}
+	for _, it := range rep.Items {
+		im := byRow[it.ImageRow]
+		if it.Name != im.Name || it.ServerName != im.ServerName || it.ImageID != im.ImageID || it.ServerID != im.ServerID ||
+			!it.Slot.Equal(im.Slot) || it.Name == "" || it.ServerName == "" {
+			t.Errorf("item %+v does not show row %+v", it, im)
+		}
+	}
 	if !reflect.DeepEqual(h.sim.Images(), imagesBefore) || !reflect.DeepEqual(h.sim.Snapshots(), snapsBefore) {
 		t.Fatal("dry run changed the cloud")
 	}

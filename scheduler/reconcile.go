@@ -89,15 +89,22 @@ func (r *Runner) Reconcile(ctx context.Context, cfg *policy.Config, fix bool) (*
 	if err != nil {
 		return nil, fmt.Errorf("reconcile: list snapshots: %w", err)
 	}
-	rows, err := st.Lineage(ctx, store.ImageFilter{})
-	if err != nil {
-		return nil, fmt.Errorf("reconcile: %w", err)
-	}
-	lsnaps, err := st.LineageSnapshots(ctx, true)
+	// Only the live rows are read whole: deleted rows, most of an old lineage, matter
+	// only for what the cloud still holds, and those are looked up by id below.
+	// Every read goes through the store's read pool, so none holds up a write.
+	rows, err := st.LiveLineage(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("reconcile: %w", err)
 	}
 	rep.CloudImages, rep.CloudSnapshots = len(images), len(snaps)
+	snapIDs := make([]string, len(snaps))
+	for i, sn := range snaps {
+		snapIDs[i] = sn.ID
+	}
+	lsnaps, err := st.LineageSnapshotsByID(ctx, snapIDs)
+	if err != nil {
+		return nil, fmt.Errorf("reconcile: %w", err)
+	}
 
 	inCloud := make(map[string]cloud.Image, len(images))
 	for _, im := range images {
@@ -115,6 +122,40 @@ func (r *Runner) Reconcile(ctx context.Context, cfg *policy.Config, fix bool) (*
 			byID[row.ImageID] = row
 		}
 		byKey[key{row.Policy, row.ServerID, StampSlot(row.Slot)}] = row
+	}
+	// Cloud images no live row knows: a deleted row (an image deleted twice, or
+	// recreated) or an intent row found by its stamp.
+	var unknown []string
+	for _, im := range images {
+		if _, ok := byID[im.ID]; !ok {
+			unknown = append(unknown, im.ID)
+		}
+	}
+	if len(unknown) > 0 {
+		dead, err := st.LineageByImageIDs(ctx, unknown)
+		if err != nil {
+			return nil, fmt.Errorf("reconcile: %w", err)
+		}
+		for _, row := range dead {
+			byID[row.ImageID] = row
+		}
+	}
+	keyRow := func(k key) (store.LineageRow, bool) {
+		if row, ok := byKey[k]; ok {
+			return row, true
+		}
+		slot, err := time.Parse(time.RFC3339, k.slot)
+		if err != nil {
+			return store.LineageRow{}, false
+		}
+		rows, err := st.Lineage(ctx, store.ImageFilter{Policy: k.policy, ServerID: k.server, Slot: slot, Limit: 1})
+		if err != nil || len(rows) == 0 {
+			if err != nil {
+				r.log.Warn("reconcile: look up a stamp's intent row", "policy", k.policy, "server_id", k.server, "err", err)
+			}
+			return store.LineageRow{}, false
+		}
+		return rows[0], true
 	}
 	add := func(f DriftFinding) *DriftFinding {
 		rep.Findings = append(rep.Findings, f)
@@ -147,7 +188,7 @@ func (r *Runner) Reconcile(ctx context.Context, cfg *policy.Config, fix bool) (*
 			continue
 		}
 		f := DriftFinding{Category: DriftUnknown, Policy: stamp.Policy, ServerID: stamp.Server, ImageID: im.ID}
-		krow, has := byKey[key{stamp.Policy, stamp.Server, stamp.Slot}]
+		krow, has := keyRow(key{stamp.Policy, stamp.Server, stamp.Slot})
 		switch {
 		case im.Properties["instance_uuid"] != "" && im.Properties["instance_uuid"] != stamp.Server:
 			f.Category = DriftInherited

@@ -1,10 +1,12 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -45,15 +47,14 @@ type LineageRow struct {
 
 // Lineage returns the rows f selects, lean, ordered by policy, server, slot and row.
 func (s *Store) Lineage(ctx context.Context, f ImageFilter) ([]LineageRow, error) {
-	q, args := f.query(`id, image_id, name, policy, server_id, server_name, volume_backed, slot, owner, state, reason,
-		delete_reason, requested_at, active_at, failed_at, next_attempt_at`)
+	q, args := f.query(leanColumns)
 	return s.scanLineage(ctx, nil, q, args...)
 }
 
 // scanLineage runs a lineage query. Policy and owner are the same on most rows:
 // they are interned, so that a large result holds one copy of each.
 func (s *Store) scanLineage(ctx context.Context, out []LineageRow, q string, args ...any) ([]LineageRow, error) {
-	rows, err := s.db.QueryContext(ctx, q, args...)
+	rows, err := s.reader().QueryContext(ctx, q, args...)
 	if err != nil {
 		return out, fmt.Errorf("list lineage: %w", err)
 	}
@@ -99,7 +100,7 @@ func (s *Store) scanLineage(ctx context.Context, out []LineageRow, q string, arg
 // LineageServers returns the distinct server ids with rows under policy, sorted. It
 // reads only the (policy, server_id, slot) index.
 func (s *Store) LineageServers(ctx context.Context, policy string) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT DISTINCT server_id FROM images WHERE policy = ? ORDER BY server_id`, policy)
+	rows, err := s.reader().QueryContext(ctx, `SELECT DISTINCT server_id FROM images WHERE policy = ? ORDER BY server_id`, policy)
 	if err != nil {
 		return nil, fmt.Errorf("list lineage servers: %w", err)
 	}
@@ -384,6 +385,76 @@ type LineageSnapshot struct {
 	ImageState ImageState
 }
 
+// LiveStates are the image states of rows that may still have something in the
+// cloud: every state but deleted.
+var LiveStates = []ImageState{ImageRequested, ImageCreating, ImageGood, ImageFailed, ImageDeleting, ImageKeptProtected}
+
+// lookupBatch is how many ids one IN (...) lookup binds (SQLite allows 32766).
+const lookupBatch = 500
+
+// inMarks returns "?, ?, ..." for n parameters.
+func inMarks(n int) string {
+	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
+}
+
+// LiveLineage returns the rows in a live state (every state but deleted), lean, in
+// no particular order. It reads them through images_state: the deleted rows, which
+// are most of an old lineage, are not read at all.
+func (s *Store) LiveLineage(ctx context.Context) ([]LineageRow, error) {
+	args := make([]any, len(LiveStates))
+	for i, st := range LiveStates {
+		args[i] = string(st)
+	}
+	return s.scanLineage(ctx, nil, liveLineageQuery, args...)
+}
+
+// liveLineageQuery is LiveLineage's query (store/plan_test.go explains it).
+var liveLineageQuery = `SELECT ` + leanColumns + ` FROM images WHERE state IN (` + inMarks(len(LiveStates)) + `)`
+
+// leanColumns are the columns of a LineageRow, in scanLineage's order.
+const leanColumns = `id, image_id, name, policy, server_id, server_name, volume_backed, slot, owner, state, reason,
+	delete_reason, requested_at, active_at, failed_at, next_attempt_at`
+
+// LineageByImageIDs returns the rows (in any state) of the given Glance image ids
+// that the lineage has, looked up on the image_id index a batch at a time.
+func (s *Store) LineageByImageIDs(ctx context.Context, imageIDs []string) ([]LineageRow, error) {
+	var out []LineageRow
+	var err error
+	for b := 0; b < len(imageIDs); b += lookupBatch {
+		batch := imageIDs[b:min(b+lookupBatch, len(imageIDs))]
+		args := make([]any, len(batch))
+		for i, id := range batch {
+			args[i] = id
+		}
+		if out, err = s.scanLineage(ctx, out, `SELECT `+leanColumns+` FROM images WHERE image_id IN (`+inMarks(len(batch))+`)`, args...); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// LineageSnapshotsByID returns the snapshot rows, with their image, of the given
+// Cinder snapshot ids that the lineage has, looked up on the snapshot_id index a
+// batch at a time: reconcile asks about what the cloud holds, not about every
+// snapshot ever recorded.
+func (s *Store) LineageSnapshotsByID(ctx context.Context, snapshotIDs []string) ([]LineageSnapshot, error) {
+	var out []LineageSnapshot
+	for b := 0; b < len(snapshotIDs); b += lookupBatch {
+		batch := snapshotIDs[b:min(b+lookupBatch, len(snapshotIDs))]
+		args := make([]any, len(batch))
+		for i, id := range batch {
+			args[i] = id
+		}
+		got, err := s.lineageSnapshots(ctx, "WHERE s.snapshot_id IN ("+inMarks(len(batch))+")", args...)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, got...)
+	}
+	slices.SortFunc(out, func(a, b LineageSnapshot) int { return cmp.Compare(a.Row, b.Row) })
+	return out, nil
+}
+
 // LineageSnapshots returns every snapshot row with its image; deleted ones only when
 // includeDeleted (reconcile looks for snapshots recorded deleted that are still in
 // the cloud).
@@ -392,9 +463,13 @@ func (s *Store) LineageSnapshots(ctx context.Context, includeDeleted bool) ([]Li
 	if includeDeleted {
 		where = ""
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT s.id, s.snapshot_id, s.image_row, s.state, COALESCE(i.image_id, ''),
+	return s.lineageSnapshots(ctx, where)
+}
+
+func (s *Store) lineageSnapshots(ctx context.Context, where string, args ...any) ([]LineageSnapshot, error) {
+	rows, err := s.reader().QueryContext(ctx, `SELECT s.id, s.snapshot_id, s.image_row, s.state, COALESCE(i.image_id, ''),
 			i.policy, i.server_id, i.state
-		FROM snapshots s JOIN images i ON i.id = s.image_row `+where+` ORDER BY s.id`)
+		FROM snapshots s JOIN images i ON i.id = s.image_row `+where+` ORDER BY s.id`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list lineage snapshots: %w", err)
 	}

@@ -393,7 +393,7 @@ func (s *Store) DropIntent(ctx context.Context, row int64, reason string) error 
 
 // Image returns one lineage row by its row id, ErrNotFound if there is none.
 func (s *Store) Image(ctx context.Context, row int64) (Image, error) {
-	im, err := scanImage(s.db.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ?`, row))
+	im, err := scanImage(s.reader().QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ?`, row))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Image{}, fmt.Errorf("image row %d: %w", row, ErrNotFound)
 	}
@@ -405,7 +405,7 @@ func (s *Store) Image(ctx context.Context, row int64) (Image, error) {
 
 // ImageByID returns the lineage row of a Glance image id, ErrNotFound if there is none.
 func (s *Store) ImageByID(ctx context.Context, imageID string) (Image, error) {
-	im, err := scanImage(s.db.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE image_id = ?`, imageID))
+	im, err := scanImage(s.reader().QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE image_id = ?`, imageID))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Image{}, fmt.Errorf("image %s: %w", imageID, ErrNotFound)
 	}
@@ -417,7 +417,7 @@ func (s *Store) ImageByID(ctx context.Context, imageID string) (Image, error) {
 
 // ImageByKey returns the lineage row of (policy, server, slot), ErrNotFound if none.
 func (s *Store) ImageByKey(ctx context.Context, policy, serverID string, slot time.Time) (Image, error) {
-	im, err := scanImage(s.db.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images
+	im, err := scanImage(s.reader().QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images
 		WHERE policy = ? AND server_id = ? AND slot = ?`, policy, serverID, fmtTime(slot)))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Image{}, fmt.Errorf("image %s/%s/%s: %w", policy, serverID, slot.UTC().Format(time.RFC3339), ErrNotFound)
@@ -471,7 +471,16 @@ func (f ImageFilter) query(columns string) (string, []any) {
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
-	q += " ORDER BY policy, server_id, slot, id"
+	if len(f.States) > 0 || !f.Slot.IsZero() {
+		// A state or slot filter is selective: its index (images_policy_state,
+		// images_policy_slot, images_state) finds the few rows and they are sorted
+		// after. Without the unary +, SQLite picks the (policy, server_id, slot)
+		// index because it gives the order, and walks a policy's whole lineage to
+		// find them.
+		q += " ORDER BY +policy, +server_id, +slot, +id"
+	} else {
+		q += " ORDER BY policy, server_id, slot, id"
+	}
 	if f.Limit > 0 {
 		q += fmt.Sprintf(" LIMIT %d", f.Limit)
 	}
@@ -479,7 +488,7 @@ func (f ImageFilter) query(columns string) (string, []any) {
 }
 
 func (s *Store) queryImages(ctx context.Context, q string, args ...any) ([]Image, error) {
-	return queryAll(ctx, s.db, "images", scanImage, q, args...)
+	return queryAll(ctx, s.reader(), "images", scanImage, q, args...)
 }
 
 // queryAll runs a query and scans every row with scan; what names the rows in

@@ -12,32 +12,44 @@ import (
 // They run every refresh, so each one uses an index and reads no more than a
 // policy's live rows: never a scan of the ever-growing events table.
 
-// ImageCountsByPolicyState returns how many images each policy has in each state,
-// leaving out deleted images (they are history, not inventory).
-func (s *Store) ImageCountsByPolicyState(ctx context.Context) (map[string]map[string]int, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT policy, state, COUNT(*) FROM images
-		WHERE state <> 'deleted' GROUP BY policy, state`)
+// countImagesOfPolicy counts one policy's rows by state from images_policy_state
+// alone (a covering index scan of that policy's range, not of the lineage).
+const countImagesOfPolicy = `SELECT state, COUNT(*) FROM images WHERE policy = ? GROUP BY state`
+
+// ImageCountsOfPolicy returns how many images the policy has in each state, leaving
+// out deleted images (they are history, not inventory). It reads only the policy's
+// part of an index, so the gauges of one policy cost the same whatever the size of
+// the other policies' lineage.
+func (s *Store) ImageCountsOfPolicy(ctx context.Context, policy string) (map[string]int, error) {
+	rows, err := s.reader().QueryContext(ctx, countImagesOfPolicy, policy)
 	if err != nil {
-		return nil, fmt.Errorf("count images by policy and state: %w", err)
+		return nil, fmt.Errorf("count images of %s by state: %w", policy, err)
 	}
 	defer rows.Close()
-	out := map[string]map[string]int{}
+	out := map[string]int{}
 	for rows.Next() {
-		var policy, state string
+		var state string
 		var n int
-		if err := rows.Scan(&policy, &state, &n); err != nil {
-			return nil, fmt.Errorf("count images by policy and state: %w", err)
+		if err := rows.Scan(&state, &n); err != nil {
+			return nil, fmt.Errorf("count images of %s by state: %w", policy, err)
 		}
-		if out[policy] == nil {
-			out[policy] = map[string]int{}
+		if ImageState(state) != ImageDeleted {
+			out[state] = n
 		}
-		out[policy][state] = n
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("count images by policy and state: %w", err)
+		return nil, fmt.Errorf("count images of %s by state: %w", policy, err)
 	}
 	return out, nil
 }
+
+// countLeftoverSnapshots names every state but deleted and missing, rather than
+// saying NOT IN: that way it reads only the snapshots_state ranges of snapshots
+// still in the cloud, not every snapshot ever recorded.
+const countLeftoverSnapshots = `SELECT COUNT(*) FROM snapshots sn
+	WHERE sn.state IN ('deleting', 'kept_in_use', 'error_deleting')
+	   OR (sn.state IN ('creating', 'available', 'error')
+	       AND EXISTS (SELECT 1 FROM images i WHERE i.id = sn.image_row AND i.state = 'deleted'))`
 
 // LeftoverSnapshotCount returns how many volume snapshots are still in the cloud
 // although their image is gone: snapshots the deletion journal is deleting, had to
@@ -46,10 +58,7 @@ func (s *Store) ImageCountsByPolicyState(ctx context.Context) (map[string]map[st
 // confirmed the image gone, so a snapshot in a deletion state implies that.
 func (s *Store) LeftoverSnapshotCount(ctx context.Context) (int, error) {
 	var n int
-	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM snapshots sn
-		WHERE sn.state IN ('deleting', 'kept_in_use', 'error_deleting')
-		   OR (sn.state NOT IN ('deleted', 'missing')
-		       AND EXISTS (SELECT 1 FROM images i WHERE i.id = sn.image_row AND i.state = 'deleted'))`).Scan(&n)
+	err := s.reader().QueryRowContext(ctx, countLeftoverSnapshots).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("count leftover snapshots: %w", err)
 	}
@@ -64,6 +73,20 @@ type ServerRecoveryPoint struct {
 	NewestGood time.Time
 }
 
+// newestGoodPerServer finds the slot's servers on images_slot_id (a slot id names one
+// policy's slot) and on events_policy_at (events have no index on slot_id; the
+// policy and the slot's start narrow them), and each one's newest good image on the
+// partial index images_good_server, without reading the server's other rows.
+const newestGoodPerServer = `WITH live AS (
+		SELECT server_id FROM images WHERE slot_id = ?
+		UNION
+		SELECT server_id FROM events WHERE policy = ? AND at >= ? AND slot_id = ? AND server_id <> ''
+	)
+	SELECT live.server_id,
+		(SELECT MAX(i.requested_at) FROM images i
+		 WHERE i.policy = ? AND i.server_id = live.server_id AND i.state = 'good')
+	FROM live ORDER BY live.server_id`
+
 // NewestGoodPerServer returns, for each live server of the policy, when its newest
 // good image was requested. The live servers are those the policy's latest
 // completed slot selected: servers with an image row for that slot, and servers the
@@ -74,7 +97,7 @@ type ServerRecoveryPoint struct {
 func (s *Store) NewestGoodPerServer(ctx context.Context, policy string) ([]ServerRecoveryPoint, error) {
 	var slotID int64
 	var started sql.NullString
-	err := s.db.QueryRowContext(ctx, `SELECT id, started_at FROM slots
+	err := s.reader().QueryRowContext(ctx, `SELECT id, started_at FROM slots
 		WHERE policy = ? AND (outcome IN ('ran', 'caught_up') OR (outcome = 'failed' AND selected > 0))
 		ORDER BY slot DESC LIMIT 1`, policy).Scan(&slotID, &started)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -83,22 +106,11 @@ func (s *Store) NewestGoodPerServer(ctx context.Context, policy string) ([]Serve
 	if err != nil {
 		return nil, fmt.Errorf("newest good image per server of %s: latest slot: %w", policy, err)
 	}
-	// events has no index on slot_id; (policy, at >= the slot's start) keeps the
-	// lookup on events_policy_at.
 	since := started.String
 	if !started.Valid {
 		since = ""
 	}
-	rows, err := s.db.QueryContext(ctx, `WITH live AS (
-			SELECT server_id FROM images WHERE policy = ? AND slot_id = ?
-			UNION
-			SELECT server_id FROM events WHERE policy = ? AND at >= ? AND slot_id = ? AND server_id <> ''
-		)
-		SELECT live.server_id,
-			(SELECT MAX(i.requested_at) FROM images i
-			 WHERE i.policy = ? AND i.server_id = live.server_id AND i.state = 'good')
-		FROM live ORDER BY live.server_id`,
-		policy, slotID, policy, since, slotID, policy)
+	rows, err := s.reader().QueryContext(ctx, newestGoodPerServer, slotID, policy, since, slotID, policy)
 	if err != nil {
 		return nil, fmt.Errorf("newest good image per server of %s: %w", policy, err)
 	}
@@ -127,7 +139,7 @@ func (s *Store) NewestGoodPerServer(ctx context.Context, policy string) ([]Serve
 // outcome ran or caught_up, and every selected server imaged good or skipped for a
 // recorded reason.
 func (s *Store) LastSuccessfulSlots(ctx context.Context) (map[string]time.Time, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT policy, MAX(finished_at) FROM slots
+	rows, err := s.reader().QueryContext(ctx, `SELECT policy, MAX(finished_at) FROM slots
 		WHERE outcome IN ('ran', 'caught_up') AND finished_at IS NOT NULL AND failed = 0 AND good + skipped = selected
 		GROUP BY policy`)
 	if err != nil {

@@ -124,17 +124,20 @@ func TestMetricsQueries(t *testing.T) {
 	db := f.slot("db", day(23, 4, 0), OutcomeSkippedOverlap, 0, 0)
 	f.image(db, "x", "good", day(23, 4, 0)) // an image but no completed slot: no live servers
 
-	t.Run("ImageCountsByPolicyState", func(t *testing.T) {
-		got, err := f.s.ImageCountsByPolicyState(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
+	t.Run("ImageCountsOfPolicy", func(t *testing.T) {
 		want := map[string]map[string]int{
-			"web": {"good": 4, "failed": 1, "requested": 1, "creating": 1, "deleting": 1, "kept_protected": 1},
-			"db":  {"good": 1},
+			"web":  {"good": 4, "failed": 1, "requested": 1, "creating": 1, "deleting": 1, "kept_protected": 1},
+			"db":   {"good": 1},
+			"nope": {},
 		}
-		if !reflect.DeepEqual(got, want) {
-			t.Errorf("got %v\nwant %v", got, want)
+		for p, w := range want {
+			got, err := f.s.ImageCountsOfPolicy(ctx, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, w) {
+				t.Errorf("%s: got %v\nwant %v", p, got, w)
+			}
 		}
 	})
 	t.Run("LeftoverSnapshotCount", func(t *testing.T) {

@@ -235,12 +235,12 @@ func (s *Store) Slots(ctx context.Context, f SlotFilter) ([]Slot, error) {
 	if f.Limit > 0 {
 		q += fmt.Sprintf(" LIMIT %d", f.Limit)
 	}
-	return queryAll(ctx, s.db, "slots", scanSlot, q, args...)
+	return queryAll(ctx, s.reader(), "slots", scanSlot, q, args...)
 }
 
 // SlotByKey returns the slot row of (policy, slot), ErrNotFound if there is none.
 func (s *Store) SlotByKey(ctx context.Context, policy string, slot time.Time) (Slot, error) {
-	sl, err := scanSlot(s.db.QueryRowContext(ctx, `SELECT `+slotColumns+` FROM slots WHERE policy = ? AND slot = ?`,
+	sl, err := scanSlot(s.reader().QueryRowContext(ctx, `SELECT `+slotColumns+` FROM slots WHERE policy = ? AND slot = ?`,
 		policy, fmtTime(slot)))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Slot{}, fmt.Errorf("slot %s %s: %w", policy, slot.UTC().Format(time.RFC3339), ErrNotFound)
@@ -257,7 +257,7 @@ func (s *Store) SlotByKey(ctx context.Context, policy string, slot time.Time) (S
 // current minute) do not count: one made during the downtime would otherwise hide
 // the scheduled slots before it, neither caught up nor recorded as missed.
 func (s *Store) LastSlot(ctx context.Context, policy string) (Slot, error) {
-	sl, err := scanSlot(s.db.QueryRowContext(ctx, `SELECT `+slotColumns+` FROM slots WHERE policy = ?
+	sl, err := scanSlot(s.reader().QueryRowContext(ctx, `SELECT `+slotColumns+` FROM slots WHERE policy = ?
 		AND trigger != '`+TriggerManual+`' ORDER BY slot DESC LIMIT 1`, policy))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Slot{}, fmt.Errorf("last slot of %s: %w", policy, ErrNotFound)

@@ -251,7 +251,7 @@ func (s *Store) SnapshotsByState(ctx context.Context, states ...SnapshotState) (
 
 // SnapshotByID returns one snapshot row by its Cinder id, ErrNotFound if none.
 func (s *Store) SnapshotByID(ctx context.Context, snapshotID string) (Snapshot, error) {
-	sn, err := scanSnapshot(s.db.QueryRowContext(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE snapshot_id = ?`, snapshotID))
+	sn, err := scanSnapshot(s.reader().QueryRowContext(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE snapshot_id = ?`, snapshotID))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Snapshot{}, fmt.Errorf("snapshot %s: %w", snapshotID, ErrNotFound)
 	}
@@ -262,5 +262,5 @@ func (s *Store) SnapshotByID(ctx context.Context, snapshotID string) (Snapshot, 
 }
 
 func (s *Store) querySnapshots(ctx context.Context, q string, args ...any) ([]Snapshot, error) {
-	return queryAll(ctx, s.db, "snapshots", scanSnapshot, q, args...)
+	return queryAll(ctx, s.reader(), "snapshots", scanSnapshot, q, args...)
 }

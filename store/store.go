@@ -4,11 +4,15 @@
 // github.com/mattn/go-sqlite3.
 //
 // The database is opened with WAL, foreign keys on, a busy timeout and
-// _txlock=immediate, through a single connection: SQLite allows one writer, and a
+// _txlock=immediate, through two pools. Writes (and the reads inside a write's
+// transaction) go through a single connection: SQLite allows one writer, and a
 // pool of one makes every writer in this process queue in Go instead of failing
-// with "database is locked". Because that one connection serves every statement,
-// code in this package never keeps rows open while it issues another statement,
-// reads outside transactions, and never holds a transaction across a cloud call.
+// with "database is locked". Reads outside transactions go through a separate pool
+// of read-only connections (readConns): under WAL a reader sees the last commit and
+// never blocks the writer, so a long read (a reconcile over a million rows, a
+// gauge) does not hold up a createImage intent. Code in this package never keeps
+// rows of the write connection open while it issues another statement, and never
+// holds a transaction across a cloud call.
 //
 // Timestamps are stored in UTC as fixed-width text with nanoseconds
 // ("2006-01-02T15:04:05.000000000Z"): text order is time order, and the sqlite3
@@ -66,9 +70,15 @@ type Options struct {
 	Now func() time.Time
 }
 
+// readConns is the size of the read-only pool: enough for a reconcile, a prune and
+// the gauges at once; each connection has its own page cache.
+const readConns = 4
+
 // Store is an open lineage database. It is safe for concurrent use.
 type Store struct {
+	// db is the one write connection; rdb the read-only pool (see the package doc).
 	db    *sql.DB
+	rdb   *sql.DB
 	now   func() time.Time
 	owner string
 	path  string
@@ -127,9 +137,19 @@ func LatestSchemaVersion() int {
 // dsn builds the go-sqlite3 data source name. The path is percent-encoded where
 // SQLite's URI parser would otherwise cut it (?, #, %).
 func dsn(p string) string {
-	esc := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(p)
-	return "file:" + esc + "?_journal_mode=WAL&_foreign_keys=1&_synchronous=NORMAL&_txlock=immediate" +
+	return "file:" + escapePath(p) + "?_journal_mode=WAL&_foreign_keys=1&_synchronous=NORMAL&_txlock=immediate" +
 		"&_busy_timeout=" + strconv.Itoa(int(BusyTimeout/time.Millisecond))
+}
+
+// readDSN is the data source name of the read-only pool: mode=ro, so that a bug can
+// never write through it, and no journal-mode pragma (the writer set WAL, which is
+// persistent; a read-only connection could not set it).
+func readDSN(p string) string {
+	return "file:" + escapePath(p) + "?mode=ro&_query_only=1&_busy_timeout=" + strconv.Itoa(int(BusyTimeout/time.Millisecond))
+}
+
+func escapePath(p string) string {
+	return strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(p)
 }
 
 // Open opens (creating if needed, mode 0600) the lineage database at path, applies
@@ -169,6 +189,20 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err := s.init(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	// The read pool opens after init: the file is in WAL mode and migrated by then.
+	rdb, err := sql.Open("sqlite3", readDSN(path))
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %s for reading: %w", path, err)
+	}
+	rdb.SetMaxOpenConns(readConns)
+	rdb.SetMaxIdleConns(readConns)
+	rdb.SetConnMaxIdleTime(5 * time.Minute)
+	s.rdb = rdb
+	if err := rdb.PingContext(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open store %s for reading: %w", path, err)
 	}
 	return s, nil
 }
@@ -235,7 +269,7 @@ func (s *Store) migrate(ctx context.Context) error {
 // SchemaVersion returns the database's schema version (the newest applied migration).
 func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
 	var v sql.NullInt64
-	if err := s.db.QueryRowContext(ctx, `SELECT MAX(version) FROM schema_migrations`).Scan(&v); err != nil {
+	if err := s.reader().QueryRowContext(ctx, `SELECT MAX(version) FROM schema_migrations`).Scan(&v); err != nil {
 		return 0, fmt.Errorf("read schema version: %w", err)
 	}
 	return int(v.Int64), nil
@@ -257,9 +291,22 @@ func (s *Store) ensureOwner(ctx context.Context) error {
 	return nil
 }
 
+// reader returns the pool for reads outside a transaction: the read-only pool once
+// it is open (during Open, before it is, the write connection).
+func (s *Store) reader() *sql.DB {
+	if s.rdb != nil {
+		return s.rdb
+	}
+	return s.db
+}
+
 // Close closes the database.
 func (s *Store) Close() error {
-	if err := s.db.Close(); err != nil {
+	var rerr error
+	if s.rdb != nil {
+		rerr = s.rdb.Close()
+	}
+	if err := errors.Join(s.db.Close(), rerr); err != nil {
 		return fmt.Errorf("close store: %w", err)
 	}
 	return nil

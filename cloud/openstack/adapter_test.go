@@ -26,7 +26,7 @@ func ctx(t *testing.T) context.Context {
 func TestMicroversionNegotiation(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct{ cloudMax, want string }{
-		{"", "2.45"}, // simulator default 2.93, as Zed
+		{"", "2.45"},     // simulator default 2.93, as Zed
 		{"2.60", "2.45"}, // Huawei ECS
 		{"2.90", "2.45"},
 		{"2.44", "2.44"},

@@ -55,7 +55,9 @@
 //   - Keystone: a password request without a scope, for a user without a default
 //     project, gets 201 and an unscoped token: no project, roles or catalog (so
 //     gophercloud finds no endpoint at all), and Nova, Glance and Cinder answer
-//     401 to it. A region_name the catalog does not have is not refused by
+//     401 to it (Keystone's "Unscoped tokens": "An unscoped token contains
+//     neither a service catalog, any roles, a project scope, nor a domain
+//     scope", https://docs.openstack.org/keystone/train/admin/tokens-overview.html). A region_name the catalog does not have is not refused by
 //     Keystone: the client finds no endpoint (gophercloud: "No suitable endpoint
 //     could be found in the service catalog.").
 //   - GET /v2.1/ answers 200 with "version": "2.93", "min_version": "2.1" and the

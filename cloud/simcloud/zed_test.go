@@ -228,12 +228,11 @@ func TestSnapshotImageKeys(t *testing.T) {
 			t.Errorf("volume-backed image has %s", k)
 		}
 	}
-	if def := h.createImage(h.sim.AddServer(ServerSpec{Volumes: 1}), "d", nil); true {
-		var dim map[string]any
-		h.getJSON("/image/v2/images/"+def, &dim)
-		if dim["root_device_name"] != "/dev/vda" {
-			t.Errorf("default root_device_name %v, want /dev/vda", dim["root_device_name"])
-		}
+	def := h.createImage(h.sim.AddServer(ServerSpec{Volumes: 1}), "d", nil)
+	var dim map[string]any
+	h.getJSON("/image/v2/images/"+def, &dim)
+	if dim["root_device_name"] != "/dev/vda" {
+		t.Errorf("default root_device_name %v, want /dev/vda", dim["root_device_name"])
 	}
 }
 

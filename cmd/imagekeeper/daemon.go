@@ -41,7 +41,8 @@ const (
 	// a leftover snapshot does not linger for long, rare enough that listing every
 	// stamped image is a small share of the API budget.
 	defaultReconcileInterval = 15 * time.Minute
-	// defaultRefreshInterval is how often the store-derived gauges are recomputed.
+	// defaultRefreshInterval is how often stale schedule periods are recomputed (the
+	// store-derived gauges move with runs, not with a timer).
 	defaultRefreshInterval = 30 * time.Second
 	// cancelGrace is how long runs get to return once a drain gives up on them.
 	cancelGrace = 10 * time.Second
@@ -58,13 +59,14 @@ const (
 type daemonOptions struct {
 	*common
 	drain time.Duration
+	pprof string
 }
 
 // newDaemonCommand builds `imagekeeper daemon`.
 func newDaemonCommand(m *Main) *cobra.Command {
 	o := &daemonOptions{}
 	cmd := &cobra.Command{
-		Use:   "daemon [--config FILE] [--drain-timeout 5m]",
+		Use:   "daemon [--config FILE] [--drain-timeout 5m] [--pprof 127.0.0.1:PORT]",
 		Short: "run the schedules (the systemd service)",
 		Long: `Runs the policies' schedules: the systemd service. SIGHUP or a change of the
 file reloads it; SIGTERM/SIGINT drain in-flight runs, a second one stops waiting.`,
@@ -74,12 +76,18 @@ file reloads it; SIGTERM/SIGINT drain in-flight runs, a second one stops waiting
 	}
 	o.common = newCommon(m, cmd).withConfig().withLogs("info")
 	cmd.Flags().DurationVar(&o.drain, "drain-timeout", defaultDrainTimeout, "how long in-flight runs may finish on SIGTERM/SIGINT")
+	cmd.Flags().StringVar(&o.pprof, "pprof", "", "serve net/http/pprof on this loopback address, e.g. 127.0.0.1:6060 (off when empty)")
 	return cmd
 }
 
 func runDaemon(ctx context.Context, m *Main, o *daemonOptions) error {
 	if o.drain <= 0 {
 		return usageError("--drain-timeout must be positive")
+	}
+	if o.pprof != "" {
+		if err := checkLoopback(o.pprof); err != nil {
+			return usageError("%v", err)
+		}
 	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
@@ -90,6 +98,7 @@ func runDaemon(ctx context.Context, m *Main, o *daemonOptions) error {
 		Logger:       o.log,
 		Getenv:       m.Getenv,
 		Signals:      sigs,
+		PprofListen:  o.pprof,
 	}
 	return d.Run(ctx)
 }
@@ -111,6 +120,9 @@ type Daemon struct {
 	Signals <-chan os.Signal
 	// StatePath and Listen, when set, override the policy file's state and listen.
 	StatePath, Listen string
+	// PprofListen, when set, serves net/http/pprof there (loopback only; off by
+	// default): operators can profile a daemon in production.
+	PprofListen string
 	// NewCloud builds the cloud client; nil means the OpenStack adapter reading
 	// clouds.yaml for cfg.Cloud (or OS_CLOUD).
 	NewCloud func(ctx context.Context, cfg *policy.Config, log *slog.Logger, observe func(openstack.Request)) (cloud.Cloud, error)
@@ -162,6 +174,15 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	drainTimeout := orDefault(d.DrainTimeout, defaultDrainTimeout)
 	watchEvery := orDefault(d.WatchInterval, defaultWatchInterval)
 	notify := newNotifier(d.Getenv, os.Getpid())
+
+	memLimit := setMemoryLimit(d.Getenv)
+	if d.PprofListen != "" {
+		ps, err := startPprof(d.PprofListen, log)
+		if err != nil {
+			return withExitCode(exitFailure, err)
+		}
+		defer ps.Close()
+	}
 
 	// cfgs owns the config in force from here on: the scheduler, the limits, the
 	// metrics and retention ask it or subscribe to it, and a reload is one Apply. cfg
@@ -249,7 +270,12 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		// (and the global ones) are recomputed: with many policies due at once, a
 		// full refresh per run would be quadratic.
 		Done: func(ctx context.Context, name string) {
-			if err := metrics.RefreshPolicy(ctx, st, cfgs, name, time.Now()); err != nil && ctx.Err() == nil {
+			// A policy removed meanwhile keeps its images in the store, not in the metrics.
+			p := policyNamed(cfgs.Current(), name)
+			if p == nil {
+				return
+			}
+			if err := metrics.RefreshPolicy(ctx, st, p, time.Now()); err != nil && ctx.Err() == nil {
 				log.Warn("refresh metrics after run", "policy", name, "err", err)
 			}
 		},
@@ -304,7 +330,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	d.audit(st, log, eventDaemonStarted, fmt.Sprintf("pid %d, config %s version %s, %d policies",
 		os.Getpid(), d.ConfigPath, cfg.Version, len(cfg.Policies)))
 	log.Info("imagekeeper daemon serving", "config", d.ConfigPath, "state", statePath, "listen", srv.Addr(),
-		"policies", len(cfg.Policies), "config_version", cfg.Version)
+		"policies", len(cfg.Policies), "config_version", cfg.Version, "memory_limit_mib", memLimit>>20)
 	if err := notify.Ready(); err != nil {
 		log.Warn("sd_notify", "err", err)
 	}
@@ -327,14 +353,18 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	wdWG.Add(1)
 	go func() {
 		defer wdWG.Done()
-		// The gauges derived from the store are recomputed off the main loop: the
-		// query may take a while on a big lineage. It stops before the store closes.
+		// The gauges derived from the store are computed once, off the main loop
+		// (readiness does not wait for a big lineage); runs and reconciles keep them
+		// current after that. The loop only recomputes schedule periods that went
+		// stale (a reload, a day old), which reads no store. It stops before the
+		// store closes.
+		if err := metrics.Refresh(wdCtx, st, cfgs.Current(), time.Now()); err != nil && wdCtx.Err() == nil {
+			log.Warn("refresh metrics", "err", err)
+		}
 		t := time.NewTicker(defaultRefreshInterval)
 		defer t.Stop()
 		for {
-			if err := metrics.Refresh(wdCtx, st, cfgs, time.Now()); err != nil && wdCtx.Err() == nil {
-				log.Warn("refresh metrics", "err", err)
-			}
+			metrics.RefreshPeriods(cfgs.Current(), time.Now())
 			select {
 			case <-wdCtx.Done():
 				return
@@ -359,6 +389,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 			case <-t.C:
 			}
 			d.reconcile(wdCtx, runner, cfgs.Current(), log)
+			if err := metrics.RefreshLeftover(wdCtx, st); err != nil && wdCtx.Err() == nil {
+				log.Warn("refresh leftover snapshot gauge", "err", err)
+			}
 		}
 	}()
 
@@ -464,6 +497,19 @@ func (d *Daemon) reload(cfgs *policy.Coordinator, boot *policy.Config, m *schedu
 	m.ConfigReloaded(true, time.Now())
 	log.Info("config reloaded", "why", why, "config_version", cfg.Version, "was", old.Version,
 		"policies", len(cfg.Policies))
+	return nil
+}
+
+// policyNamed returns cfg's policy called name, enabled or not; nil when there is none.
+func policyNamed(cfg *policy.Config, name string) *policy.Policy {
+	if cfg == nil {
+		return nil
+	}
+	for _, p := range cfg.Policies {
+		if p.Name == name {
+			return p
+		}
+	}
 	return nil
 }
 
