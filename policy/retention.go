@@ -48,11 +48,14 @@ type RetentionImage struct {
 	FailedAt time.Time
 	// WaitTimeout is the wait_timeout the image was requested under.
 	WaitTimeout time.Duration
+	// LateUntil is the end of the late window of an image failed by wait_timeout:
+	// it is still watched and may yet become good, so it is kept until then.
+	LateUntil time.Time
 }
 
 // FailedDeadline returns the instant after which a failed image may be deleted: the
 // later of (RequestedAt, or Time when that is zero, or Time when it is later) plus
-// WaitTimeout, and FailedAt, plus FailedGrace.
+// WaitTimeout, FailedAt, and LateUntil, plus FailedGrace.
 func (img RetentionImage) FailedDeadline() time.Time {
 	start := img.Time
 	if img.RequestedAt.After(start) {
@@ -61,6 +64,9 @@ func (img RetentionImage) FailedDeadline() time.Time {
 	end := start.Add(max(img.WaitTimeout, 0))
 	if img.FailedAt.After(end) {
 		end = img.FailedAt
+	}
+	if img.LateUntil.After(end) {
+		end = img.LateUntil
 	}
 	return end.Add(FailedGrace)
 }
@@ -82,6 +88,7 @@ const (
 	ReasonFuture       = "in the future"
 	ReasonInProgress   = "in progress"
 	ReasonFailedGrace  = "failed, within grace"
+	ReasonLateWatch    = "failed by wait_timeout, still watched in its late window"
 	reasonFailedPrefix = "failed: "
 )
 
@@ -337,7 +344,9 @@ func Retain(images []RetentionImage, r Retention, loc *time.Location, now time.T
 			}
 		case img.Status == RetentionFailed:
 			backing = append(backing, failedReason(img.FailReason))
-			if !now.After(img.FailedDeadline()) {
+			if now.Before(img.LateUntil) {
+				backing = append(backing, ReasonLateWatch)
+			} else if !now.After(img.FailedDeadline()) {
 				backing = append(backing, ReasonFailedGrace)
 			} else {
 				keep = false

@@ -17,12 +17,17 @@ const (
 	OutcomeMissed         = "missed"
 	OutcomeSkippedOverlap = "skipped_overlap"
 	OutcomeFailed         = "failed"
+	// OutcomeEmpty is a slot whose policy selected no server; not a success.
+	OutcomeEmpty = "empty"
 )
 
 // Label values of imagekeeper_images_created_total{result}.
 const (
 	CreateGood   = "good"
 	CreateFailed = "failed"
+	// CreateLateGood counts an image failed by wait_timeout that completed within
+	// its late window (it was counted failed before).
+	CreateLateGood = "late_good"
 )
 
 // Label values of imagekeeper_servers_skipped_total{reason}.
@@ -67,8 +72,8 @@ const (
 const labelOther = "other"
 
 var (
-	slotOutcomes  = []string{OutcomeRan, OutcomeCaughtUp, OutcomeMissed, OutcomeSkippedOverlap, OutcomeFailed}
-	createResults = []string{CreateGood, CreateFailed}
+	slotOutcomes  = []string{OutcomeRan, OutcomeCaughtUp, OutcomeMissed, OutcomeSkippedOverlap, OutcomeFailed, OutcomeEmpty}
+	createResults = []string{CreateGood, CreateFailed, CreateLateGood}
 	skipReasons   = []string{SkipErrorState, SkipBusy, SkipLocked, SkipInFlight}
 	imageDeletes  = []string{DeleteDeleted, DeleteAlreadyGone, DeleteProtected, DeleteFailed}
 	snapDeletes   = []string{DeleteDeleted, DeleteAlreadyGone, DeleteInUse, DeleteFailed}
@@ -116,10 +121,13 @@ type Metrics struct {
 	schedulePeriod   *prometheus.GaugeVec
 	serversSelected  *prometheus.GaugeVec
 	serversNoGood    *prometheus.GaugeVec
+	emptySince       *prometheus.GaugeVec
 	cloudRequests    *prometheus.CounterVec
 	cloudDuration    *prometheus.HistogramVec
 	reloadOK         prometheus.Gauge
 	reloadTime       prometheus.Gauge
+	cloudUp          prometheus.Gauge
+	foreignStamped   prometheus.Gauge
 	buildInfo        *prometheus.GaugeVec
 
 	// periods caches the schedule period per policy name, keyed by policy version,
@@ -128,6 +136,12 @@ type Metrics struct {
 	// lastOK is the last success per policy, so that an older time never
 	// overwrites a newer one.
 	lastOK map[string]time.Time
+	// emptySeeded holds the policies whose empty-selection series is known, from a
+	// slot's listing or from the store (Refresh reads the store once per policy, so
+	// that a restart does not forget a policy that has selected nothing for days).
+	emptySeeded map[string]bool
+	// emptyAt is the first slot of each policy's current run of empty slots.
+	emptyAt map[string]time.Time
 }
 
 type periodCache struct {
@@ -144,7 +158,7 @@ func (m *Metrics) policyVecs() []interface {
 	}{
 		m.slots, m.imagesCreated, m.serversSkipped, m.createDuration, m.imagesDeleted,
 		m.snapshotsDeleted, m.images, m.lastSuccess, m.nextSlot, m.newestGoodAge,
-		m.schedulePeriod, m.serversSelected, m.serversNoGood,
+		m.schedulePeriod, m.serversSelected, m.serversNoGood, m.emptySince,
 	}
 }
 
@@ -210,13 +224,16 @@ func NewMetrics(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		policies: map[string]bool{},
 		periods:  map[string]periodCache{},
 		lastOK:   map[string]time.Time{},
+
+		emptySeeded: map[string]bool{},
+		emptyAt:     map[string]time.Time{},
 		slots: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "slots_total",
-			Help: "Scheduled slots by outcome (ran, caught_up, missed, skipped_overlap, failed).",
+			Help: "Scheduled slots by outcome (ran, caught_up, missed, skipped_overlap, failed, empty).",
 		}, []string{"policy", "outcome"}),
 		imagesCreated: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "images_created_total",
-			Help: "Images requested by imagekeeper that ended good (active, all snapshots available) or failed.",
+			Help: "Images requested by imagekeeper that ended good (active, all snapshots available), failed, or late_good (failed at wait_timeout, completed later).",
 		}, []string{"policy", "result"}),
 		serversSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "servers_skipped_total",
@@ -266,6 +283,10 @@ func NewMetrics(reg prometheus.Registerer, build BuildInfo) *Metrics {
 			Namespace: ns, Name: "servers_without_good_image",
 			Help: "Live servers of the policy that have no good image.",
 		}, []string{"policy"}),
+		emptySince: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Name: "selection_empty_since_timestamp_seconds",
+			Help: "Unix time of the first slot of the policy's current run of slots that selected no server; absent while its latest slot selected one.",
+		}, []string{"policy"}),
 		cloudRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "cloud_requests_total",
 			Help: "Requests to the cloud API by service, operation and HTTP status (code=\"error\": no response).",
@@ -283,6 +304,14 @@ func NewMetrics(reg prometheus.Registerer, build BuildInfo) *Metrics {
 			Namespace: ns, Name: "config_last_reload_success_timestamp_seconds",
 			Help: "Unix time of the last successful configuration load or reload.",
 		}),
+		cloudUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Name: "cloud_up",
+			Help: "Whether the cloud answered imagekeeper's last request (1), or it got no answer, a 5xx or a 401, or the daemon has not authenticated yet (0).",
+		}),
+		foreignStamped: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Name: "foreign_stamped_images",
+			Help: "Images in the cloud stamped with one of the config's policy names but another owner id (a lost lineage: see imagekeeper recover).",
+		}),
 		buildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: ns, Name: "build_info",
 			Help: "A metric with a constant '1' value labelled by the build's version, revision and Go version.",
@@ -290,8 +319,8 @@ func NewMetrics(reg prometheus.Registerer, build BuildInfo) *Metrics {
 	}
 	reg.MustRegister(m.slots, m.imagesCreated, m.serversSkipped, m.createDuration, m.imagesDeleted,
 		m.snapshotsDeleted, m.images, m.leftover, m.lastSuccess, m.nextSlot, m.newestGoodAge,
-		m.schedulePeriod, m.serversSelected, m.serversNoGood, m.cloudRequests, m.cloudDuration,
-		m.reloadOK, m.reloadTime, m.buildInfo)
+		m.schedulePeriod, m.serversSelected, m.serversNoGood, m.emptySince, m.cloudRequests, m.cloudDuration,
+		m.reloadOK, m.reloadTime, m.cloudUp, m.foreignStamped, m.buildInfo)
 	if build.GoVersion == "" {
 		build.GoVersion = runtime.Version()
 	}
@@ -366,6 +395,8 @@ func (m *Metrics) RemovePolicy(policy string) {
 	m.policies[policy] = false
 	delete(m.periods, policy)
 	delete(m.lastOK, policy)
+	delete(m.emptySeeded, policy)
+	delete(m.emptyAt, policy)
 	for _, v := range m.policyVecs() {
 		v.DeletePartialMatch(prometheus.Labels{"policy": policy})
 	}
@@ -421,6 +452,34 @@ func (m *Metrics) ServersSelected(policy string, n int) {
 	m.withPolicy(policy, func() {
 		m.serversSelected.WithLabelValues(policy).Set(float64(n))
 	})
+}
+
+// SelectionEmpty records whether the policy's slot at slot selected no server. The
+// series keeps the first slot of a run of empty ones, so that an alert can compare
+// its age with the schedule period; a slot that selects a server removes it.
+func (m *Metrics) SelectionEmpty(policy string, slot time.Time, empty bool) {
+	m.withPolicy(policy, func() {
+		m.setEmptyLocked(policy, slot, empty, false)
+	})
+}
+
+// setEmptyLocked sets the empty-selection series; seed (from the store) never
+// overrides what a listing already said.
+func (m *Metrics) setEmptyLocked(policy string, since time.Time, empty, seed bool) {
+	if seed && m.emptySeeded[policy] {
+		return
+	}
+	m.emptySeeded[policy] = true
+	if !empty || since.IsZero() {
+		delete(m.emptyAt, policy)
+		m.emptySince.DeleteLabelValues(policy)
+		return
+	}
+	if _, running := m.emptyAt[policy]; running {
+		return // keep the start of the run
+	}
+	m.emptyAt[policy] = since
+	m.emptySince.WithLabelValues(policy).Set(unixSeconds(since))
 }
 
 // ImageDeleted counts one image deletion attempt by result (deleted, already_gone,
@@ -494,6 +553,27 @@ func (m *Metrics) ConfigReloaded(ok bool, t time.Time) {
 	}
 	m.reloadOK.Set(1)
 	m.reloadTime.Set(unixSeconds(t))
+}
+
+// SetCloudUp records whether the cloud answers (see imagekeeper_cloud_up).
+func (m *Metrics) SetCloudUp(up bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.cloudUp.Set(v)
+}
+
+// SetForeignStamped records how many images carry one of our policy names with
+// another owner id (see Runner.ForeignStamps).
+func (m *Metrics) SetForeignStamped(n int) {
+	if m == nil {
+		return
+	}
+	m.foreignStamped.Set(float64(n))
 }
 
 func unixSeconds(t time.Time) float64 {

@@ -171,6 +171,16 @@ func (m *Metrics) refreshPolicy(ctx context.Context, st *store.Store, p *policy.
 		// scrape time from this timestamp.
 		m.newestGoodAge.set(p.Name, oldest)
 	})
+	// The empty-selection series survives a restart: read once from the
+	// lineage, then kept by each slot's listing.
+	if !m.emptyKnown(p.Name) {
+		since, err := st.EmptySince(ctx, p.Name)
+		if err != nil {
+			errs = append(errs, err)
+		} else {
+			m.withPolicy(p.Name, func() { m.setEmptyLocked(p.Name, since, !since.IsZero(), true) })
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -188,4 +198,11 @@ func (m *Metrics) refreshPeriod(p *policy.Policy, now time.Time) {
 	m.periods[p.Name] = periodCache{version: p.Version, at: now}
 	m.mu.Unlock()
 	m.setSchedulePeriod(p.Name, d)
+}
+
+// emptyKnown reports whether the policy's empty-selection series is already known.
+func (m *Metrics) emptyKnown(policy string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.emptySeeded[policy]
 }

@@ -123,12 +123,14 @@ imagekeeper_images{policy="web",state="deleting"} 0
 imagekeeper_images{policy="web",state="failed"} 0
 imagekeeper_images{policy="web",state="good"} 5
 imagekeeper_images{policy="web",state="kept_protected"} 0
-# HELP imagekeeper_images_created_total Images requested by imagekeeper that ended good (active, all snapshots available) or failed.
+# HELP imagekeeper_images_created_total Images requested by imagekeeper that ended good (active, all snapshots available), failed, or late_good (failed at wait_timeout, completed later).
 # TYPE imagekeeper_images_created_total counter
 imagekeeper_images_created_total{policy="idle",result="failed"} 0
 imagekeeper_images_created_total{policy="idle",result="good"} 0
+imagekeeper_images_created_total{policy="idle",result="late_good"} 0
 imagekeeper_images_created_total{policy="web",result="failed"} 0
 imagekeeper_images_created_total{policy="web",result="good"} 9
+imagekeeper_images_created_total{policy="web",result="late_good"} 0
 # HELP imagekeeper_images_deleted_total Image deletions by result (deleted, already_gone, protected, failed).
 # TYPE imagekeeper_images_deleted_total counter
 imagekeeper_images_deleted_total{policy="idle",result="already_gone"} 0
@@ -159,10 +161,12 @@ imagekeeper_servers_skipped_total{policy="web",reason="locked"} 0
 # TYPE imagekeeper_servers_without_good_image gauge
 imagekeeper_servers_without_good_image{policy="idle"} 0
 imagekeeper_servers_without_good_image{policy="web"} 1
-# HELP imagekeeper_slots_total Scheduled slots by outcome (ran, caught_up, missed, skipped_overlap, failed).
+# HELP imagekeeper_slots_total Scheduled slots by outcome (ran, caught_up, missed, skipped_overlap, failed, empty).
 # TYPE imagekeeper_slots_total counter
 imagekeeper_slots_total{outcome="caught_up",policy="idle"} 0
+imagekeeper_slots_total{outcome="empty",policy="idle"} 0
 imagekeeper_slots_total{outcome="caught_up",policy="web"} 0
+imagekeeper_slots_total{outcome="empty",policy="web"} 0
 imagekeeper_slots_total{outcome="failed",policy="idle"} 0
 imagekeeper_slots_total{outcome="failed",policy="web"} 0
 imagekeeper_slots_total{outcome="missed",policy="idle"} 0

@@ -93,10 +93,11 @@ imagekeeper_image_create_duration_seconds_bucket{policy="web",le="21600"} 2
 imagekeeper_image_create_duration_seconds_bucket{policy="web",le="+Inf"} 2
 imagekeeper_image_create_duration_seconds_sum{policy="web"} 7290
 imagekeeper_image_create_duration_seconds_count{policy="web"} 2
-# HELP imagekeeper_images_created_total Images requested by imagekeeper that ended good (active, all snapshots available) or failed.
+# HELP imagekeeper_images_created_total Images requested by imagekeeper that ended good (active, all snapshots available), failed, or late_good (failed at wait_timeout, completed later).
 # TYPE imagekeeper_images_created_total counter
 imagekeeper_images_created_total{policy="web",result="failed"} 1
 imagekeeper_images_created_total{policy="web",result="good"} 2
+imagekeeper_images_created_total{policy="web",result="late_good"} 0
 # HELP imagekeeper_images_deleted_total Image deletions by result (deleted, already_gone, protected, failed).
 # TYPE imagekeeper_images_deleted_total counter
 imagekeeper_images_deleted_total{policy="web",result="already_gone"} 0
@@ -118,9 +119,10 @@ imagekeeper_servers_skipped_total{policy="web",reason="busy"} 0
 imagekeeper_servers_skipped_total{policy="web",reason="error_state"} 1
 imagekeeper_servers_skipped_total{policy="web",reason="in_flight"} 0
 imagekeeper_servers_skipped_total{policy="web",reason="locked"} 0
-# HELP imagekeeper_slots_total Scheduled slots by outcome (ran, caught_up, missed, skipped_overlap, failed).
+# HELP imagekeeper_slots_total Scheduled slots by outcome (ran, caught_up, missed, skipped_overlap, failed, empty).
 # TYPE imagekeeper_slots_total counter
 imagekeeper_slots_total{outcome="caught_up",policy="web"} 0
+imagekeeper_slots_total{outcome="empty",policy="web"} 0
 imagekeeper_slots_total{outcome="failed",policy="web"} 0
 imagekeeper_slots_total{outcome="missed",policy="web"} 0
 imagekeeper_slots_total{outcome="other",policy="web"} 1

@@ -438,7 +438,7 @@ func (pr *pruner) decideServer(rows []store.LineageRow, gone bool) (items []Prun
 		key := retentionKey(row)
 		byKey[key] = i
 		input = append(input, policy.RetentionImage{ID: key, Time: row.Slot, Status: st, FailReason: row.Reason,
-			RequestedAt: row.RequestedAt, FailedAt: row.FailedAt, WaitTimeout: wait})
+			RequestedAt: row.RequestedAt, FailedAt: row.FailedAt, LateUntil: row.LateUntil, WaitTimeout: wait})
 	}
 	decisions := policy.Retain(input, ret, loc, pr.now)
 	minKeep := max(ret.MinKeep, 1)
@@ -570,6 +570,9 @@ func (pr *pruner) inspect(ctx context.Context, row store.LineageRow) inspection 
 	// Guard rail: the image in Glance must carry our stamp for this very row.
 	if why := pr.stampMismatch(row, img); why != "" {
 		return inspection{img: img, refuse: why}
+	}
+	if stillMaking(row, img) {
+		return inspection{img: img, retry: fmt.Sprintf("Glance still shows the image %s: it may yet complete", img.Status)}
 	}
 	return inspection{img: img, protected: img.Protected}
 }
@@ -821,6 +824,13 @@ func (pr *pruner) deleteImage(ctx context.Context, it *PruneItem, row store.Line
 	it.Action, it.NextAttempt = PruneDeleted, time.Time{}
 	log.Info("image deleted", "snapshots", len(snaps))
 	return nil
+}
+
+// stillMaking reports an image of a failed row that Glance still shows being
+// made: the failure was a verdict of our clock, not of the cloud, and the image may
+// yet become a complete backup. Retention never deletes it then.
+func stillMaking(row store.LineageRow, img cloud.Image) bool {
+	return row.State == store.ImageFailed && (img.Status == cloud.ImageQueued || img.Status == cloud.ImageSaving)
 }
 
 // stampMismatch says why img's stamp does not prove it is this row's image, or "".

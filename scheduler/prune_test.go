@@ -82,10 +82,19 @@ type pruneHarness struct {
 }
 
 func newPruneHarness(t *testing.T, retention string) *pruneHarness {
+	return newPruneHarnessWith(t, retention, nil)
+}
+
+// newPruneHarnessWith is newPruneHarness with the simulator's options changed by mod.
+func newPruneHarnessWith(t *testing.T, retention string, mod func(*simcloud.Options)) *pruneHarness {
 	t.Helper()
 	clock := &pruneClock{t: time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)}
-	sim := simcloud.New(simcloud.Options{Seed: 7, Now: clock.Now, ImageBuildTime: 2 * time.Minute,
-		SnapshotBuildTime: time.Minute, SnapshotDeleteTime: 30 * time.Second, TokenTTL: 1000 * time.Hour})
+	so := simcloud.Options{Seed: 7, Now: clock.Now, ImageBuildTime: 2 * time.Minute,
+		SnapshotBuildTime: time.Minute, SnapshotDeleteTime: 30 * time.Second, TokenTTL: 1000 * time.Hour}
+	if mod != nil {
+		mod(&so)
+	}
+	sim := simcloud.New(so)
 	if err := sim.Start("127.0.0.1:0"); err != nil {
 		t.Fatalf("start simulator: %v", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/imagekeeper/imagekeeper/cloud"
@@ -32,13 +33,18 @@ const (
 	// DriftLeftover: a volume snapshot of ours whose image is gone. Deleted always
 	// when the image row is recorded deleted, otherwise with fix.
 	DriftLeftover DriftCategory = "leftover_snapshot"
-	// DriftHollow: an image of ours whose volume snapshots are gone: it cannot boot.
-	// Reported.
+	// DriftHollow: a good image of ours with a volume snapshot gone or in error: it
+	// cannot boot. The row always becomes failed (hollow), fix or not, and its
+	// snapshots' lineage states say what Cinder says; retention then deletes it like
+	// any failed image after the grace.
 	DriftHollow DriftCategory = "hollow_image"
+	// DriftLateGood: a row failed by wait_timeout whose image Glance shows active with
+	// every volume snapshot available. It is always promoted to good (image_late_good).
+	DriftLateGood DriftCategory = "late_good"
 )
 
 // DriftCategories lists the categories in report order.
-var DriftCategories = []DriftCategory{DriftUnknown, DriftInherited, DriftGone, DriftLeftover, DriftHollow}
+var DriftCategories = []DriftCategory{DriftUnknown, DriftInherited, DriftGone, DriftLeftover, DriftHollow, DriftLateGood}
 
 // DriftFinding is one difference.
 type DriftFinding struct {
@@ -165,20 +171,47 @@ func (r *Runner) Reconcile(ctx context.Context, cfg *policy.Config, fix bool) (*
 
 	// 1. Stamped images the lineage does not know, and hollow images it does.
 	sort.Slice(images, func(i, j int) bool { return images[i].ID < images[j].ID })
+	hollow := map[int]hollowFix{} // finding index -> what to record
+	late := map[int]cloud.Image{} // finding index -> the image Glance shows complete
 	for _, im := range images {
 		if row, ok := byID[im.ID]; ok {
+			if row.State == store.ImageFailed && row.Failure == store.FailureTimeout && im.Status == cloud.ImageActive {
+				complete := true
+				for _, ref := range im.Snapshots {
+					if cs, ok := snapInCloud[ref.SnapshotID]; !ok || cs.Status != cloud.SnapshotAvailable {
+						complete = false
+					}
+				}
+				if complete {
+					late[len(rep.Findings)] = im
+					add(DriftFinding{Category: DriftLateGood, Policy: row.Policy, ServerID: row.ServerID, ImageID: im.ID, ImageRow: row.Row,
+						Detail: fmt.Sprintf("failed by wait_timeout, now active with %d volume snapshots available", len(im.Snapshots))})
+				}
+				continue
+			}
 			if row.State != store.ImageGood && row.State != store.ImageKeptProtected {
 				continue
 			}
-			var missing []string
+			var bad []string
+			fx := hollowFix{states: map[string]string{}}
 			for _, ref := range im.Snapshots {
-				if _, ok := snapInCloud[ref.SnapshotID]; !ok {
-					missing = append(missing, ref.SnapshotID)
+				cs, ok := snapInCloud[ref.SnapshotID]
+				switch {
+				case !ok:
+					bad = append(bad, ref.SnapshotID+" gone")
+					fx.states[ref.SnapshotID] = ""
+				case cs.Status == cloud.SnapshotError || cs.Status == cloud.SnapshotErrorDeleting || cs.Status == cloud.SnapshotDeleting:
+					bad = append(bad, ref.SnapshotID+" "+cs.Status)
+					fx.states[ref.SnapshotID] = cs.Status
 				}
 			}
-			if len(missing) > 0 {
+			if len(bad) > 0 {
+				fx.detail = fmt.Sprintf("%d of %d volume snapshots not available: %s", len(bad), len(im.Snapshots), strings.Join(bad, ", "))
+				if row.State == store.ImageGood {
+					hollow[len(rep.Findings)] = fx
+				}
 				add(DriftFinding{Category: DriftHollow, Policy: row.Policy, ServerID: row.ServerID, ImageID: im.ID, ImageRow: row.Row,
-					Detail: fmt.Sprintf("%d of %d volume snapshots gone: %v", len(missing), len(im.Snapshots), missing)})
+					Detail: fx.detail})
 			}
 			continue
 		}
@@ -267,6 +300,32 @@ func (r *Runner) Reconcile(ctx context.Context, cfg *policy.Config, fix bool) (*
 		switch {
 		case always[i]:
 			f.Action = r.deleteLeftover(ctx, cl, f)
+		case hollow[i].detail != "":
+			// Always, like a gone image: a good row that cannot boot would count towards
+			// min_keep and the keep rules in place of a real backup.
+			err := r.withPolicyLock(ctx, f.Policy, func() error { return r.markHollow(bctx, f.ImageRow, hollow[i]) })
+			f.Action = actionOf(err, "marked failed (hollow)")
+		case f.Category == DriftLateGood:
+			var promoted bool
+			err := r.withPolicyLock(ctx, f.Policy, func() error {
+				cur, err := st.Image(ctx, f.ImageRow)
+				if err != nil {
+					return err
+				}
+				if cur.State != store.ImageFailed || cur.Failure != store.FailureTimeout {
+					return nil
+				}
+				if _, err := r.promoteLate(ctx, cur.Policy, cur.Slot, []store.Image{cur}, []cloud.Image{late[i]}); err != nil {
+					return err
+				}
+				now, err := st.Image(ctx, f.ImageRow)
+				promoted = err == nil && now.State == store.ImageGood
+				return err
+			})
+			f.Action = actionOf(err, "promoted to good")
+			if err == nil && !promoted {
+				f.Action = "not promoted: a volume snapshot is not available yet"
+			}
 		case f.Category == DriftGone:
 			// Marking is always safe (it deletes nothing) and always needed: a row
 			// that says good for an image Glance no longer has would count towards
@@ -307,6 +366,34 @@ func (r *Runner) Reconcile(ctx context.Context, cfg *policy.Config, fix bool) (*
 	})
 	rep.Finished = st.Now()
 	return rep, nil
+}
+
+// hollowFix is what reconcile records of a hollow image: each bad snapshot's Cinder
+// status ("" when gone) and the finding's detail.
+type hollowFix struct {
+	states map[string]string
+	detail string
+}
+
+// markHollow records the real state of each bad snapshot of a good row, so that
+// `why` shows it, and marks the row failed (hollow).
+func (r *Runner) markHollow(ctx context.Context, row int64, fx hollowFix) error {
+	ids := make([]string, 0, len(fx.states))
+	for id := range fx.states {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		u := store.SnapshotUpdate{State: store.SnapshotMissing, Reason: "gone from Cinder (found by reconcile)"}
+		if st := fx.states[id]; st != "" {
+			u = store.SnapshotUpdate{State: store.SnapshotError, Reason: "Cinder says " + st + " (found by reconcile)"}
+		}
+		if _, err := r.store.UpdateSnapshot(ctx, id, u); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+	}
+	_, err := r.store.MarkHollow(ctx, row, fx.detail)
+	return err
 }
 
 func categoryIndex(c DriftCategory) int {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -78,7 +79,7 @@ type SlotReport struct {
 	Slot     time.Time
 	SlotID   int64
 	Trigger  Trigger
-	Outcome  string // ran, caught_up or failed
+	Outcome  string // ran, caught_up, empty or failed
 	Reason   string
 	Started  time.Time
 	Finished time.Time
@@ -90,9 +91,9 @@ type SlotReport struct {
 }
 
 // OK reports whether every selected server got a good image or was skipped for a
-// recorded reason.
+// recorded reason. A slot that selected nothing is not OK: it protected nothing.
 func (r *SlotReport) OK() bool {
-	if r == nil || r.Outcome == store.OutcomeFailed {
+	if r == nil || r.Outcome == store.OutcomeFailed || r.Outcome == store.OutcomeEmpty {
 		return false
 	}
 	for _, s := range r.Servers {
@@ -175,6 +176,8 @@ type Runner struct {
 
 	mu      sync.Mutex
 	waiting map[int64]bool // image rows a wait of this Runner is watching
+	// lateWake wakes WatchLate when an image enters its late window.
+	lateWake chan struct{}
 }
 
 // NewRunner returns a Runner.
@@ -201,13 +204,14 @@ func NewRunner(opts RunnerOptions) *Runner {
 		opts.DefaultWaitTimeout = DefaultWaitTimeout
 	}
 	r := &Runner{
-		opts:    opts,
-		store:   opts.Store,
-		log:     opts.Logger,
-		metrics: opts.Metrics,
-		now:     opts.Now,
-		sleep:   opts.Sleep,
-		waiting: map[int64]bool{},
+		opts:     opts,
+		store:    opts.Store,
+		log:      opts.Logger,
+		metrics:  opts.Metrics,
+		now:      opts.Now,
+		sleep:    opts.Sleep,
+		waiting:  map[int64]bool{},
+		lateWake: make(chan struct{}, 1),
 	}
 	r.bucket = newTokenBucket(opts.Limits.RequestsPerSecond, r.now, r.sleep)
 	r.workers = newSemaphore(concurrency(opts.Limits))
@@ -279,6 +283,8 @@ type run struct {
 	claimed  []store.Image
 	done     int
 	total    int
+	// left lists the servers with good images that left the selection in this slot.
+	left []string
 }
 
 // RunSlot runs one slot of policy p, taken from the config of version cfgVersion:
@@ -363,8 +369,16 @@ func (r *Runner) runSlot(ctx context.Context, cfgVersion string, p *policy.Polic
 	switch {
 	case runErr != nil:
 		rep.Outcome, rep.Reason = store.OutcomeFailed, runErr.Error()
+	case rep.Counts.Selected == 0:
+		// Not a success: nothing failed, but nothing is protected either.
+		rep.Outcome = store.OutcomeEmpty
+		rep.Reason = "selected no server (select: " + DescribeSelector(CloudSelector(p.Select)) + ")"
 	case rep.Counts.Failed > 0:
 		rep.Reason = fmt.Sprintf("%d of %d images failed", rep.Counts.Failed, rep.Counts.Selected)
+	}
+	if len(ru.left) > 0 && runErr == nil {
+		note := fmt.Sprintf("%d server(s) with good images left the selection: %s", len(ru.left), strings.Join(ru.left, ", "))
+		rep.Reason = strings.TrimPrefix(rep.Reason+"; "+note, "; ")
 	}
 	rep.CloudCalls = ru.calls.total.Load()
 	rep.Finished = r.now()
@@ -402,6 +416,11 @@ func (r *Runner) runSlot(ctx context.Context, cfgVersion string, p *policy.Polic
 // where no daemon runs: retention counts them neither as backups nor as garbage.
 // Every such row is past its deadline, so one poll per slot settles it.
 func (r *Runner) settleStale(ctx context.Context, p *policy.Policy, current time.Time) {
+	// Images of this policy in their late window get one look too, so that they are
+	// promoted where no daemon runs WatchLate (runs from the CLI).
+	if _, err := r.checkLate(ctx, p.Name); err != nil {
+		r.log.Warn("look at images in their late window", "policy", p.Name, "err", err)
+	}
 	rows, err := r.store.Images(ctx, store.ImageFilter{Policy: p.Name,
 		States: []store.ImageState{store.ImageRequested, store.ImageCreating}})
 	if err != nil {
@@ -427,7 +446,7 @@ func (r *Runner) settleStale(ctx context.Context, p *policy.Policy, current time
 		bySlot[im.Slot] = append(bySlot[im.Slot], im)
 	}
 	for _, sl := range slots {
-		sc := waitScope{policy: p.Name, slot: sl, timeout: timeout, cloud: r.Cloud(), pollFirst: true,
+		sc := waitScope{policy: p.Name, slot: sl, timeout: timeout, p: p, cloud: r.Cloud(), pollFirst: true,
 			log: r.log.With("policy", p.Name, "slot", StampSlot(sl))}
 		sc.log.Info("settling images left in progress by an earlier run", "images", len(bySlot[sl]))
 		if err := r.wait(ctx, sc, bySlot[sl]); err != nil {
@@ -471,6 +490,12 @@ func (ru *run) execute(ctx context.Context) error {
 	sort.Slice(selected, func(i, j int) bool { return selected[i].ID < selected[j].ID })
 	ru.total = len(selected)
 	r.metrics.ServersSelected(p.Name, len(selected))
+	r.metrics.SelectionEmpty(p.Name, ru.slot, len(selected) == 0)
+	if len(selected) == 0 {
+		ru.log.Warn("the policy selected no server: this slot protects nothing; check its select: and the servers' tags",
+			"select", DescribeSelector(sel))
+	}
+	ru.noteLeavers(ctx, selected)
 	ru.progress(ServerResult{})
 
 	existing, err := r.store.Images(ctx, store.ImageFilter{Policy: p.Name, Slot: ru.slot})
@@ -520,6 +545,72 @@ func (ru *run) execute(ctx context.Context) error {
 		}
 	}
 	return firstErr
+}
+
+// noteLeavers reports, once, every server that has good images of the policy, was
+// selected by the policy's previous slot and is not selected now: a retagged or
+// moved server silently stops being backed up otherwise. The next slot compares
+// with this one, where the server is no longer live, so it is not said again.
+func (ru *run) noteLeavers(ctx context.Context, selected []cloud.Server) {
+	r, p := ru.r, ru.p
+	recent, err := r.store.Slots(ctx, store.SlotFilter{Policy: p.Name, Limit: 20})
+	if err != nil {
+		ru.log.Warn("look for servers that left the selection", "err", err)
+		return
+	}
+	prevEmpty := true
+	for _, sl := range recent {
+		if sl.Slot.Equal(ru.slot) {
+			continue
+		}
+		if sl.Outcome == store.OutcomeRan || sl.Outcome == store.OutcomeCaughtUp || sl.Outcome == store.OutcomeEmpty ||
+			(sl.Outcome == store.OutcomeFailed && sl.Counts.Selected > 0) {
+			prevEmpty = sl.Outcome == store.OutcomeEmpty
+			break
+		}
+	}
+	if prevEmpty {
+		return // no previous selection, or it was empty and said so
+	}
+	live, err := r.store.NewestGoodPerServer(ctx, p.Name)
+	if err != nil {
+		ru.log.Warn("look for servers that left the selection", "err", err)
+		return
+	}
+	now := make(map[string]bool, len(selected))
+	for _, s := range selected {
+		now[s.ID] = true
+	}
+	for _, rp := range live {
+		if rp.NewestGood.IsZero() || now[rp.ServerID] {
+			continue
+		}
+		ru.left = append(ru.left, rp.ServerID)
+		msg := "server " + rp.ServerID + " has good images but is no longer selected (select: " +
+			DescribeSelector(CloudSelector(p.Select)) + "); it gets no new images; newest good image requested " +
+			rp.NewestGood.UTC().Format(time.RFC3339)
+		ru.log.Warn("a server with good images left the policy's selection", "server_id", rp.ServerID,
+			"newest_good", rp.NewestGood.UTC().Format(time.RFC3339), "select", DescribeSelector(CloudSelector(p.Select)))
+		ru.event(ctx, store.Event{Kind: store.EventServerLeft, ServerID: rp.ServerID, Message: msg})
+	}
+}
+
+// DescribeSelector words a selector for logs and reasons, e.g.
+// "tags=[backup=daily] exclude_tags=[nobackup]"; "every server" when it filters nothing.
+func DescribeSelector(s cloud.Selector) string {
+	var parts []string
+	for _, f := range []struct {
+		name string
+		vals []string
+	}{{"tags", s.Tags}, {"tags_any", s.TagsAny}, {"exclude_tags", s.ExcludeTags}, {"availability_zones", s.AvailabilityZones}} {
+		if len(f.vals) > 0 {
+			parts = append(parts, f.name+"=["+strings.Join(f.vals, ", ")+"]")
+		}
+	}
+	if len(parts) == 0 {
+		return "every server"
+	}
+	return strings.Join(parts, " ")
 }
 
 // errAbandoned marks a server whose work a test hook stopped, as a crash would.
@@ -928,7 +1019,7 @@ func (ru *run) sortedResults() []ServerResult {
 // waitScope is the run's part of a wait: its slot, cloud, timeout and result sink.
 func (ru *run) waitScope() waitScope {
 	return waitScope{
-		policy: ru.p.Name, slot: ru.slot, timeout: ru.timeout, cloud: ru.cloud, log: ru.log,
+		policy: ru.p.Name, slot: ru.slot, timeout: ru.timeout, p: ru.p, cloud: ru.cloud, log: ru.log,
 		done: func(im store.Image, outcome ServerOutcome, reason string, d time.Duration) {
 			ru.finish(ServerResult{ServerID: im.ServerID, ServerName: im.ServerName, Outcome: outcome, Reason: reason,
 				ImageID: im.ImageID, ImageRow: im.Row, Adopted: im.Adopted, Duration: d})

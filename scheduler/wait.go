@@ -21,8 +21,11 @@ type waitScope struct {
 	policy  string
 	slot    time.Time
 	timeout time.Duration
-	cloud   cloud.Cloud
-	log     *slog.Logger
+	// p is the policy, for the late window of an image that times out; nil for a
+	// policy no longer in the config (MinLateWindow applies).
+	p     *policy.Policy
+	cloud cloud.Cloud
+	log   *slog.Logger
 	// done receives each image's final outcome (good or failed).
 	done func(im store.Image, outcome ServerOutcome, reason string, d time.Duration)
 	// pollFirst polls before the first sleep (a resumed wait: the images may be long
@@ -187,7 +190,7 @@ func (r *Runner) check(ctx context.Context, sc waitScope, it *waitItem, listed [
 			return true, r.fail(bctx, sc, it, fmt.Sprintf("image %s vanished while waiting (Glance 404): Nova deletes the image when the snapshot fails", it.row.ImageID))
 		case err != nil:
 			if late {
-				return true, r.fail(bctx, sc, it, fmt.Sprintf("not confirmed good within wait_timeout %s: %s", sc.timeout, cloud.Reason(err)))
+				return true, r.timedOut(bctx, sc, it, fmt.Sprintf("not confirmed good within wait_timeout %s: %s", sc.timeout, cloud.Reason(err)))
 			}
 			return false, nil
 		}
@@ -251,7 +254,7 @@ func (r *Runner) check(ctx context.Context, sc waitScope, it *waitItem, listed [
 		if len(img.Snapshots) > 0 {
 			msg += fmt.Sprintf(", %d of %d volume snapshots available", avail, len(img.Snapshots))
 		}
-		return true, r.fail(bctx, sc, it, msg)
+		return true, r.timedOut(bctx, sc, it, msg)
 	}
 	return false, nil
 }
@@ -328,6 +331,26 @@ func (r *Runner) fail(ctx context.Context, sc waitScope, it *waitItem, reason st
 	return nil
 }
 
+// timedOut marks a waited-for row failed by wait_timeout: the slot reports it failed
+// (alerts fire), and the late watch keeps looking at the image until its late window
+// closes, promoting it to good if it completes.
+func (r *Runner) timedOut(ctx context.Context, sc waitScope, it *waitItem, reason string) error {
+	until := lateUntil(sc.p, it.row, sc.timeout)
+	row, err := r.store.MarkTimedOut(ctx, it.row.Row, reason, until)
+	if err != nil {
+		return err
+	}
+	it.row = row
+	r.metrics.ImageCreated(sc.policy, CreateFailed, 0)
+	sc.log.Warn("image failed: not good within wait_timeout; watched until its late window closes", "server_id", row.ServerID,
+		"image_id", row.ImageID, "reason", reason, "late_until", until.Format(time.RFC3339))
+	if sc.done != nil {
+		sc.done(row, ServerFailed, reason, r.store.Now().Sub(row.RequestedAt))
+	}
+	r.wakeLate()
+	return nil
+}
+
 // ResumeWaits picks up the images a previous process left creating (or requested,
 // with an unknown outcome) and waits for them, in batches by (policy, slot). Each
 // batch takes its policy's wait_timeout from the config in force when it starts; a
@@ -358,7 +381,7 @@ func (r *Runner) ResumeWaits(ctx context.Context, cfgs *policy.Coordinator) erro
 	for i, k := range keys {
 		p := findPolicy(cfgs.Current(), k.policy)
 		sc := waitScope{
-			policy: k.policy, slot: k.slot, timeout: r.waitTimeout(p), cloud: r.Cloud(), pollFirst: true,
+			policy: k.policy, slot: k.slot, timeout: r.waitTimeout(p), p: p, cloud: r.Cloud(), pollFirst: true,
 			log: r.log.With("policy", k.policy, "slot", StampSlot(k.slot)),
 		}
 		sc.log.Info("resuming wait", "images", len(groups[k]))

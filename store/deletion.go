@@ -43,6 +43,9 @@ type LineageRow struct {
 	ActiveAt      time.Time
 	FailedAt      time.Time
 	NextAttemptAt time.Time
+	// Failure and LateUntil are as in Image.
+	Failure   Failure
+	LateUntil time.Time
 }
 
 // Lineage returns the rows f selects, lean, ordered by policy, server, slot and row.
@@ -59,8 +62,8 @@ func (s *Store) scanLineage(ctx context.Context, out []LineageRow, q string, arg
 		return out, fmt.Errorf("list lineage: %w", err)
 	}
 	defer rows.Close()
-	var imageID, slot, requested, active, failed, next sql.NullString
-	var state string
+	var imageID, slot, requested, active, failed, next, late sql.NullString
+	var state, failure string
 	intern := map[string]string{}
 	in := func(s string) string {
 		if v, ok := intern[s]; ok {
@@ -73,16 +76,18 @@ func (s *Store) scanLineage(ctx context.Context, out []LineageRow, q string, arg
 		out = append(out, LineageRow{})
 		r := &out[len(out)-1]
 		if err := rows.Scan(&r.Row, &imageID, &r.Name, &r.Policy, &r.ServerID, &r.ServerName, &r.VolumeBacked, &slot,
-			&r.Owner, &state, &r.Reason, &r.DeleteReason, &requested, &active, &failed, &next); err != nil {
+			&r.Owner, &state, &r.Reason, &r.DeleteReason, &requested, &active, &failed, &next, &failure, &late); err != nil {
 			return out[:len(out)-1], fmt.Errorf("scan lineage: %w", err)
 		}
-		r.ImageID, r.State = imageID.String, ImageState(in(state))
+		r.ImageID, r.State, r.Failure = imageID.String, ImageState(in(state)), Failure(failure)
 		r.Policy, r.Owner = in(r.Policy), in(r.Owner)
 		if r.Slot, err = parseLean(slot); err == nil {
 			if r.RequestedAt, err = parseLean(requested); err == nil {
 				if r.ActiveAt, err = parseLean(active); err == nil {
 					if r.FailedAt, err = parseLean(failed); err == nil {
-						r.NextAttemptAt, err = parseLean(next)
+						if r.NextAttemptAt, err = parseLean(next); err == nil {
+							r.LateUntil, err = parseLean(late)
+						}
 					}
 				}
 			}
@@ -132,7 +137,7 @@ func (s *Store) AppendLineage(ctx context.Context, dst []LineageRow, policy stri
 	args = append(args, policy)
 	q := strings.Builder{}
 	q.WriteString(`SELECT id, image_id, name, policy, server_id, server_name, volume_backed, slot, owner, state, reason,
-		delete_reason, requested_at, active_at, failed_at, next_attempt_at FROM images WHERE policy = ? AND server_id IN (`)
+		delete_reason, requested_at, active_at, failed_at, next_attempt_at, failure, late_until FROM images WHERE policy = ? AND server_id IN (`)
 	for i, id := range serverIDs {
 		if i > 0 {
 			q.WriteString(", ")
@@ -413,7 +418,7 @@ var liveLineageQuery = `SELECT ` + leanColumns + ` FROM images WHERE state IN (`
 
 // leanColumns are the columns of a LineageRow, in scanLineage's order.
 const leanColumns = `id, image_id, name, policy, server_id, server_name, volume_backed, slot, owner, state, reason,
-	delete_reason, requested_at, active_at, failed_at, next_attempt_at`
+	delete_reason, requested_at, active_at, failed_at, next_attempt_at, failure, late_until`
 
 // LineageByImageIDs returns the rows (in any state) of the given Glance image ids
 // that the lineage has, looked up on the image_id index a batch at a time.

@@ -21,11 +21,20 @@ const (
 	EventImageCreating  = "image_creating"
 	EventImageAdopted   = "image_adopted"
 	EventImageGood      = "image_good"
-	EventImageFailed    = "image_failed"
-	EventImageNote      = "image_note"
-	EventIntentDropped  = "intent_dropped"
-	EventSnapshotState  = "snapshot_state"
-	EventSnapshotAdded  = "snapshot_added"
+	// EventImageLateGood: an image failed by wait_timeout completed within its late
+	// window (or reconcile found it complete) and is good after all.
+	EventImageLateGood = "image_late_good"
+	// EventImageHollow: a good image lost a volume snapshot and is failed (hollow).
+	EventImageHollow   = "image_hollow"
+	EventImageFailed   = "image_failed"
+	EventImageNote     = "image_note"
+	EventIntentDropped = "intent_dropped"
+	EventSnapshotState = "snapshot_state"
+	EventSnapshotAdded = "snapshot_added"
+	// EventServerLeft says a server with good images is no longer selected by the
+	// policy (retagged, moved, deleted). It names the server but does not make it
+	// one of the slot's live servers.
+	EventServerLeft = "server_left_selection"
 )
 
 // Event is one line of the audit: a state change or a decision, with its reason.

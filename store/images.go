@@ -34,6 +34,23 @@ const (
 	ImageKeptProtected ImageState = "kept_protected"
 )
 
+// Failure is the kind of a failed row's failure, where retention and the late watch
+// must tell them apart.
+type Failure string
+
+// Failure kinds.
+const (
+	// FailureOther: any failure that is final (Nova or Glance said so).
+	FailureOther Failure = ""
+	// FailureTimeout: not good within wait_timeout. The image may still complete;
+	// it is watched until LateUntil and becomes good if it does (image_late_good).
+	FailureTimeout Failure = "timeout"
+	// FailureHollow: the image was good, then a volume snapshot behind it went
+	// missing or to error. It can no longer boot and never counts as a backup;
+	// retention deletes it and its remaining snapshots like any failed image.
+	FailureHollow Failure = "hollow"
+)
+
 // ImageStates lists every image state, in lifecycle order.
 var ImageStates = []ImageState{ImageRequested, ImageCreating, ImageGood, ImageFailed, ImageDeleting, ImageDeleted, ImageKeptProtected}
 
@@ -61,6 +78,11 @@ type Image struct {
 	State         ImageState
 	// Reason explains the current state (why it failed, why it is still requested).
 	Reason string
+	// Failure is the kind of a failed row's failure (timeout, hollow), "" otherwise.
+	Failure Failure
+	// LateUntil is the end of a timed-out row's late window: until then the image
+	// is still watched, and retention keeps it. Zero when not watched.
+	LateUntil time.Time
 	// Adopted is true when the id was found by our stamp rather than returned by
 	// createImage (an unknown outcome or a crash).
 	Adopted bool
@@ -84,21 +106,21 @@ type Image struct {
 const imageColumns = `id, image_id, name, policy, server_id, server_name, availability_zone, volume_backed, slot, slot_id,
 	owner, metadata, policy_version, config_version, state, reason, adopted, attempts, size_bytes,
 	requested_at, created_at, active_at, failed_at, delete_reason, deleting_at, deleted_at, delete_attempts,
-	next_attempt_at, last_error, updated_at`
+	next_attempt_at, last_error, updated_at, failure, late_until`
 
 func scanImage(sc interface{ Scan(...any) error }) (Image, error) {
 	var im Image
-	var imageID, slot, requested, created, active, failed, deleting, deleted, next, updated sql.NullString
+	var imageID, slot, requested, created, active, failed, deleting, deleted, next, updated, late sql.NullString
 	var slotID sql.NullInt64
-	var meta, state string
+	var meta, state, failure string
 	err := sc.Scan(&im.Row, &imageID, &im.Name, &im.Policy, &im.ServerID, &im.ServerName, &im.AZ, &im.VolumeBacked,
 		&slot, &slotID, &im.Owner, &meta, &im.PolicyVersion, &im.ConfigVersion, &state, &im.Reason, &im.Adopted,
 		&im.Attempts, &im.SizeBytes, &requested, &created, &active, &failed, &im.DeleteReason, &deleting, &deleted,
-		&im.DeleteAttempts, &next, &im.LastError, &updated)
+		&im.DeleteAttempts, &next, &im.LastError, &updated, &failure, &late)
 	if err != nil {
 		return Image{}, err
 	}
-	im.ImageID, im.SlotID, im.State = imageID.String, slotID.Int64, ImageState(state)
+	im.ImageID, im.SlotID, im.State, im.Failure = imageID.String, slotID.Int64, ImageState(state), Failure(failure)
 	if meta != "" {
 		if err := json.Unmarshal([]byte(meta), &im.Metadata); err != nil {
 			return Image{}, fmt.Errorf("image row %d: decode metadata: %w", im.Row, err)
@@ -109,7 +131,7 @@ func scanImage(sc interface{ Scan(...any) error }) (Image, error) {
 		src sql.NullString
 	}{{&im.Slot, slot}, {&im.RequestedAt, requested}, {&im.CreatedAt, created}, {&im.ActiveAt, active},
 		{&im.FailedAt, failed}, {&im.DeletingAt, deleting}, {&im.DeletedAt, deleted}, {&im.NextAttemptAt, next},
-		{&im.UpdatedAt, updated}} {
+		{&im.UpdatedAt, updated}, {&im.LateUntil, late}} {
 		if *p.dst, err = parseTime(p.src); err != nil {
 			return Image{}, err
 		}
@@ -339,6 +361,83 @@ func (s *Store) MarkFailed(ctx context.Context, row int64, reason string) (Image
 		`state = 'failed', reason = ?, failed_at = ?`, reason, s.stamp())
 	if err != nil {
 		return Image{}, fmt.Errorf("mark image row %d failed: %w", row, err)
+	}
+	return im, nil
+}
+
+// MarkTimedOut moves a creating row whose image was not good within wait_timeout
+// to failed (kind timeout) and opens its late window: until lateUntil the image is
+// still watched (MarkLateGood promotes it) and retention keeps it.
+func (s *Store) MarkTimedOut(ctx context.Context, row int64, reason string, lateUntil time.Time) (Image, error) {
+	im, err := s.transition(ctx, row, []ImageState{ImageCreating}, Event{Kind: EventImageFailed, Message: reason},
+		`state = 'failed', reason = ?, failed_at = ?, failure = 'timeout', late_until = ?`, reason, s.stamp(), fmtTime(lateUntil))
+	if err != nil {
+		return Image{}, fmt.Errorf("mark image row %d timed out: %w", row, err)
+	}
+	return im, nil
+}
+
+// MarkLateGood moves a row that failed by timeout, whose image then completed, to
+// good (event image_late_good). Like MarkGood it refuses while any recorded snapshot
+// is not available.
+func (s *Store) MarkLateGood(ctx context.Context, row int64, g Good) (Image, error) {
+	allAvailable := snapshotsAllIn(ctx, row, SnapshotAvailable)
+	check := func(tx *sql.Tx, cur Image) error {
+		if cur.Failure != FailureTimeout || cur.ImageID == "" {
+			return fmt.Errorf("%w: image row %d failed as %q with image %q, not by a timeout", ErrConflict, row, cur.Failure, cur.ImageID)
+		}
+		return allAvailable(tx, cur)
+	}
+	at := g.ActiveAt
+	if at.IsZero() {
+		at = s.now()
+	}
+	msg := g.Message
+	if msg == "" {
+		msg = "image completed after wait_timeout: active and every volume snapshot available"
+	}
+	im, err := s.transitionChecked(ctx, row, []ImageState{ImageFailed}, check, Event{Kind: EventImageLateGood, Message: msg},
+		`state = 'good', reason = '', failure = '', late_until = NULL, failed_at = NULL, size_bytes = ?,
+		availability_zone = CASE WHEN ? = '' THEN availability_zone ELSE ? END, active_at = ?`,
+		g.SizeBytes, g.AZ, g.AZ, fmtTime(at))
+	if err != nil {
+		return Image{}, fmt.Errorf("mark image row %d late good: %w", row, err)
+	}
+	return im, nil
+}
+
+// EndLateWatch closes a timed-out row's late window early (the image failed for
+// good, or vanished): retention may then delete it after the grace.
+func (s *Store) EndLateWatch(ctx context.Context, row int64, reason string) (Image, error) {
+	im, err := s.transition(ctx, row, []ImageState{ImageFailed}, Event{Kind: EventImageFailed, Message: reason},
+		`reason = ?, late_until = NULL`, reason)
+	if err != nil {
+		return Image{}, fmt.Errorf("end late watch of image row %d: %w", row, err)
+	}
+	return im, nil
+}
+
+// LateWatched returns the rows failed by timeout whose late window is still open at
+// now (all policies when policy is ""), ordered by policy, server, slot.
+func (s *Store) LateWatched(ctx context.Context, policy string, now time.Time) ([]Image, error) {
+	q := `SELECT ` + imageColumns + ` FROM images WHERE state = 'failed' AND failure = 'timeout'
+		AND image_id IS NOT NULL AND late_until IS NOT NULL AND late_until > ?`
+	args := []any{fmtTime(now)}
+	if policy != "" {
+		q += ` AND policy = ?`
+		args = append(args, policy)
+	}
+	return s.queryImages(ctx, q+` ORDER BY policy, server_id, slot, id`, args...)
+}
+
+// MarkHollow moves a good row whose image lost a volume snapshot (gone, or in
+// error) to failed (kind hollow): it can no longer boot, so it never counts as a
+// backup again, and retention deletes it like any failed image after the grace.
+func (s *Store) MarkHollow(ctx context.Context, row int64, reason string) (Image, error) {
+	im, err := s.transition(ctx, row, []ImageState{ImageGood}, Event{Kind: EventImageHollow, Message: reason},
+		`state = 'failed', reason = ?, failure = 'hollow', failed_at = ?, late_until = NULL`, "hollow: "+reason, s.stamp())
+	if err != nil {
+		return Image{}, fmt.Errorf("mark image row %d hollow: %w", row, err)
 	}
 	return im, nil
 }

@@ -81,6 +81,7 @@ const newestGoodPerServer = `WITH live AS (
 		SELECT server_id FROM images WHERE slot_id = ?
 		UNION
 		SELECT server_id FROM events WHERE policy = ? AND at >= ? AND slot_id = ? AND server_id <> ''
+			AND kind <> '` + EventServerLeft + `'
 	)
 	SELECT live.server_id,
 		(SELECT MAX(i.requested_at) FROM images i
@@ -163,4 +164,25 @@ func (s *Store) LastSuccessfulSlots(ctx context.Context) (map[string]time.Time, 
 		return nil, fmt.Errorf("last successful slots: %w", err)
 	}
 	return out, nil
+}
+
+// EmptySince returns when the policy's current run of empty slots began: the
+// earliest slot with outcome empty after the newest slot that selected a server.
+// It is zero when the newest such slot is not followed by an empty one (or the
+// policy never had an empty slot). Failed, missed and running slots say nothing
+// about the selection and neither end nor start the run.
+func (s *Store) EmptySince(ctx context.Context, policy string) (time.Time, error) {
+	var first sql.NullString
+	err := s.db.QueryRowContext(ctx, `SELECT MIN(slot) FROM slots
+		WHERE policy = ? AND outcome = 'empty' AND slot > COALESCE((SELECT MAX(slot) FROM slots
+			WHERE policy = ? AND selected > 0 AND outcome IN ('ran', 'caught_up', 'failed')), '')`,
+		policy, policy).Scan(&first)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("empty selection of %s: %w", policy, err)
+	}
+	t, err := parseTime(first)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("empty selection of %s: %w", policy, err)
+	}
+	return t, nil
 }

@@ -14,7 +14,7 @@ import (
 // per row, which is what go-sqlite3 spends its time on over a million rows. Each
 // record is
 //
-//	id,state,slot,requested_at,failed_at,next_attempt_at,image_id,owner,len,why
+//	id,state,slot,requested_at,failed_at,next_attempt_at,late_until,failure,image_id,owner,len,why
 //
 // where owner is empty when it is this installation's (the first parameter), why is
 // the delete reason of a deleting row and the reason of any other, and len is why's
@@ -22,9 +22,10 @@ import (
 // Every other field is an enum, a fixed-width timestamp, an id or hex: no commas.
 func retentionRowsQuery(servers, states int) string {
 	q := `SELECT server_id, group_concat(id || ',' || state || ',' || slot || ',' || requested_at || ',' ||
-			ifnull(failed_at, '') || ',' || ifnull(next_attempt_at, '') || ',' || ifnull(image_id, '') || ',' ||
+			ifnull(failed_at, '') || ',' || ifnull(next_attempt_at, '') || ',' || ifnull(late_until, '') || ',' ||
+			failure || ',' || ifnull(image_id, '') || ',' ||
 			iif(owner = ?, '', owner) || ',' || length(CAST(why AS BLOB)) || ',' || why, '' ORDER BY slot DESC, id)
-		FROM (SELECT id, server_id, state, slot, requested_at, failed_at, next_attempt_at, image_id, owner,
+		FROM (SELECT id, server_id, state, slot, requested_at, failed_at, next_attempt_at, late_until, failure, image_id, owner,
 				CASE state WHEN 'deleting' THEN delete_reason ELSE reason END AS why
 			FROM images WHERE policy = ? AND server_id IN (` + inMarks(servers) + `)`
 	if states > 0 {
@@ -37,8 +38,8 @@ func retentionRowsQuery(servers, states int) string {
 // the given states (all when none), ordered by server, newest slot first, like
 // AppendLineage; but it fills only what retention decides on and the deletion
 // journal needs: Row, ImageID, Policy, ServerID, Slot, Owner, State, Reason (the
-// failure's), DeleteReason (a deleting row's), RequestedAt, FailedAt and
-// NextAttemptAt. Name, ServerName, VolumeBacked and ActiveAt stay zero: a caller
+// failure's), DeleteReason (a deleting row's), RequestedAt, FailedAt,
+// NextAttemptAt, LateUntil and Failure. Name, ServerName, VolumeBacked and ActiveAt stay zero: a caller
 // that shows rows reads those for the few it shows (LineageRows).
 func (s *Store) AppendRetentionRows(ctx context.Context, dst []LineageRow, policy string, serverIDs []string, states []ImageState) ([]LineageRow, error) {
 	if len(serverIDs) == 0 {
@@ -89,7 +90,7 @@ func (s *Store) unpackRetention(dst []LineageRow, packed, policy, server string,
 		return f, nil
 	}
 	for packed != "" {
-		var f [9]string
+		var f [11]string
 		for i := range f {
 			v, err := field()
 			if err != nil {
@@ -101,9 +102,9 @@ func (s *Store) unpackRetention(dst []LineageRow, packed, policy, server string,
 		if err != nil {
 			return dst, fmt.Errorf("bad row id %q", f[0])
 		}
-		n, err := strconv.Atoi(f[8])
+		n, err := strconv.Atoi(f[10])
 		if err != nil || n < 0 || n > len(packed) {
-			return dst, fmt.Errorf("row %d: bad reason length %q", id, f[8])
+			return dst, fmt.Errorf("row %d: bad reason length %q", id, f[10])
 		}
 		why := packed[:n]
 		packed = packed[n:]
@@ -111,9 +112,9 @@ func (s *Store) unpackRetention(dst []LineageRow, packed, policy, server string,
 		if !ok {
 			return dst, fmt.Errorf("row %d: unknown state %q", id, f[1])
 		}
-		r := LineageRow{Row: id, ImageID: f[6], Policy: policy, ServerID: server, Owner: s.owner, State: st}
-		if f[7] != "" {
-			r.Owner = f[7]
+		r := LineageRow{Row: id, ImageID: f[8], Policy: policy, ServerID: server, Owner: s.owner, State: st, Failure: Failure(f[7])}
+		if f[9] != "" {
+			r.Owner = f[9]
 		}
 		if st == ImageDeleting {
 			r.DeleteReason = why
@@ -123,7 +124,7 @@ func (s *Store) unpackRetention(dst []LineageRow, packed, policy, server string,
 		for _, t := range []struct {
 			dst *time.Time
 			src string
-		}{{&r.Slot, f[2]}, {&r.RequestedAt, f[3]}, {&r.FailedAt, f[4]}, {&r.NextAttemptAt, f[5]}} {
+		}{{&r.Slot, f[2]}, {&r.RequestedAt, f[3]}, {&r.FailedAt, f[4]}, {&r.NextAttemptAt, f[5]}, {&r.LateUntil, f[6]}} {
 			if t.src == "" {
 				continue
 			}

@@ -29,7 +29,8 @@ func TestAppendRetentionRowsMatchesLineage(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	exec(`UPDATE images SET state = 'failed', reason = ?, failed_at = ? WHERE id = ?`, "12,a,b\n3,4,", fmtTime(day(22, 3, 0)), rows[0])
+	exec(`UPDATE images SET state = 'failed', reason = ?, failed_at = ?, failure = 'timeout', late_until = ? WHERE id = ?`,
+		"12,a,b\n3,4,", fmtTime(day(22, 3, 0)), fmtTime(day(23, 3, 0)), rows[0])
 	exec(`UPDATE images SET state = 'deleting', delete_reason = ?, reason = 'old', next_attempt_at = ? WHERE id = ?`,
 		"keep_last 1, 2, 3 — ünïcode", fmtTime(day(24, 1, 0)), rows[1])
 	exec(`UPDATE images SET owner = 'someone-else' WHERE id = ?`, rows[2])

@@ -18,6 +18,9 @@ const (
 	OutcomeMissed         = "missed"
 	OutcomeSkippedOverlap = "skipped_overlap"
 	OutcomeFailed         = "failed"
+	// OutcomeEmpty is a slot whose policy selected no server: nothing failed, and
+	// nothing was protected either. It is not a success.
+	OutcomeEmpty = "empty"
 )
 
 // Slot triggers: why a slot ran.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gophercloud/gophercloud/v2/openstack/config/clouds"
 
 	"github.com/imagekeeper/imagekeeper/cloud"
 	"github.com/imagekeeper/imagekeeper/cloud/openstack"
@@ -324,4 +327,22 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// TestWrongPasswordInWords starts the adapter with a wrong password: the error says
+// who was refused where, matches ErrAuthentication, and carries no response body.
+func TestWrongPasswordInWords(t *testing.T) {
+	t.Parallel()
+	e := newSim(t, simcloud.Options{Password: "right-password"})
+	yaml := strings.Replace(string(e.sim.CloudsYAML("sim")), "right-password", "wrong-password", 1)
+	_, err := openstack.New(ctx(t), openstack.Options{CloudName: "sim", RetryBaseDelay: time.Millisecond,
+		ParseOptions: []clouds.ParseOption{clouds.WithCloudsYAML(strings.NewReader(yaml))}})
+	if err == nil {
+		t.Fatal("New with a wrong password succeeded")
+	}
+	user := e.sim.Options().Username
+	want := fmt.Sprintf("authentication failed for user %s at %s/identity/v3: 401", user, e.srv.URL)
+	if err.Error() != want || !errors.Is(err, openstack.ErrAuthentication) {
+		t.Fatalf("error = %q (ErrAuthentication: %v)\nwant    %q", err, errors.Is(err, openstack.ErrAuthentication), want)
+	}
 }

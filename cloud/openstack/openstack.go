@@ -61,6 +61,11 @@ const (
 // microversion imagekeeper can use safely.
 var ErrMicroversion = errors.New("unsupported compute microversion")
 
+// ErrAuthentication is matched by the error New returns when Keystone refuses the
+// credentials (401). Its message names the user and the auth URL, never the
+// response body: an operator must read "wrong password", not a JSON dump.
+var ErrAuthentication = errors.New("authentication failed")
+
 // Request describes one HTTP exchange with the cloud, for metrics.
 type Request struct {
 	// Service is "identity", "compute", "image" or "volume".
@@ -208,7 +213,7 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 	authCtx, cancel := context.WithTimeout(withOp(ctx, "identity", "token"), c.requestTimeout)
 	defer cancel()
 	if err := gcopenstack.Authenticate(authCtx, pc, ao); err != nil {
-		return nil, fmt.Errorf("authenticate at %s: %w", ao.IdentityEndpoint, err)
+		return nil, authError(ao, err)
 	}
 
 	observer.discovering.Store(&opInfo{"compute", "versions"})
@@ -244,6 +249,35 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 	c.compute.Microversion = mv
 	c.log.Info("compute microversion chosen", "microversion", mv, "pinned", opts.ComputeMicroversion != "")
 	return c, nil
+}
+
+// authError words a failed authentication for the log: who, where and the status,
+// without the response body gophercloud puts in its error text (Keystone's body
+// says nothing more, and a proxy's may be a page of HTML).
+func authError(ao gophercloud.AuthOptions, err error) error {
+	who := firstOf(ao.Username, ao.UserID)
+	kind := "user"
+	if who == "" {
+		who, kind = firstOf(ao.ApplicationCredentialName, ao.ApplicationCredentialID), "application credential"
+	}
+	rc, ok := responseError(err)
+	if !ok {
+		// No answer (refused, reset, timeout): the transport's words carry no body.
+		return fmt.Errorf("authenticate %s %s at %s: %w", kind, who, ao.IdentityEndpoint, err)
+	}
+	if rc.Actual == http.StatusUnauthorized {
+		return fmt.Errorf("%w for %s %s at %s: %d", ErrAuthentication, kind, who, ao.IdentityEndpoint, rc.Actual)
+	}
+	return fmt.Errorf("authenticate %s %s at %s: HTTP %d", kind, who, ao.IdentityEndpoint, rc.Actual)
+}
+
+func firstOf(ss ...string) string {
+	for _, s := range ss {
+		if s != "" {
+			return s
+		}
+	}
+	return ""
 }
 
 // chooseMicroversion picks 2.45 when the cloud supports it, the highest version

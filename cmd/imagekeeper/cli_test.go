@@ -114,9 +114,9 @@ func TestEveryCommandParsesFlagsAlike(t *testing.T) {
 				t.Errorf("help %s: exit %d, output differs from -h:\n%s", name, code, help)
 			}
 			in := func(names ...string) bool { return slices.Contains(names, name) }
-			hasConfig := in("run", "images", "history", "why", "prune", "plan", "reconcile", "validate", "daemon")
+			hasConfig := in("run", "images", "history", "why", "prune", "plan", "reconcile", "validate", "daemon", "recover")
 			hasOutput := in("images", "history", "why", "prune", "plan", "reconcile", "validate")
-			hasLogs := in("run", "prune", "plan", "reconcile", "daemon", "demo")
+			hasLogs := in("run", "prune", "plan", "reconcile", "daemon", "demo", "recover")
 			for flag, want := range map[string]bool{
 				"--config string ": hasConfig,
 				`policy file (default "/etc/imagekeeper/imagekeeper.yaml")`: hasConfig,

@@ -34,9 +34,14 @@ const (
 	defaultDrainTimeout = 5 * time.Minute
 	// defaultWatchInterval is how often the policy file is checked for changes.
 	defaultWatchInterval = 3 * time.Second
-	// defaultCloudFreshness is how long one answer of the cloud keeps /readyz happy;
-	// after that /readyz asks the cloud itself.
-	defaultCloudFreshness = 5 * time.Minute
+	// defaultCloudFreshness is how long /readyz trusts what the last request said of
+	// the cloud; a quiet daemon's /readyz asks the cloud itself after that, so that
+	// an outage (or its end) shows within it.
+	defaultCloudFreshness = 30 * time.Second
+	// defaultConnectBackoff and defaultConnectMaxBackoff space the attempts to
+	// authenticate while the cloud does not answer at start.
+	defaultConnectBackoff    = 2 * time.Second
+	defaultConnectMaxBackoff = 2 * time.Minute
 	// defaultReconcileInterval is how often the daemon reconciles: often enough that
 	// a leftover snapshot does not linger for long, rare enough that listing every
 	// stamped image is a small share of the API budget.
@@ -128,9 +133,15 @@ type Daemon struct {
 	NewCloud func(ctx context.Context, cfg *policy.Config, log *slog.Logger, observe func(openstack.Request)) (cloud.Cloud, error)
 	// WatchInterval is how often the policy file is polled; zero means 3 s.
 	WatchInterval time.Duration
-	// CloudFreshness is how recent the cloud's last answer must be for /readyz; zero
-	// means 5 min.
+	// CloudFreshness is how long /readyz trusts the last request's result before it
+	// asks the cloud itself; zero means 30 s.
 	CloudFreshness time.Duration
+	// ConnectBackoff is the first wait between attempts to connect to the cloud at
+	// start, doubled up to ConnectMaxBackoff; zero means 2 s and 2 min.
+	ConnectBackoff, ConnectMaxBackoff time.Duration
+	// Listening, when set, is called once /metrics, /healthz and /readyz serve,
+	// before the cloud is connected.
+	Listening func(addr string)
 	// RunnerPollInterval is passed to the backup runner (image waits); zero leaves its
 	// default.
 	RunnerPollInterval time.Duration
@@ -139,8 +150,8 @@ type Daemon struct {
 	ReconcileInterval time.Duration
 	// Registry is the private metrics registry; nil means a new one.
 	Registry *prometheus.Registry
-	// Started, when set, is called once the daemon serves, with the HTTP address and
-	// the open store (the demo reads its events).
+	// Started, when set, is called once the schedules run (the cloud answered), with
+	// the HTTP address and the open store (the demo reads its events).
 	Started func(addr string, st *store.Store)
 	// Reloaded, when set, is called after every reload attempt with its error.
 	Reloaded func(err error)
@@ -231,18 +242,79 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	metrics := scheduler.NewMetrics(reg, scheduler.BuildInfo{Version: buildVersion(), Revision: buildRevision()})
 
-	newCloud := d.NewCloud
-	if newCloud == nil {
-		newCloud = wireCloud
+	health := newCloudHealth(time.Now, metrics.SetCloudUp)
+	// connected is the cloud client once it authenticated; nil before.
+	var connected atomic.Pointer[healthCloud]
+	freshness := orDefault(d.CloudFreshness, defaultCloudFreshness)
+	checks := []readinessCheck{
+		{"config", func(context.Context) error {
+			if cfgs.Current() == nil {
+				return errors.New("not loaded")
+			}
+			return nil
+		}},
+		{"store", func(ctx context.Context) error {
+			_, err := st.SchemaVersion(ctx)
+			return err
+		}},
+		{"cloud", func(ctx context.Context) error {
+			var probe func(context.Context) error
+			if c := connected.Load(); c != nil {
+				probe = func(ctx context.Context) error { _, err := c.Cloud.GetImage(ctx, probeImageID); return err }
+			}
+			return health.check(ctx, freshness, probe)
+		}},
 	}
-	raw, err := newCloud(ctx, cfg, log, func(r openstack.Request) {
-		metrics.ObserveCloudRequest(r.Service, r.Operation, r.Status, r.Duration)
-	})
+	// Serve before connecting: with Keystone down at boot the daemon still shows
+	// /metrics (imagekeeper_cloud_up 0) and a /readyz that names the cloud.
+	srv, err := startHTTP(firstNonEmpty(d.Listen, cfg.Listen, defaultListen), reg, checks, log)
 	if err != nil {
-		return withExitCode(exitFailure, fmt.Errorf("connect to the cloud: %w", err))
+		return withExitCode(exitFailure, err)
 	}
-	wc := &watchedCloud{Cloud: raw}
-	wc.mark(nil) // connecting authenticated and read the catalog: the cloud answered
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if serr := srv.Shutdown(sctx); serr != nil {
+			log.Warn("http shutdown", "err", serr)
+		}
+	}()
+	if d.Listening != nil {
+		d.Listening(srv.Addr())
+	}
+	log.Info("imagekeeper daemon starting", "config", d.ConfigPath, "state", statePath, "listen", srv.Addr(),
+		"owner", st.Owner())
+	// READY=1 means "serving", not "the cloud answers": systemd would otherwise
+	// restart a daemon whose cloud is down, which helps nothing and hides the cause.
+	// /readyz says whether the cloud answers.
+	if err := notify.Ready(); err != nil {
+		log.Warn("sd_notify", "err", err)
+	}
+	var lastLoop atomic.Int64
+	lastLoop.Store(time.Now().UnixNano())
+	wdCtx, stopWatchdog := context.WithCancel(context.Background())
+	var wdWG sync.WaitGroup
+	wdWG.Add(1)
+	go func() {
+		defer wdWG.Done()
+		// The main loop ticks every watchEvery; a loop silent for far longer is hung.
+		notify.runWatchdog(wdCtx, func() bool {
+			return time.Since(time.Unix(0, lastLoop.Load())) < 3*watchEvery+time.Minute
+		})
+	}()
+	defer func() { stopWatchdog(); wdWG.Wait() }()
+
+	raw, stopReason := d.connect(ctx, cfg, log, health, func(r openstack.Request) {
+		metrics.ObserveCloudRequest(r.Service, r.Operation, r.Status, r.Duration)
+	}, func() { lastLoop.Store(time.Now().UnixNano()) })
+	if raw == nil {
+		_ = notify.Stopping()
+		d.audit(st, log, eventDaemonStopped, "stopped ("+stopReason+") before the cloud answered")
+		log.Info("stopped before the cloud answered", "reason", stopReason)
+		return nil
+	}
+	wc := &healthCloud{Cloud: raw, h: health}
+	health.set(true, "") // connecting authenticated and read the catalog: the cloud answered
+	connected.Store(wc)
 
 	// Retention is requested after every settled run of a policy, by name; it runs
 	// in the background under the scheduler's drain and decides by the config in
@@ -283,32 +355,6 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	cfgs.Subscribe(func(cfg *policy.Config) { runner.SetLimits(cfg.Limits) })
 	cfgs.Subscribe(sched.Swap)
 
-	freshness := orDefault(d.CloudFreshness, defaultCloudFreshness)
-	checks := []readinessCheck{
-		{"config", func(context.Context) error {
-			if cfgs.Current() == nil {
-				return errors.New("not loaded")
-			}
-			return nil
-		}},
-		{"store", func(ctx context.Context) error {
-			_, err := st.SchemaVersion(ctx)
-			return err
-		}},
-		{"cloud", func(ctx context.Context) error { return wc.fresh(ctx, freshness) }},
-	}
-	srv, err := startHTTP(firstNonEmpty(d.Listen, cfg.Listen, defaultListen), reg, checks, log)
-	if err != nil {
-		return withExitCode(exitFailure, err)
-	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if serr := srv.Shutdown(sctx); serr != nil {
-			log.Warn("http shutdown", "err", serr)
-		}
-	}()
-
 	// Read before the scheduler starts: every slot still running now was left so by
 	// a previous process (the lock rules out another daemon).
 	interrupted, err := runner.InterruptedSlots(ctx)
@@ -330,23 +376,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	d.audit(st, log, eventDaemonStarted, fmt.Sprintf("pid %d, config %s version %s, %d policies",
 		os.Getpid(), d.ConfigPath, cfg.Version, len(cfg.Policies)))
 	log.Info("imagekeeper daemon serving", "config", d.ConfigPath, "state", statePath, "listen", srv.Addr(),
-		"policies", len(cfg.Policies), "config_version", cfg.Version, "memory_limit_mib", memLimit>>20)
-	if err := notify.Ready(); err != nil {
-		log.Warn("sd_notify", "err", err)
-	}
-	var lastLoop atomic.Int64
-	lastLoop.Store(time.Now().UnixNano())
-	wdCtx, stopWatchdog := context.WithCancel(context.Background())
-	var wdWG sync.WaitGroup
-	wdWG.Add(1)
-	go func() {
-		defer wdWG.Done()
-		// The main loop ticks every watchEvery; a loop silent for far longer is hung.
-		notify.runWatchdog(wdCtx, func() bool {
-			return time.Since(time.Unix(0, lastLoop.Load())) < 3*watchEvery+time.Minute
-		})
-	}()
-	defer func() { stopWatchdog(); wdWG.Wait() }()
+		"policies", len(cfg.Policies), "config_version", cfg.Version, "memory_limit_mib", memLimit>>20, "owner", st.Owner())
 	if d.Started != nil {
 		d.Started(srv.Addr(), st)
 	}
@@ -376,10 +406,18 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	wdWG.Add(1)
 	go func() {
 		defer wdWG.Done()
-		// The periodic reconcile reports drift, marks rows whose image is gone (so
-		// they stop counting as backups) and deletes the leftover snapshots of images
-		// the journal recorded deleted; it adopts nothing and touches nothing it
-		// cannot prove ours (that needs `imagekeeper reconcile --fix`).
+		// Images failed by wait_timeout are watched through their late window and
+		// promoted to good if they complete (image_late_good).
+		_ = runner.WatchLate(wdCtx)
+	}()
+
+	wdWG.Add(1)
+	go func() {
+		defer wdWG.Done()
+		// The periodic reconcile reports drift, marks rows whose image is gone or
+		// hollow (so they stop counting as backups), promotes late-good images and
+		// deletes the leftover snapshots of images the journal recorded deleted; it
+		// touches nothing it cannot prove ours.
 		t := time.NewTicker(orDefault(d.ReconcileInterval, defaultReconcileInterval))
 		defer t.Stop()
 		for {
@@ -593,93 +631,79 @@ func (w *fileWatch) changed() bool {
 	return true
 }
 
-// watchedCloud remembers when the cloud last answered, for /readyz.
-type watchedCloud struct {
-	cloud.Cloud
-	last atomic.Int64 // unix nanoseconds of the last answer
-}
-
-// answered says whether err came from the cloud (any refusal counts as an answer)
-// rather than from not reaching it.
-func answered(err error) bool {
-	return err == nil || !(errors.Is(err, cloud.ErrUnavailable) || errors.Is(err, cloud.ErrUnknownOutcome) ||
-		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded))
-}
-
-func (w *watchedCloud) mark(err error) {
-	if answered(err) {
-		w.last.Store(time.Now().UnixNano())
-	}
-}
-
 // probeImageID is an image id no cloud has: asking for it costs one cheap GET whose
 // 404 proves the cloud answers.
 const probeImageID = "00000000-0000-0000-0000-000000000000"
 
-// fresh returns nil when the cloud answered within d, asking it once when not.
-func (w *watchedCloud) fresh(ctx context.Context, d time.Duration) error {
-	if time.Since(time.Unix(0, w.last.Load())) <= d {
-		return nil
+// connect builds the cloud client, retrying with backoff until the cloud answers
+// or the daemon is told to stop. A daemon that exited when Keystone is down at boot
+// would leave no metrics and no hint of the cause; this one serves meanwhile, and
+// its /readyz and imagekeeper_cloud_up name the cloud. alive is called while it
+// waits, for the watchdog. It returns the client, or nil and why it stopped.
+func (d *Daemon) connect(ctx context.Context, cfg *policy.Config, log *slog.Logger, health *cloudHealth,
+	observe func(openstack.Request), alive func()) (cloud.Cloud, string) {
+	newCloud := d.NewCloud
+	if newCloud == nil {
+		newCloud = wireCloud
 	}
-	_, err := w.GetImage(ctx, probeImageID)
-	if answered(err) {
-		return nil
+	delay := orDefault(d.ConnectBackoff, defaultConnectBackoff)
+	maxDelay := orDefault(d.ConnectMaxBackoff, defaultConnectMaxBackoff)
+	tick := time.NewTicker(orDefault(d.WatchInterval, defaultWatchInterval))
+	defer tick.Stop()
+	// wait returns "" once done is closed or after is ready, else why the daemon
+	// must stop.
+	wait := func(done <-chan struct{}, after <-chan time.Time) string {
+		for {
+			select {
+			case <-done:
+				return ""
+			case <-after:
+				return ""
+			case <-tick.C:
+				alive()
+			case <-ctx.Done():
+				return "context cancelled"
+			case sig := <-d.Signals:
+				if sig == syscall.SIGHUP {
+					log.Info("SIGHUP before the cloud answered: a changed policy file is applied once the schedules start")
+					continue
+				}
+				return "signal " + sig.String()
+			}
+		}
 	}
-	return fmt.Errorf("no answer since %s: %w", time.Unix(0, w.last.Load()).UTC().Format(time.RFC3339), err)
-}
-
-func (w *watchedCloud) ListServers(ctx context.Context, sel cloud.Selector) ([]cloud.Server, error) {
-	v, err := w.Cloud.ListServers(ctx, sel)
-	w.mark(err)
-	return v, err
-}
-
-func (w *watchedCloud) GetServer(ctx context.Context, id string) (cloud.Server, error) {
-	v, err := w.Cloud.GetServer(ctx, id)
-	w.mark(err)
-	return v, err
-}
-
-func (w *watchedCloud) CreateImage(ctx context.Context, serverID, name string, md map[string]string) (string, error) {
-	v, err := w.Cloud.CreateImage(ctx, serverID, name, md)
-	w.mark(err)
-	return v, err
-}
-
-func (w *watchedCloud) GetImage(ctx context.Context, id string) (cloud.Image, error) {
-	v, err := w.Cloud.GetImage(ctx, id)
-	w.mark(err)
-	return v, err
-}
-
-func (w *watchedCloud) ListImages(ctx context.Context, props map[string]string) ([]cloud.Image, error) {
-	v, err := w.Cloud.ListImages(ctx, props)
-	w.mark(err)
-	return v, err
-}
-
-func (w *watchedCloud) DeleteImage(ctx context.Context, id string) error {
-	err := w.Cloud.DeleteImage(ctx, id)
-	w.mark(err)
-	return err
-}
-
-func (w *watchedCloud) GetSnapshot(ctx context.Context, id string) (cloud.Snapshot, error) {
-	v, err := w.Cloud.GetSnapshot(ctx, id)
-	w.mark(err)
-	return v, err
-}
-
-func (w *watchedCloud) ListSnapshots(ctx context.Context) ([]cloud.Snapshot, error) {
-	v, err := w.Cloud.ListSnapshots(ctx)
-	w.mark(err)
-	return v, err
-}
-
-func (w *watchedCloud) DeleteSnapshot(ctx context.Context, id string) error {
-	err := w.Cloud.DeleteSnapshot(ctx, id)
-	w.mark(err)
-	return err
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		var c cloud.Cloud
+		var err error
+		go func() {
+			defer close(done)
+			c, err = newCloud(actx, cfg, log, observe)
+		}()
+		stop := wait(done, nil)
+		cancel()
+		<-done
+		if stop != "" {
+			return nil, stop
+		}
+		if err == nil {
+			if attempt > 1 {
+				log.Info("connected to the cloud", "attempt", attempt)
+			}
+			return c, ""
+		}
+		health.fail(err.Error())
+		log.Error("cannot connect to the cloud; serving /metrics and retrying", "err", err, "attempt", attempt,
+			"retry_in", delay.String())
+		timer := time.NewTimer(delay)
+		stop = wait(nil, timer.C)
+		timer.Stop()
+		if stop != "" {
+			return nil, stop
+		}
+		delay = min(2*delay, maxDelay)
+	}
 }
 
 func orDefault(d, def time.Duration) time.Duration {
@@ -718,7 +742,25 @@ func (d *Daemon) reconcile(ctx context.Context, runner *scheduler.Runner, cfg *p
 	}
 	if drift > 0 {
 		log.Warn("reconcile found drift between the cloud and the lineage; see `imagekeeper reconcile`", attrs...)
+	} else {
+		log.Debug("reconcile: cloud and lineage agree", attrs...)
+	}
+	d.checkForeignStamps(ctx, runner, cfg, log)
+}
+
+// checkForeignStamps warns about images that carry our policy names but another
+// owner id: nothing of ours sees them again, and a lost lineage is the usual cause.
+func (d *Daemon) checkForeignStamps(ctx context.Context, runner *scheduler.Runner, cfg *policy.Config, log *slog.Logger) {
+	byOwner, err := runner.ForeignStamps(ctx, cfg)
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn("look for images of our policies stamped by another owner", "err", err)
+		}
 		return
 	}
-	log.Debug("reconcile: cloud and lineage agree", attrs...)
+	for _, owner := range scheduler.Owners(byOwner) {
+		log.Warn("images of this config's policies carry another owner id: nothing prunes or reports them; if the "+
+			"lineage was lost, stop the daemon and run `imagekeeper recover --owner "+owner+"`",
+			"foreign_owner", owner, "images", byOwner[owner])
+	}
 }

@@ -700,7 +700,7 @@ func TestReadyzReportsCloudDown(t *testing.T) {
 	}
 	e.sim.SetFault(simcloud.Fault{Op: "*", ErrorStatus: 503})
 	code, body := daemonGet(t, "http://"+r.addr+"/readyz")
-	if code != http.StatusServiceUnavailable || !strings.Contains(body, "cloud: no answer") ||
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "cloud: down since") ||
 		!strings.Contains(body, "store: ok") {
 		t.Fatalf("/readyz with the cloud down = %d %q\n%s", code, body, r.logs)
 	}

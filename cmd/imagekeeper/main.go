@@ -137,6 +137,7 @@ Exit codes: 0 success; 1 the work failed or the configuration is invalid;
 		newRunCommand(m),
 		newPruneCommand(m),
 		newReconcileCommand(m),
+		newRecoverCommand(m),
 		newImagesCommand(m),
 		newHistoryCommand(m),
 		newWhyCommand(m),

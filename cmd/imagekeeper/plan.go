@@ -79,7 +79,9 @@ type planPolicyJSON struct {
 	Steps     []planStepJSON   `json:"steps,omitempty"`
 	End       map[string]int   `json:"images_at_end,omitempty"`
 	Notes     []string         `json:"notes,omitempty"`
-	extra     *policyPlanExtras
+	// Warnings are what would leave servers unprotected (a selection of nothing).
+	Warnings []string `json:"warnings,omitempty"`
+	extra    *policyPlanExtras
 }
 
 // policyPlanExtras carries what the table needs beyond the JSON.
@@ -136,6 +138,9 @@ func runPlan(ctx context.Context, m *Main, o *planOptions) error {
 			return withExitCode(exitFailure, fmt.Errorf("policy %s: list servers: %w", p.Name, err))
 		}
 		sort.Slice(servers, func(i, j int) bool { return servers[i].Name < servers[j].Name })
+		if len(servers) == 0 {
+			pp.Warnings = append(pp.Warnings, emptySelectionWarning(p))
+		}
 		render := func(s policy.ServerInfo, slot time.Time) (string, error) {
 			name, _, err := p.Image.Render(policy.TemplateData{Server: s, Policy: policy.PolicyInfo{Name: p.Name},
 				Slot: slot.In(p.Schedule.Location), Now: slot.In(p.Schedule.Location), RunID: "plan"})
@@ -190,7 +195,8 @@ func runPlan(ctx context.Context, m *Main, o *planOptions) error {
 				}
 				existing[row.ServerID] = append(existing[row.ServerID], scheduler.SimImage{ServerID: row.ServerID, Name: row.Name,
 					RetentionImage: policy.RetentionImage{ID: fmt.Sprintf("row-%d", row.Row), Time: row.Slot, Status: status,
-						FailReason: row.Reason, RequestedAt: row.RequestedAt, FailedAt: row.FailedAt, WaitTimeout: p.Image.WaitTimeout}})
+						FailReason: row.Reason, RequestedAt: row.RequestedAt, FailedAt: row.FailedAt, LateUntil: row.LateUntil,
+						WaitTimeout: p.Image.WaitTimeout}})
 				if _, ok := pp.extra.names[row.ServerID]; !ok {
 					pp.extra.names[row.ServerID] = row.ServerName
 					simServers = append(simServers, scheduler.SimServer{ID: row.ServerID})
@@ -252,6 +258,9 @@ func printPlan(w io.Writer, pp planPolicyJSON) error {
 	}
 	fmt.Fprintf(w, "  next slots: %s\n", strings.Join(slots, ", "))
 	fmt.Fprintf(w, "  servers selected now: %d\n", len(pp.Servers))
+	for _, s := range pp.Warnings {
+		fmt.Fprintf(w, "  WARNING: %s\n", s)
+	}
 	if len(pp.Servers) > 0 {
 		t := newTable(w, "    SERVER", "ID", "NEXT IMAGE")
 		for _, s := range pp.Servers {
@@ -314,4 +323,11 @@ func printPlan(w io.Writer, pp planPolicyJSON) error {
 		fmt.Fprintf(w, "  images per server at the end: %s\n", strings.Join(ends, ", "))
 	}
 	return nil
+}
+
+// emptySelectionWarning words a policy that selects no server now, for plan and
+// validate --check-cloud: its slots would be recorded empty and protect nothing.
+func emptySelectionWarning(p *policy.Policy) string {
+	return "selects no server now (select: " + scheduler.DescribeSelector(scheduler.CloudSelector(p.Select)) +
+		"): every slot would be empty and back up nothing; check the selector and the servers' tags"
 }

@@ -166,7 +166,8 @@ func knownFamilies(t *testing.T) map[string]bool {
 		}
 	}
 	// Series that exist only after Refresh saw a store.
-	for _, n := range []string{"imagekeeper_newest_good_image_age_seconds", "imagekeeper_schedule_period_seconds"} {
+	for _, n := range []string{"imagekeeper_newest_good_image_age_seconds", "imagekeeper_schedule_period_seconds",
+		"imagekeeper_selection_empty_since_timestamp_seconds"} {
 		known[n] = true
 	}
 	return known
@@ -254,6 +255,8 @@ func TestGrafanaDashboardShape(t *testing.T) {
 		"imagekeeper_newest_good_image_age_seconds", "imagekeeper_servers_without_good_image",
 		"imagekeeper_images_deleted_total", "imagekeeper_snapshots_deleted_total", "imagekeeper_leftover_snapshots",
 		"rate(imagekeeper_cloud_requests_total", `code=~"5..|429|error"`, "imagekeeper_config_last_reload_successful",
+		"imagekeeper_cloud_up", "imagekeeper_selection_empty_since_timestamp_seconds", `outcome="empty"`,
+		"imagekeeper_foreign_stamped_images",
 	} {
 		if !strings.Contains(all, need) {
 			t.Errorf("no dashboard query contains %q", need)
@@ -296,7 +299,8 @@ func TestAlertRulesUseExportedMetrics(t *testing.T) {
 	}
 	for _, want := range []string{"ImagekeeperRecoveryPointStale", "ImagekeeperSlotsFailing", "ImagekeeperServersWithoutGoodImage",
 		"ImagekeeperLeftoverSnapshotsGrowing", "ImagekeeperCloudErrors", "ImagekeeperConfigReloadFailed",
-		"ImagekeeperAbsent", "ImagekeeperDown"} {
+		"ImagekeeperAbsent", "ImagekeeperDown", "ImagekeeperCloudDown", "ImagekeeperPolicySelectsNothing",
+		"ImagekeeperOrphanedImages"} {
 		if !alerts[want] {
 			t.Errorf("alert %s is missing", want)
 		}

@@ -98,6 +98,8 @@ func runBackup(ctx context.Context, m *Main, o *runOptions) error {
 		return withExitCode(exitFailure, fmt.Errorf("interrupted; images still being made are finished by the daemon (or the next run of this slot): %w", runErr))
 	case runErr != nil:
 		return withExitCode(exitFailure, runErr)
+	case rep.Outcome == store.OutcomeEmpty:
+		return withExitCode(exitFailure, fmt.Errorf("policy %s %s: nothing was backed up", p.Name, rep.Reason))
 	case !rep.OK():
 		return withExitCode(exitFailure, fmt.Errorf("%d of %d selected servers have no good image for slot %s",
 			rep.Counts.Selected-rep.Counts.Good-rep.Counts.Skipped, rep.Counts.Selected, scheduler.StampSlot(rep.Slot)))
