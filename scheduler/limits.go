@@ -101,16 +101,29 @@ func (b *tokenBucket) Wait(ctx context.Context) error {
 	return nil
 }
 
-// semaphore bounds concurrent workers. Its capacity can change on reload: a new
-// channel serves new acquisitions and each release goes back to the channel it came
-// from.
+// semaphore bounds concurrent workers and shares them fairly between keys (the
+// policies): a freed slot goes to the next key with a waiter, round-robin, and
+// within a key to its longest waiter. With a hundred policies due at once, each
+// policy's first server is served before any policy's second: a plain FIFO would
+// serve whole policies one after another, and the last policy would wait for every
+// other policy's servers. Its capacity can change on reload; slots already taken
+// beyond a lower capacity are simply not handed out again.
 type semaphore struct {
-	mu sync.Mutex
-	ch chan struct{}
+	mu     sync.Mutex
+	cap    int
+	used   int
+	queues map[string][]*semWaiter
+	ring   []string // keys with waiters, in round-robin order
+	next   int      // index in ring of the key served next
+}
+
+type semWaiter struct {
+	ch      chan struct{}
+	granted bool
 }
 
 func newSemaphore(n int) *semaphore {
-	s := &semaphore{}
+	s := &semaphore{queues: map[string][]*semWaiter{}}
 	s.resize(n)
 	return s
 }
@@ -121,21 +134,109 @@ func (s *semaphore) resize(n int) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.ch == nil || cap(s.ch) != n {
-		s.ch = make(chan struct{}, n)
+	s.cap = n
+	s.dispatchLocked()
+}
+
+// capacity returns how many slots there are.
+func (s *semaphore) capacity() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cap
+}
+
+// acquire takes a worker slot for key; the returned func gives it back.
+func (s *semaphore) acquire(ctx context.Context, key string) (func(), error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if s.used < s.cap && len(s.ring) == 0 {
+		s.used++
+		s.mu.Unlock()
+		return s.releaser(), nil
+	}
+	w := &semWaiter{ch: make(chan struct{})}
+	if len(s.queues[key]) == 0 {
+		s.ring = append(s.ring, key)
+	}
+	s.queues[key] = append(s.queues[key], w)
+	s.mu.Unlock()
+	select {
+	case <-w.ch:
+		return s.releaser(), nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		if w.granted {
+			// Granted as the context ended: pass the slot on.
+			s.used--
+			s.dispatchLocked()
+		} else {
+			s.removeLocked(key, w)
+		}
+		s.mu.Unlock()
+		return nil, ctx.Err()
 	}
 }
 
-// acquire takes a worker slot; the returned func gives it back.
-func (s *semaphore) acquire(ctx context.Context) (func(), error) {
-	s.mu.Lock()
-	ch := s.ch
-	s.mu.Unlock()
-	select {
-	case ch <- struct{}{}:
-		return func() { <-ch }, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
+// releaser returns the func that gives one slot back, at most once.
+func (s *semaphore) releaser() func() {
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			s.used--
+			s.dispatchLocked()
+			s.mu.Unlock()
+		})
+	}
+}
+
+// dispatchLocked hands free slots to waiters, one key after another.
+func (s *semaphore) dispatchLocked() {
+	for s.used < s.cap && len(s.ring) > 0 {
+		if s.next >= len(s.ring) {
+			s.next = 0
+		}
+		key := s.ring[s.next]
+		q := s.queues[key]
+		w := q[0]
+		q[0] = nil
+		s.queues[key] = q[1:]
+		w.granted = true
+		s.used++
+		close(w.ch)
+		if len(s.queues[key]) == 0 {
+			delete(s.queues, key)
+			s.ring = append(s.ring[:s.next], s.ring[s.next+1:]...)
+		} else {
+			s.next++
+		}
+	}
+}
+
+// removeLocked drops a waiter that gave up.
+func (s *semaphore) removeLocked(key string, w *semWaiter) {
+	q := s.queues[key]
+	for i, x := range q {
+		if x == w {
+			q = append(q[:i], q[i+1:]...)
+			break
+		}
+	}
+	if len(q) > 0 {
+		s.queues[key] = q
+		return
+	}
+	delete(s.queues, key)
+	for i, k := range s.ring {
+		if k == key {
+			s.ring = append(s.ring[:i], s.ring[i+1:]...)
+			if s.next > i {
+				s.next--
+			}
+			break
+		}
 	}
 }
 

@@ -211,7 +211,7 @@ func TestSemaphoreBoundsWorkers(t *testing.T) {
 	ctx := context.Background()
 	var rel []func()
 	for i := 0; i < 3; i++ {
-		r, err := s.acquire(ctx)
+		r, err := s.acquire(ctx, "p")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -219,13 +219,104 @@ func TestSemaphoreBoundsWorkers(t *testing.T) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	if _, err := s.acquire(cctx); err == nil {
+	if _, err := s.acquire(cctx, "p"); err == nil {
 		t.Error("a fourth worker got in")
 	}
 	rel[0]()
-	if r, err := s.acquire(ctx); err != nil {
+	rel[0]() // a second call of one release gives nothing back twice
+	if r, err := s.acquire(ctx, "p"); err != nil {
 		t.Error(err)
 	} else {
 		r()
+	}
+	s.mu.Lock()
+	used, waiting := s.used, len(s.ring)
+	s.mu.Unlock()
+	if used != 2 || waiting != 0 {
+		t.Errorf("after the releases: %d slots used, %d keys waiting; want 2 and 0", used, waiting)
+	}
+}
+
+// TestSemaphoreIsFairAcrossPolicies queues many workers of three policies behind one
+// slot, whole policies one after another (as runs started one after another do),
+// and checks that slots go round-robin: every policy's first worker before any
+// policy's second. A FIFO hands out all of a's before any of c's.
+func TestSemaphoreIsFairAcrossPolicies(t *testing.T) {
+	s := newSemaphore(1)
+	ctx := context.Background()
+	hold, err := s.acquire(ctx, "first")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var order []string
+	var wg sync.WaitGroup
+	queued := 0
+	for _, p := range []string{"a", "b", "c"} {
+		for i := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				release, err := s.acquire(ctx, p)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				order = append(order, fmt.Sprintf("%s%d", p, i))
+				mu.Unlock()
+				release()
+			}()
+			// Queue in a known order: wait until this waiter is in.
+			queued++
+			for {
+				s.mu.Lock()
+				n := 0
+				for _, q := range s.queues {
+					n += len(q)
+				}
+				s.mu.Unlock()
+				if n == queued {
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}
+	// A waiter that gives up leaves no trace.
+	cctx, cancel := context.WithCancel(ctx)
+	gaveUp := make(chan error)
+	go func() { _, err := s.acquire(cctx, "d"); gaveUp <- err }()
+	for {
+		s.mu.Lock()
+		n := len(s.queues["d"])
+		s.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if err := <-gaveUp; err == nil {
+		t.Error("a cancelled waiter got a slot")
+	}
+	hold()
+	wg.Wait()
+	want := []string{"a0", "b0", "c0", "a1", "b1", "c1", "a2", "b2", "c2", "a3", "b3", "c3"}
+	if fmt.Sprint(order) != fmt.Sprint(want) {
+		t.Errorf("slots went %v, want round-robin %v", order, want)
+	}
+}
+
+func TestNextPollBacksOffGently(t *testing.T) {
+	var got []time.Duration
+	for d := DefaultPollInterval; len(got) < 12; d = nextPoll(d, DefaultMaxPollInterval) {
+		got = append(got, d)
+	}
+	if got[0] != 2*time.Second || got[1] != 3*time.Second || got[2] != 4500*time.Millisecond {
+		t.Errorf("first waits %v, want 2s, 3s, 4.5s", got[:3])
+	}
+	if got[len(got)-1] != DefaultMaxPollInterval {
+		t.Errorf("waits %v never reach the maximum %v", got, DefaultMaxPollInterval)
 	}
 }

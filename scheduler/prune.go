@@ -209,7 +209,13 @@ func (pr *pruner) run(ctx context.Context) (*PruneReport, error) {
 	}
 	live := map[string]bool{}
 	if len(serverIDs) > 0 {
+		// Inside a worker slot, like a backup run's listing.
+		release, err := pr.r.AcquireWorker(ctx, pr.p.Name)
+		if err != nil {
+			return nil, err
+		}
 		servers, err := pr.cl.ListServers(ctx, CloudSelector(pr.p.Select))
+		release()
 		if err != nil {
 			return nil, fmt.Errorf("list servers: %w", err)
 		}
@@ -631,7 +637,7 @@ func (pr *pruner) planAction(it *PruneItem, c candidate, resumed bool) {
 func (pr *pruner) execute(ctx context.Context, rep *PruneReport, cands []candidate) {
 	var wg sync.WaitGroup
 	for _, c := range cands {
-		release, err := pr.r.AcquireWorker(ctx)
+		release, err := pr.r.AcquireWorker(ctx, pr.p.Name)
 		if err != nil {
 			break // ctx ended: the rest stays as it is and resumes next time
 		}
@@ -1048,7 +1054,7 @@ func (pr *pruner) deleteSnapshots(ctx context.Context, it *PruneItem, row store.
 			break
 		}
 		waited += interval
-		interval = min(interval*2, pr.r.opts.MaxPollInterval)
+		interval = nextPoll(interval, pr.r.opts.MaxPollInterval)
 		var still []*watch
 		for _, w := range watching {
 			cur, err := pr.cl.GetSnapshot(ctx, w.sn.SnapshotID)

@@ -69,8 +69,8 @@ func (r *Runner) unclaim(rows []store.Image) {
 // wait polls until every row is good or failed, or ctx ends (the rows then stay
 // creating, and ResumeWaits picks them up after a restart). Polls are batched: one
 // ListImages by stamp per round covers every image of the scope, then GetSnapshot
-// for each volume snapshot not yet seen available; the interval doubles from
-// PollInterval up to MaxPollInterval.
+// for each volume snapshot not yet seen available; the interval grows from
+// PollInterval up to MaxPollInterval (nextPoll).
 func (r *Runner) wait(ctx context.Context, sc waitScope, rows []store.Image) error {
 	items := make([]*waitItem, 0, len(rows))
 	for _, im := range rows {
@@ -83,7 +83,7 @@ func (r *Runner) wait(ctx context.Context, sc waitScope, rows []store.Image) err
 			if err := r.sleep(ctx, min(interval, r.untilFirstDeadline(sc, items))); err != nil {
 				return err
 			}
-			interval = min(interval*2, r.opts.MaxPollInterval)
+			interval = nextPoll(interval, r.opts.MaxPollInterval)
 		}
 		if h := r.opts.hooks.beforePoll; h != nil {
 			if err := h(round); err != nil {
@@ -97,6 +97,13 @@ func (r *Runner) wait(ctx context.Context, sc waitScope, rows []store.Image) err
 		}
 	}
 	return nil
+}
+
+// nextPoll is the wait after one of d: half as long again, at most most. Gentler
+// than doubling, so that an image active at 7 s is seen at 9.5 s (2, 5, 9.5) rather
+// than at 14 s (2, 6, 14), while a long wait still backs off to the maximum.
+func nextPoll(d, most time.Duration) time.Duration {
+	return min(d+d/2, most)
 }
 
 // untilFirstDeadline is how long until the first pending item passes its

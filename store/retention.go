@@ -80,23 +80,14 @@ func (s *Store) AppendRetentionRows(ctx context.Context, dst []LineageRow, polic
 // unpackRetention parses retentionRowsQuery's records. Strings are slices of packed
 // (no copies); the states and the owner are the shared constants.
 func (s *Store) unpackRetention(dst []LineageRow, packed, policy, server string, stateOf map[string]ImageState) ([]LineageRow, error) {
-	field := func() (string, error) {
-		i := strings.IndexByte(packed, ',')
-		if i < 0 {
-			return "", fmt.Errorf("truncated record %q", packed)
-		}
-		f := packed[:i]
-		packed = packed[i+1:]
-		return f, nil
-	}
 	for packed != "" {
 		var f [11]string
 		for i := range f {
-			v, err := field()
-			if err != nil {
-				return dst, err
+			j := strings.IndexByte(packed, ',')
+			if j < 0 {
+				return dst, fmt.Errorf("truncated record %q", packed)
 			}
-			f[i] = v
+			f[i], packed = packed[:j], packed[j+1:]
 		}
 		id, err := strconv.ParseInt(f[0], 10, 64)
 		if err != nil {
@@ -121,24 +112,32 @@ func (s *Store) unpackRetention(dst []LineageRow, packed, policy, server string,
 		} else {
 			r.Reason = why
 		}
-		for _, t := range []struct {
-			dst *time.Time
-			src string
-		}{{&r.Slot, f[2]}, {&r.RequestedAt, f[3]}, {&r.FailedAt, f[4]}, {&r.NextAttemptAt, f[5]}, {&r.LateUntil, f[6]}} {
-			if t.src == "" {
-				continue
-			}
-			v, ok := parseFixed(t.src)
-			if !ok {
-				if v, err = parseTime(sql.NullString{String: t.src, Valid: true}); err != nil {
-					return dst, fmt.Errorf("row %d: %w", id, err)
+		if r.Slot, err = packedTime(f[2]); err == nil {
+			if r.RequestedAt, err = packedTime(f[3]); err == nil {
+				if r.FailedAt, err = packedTime(f[4]); err == nil {
+					if r.NextAttemptAt, err = packedTime(f[5]); err == nil {
+						r.LateUntil, err = packedTime(f[6])
+					}
 				}
 			}
-			*t.dst = v
+		}
+		if err != nil {
+			return dst, fmt.Errorf("row %d: %w", id, err)
 		}
 		dst = append(dst, r)
 	}
 	return dst, nil
+}
+
+// packedTime parses a timestamp of a packed record; "" is the zero time.
+func packedTime(v string) (time.Time, error) {
+	if v == "" {
+		return time.Time{}, nil
+	}
+	if t, ok := parseFixed(v); ok {
+		return t, nil
+	}
+	return parseTime(sql.NullString{String: v, Valid: true})
 }
 
 // LineageRows returns the rows with the given row ids (lean, all columns of a
