@@ -587,7 +587,7 @@ func (pr *pruner) inspect(ctx context.Context, row store.LineageRow) inspection 
 func (pr *pruner) inspectAll(ctx context.Context, cands []candidate) {
 	var wg sync.WaitGroup
 	for i := range cands {
-		release, err := pr.r.AcquireWorker(ctx)
+		release, err := pr.r.AcquireWorker(ctx, pr.p.Name)
 		if err != nil {
 			// ctx ended: nothing is deleted, the rest waits for a later prune.
 			for j := i; j < len(cands); j++ {
