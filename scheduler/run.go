@@ -281,6 +281,7 @@ type run struct {
 	p          *policy.Policy
 	slot       time.Time // UTC, whole seconds
 	trigger    Trigger
+	call       RunSlotOptions
 	slotID     int64
 	runID      string
 	cloud      limitedCloud
@@ -306,6 +307,26 @@ type run struct {
 // is non-nil only when the run could not do its work (listing servers failed, the
 // store failed, ctx was cancelled); failed images are in the report, not the error.
 func (r *Runner) RunSlot(ctx context.Context, cfgVersion string, p *policy.Policy, slot time.Time, trigger Trigger) (*SlotReport, error) {
+	return r.RunSlotWith(ctx, cfgVersion, p, slot, trigger, RunSlotOptions{})
+}
+
+// RunSlotOptions are what one call of RunSlotWith asks beyond RunSlot: a manual run
+// of some servers, with its own progress, and without retention.
+type RunSlotOptions struct {
+	// Servers, when not empty, limits the run to these server ids among the ones
+	// the policy selects (`run --server`): an image before maintenance. Ids the
+	// policy does not select are ignored; the caller checks them first.
+	Servers []string
+	// Progress, when set, is called as Progress of RunnerOptions is, for this run
+	// only: the run of a control-socket client in the daemon.
+	Progress func(ProgressEvent)
+	// SkipRetention leaves out the retention request of Settled (`run --no-prune`).
+	SkipRetention bool
+}
+
+// RunSlotWith is RunSlot with per-call options.
+func (r *Runner) RunSlotWith(ctx context.Context, cfgVersion string, p *policy.Policy, slot time.Time, trigger Trigger,
+	o RunSlotOptions) (*SlotReport, error) {
 	if p == nil || p.Image == nil {
 		return nil, errors.New("run slot: policy without image spec")
 	}
@@ -326,9 +347,9 @@ func (r *Runner) RunSlot(ctx context.Context, cfgVersion string, p *policy.Polic
 	if err != nil {
 		return nil, fmt.Errorf("run slot of %s: %w", p.Name, err)
 	}
-	rep, err := r.runSlot(ctx, cfgVersion, p, slot, trigger, sl, started)
+	rep, err := r.runSlot(ctx, cfgVersion, p, slot, trigger, sl, started, o)
 	unlock()
-	if err != nil || r.opts.Settled == nil || rep == nil || rep.Outcome == store.OutcomeFailed {
+	if err != nil || r.opts.Settled == nil || o.SkipRetention || rep == nil || rep.Outcome == store.OutcomeFailed {
 		return rep, err
 	}
 	// Only the name leaves the run: retention looks the policy up itself.
@@ -337,9 +358,9 @@ func (r *Runner) RunSlot(ctx context.Context, cfgVersion string, p *policy.Polic
 }
 
 func (r *Runner) runSlot(ctx context.Context, cfgVersion string, p *policy.Policy, slot time.Time, trigger Trigger,
-	sl store.Slot, started time.Time) (*SlotReport, error) {
+	sl store.Slot, started time.Time, o RunSlotOptions) (*SlotReport, error) {
 	ru := &run{
-		r: r, cfgVersion: cfgVersion, p: p, slot: slot, trigger: trigger, slotID: sl.ID, runID: newRunID(),
+		r: r, cfgVersion: cfgVersion, p: p, slot: slot, trigger: trigger, slotID: sl.ID, runID: newRunID(), call: o,
 		calls:    &callCounter{},
 		log:      r.log.With("policy", p.Name, "slot", StampSlot(slot)),
 		timeout:  r.waitTimeout(p),
@@ -501,6 +522,9 @@ func (ru *run) execute(ctx context.Context) error {
 		// The cloud may have ignored the tag filter (Nova below 2.26 does): check again.
 		if !sel.Matches(s.Tags, s.AvailabilityZone) {
 			ru.log.Warn("cloud returned a server the selector does not match; ignoring it", "server_id", s.ID)
+			continue
+		}
+		if len(ru.call.Servers) > 0 && !slices.Contains(ru.call.Servers, s.ID) {
 			continue
 		}
 		selected = append(selected, s)
@@ -1016,8 +1040,17 @@ func (ru *run) finish(res ServerResult) {
 	cp := res
 	ru.results[res.ServerID] = &cp
 	ru.done++
+	ru.report(res)
+}
+
+// report calls the progress callbacks; ru.mu is held.
+func (ru *run) report(res ServerResult) {
+	e := ProgressEvent{Policy: ru.p.Name, Slot: ru.slot, Done: ru.done, Total: ru.total, Server: res}
 	if ru.r.opts.Progress != nil {
-		ru.r.opts.Progress(ProgressEvent{Policy: ru.p.Name, Slot: ru.slot, Done: ru.done, Total: ru.total, Server: res})
+		ru.r.opts.Progress(e)
+	}
+	if ru.call.Progress != nil {
+		ru.call.Progress(e)
 	}
 }
 
@@ -1025,9 +1058,7 @@ func (ru *run) finish(res ServerResult) {
 func (ru *run) progress(res ServerResult) {
 	ru.mu.Lock()
 	defer ru.mu.Unlock()
-	if ru.r.opts.Progress != nil {
-		ru.r.opts.Progress(ProgressEvent{Policy: ru.p.Name, Slot: ru.slot, Done: ru.done, Total: ru.total, Server: res})
-	}
+	ru.report(res)
 }
 
 // markWaiting reports the servers still being waited on when the run stops early.

@@ -173,7 +173,7 @@ func runPlan(ctx context.Context, m *Main, o *planOptions) error {
 
 		existing := map[string][]scheduler.SimImage{}
 		if runner != nil {
-			rep, err := scheduler.NewRetention(runner, policy.NewCoordinator(cfg), scheduler.RetentionOptions{}).
+			rep, err := scheduler.NewRetention(runner, wired.configs(), scheduler.RetentionOptions{}).
 				Prune(ctx, p.Name, scheduler.PruneOptions{DryRun: true, Full: true})
 			if err != nil {
 				return withExitCode(exitFailure, err)

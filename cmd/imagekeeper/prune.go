@@ -11,7 +11,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/scheduler"
 )
 
@@ -35,7 +34,12 @@ a prune could not decide or a guard rail refused a deletion.`,
 		Example: `  imagekeeper prune --dry-run
   imagekeeper prune --policy web-daily -o json`,
 		Args: noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return runPrune(cmd.Context(), m, o) },
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if handled, err := o.viaDaemon(cmd.Context(), cmd, args); handled {
+				return err
+			}
+			return runPrune(cmd.Context(), m, o)
+		},
 	}
 	o.common = newCommon(m, cmd).withConfig().withOutput().withLogs("warn")
 	f := cmd.Flags()
@@ -119,7 +123,7 @@ func runPrune(ctx context.Context, m *Main, o *pruneOptions) error {
 
 	// Retention asks the file's config for each policy by name, as the daemon's asks
 	// the config in force: a disabled policy is reported, not pruned.
-	retention := scheduler.NewRetention(runner, policy.NewCoordinator(wired.cfg), scheduler.RetentionOptions{})
+	retention := scheduler.NewRetention(runner, wired.configs(), scheduler.RetentionOptions{})
 	var reports []*scheduler.PruneReport
 	var failures []string
 	for _, p := range wired.policies {
