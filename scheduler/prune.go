@@ -217,7 +217,7 @@ func (pr *pruner) run(ctx context.Context) (*PruneReport, error) {
 		servers, err := pr.cl.ListServers(ctx, CloudSelector(pr.p.Select))
 		release()
 		if err != nil {
-			return nil, fmt.Errorf("list servers: %w", err)
+			return nil, err // the cloud's error names the call: "list servers: ..."
 		}
 		for _, s := range servers {
 			live[s.ID] = true
@@ -654,7 +654,7 @@ func (pr *pruner) execute(ctx context.Context, rep *PruneReport, cands []candida
 
 // recheckProtected looks again at a kept_protected image whose recheck is due.
 func (pr *pruner) recheckProtected(ctx context.Context, row store.LineageRow) store.LineageRow {
-	log := pr.log.With("server_id", row.ServerID, "image_id", row.ImageID)
+	log := pr.log.With("server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name)
 	img, err := pr.cl.GetImage(ctx, row.ImageID)
 	var msg string
 	switch {
@@ -720,7 +720,7 @@ func (pr *pruner) planAndJournal(ctx context.Context, it *PruneItem, row store.L
 // left it, and records the outcome in it.
 func (pr *pruner) journal(ctx context.Context, it *PruneItem, c candidate) {
 	row := c.row
-	log := pr.log.With("server_id", row.ServerID, "image_id", row.ImageID)
+	log := pr.log.With("server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name)
 	err := pr.deleteImage(ctx, it, row, c.insp, strings.Join(c.it.Reasons, "; "), log)
 	switch {
 	case err == nil:
@@ -949,7 +949,7 @@ func (pr *pruner) recordRetry(ctx context.Context, it *PruneItem, row store.Line
 // yet and the earliest moment to look at them again.
 func (pr *pruner) deleteSnapshots(ctx context.Context, it *PruneItem, row store.LineageRow, snaps []store.Snapshot) (pending int, next time.Time, err error) {
 	bctx := context.WithoutCancel(ctx)
-	log := pr.log.With("server_id", row.ServerID, "image_id", row.ImageID)
+	log := pr.log.With("server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name)
 	policyName := pr.p.Name
 	type watch struct {
 		sn        store.Snapshot

@@ -406,7 +406,7 @@ func (r *Runner) runSlot(ctx context.Context, cfgVersion string, p *policy.Polic
 		rep.Outcome = store.OutcomeEmpty
 		rep.Reason = "selected no server (select: " + DescribeSelector(CloudSelector(p.Select)) + ")"
 	case rep.Counts.Failed > 0:
-		rep.Reason = fmt.Sprintf("%d of %d images failed", rep.Counts.Failed, rep.Counts.Selected)
+		rep.Reason = fmt.Sprintf("%d of %s failed", rep.Counts.Failed, plural(rep.Counts.Selected, "image", "images"))
 	}
 	if len(ru.left) > 0 && runErr == nil {
 		note := fmt.Sprintf("%d server(s) with good images left the selection: %s", len(ru.left), strings.Join(ru.left, ", "))
@@ -515,13 +515,13 @@ func (ru *run) execute(ctx context.Context) error {
 	release()
 	if err != nil {
 		ru.event(ctx, store.Event{Kind: "list_failed", Message: "list servers: " + cloud.Reason(err)})
-		return fmt.Errorf("list servers: %w", err)
+		return err // the cloud's error names the call: "list servers: ..."
 	}
 	var selected []cloud.Server
 	for _, s := range servers {
 		// The cloud may have ignored the tag filter (Nova below 2.26 does): check again.
 		if !sel.Matches(s.Tags, s.AvailabilityZone) {
-			ru.log.Warn("cloud returned a server the selector does not match; ignoring it", "server_id", s.ID)
+			ru.log.Warn("cloud returned a server the selector does not match; ignoring it", "server_id", s.ID, "server_name", s.Name)
 			continue
 		}
 		if len(ru.call.Servers) > 0 && !slices.Contains(ru.call.Servers, s.ID) {
@@ -682,7 +682,7 @@ var errAbandoned = errors.New("abandoned at a crash point")
 // call. It returns the row to wait for when wait is true.
 func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has bool) (im store.Image, wait bool, err error) {
 	r, p := ru.r, ru.p
-	log := ru.log.With("server_id", s.ID)
+	log := ru.log.With("server_id", s.ID, "server_name", s.Name)
 	res := ServerResult{ServerID: s.ID, ServerName: s.Name, Existing: has}
 	if has {
 		if !ru.claim(row) {
@@ -791,7 +791,7 @@ func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has 
 		if !created {
 			// Another process wrote the row between our read and now: it owns the call.
 			res.Existing = true
-			ru.log.Info("slot row appeared concurrently; not calling again", "server_id", s.ID)
+			ru.log.Info("slot row appeared concurrently; not calling again", "server_id", s.ID, "server_name", s.Name)
 			if row.State == store.ImageCreating {
 				return row, true, nil
 			}
@@ -849,7 +849,7 @@ func (ru *run) create(ctx context.Context, s cloud.Server, row store.Image, res 
 		if err != nil {
 			return row, false, err
 		}
-		log.Info("image requested", "image_id", id)
+		log.Info("image requested", "image_id", id, "image_name", row.Name)
 		return row, true, nil
 	}
 	switch {
@@ -920,7 +920,7 @@ func (ru *run) adopt(ctx context.Context, row store.Image, why string) (store.Im
 	if err != nil {
 		return row, false, err
 	}
-	ru.log.Info("image adopted", "server_id", row.ServerID, "image_id", img.ID)
+	ru.log.Info("image adopted", "server_id", row.ServerID, "server_name", row.ServerName, "image_id", img.ID, "image_name", img.Name)
 	return adopted, true, nil
 }
 
@@ -988,7 +988,7 @@ func (ru *run) render(s cloud.Server) (string, map[string]string, error) {
 func (ru *run) skip(ctx context.Context, s cloud.Server, res ServerResult, reason, detail string) error {
 	ru.event(ctx, store.Event{Kind: store.EventServerSkipped, ServerID: s.ID, Message: reason + ": " + detail})
 	ru.r.metrics.ServerSkipped(ru.p.Name, reason)
-	ru.log.Info("server skipped", "server_id", s.ID, "reason", reason, "detail", detail)
+	ru.log.Info("server skipped", "server_id", s.ID, "server_name", s.Name, "reason", reason, "detail", detail)
 	res.Outcome, res.Reason = ServerSkipped, reason
 	ru.finish(res)
 	return nil
@@ -1001,7 +1001,7 @@ func (ru *run) failRow(ctx context.Context, row store.Image, res ServerResult, r
 		return err
 	}
 	ru.r.metrics.ImageCreated(ru.p.Name, CreateFailed, 0)
-	ru.log.Warn("image failed", "server_id", row.ServerID, "reason", reason)
+	ru.log.Warn("image failed", "server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name, "reason", reason)
 	res.Outcome, res.Reason, res.ImageRow, res.ImageID = ServerFailed, reason, im.Row, im.ImageID
 	ru.finish(res)
 	return nil
