@@ -26,7 +26,10 @@
 //	compute.servers.list     GET /servers, /servers/detail
 //	compute.servers.get      GET /servers/{id}
 //	compute.servers.tags     GET /servers/{id}/tags
-//	compute.createImage      POST /servers/{id}/action {"createImage": ...}
+//	compute.createImage      POST /servers/{id}/action {"createImage": ...} (any action but the console)
+//	compute.servers.create   POST /servers
+//	compute.servers.delete   DELETE /servers/{id}
+//	compute.servers.console  POST /servers/{id}/action {"os-getConsoleOutput": ...}
 //	compute.flavors          GET /flavors, /flavors/detail, /flavors/{id}
 //	compute.other            any other compute request (answered 404 or minimal)
 //	image.versions           GET /image/, /image/versions
@@ -39,6 +42,8 @@
 //	volume.snapshots.list    GET /snapshots, /snapshots/detail
 //	volume.snapshots.get     GET /snapshots/{id}
 //	volume.snapshots.delete  DELETE /snapshots/{id}
+//	volume.volumes           GET /volumes, /volumes/detail, /volumes/{id}
+//	volume.volumes.delete    DELETE /volumes/{id}
 //	volume.other             any other block-storage request
 //	"*"                      (Fault.Op only) every operation above
 //
@@ -118,6 +123,7 @@ const (
 	DefaultRootDevice         = "/dev/vda"
 	DefaultSnapshotBuildTime  = time.Second
 	DefaultSnapshotDeleteTime = 500 * time.Millisecond
+	DefaultBootTime           = time.Second
 	DefaultUsername           = "admin"
 	DefaultPassword           = "secret"
 	DefaultProjectName        = "demo"
@@ -161,6 +167,12 @@ type Options struct {
 	// SnapshotDeleteTime is how long a deleted Cinder snapshot stays deleting before
 	// it is gone (404), or back to available when a volume depends on it.
 	SnapshotDeleteTime time.Duration
+	// BootTime is how long a server made with POST /servers stays BUILD before it
+	// is ACTIVE (or ERROR); DefaultBootTime when zero.
+	BootTime time.Duration
+	// InstanceQuota limits the number of servers (0: unlimited); POST /servers
+	// beyond it gets Nova's 403 quota answer. SetInstanceQuota changes it.
+	InstanceQuota int
 	// Credentials accepted by Keystone (password method, scoped to the project).
 	Username, Password, UserID string
 	ProjectID, ProjectName     string

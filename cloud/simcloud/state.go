@@ -38,6 +38,8 @@ type Sim struct {
 	faultSeq         int
 	requests         map[string]int
 	createCalls      map[string]int
+	vols             map[string]*volume // volumes made from snapshots by POST /servers
+	bootFail         string
 
 	ln      net.Listener
 	srv     *http.Server
@@ -72,6 +74,11 @@ type server struct {
 	failNext    bool
 	stickNext   bool
 	failVolNext bool
+	// Boot state of a server made with POST /servers.
+	flavorID   string
+	buildUntil time.Time
+	buildFault string
+	fault      string
 }
 
 // image timeline kinds.
@@ -152,6 +159,9 @@ func newSim(opts Options) *Sim {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.BootTime <= 0 {
+		opts.BootTime = DefaultBootTime
+	}
 	if opts.ImageQueueTime <= 0 {
 		opts.ImageQueueTime = DefaultImageQueueTime
 	}
@@ -176,6 +186,7 @@ func newSim(opts Options) *Sim {
 		faults:           map[int]*Fault{},
 		requests:         map[string]int{},
 		createCalls:      map[string]int{},
+		vols:             map[string]*volume{},
 		closed:           make(chan struct{}),
 	}
 	// Project and user ids look like Keystone's: 32 hex digits, no dashes. They
@@ -376,8 +387,14 @@ func (s *Sim) server(id string) *server {
 	return sv
 }
 
-// refresh recomputes a snapshot task's state from the clock.
+// refresh recomputes a build's or a snapshot task's state from the clock.
 func (sv *server) refresh(now time.Time) {
+	if !sv.buildUntil.IsZero() && !now.Before(sv.buildUntil) {
+		sv.status, sv.taskState, sv.buildUntil = "ACTIVE", "", time.Time{}
+		if sv.buildFault != "" {
+			sv.status, sv.fault = "ERROR", sv.buildFault
+		}
+	}
 	if sv.taskUntil.IsZero() {
 		return
 	}
