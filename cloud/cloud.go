@@ -115,7 +115,10 @@ type Server struct {
 	Name   string
 	Status string // Nova status: ACTIVE, SHUTOFF, ERROR, ...
 	// TaskState is Nova's OS-EXT-STS:task_state; empty when no task is in progress.
-	TaskState        string
+	TaskState string
+	// Locked is Nova's locked field (microversion 2.9): a locked server refuses a
+	// non-admin's createImage with 409.
+	Locked           bool
 	AvailabilityZone string
 	Tags             []string
 	Metadata         map[string]string

@@ -147,6 +147,9 @@ type RunnerOptions struct {
 	// DefaultWaitTimeout applies when a policy has none (and to resumed waits of a
 	// policy no longer in the config).
 	DefaultWaitTimeout time.Duration
+	// BusyRetryInterval is the first wait before a busy server is looked at again
+	// (DefaultBusyRetryInterval when zero); it doubles up to BusyRetryMaxInterval.
+	BusyRetryInterval time.Duration
 	// Progress, when set, is called as servers reach their outcome (the CLI prints it).
 	// It is called from the run's goroutines, one call at a time.
 	Progress func(ProgressEvent)
@@ -212,6 +215,9 @@ func NewRunner(opts RunnerOptions) *Runner {
 	}
 	if opts.DefaultWaitTimeout <= 0 {
 		opts.DefaultWaitTimeout = DefaultWaitTimeout
+	}
+	if opts.BusyRetryInterval <= 0 {
+		opts.BusyRetryInterval = DefaultBusyRetryInterval
 	}
 	r := &Runner{
 		opts:     opts,
@@ -572,6 +578,16 @@ func (ru *run) execute(ctx context.Context) error {
 	var toWait []store.Image
 	var firstErr error
 	var next atomic.Int64
+	record := func(im store.Image, wait bool, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil && firstErr == nil && !errors.Is(err, errAbandoned) {
+			firstErr = err
+		}
+		if wait {
+			toWait = append(toWait, im)
+		}
+	}
 	for range min(r.workers.capacity(), len(order)) {
 		wg.Add(1)
 		go func() {
@@ -584,14 +600,17 @@ func (ru *run) execute(ctx context.Context) error {
 				s := order[i]
 				row, has := rows[s.ID]
 				im, wait, err := ru.server(ctx, s, row, has)
-				mu.Lock()
-				if err != nil && firstErr == nil && !errors.Is(err, errAbandoned) {
-					firstErr = err
+				if busy := (busyError{}); errors.As(err, &busy) {
+					// Looked at again later, on a goroutine of its own: its backoff
+					// must not hold one of the run's workers.
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						record(ru.retryBusy(ctx, s, busy))
+					}()
+					continue
 				}
-				if wait {
-					toWait = append(toWait, im)
-				}
-				mu.Unlock()
+				record(im, wait, err)
 			}
 		}()
 	}
@@ -675,6 +694,96 @@ func DescribeSelector(s cloud.Selector) string {
 	return strings.Join(parts, " ")
 }
 
+// Busy retries: a server with a task in progress (its own or someone else's
+// snapshot, a resize...) or a createImage refused with 409 is looked at again
+// within the slot, with backoff from RunnerOptions.BusyRetryInterval up to
+// BusyRetryMaxInterval, until the slot's max_lateness has passed (at most
+// MaxBusyRetry after the slot; MaxBusyRetry for a policy without a schedule). Only
+// then is it skipped busy: on a daily policy a skip is a day without a backup.
+const (
+	DefaultBusyRetryInterval = 30 * time.Second
+	BusyRetryMaxInterval     = 10 * time.Minute
+	MaxBusyRetry             = 6 * time.Hour
+)
+
+// busyError is a server found busy: serverRetryingBusy retries it or skips it.
+type busyError struct {
+	res    ServerResult
+	detail string
+}
+
+func (e busyError) Error() string { return "server busy: " + e.detail }
+
+// busyDeadline is the last moment a busy server of this run is looked at again.
+func (ru *run) busyDeadline() time.Time {
+	bound := MaxBusyRetry
+	if sch := ru.p.Schedule; sch != nil && sch.MaxLateness > 0 && sch.MaxLateness < bound {
+		bound = sch.MaxLateness
+	}
+	return ru.slot.Add(bound)
+}
+
+// retryBusy is called when server found s busy: it waits with backoff, reads the
+// server again and runs server again, while it is busy and busyDeadline has not
+// passed; then the server is skipped busy.
+func (ru *run) retryBusy(ctx context.Context, s cloud.Server, busy busyError) (store.Image, bool, error) {
+	r := ru.r
+	deadline := ru.busyDeadline()
+	interval := r.opts.BusyRetryInterval
+	var im store.Image
+	for attempt := 1; ; attempt++ {
+		left := deadline.Sub(r.now())
+		if left <= 0 {
+			detail := busy.detail
+			if attempt > 1 {
+				detail += fmt.Sprintf(" (still busy after %d looks, until max_lateness)", attempt)
+			}
+			return im, false, ru.skip(ctx, s, busy.res, SkipBusy, detail)
+		}
+		ru.log.Info("server busy; looking again later", "server_id", s.ID, "detail", busy.detail, "in", min(interval, left).String())
+		if err := r.sleep(ctx, min(interval, left)); err != nil {
+			return im, false, err
+		}
+		interval = min(interval*2, BusyRetryMaxInterval)
+		if fresh, gerr := ru.cloud.GetServer(ctx, s.ID); gerr == nil {
+			s = fresh
+		} else if ctx.Err() != nil {
+			return im, false, ctx.Err()
+		}
+		// A 409 dropped the intent; a task state found before the intent wrote none.
+		row, err := r.store.ImageByKey(ctx, ru.p.Name, s.ID, ru.slot)
+		has := err == nil
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return im, false, err
+		}
+		var wait bool
+		im, wait, err = ru.server(ctx, s, row, has)
+		if !errors.As(err, &busy) {
+			return im, wait, err
+		}
+	}
+}
+
+// inFlight says why an earlier slot's image of the server under this policy is
+// still being made ("" when none is): a second createImage must not start then.
+func (ru *run) inFlight(ctx context.Context, serverID string) (string, error) {
+	rows, err := ru.r.store.Images(ctx, store.ImageFilter{Policy: ru.p.Name, ServerID: serverID,
+		States: []store.ImageState{store.ImageRequested, store.ImageCreating}})
+	if err != nil {
+		return "", err
+	}
+	now := ru.r.store.Now()
+	for _, im := range rows {
+		if im.Slot.Equal(ru.slot) || (im.State == store.ImageRequested && im.Attempts == 0) {
+			continue
+		}
+		if now.Before(im.RequestedAt.Add(ru.timeout)) {
+			return fmt.Sprintf("the image of slot %s (row %d, %s) is still being made", StampSlot(im.Slot), im.Row, im.State), nil
+		}
+	}
+	return "", nil
+}
+
 // errAbandoned marks a server whose work a test hook stopped, as a crash would.
 var errAbandoned = errors.New("abandoned at a crash point")
 
@@ -737,11 +846,23 @@ func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has 
 		}
 	}
 
+	// An earlier slot's image still being made explains a task state of our own
+	// snapshot too, so it is looked for before busy.
+	inFlight := ""
+	if !has {
+		if inFlight, err = ru.inFlight(ctx, s.ID); err != nil {
+			return row, false, err
+		}
+	}
 	switch {
 	case s.Status == "ERROR":
 		return row, false, ru.skip(ctx, s, res, SkipErrorState, "server is in ERROR state; Nova refuses to image it")
+	case s.Locked:
+		return row, false, ru.skip(ctx, s, res, SkipLocked, "server is locked; Nova refuses to image it until it is unlocked")
+	case inFlight != "":
+		return row, false, ru.skip(ctx, s, res, SkipInFlight, inFlight)
 	case s.TaskState != "":
-		return row, false, ru.skip(ctx, s, res, SkipBusy, fmt.Sprintf("server has a task in progress (task_state %s)", s.TaskState))
+		return row, false, busyError{res: res, detail: fmt.Sprintf("server has a task in progress (task_state %s)", s.TaskState)}
 	}
 
 	// Start at the server's stable offset inside the spread window, counted from the
@@ -814,7 +935,7 @@ func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has 
 // create makes the createImage call for a row that has no image yet.
 func (ru *run) create(ctx context.Context, s cloud.Server, row store.Image, res ServerResult, name string,
 	meta map[string]string, log *slog.Logger) (store.Image, bool, error) {
-	r, p := ru.r, ru.p
+	r := ru.r
 	unlock, err := r.servers.lock(ctx, s.ID)
 	if err != nil {
 		return row, false, err
@@ -861,11 +982,11 @@ func (ru *run) create(ctx context.Context, s cloud.Server, row store.Image, res 
 			return row, false, derr
 		}
 		res.ImageRow = 0
-		res.Outcome, res.Reason = ServerSkipped, SkipBusy
-		r.metrics.ServerSkipped(p.Name, SkipBusy)
-		log.Info("server skipped", "reason", SkipBusy, "detail", cloud.Reason(err))
-		ru.finish(res)
-		return row, false, nil
+		if strings.Contains(strings.ToLower(cloud.Reason(err)), "locked") {
+			// Nova's InstanceIsLocked: an operator's lock, not a task that ends soon.
+			return row, false, ru.skip(ctx, s, res, SkipLocked, cloud.Reason(err))
+		}
+		return row, false, busyError{res: res, detail: "createImage refused (409): " + cloud.Reason(err)}
 	case errors.Is(err, cloud.ErrUnknownOutcome) || (ctx.Err() == nil && isTransport(err)):
 		// The image may exist: never call again before looking for it. The wait adopts
 		// it when it shows up under our stamp, and fails the row at wait_timeout if not.
@@ -1018,6 +1139,16 @@ func (ru *run) event(ctx context.Context, e store.Event) {
 // claim takes a row for this run, so that a resumed wait of the same process
 // leaves it alone; false if that wait has it.
 func (ru *run) claim(row store.Image) bool {
+	ru.mu.Lock()
+	for _, c := range ru.claimed {
+		if c.Row == row.Row {
+			// Ours already: a busy server's intent dropped and written again may get
+			// the same row id back.
+			ru.mu.Unlock()
+			return true
+		}
+	}
+	ru.mu.Unlock()
 	if len(ru.r.claim([]store.Image{row})) == 0 {
 		return false
 	}

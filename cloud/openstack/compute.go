@@ -84,6 +84,7 @@ func toServer(s *servers.Server) cloud.Server {
 		Name:             s.Name,
 		Status:           s.Status,
 		TaskState:        s.TaskState,
+		Locked:           s.Locked != nil && *s.Locked,
 		AvailabilityZone: s.AvailabilityZone,
 		Metadata:         s.Metadata,
 		// Nova reports "image": "" for a server booted from a volume, which

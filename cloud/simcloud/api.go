@@ -205,13 +205,16 @@ func (o Options) info(msg string, args ...any) {
 // ServerSpec describes a server to add. Empty fields get defaults: a generated
 // ID, Name "server-N", Status ACTIVE, AZ "nova".
 type ServerSpec struct {
-	ID        string            `json:"id,omitempty"`
-	Name      string            `json:"name,omitempty"`
-	Status    string            `json:"status,omitempty"`     // ACTIVE, SHUTOFF, ERROR, PAUSED, SUSPENDED, BUILD, SHELVED_OFFLOADED
-	AZ        string            `json:"az,omitempty"`         // OS-EXT-AZ:availability_zone
-	TaskState string            `json:"task_state,omitempty"` // OS-EXT-STS:task_state, "" for none
-	Tags      []string          `json:"tags,omitempty"`
-	Metadata  map[string]string `json:"metadata,omitempty"`
+	ID        string `json:"id,omitempty"`
+	Name      string `json:"name,omitempty"`
+	Status    string `json:"status,omitempty"`     // ACTIVE, SHUTOFF, ERROR, PAUSED, SUSPENDED, BUILD, SHELVED_OFFLOADED
+	AZ        string `json:"az,omitempty"`         // OS-EXT-AZ:availability_zone
+	TaskState string `json:"task_state,omitempty"` // OS-EXT-STS:task_state, "" for none
+	// Locked is Nova's lock (os-lock): the server shows locked: true and refuses a
+	// non-admin's createImage with 409.
+	Locked   bool              `json:"locked,omitempty"`
+	Tags     []string          `json:"tags,omitempty"`
+	Metadata map[string]string `json:"metadata,omitempty"`
 	// Volumes is 0 for an image-backed server, N > 0 for a volume-backed server with
 	// N attached volumes (the first is the root disk).
 	Volumes int `json:"volumes,omitempty"`
@@ -371,6 +374,11 @@ func (s *Sim) SetServerStatus(id, status string) {
 // SetServerTaskState sets a server's task state ("" for none).
 func (s *Sim) SetServerTaskState(id, taskState string) {
 	s.withServer(id, func(sv *server) { sv.taskState = taskState; sv.taskUntil = time.Time{} })
+}
+
+// SetServerLocked locks or unlocks a server (Nova's os-lock / os-unlock).
+func (s *Sim) SetServerLocked(id string, locked bool) {
+	s.withServer(id, func(sv *server) { sv.locked = locked })
 }
 
 // SetServerTags replaces a server's tags.

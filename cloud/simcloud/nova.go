@@ -530,7 +530,7 @@ func (s *Sim) serverView(q *req, sv *server) map[string]any {
 		out["fault"] = map[string]any{"code": 500, "created": timeNova(sv.created), "message": msg}
 	}
 	if q.mv.atLeast(9) {
-		out["locked"] = false
+		out["locked"] = sv.locked
 	}
 	if q.mv.atLeast(19) {
 		out["description"] = nil
@@ -788,6 +788,11 @@ func (s *Sim) serverAction(q *req, id string) {
 	}
 	if vm := vmStateOf(sv.status); !snapshotVMStates[vm] {
 		s.novaFault(q, http.StatusConflict, fmt.Sprintf("Cannot 'createImage' instance %s while it is in vm_state %s", id, vm), nil)
+		return
+	}
+	if sv.locked {
+		// nova.exception.InstanceIsLocked, mapped to HTTPConflict by the API.
+		s.novaFault(q, http.StatusConflict, fmt.Sprintf("Instance %s is locked", id), nil)
 		return
 	}
 	if sv.taskState != "" {

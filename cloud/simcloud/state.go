@@ -61,6 +61,7 @@ type server struct {
 	status      string
 	az          string
 	taskState   string
+	locked      bool      // Nova's lock (os-lock): a non-admin's createImage gets 409
 	taskStart   time.Time // start of a snapshot task; zero for a manual task state
 	taskSaving  time.Time // when the snapshot task's image starts saving
 	taskUntil   time.Time // when the snapshot task ends; zero when not a snapshot task
@@ -331,6 +332,7 @@ func (s *Sim) addServer(spec ServerSpec) string {
 		status:     spec.Status,
 		az:         spec.AZ,
 		taskState:  spec.TaskState,
+		locked:     spec.Locked,
 		tags:       append([]string(nil), spec.Tags...),
 		metadata:   copyMap(spec.Metadata),
 		imageProps: copyMap(spec.ImageProperties),
