@@ -26,7 +26,7 @@ func TestBusyServerRetriedWithinSlot(t *testing.T) {
 		h.sim.SetServerTaskState(id, "")
 	}()
 	slot := time.Now().UTC().Truncate(time.Second)
-	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg, h.p, slot, TriggerManual)
+	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg.Version, h.p, slot, TriggerManual)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func TestBusy409RetriedWithinSlot(t *testing.T) {
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
 	h.sim.SetFault(simcloud.Fault{Op: "compute.createImage", ErrorStatus: 409, Count: 2})
 	slot := time.Now().UTC().Truncate(time.Second)
-	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg, h.p, slot, TriggerManual)
+	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg.Version, h.p, slot, TriggerManual)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +64,7 @@ func TestBusyUntilMaxLatenessIsSkipped(t *testing.T) {
 	h := newRunHarness(t, runHarnessOptions{})
 	h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}, TaskState: "resize_migrating"})
 	// A scheduled slot long past: its max_lateness (one day) is over.
-	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg, h.p, h.slot, TriggerScheduled)
+	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerScheduled)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestBusyUntilMaxLatenessIsSkipped(t *testing.T) {
 func TestLockedServerIsSkippedLocked(t *testing.T) {
 	h := newRunHarness(t, runHarnessOptions{})
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}, Locked: true})
-	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg, h.p, time.Now().UTC().Truncate(time.Second), TriggerManual)
+	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg.Version, h.p, time.Now().UTC().Truncate(time.Second), TriggerManual)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,8 +100,8 @@ func TestInFlightServerIsSkipped(t *testing.T) {
 	crashing := h.runner(func(o *RunnerOptions) {
 		o.hooks.beforePoll = func(int) error { return errors.New("stop") }
 	})
-	_, _ = crashing.RunSlot(ctx, h.cfg, h.p, h.slot, TriggerManual)
-	rep, err := busyRunner(h).RunSlot(ctx, h.cfg, h.p, h.slot.Add(24*time.Hour), TriggerManual)
+	_, _ = crashing.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerManual)
+	rep, err := busyRunner(h).RunSlot(ctx, h.cfg.Version, h.p, h.slot.Add(24*time.Hour), TriggerManual)
 	if err != nil {
 		t.Fatal(err)
 	}
