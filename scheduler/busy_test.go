@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
+	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/store"
 )
 
@@ -124,7 +125,7 @@ func TestReconcileAdoptsLeakedUnknownOutcome(t *testing.T) {
 	h.sim.SetFault(simcloud.Fault{Op: "image.list", ErrorStatus: 403})
 	ctx := context.Background()
 	r := h.runner(nil)
-	if _, err := r.RunSlot(ctx, h.cfg, h.p, h.slot, TriggerScheduled); err != nil {
+	if _, err := r.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerScheduled); err != nil {
 		t.Fatal(err)
 	}
 	row, err := h.store.ImageByKey(ctx, "web", id, h.slot)
@@ -141,7 +142,7 @@ func TestReconcileAdoptsLeakedUnknownOutcome(t *testing.T) {
 		t.Fatalf("periodic reconcile left the leak: row %s image %q adopted=%v; stamped images %d",
 			row.State, row.ImageID, row.Adopted, len(stamped))
 	}
-	if err := r.ResumeWaits(ctx, h.cfg); err != nil {
+	if err := r.ResumeWaits(ctx, policy.NewCoordinator(h.cfg)); err != nil {
 		t.Fatal(err)
 	}
 	if row, _ = h.store.ImageByKey(ctx, "web", id, h.slot); row.State != store.ImageGood {
