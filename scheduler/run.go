@@ -183,6 +183,8 @@ type Runner struct {
 	workers *semaphore
 	servers keyedLocks
 	pols    keyedLocks
+	// inventory shares one server listing between the runs of a slot instant.
+	inventory inventory
 
 	mu      sync.Mutex
 	waiting map[int64]bool // image rows a wait of this Runner is watching
@@ -485,26 +487,23 @@ func newRunID() string {
 func (ru *run) execute(ctx context.Context) error {
 	r, p := ru.r, ru.p
 	sel := CloudSelector(p.Select)
-	// The listing takes a worker slot like any other call: a hundred policies due at
-	// once would otherwise decode a hundred listings at the same time.
-	release, err := r.workers.acquire(ctx, p.Name)
-	if err != nil {
-		return err
+	// One listing of every server serves every run of this slot instant (see
+	// inventory); it takes a worker slot like any other call.
+	servers, err := r.inventory.servers(ctx, ru.slot, r.now(), func(ctx context.Context) ([]cloud.Server, error) {
+		release, err := r.workers.acquire(ctx, p.Name)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+		return ru.cloud.ListServers(ctx, cloud.Selector{})
+	})
+	var selected []cloud.Server
+	if err == nil {
+		selected, err = selectServers(servers, sel)
 	}
-	servers, err := ru.cloud.ListServers(ctx, sel)
-	release()
 	if err != nil {
 		ru.event(ctx, store.Event{Kind: "list_failed", Message: "list servers: " + cloud.Reason(err)})
 		return fmt.Errorf("list servers: %w", err)
-	}
-	var selected []cloud.Server
-	for _, s := range servers {
-		// The cloud may have ignored the tag filter (Nova below 2.26 does): check again.
-		if !sel.Matches(s.Tags, s.AvailabilityZone) {
-			ru.log.Warn("cloud returned a server the selector does not match; ignoring it", "server_id", s.ID)
-			continue
-		}
-		selected = append(selected, s)
 	}
 	sort.Slice(selected, func(i, j int) bool { return selected[i].ID < selected[j].ID })
 	ru.total = len(selected)
