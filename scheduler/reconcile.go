@@ -62,9 +62,12 @@ type DriftFinding struct {
 
 // ReconcileReport is what one reconcile found and did.
 type ReconcileReport struct {
-	Fix      bool
-	Started  time.Time
-	Finished time.Time
+	Fix bool
+	// ReportOnly is set for ReconcilePreview: nothing was changed, and each Action
+	// says what would be done ("would ...").
+	ReportOnly bool
+	Started    time.Time
+	Finished   time.Time
 	// CloudImages and CloudSnapshots count what the cloud listed (images stamped
 	// with our owner; every snapshot of the project).
 	CloudImages    int
@@ -82,10 +85,31 @@ type ReconcileReport struct {
 // deleted even without fix (the journal meant them gone). Images it cannot prove
 // ours are never touched.
 func (r *Runner) Reconcile(ctx context.Context, cfg *policy.Config, fix bool) (*ReconcileReport, error) {
+	return r.reconcile(ctx, cfg, fix, false)
+}
+
+// ReconcilePreview finds what Reconcile would, changes nothing in the cloud or the
+// lineage, and says in each finding's Action what Reconcile would do about it
+// (with fix, when it needs fix): what `imagekeeper reconcile` without --fix shows.
+func (r *Runner) ReconcilePreview(ctx context.Context, cfg *policy.Config) (*ReconcileReport, error) {
+	return r.reconcile(ctx, cfg, false, true)
+}
+
+// Actions of ReconcilePreview.
+const (
+	previewDelete     = "would delete"
+	previewMarkGone   = "would mark failed"
+	previewMarkHollow = "would mark failed (hollow)"
+	previewPromote    = "would promote to good"
+	previewAdopt      = "would adopt (--fix)"
+	previewDeleteFix  = "would delete (--fix)"
+)
+
+func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportOnly bool) (*ReconcileReport, error) {
 	st := r.store
 	cl := r.Cloud()
 	owner := st.Owner()
-	rep := &ReconcileReport{Fix: fix, Started: st.Now(), Counts: map[DriftCategory]int{}, Fixed: map[DriftCategory]int{}}
+	rep := &ReconcileReport{Fix: fix, ReportOnly: reportOnly, Started: st.Now(), Counts: map[DriftCategory]int{}, Fixed: map[DriftCategory]int{}}
 
 	images, err := cl.ListImages(ctx, map[string]string{cloud.StampOwner: owner})
 	if err != nil {
@@ -299,7 +323,13 @@ func (r *Runner) Reconcile(ctx context.Context, cfg *policy.Config, fix bool) (*
 	// Acting. Each fix holds the lock of the row's policy, so that it never races a
 	// backup run or a prune of that policy in this process.
 	bctx := context.WithoutCancel(ctx)
+	if reportOnly {
+		preview(rep, always, hollow, toAdopt, leftoverRows)
+	}
 	for i := range rep.Findings {
+		if reportOnly {
+			break // a preview acts on nothing
+		}
 		f := &rep.Findings[i]
 		switch {
 		case always[i]:
@@ -361,7 +391,7 @@ func (r *Runner) Reconcile(ctx context.Context, cfg *policy.Config, fix bool) (*
 	}
 	for _, f := range rep.Findings {
 		rep.Counts[f.Category]++
-		if f.Action != "" && !isFailedAction(f.Action) {
+		if !reportOnly && f.Action != "" && !isFailedAction(f.Action) {
 			rep.Fixed[f.Category]++
 		}
 	}
@@ -398,6 +428,31 @@ func (r *Runner) markHollow(ctx context.Context, row int64, fx hollowFix) error 
 	}
 	_, err := r.store.MarkHollow(ctx, row, fx.detail)
 	return err
+}
+
+// preview sets each finding's Action to what a reconcile would do about it.
+func preview(rep *ReconcileReport, always map[int]bool, hollow map[int]hollowFix, toAdopt []int, leftoverRows map[int64][]int) {
+	for i := range rep.Findings {
+		f := &rep.Findings[i]
+		switch {
+		case always[i]:
+			f.Action = previewDelete
+		case hollow[i].detail != "":
+			f.Action = previewMarkHollow
+		case f.Category == DriftLateGood:
+			f.Action = previewPromote
+		case f.Category == DriftGone:
+			f.Action = previewMarkGone
+		}
+	}
+	for _, i := range toAdopt {
+		rep.Findings[i].Action = previewAdopt
+	}
+	for _, idx := range leftoverRows {
+		for _, i := range idx {
+			rep.Findings[i].Action = previewDeleteFix
+		}
+	}
 }
 
 func categoryIndex(c DriftCategory) int {

@@ -180,3 +180,60 @@ func TestReconcileReportsAndFixesEachCategory(t *testing.T) {
 		t.Fatalf("counts after fix = %v, want %v\n%+v", rep.Counts, want, rep.Findings)
 	}
 }
+
+// TestReconcilePreviewChangesNothing checks that a preview finds what a reconcile
+// would, changes neither the cloud nor the lineage, and says what would be done.
+func TestReconcilePreviewChangesNothing(t *testing.T) {
+	h := newPruneHarness(t, "      keep_last: 2")
+	sc := arrangeDrift(t, h)
+	ctx := context.Background()
+	before, err := h.store.Lineage(ctx, store.ImageFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, err := h.store.Events(ctx, store.EventFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	rep, err := h.r.ReconcilePreview(ctx, h.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[DriftCategory]int{DriftUnknown: 2, DriftInherited: 1, DriftGone: 2, DriftLeftover: 3, DriftHollow: 1}
+	if fmt.Sprint(rep.Counts) != fmt.Sprint(want) || !rep.ReportOnly || len(rep.Fixed) != 0 {
+		t.Fatalf("preview counts = %v fixed %v report-only %v, want %v and nothing fixed", rep.Counts, rep.Fixed, rep.ReportOnly, want)
+	}
+	for _, f := range rep.Findings {
+		var action string
+		switch {
+		case f.SnapshotID == sc.resurrectedSnap:
+			action = previewDelete
+		case f.Category == DriftGone:
+			action = previewMarkGone
+		case f.Category == DriftHollow:
+			action = previewMarkHollow
+		case f.ImageID == sc.adoptImage:
+			action = previewAdopt
+		case f.Category == DriftLeftover:
+			action = previewDeleteFix
+		}
+		if f.Action != action {
+			t.Errorf("%s %s%s: action %q, want %q", f.Category, f.ImageID, f.SnapshotID, f.Action, action)
+		}
+	}
+	h.clock.Add(time.Minute)
+	if _, ok := h.sim.Snapshot(sc.resurrectedSnap); !ok {
+		t.Error("the preview deleted a leftover snapshot")
+	}
+	after, err := h.store.Lineage(ctx, store.ImageFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("the preview changed the lineage:\nbefore %+v\nafter  %+v", before, after)
+	}
+	if events2, _ := h.store.Events(ctx, store.EventFilter{}); len(events2) != len(events) {
+		t.Errorf("the preview added %d events", len(events2)-len(events))
+	}
+}

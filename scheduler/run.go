@@ -280,6 +280,7 @@ type run struct {
 	p       *policy.Policy
 	slot    time.Time // UTC, whole seconds
 	trigger Trigger
+	call    RunSlotOptions
 	slotID  int64
 	runID   string
 	cloud   limitedCloud
@@ -304,6 +305,26 @@ type run struct {
 // is non-nil only when the run could not do its work (listing servers failed, the
 // store failed, ctx was cancelled); failed images are in the report, not the error.
 func (r *Runner) RunSlot(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger) (*SlotReport, error) {
+	return r.RunSlotWith(ctx, cfg, p, slot, trigger, RunSlotOptions{})
+}
+
+// RunSlotOptions are what one call of RunSlotWith asks beyond RunSlot: a manual run
+// of some servers, with its own progress, and without retention.
+type RunSlotOptions struct {
+	// Servers, when not empty, limits the run to these server ids among the ones
+	// the policy selects (`run --server`): an image before maintenance. Ids the
+	// policy does not select are ignored; the caller checks them first.
+	Servers []string
+	// Progress, when set, is called as Progress of RunnerOptions is, for this run
+	// only: the run of a control-socket client in the daemon.
+	Progress func(ProgressEvent)
+	// SkipAfterRun leaves out AfterRun (`run --no-prune`).
+	SkipAfterRun bool
+}
+
+// RunSlotWith is RunSlot with per-call options.
+func (r *Runner) RunSlotWith(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger,
+	o RunSlotOptions) (*SlotReport, error) {
 	if p == nil || p.Image == nil {
 		return nil, errors.New("run slot: policy without image spec")
 	}
@@ -328,9 +349,9 @@ func (r *Runner) RunSlot(ctx context.Context, cfg *policy.Config, p *policy.Poli
 	if err != nil {
 		return nil, fmt.Errorf("run slot of %s: %w", p.Name, err)
 	}
-	rep, err := r.runSlot(ctx, cfg, p, slot, trigger, sl, started)
+	rep, err := r.runSlot(ctx, cfg, p, slot, trigger, sl, started, o)
 	unlock()
-	if err != nil || r.opts.AfterRun == nil || rep == nil || rep.Outcome == store.OutcomeFailed {
+	if err != nil || r.opts.AfterRun == nil || o.SkipAfterRun || rep == nil || rep.Outcome == store.OutcomeFailed {
 		return rep, err
 	}
 	if err := r.opts.AfterRun(ctx, cfg, p); err != nil {
@@ -340,9 +361,9 @@ func (r *Runner) RunSlot(ctx context.Context, cfg *policy.Config, p *policy.Poli
 }
 
 func (r *Runner) runSlot(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger,
-	sl store.Slot, started time.Time) (*SlotReport, error) {
+	sl store.Slot, started time.Time, o RunSlotOptions) (*SlotReport, error) {
 	ru := &run{
-		r: r, cfg: cfg, p: p, slot: slot, trigger: trigger, slotID: sl.ID, runID: newRunID(),
+		r: r, cfg: cfg, p: p, slot: slot, trigger: trigger, slotID: sl.ID, runID: newRunID(), call: o,
 		calls:    &callCounter{},
 		log:      r.log.With("policy", p.Name, "slot", StampSlot(slot)),
 		timeout:  r.waitTimeout(p),
@@ -504,6 +525,15 @@ func (ru *run) execute(ctx context.Context) error {
 	if err != nil {
 		ru.event(ctx, store.Event{Kind: "list_failed", Message: "list servers: " + cloud.Reason(err)})
 		return fmt.Errorf("list servers: %w", err)
+	}
+	if len(ru.call.Servers) > 0 {
+		only := selected[:0:0]
+		for _, s := range selected {
+			if slices.Contains(ru.call.Servers, s.ID) {
+				only = append(only, s)
+			}
+		}
+		selected = only
 	}
 	sort.Slice(selected, func(i, j int) bool { return selected[i].ID < selected[j].ID })
 	ru.total = len(selected)
@@ -1023,8 +1053,17 @@ func (ru *run) finish(res ServerResult) {
 	cp := res
 	ru.results[res.ServerID] = &cp
 	ru.done++
+	ru.report(res)
+}
+
+// report calls the progress callbacks; ru.mu is held.
+func (ru *run) report(res ServerResult) {
+	e := ProgressEvent{Policy: ru.p.Name, Slot: ru.slot, Done: ru.done, Total: ru.total, Server: res}
 	if ru.r.opts.Progress != nil {
-		ru.r.opts.Progress(ProgressEvent{Policy: ru.p.Name, Slot: ru.slot, Done: ru.done, Total: ru.total, Server: res})
+		ru.r.opts.Progress(e)
+	}
+	if ru.call.Progress != nil {
+		ru.call.Progress(e)
 	}
 }
 
@@ -1032,9 +1071,7 @@ func (ru *run) finish(res ServerResult) {
 func (ru *run) progress(res ServerResult) {
 	ru.mu.Lock()
 	defer ru.mu.Unlock()
-	if ru.r.opts.Progress != nil {
-		ru.r.opts.Progress(ProgressEvent{Policy: ru.p.Name, Slot: ru.slot, Done: ru.done, Total: ru.total, Server: res})
-	}
+	ru.report(res)
 }
 
 // markWaiting reports the servers still being waited on when the run stops early.

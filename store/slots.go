@@ -277,3 +277,25 @@ func orDash(s string) string {
 	}
 	return s
 }
+
+// Policies returns the names of the policies the lineage has slots or images of,
+// sorted: what a reader without the policy file can ask about.
+func (s *Store) Policies(ctx context.Context) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT policy FROM slots UNION SELECT policy FROM images ORDER BY 1`)
+	if err != nil {
+		return nil, fmt.Errorf("list lineage policies: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return nil, fmt.Errorf("scan lineage policy: %w", err)
+		}
+		out = append(out, name)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list lineage policies: %w", err)
+	}
+	return out, nil
+}

@@ -1,16 +1,20 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"gopkg.in/yaml.v3"
 
 	"github.com/imagekeeper/imagekeeper/policy"
 )
@@ -35,6 +39,7 @@ type common struct {
 	name string // the command's name, for log lines
 
 	config string // --config, when withConfig registered it
+	state  string // --state, when withState registered it
 	output string // -o, when withOutput registered it
 	logs   *logFlags
 	// log is built by complete from --log-format and --log-level; it discards when
@@ -57,6 +62,69 @@ func newCommon(m *Main, cmd *cobra.Command) *common {
 func (c *common) withConfig() *common {
 	c.flags.StringVar(&c.config, "config", defaultConfigPath, "policy file")
 	return c
+}
+
+// withState registers --state, the lineage database, for the commands that can do
+// without the policy file: they read the lineage at that path (and find the
+// daemon's control socket beside it) even when the policy file is missing or no
+// longer validates.
+func (c *common) withState() *common {
+	c.flags.StringVar(&c.state, "state", "", "lineage database to read (default: the policy file's state:); no policy file needed")
+	return c
+}
+
+// statePath is the lineage the command is about: --state, or the policy file's
+// state:, read leniently so that a file that no longer validates still names it.
+// "" when neither says.
+func (c *common) statePath() string {
+	if c.state != "" {
+		return c.state
+	}
+	return policyFileState(c.config)
+}
+
+// policyFileState reads only state: from the policy file at path, without
+// validating the rest; the default state when the file has none, "" when it
+// cannot be read at all.
+func policyFileState(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	var v struct {
+		State string `yaml:"state"`
+	}
+	if err := yaml.Unmarshal(b, &v); err != nil {
+		return ""
+	}
+	if v.State == "" {
+		return policy.DefaultState
+	}
+	return v.State
+}
+
+// viaDaemon runs cmd in the daemon when one serves the lineage: it sends the
+// command line over the control socket and prints what the daemon prints. handled
+// is false when no daemon listens (or this already is the daemon): the caller then
+// does the work itself.
+func (c *common) viaDaemon(ctx context.Context, cmd *cobra.Command, args []string) (handled bool, err error) {
+	if c.m.daemon != nil {
+		return false, nil
+	}
+	state := c.statePath()
+	if state == "" {
+		return false, nil
+	}
+	code, err := callDaemon(ctx, controlSocketPath(state), forwardArgs(cmd, args), c.m.Stdout, c.m.Stderr)
+	switch {
+	case errors.Is(err, errNoDaemon):
+		return false, nil
+	case err != nil:
+		return true, withExitCode(exitFailure, err)
+	case code != exitOK:
+		return true, withExitCode(code, errSilent)
+	}
+	return true, nil
 }
 
 // withOutput registers -o/--output; complete rejects anything but table or json.

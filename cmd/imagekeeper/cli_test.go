@@ -114,8 +114,8 @@ func TestEveryCommandParsesFlagsAlike(t *testing.T) {
 				t.Errorf("help %s: exit %d, output differs from -h:\n%s", name, code, help)
 			}
 			in := func(names ...string) bool { return slices.Contains(names, name) }
-			hasConfig := in("run", "images", "history", "why", "prune", "plan", "reconcile", "validate", "daemon", "recover")
-			hasOutput := in("images", "history", "why", "prune", "plan", "reconcile", "validate")
+			hasConfig := in("run", "images", "history", "why", "prune", "plan", "reconcile", "validate", "daemon", "recover", "status")
+			hasOutput := in("images", "history", "why", "prune", "plan", "reconcile", "validate", "status")
 			hasLogs := in("run", "prune", "plan", "reconcile", "daemon", "demo", "recover")
 			for flag, want := range map[string]bool{
 				"--config string ": hasConfig,
@@ -295,7 +295,7 @@ func TestMissingPolicyFileIsUsage(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "missing.yaml")
 	for _, args := range [][]string{
 		{"daemon"}, {"run", "--policy", "web"}, {"prune"}, {"reconcile"}, {"images"}, {"history"},
-		{"why", "img-1"}, {"plan"}, {"validate"},
+		{"why", "img-1"}, {"plan"}, {"validate"}, {"status"},
 	} {
 		code, stdout, stderr := cli(t, append(args, "--config", missing)...)
 		if code != exitUsage || stdout != "" || !strings.Contains(stderr, "imagekeeper "+args[0]+": ") ||

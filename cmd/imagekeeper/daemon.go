@@ -5,11 +5,13 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -155,6 +157,9 @@ type Daemon struct {
 	Started func(addr string, st *store.Store)
 	// Reloaded, when set, is called after every reload attempt with its error.
 	Reloaded func(err error)
+	// ProgressEvery is the ProgressEvery of the commands run through the control
+	// socket; zero means theirs.
+	ProgressEvery time.Duration
 	// BeforeClose, when set, is called after the drain, before the store closes.
 	BeforeClose func()
 
@@ -351,6 +356,23 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		return withExitCode(exitFailure, err)
 	}
 	d.sched.Store(sched)
+
+	// The control socket: run, prune, reconcile and status of a client run here, on
+	// this config, lineage, cloud and runner. Their context ends only when the drain
+	// gives up on them, as the scheduler's runs do.
+	ctlCtx, ctlCancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer ctlCancel()
+	env := &daemonEnv{config: sched.Config, store: st, cloud: wc, runner: runner,
+		version: buildVersion(), revision: buildRevision(), started: time.Now()}
+	ctl, err := startControl(ctlCtx, controlSocketPath(statePath), log, func(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+		cm := &Main{Stdin: strings.NewReader(""), Stdout: stdout, Stderr: stderr, Getenv: d.Getenv,
+			ProgressEvery: d.ProgressEvery, daemon: env}
+		return cm.Run(ctx, args)
+	})
+	if err != nil {
+		return withExitCode(exitFailure, err)
+	}
+	defer ctl.StopAccepting()
 	metrics.ConfigReloaded(true, time.Now())
 	sched.Go("resume", func(ctx context.Context) error {
 		// Interrupted slots first: each re-run claims and waits for its own images,
@@ -360,7 +382,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	})
 	d.audit(st, log, eventDaemonStarted, fmt.Sprintf("pid %d, config %s version %s, %d policies",
 		os.Getpid(), d.ConfigPath, cfg.Version, len(cfg.Policies)))
-	log.Info("imagekeeper daemon serving", "config", d.ConfigPath, "state", statePath, "listen", srv.Addr(),
+	log.Info("imagekeeper daemon serving", "config", d.ConfigPath, "state", statePath, "listen", srv.Addr(), "control_socket", ctl.path,
 		"policies", len(cfg.Policies), "config_version", cfg.Version, "memory_limit_mib", memLimit>>20, "owner", st.Owner())
 	if d.Started != nil {
 		d.Started(srv.Addr(), st)
@@ -481,7 +503,15 @@ loop:
 			}
 		}
 	}()
+	ctl.StopAccepting()
 	derr := sched.Drain(dctx, cancelGrace)
+	if !ctl.Wait(dctx) {
+		log.Warn("control socket: commands still running at the end of the drain; cancelling them")
+		ctlCancel()
+		gctx, gcancel := context.WithTimeout(context.Background(), cancelGrace)
+		ctl.Wait(gctx)
+		gcancel()
+	}
 	cancel()
 	if derr != nil {
 		d.audit(st, log, eventDaemonStopped, "stopped ("+reason+") before in-flight runs finished; waits resume on the next start")

@@ -27,11 +27,11 @@ func newHistoryCommand(m *Main) *cobra.Command {
 triggered it, its outcome and how many servers were selected, good, failed and
 skipped. It reads the lineage only.`,
 		Example: `  imagekeeper history --policy web-daily --limit 10
-  imagekeeper history -o json`,
+  imagekeeper history --state /var/lib/imagekeeper/lineage.db -o json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runHistory(cmd.Context(), m, o) },
 	}
-	o.common = newCommon(m, cmd).withConfig().withOutput()
+	o.common = newCommon(m, cmd).withConfig().withState().withOutput()
 	f := cmd.Flags()
 	f.StringVar(&o.policy, "policy", "", "only this policy")
 	f.IntVar(&o.limit, "limit", 50, "at most this many slots (0: all)")
@@ -62,7 +62,7 @@ func runHistory(ctx context.Context, m *Main, o *historyOptions) error {
 	if o.limit < 0 {
 		return usageError("--limit %d: must be 0 or more", o.limit)
 	}
-	wired, err := o.wire(ctx, wireOptions{store: true})
+	wired, err := o.wire(ctx, wireOptions{policy: o.policy, store: true, lineageOnly: true})
 	if err != nil {
 		return err
 	}

@@ -16,31 +16,33 @@ import (
 // imagesOptions are the flags of `imagekeeper images`.
 type imagesOptions struct {
 	*common
-	policy string
-	server string
-	state  string
+	policy     string
+	server     string
+	imageState string
 }
 
 // newImagesCommand builds `imagekeeper images`.
 func newImagesCommand(m *Main) *cobra.Command {
 	o := &imagesOptions{}
 	cmd := &cobra.Command{
-		Use:   "images [--policy NAME] [--server ID] [--state STATE]",
+		Use:   "images [--policy NAME] [--server NAME|ID] [--image-state STATE]",
 		Short: "list the images in the lineage",
 		Long: `Lists the images the lineage records, newest first, with their policy, server,
-slot, state and size. It reads the lineage only: it never asks the cloud.`,
+slot, state and size. It reads the lineage only: it never asks the cloud, needs
+no policy file with --state, and works while the daemon runs.`,
 		Example: `  imagekeeper images --policy web-daily
-  imagekeeper images --state failed -o json`,
+  imagekeeper images --server web-1 --image-state failed -o json
+  imagekeeper images --state /var/lib/imagekeeper/lineage.db`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runImages(cmd.Context(), m, o) },
 	}
-	o.common = newCommon(m, cmd).withConfig().withOutput()
+	o.common = newCommon(m, cmd).withConfig().withState().withOutput()
 	f := cmd.Flags()
 	f.StringVar(&o.policy, "policy", "", "only this policy")
-	f.StringVar(&o.server, "server", "", "only this server id")
-	f.StringVar(&o.state, "state", "", "only this state: "+statesList())
+	f.StringVar(&o.server, "server", "", "only this server, by name or id")
+	f.StringVar(&o.imageState, "image-state", "", "only images in this state: "+statesList())
 	completePolicies(cmd, o.common)
-	completeValues(cmd, "state", imageStateNames()...)
+	completeValues(cmd, "image-state", imageStateNames()...)
 	return cmd
 }
 
@@ -83,14 +85,14 @@ func toImageJSON(im store.Image, snapshots int) imageJSON {
 
 // runImages lists lineage rows, filtered by policy, server and state.
 func runImages(ctx context.Context, m *Main, o *imagesOptions) error {
-	f := store.ImageFilter{Policy: o.policy, ServerID: o.server}
-	if o.state != "" {
-		if !slices.Contains(store.ImageStates, store.ImageState(o.state)) {
-			return usageError("--state %q: use one of %s", o.state, statesList())
+	f := store.ImageFilter{Policy: o.policy}
+	if o.imageState != "" {
+		if !slices.Contains(store.ImageStates, store.ImageState(o.imageState)) {
+			return usageError("--image-state %q: use one of %s", o.imageState, statesList())
 		}
-		f.States = []store.ImageState{store.ImageState(o.state)}
+		f.States = []store.ImageState{store.ImageState(o.imageState)}
 	}
-	wired, err := o.wire(ctx, wireOptions{store: true})
+	wired, err := o.wire(ctx, wireOptions{policy: o.policy, store: true, lineageOnly: true})
 	if err != nil {
 		return err
 	}
@@ -99,6 +101,10 @@ func runImages(ctx context.Context, m *Main, o *imagesOptions) error {
 	ims, err := st.Images(ctx, f)
 	if err != nil {
 		return err
+	}
+	if o.server != "" {
+		// A name or an id: servers are known by name, the lineage keys them by id.
+		ims = slices.DeleteFunc(ims, func(im store.Image) bool { return im.ServerID != o.server && im.ServerName != o.server })
 	}
 	counts := make([]int, len(ims))
 	for i, im := range ims {

@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -36,6 +37,12 @@ type Main struct {
 	Stderr io.Writer
 	// Getenv reads the environment; tests replace it.
 	Getenv func(string) string
+	// ProgressEvery is how often `run` prints a line while it waits; zero means
+	// every 10 s.
+	ProgressEvery time.Duration
+
+	// daemon is set on the Main the daemon runs a control-socket command with.
+	daemon *daemonEnv
 }
 
 // NewMain returns a Main wired to the process's streams and environment.
@@ -137,6 +144,7 @@ Exit codes: 0 success; 1 the work failed or the configuration is invalid;
 		newRunCommand(m),
 		newPruneCommand(m),
 		newReconcileCommand(m),
+		newStatusCommand(m),
 		newRecoverCommand(m),
 		newImagesCommand(m),
 		newHistoryCommand(m),

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/scheduler"
 )
 
@@ -25,16 +26,22 @@ func newReconcileCommand(m *Main) *cobra.Command {
 		Short: "diff the cloud's stamped images and snapshots against the lineage (--fix to act)",
 		Long: `Lists every image and volume snapshot in the cloud that carries this
 installation's stamp and compares them with the lineage, reporting drift by
-category. With --fix it adopts stamped images that match an intent row, marks
-rows whose image is gone, and deletes leftover snapshots. Images it cannot prove
-ours are never touched.`,
+category, and what it would do about each: without --fix it changes nothing.
+With --fix it adopts stamped images that match an intent row, marks rows whose
+image is gone, and deletes leftover snapshots. Images it cannot prove ours are
+never touched. When a daemon serves the lineage, the daemon does the work.`,
 		Example: `  imagekeeper reconcile
   imagekeeper reconcile --fix -o json`,
 		Args: noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return runReconcile(cmd.Context(), m, o) },
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if handled, err := o.viaDaemon(cmd.Context(), cmd, args); handled {
+				return err
+			}
+			return runReconcile(cmd.Context(), m, o)
+		},
 	}
 	o.common = newCommon(m, cmd).withConfig().withOutput().withLogs("warn")
-	cmd.Flags().BoolVar(&o.fix, "fix", false, "adopt what is provably ours and delete leftover snapshots (default: report, and mark rows whose image is gone)")
+	cmd.Flags().BoolVar(&o.fix, "fix", false, "mark rows whose image is gone, adopt what is provably ours and delete leftover snapshots (default: report only, change nothing)")
 	return cmd
 }
 
@@ -50,6 +57,7 @@ type driftJSON struct {
 
 type reconcileJSON struct {
 	Fix            bool           `json:"fix"`
+	ReportOnly     bool           `json:"report_only"`
 	CloudImages    int            `json:"cloud_images"`
 	CloudSnapshots int            `json:"cloud_snapshots"`
 	Counts         map[string]int `json:"counts"`
@@ -63,18 +71,24 @@ type reconcileJSON struct {
 // deleted are deleted even without --fix. Images it cannot prove ours are never
 // touched.
 func runReconcile(ctx context.Context, m *Main, o *reconcileOptions) error {
-	wired, err := o.wire(ctx, wireOptions{store: true, exclusive: true, cloud: true})
+	wired, err := o.wire(ctx, wireOptions{store: true, exclusive: o.fix, cloud: true})
 	if err != nil {
 		return err
 	}
 	defer wired.close()
 	runner := wired.runner(scheduler.RunnerOptions{PollInterval: prunePollInterval, MaxPollInterval: 4 * prunePollInterval})
-	rep, err := runner.Reconcile(ctx, wired.cfg, o.fix)
+	reconcile := runner.ReconcilePreview
+	if o.fix {
+		reconcile = func(ctx context.Context, cfg *policy.Config) (*scheduler.ReconcileReport, error) {
+			return runner.Reconcile(ctx, cfg, true)
+		}
+	}
+	rep, err := reconcile(ctx, wired.cfg)
 	if err != nil {
 		return withExitCode(exitFailure, err)
 	}
 	if o.json() {
-		out := reconcileJSON{Fix: rep.Fix, CloudImages: rep.CloudImages, CloudSnapshots: rep.CloudSnapshots,
+		out := reconcileJSON{Fix: rep.Fix, ReportOnly: rep.ReportOnly, CloudImages: rep.CloudImages, CloudSnapshots: rep.CloudSnapshots,
 			Counts: map[string]int{}, Fixed: map[string]int{}, Findings: []driftJSON{}}
 		for _, c := range scheduler.DriftCategories {
 			out.Counts[string(c)] = rep.Counts[c]
@@ -109,7 +123,7 @@ func printReconcile(w io.Writer, rep *scheduler.ReconcileReport) error {
 		}
 		parts = append(parts, s)
 	}
-	mode := "rows of gone images marked; --fix to adopt and clean up"
+	mode := "report only, nothing changed; --fix to act"
 	if rep.Fix {
 		mode = "fix"
 	}

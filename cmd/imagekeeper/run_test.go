@@ -116,10 +116,10 @@ func TestLineageCommands(t *testing.T) {
 		!strings.HasPrefix(lines[0], "IMAGE ID") || !strings.Contains(lines[1], "web-1-20261125-0230") || !strings.Contains(lines[1], "good") {
 		t.Errorf("images --server: exit %d\n%s", code, out)
 	}
-	if code, _, errOut = cli(t, "images", "--config", env.config, "--state", "bogus"); code != exitUsage || !strings.Contains(errOut, "requested, creating") {
+	if code, _, errOut = cli(t, "images", "--config", env.config, "--image-state", "bogus"); code != exitUsage || !strings.Contains(errOut, "requested, creating") {
 		t.Errorf("images --state bogus: exit %d: %s", code, errOut)
 	}
-	code, out, _ = cli(t, "images", "--config", env.config, "--state", "failed")
+	code, out, _ = cli(t, "images", "--config", env.config, "--image-state", "failed")
 	if code != 0 || strings.TrimSpace(out) != "no images" {
 		t.Errorf("images --state failed: exit %d %q", code, out)
 	}
@@ -260,7 +260,7 @@ func TestWritingCommandsRespectTheDatabaseLock(t *testing.T) {
 	for _, args := range [][]string{
 		{"run", "--config", env.config, "--policy", "web"},
 		{"prune", "--config", env.config},
-		{"reconcile", "--config", env.config},
+		{"reconcile", "--config", env.config, "--fix"},
 	} {
 		code, _, errOut := cli(t, args...)
 		if code != exitFailure || !strings.Contains(errOut, "is using this database") ||
@@ -273,6 +273,7 @@ func TestWritingCommandsRespectTheDatabaseLock(t *testing.T) {
 	}
 	for _, args := range [][]string{
 		{"prune", "--config", env.config, "--dry-run"},
+		{"reconcile", "--config", env.config}, // report only
 		{"images", "--config", env.config},
 		{"history", "--config", env.config},
 	} {

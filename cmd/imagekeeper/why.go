@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/store"
 )
 
@@ -32,7 +33,7 @@ behind it, and every event recorded about it.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error { return runWhy(cmd.Context(), m, o, args[0]) },
 	}
-	o.common = newCommon(m, cmd).withConfig().withOutput()
+	o.common = newCommon(m, cmd).withConfig().withState().withOutput()
 	return cmd
 }
 
@@ -64,7 +65,7 @@ type eventJSON struct {
 // runWhy answers "why does this image exist, why was it kept, why was it deleted"
 // from the lineage.
 func runWhy(ctx context.Context, m *Main, o *whyOptions, imageID string) error {
-	wired, err := o.wire(ctx, wireOptions{store: true})
+	wired, err := o.wire(ctx, wireOptions{store: true, lineageOnly: true})
 	if err != nil {
 		return err
 	}
@@ -114,7 +115,11 @@ func runWhy(ctx context.Context, m *Main, o *whyOptions, imageID string) error {
 	}
 	fmt.Fprintf(w, "  server:    %s (%s), %s, availability zone %s\n", orDash(im.ServerName), im.ServerID, backing, orDash(im.AZ))
 	slot := im.Slot.UTC().Format(time.RFC3339)
-	for _, p := range cfg.Policies {
+	var policies []*policy.Policy
+	if cfg != nil { // nil when read with --state and no valid policy file
+		policies = cfg.Policies
+	}
+	for _, p := range policies {
 		if p.Name == im.Policy && p.Schedule != nil && p.Schedule.Location != nil && p.Schedule.Location != time.UTC {
 			slot += " (" + im.Slot.In(p.Schedule.Location).Format("2006-01-02 15:04 MST") + ")"
 		}

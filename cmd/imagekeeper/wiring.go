@@ -6,8 +6,12 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/imagekeeper/imagekeeper/cloud"
 	"github.com/imagekeeper/imagekeeper/cloud/openstack"
@@ -27,6 +31,22 @@ type wiring struct {
 	cloud    cloud.Cloud      // nil unless wireOptions.cloud
 	log      *slog.Logger
 	command  string
+	// daemon is set when the command runs inside the daemon for a control-socket
+	// client: the store and cloud are the daemon's, and close leaves them open.
+	daemon *daemonEnv
+}
+
+// daemonEnv is what a command run through the control socket borrows from the
+// daemon: its current config, lineage, cloud and runner (with the per-policy and
+// per-server locks every run, prune and reconcile of the daemon takes).
+type daemonEnv struct {
+	config func() *policy.Config
+	store  *store.Store
+	cloud  cloud.Cloud
+	runner *scheduler.Runner
+	// version and revision are the daemon's build; started is when it started.
+	version, revision string
+	started           time.Time
 }
 
 // wireOptions says what a command needs besides the policy file.
@@ -39,12 +59,24 @@ type wireOptions struct {
 	// database must never both be writing.
 	exclusive bool
 	cloud     bool // connect to the cloud
+	// lineageOnly is for the commands that only read the lineage (images, history,
+	// why, status): they need no valid policy file. With --state they read that
+	// lineage, and the policy file only if it is valid and names the same one; with
+	// a policy file that does not validate, they read the lineage its state: names
+	// and say so. cfg is nil when no valid policy file goes with the lineage.
+	lineageOnly bool
 }
 
 // wire loads the policy file that --config names, picks the policies, and opens
 // what o asks for, in that order: a typo in --policy fails before the lineage is
 // created or the cloud asked. Close the result when done.
 func (c *common) wire(ctx context.Context, o wireOptions) (*wiring, error) {
+	if d := c.m.daemon; d != nil {
+		return c.wireDaemon(d, o)
+	}
+	if o.lineageOnly {
+		return c.wireLineage(ctx, o)
+	}
 	cfg, err := wireConfig(c.m, c.config)
 	if err != nil {
 		return nil, err
@@ -77,10 +109,104 @@ func (c *common) wire(ctx context.Context, o wireOptions) (*wiring, error) {
 	return w, nil
 }
 
+// wireLineage is wire for a command that only reads the lineage.
+func (c *common) wireLineage(ctx context.Context, o wireOptions) (*wiring, error) {
+	cfg, err := policy.Load(c.config)
+	state := c.state
+	var perrs policy.Errors
+	switch {
+	case err == nil:
+		if state == "" {
+			state = cfg.State
+		} else if filepath.Clean(cfg.State) != filepath.Clean(state) {
+			cfg = nil // the policy file is about another lineage
+		}
+	case state != "":
+		cfg = nil // the policy file is optional with --state
+	case errors.As(err, &perrs):
+		state = policyFileState(c.config)
+		fmt.Fprintf(c.m.Stderr, "imagekeeper %s: warning: %s does not validate (%s; imagekeeper validate shows them); reading the lineage it names, %s\n",
+			c.name, c.config, plural(len(perrs), "problem", "problems"), state)
+		cfg = nil
+	default:
+		return nil, wireConfigError(c.m, c.config, err)
+	}
+	w := &wiring{cfg: cfg, log: c.log, command: c.name}
+	if cfg != nil {
+		w.policies = cfg.Policies
+	}
+	if o.policy != "" && cfg != nil {
+		// An unknown --policy is a usage error, not an empty table.
+		if _, err := wirePolicy(cfg, o.policy); err != nil {
+			return nil, err
+		}
+	}
+	if w.store, err = openLineage(ctx, state); err != nil {
+		return nil, err
+	}
+	if o.policy != "" && cfg == nil {
+		if err := lineageHasPolicy(ctx, w.store, state, o.policy); err != nil {
+			w.close()
+			return nil, err
+		}
+	}
+	return w, nil
+}
+
+// lineageHasPolicy checks --policy against the lineage when no policy file goes
+// with it: a name the lineage has never recorded is a usage error.
+func lineageHasPolicy(ctx context.Context, st *store.Store, state, name string) error {
+	names, err := st.Policies(ctx)
+	if err != nil {
+		return err
+	}
+	if slices.Contains(names, name) {
+		return nil
+	}
+	return usageError("no policy %q in the lineage %s (policies: %s)", name, state, orDash(strings.Join(names, ", ")))
+}
+
+// openLineage opens the lineage at path for reading. A missing directory is said
+// plainly (the daemon has not run yet, or --state is wrong).
+func openLineage(ctx context.Context, path string) (*store.Store, error) {
+	if path == "" {
+		return nil, usageError("no lineage: give --state PATH or a policy file with state:")
+	}
+	if _, err := os.Stat(filepath.Dir(path)); errors.Is(err, fs.ErrNotExist) {
+		return nil, withExitCode(exitUsage, fmt.Errorf("lineage %s: directory %s does not exist", path, filepath.Dir(path)))
+	}
+	st, err := store.Open(ctx, path, store.Options{})
+	if err != nil {
+		return nil, withExitCode(exitFailure, fmt.Errorf("open lineage %s: %w", path, err))
+	}
+	return st, nil
+}
+
+// wireDaemon is wire inside the daemon: the policies come from the config the
+// daemon runs now, and the rest is the daemon's.
+func (c *common) wireDaemon(d *daemonEnv, o wireOptions) (*wiring, error) {
+	cfg := d.config()
+	if cfg == nil {
+		return nil, withExitCode(exitFailure, errors.New("the daemon has no config loaded yet"))
+	}
+	w := &wiring{cfg: cfg, policies: cfg.Policies, log: c.log, command: c.name, daemon: d, store: d.store, cloud: d.cloud}
+	if o.policy != "" {
+		p, err := wirePolicy(cfg, o.policy)
+		if err != nil {
+			return nil, err
+		}
+		w.policies = []*policy.Policy{p}
+	}
+	return w, nil
+}
+
 // close closes the lineage if wire opened it. A read-only command has nothing to
 // lose, and a writing one has committed each change as it made it, so a failed
 // close has nothing left to report.
 func (w *wiring) close() {
+	if w.daemon != nil {
+		return // the daemon's, not ours
+	}
 	if w.store != nil {
 		_ = w.store.Close()
 	}
@@ -91,7 +217,13 @@ func (w *wiring) close() {
 
 // runner returns a backup runner on the wired cloud and lineage with the policy
 // file's limits; o sets the rest. Its log lines name the command that made them.
+//
+// Inside the daemon it is the daemon's runner, whatever o says: its locks are what
+// keep this command apart from the daemon's own runs, prunes and reconciles.
 func (w *wiring) runner(o scheduler.RunnerOptions) *scheduler.Runner {
+	if w.daemon != nil {
+		return w.daemon.runner
+	}
 	o.Cloud, o.Store, o.Limits = w.cloud, w.store, w.cfg.Limits
 	o.Logger = w.log.With("command", w.command)
 	return scheduler.NewRunner(o)
@@ -102,19 +234,27 @@ func (w *wiring) runner(o scheduler.RunnerOptions) *scheduler.Runner {
 // exit 2, as in validate.
 func wireConfig(m *Main, path string) (*policy.Config, error) {
 	cfg, err := policy.Load(path)
+	if err != nil {
+		return nil, wireConfigError(m, path, err)
+	}
+	return cfg, nil
+}
+
+// wireConfigError is the error of a policy file that did not load: every
+// validation problem printed on stderr (exit 1), or the reason it could not be
+// read (exit 2).
+func wireConfigError(m *Main, path string, err error) error {
 	var perrs policy.Errors
 	switch {
 	case errors.As(err, &perrs):
 		for _, e := range perrs {
 			fmt.Fprintln(m.Stderr, e.Error())
 		}
-		return nil, withExitCode(exitFailure, fmt.Errorf("%s is not valid (%s; see above)", path, plural(len(perrs), "problem", "problems")))
+		return withExitCode(exitFailure, fmt.Errorf("%s is not valid (%s; see above)", path, plural(len(perrs), "problem", "problems")))
 	case errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission):
-		return nil, withExitCode(exitUsage, err)
-	case err != nil:
-		return nil, withExitCode(exitFailure, err)
+		return withExitCode(exitUsage, err)
 	}
-	return cfg, nil
+	return withExitCode(exitFailure, err)
 }
 
 // wirePolicy finds a policy by name; an unknown name is a usage error that lists
