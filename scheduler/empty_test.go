@@ -108,6 +108,11 @@ func TestEmptySelectionIsNotASuccess(t *testing.T) {
 	if got, want := testutil.ToFloat64(metrics.emptySince.WithLabelValues("web")), float64(h.slot.Add(72*time.Hour).Unix()); got != want {
 		t.Fatalf("selection_empty_since = %v, want the first empty slot %v", got, want)
 	}
+	// The last servers it did select stay live: their recovery points keep ageing,
+	// so ImagekeeperRecoveryPointStale still fires; the series does not vanish.
+	if rps, err := h.store.NewestGoodPerServer(ctx, "web"); err != nil || len(rps) != 1 || rps[0].ServerID != ids[1] || rps[0].NewestGood.IsZero() {
+		t.Fatalf("live servers after empty slots: %+v, %v; want %s with its good image", rps, err, ids[1])
+	}
 	if !strings.Contains(logs.String(), `level=WARN msg="the policy selected no server`) ||
 		!strings.Contains(logs.String(), `select="tags=[backup=daily] exclude_tags=[no-backup]"`) {
 		t.Fatalf("no WARN with the selector:\n%s", logs.String())

@@ -48,7 +48,7 @@ policies:
 // volume-backed one.
 func TestMetricsAfterScriptedRun(t *testing.T) {
 	ctx := context.Background()
-	sim := simcloud.New(simcloud.Options{Seed: 7, ImageBuildTime: 80 * time.Millisecond,
+	sim := simcloud.New(simcloud.Options{Seed: 7, DeterministicIDs: true, ImageBuildTime: 80 * time.Millisecond,
 		SnapshotBuildTime: 40 * time.Millisecond, SnapshotDeleteTime: 20 * time.Millisecond})
 	if err := sim.Start("127.0.0.1:0"); err != nil {
 		t.Fatal(err)

@@ -88,7 +88,7 @@ func newPruneHarness(t *testing.T, retention string) *pruneHarness {
 func newPruneHarnessWith(t *testing.T, retention string, mod func(*simcloud.Options)) *pruneHarness {
 	t.Helper()
 	clock := &pruneClock{t: time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)}
-	so := simcloud.Options{Seed: 7, Now: clock.Now, ImageBuildTime: 2 * time.Minute,
+	so := simcloud.Options{Seed: 7, DeterministicIDs: true, Now: clock.Now, ImageBuildTime: 2 * time.Minute,
 		SnapshotBuildTime: time.Minute, SnapshotDeleteTime: 30 * time.Second, TokenTTL: 1000 * time.Hour}
 	if mod != nil {
 		mod(&so)

@@ -152,8 +152,9 @@ type Options struct {
 	// active.
 	ImageBuildTime time.Duration
 	// ImageQueueTime is how long such an image stays queued before saving (Zed:
-	// about 0.7 s), capped at a quarter of ImageBuildTime so that short test builds
-	// still pass through saving.
+	// about 0.7 s), capped at a third of ImageBuildTime so that a short test build
+	// (and a failing one, which vanishes halfway) still passes through saving;
+	// with the default build time the image saves from 0.67 s.
 	ImageQueueTime time.Duration
 	// SnapshotBuildTime is how long a Cinder snapshot stays creating.
 	SnapshotBuildTime time.Duration

@@ -820,7 +820,7 @@ func (s *Sim) snapshotServer(sv *server, name string, meta map[string]string) st
 		b := s.opts.ImageBuildTime
 		// Zed: queued for about 0.7 s (the disk snapshot), then saving for the
 		// upload, whatever its length.
-		queue := min(s.opts.ImageQueueTime, b/4)
+		queue := min(s.opts.ImageQueueTime, b/3)
 		im.kind, im.start, im.end, im.size = imgBuild, now, now.Add(b), 21430272
 		im.saving = now.Add(queue)
 		sv.taskStart, sv.taskSaving, sv.taskUntil = now, im.saving, now.Add(b)

@@ -190,3 +190,62 @@ func TestDaemonStartsWithoutTheCloud(t *testing.T) {
 		t.Fatalf("imagekeeper_cloud_up = %q after connecting, want 1", v)
 	}
 }
+
+// TestDaemonStopsWhileWaitingForTheCloud: with Keystone unreachable the daemon
+// serves a /readyz that says so, and SIGTERM stops it cleanly (exit 0, an audit line)
+// without ever having connected.
+func TestDaemonStopsWhileWaitingForTheCloud(t *testing.T) {
+	e := newEnv(t, simcloud.Options{})
+	e.writeConfig(policyYAML("a", "@every 1h", "a", ""))
+	e.sim.Close() // nothing listens at the auth URL any more: connection refused
+	listening := make(chan string, 1)
+	sigs := make(chan os.Signal, 1)
+	logs := &syncBuffer{}
+	d := &Daemon{
+		ConfigPath: e.config, Logger: slog.New(slog.NewTextHandler(logs, nil)),
+		Getenv: func(string) string { return "" }, Signals: sigs, WatchInterval: 50 * time.Millisecond,
+		ConnectBackoff: 50 * time.Millisecond, ConnectMaxBackoff: 100 * time.Millisecond,
+		NewCloud: func(ctx context.Context, cfg *policy.Config, log *slog.Logger, observe func(openstack.Request)) (cloud.Cloud, error) {
+			return openstack.New(ctx, openstack.Options{CloudName: cfg.Cloud, Observe: observe, Logger: log,
+				RetryBaseDelay: 5 * time.Millisecond, ParseOptions: []clouds.ParseOption{clouds.WithLocations(e.clouds)}})
+		},
+		Listening: func(addr string) { listening <- addr },
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.Run(context.Background()) }()
+	var addr string
+	select {
+	case addr = <-listening:
+	case err := <-done:
+		t.Fatalf("daemon exited without the cloud: %v\n%s", err, logs)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("daemon did not serve\n%s", logs)
+	}
+	var body string
+	eventually(t, "/readyz naming the refused connection", 10*time.Second, func() bool {
+		var code int
+		code, body = daemonGet(t, "http://"+addr+"/readyz")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "connection refused")
+	})
+	if !strings.Contains(body, "cloud: down since") || !strings.Contains(body, "config: ok") {
+		t.Fatalf("/readyz:\n%s", body)
+	}
+	sigs <- syscall.SIGTERM
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("stop before the cloud answered: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("daemon did not stop while waiting for the cloud\n%s", logs)
+	}
+	st, err := store.Open(context.Background(), e.state, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	evs, err := st.Events(context.Background(), store.EventFilter{Kind: eventDaemonStopped})
+	if err != nil || len(evs) != 1 || !strings.Contains(evs[0].Message, "before the cloud answered") {
+		t.Fatalf("stop events %+v, %v", evs, err)
+	}
+}

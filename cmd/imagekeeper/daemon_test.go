@@ -47,6 +47,7 @@ func newEnv(t *testing.T, simOpts simcloud.Options) *env {
 	if simOpts.SnapshotDeleteTime == 0 {
 		simOpts.SnapshotDeleteTime = 50 * time.Millisecond
 	}
+	simOpts.DeterministicIDs = true // ids of the seed alone: ties in listings break the same way every run
 	sim := simcloud.New(simOpts)
 	if err := sim.Start("127.0.0.1:0"); err != nil {
 		t.Fatal(err)

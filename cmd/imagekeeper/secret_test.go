@@ -78,6 +78,7 @@ func newSecretFixture(t *testing.T) *secretFixture {
 	t.Helper()
 	sim := simcloud.New(simcloud.Options{
 		Seed:                1,
+		DeterministicIDs:    true,
 		Password:            leakPassword,
 		AppCredentialSecret: leakAppCredSecret,
 		ImageBuildTime:      50 * time.Millisecond,
