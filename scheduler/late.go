@@ -204,7 +204,7 @@ func (r *Runner) promoteLate(ctx context.Context, policyName string, slot time.T
 				continue
 			}
 			r.metrics.ImageCreated(policyName, CreateLateGood, -1)
-			log.Info("image good after wait_timeout", "server_id", good.ServerID, "image_id", good.ImageID,
+			log.Info("image good after wait_timeout", "server_id", good.ServerID, "server_name", good.ServerName, "image_id", good.ImageID, "image_name", good.Name,
 				"after", good.ActiveAt.Sub(good.RequestedAt).Round(time.Second).String())
 		}
 	}

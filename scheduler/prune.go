@@ -232,7 +232,7 @@ func (pr *pruner) run(ctx context.Context) (*PruneReport, error) {
 		servers, err := pr.cl.ListServers(ctx, CloudSelector(pr.p.Select))
 		release()
 		if err != nil {
-			return nil, fmt.Errorf("list servers: %w", err)
+			return nil, err // the cloud's error names the call: "list servers: ..."
 		}
 		for _, s := range servers {
 			live[s.ID] = true
@@ -569,7 +569,7 @@ func (pr *pruner) execute(ctx context.Context, rep *PruneReport, cands []candida
 
 // recheckProtected looks again at a kept_protected image whose recheck is due.
 func (pr *pruner) recheckProtected(ctx context.Context, row store.LineageRow) store.LineageRow {
-	log := pr.log.With("server_id", row.ServerID, "image_id", row.ImageID)
+	log := pr.log.With("server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name)
 	img, err := pr.cl.GetImage(ctx, row.ImageID)
 	var msg string
 	switch {
@@ -626,7 +626,7 @@ func backoff(base, most time.Duration, attempt int) time.Duration {
 // journal deletes one image through the journal, from wherever a previous attempt
 // left it, and records the outcome in it.
 func (pr *pruner) journal(ctx context.Context, it *PruneItem, row store.LineageRow) {
-	log := pr.log.With("server_id", row.ServerID, "image_id", row.ImageID)
+	log := pr.log.With("server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name)
 	err := pr.deleteImage(ctx, it, row, log)
 	switch {
 	case err == nil:
@@ -862,7 +862,7 @@ func (pr *pruner) defer_(ctx context.Context, it *PruneItem, row store.LineageRo
 // yet and the earliest moment to look at them again.
 func (pr *pruner) deleteSnapshots(ctx context.Context, it *PruneItem, row store.LineageRow, snaps []store.Snapshot) (pending int, next time.Time, err error) {
 	bctx := context.WithoutCancel(ctx)
-	log := pr.log.With("server_id", row.ServerID, "image_id", row.ImageID)
+	log := pr.log.With("server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name)
 	policyName := pr.p.Name
 	type watch struct {
 		sn        store.Snapshot

@@ -147,6 +147,9 @@ type RunnerOptions struct {
 	// DefaultWaitTimeout applies when a policy has none (and to resumed waits of a
 	// policy no longer in the config).
 	DefaultWaitTimeout time.Duration
+	// BusyRetryInterval is the first wait before a busy server is looked at again
+	// (DefaultBusyRetryInterval when zero); it doubles up to BusyRetryMaxInterval.
+	BusyRetryInterval time.Duration
 	// Progress, when set, is called as servers reach their outcome (the CLI prints it).
 	// It is called from the run's goroutines, one call at a time.
 	Progress func(ProgressEvent)
@@ -214,6 +217,9 @@ func NewRunner(opts RunnerOptions) *Runner {
 	}
 	if opts.DefaultWaitTimeout <= 0 {
 		opts.DefaultWaitTimeout = DefaultWaitTimeout
+	}
+	if opts.BusyRetryInterval <= 0 {
+		opts.BusyRetryInterval = DefaultBusyRetryInterval
 	}
 	r := &Runner{
 		opts:     opts,
@@ -409,7 +415,7 @@ func (r *Runner) runSlot(ctx context.Context, cfg *policy.Config, p *policy.Poli
 		rep.Outcome = store.OutcomeEmpty
 		rep.Reason = "selected no server (select: " + DescribeSelector(CloudSelector(p.Select)) + ")"
 	case rep.Counts.Failed > 0:
-		rep.Reason = fmt.Sprintf("%d of %d images failed", rep.Counts.Failed, rep.Counts.Selected)
+		rep.Reason = fmt.Sprintf("%d of %s failed", rep.Counts.Failed, plural(rep.Counts.Selected, "image", "images"))
 	}
 	if len(ru.left) > 0 && runErr == nil {
 		note := fmt.Sprintf("%d server(s) with good images left the selection: %s", len(ru.left), strings.Join(ru.left, ", "))
@@ -524,7 +530,7 @@ func (ru *run) execute(ctx context.Context) error {
 	}
 	if err != nil {
 		ru.event(ctx, store.Event{Kind: "list_failed", Message: "list servers: " + cloud.Reason(err)})
-		return fmt.Errorf("list servers: %w", err)
+		return err // the cloud's error names the call: "list servers: ..."
 	}
 	if len(ru.call.Servers) > 0 {
 		only := selected[:0:0]
@@ -574,9 +580,7 @@ func (ru *run) execute(ctx context.Context) error {
 	var mu sync.Mutex
 	var toWait []store.Image
 	var firstErr error
-	do := func(s cloud.Server, held bool) {
-		row, has := rows[s.ID]
-		im, wait, err := ru.server(ctx, s, row, has, held)
+	record := func(im store.Image, wait bool, err error) {
 		mu.Lock()
 		defer mu.Unlock()
 		if err != nil && firstErr == nil && !errors.Is(err, errAbandoned) {
@@ -585,6 +589,21 @@ func (ru *run) execute(ctx context.Context) error {
 		if wait {
 			toWait = append(toWait, im)
 		}
+	}
+	do := func(s cloud.Server, held bool) {
+		row, has := rows[s.ID]
+		im, wait, err := ru.server(ctx, s, row, has, held)
+		if busy := (busyError{}); errors.As(err, &busy) {
+			// Looked at again later, on a goroutine of its own: its backoff must
+			// not hold a worker slot (the retry takes one when it calls again).
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				record(ru.retryBusy(ctx, s, busy))
+			}()
+			return
+		}
+		record(im, wait, err)
 	}
 	if ru.trigger != TriggerManual && p.Schedule != nil && p.Schedule.Spread > 0 {
 		// Servers start at their offsets: at most Concurrency goroutines take them
@@ -701,6 +720,96 @@ func DescribeSelector(s cloud.Selector) string {
 	return strings.Join(parts, " ")
 }
 
+// Busy retries: a server with a task in progress (its own or someone else's
+// snapshot, a resize...) or a createImage refused with 409 is looked at again
+// within the slot, with backoff from RunnerOptions.BusyRetryInterval up to
+// BusyRetryMaxInterval, until the slot's max_lateness has passed (at most
+// MaxBusyRetry after the slot; MaxBusyRetry for a policy without a schedule). Only
+// then is it skipped busy: on a daily policy a skip is a day without a backup.
+const (
+	DefaultBusyRetryInterval = 30 * time.Second
+	BusyRetryMaxInterval     = 10 * time.Minute
+	MaxBusyRetry             = 6 * time.Hour
+)
+
+// busyError is a server found busy: serverRetryingBusy retries it or skips it.
+type busyError struct {
+	res    ServerResult
+	detail string
+}
+
+func (e busyError) Error() string { return "server busy: " + e.detail }
+
+// busyDeadline is the last moment a busy server of this run is looked at again.
+func (ru *run) busyDeadline() time.Time {
+	bound := MaxBusyRetry
+	if sch := ru.p.Schedule; sch != nil && sch.MaxLateness > 0 && sch.MaxLateness < bound {
+		bound = sch.MaxLateness
+	}
+	return ru.slot.Add(bound)
+}
+
+// retryBusy is called when server found s busy: it waits with backoff, reads the
+// server again and runs server again, while it is busy and busyDeadline has not
+// passed; then the server is skipped busy.
+func (ru *run) retryBusy(ctx context.Context, s cloud.Server, busy busyError) (store.Image, bool, error) {
+	r := ru.r
+	deadline := ru.busyDeadline()
+	interval := r.opts.BusyRetryInterval
+	var im store.Image
+	for attempt := 1; ; attempt++ {
+		left := deadline.Sub(r.now())
+		if left <= 0 {
+			detail := busy.detail
+			if attempt > 1 {
+				detail += fmt.Sprintf(" (still busy after %d looks, until max_lateness)", attempt)
+			}
+			return im, false, ru.skip(ctx, s, busy.res, SkipBusy, detail)
+		}
+		ru.log.Info("server busy; looking again later", "server_id", s.ID, "detail", busy.detail, "in", min(interval, left).String())
+		if err := r.sleep(ctx, min(interval, left)); err != nil {
+			return im, false, err
+		}
+		interval = min(interval*2, BusyRetryMaxInterval)
+		if fresh, gerr := ru.cloud.GetServer(ctx, s.ID); gerr == nil {
+			s = fresh
+		} else if ctx.Err() != nil {
+			return im, false, ctx.Err()
+		}
+		// A 409 dropped the intent; a task state found before the intent wrote none.
+		row, err := r.store.ImageByKey(ctx, ru.p.Name, s.ID, ru.slot)
+		has := err == nil
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return im, false, err
+		}
+		var wait bool
+		im, wait, err = ru.server(ctx, s, row, has, false)
+		if !errors.As(err, &busy) {
+			return im, wait, err
+		}
+	}
+}
+
+// inFlight says why an earlier slot's image of the server under this policy is
+// still being made ("" when none is): a second createImage must not start then.
+func (ru *run) inFlight(ctx context.Context, serverID string) (string, error) {
+	rows, err := ru.r.store.Images(ctx, store.ImageFilter{Policy: ru.p.Name, ServerID: serverID,
+		States: []store.ImageState{store.ImageRequested, store.ImageCreating}})
+	if err != nil {
+		return "", err
+	}
+	now := ru.r.store.Now()
+	for _, im := range rows {
+		if im.Slot.Equal(ru.slot) || (im.State == store.ImageRequested && im.Attempts == 0) {
+			continue
+		}
+		if now.Before(im.RequestedAt.Add(ru.timeout)) {
+			return fmt.Sprintf("the image of slot %s (row %d, %s) is still being made", StampSlot(im.Slot), im.Row, im.State), nil
+		}
+	}
+	return "", nil
+}
+
 // errAbandoned marks a server whose work a test hook stopped, as a crash would.
 var errAbandoned = errors.New("abandoned at a crash point")
 
@@ -711,7 +820,7 @@ var errAbandoned = errors.New("abandoned at a crash point")
 // spread window); otherwise server takes one once the server's offset is due.
 func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has, held bool) (im store.Image, wait bool, err error) {
 	r, p := ru.r, ru.p
-	log := ru.log.With("server_id", s.ID)
+	log := ru.log.With("server_id", s.ID, "server_name", s.Name)
 	res := ServerResult{ServerID: s.ID, ServerName: s.Name, Existing: has}
 	if has {
 		if !ru.claim(row) {
@@ -766,11 +875,23 @@ func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has,
 		}
 	}
 
+	// An earlier slot's image still being made explains a task state of our own
+	// snapshot too, so it is looked for before busy.
+	inFlight := ""
+	if !has {
+		if inFlight, err = ru.inFlight(ctx, s.ID); err != nil {
+			return row, false, err
+		}
+	}
 	switch {
 	case s.Status == "ERROR":
 		return row, false, ru.skip(ctx, s, res, SkipErrorState, "server is in ERROR state; Nova refuses to image it")
+	case s.Locked:
+		return row, false, ru.skip(ctx, s, res, SkipLocked, "server is locked; Nova refuses to image it until it is unlocked")
+	case inFlight != "":
+		return row, false, ru.skip(ctx, s, res, SkipInFlight, inFlight)
 	case s.TaskState != "":
-		return row, false, ru.skip(ctx, s, res, SkipBusy, fmt.Sprintf("server has a task in progress (task_state %s)", s.TaskState))
+		return row, false, busyError{res: res, detail: fmt.Sprintf("server has a task in progress (task_state %s)", s.TaskState)}
 	}
 
 	// Start at the server's stable offset inside the spread window, counted from the
@@ -822,7 +943,7 @@ func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has,
 		if !created {
 			// Another process wrote the row between our read and now: it owns the call.
 			res.Existing = true
-			ru.log.Info("slot row appeared concurrently; not calling again", "server_id", s.ID)
+			ru.log.Info("slot row appeared concurrently; not calling again", "server_id", s.ID, "server_name", s.Name)
 			if row.State == store.ImageCreating {
 				return row, true, nil
 			}
@@ -845,7 +966,7 @@ func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has,
 // create makes the createImage call for a row that has no image yet.
 func (ru *run) create(ctx context.Context, s cloud.Server, row store.Image, res ServerResult, name string,
 	meta map[string]string, log *slog.Logger) (store.Image, bool, error) {
-	r, p := ru.r, ru.p
+	r := ru.r
 	unlock, err := r.servers.lock(ctx, s.ID)
 	if err != nil {
 		return row, false, err
@@ -880,7 +1001,7 @@ func (ru *run) create(ctx context.Context, s cloud.Server, row store.Image, res 
 		if err != nil {
 			return row, false, err
 		}
-		log.Info("image requested", "image_id", id)
+		log.Info("image requested", "image_id", id, "image_name", row.Name)
 		return row, true, nil
 	}
 	switch {
@@ -892,11 +1013,11 @@ func (ru *run) create(ctx context.Context, s cloud.Server, row store.Image, res 
 			return row, false, derr
 		}
 		res.ImageRow = 0
-		res.Outcome, res.Reason = ServerSkipped, SkipBusy
-		r.metrics.ServerSkipped(p.Name, SkipBusy)
-		log.Info("server skipped", "reason", SkipBusy, "detail", cloud.Reason(err))
-		ru.finish(res)
-		return row, false, nil
+		if strings.Contains(strings.ToLower(cloud.Reason(err)), "locked") {
+			// Nova's InstanceIsLocked: an operator's lock, not a task that ends soon.
+			return row, false, ru.skip(ctx, s, res, SkipLocked, cloud.Reason(err))
+		}
+		return row, false, busyError{res: res, detail: "createImage refused (409): " + cloud.Reason(err)}
 	case errors.Is(err, cloud.ErrUnknownOutcome) || (ctx.Err() == nil && isTransport(err)):
 		// The image may exist: never call again before looking for it. The wait adopts
 		// it when it shows up under our stamp, and fails the row at wait_timeout if not.
@@ -951,7 +1072,7 @@ func (ru *run) adopt(ctx context.Context, row store.Image, why string) (store.Im
 	if err != nil {
 		return row, false, err
 	}
-	ru.log.Info("image adopted", "server_id", row.ServerID, "image_id", img.ID)
+	ru.log.Info("image adopted", "server_id", row.ServerID, "server_name", row.ServerName, "image_id", img.ID, "image_name", img.Name)
 	return adopted, true, nil
 }
 
@@ -1026,7 +1147,7 @@ func (ru *run) cfgVersion() string {
 func (ru *run) skip(ctx context.Context, s cloud.Server, res ServerResult, reason, detail string) error {
 	ru.event(ctx, store.Event{Kind: store.EventServerSkipped, ServerID: s.ID, Message: reason + ": " + detail})
 	ru.r.metrics.ServerSkipped(ru.p.Name, reason)
-	ru.log.Info("server skipped", "server_id", s.ID, "reason", reason, "detail", detail)
+	ru.log.Info("server skipped", "server_id", s.ID, "server_name", s.Name, "reason", reason, "detail", detail)
 	res.Outcome, res.Reason = ServerSkipped, reason
 	ru.finish(res)
 	return nil
@@ -1039,7 +1160,7 @@ func (ru *run) failRow(ctx context.Context, row store.Image, res ServerResult, r
 		return err
 	}
 	ru.r.metrics.ImageCreated(ru.p.Name, CreateFailed, 0)
-	ru.log.Warn("image failed", "server_id", row.ServerID, "reason", reason)
+	ru.log.Warn("image failed", "server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name, "reason", reason)
 	res.Outcome, res.Reason, res.ImageRow, res.ImageID = ServerFailed, reason, im.Row, im.ImageID
 	ru.finish(res)
 	return nil
@@ -1056,6 +1177,16 @@ func (ru *run) event(ctx context.Context, e store.Event) {
 // claim takes a row for this run, so that a resumed wait of the same process
 // leaves it alone; false if that wait has it.
 func (ru *run) claim(row store.Image) bool {
+	ru.mu.Lock()
+	for _, c := range ru.claimed {
+		if c.Row == row.Row {
+			// Ours already: a busy server's intent dropped and written again may get
+			// the same row id back.
+			ru.mu.Unlock()
+			return true
+		}
+	}
+	ru.mu.Unlock()
 	if len(ru.r.claim([]store.Image{row})) == 0 {
 		return false
 	}

@@ -148,7 +148,7 @@ func (r *Runner) poll(ctx context.Context, sc waitScope, items []*waitItem) ([]*
 			}
 			// A store error on one row must not stop the others; the row stays as it is
 			// in the store and a later resume retries it.
-			sc.log.Error("wait: record image state", "server_id", it.row.ServerID, "image_id", it.row.ImageID, "err", err)
+			sc.log.Error("wait: record image state", "server_id", it.row.ServerID, "server_name", it.row.ServerName, "image_id", it.row.ImageID, "image_name", it.row.Name, "err", err)
 			continue
 		}
 		if !settled {
@@ -243,7 +243,7 @@ func (r *Runner) check(ctx context.Context, sc waitScope, it *waitItem, listed [
 			it.row = row
 			d := row.ActiveAt.Sub(row.RequestedAt)
 			r.metrics.ImageCreated(sc.policy, CreateGood, d)
-			sc.log.Info("image good", "server_id", row.ServerID, "image_id", row.ImageID, "duration", d.Round(time.Millisecond).String())
+			sc.log.Info("image good", "server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name, "duration", d.Round(time.Millisecond).String())
 			if sc.done != nil {
 				sc.done(row, ServerGood, "", d)
 			}
@@ -313,7 +313,7 @@ func (r *Runner) checkSnapshots(ctx context.Context, sc waitScope, it *waitItem,
 			// Keep going: the lineage should know every snapshot's state, not just the
 			// first bad one.
 			if failure == "" {
-				failure = fmt.Sprintf("volume snapshot %s of volume %s is %s", ref.SnapshotID, orDash(sn.VolumeID), sn.Status)
+				failure = fmt.Sprintf("volume snapshot %s%s is %s", ref.SnapshotID, ofVolume(sn.VolumeID), sn.Status)
 			}
 			done = false
 		default:
@@ -331,7 +331,7 @@ func (r *Runner) fail(ctx context.Context, sc waitScope, it *waitItem, reason st
 	}
 	it.row = row
 	r.metrics.ImageCreated(sc.policy, CreateFailed, 0)
-	sc.log.Warn("image failed", "server_id", row.ServerID, "image_id", row.ImageID, "reason", reason)
+	sc.log.Warn("image failed", "server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name, "reason", reason)
 	if sc.done != nil {
 		sc.done(row, ServerFailed, reason, r.store.Now().Sub(row.RequestedAt))
 	}
@@ -350,7 +350,7 @@ func (r *Runner) timedOut(ctx context.Context, sc waitScope, it *waitItem, reaso
 	it.row = row
 	r.metrics.ImageCreated(sc.policy, CreateFailed, 0)
 	sc.log.Warn("image failed: not good within wait_timeout; watched until its late window closes", "server_id", row.ServerID,
-		"image_id", row.ImageID, "reason", reason, "late_until", until.Format(time.RFC3339))
+		"server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name, "reason", reason, "late_until", until.Format(time.RFC3339))
 	if sc.done != nil {
 		sc.done(row, ServerFailed, reason, r.store.Now().Sub(row.RequestedAt))
 	}
@@ -416,4 +416,21 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// ofVolume is " of volume ID" for a message about a snapshot, or nothing while the
+// volume is not known: never "of volume -".
+func ofVolume(id string) string {
+	if id == "" {
+		return ""
+	}
+	return " of volume " + id
+}
+
+// plural counts n things in words: "1 image", "2 images".
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }

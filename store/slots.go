@@ -299,3 +299,12 @@ func (s *Store) Policies(ctx context.Context) ([]string, error) {
 	}
 	return out, nil
 }
+
+// ofVolume is " of volume ID" for a message about a snapshot, or nothing while the
+// volume is not known: never "of volume -".
+func ofVolume(id string) string {
+	if id == "" {
+		return ""
+	}
+	return " of volume " + id
+}

@@ -133,8 +133,10 @@ func (s *Store) AddSnapshots(ctx context.Context, imageRow int64, snaps []Snapsh
 				sn.SnapshotID, imageRow, sn.VolumeID, sn.DeviceName, boot, sn.SizeGB, string(state), sn.Reason, now, avail, now); err != nil {
 				return err
 			}
-			msg := fmt.Sprintf("volume snapshot %s of volume %s (%s) named by block_device_mapping: %s",
-				sn.SnapshotID, orDash(sn.VolumeID), orDash(sn.DeviceName), state)
+			// Nova's block_device_mapping names no volume: the first answer of
+			// Cinder does (UpdateSnapshot's event).
+			msg := fmt.Sprintf("volume snapshot %s%s (%s) named by block_device_mapping: %s",
+				sn.SnapshotID, ofVolume(sn.VolumeID), orDash(sn.DeviceName), state)
 			if _, err := s.insertEvent(ctx, tx, Event{Kind: EventSnapshotAdded, Policy: im.Policy, ServerID: im.ServerID,
 				ImageRow: imageRow, ImageID: im.ImageID, SnapshotID: sn.SnapshotID, Slot: im.Slot, SlotID: im.SlotID,
 				Message: msg}); err != nil {
@@ -210,7 +212,7 @@ func (s *Store) UpdateSnapshot(ctx context.Context, snapshotID string, u Snapsho
 		if err != nil {
 			return err
 		}
-		msg := fmt.Sprintf("volume snapshot %s of volume %s: %s -> %s", snapshotID, orDash(volume), cur.State, state)
+		msg := fmt.Sprintf("volume snapshot %s%s: %s -> %s", snapshotID, ofVolume(volume), cur.State, state)
 		if reason != "" {
 			msg += ": " + reason
 		}

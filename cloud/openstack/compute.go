@@ -2,6 +2,7 @@ package openstack
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -93,17 +94,32 @@ type leanServer struct {
 	Name      string            `json:"name"`
 	Status    string            `json:"status"`
 	TaskState *string           `json:"OS-EXT-STS:task_state"`
+	Locked    *bool             `json:"locked"`
 	AZ        string            `json:"OS-EXT-AZ:availability_zone"`
 	Tags      *[]string         `json:"tags"`
 	Metadata  map[string]string `json:"metadata"`
+	Fault     struct {
+		Message string `json:"message"`
+	} `json:"fault"`
 	// Image is {"id": ...} for a server booted from an image and "" for one
 	// booted from a volume.
 	Image json.RawMessage `json:"image"`
+	// Flavor is {"id": ...} below microversion 2.47, {"original_name": ...} from
+	// 2.47 on.
+	Flavor struct {
+		ID           string `json:"id"`
+		OriginalName string `json:"original_name"`
+	} `json:"flavor"`
+	Volumes []struct {
+		ID string `json:"id"`
+	} `json:"os-extended-volumes:volumes_attached"`
 }
 
-// toServer is toServer of a lean page entry.
+// toServer is toServer of a lean page entry; TestListServersLeanDecodeMatchesGet
+// holds the two to the same answer.
 func (s *leanServer) toServer() cloud.Server {
-	out := cloud.Server{ID: s.ID, Name: s.Name, Status: s.Status, AvailabilityZone: s.AZ, Metadata: s.Metadata}
+	out := cloud.Server{ID: s.ID, Name: s.Name, Status: s.Status, AvailabilityZone: s.AZ, Metadata: s.Metadata,
+		Locked: s.Locked != nil && *s.Locked, Fault: s.Fault.Message, Flavor: cmp.Or(s.Flavor.ID, s.Flavor.OriginalName)}
 	if s.TaskState != nil {
 		out.TaskState = *s.TaskState
 	}
@@ -111,6 +127,17 @@ func (s *leanServer) toServer() cloud.Server {
 	// is a server booted from a volume.
 	img := bytes.TrimSpace(s.Image)
 	out.VolumeBacked = len(img) == 0 || img[0] != '{'
+	if !out.VolumeBacked {
+		var ref struct {
+			ID string `json:"id"`
+		}
+		if json.Unmarshal(img, &ref) == nil {
+			out.ImageID = ref.ID
+		}
+	}
+	for _, v := range s.Volumes {
+		out.VolumeIDs = append(out.VolumeIDs, v.ID)
+	}
 	if s.Tags != nil {
 		out.Tags = append([]string{}, (*s.Tags)...)
 	}
@@ -134,11 +161,26 @@ func toServer(s *servers.Server) cloud.Server {
 		Name:             s.Name,
 		Status:           s.Status,
 		TaskState:        s.TaskState,
+		Locked:           s.Locked != nil && *s.Locked,
 		AvailabilityZone: s.AvailabilityZone,
 		Metadata:         s.Metadata,
 		// Nova reports "image": "" for a server booted from a volume, which
 		// gophercloud turns into nil.
 		VolumeBacked: s.Image == nil,
+		Fault:        s.Fault.Message,
+	}
+	if id, ok := s.Image["id"].(string); ok {
+		out.ImageID = id
+	}
+	// Below 2.47 the flavor is a link with an id; from 2.47 on an embedded copy
+	// whose original_name is the flavor's name.
+	if id, ok := s.Flavor["id"].(string); ok {
+		out.Flavor = id
+	} else if n, ok := s.Flavor["original_name"].(string); ok {
+		out.Flavor = n
+	}
+	for _, v := range s.AttachedVolumes {
+		out.VolumeIDs = append(out.VolumeIDs, v.ID)
 	}
 	if s.Tags != nil {
 		out.Tags = append([]string{}, (*s.Tags)...)

@@ -18,7 +18,7 @@ func TestListServersLeanDecodeMatchesGet(t *testing.T) {
 	for _, spec := range []simcloud.ServerSpec{
 		{Name: "img", Tags: []string{"a", "b=c"}, AZ: "az1", Metadata: map[string]string{"k": "v", "q": "\"x\""}},
 		{Name: "vol", Volumes: 2, Tags: []string{"a"}},
-		{Name: "busy", TaskState: "image_snapshot", Status: "ACTIVE"},
+		{Name: "busy", TaskState: "image_snapshot", Status: "ACTIVE", Locked: true},
 		{Name: "broken", Status: "ERROR", Tags: []string{}},
 		{Name: "bare"},
 	} {
@@ -36,6 +36,10 @@ func TestListServersLeanDecodeMatchesGet(t *testing.T) {
 		seen["tags"] = seen["tags"] || len(s.Tags) > 1
 		seen["metadata"] = seen["metadata"] || len(s.Metadata) > 1
 		seen["zone"] = seen["zone"] || s.AvailabilityZone == "az1"
+		seen["locked"] = seen["locked"] || s.Locked
+		seen["flavor"] = seen["flavor"] || s.Flavor != ""
+		seen["volume ids"] = seen["volume ids"] || len(s.VolumeIDs) == 2
+		seen["image id"] = seen["image id"] || s.ImageID != ""
 		want, err := c.GetServer(ctx(t), s.ID)
 		if err != nil {
 			t.Fatal(err)
@@ -47,7 +51,7 @@ func TestListServersLeanDecodeMatchesGet(t *testing.T) {
 			t.Errorf("listed %+v\n   got %+v", s, want)
 		}
 	}
-	if len(seen) != 6 {
+	if len(seen) != 10 {
 		t.Errorf("the listing shows only %v of the fields", seen)
 	}
 	for k, v := range seen {

@@ -20,12 +20,14 @@
 package openstack
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -171,6 +173,15 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 	parseOpts := append([]clouds.ParseOption(nil), opts.ParseOptions...)
 	if opts.CloudName != "" {
 		parseOpts = append(parseOpts, clouds.WithCloudName(opts.CloudName))
+	}
+	if len(opts.ParseOptions) == 0 {
+		// Where the caller did not say which file to read, find it here, so that a
+		// wrong or missing name says which file was read and what it has.
+		path, err := resolveCloud(cmp.Or(opts.CloudName, os.Getenv("OS_CLOUD")), os.Getenv)
+		if err != nil {
+			return nil, err
+		}
+		parseOpts = append(parseOpts, clouds.WithLocations(path))
 	}
 	ao, eo, tlsConfig, err := clouds.Parse(parseOpts...)
 	if err != nil {

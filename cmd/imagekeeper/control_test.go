@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -64,8 +65,24 @@ func TestControlSocketRunsCommandsInTheDaemon(t *testing.T) {
 	if n := len(e.sim.Images()); n != 1 {
 		t.Errorf("run --server web-2 made %d images, want 1", n)
 	}
-	if !strings.Contains(r.logs.String(), "control socket command") {
-		t.Errorf("the daemon did not log the command:\n%s", r.logs)
+	logs := r.logs.String()
+	if !strings.Contains(logs, "control socket command") {
+		t.Errorf("the daemon did not log the command:\n%s", logs)
+	}
+	// Log lines name the server and the image beside their ids, and the config hash
+	// is config_version, never version.
+	if !strings.Contains(logs, "server_name=web-2") || !strings.Contains(logs, "image_name=web-2-web-") ||
+		!strings.Contains(logs, "config_version=") || regexp.MustCompile(`(^|\s)version=`).MatchString(logs) {
+		t.Errorf("daemon log lacks server_name/image_name/config_version, or logs a bare version:\n%s", logs)
+	}
+	// why names the volume of the snapshot, never "of volume -".
+	web2, err := r.st.Images(context.Background(), store.ImageFilter{Policy: "web"})
+	if err != nil || len(web2) != 1 {
+		t.Fatalf("lineage: %v %v", web2, err)
+	}
+	code, stdout, _ = cli(t, "why", web2[0].ImageID, "--config", e.config)
+	if code != exitOK || strings.Contains(stdout, "of volume -") || !strings.Contains(stdout, " of volume ") {
+		t.Errorf("why of a volume-backed image: exit %d\n%s", code, stdout)
 	}
 
 	// Errors come back with their exit code.

@@ -202,14 +202,14 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 
 	cfg, err := policy.Load(d.ConfigPath)
 	if err != nil {
-		logConfigErrors(log, "cannot load the policy file", err)
-		// A file that is not there or not readable is the caller's mistake (exit 2,
+		// Not logged as well: the error is printed once, by main, as every
+		// command's is. A file that is not there or not readable is the caller's mistake (exit 2,
 		// as for every command); one that does not validate is exit 1.
 		code := exitFailure
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
 			code = exitUsage
 		}
-		return withExitCode(code, fmt.Errorf("load %s: %w", d.ConfigPath, err))
+		return withExitCode(code, err) // it names the file (FILE:LINE:COL for each problem)
 	}
 	watch := newFileWatch(d.ConfigPath)
 	statePath := firstNonEmpty(d.StatePath, cfg.State)
@@ -551,7 +551,7 @@ func (d *Daemon) reload(sched *scheduler.Scheduler, runner *scheduler.Runner, bo
 	runner.SetLimits(cfg.Limits)
 	sched.Swap(cfg)
 	m.ConfigReloaded(true, time.Now())
-	log.Info("config reloaded", "why", why, "config_version", cfg.Version, "was", old.Version,
+	log.Info("config reloaded", "why", why, "config_version", cfg.Version, "previous_config_version", old.Version,
 		"policies", len(cfg.Policies))
 	return nil
 }

@@ -228,8 +228,8 @@ func (o *runOptions) tickProgress(ctx context.Context, w io.Writer, wired *wirin
 			case <-t.C:
 			}
 			saving, snapshots := inFlight(ctx, wired.store, p.Name, slot)
-			fmt.Fprintf(w, "%s: %s elapsed, %d servers done; %s saving, %s creating\n", p.Name,
-				roundDuration(time.Since(started)), done.Load(), plural(saving, "image", "images"),
+			fmt.Fprintf(w, "%s: %s elapsed, %s done; %s saving, %s creating\n", p.Name,
+				roundDuration(time.Since(started)), plural(int(done.Load()), "server", "servers"), plural(saving, "image", "images"),
 				plural(snapshots, "volume snapshot", "volume snapshots"))
 		}
 	}()
@@ -313,9 +313,9 @@ func printProgress(w io.Writer, e scheduler.ProgressEvent) {
 // printSummary prints the last line(s) of a run.
 func printSummary(w io.Writer, rep *scheduler.SlotReport) {
 	c := rep.Counts
-	fmt.Fprintf(w, "%s: slot %s %s: %d selected, %d good, %d failed, %d skipped in %s (%d cloud calls)\n",
+	fmt.Fprintf(w, "%s: slot %s %s: %d selected, %d good, %d failed, %d skipped in %s (%s)\n",
 		rep.Policy, scheduler.StampSlot(rep.Slot), rep.Outcome, c.Selected, c.Good, c.Failed, c.Skipped,
-		roundDuration(rep.Finished.Sub(rep.Started)), rep.CloudCalls)
+		roundDuration(rep.Finished.Sub(rep.Started)), plural(int(rep.CloudCalls), "cloud call", "cloud calls"))
 	if rep.Reason != "" {
 		fmt.Fprintf(w, "%s: %s\n", rep.Policy, rep.Reason)
 	}

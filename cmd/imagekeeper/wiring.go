@@ -91,8 +91,15 @@ func (c *common) wire(ctx context.Context, o wireOptions) (*wiring, error) {
 	}
 	if o.store {
 		if o.exclusive {
-			if w.lock, err = acquireLock(cfg.State); err != nil {
+			// Create the state directory as the daemon does: a first `run` before
+			// the daemon ever started must work, not fail on the lock file.
+			if err := os.MkdirAll(filepath.Dir(cfg.State), 0o750); err != nil {
+				return nil, withExitCode(exitFailure, fmt.Errorf("state directory of %s: %w", cfg.State, err))
+			}
+			if w.lock, err = acquireLock(cfg.State); errors.Is(err, errLocked) {
 				return nil, withExitCode(exitFailure, fmt.Errorf("%w; stop it first, or let it do the work", err))
+			} else if err != nil {
+				return nil, withExitCode(exitFailure, err)
 			}
 		}
 		if w.store, err = wireStore(ctx, cfg); err != nil {
@@ -291,7 +298,7 @@ var wireCloud = func(ctx context.Context, cfg *policy.Config, log *slog.Logger, 
 	// of a slot in one listing, so ask for the usual api_limit_max (clouds cap it).
 	c, err := openstack.New(ctx, openstack.Options{CloudName: cfg.Cloud, Observe: observe, Logger: log, PageSize: 1000})
 	if err != nil {
-		return nil, fmt.Errorf("connect to cloud %q: %w", cfg.Cloud, err)
+		return nil, fmt.Errorf("connect to the cloud: %w", err)
 	}
 	return c, nil
 }
