@@ -20,7 +20,10 @@ type DriftCategory string
 const (
 	// DriftUnknown: an image stamped with our owner that no lineage row names. It is
 	// adopted (with fix) only into the intent row of its stamp's (policy, server,
-	// slot) that has no image id yet: the stamp alone proves nothing.
+	// slot) that has no image id yet: the stamp alone proves nothing. Without fix
+	// too when that row failed after a createImage whose outcome was unknown (the
+	// image was never located before wait_timeout): otherwise it leaks, since no
+	// prune deletes an image it has no id for.
 	DriftUnknown DriftCategory = "stamped_unknown"
 	// DriftInherited: an image stamped with our owner whose stamp's slot already has
 	// another image, or whose instance_uuid is another server: a snapshot of a server
@@ -372,11 +375,17 @@ func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportO
 		case !fix:
 		}
 	}
-	if fix {
-		for _, i := range toAdopt {
-			f := &rep.Findings[i]
-			f.Action = r.adopt(ctx, cfg, f)
+	for _, i := range toAdopt {
+		if reportOnly {
+			break
 		}
+		// Without fix only the leak is adopted: a row whose createImage was sent with
+		// an unknown outcome and failed because its stamped image was never located.
+		// No prune may delete it (it has no id) and nothing else would ever find it.
+		f := &rep.Findings[i]
+		f.Action = r.adopt(ctx, cfg, f, !fix)
+	}
+	if fix {
 		rowsDone := make([]int64, 0, len(leftoverRows))
 		for row := range leftoverRows {
 			rowsDone = append(rowsDone, row)
@@ -490,7 +499,10 @@ func (r *Runner) withPolicyLock(ctx context.Context, name string, f func() error
 // adopt records a stamped image as the image of its intent row. A requested row
 // younger than its wait timeout may belong to a run still in flight (in another
 // process): it is left alone.
-func (r *Runner) adopt(ctx context.Context, cfg *policy.Config, f *DriftFinding) string {
+//
+// onlyLeaked restricts it to a failed row that had a createImage sent (its outcome
+// was unknown): the periodic reconcile adopts those without --fix.
+func (r *Runner) adopt(ctx context.Context, cfg *policy.Config, f *DriftFinding, onlyLeaked bool) string {
 	var p *policy.Policy
 	if cfg != nil {
 		for _, q := range cfg.Policies {
@@ -508,6 +520,9 @@ func (r *Runner) adopt(ctx context.Context, cfg *policy.Config, f *DriftFinding)
 		if cur.ImageID != "" || (cur.State != store.ImageRequested && cur.State != store.ImageFailed) {
 			action = fmt.Sprintf("not adopted: row is now %s with image %q", cur.State, cur.ImageID)
 			return nil
+		}
+		if onlyLeaked && (cur.State != store.ImageFailed || cur.Attempts == 0) {
+			return nil // left to reconcile --fix
 		}
 		if cur.State == store.ImageRequested && r.store.Now().Sub(cur.RequestedAt) < r.waitTimeout(p) {
 			action = "not adopted: the intent is younger than wait_timeout (a run may still be making it)"
@@ -560,7 +575,7 @@ func (r *Runner) cleanGoneImage(ctx context.Context, cfg *policy.Config, rowID i
 		it := &PruneItem{Reasons: []string{"reconcile: image gone from the cloud; deleting the snapshots left behind"}}
 		row := store.LineageRow{Row: cur.Row, ImageID: cur.ImageID, Policy: cur.Policy, ServerID: cur.ServerID, Slot: cur.Slot,
 			Owner: cur.Owner, State: cur.State}
-		pr.journal(ctx, it, row)
+		pr.planAndJournal(ctx, it, row)
 		switch it.Action {
 		case PruneDeleted:
 			action = "deleted (journal)"

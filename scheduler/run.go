@@ -153,11 +153,11 @@ type RunnerOptions struct {
 	// Progress, when set, is called as servers reach their outcome (the CLI prints it).
 	// It is called from the run's goroutines, one call at a time.
 	Progress func(ProgressEvent)
-	// AfterRun, when set, runs after a slot's images are settled (not after a run
-	// that failed to start): the hook point for retention (the daemon sets it to
-	// call the prune of the policy). It runs without the policy lock held; take
-	// LockPolicy inside it.
-	AfterRun func(ctx context.Context, cfg *policy.Config, p *policy.Policy) error
+	// Settled, when set, is called with the policy's name after a slot's images are
+	// settled (not after a run that failed to start). The daemon requests retention
+	// for that policy with it; retention then decides by the config in force when it
+	// runs, never by the one this run started with. It must not block.
+	Settled func(policy string)
 
 	// hooks lets tests stop a run at its crash points.
 	hooks runHooks
@@ -281,18 +281,21 @@ func StampSlot(slot time.Time) string { return slot.UTC().Format(time.RFC3339) }
 
 // run is one slot run in progress.
 type run struct {
-	r       *Runner
-	cfg     *policy.Config
-	p       *policy.Policy
-	slot    time.Time // UTC, whole seconds
-	trigger Trigger
-	call    RunSlotOptions
-	slotID  int64
-	runID   string
-	cloud   limitedCloud
-	calls   *callCounter
-	log     *slog.Logger
-	timeout time.Duration
+	r *Runner
+	// cfgVersion and p are all a run keeps of the config it started under: the lineage
+	// records the version, and the policy says what to image. Nothing after the run
+	// (retention) may act on them.
+	cfgVersion string
+	p          *policy.Policy
+	slot       time.Time // UTC, whole seconds
+	trigger    Trigger
+	call       RunSlotOptions
+	slotID     int64
+	runID      string
+	cloud      limitedCloud
+	calls      *callCounter
+	log        *slog.Logger
+	timeout    time.Duration
 
 	mu       sync.Mutex
 	results  map[string]*ServerResult
@@ -304,14 +307,15 @@ type run struct {
 	left []string
 }
 
-// RunSlot runs one slot of policy p under cfg: it records the slot, selects the
-// servers, asks for one image per eligible server (idempotently: a server that
-// already has a row for the slot gets no second image), waits until each image is
-// good or failed, records the slot's outcome, and then calls AfterRun. The error
+// RunSlot runs one slot of policy p, taken from the config of version cfgVersion:
+// it records the slot, selects the servers, asks for one image per eligible server
+// (idempotently: a server that already has a row for the slot gets no second
+// image), waits until each image is good or failed, records the slot's outcome, and
+// then calls Settled with the policy's name. The error
 // is non-nil only when the run could not do its work (listing servers failed, the
 // store failed, ctx was cancelled); failed images are in the report, not the error.
-func (r *Runner) RunSlot(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger) (*SlotReport, error) {
-	return r.RunSlotWith(ctx, cfg, p, slot, trigger, RunSlotOptions{})
+func (r *Runner) RunSlot(ctx context.Context, cfgVersion string, p *policy.Policy, slot time.Time, trigger Trigger) (*SlotReport, error) {
+	return r.RunSlotWith(ctx, cfgVersion, p, slot, trigger, RunSlotOptions{})
 }
 
 // RunSlotOptions are what one call of RunSlotWith asks beyond RunSlot: a manual run
@@ -324,12 +328,12 @@ type RunSlotOptions struct {
 	// Progress, when set, is called as Progress of RunnerOptions is, for this run
 	// only: the run of a control-socket client in the daemon.
 	Progress func(ProgressEvent)
-	// SkipAfterRun leaves out AfterRun (`run --no-prune`).
-	SkipAfterRun bool
+	// SkipRetention leaves out the retention request of Settled (`run --no-prune`).
+	SkipRetention bool
 }
 
 // RunSlotWith is RunSlot with per-call options.
-func (r *Runner) RunSlotWith(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger,
+func (r *Runner) RunSlotWith(ctx context.Context, cfgVersion string, p *policy.Policy, slot time.Time, trigger Trigger,
 	o RunSlotOptions) (*SlotReport, error) {
 	if p == nil || p.Image == nil {
 		return nil, errors.New("run slot: policy without image spec")
@@ -338,10 +342,6 @@ func (r *Runner) RunSlotWith(ctx context.Context, cfg *policy.Config, p *policy.
 		trigger = TriggerScheduled
 	}
 	slot = slot.UTC().Truncate(time.Second)
-	cfgVersion := ""
-	if cfg != nil {
-		cfgVersion = cfg.Version
-	}
 	started := r.now()
 	// The slot is recorded before waiting for the policy lock: a process killed
 	// while it waits (behind a resumed slot, say) must leave a running row for the
@@ -355,21 +355,20 @@ func (r *Runner) RunSlotWith(ctx context.Context, cfg *policy.Config, p *policy.
 	if err != nil {
 		return nil, fmt.Errorf("run slot of %s: %w", p.Name, err)
 	}
-	rep, err := r.runSlot(ctx, cfg, p, slot, trigger, sl, started, o)
+	rep, err := r.runSlot(ctx, cfgVersion, p, slot, trigger, sl, started, o)
 	unlock()
-	if err != nil || r.opts.AfterRun == nil || o.SkipAfterRun || rep == nil || rep.Outcome == store.OutcomeFailed {
+	if err != nil || r.opts.Settled == nil || o.SkipRetention || rep == nil || rep.Outcome == store.OutcomeFailed {
 		return rep, err
 	}
-	if err := r.opts.AfterRun(ctx, cfg, p); err != nil {
-		return rep, fmt.Errorf("after run of %s: %w", p.Name, err)
-	}
+	// Only the name leaves the run: retention looks the policy up itself.
+	r.opts.Settled(p.Name)
 	return rep, nil
 }
 
-func (r *Runner) runSlot(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger,
+func (r *Runner) runSlot(ctx context.Context, cfgVersion string, p *policy.Policy, slot time.Time, trigger Trigger,
 	sl store.Slot, started time.Time, o RunSlotOptions) (*SlotReport, error) {
 	ru := &run{
-		r: r, cfg: cfg, p: p, slot: slot, trigger: trigger, slotID: sl.ID, runID: newRunID(), call: o,
+		r: r, cfgVersion: cfgVersion, p: p, slot: slot, trigger: trigger, slotID: sl.ID, runID: newRunID(), call: o,
 		calls:    &callCounter{},
 		log:      r.log.With("policy", p.Name, "slot", StampSlot(slot)),
 		timeout:  r.waitTimeout(p),
@@ -928,7 +927,7 @@ func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has,
 		row, created, err = r.store.RecordIntent(ctx, store.Intent{
 			Policy: p.Name, ServerID: s.ID, ServerName: s.Name, AZ: s.AvailabilityZone, VolumeBacked: s.VolumeBacked,
 			Slot: ru.slot, SlotID: ru.slotID, Name: name, Metadata: meta, PolicyVersion: p.Version,
-			ConfigVersion: ru.cfgVersion(),
+			ConfigVersion: ru.cfgVersion,
 		})
 		if err != nil {
 			return row, false, err
@@ -1134,13 +1133,6 @@ func (ru *run) render(s cloud.Server) (string, map[string]string, error) {
 		meta[k] = v
 	}
 	return name, meta, nil
-}
-
-func (ru *run) cfgVersion() string {
-	if ru.cfg == nil {
-		return ""
-	}
-	return ru.cfg.Version
 }
 
 // skip records a server that is not imaged, with its reason.
