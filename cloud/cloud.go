@@ -115,12 +115,74 @@ type Server struct {
 	Name   string
 	Status string // Nova status: ACTIVE, SHUTOFF, ERROR, ...
 	// TaskState is Nova's OS-EXT-STS:task_state; empty when no task is in progress.
-	TaskState        string
+	TaskState string
+	// Locked is Nova's locked field (microversion 2.9): a locked server refuses a
+	// non-admin's createImage with 409.
+	Locked           bool
 	AvailabilityZone string
 	Tags             []string
 	Metadata         map[string]string
 	// VolumeBacked is true when the server boots from a volume (Nova reports no image).
 	VolumeBacked bool
+	// ImageID is the image the server was booted from; "" when Nova reports none. A
+	// server restored from a volume-backed image names that image here although its
+	// root disk is a volume.
+	ImageID string
+	// Flavor is the flavor as Nova shows it: its id below microversion 2.47, its
+	// name (original_name) from 2.47 on. BootRequest.Flavor accepts either.
+	Flavor string
+	// VolumeIDs are the attached volumes (os-extended-volumes:volumes_attached).
+	VolumeIDs []string
+	// Fault is Nova's fault message of a server in ERROR ("" otherwise).
+	Fault string
+}
+
+// Server statuses of Nova that a restore distinguishes.
+const (
+	ServerBuild  = "BUILD"
+	ServerActive = "ACTIVE"
+	ServerError  = "ERROR"
+)
+
+// NetworkNone and NetworkAuto are BootRequest.Network values with Nova's meaning
+// (microversion >= 2.37): no network at all, or one Nova picks or makes.
+const (
+	NetworkNone = "none"
+	NetworkAuto = "auto"
+)
+
+// BootRequest asks Nova for a new server from an image (POST /servers with
+// imageRef). Both image kinds boot with the same request: for a volume-backed
+// image Nova reads the image's block_device_mapping itself and makes the new root
+// (and data) volumes from the Cinder snapshots it names.
+type BootRequest struct {
+	Name    string
+	ImageID string
+	// Flavor is a flavor id or name.
+	Flavor string
+	// Network is a network UUID, NetworkNone or NetworkAuto ("" means auto).
+	Network          string
+	AvailabilityZone string
+	// Metadata becomes the server's metadata (our drill stamp lives here).
+	Metadata map[string]string
+}
+
+// Volume statuses of Cinder that a restore distinguishes.
+const (
+	VolumeAvailable = "available"
+	VolumeInUse     = "in-use"
+	VolumeDeleting  = "deleting"
+)
+
+// Volume is a Cinder volume.
+type Volume struct {
+	ID     string
+	Name   string
+	Status string
+	// SnapshotID is the snapshot the volume was made from ("" for none).
+	SnapshotID string
+	// AttachedTo lists the servers the volume is attached to.
+	AttachedTo []string
 }
 
 // Selector picks servers by Nova tags and availability zone. Empty fields do not
@@ -254,4 +316,25 @@ type Cloud interface {
 	// the snapshot may be visible (deleting) for a while. ErrNotFound means already
 	// gone; ErrInUse means Cinder refused (a volume depends on it, or its state).
 	DeleteSnapshot(ctx context.Context, id string) error
+
+	// CreateServer boots a server (Nova POST /servers) and returns its id, never an
+	// empty one. Like CreateImage it is never retried blindly: an unknown outcome
+	// is ErrUnknownOutcome, and the caller looks for its stamped server (Metadata)
+	// before it calls again. ErrQuota when a quota refuses it (the Reason says
+	// which), ErrInvalid for a refused request (unknown flavor, image not active).
+	CreateServer(ctx context.Context, req BootRequest) (string, error)
+	// DeleteServer asks Nova to delete a server. ErrNotFound means already gone.
+	// Volumes the server was given with delete_on_termination false (every volume
+	// made from a volume-backed image's mapping) stay behind: see DeleteVolume.
+	DeleteServer(ctx context.Context, id string) error
+	// ConsoleOutput returns the last lines of the server's console log
+	// (os-getConsoleOutput); lines <= 0 means all. ErrBusy while Nova cannot
+	// give it (a server still building).
+	ConsoleOutput(ctx context.Context, id string, lines int) (string, error)
+	// GetVolume returns one Cinder volume, ErrNotFound when Cinder does not know it.
+	GetVolume(ctx context.Context, id string) (Volume, error)
+	// DeleteVolume asks Cinder to delete a volume; deletion is asynchronous.
+	// ErrNotFound means already gone; ErrInUse means Cinder refused (attached,
+	// or in a state that refuses deletion): try again once it is detached.
+	DeleteVolume(ctx context.Context, id string) error
 }

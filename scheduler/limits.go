@@ -389,3 +389,43 @@ func (c limitedCloud) DeleteSnapshot(ctx context.Context, id string) error {
 	}
 	return c.inner.DeleteSnapshot(ctx, id)
 }
+
+// CreateServer implements cloud.Cloud.
+func (c limitedCloud) CreateServer(ctx context.Context, req cloud.BootRequest) (string, error) {
+	if err := c.take(ctx); err != nil {
+		return "", err
+	}
+	return c.inner.CreateServer(ctx, req)
+}
+
+// DeleteServer implements cloud.Cloud.
+func (c limitedCloud) DeleteServer(ctx context.Context, id string) error {
+	if err := c.take(ctx); err != nil {
+		return err
+	}
+	return c.inner.DeleteServer(ctx, id)
+}
+
+// ConsoleOutput implements cloud.Cloud.
+func (c limitedCloud) ConsoleOutput(ctx context.Context, id string, lines int) (string, error) {
+	if err := c.take(ctx); err != nil {
+		return "", err
+	}
+	return c.inner.ConsoleOutput(ctx, id, lines)
+}
+
+// GetVolume implements cloud.Cloud.
+func (c limitedCloud) GetVolume(ctx context.Context, id string) (cloud.Volume, error) {
+	if err := c.take(ctx); err != nil {
+		return cloud.Volume{}, err
+	}
+	return c.inner.GetVolume(ctx, id)
+}
+
+// DeleteVolume implements cloud.Cloud.
+func (c limitedCloud) DeleteVolume(ctx context.Context, id string) error {
+	if err := c.take(ctx); err != nil {
+		return err
+	}
+	return c.inner.DeleteVolume(ctx, id)
+}

@@ -556,7 +556,7 @@ func (r *Runner) cleanGoneImage(ctx context.Context, cfg *policy.Config, rowID i
 		it := &PruneItem{Reasons: []string{"reconcile: image gone from the cloud; deleting the snapshots left behind"}}
 		row := store.LineageRow{Row: cur.Row, ImageID: cur.ImageID, Policy: cur.Policy, ServerID: cur.ServerID, Slot: cur.Slot,
 			Owner: cur.Owner, State: cur.State}
-		pr.journal(ctx, it, row)
+		pr.planAndJournal(ctx, it, row)
 		switch it.Action {
 		case PruneDeleted:
 			action = "deleted (journal)"

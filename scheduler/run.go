@@ -147,14 +147,17 @@ type RunnerOptions struct {
 	// DefaultWaitTimeout applies when a policy has none (and to resumed waits of a
 	// policy no longer in the config).
 	DefaultWaitTimeout time.Duration
+	// BusyRetryInterval is the first wait before a busy server is looked at again
+	// (DefaultBusyRetryInterval when zero); it doubles up to BusyRetryMaxInterval.
+	BusyRetryInterval time.Duration
 	// Progress, when set, is called as servers reach their outcome (the CLI prints it).
 	// It is called from the run's goroutines, one call at a time.
 	Progress func(ProgressEvent)
-	// AfterRun, when set, runs after a slot's images are settled (not after a run
-	// that failed to start): the hook point for retention (the daemon sets it to
-	// call the prune of the policy). It runs without the policy lock held; take
-	// LockPolicy inside it.
-	AfterRun func(ctx context.Context, cfg *policy.Config, p *policy.Policy) error
+	// Settled, when set, is called with the policy's name after a slot's images are
+	// settled (not after a run that failed to start). The daemon requests retention
+	// for that policy with it; retention then decides by the config in force when it
+	// runs, never by the one this run started with. It must not block.
+	Settled func(policy string)
 
 	// hooks lets tests stop a run at its crash points.
 	hooks runHooks
@@ -212,6 +215,9 @@ func NewRunner(opts RunnerOptions) *Runner {
 	}
 	if opts.DefaultWaitTimeout <= 0 {
 		opts.DefaultWaitTimeout = DefaultWaitTimeout
+	}
+	if opts.BusyRetryInterval <= 0 {
+		opts.BusyRetryInterval = DefaultBusyRetryInterval
 	}
 	r := &Runner{
 		opts:     opts,
@@ -273,18 +279,21 @@ func StampSlot(slot time.Time) string { return slot.UTC().Format(time.RFC3339) }
 
 // run is one slot run in progress.
 type run struct {
-	r       *Runner
-	cfg     *policy.Config
-	p       *policy.Policy
-	slot    time.Time // UTC, whole seconds
-	trigger Trigger
-	call    RunSlotOptions
-	slotID  int64
-	runID   string
-	cloud   limitedCloud
-	calls   *callCounter
-	log     *slog.Logger
-	timeout time.Duration
+	r *Runner
+	// cfgVersion and p are all a run keeps of the config it started under: the lineage
+	// records the version, and the policy says what to image. Nothing after the run
+	// (retention) may act on them.
+	cfgVersion string
+	p          *policy.Policy
+	slot       time.Time // UTC, whole seconds
+	trigger    Trigger
+	call       RunSlotOptions
+	slotID     int64
+	runID      string
+	cloud      limitedCloud
+	calls      *callCounter
+	log        *slog.Logger
+	timeout    time.Duration
 
 	mu       sync.Mutex
 	results  map[string]*ServerResult
@@ -296,14 +305,15 @@ type run struct {
 	left []string
 }
 
-// RunSlot runs one slot of policy p under cfg: it records the slot, selects the
-// servers, asks for one image per eligible server (idempotently: a server that
-// already has a row for the slot gets no second image), waits until each image is
-// good or failed, records the slot's outcome, and then calls AfterRun. The error
+// RunSlot runs one slot of policy p, taken from the config of version cfgVersion:
+// it records the slot, selects the servers, asks for one image per eligible server
+// (idempotently: a server that already has a row for the slot gets no second
+// image), waits until each image is good or failed, records the slot's outcome, and
+// then calls Settled with the policy's name. The error
 // is non-nil only when the run could not do its work (listing servers failed, the
 // store failed, ctx was cancelled); failed images are in the report, not the error.
-func (r *Runner) RunSlot(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger) (*SlotReport, error) {
-	return r.RunSlotWith(ctx, cfg, p, slot, trigger, RunSlotOptions{})
+func (r *Runner) RunSlot(ctx context.Context, cfgVersion string, p *policy.Policy, slot time.Time, trigger Trigger) (*SlotReport, error) {
+	return r.RunSlotWith(ctx, cfgVersion, p, slot, trigger, RunSlotOptions{})
 }
 
 // RunSlotOptions are what one call of RunSlotWith asks beyond RunSlot: a manual run
@@ -316,12 +326,12 @@ type RunSlotOptions struct {
 	// Progress, when set, is called as Progress of RunnerOptions is, for this run
 	// only: the run of a control-socket client in the daemon.
 	Progress func(ProgressEvent)
-	// SkipAfterRun leaves out AfterRun (`run --no-prune`).
-	SkipAfterRun bool
+	// SkipRetention leaves out the retention request of Settled (`run --no-prune`).
+	SkipRetention bool
 }
 
 // RunSlotWith is RunSlot with per-call options.
-func (r *Runner) RunSlotWith(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger,
+func (r *Runner) RunSlotWith(ctx context.Context, cfgVersion string, p *policy.Policy, slot time.Time, trigger Trigger,
 	o RunSlotOptions) (*SlotReport, error) {
 	if p == nil || p.Image == nil {
 		return nil, errors.New("run slot: policy without image spec")
@@ -330,10 +340,6 @@ func (r *Runner) RunSlotWith(ctx context.Context, cfg *policy.Config, p *policy.
 		trigger = TriggerScheduled
 	}
 	slot = slot.UTC().Truncate(time.Second)
-	cfgVersion := ""
-	if cfg != nil {
-		cfgVersion = cfg.Version
-	}
 	started := r.now()
 	// The slot is recorded before waiting for the policy lock: a process killed
 	// while it waits (behind a resumed slot, say) must leave a running row for the
@@ -347,21 +353,20 @@ func (r *Runner) RunSlotWith(ctx context.Context, cfg *policy.Config, p *policy.
 	if err != nil {
 		return nil, fmt.Errorf("run slot of %s: %w", p.Name, err)
 	}
-	rep, err := r.runSlot(ctx, cfg, p, slot, trigger, sl, started, o)
+	rep, err := r.runSlot(ctx, cfgVersion, p, slot, trigger, sl, started, o)
 	unlock()
-	if err != nil || r.opts.AfterRun == nil || o.SkipAfterRun || rep == nil || rep.Outcome == store.OutcomeFailed {
+	if err != nil || r.opts.Settled == nil || o.SkipRetention || rep == nil || rep.Outcome == store.OutcomeFailed {
 		return rep, err
 	}
-	if err := r.opts.AfterRun(ctx, cfg, p); err != nil {
-		return rep, fmt.Errorf("after run of %s: %w", p.Name, err)
-	}
+	// Only the name leaves the run: retention looks the policy up itself.
+	r.opts.Settled(p.Name)
 	return rep, nil
 }
 
-func (r *Runner) runSlot(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger,
+func (r *Runner) runSlot(ctx context.Context, cfgVersion string, p *policy.Policy, slot time.Time, trigger Trigger,
 	sl store.Slot, started time.Time, o RunSlotOptions) (*SlotReport, error) {
 	ru := &run{
-		r: r, cfg: cfg, p: p, slot: slot, trigger: trigger, slotID: sl.ID, runID: newRunID(), call: o,
+		r: r, cfgVersion: cfgVersion, p: p, slot: slot, trigger: trigger, slotID: sl.ID, runID: newRunID(), call: o,
 		calls:    &callCounter{},
 		log:      r.log.With("policy", p.Name, "slot", StampSlot(slot)),
 		timeout:  r.waitTimeout(p),
@@ -573,6 +578,16 @@ func (ru *run) execute(ctx context.Context) error {
 	var toWait []store.Image
 	var firstErr error
 	var next atomic.Int64
+	record := func(im store.Image, wait bool, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil && firstErr == nil && !errors.Is(err, errAbandoned) {
+			firstErr = err
+		}
+		if wait {
+			toWait = append(toWait, im)
+		}
+	}
 	for range min(r.workers.capacity(), len(order)) {
 		wg.Add(1)
 		go func() {
@@ -585,14 +600,17 @@ func (ru *run) execute(ctx context.Context) error {
 				s := order[i]
 				row, has := rows[s.ID]
 				im, wait, err := ru.server(ctx, s, row, has)
-				mu.Lock()
-				if err != nil && firstErr == nil && !errors.Is(err, errAbandoned) {
-					firstErr = err
+				if busy := (busyError{}); errors.As(err, &busy) {
+					// Looked at again later, on a goroutine of its own: its backoff
+					// must not hold one of the run's workers.
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						record(ru.retryBusy(ctx, s, busy))
+					}()
+					continue
 				}
-				if wait {
-					toWait = append(toWait, im)
-				}
-				mu.Unlock()
+				record(im, wait, err)
 			}
 		}()
 	}
@@ -676,6 +694,96 @@ func DescribeSelector(s cloud.Selector) string {
 	return strings.Join(parts, " ")
 }
 
+// Busy retries: a server with a task in progress (its own or someone else's
+// snapshot, a resize...) or a createImage refused with 409 is looked at again
+// within the slot, with backoff from RunnerOptions.BusyRetryInterval up to
+// BusyRetryMaxInterval, until the slot's max_lateness has passed (at most
+// MaxBusyRetry after the slot; MaxBusyRetry for a policy without a schedule). Only
+// then is it skipped busy: on a daily policy a skip is a day without a backup.
+const (
+	DefaultBusyRetryInterval = 30 * time.Second
+	BusyRetryMaxInterval     = 10 * time.Minute
+	MaxBusyRetry             = 6 * time.Hour
+)
+
+// busyError is a server found busy: serverRetryingBusy retries it or skips it.
+type busyError struct {
+	res    ServerResult
+	detail string
+}
+
+func (e busyError) Error() string { return "server busy: " + e.detail }
+
+// busyDeadline is the last moment a busy server of this run is looked at again.
+func (ru *run) busyDeadline() time.Time {
+	bound := MaxBusyRetry
+	if sch := ru.p.Schedule; sch != nil && sch.MaxLateness > 0 && sch.MaxLateness < bound {
+		bound = sch.MaxLateness
+	}
+	return ru.slot.Add(bound)
+}
+
+// retryBusy is called when server found s busy: it waits with backoff, reads the
+// server again and runs server again, while it is busy and busyDeadline has not
+// passed; then the server is skipped busy.
+func (ru *run) retryBusy(ctx context.Context, s cloud.Server, busy busyError) (store.Image, bool, error) {
+	r := ru.r
+	deadline := ru.busyDeadline()
+	interval := r.opts.BusyRetryInterval
+	var im store.Image
+	for attempt := 1; ; attempt++ {
+		left := deadline.Sub(r.now())
+		if left <= 0 {
+			detail := busy.detail
+			if attempt > 1 {
+				detail += fmt.Sprintf(" (still busy after %d looks, until max_lateness)", attempt)
+			}
+			return im, false, ru.skip(ctx, s, busy.res, SkipBusy, detail)
+		}
+		ru.log.Info("server busy; looking again later", "server_id", s.ID, "detail", busy.detail, "in", min(interval, left).String())
+		if err := r.sleep(ctx, min(interval, left)); err != nil {
+			return im, false, err
+		}
+		interval = min(interval*2, BusyRetryMaxInterval)
+		if fresh, gerr := ru.cloud.GetServer(ctx, s.ID); gerr == nil {
+			s = fresh
+		} else if ctx.Err() != nil {
+			return im, false, ctx.Err()
+		}
+		// A 409 dropped the intent; a task state found before the intent wrote none.
+		row, err := r.store.ImageByKey(ctx, ru.p.Name, s.ID, ru.slot)
+		has := err == nil
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return im, false, err
+		}
+		var wait bool
+		im, wait, err = ru.server(ctx, s, row, has)
+		if !errors.As(err, &busy) {
+			return im, wait, err
+		}
+	}
+}
+
+// inFlight says why an earlier slot's image of the server under this policy is
+// still being made ("" when none is): a second createImage must not start then.
+func (ru *run) inFlight(ctx context.Context, serverID string) (string, error) {
+	rows, err := ru.r.store.Images(ctx, store.ImageFilter{Policy: ru.p.Name, ServerID: serverID,
+		States: []store.ImageState{store.ImageRequested, store.ImageCreating}})
+	if err != nil {
+		return "", err
+	}
+	now := ru.r.store.Now()
+	for _, im := range rows {
+		if im.Slot.Equal(ru.slot) || (im.State == store.ImageRequested && im.Attempts == 0) {
+			continue
+		}
+		if now.Before(im.RequestedAt.Add(ru.timeout)) {
+			return fmt.Sprintf("the image of slot %s (row %d, %s) is still being made", StampSlot(im.Slot), im.Row, im.State), nil
+		}
+	}
+	return "", nil
+}
+
 // errAbandoned marks a server whose work a test hook stopped, as a crash would.
 var errAbandoned = errors.New("abandoned at a crash point")
 
@@ -738,11 +846,23 @@ func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has 
 		}
 	}
 
+	// An earlier slot's image still being made explains a task state of our own
+	// snapshot too, so it is looked for before busy.
+	inFlight := ""
+	if !has {
+		if inFlight, err = ru.inFlight(ctx, s.ID); err != nil {
+			return row, false, err
+		}
+	}
 	switch {
 	case s.Status == "ERROR":
 		return row, false, ru.skip(ctx, s, res, SkipErrorState, "server is in ERROR state; Nova refuses to image it")
+	case s.Locked:
+		return row, false, ru.skip(ctx, s, res, SkipLocked, "server is locked; Nova refuses to image it until it is unlocked")
+	case inFlight != "":
+		return row, false, ru.skip(ctx, s, res, SkipInFlight, inFlight)
 	case s.TaskState != "":
-		return row, false, ru.skip(ctx, s, res, SkipBusy, fmt.Sprintf("server has a task in progress (task_state %s)", s.TaskState))
+		return row, false, busyError{res: res, detail: fmt.Sprintf("server has a task in progress (task_state %s)", s.TaskState)}
 	}
 
 	// Start at the server's stable offset inside the spread window, counted from the
@@ -777,7 +897,7 @@ func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has 
 		row, created, err = r.store.RecordIntent(ctx, store.Intent{
 			Policy: p.Name, ServerID: s.ID, ServerName: s.Name, AZ: s.AvailabilityZone, VolumeBacked: s.VolumeBacked,
 			Slot: ru.slot, SlotID: ru.slotID, Name: name, Metadata: meta, PolicyVersion: p.Version,
-			ConfigVersion: ru.cfgVersion(),
+			ConfigVersion: ru.cfgVersion,
 		})
 		if err != nil {
 			return row, false, err
@@ -815,7 +935,7 @@ func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has 
 // create makes the createImage call for a row that has no image yet.
 func (ru *run) create(ctx context.Context, s cloud.Server, row store.Image, res ServerResult, name string,
 	meta map[string]string, log *slog.Logger) (store.Image, bool, error) {
-	r, p := ru.r, ru.p
+	r := ru.r
 	unlock, err := r.servers.lock(ctx, s.ID)
 	if err != nil {
 		return row, false, err
@@ -862,11 +982,11 @@ func (ru *run) create(ctx context.Context, s cloud.Server, row store.Image, res 
 			return row, false, derr
 		}
 		res.ImageRow = 0
-		res.Outcome, res.Reason = ServerSkipped, SkipBusy
-		r.metrics.ServerSkipped(p.Name, SkipBusy)
-		log.Info("server skipped", "reason", SkipBusy, "detail", cloud.Reason(err))
-		ru.finish(res)
-		return row, false, nil
+		if strings.Contains(strings.ToLower(cloud.Reason(err)), "locked") {
+			// Nova's InstanceIsLocked: an operator's lock, not a task that ends soon.
+			return row, false, ru.skip(ctx, s, res, SkipLocked, cloud.Reason(err))
+		}
+		return row, false, busyError{res: res, detail: "createImage refused (409): " + cloud.Reason(err)}
 	case errors.Is(err, cloud.ErrUnknownOutcome) || (ctx.Err() == nil && isTransport(err)):
 		// The image may exist: never call again before looking for it. The wait adopts
 		// it when it shows up under our stamp, and fails the row at wait_timeout if not.
@@ -985,13 +1105,6 @@ func (ru *run) render(s cloud.Server) (string, map[string]string, error) {
 	return name, meta, nil
 }
 
-func (ru *run) cfgVersion() string {
-	if ru.cfg == nil {
-		return ""
-	}
-	return ru.cfg.Version
-}
-
 // skip records a server that is not imaged, with its reason.
 func (ru *run) skip(ctx context.Context, s cloud.Server, res ServerResult, reason, detail string) error {
 	ru.event(ctx, store.Event{Kind: store.EventServerSkipped, ServerID: s.ID, Message: reason + ": " + detail})
@@ -1026,6 +1139,16 @@ func (ru *run) event(ctx context.Context, e store.Event) {
 // claim takes a row for this run, so that a resumed wait of the same process
 // leaves it alone; false if that wait has it.
 func (ru *run) claim(row store.Image) bool {
+	ru.mu.Lock()
+	for _, c := range ru.claimed {
+		if c.Row == row.Row {
+			// Ours already: a busy server's intent dropped and written again may get
+			// the same row id back.
+			ru.mu.Unlock()
+			return true
+		}
+	}
+	ru.mu.Unlock()
 	if len(ru.r.claim([]store.Image{row})) == 0 {
 		return false
 	}

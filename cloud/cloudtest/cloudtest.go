@@ -27,6 +27,11 @@ const (
 	OpGetSnapshot    Op = "get_snapshot"
 	OpListSnapshots  Op = "list_snapshots"
 	OpDeleteSnapshot Op = "delete_snapshot"
+	OpCreateServer   Op = "create_server"
+	OpDeleteServer   Op = "delete_server"
+	OpConsoleOutput  Op = "console_output"
+	OpGetVolume      Op = "get_volume"
+	OpDeleteVolume   Op = "delete_volume"
 )
 
 // ServerSpec describes a server for Controller.AddServer. Zero fields get the
@@ -85,6 +90,15 @@ type Controller interface {
 	// CreateImageCalls counts createImage requests for the server that reached the
 	// cloud, refused and faulted ones included.
 	CreateImageCalls(serverID string) int
+	// FailNextBoot makes the next server booted with CreateServer end in ERROR
+	// with Nova's fault message reason.
+	FailNextBoot(reason string)
+	// SetInstanceQuota limits the project to n servers (0: no limit); a boot
+	// beyond it is refused with Nova's 403 quota answer.
+	SetInstanceQuota(n int)
+	// VolumesFromSnapshots lists the volumes that exist and were made from a
+	// snapshot (a restore's), deleting ones included.
+	VolumesFromSnapshots() []cloud.Volume
 }
 
 // EnvOptions are what a test asks of newEnv.

@@ -28,6 +28,8 @@ type FakeOptions struct {
 	SnapshotDeleteTime time.Duration
 	// ImageSize is the size of a finished image-backed image (1 GiB).
 	ImageSize int64
+	// BootTime is how long a booted server stays BUILD (1s).
+	BootTime time.Duration
 }
 
 // Fake is a stateful in-memory cloud.Cloud that follows Nova, Glance and Cinder
@@ -51,6 +53,9 @@ type Fake struct {
 	faults    []*Fault
 	requests  map[Op]int
 	creates   map[string]int
+	volumes   map[string]*fakeVolume
+	bootFail  string
+	quota     int
 }
 
 type fakeServer struct {
@@ -59,6 +64,11 @@ type fakeServer struct {
 	tags                            []string
 	volumes                         []string
 	failNext                        bool
+	// Boot state of a server made by CreateServer.
+	imageID, flavor, fault string
+	metadata               map[string]string
+	buildUntil             time.Time
+	buildFault             string
 }
 
 type fakeImage struct {
@@ -104,6 +114,9 @@ func NewFake(opts FakeOptions) *Fake {
 	if opts.ImageSize <= 0 {
 		opts.ImageSize = 1 << 30
 	}
+	if opts.BootTime <= 0 {
+		opts.BootTime = time.Second
+	}
 	return &Fake{
 		opts:      opts,
 		servers:   map[string]*fakeServer{},
@@ -111,6 +124,7 @@ func NewFake(opts FakeOptions) *Fake {
 		snapshots: map[string]*fakeSnapshot{},
 		requests:  map[Op]int{},
 		creates:   map[string]int{},
+		volumes:   map[string]*fakeVolume{},
 	}
 }
 
@@ -141,7 +155,7 @@ func (f *Fake) begin(op Op) (*Fault, error) {
 			return ft, nil
 		}
 		kind := cloud.ErrUnavailable
-		if op == OpCreateImage && ft.Status >= 500 {
+		if (op == OpCreateImage || op == OpCreateServer) && ft.Status >= 500 {
 			kind = cloud.ErrUnknownOutcome
 		}
 		return nil, fail(op, "", ft.Status, kind, http.StatusText(ft.Status))
@@ -295,6 +309,12 @@ func (f *Fake) server(id string) *fakeServer {
 	if s != nil && !s.taskUntil.IsZero() && !f.now().Before(s.taskUntil) {
 		s.taskState, s.taskUntil = "", time.Time{}
 	}
+	if s != nil && !s.buildUntil.IsZero() && !f.now().Before(s.buildUntil) {
+		s.status, s.taskState, s.buildUntil = cloud.ServerActive, "", time.Time{}
+		if s.buildFault != "" {
+			s.status, s.fault = cloud.ServerError, s.buildFault
+		}
+	}
 	return s
 }
 
@@ -357,8 +377,13 @@ func (im *fakeImage) view() cloud.Image {
 }
 
 func (s *fakeServer) view() cloud.Server {
+	md := make(map[string]string, len(s.metadata))
+	for k, v := range s.metadata {
+		md[k] = v
+	}
 	return cloud.Server{ID: s.id, Name: s.name, Status: s.status, TaskState: s.taskState, AvailabilityZone: s.az,
-		Tags: append([]string{}, s.tags...), VolumeBacked: len(s.volumes) > 0}
+		Tags: append([]string{}, s.tags...), VolumeBacked: s.imageID == "" && len(s.volumes) > 0,
+		Metadata: md, ImageID: s.imageID, Flavor: s.flavor, VolumeIDs: append([]string(nil), s.volumes...), Fault: s.fault}
 }
 
 // ---- cloud.Cloud ----

@@ -22,6 +22,11 @@ type Mock struct {
 	GetSnapshotFunc    func(ctx context.Context, id string) (cloud.Snapshot, error)
 	ListSnapshotsFunc  func(ctx context.Context) ([]cloud.Snapshot, error)
 	DeleteSnapshotFunc func(ctx context.Context, id string) error
+	CreateServerFunc   func(ctx context.Context, req cloud.BootRequest) (string, error)
+	DeleteServerFunc   func(ctx context.Context, id string) error
+	ConsoleOutputFunc  func(ctx context.Context, id string, lines int) (string, error)
+	GetVolumeFunc      func(ctx context.Context, id string) (cloud.Volume, error)
+	DeleteVolumeFunc   func(ctx context.Context, id string) error
 
 	mu    sync.Mutex
 	calls []Call
@@ -146,4 +151,49 @@ func (m *Mock) DeleteSnapshot(ctx context.Context, id string) error {
 		return notMocked(OpDeleteSnapshot)
 	}
 	return m.DeleteSnapshotFunc(ctx, id)
+}
+
+// CreateServer implements cloud.Cloud.
+func (m *Mock) CreateServer(ctx context.Context, req cloud.BootRequest) (string, error) {
+	m.record(OpCreateServer, req.ImageID)
+	if m.CreateServerFunc == nil {
+		return "", notMocked(OpCreateServer)
+	}
+	return m.CreateServerFunc(ctx, req)
+}
+
+// DeleteServer implements cloud.Cloud.
+func (m *Mock) DeleteServer(ctx context.Context, id string) error {
+	m.record(OpDeleteServer, id)
+	if m.DeleteServerFunc == nil {
+		return notMocked(OpDeleteServer)
+	}
+	return m.DeleteServerFunc(ctx, id)
+}
+
+// ConsoleOutput implements cloud.Cloud.
+func (m *Mock) ConsoleOutput(ctx context.Context, id string, lines int) (string, error) {
+	m.record(OpConsoleOutput, id)
+	if m.ConsoleOutputFunc == nil {
+		return "", notMocked(OpConsoleOutput)
+	}
+	return m.ConsoleOutputFunc(ctx, id, lines)
+}
+
+// GetVolume implements cloud.Cloud.
+func (m *Mock) GetVolume(ctx context.Context, id string) (cloud.Volume, error) {
+	m.record(OpGetVolume, id)
+	if m.GetVolumeFunc == nil {
+		return cloud.Volume{}, notMocked(OpGetVolume)
+	}
+	return m.GetVolumeFunc(ctx, id)
+}
+
+// DeleteVolume implements cloud.Cloud.
+func (m *Mock) DeleteVolume(ctx context.Context, id string) error {
+	m.record(OpDeleteVolume, id)
+	if m.DeleteVolumeFunc == nil {
+		return notMocked(OpDeleteVolume)
+	}
+	return m.DeleteVolumeFunc(ctx, id)
 }

@@ -46,6 +46,7 @@ func Run(t *testing.T, newEnv func(t *testing.T, opts EnvOptions) Env) {
 		{"Faults/PersistentFailureIsUnavailable", testPersistent5xx},
 		{"TokenExpiry", testTokenExpiry},
 	}
+	tests = append(tests, bootTests...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

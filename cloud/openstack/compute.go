@@ -84,11 +84,26 @@ func toServer(s *servers.Server) cloud.Server {
 		Name:             s.Name,
 		Status:           s.Status,
 		TaskState:        s.TaskState,
+		Locked:           s.Locked != nil && *s.Locked,
 		AvailabilityZone: s.AvailabilityZone,
 		Metadata:         s.Metadata,
 		// Nova reports "image": "" for a server booted from a volume, which
 		// gophercloud turns into nil.
 		VolumeBacked: s.Image == nil,
+		Fault:        s.Fault.Message,
+	}
+	if id, ok := s.Image["id"].(string); ok {
+		out.ImageID = id
+	}
+	// Below 2.47 the flavor is a link with an id; from 2.47 on an embedded copy
+	// whose original_name is the flavor's name.
+	if id, ok := s.Flavor["id"].(string); ok {
+		out.Flavor = id
+	} else if n, ok := s.Flavor["original_name"].(string); ok {
+		out.Flavor = n
+	}
+	for _, v := range s.AttachedVolumes {
+		out.VolumeIDs = append(out.VolumeIDs, v.ID)
 	}
 	if s.Tags != nil {
 		out.Tags = append([]string{}, (*s.Tags)...)

@@ -28,13 +28,23 @@ var (
 	opGetSnapshot    = op{"get snapshot", "volume", "get_snapshot"}
 	opListSnapshots  = op{"list snapshots", "volume", "list_snapshots"}
 	opDeleteSnapshot = op{"delete snapshot", "volume", "delete_snapshot"}
+	opCreateServer   = op{"create server", "compute", "create_server"}
+	opDeleteServer   = op{"delete server", "compute", "delete_server"}
+	opConsoleOutput  = op{"console output", "compute", "console_output"}
+	opGetFlavor      = op{"get flavor", "compute", "get_flavor"}
+	opGetVolume      = op{"get volume", "volume", "get_volume"}
+	opDeleteVolume   = op{"delete volume", "volume", "delete_volume"}
 )
+
+// unsafeToRepeat reports whether o makes something each time it reaches the cloud,
+// so that a lost answer leaves its outcome unknown.
+func unsafeToRepeat(o op) bool { return o == opCreateImage || o == opCreateServer }
 
 // classify turns whatever gophercloud or the transport returned into a
 // *cloud.Error. It is the only place where HTTP status codes become sentinels:
 //
 //	status / failure              kind
-//	400                           ErrInvalid (delete snapshot: ErrInUse, Cinder's InvalidSnapshot)
+//	400                           ErrInvalid (delete snapshot/volume: ErrInUse, Cinder's Invalid*)
 //	401 (re-auth failed)          ErrUnavailable
 //	403                           ErrInvalid (delete image: ErrProtected; message mentions quota: ErrQuota)
 //	404                           ErrNotFound
@@ -42,9 +52,9 @@ var (
 //	413                           ErrQuota
 //	other 4xx                     ErrInvalid
 //	429                           ErrUnavailable (retries exhausted)
-//	5xx                           ErrUnavailable; create image: ErrUnknownOutcome
+//	5xx                           ErrUnavailable; create image/server: ErrUnknownOutcome
 //	no answer, never sent (dial)  ErrUnavailable
-//	no answer (timeout, reset)    ErrUnavailable; create image: ErrUnknownOutcome
+//	no answer (timeout, reset)    ErrUnavailable; create image/server: ErrUnknownOutcome
 func classify(o op, id string, err error) error {
 	if err == nil {
 		return nil
@@ -69,7 +79,7 @@ func classify(o op, id string, err error) error {
 	if !ok {
 		e.Err = err
 		e.Kind = cloud.ErrUnavailable
-		if o == opCreateImage && !notSent(err) {
+		if unsafeToRepeat(o) && !notSent(err) {
 			e.Kind = cloud.ErrUnknownOutcome
 		}
 		return e
@@ -78,7 +88,7 @@ func classify(o op, id string, err error) error {
 	e.Status = rc.Actual
 	e.Reason = faultMessage(rc.Body)
 	switch s := rc.Actual; {
-	case s == http.StatusBadRequest && o == opDeleteSnapshot:
+	case s == http.StatusBadRequest && (o == opDeleteSnapshot || o == opDeleteVolume):
 		e.Kind = cloud.ErrInUse
 	case s == http.StatusUnauthorized:
 		e.Kind = cloud.ErrUnavailable
@@ -98,7 +108,7 @@ func classify(o op, id string, err error) error {
 		e.Kind = cloud.ErrQuota
 	case s == http.StatusTooManyRequests:
 		e.Kind = cloud.ErrUnavailable
-	case s >= 500 && o == opCreateImage:
+	case s >= 500 && unsafeToRepeat(o):
 		e.Kind = cloud.ErrUnknownOutcome
 	case s >= 500:
 		e.Kind = cloud.ErrUnavailable

@@ -16,6 +16,7 @@ import (
 
 	"github.com/gophercloud/gophercloud/v2/openstack/config/clouds"
 
+	"github.com/imagekeeper/imagekeeper/cloud"
 	"github.com/imagekeeper/imagekeeper/cloud/cloudtest"
 	"github.com/imagekeeper/imagekeeper/cloud/openstack"
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
@@ -32,6 +33,11 @@ var simOps = map[cloudtest.Op]string{
 	cloudtest.OpGetSnapshot:    "volume.snapshots.get",
 	cloudtest.OpListSnapshots:  "volume.snapshots.list",
 	cloudtest.OpDeleteSnapshot: "volume.snapshots.delete",
+	cloudtest.OpCreateServer:   "compute.servers.create",
+	cloudtest.OpDeleteServer:   "compute.servers.delete",
+	cloudtest.OpConsoleOutput:  "compute.servers.console",
+	cloudtest.OpGetVolume:      "volume.volumes",
+	cloudtest.OpDeleteVolume:   "volume.volumes.delete",
 }
 
 // simEnv is one simulator behind a real HTTP server, and the adapter's view of it.
@@ -133,6 +139,19 @@ func (c controller) AddVolumeFromSnapshot(id string)      { c.e.sim.AddVolumeFro
 func (c controller) ExpireTokens()                        { c.e.sim.ExpireTokens() }
 func (c controller) Requests(op cloudtest.Op) int         { return c.e.sim.Requests()[simOps[op]] }
 func (c controller) CreateImageCalls(serverID string) int { return c.e.sim.CreateImageCalls(serverID) }
+func (c controller) FailNextBoot(reason string)           { c.e.sim.FailNextBoot(reason) }
+func (c controller) SetInstanceQuota(n int)               { c.e.sim.SetInstanceQuota(n) }
+func (c controller) VolumesFromSnapshots() []cloud.Volume {
+	var out []cloud.Volume
+	for _, v := range c.e.sim.Volumes() {
+		cv := cloud.Volume{ID: v.ID, Status: v.Status, SnapshotID: v.SnapshotID}
+		if v.ServerID != "" {
+			cv.AttachedTo = []string{v.ServerID}
+		}
+		out = append(out, cv)
+	}
+	return out
+}
 func (c controller) InjectFault(f cloudtest.Fault) bool {
 	n := f.Count
 	if n <= 0 {

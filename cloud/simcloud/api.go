@@ -26,7 +26,10 @@
 //	compute.servers.list     GET /servers, /servers/detail
 //	compute.servers.get      GET /servers/{id}
 //	compute.servers.tags     GET /servers/{id}/tags
-//	compute.createImage      POST /servers/{id}/action {"createImage": ...}
+//	compute.createImage      POST /servers/{id}/action {"createImage": ...} (any action but the console)
+//	compute.servers.create   POST /servers
+//	compute.servers.delete   DELETE /servers/{id}
+//	compute.servers.console  POST /servers/{id}/action {"os-getConsoleOutput": ...}
 //	compute.flavors          GET /flavors, /flavors/detail, /flavors/{id}
 //	compute.other            any other compute request (answered 404 or minimal)
 //	image.versions           GET /image/, /image/versions
@@ -39,6 +42,8 @@
 //	volume.snapshots.list    GET /snapshots, /snapshots/detail
 //	volume.snapshots.get     GET /snapshots/{id}
 //	volume.snapshots.delete  DELETE /snapshots/{id}
+//	volume.volumes           GET /volumes, /volumes/detail, /volumes/{id}
+//	volume.volumes.delete    DELETE /volumes/{id}
 //	volume.other             any other block-storage request
 //	"*"                      (Fault.Op only) every operation above
 //
@@ -118,6 +123,7 @@ const (
 	DefaultRootDevice         = "/dev/vda"
 	DefaultSnapshotBuildTime  = time.Second
 	DefaultSnapshotDeleteTime = 500 * time.Millisecond
+	DefaultBootTime           = time.Second
 	DefaultUsername           = "admin"
 	DefaultPassword           = "secret"
 	DefaultProjectName        = "demo"
@@ -161,6 +167,12 @@ type Options struct {
 	// SnapshotDeleteTime is how long a deleted Cinder snapshot stays deleting before
 	// it is gone (404), or back to available when a volume depends on it.
 	SnapshotDeleteTime time.Duration
+	// BootTime is how long a server made with POST /servers stays BUILD before it
+	// is ACTIVE (or ERROR); DefaultBootTime when zero.
+	BootTime time.Duration
+	// InstanceQuota limits the number of servers (0: unlimited); POST /servers
+	// beyond it gets Nova's 403 quota answer. SetInstanceQuota changes it.
+	InstanceQuota int
 	// Credentials accepted by Keystone (password method, scoped to the project).
 	Username, Password, UserID string
 	ProjectID, ProjectName     string
@@ -193,13 +205,16 @@ func (o Options) info(msg string, args ...any) {
 // ServerSpec describes a server to add. Empty fields get defaults: a generated
 // ID, Name "server-N", Status ACTIVE, AZ "nova".
 type ServerSpec struct {
-	ID        string            `json:"id,omitempty"`
-	Name      string            `json:"name,omitempty"`
-	Status    string            `json:"status,omitempty"`     // ACTIVE, SHUTOFF, ERROR, PAUSED, SUSPENDED, BUILD, SHELVED_OFFLOADED
-	AZ        string            `json:"az,omitempty"`         // OS-EXT-AZ:availability_zone
-	TaskState string            `json:"task_state,omitempty"` // OS-EXT-STS:task_state, "" for none
-	Tags      []string          `json:"tags,omitempty"`
-	Metadata  map[string]string `json:"metadata,omitempty"`
+	ID        string `json:"id,omitempty"`
+	Name      string `json:"name,omitempty"`
+	Status    string `json:"status,omitempty"`     // ACTIVE, SHUTOFF, ERROR, PAUSED, SUSPENDED, BUILD, SHELVED_OFFLOADED
+	AZ        string `json:"az,omitempty"`         // OS-EXT-AZ:availability_zone
+	TaskState string `json:"task_state,omitempty"` // OS-EXT-STS:task_state, "" for none
+	// Locked is Nova's lock (os-lock): the server shows locked: true and refuses a
+	// non-admin's createImage with 409.
+	Locked   bool              `json:"locked,omitempty"`
+	Tags     []string          `json:"tags,omitempty"`
+	Metadata map[string]string `json:"metadata,omitempty"`
 	// Volumes is 0 for an image-backed server, N > 0 for a volume-backed server with
 	// N attached volumes (the first is the root disk).
 	Volumes int `json:"volumes,omitempty"`
@@ -359,6 +374,11 @@ func (s *Sim) SetServerStatus(id, status string) {
 // SetServerTaskState sets a server's task state ("" for none).
 func (s *Sim) SetServerTaskState(id, taskState string) {
 	s.withServer(id, func(sv *server) { sv.taskState = taskState; sv.taskUntil = time.Time{} })
+}
+
+// SetServerLocked locks or unlocks a server (Nova's os-lock / os-unlock).
+func (s *Sim) SetServerLocked(id string, locked bool) {
+	s.withServer(id, func(sv *server) { sv.locked = locked })
 }
 
 // SetServerTags replaces a server's tags.

@@ -52,6 +52,9 @@ func (s *Sim) routeVolume(q *req) route {
 		if get && len(segs) <= 2 {
 			return route{op: "volume.volumes", auth: true, handle: s.cinder(s.volumesHTTP)}
 		}
+		if q.r.Method == http.MethodDelete && len(segs) == 2 {
+			return route{op: "volume.volumes.delete", auth: true, handle: s.cinder(func(q *req) { s.deleteVolumeHTTP(q, segs[1]) })}
+		}
 	}
 	return s.volumeOther()
 }
@@ -265,20 +268,37 @@ func (s *Sim) deleteSnapshotHTTP(q *req, id string) {
 func (s *Sim) volumesHTTP(q *req) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	type vol struct{ id, server, device string }
+	type vol struct {
+		id, server, device, status, name string
+		snapshot                         any
+		bootable                         bool
+	}
 	var vols []vol
 	for _, sv := range s.sortedServers() {
 		for i, v := range sv.volumes {
-			vols = append(vols, vol{v, sv.id, deviceName(sv.rootDevice, i)})
+			if s.vols[v] != nil {
+				continue // a restored volume: listed below
+			}
+			vols = append(vols, vol{id: v, server: sv.id, device: deviceName(sv.rootDevice, i), status: "in-use",
+				name: fmt.Sprintf("vol-%s", v[:8]), bootable: i == 0})
 		}
 	}
-	view := func(v vol, i int) map[string]any {
+	for _, v := range s.sortedVolumes() {
+		// Nova names the volumes it makes from a mapping "" (the reference capture).
+		vols = append(vols, vol{id: v.id, server: v.server, device: v.device, status: v.status(),
+			snapshot: v.snapshotID, bootable: v.bootable})
+	}
+	view := func(v vol, _ int) map[string]any {
+		att := []any{}
+		if v.server != "" {
+			att = append(att, map[string]any{"server_id": v.server, "volume_id": v.id, "id": v.id, "attachment_id": v.id, "device": v.device})
+		}
 		return map[string]any{
-			"id": v.id, "name": fmt.Sprintf("vol-%s", v.id[:8]), "status": "in-use", "size": 1,
-			"availability_zone": "nova", "bootable": fmt.Sprint(i == 0), "volume_type": "__DEFAULT__",
-			"attachments": []any{map[string]any{"server_id": v.server, "volume_id": v.id, "id": v.id, "attachment_id": v.id, "device": v.device}},
+			"id": v.id, "name": v.name, "status": v.status, "size": 1,
+			"availability_zone": "nova", "bootable": fmt.Sprint(v.bootable), "volume_type": "__DEFAULT__",
+			"attachments": att,
 			"metadata":    map[string]any{}, "description": nil, "multiattach": false, "encrypted": false,
-			"created_at": "2024-01-01T00:00:00.000000", "updated_at": nil, "snapshot_id": nil, "source_volid": nil,
+			"created_at": "2024-01-01T00:00:00.000000", "updated_at": nil, "snapshot_id": v.snapshot, "source_volid": nil,
 			"links": []any{},
 		}
 	}

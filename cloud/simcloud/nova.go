@@ -86,7 +86,14 @@ func (s *Sim) routeCompute(q *req) route {
 			return route{op: "compute.servers.get", auth: true, handle: s.nova(func(q *req) { s.getServerHTTP(q, segs[1]) })}
 		case len(segs) == 3 && segs[2] == "tags" && get:
 			return route{op: "compute.servers.tags", auth: true, handle: s.nova(func(q *req) { s.serverTagsHTTP(q, segs[1]) })}
+		case len(segs) == 1 && q.r.Method == http.MethodPost:
+			return route{op: "compute.servers.create", auth: true, handle: s.nova(s.createServerHTTP)}
+		case len(segs) == 2 && q.r.Method == http.MethodDelete:
+			return route{op: "compute.servers.delete", auth: true, handle: s.nova(func(q *req) { s.deleteServerHTTP(q, segs[1]) })}
 		case len(segs) == 3 && segs[2] == "action" && q.r.Method == http.MethodPost:
+			if peekAction(q) == "os-getConsoleOutput" {
+				return route{op: "compute.servers.console", auth: true, handle: s.nova(func(q *req) { s.consoleOutputHTTP(q, segs[1]) })}
+			}
 			return route{op: "compute.createImage", id: segs[1], auth: true, handle: s.nova(func(q *req) { s.serverAction(q, segs[1]) })}
 		}
 	case "flavors":
@@ -394,15 +401,53 @@ func powerState(status string) int {
 	return 0
 }
 
-const flavorID = "1"
+// simFlavor is one flavor of the simulated cloud.
+type simFlavor struct {
+	id, name         string
+	vcpus, ram, disk int
+}
 
-func flavorView(q *req, s *Sim, embedded bool) map[string]any {
-	if embedded {
-		return map[string]any{"vcpus": 1, "ram": 512, "disk": 1, "ephemeral": 0, "swap": 0,
-			"original_name": "m1.tiny", "extra_specs": map[string]any{}}
+// simFlavors are devstack's first public flavors.
+var simFlavors = []simFlavor{
+	{"1", "m1.tiny", 1, 512, 1},
+	{"2", "m1.small", 1, 2048, 20},
+	{"3", "m1.medium", 2, 4096, 40},
+}
+
+// flavorByID finds a flavor by id, as flavorRef and GET /flavors/{id} do.
+func flavorByID(id string) *simFlavor {
+	for i := range simFlavors {
+		if simFlavors[i].id == id {
+			return &simFlavors[i]
+		}
 	}
-	return map[string]any{"id": flavorID, "links": []any{map[string]any{"rel": "bookmark",
-		"href": s.computePrefix(q, true) + "/flavors/" + flavorID}}}
+	return nil
+}
+
+// flavorByRef finds a flavor by id or, for the embedded view, by name.
+func flavorByRef(ref string) *simFlavor {
+	if f := flavorByID(ref); f != nil {
+		return f
+	}
+	for i := range simFlavors {
+		if simFlavors[i].name == ref {
+			return &simFlavors[i]
+		}
+	}
+	return nil
+}
+
+func flavorView(q *req, s *Sim, embedded bool, id string) map[string]any {
+	f := flavorByRef(id)
+	if f == nil {
+		f = &simFlavors[0]
+	}
+	if embedded {
+		return map[string]any{"vcpus": f.vcpus, "ram": f.ram, "disk": f.disk, "ephemeral": 0, "swap": 0,
+			"original_name": f.name, "extra_specs": map[string]any{}}
+	}
+	return map[string]any{"id": f.id, "links": []any{map[string]any{"rel": "bookmark",
+		"href": s.computePrefix(q, true) + "/flavors/" + f.id}}}
 }
 
 // serverView is a server as GET /servers/{id} and /servers/detail show it at the
@@ -435,7 +480,7 @@ func (s *Sim) serverView(q *req, sv *server) map[string]any {
 		"id": sv.id, "name": sv.name, "status": sv.status,
 		"tenant_id": s.opts.ProjectID, "user_id": s.opts.UserID,
 		"metadata": md, "hostId": "0c4f5d1e0a3b6e8e7c1d2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e",
-		"image": img, "flavor": flavorView(q, s, q.mv.atLeast(47)),
+		"image": img, "flavor": flavorView(q, s, q.mv.atLeast(47), sv.flavorID),
 		"created": timeNova(sv.created), "updated": timeNova(sv.created),
 		"addresses": map[string]any{}, "accessIPv4": "", "accessIPv6": "",
 		"links":             s.serverLinks(q, sv.id),
@@ -478,11 +523,14 @@ func (s *Sim) serverView(q *req, sv *server) map[string]any {
 		out["progress"] = 0
 	}
 	if sv.status == "ERROR" {
-		out["fault"] = map[string]any{"code": 500, "created": timeNova(sv.created),
-			"message": "Build of instance " + sv.id + " aborted: simulated failure"}
+		msg := sv.fault
+		if msg == "" {
+			msg = "Build of instance " + sv.id + " aborted: simulated failure"
+		}
+		out["fault"] = map[string]any{"code": 500, "created": timeNova(sv.created), "message": msg}
 	}
 	if q.mv.atLeast(9) {
-		out["locked"] = false
+		out["locked"] = sv.locked
 	}
 	if q.mv.atLeast(19) {
 		out["description"] = nil
@@ -557,22 +605,33 @@ func (s *Sim) serverTagsHTTP(q *req, id string) {
 
 func (s *Sim) flavorsHTTP(q *req) {
 	segs := q.segs
-	full := map[string]any{
-		"id": flavorID, "name": "m1.tiny", "ram": 512, "vcpus": 1, "disk": 1, "OS-FLV-EXT-DATA:ephemeral": 0,
-		"swap": "", "rxtx_factor": 1.0, "os-flavor-access:is_public": true, "OS-FLV-DISABLED:disabled": false,
-		"links": []any{map[string]any{"rel": "self", "href": s.computePrefix(q, false) + "/flavors/" + flavorID}},
-	}
-	if q.mv.atLeast(55) {
-		full["description"] = nil
+	full := func(f simFlavor) map[string]any {
+		out := map[string]any{
+			"id": f.id, "name": f.name, "ram": f.ram, "vcpus": f.vcpus, "disk": f.disk, "OS-FLV-EXT-DATA:ephemeral": 0,
+			"swap": "", "rxtx_factor": 1.0, "os-flavor-access:is_public": true, "OS-FLV-DISABLED:disabled": false,
+			"links": []any{map[string]any{"rel": "self", "href": s.computePrefix(q, false) + "/flavors/" + f.id}},
+		}
+		if q.mv.atLeast(55) {
+			out["description"] = nil
+		}
+		return out
 	}
 	switch {
 	case len(segs) == 1:
-		writeJSON(q.w, http.StatusOK, map[string]any{"flavors": []any{map[string]any{
-			"id": flavorID, "name": "m1.tiny", "links": full["links"]}}})
+		list := []any{}
+		for _, f := range simFlavors {
+			v := full(f)
+			list = append(list, map[string]any{"id": f.id, "name": f.name, "links": v["links"]})
+		}
+		writeJSON(q.w, http.StatusOK, map[string]any{"flavors": list})
 	case len(segs) == 2 && segs[1] == "detail":
-		writeJSON(q.w, http.StatusOK, map[string]any{"flavors": []any{full}})
-	case len(segs) == 2 && segs[1] == flavorID:
-		writeJSON(q.w, http.StatusOK, map[string]any{"flavor": full})
+		list := []any{}
+		for _, f := range simFlavors {
+			list = append(list, full(f))
+		}
+		writeJSON(q.w, http.StatusOK, map[string]any{"flavors": list})
+	case len(segs) == 2 && flavorByID(segs[1]) != nil:
+		writeJSON(q.w, http.StatusOK, map[string]any{"flavor": full(*flavorByID(segs[1]))})
 	default:
 		s.novaFault(q, http.StatusNotFound, "Flavor "+strings.Join(segs[1:], "/")+" could not be found.", nil)
 	}
@@ -729,6 +788,11 @@ func (s *Sim) serverAction(q *req, id string) {
 	}
 	if vm := vmStateOf(sv.status); !snapshotVMStates[vm] {
 		s.novaFault(q, http.StatusConflict, fmt.Sprintf("Cannot 'createImage' instance %s while it is in vm_state %s", id, vm), nil)
+		return
+	}
+	if sv.locked {
+		// nova.exception.InstanceIsLocked, mapped to HTTPConflict by the API.
+		s.novaFault(q, http.StatusConflict, fmt.Sprintf("Instance %s is locked", id), nil)
 		return
 	}
 	if sv.taskState != "" {

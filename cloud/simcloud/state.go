@@ -38,6 +38,8 @@ type Sim struct {
 	faultSeq         int
 	requests         map[string]int
 	createCalls      map[string]int
+	vols             map[string]*volume // volumes made from snapshots by POST /servers
+	bootFail         string
 
 	ln      net.Listener
 	srv     *http.Server
@@ -59,6 +61,7 @@ type server struct {
 	status      string
 	az          string
 	taskState   string
+	locked      bool      // Nova's lock (os-lock): a non-admin's createImage gets 409
 	taskStart   time.Time // start of a snapshot task; zero for a manual task state
 	taskSaving  time.Time // when the snapshot task's image starts saving
 	taskUntil   time.Time // when the snapshot task ends; zero when not a snapshot task
@@ -72,6 +75,11 @@ type server struct {
 	failNext    bool
 	stickNext   bool
 	failVolNext bool
+	// Boot state of a server made with POST /servers.
+	flavorID   string
+	buildUntil time.Time
+	buildFault string
+	fault      string
 }
 
 // image timeline kinds.
@@ -152,6 +160,9 @@ func newSim(opts Options) *Sim {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.BootTime <= 0 {
+		opts.BootTime = DefaultBootTime
+	}
 	if opts.ImageQueueTime <= 0 {
 		opts.ImageQueueTime = DefaultImageQueueTime
 	}
@@ -176,6 +187,7 @@ func newSim(opts Options) *Sim {
 		faults:           map[int]*Fault{},
 		requests:         map[string]int{},
 		createCalls:      map[string]int{},
+		vols:             map[string]*volume{},
 		closed:           make(chan struct{}),
 	}
 	// Project and user ids look like Keystone's: 32 hex digits, no dashes. They
@@ -320,6 +332,7 @@ func (s *Sim) addServer(spec ServerSpec) string {
 		status:     spec.Status,
 		az:         spec.AZ,
 		taskState:  spec.TaskState,
+		locked:     spec.Locked,
 		tags:       append([]string(nil), spec.Tags...),
 		metadata:   copyMap(spec.Metadata),
 		imageProps: copyMap(spec.ImageProperties),
@@ -376,8 +389,14 @@ func (s *Sim) server(id string) *server {
 	return sv
 }
 
-// refresh recomputes a snapshot task's state from the clock.
+// refresh recomputes a build's or a snapshot task's state from the clock.
 func (sv *server) refresh(now time.Time) {
+	if !sv.buildUntil.IsZero() && !now.Before(sv.buildUntil) {
+		sv.status, sv.taskState, sv.buildUntil = "ACTIVE", "", time.Time{}
+		if sv.buildFault != "" {
+			sv.status, sv.fault = "ERROR", sv.buildFault
+		}
+	}
 	if sv.taskUntil.IsZero() {
 		return
 	}

@@ -172,3 +172,33 @@ func (w *healthCloud) DeleteSnapshot(ctx context.Context, id string) error {
 	w.h.record(ctx, err)
 	return err
 }
+
+func (w *healthCloud) CreateServer(ctx context.Context, req cloud.BootRequest) (string, error) {
+	v, err := w.Cloud.CreateServer(ctx, req)
+	w.h.record(ctx, err)
+	return v, err
+}
+
+func (w *healthCloud) DeleteServer(ctx context.Context, id string) error {
+	err := w.Cloud.DeleteServer(ctx, id)
+	w.h.record(ctx, err)
+	return err
+}
+
+func (w *healthCloud) ConsoleOutput(ctx context.Context, id string, lines int) (string, error) {
+	v, err := w.Cloud.ConsoleOutput(ctx, id, lines)
+	w.h.record(ctx, err)
+	return v, err
+}
+
+func (w *healthCloud) GetVolume(ctx context.Context, id string) (cloud.Volume, error) {
+	v, err := w.Cloud.GetVolume(ctx, id)
+	w.h.record(ctx, err)
+	return v, err
+}
+
+func (w *healthCloud) DeleteVolume(ctx context.Context, id string) error {
+	err := w.Cloud.DeleteVolume(ctx, id)
+	w.h.record(ctx, err)
+	return err
+}

@@ -1,0 +1,114 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
+	"github.com/imagekeeper/imagekeeper/store"
+)
+
+// busyRunner is a Runner of the harness that looks at busy servers again quickly.
+func busyRunner(h *runHarness) *Runner {
+	return h.runner(func(o *RunnerOptions) { o.BusyRetryInterval = 20 * time.Millisecond })
+}
+
+// TestBusyServerRetriedWithinSlot: a server busy with someone else's snapshot
+// (task_state image_uploading) when the slot starts is looked at again with backoff
+// and imaged once the task ends, in the same slot, instead of losing the slot.
+func TestBusyServerRetriedWithinSlot(t *testing.T) {
+	h := newRunHarness(t, runHarnessOptions{})
+	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}, TaskState: "image_uploading"})
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		h.sim.SetServerTaskState(id, "")
+	}()
+	slot := time.Now().UTC().Truncate(time.Second)
+	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg.Version, h.p, slot, TriggerManual)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Servers) != 1 || rep.Servers[0].Outcome != ServerGood {
+		t.Fatalf("busy server: %+v, want good after its task ended", rep.Servers)
+	}
+	if n := h.sim.CreateImageCalls(id); n != 1 {
+		t.Errorf("%d createImage calls, want 1", n)
+	}
+}
+
+// TestBusy409RetriedWithinSlot: createImage answered 409 twice (a task appeared
+// after the listing) and is tried again within the slot.
+func TestBusy409RetriedWithinSlot(t *testing.T) {
+	h := newRunHarness(t, runHarnessOptions{})
+	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
+	h.sim.SetFault(simcloud.Fault{Op: "compute.createImage", ErrorStatus: 409, Count: 2})
+	slot := time.Now().UTC().Truncate(time.Second)
+	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg.Version, h.p, slot, TriggerManual)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Servers) != 1 || rep.Servers[0].Outcome != ServerGood {
+		t.Fatalf("server refused twice with 409: %+v, want good", rep.Servers)
+	}
+	row, err := h.store.ImageByKey(context.Background(), "web", id, slot)
+	if err != nil || row.State != store.ImageGood || row.Attempts != 1 {
+		t.Errorf("row %+v (%v): want good after 1 accepted attempt", row, err)
+	}
+}
+
+// TestBusyUntilMaxLatenessIsSkipped: a server busy for good is skipped busy once
+// the slot's max_lateness has passed, not looked at forever.
+func TestBusyUntilMaxLatenessIsSkipped(t *testing.T) {
+	h := newRunHarness(t, runHarnessOptions{})
+	h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}, TaskState: "resize_migrating"})
+	// A scheduled slot long past: its max_lateness (one day) is over.
+	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerScheduled)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Servers) != 1 || rep.Servers[0].Outcome != ServerSkipped || rep.Servers[0].Reason != SkipBusy {
+		t.Fatalf("report %+v, want skipped busy", rep.Servers)
+	}
+}
+
+// TestLockedServerIsSkippedLocked: Nova's locked server is skipped with reason
+// locked, and createImage is not called.
+func TestLockedServerIsSkippedLocked(t *testing.T) {
+	h := newRunHarness(t, runHarnessOptions{})
+	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}, Locked: true})
+	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg.Version, h.p, time.Now().UTC().Truncate(time.Second), TriggerManual)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Servers) != 1 || rep.Servers[0].Outcome != ServerSkipped || rep.Servers[0].Reason != SkipLocked {
+		t.Fatalf("report %+v, want skipped locked", rep.Servers)
+	}
+	if n := h.sim.CreateImageCalls(id); n != 0 {
+		t.Errorf("%d createImage calls on a locked server", n)
+	}
+}
+
+// TestInFlightServerIsSkipped: the image of an earlier slot of the server is still
+// being made (its run stopped mid-wait, within wait_timeout): the next slot does
+// not start a second image of it, and says in_flight.
+func TestInFlightServerIsSkipped(t *testing.T) {
+	h := newRunHarness(t, runHarnessOptions{waitTimeout: "1h"})
+	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
+	ctx := context.Background()
+	crashing := h.runner(func(o *RunnerOptions) {
+		o.hooks.beforePoll = func(int) error { return errors.New("stop") }
+	})
+	_, _ = crashing.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerManual)
+	rep, err := busyRunner(h).RunSlot(ctx, h.cfg.Version, h.p, h.slot.Add(24*time.Hour), TriggerManual)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Servers) != 1 || rep.Servers[0].Outcome != ServerSkipped || rep.Servers[0].Reason != SkipInFlight {
+		t.Fatalf("report %+v, want skipped in_flight", rep.Servers)
+	}
+	if n := h.sim.CreateImageCalls(id); n != 1 {
+		t.Errorf("%d createImage calls, want 1: a second image started while the first was being made", n)
+	}
+}
