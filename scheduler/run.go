@@ -186,6 +186,8 @@ type Runner struct {
 	workers *semaphore
 	servers keyedLocks
 	pols    keyedLocks
+	// inventory shares one server listing between the runs of a slot instant.
+	inventory inventory
 
 	mu      sync.Mutex
 	waiting map[int64]bool // image rows a wait of this Runner is watching
@@ -511,29 +513,32 @@ func newRunID() string {
 func (ru *run) execute(ctx context.Context) error {
 	r, p := ru.r, ru.p
 	sel := CloudSelector(p.Select)
-	// The listing takes a worker slot like any other call: a hundred policies due at
-	// once would otherwise decode a hundred listings at the same time.
-	release, err := r.workers.acquire(ctx, p.Name)
-	if err != nil {
-		return err
+	// One listing of every server serves every run of this slot instant (see
+	// inventory); it takes a worker slot like any other call.
+	servers, err := r.inventory.servers(ctx, ru.slot, r.now(), func(ctx context.Context) ([]cloud.Server, error) {
+		release, err := r.workers.acquire(ctx, p.Name)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+		return ru.cloud.ListServers(ctx, cloud.Selector{})
+	})
+	var selected []cloud.Server
+	if err == nil {
+		selected, err = selectServers(servers, sel)
 	}
-	servers, err := ru.cloud.ListServers(ctx, sel)
-	release()
 	if err != nil {
 		ru.event(ctx, store.Event{Kind: "list_failed", Message: "list servers: " + cloud.Reason(err)})
 		return err // the cloud's error names the call: "list servers: ..."
 	}
-	var selected []cloud.Server
-	for _, s := range servers {
-		// The cloud may have ignored the tag filter (Nova below 2.26 does): check again.
-		if !sel.Matches(s.Tags, s.AvailabilityZone) {
-			ru.log.Warn("cloud returned a server the selector does not match; ignoring it", "server_id", s.ID, "server_name", s.Name)
-			continue
+	if len(ru.call.Servers) > 0 {
+		only := selected[:0:0]
+		for _, s := range selected {
+			if slices.Contains(ru.call.Servers, s.ID) {
+				only = append(only, s)
+			}
 		}
-		if len(ru.call.Servers) > 0 && !slices.Contains(ru.call.Servers, s.ID) {
-			continue
-		}
-		selected = append(selected, s)
+		selected = only
 	}
 	sort.Slice(selected, func(i, j int) bool { return selected[i].ID < selected[j].ID })
 	ru.total = len(selected)
@@ -570,14 +575,10 @@ func (ru *run) execute(ctx context.Context) error {
 			return cmp.Compare(spreadOffset(p.Name, a.ID, p.Schedule.Spread), spreadOffset(p.Name, b.ID, p.Schedule.Spread))
 		})
 	}
-	// At most Concurrency goroutines per run take the servers in that order: no run
-	// can use more worker slots than that, and a goroutine per server (10,000 at
-	// scale, 85 MB of stacks) would only wait for a slot.
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var toWait []store.Image
 	var firstErr error
-	var next atomic.Int64
 	record := func(im store.Image, wait bool, err error) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -588,31 +589,55 @@ func (ru *run) execute(ctx context.Context) error {
 			toWait = append(toWait, im)
 		}
 	}
-	for range min(r.workers.capacity(), len(order)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(order) {
-					return
+	do := func(s cloud.Server, held bool) {
+		row, has := rows[s.ID]
+		im, wait, err := ru.server(ctx, s, row, has, held)
+		if busy := (busyError{}); errors.As(err, &busy) {
+			// Looked at again later, on a goroutine of its own: its backoff must
+			// not hold a worker slot (the retry takes one when it calls again).
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				record(ru.retryBusy(ctx, s, busy))
+			}()
+			return
+		}
+		record(im, wait, err)
+	}
+	if ru.trigger != TriggerManual && p.Schedule != nil && p.Schedule.Spread > 0 {
+		// Servers start at their offsets: at most Concurrency goroutines take them
+		// in offset order, each sleeping until its server is due.
+		var next atomic.Int64
+		for range min(r.workers.capacity(), len(order)) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := int(next.Add(1)) - 1; i < len(order); i = int(next.Add(1)) - 1 {
+					do(order[i], false)
 				}
-				s := order[i]
-				row, has := rows[s.ID]
-				im, wait, err := ru.server(ctx, s, row, has)
-				if busy := (busyError{}); errors.As(err, &busy) {
-					// Looked at again later, on a goroutine of its own: its backoff
-					// must not hold one of the run's workers.
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						record(ru.retryBusy(ctx, s, busy))
-					}()
-					continue
-				}
-				record(im, wait, err)
+			}()
+		}
+	} else {
+		// The run takes a worker slot (fairly, between the policies due) before it
+		// starts a server's goroutine: a run waiting for slots is one goroutine, not
+		// one per server (10,086 goroutines, 85 MB of stacks, at 10,000 servers) nor
+		// Concurrency per run (1,600 idle goroutines with grown stacks at 100
+		// policies).
+		for _, s := range order {
+			release, err := r.workers.acquire(ctx, p.Name)
+			if err != nil {
+				mu.Lock()
+				firstErr = cmp.Or(firstErr, err)
+				mu.Unlock()
+				break
 			}
-		}()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer release()
+				do(s, true)
+			}()
+		}
 	}
 	wg.Wait()
 	if err := ctx.Err(); err != nil {
@@ -757,7 +782,7 @@ func (ru *run) retryBusy(ctx context.Context, s cloud.Server, busy busyError) (s
 			return im, false, err
 		}
 		var wait bool
-		im, wait, err = ru.server(ctx, s, row, has)
+		im, wait, err = ru.server(ctx, s, row, has, false)
 		if !errors.As(err, &busy) {
 			return im, wait, err
 		}
@@ -789,7 +814,10 @@ var errAbandoned = errors.New("abandoned at a crash point")
 
 // server handles one selected server: the existing row, the skips, the intent, the
 // call. It returns the row to wait for when wait is true.
-func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has bool) (im store.Image, wait bool, err error) {
+//
+// held says the caller already holds a worker slot for it (execute without a
+// spread window); otherwise server takes one once the server's offset is due.
+func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has, held bool) (im store.Image, wait bool, err error) {
 	r, p := ru.r, ru.p
 	log := ru.log.With("server_id", s.ID, "server_name", s.Name)
 	res := ServerResult{ServerID: s.ID, ServerName: s.Name, Existing: has}
@@ -875,11 +903,13 @@ func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has 
 			}
 		}
 	}
-	release, err := r.workers.acquire(ctx, p.Name)
-	if err != nil {
-		return row, false, err
+	if !held {
+		release, err := r.workers.acquire(ctx, p.Name)
+		if err != nil {
+			return row, false, err
+		}
+		defer release()
 	}
-	defer release()
 
 	name, meta, err := ru.render(s)
 	if err != nil {

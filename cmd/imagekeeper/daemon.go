@@ -413,6 +413,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		if err := metrics.Refresh(wdCtx, st, cfgs.Current(), time.Now()); err != nil && wdCtx.Err() == nil {
 			log.Warn("refresh metrics", "err", err)
 		}
+		compactLineage(wdCtx, st, sched.Config(), log)
 		t := time.NewTicker(defaultRefreshInterval)
 		defer t.Stop()
 		for {
@@ -452,6 +453,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 			if err := metrics.RefreshLeftover(wdCtx, st); err != nil && wdCtx.Err() == nil {
 				log.Warn("refresh leftover snapshot gauge", "err", err)
 			}
+			compactLineage(wdCtx, st, sched.Config(), log)
 		}
 	}()
 
@@ -750,6 +752,23 @@ func firstNonEmpty(ss ...string) string {
 		}
 	}
 	return ""
+}
+
+// compactLineage moves the deleted images older than lineage_retention to the
+// archive, in short transactions that never hold the writer for long. It runs
+// once at start and after every periodic reconcile.
+func compactLineage(ctx context.Context, st *store.Store, cfg *policy.Config, log *slog.Logger) {
+	if cfg == nil || cfg.LineageRetention <= 0 {
+		return
+	}
+	moved, err := st.CompactLineage(ctx, time.Now().Add(-cfg.LineageRetention))
+	if err != nil && ctx.Err() == nil {
+		log.Warn("compact the lineage", "err", err, "moved", moved)
+		return
+	}
+	if moved > 0 {
+		log.Info("deleted images moved to the lineage archive", "moved", moved, "lineage_retention", cfg.LineageRetention.String())
+	}
 }
 
 // reconcile runs one reconcile pass without fix and logs what it found.
