@@ -28,6 +28,9 @@ const (
 	DefaultWaitTimeout        = 2 * time.Hour
 	DefaultMinKeep            = 1
 	DefaultMaxDeletionsPerRun = 50
+	// DefaultLineageRetention is how long a deleted image's lineage row stays in
+	// the lineage table before the daemon moves it to the archive (lineage_retention).
+	DefaultLineageRetention = 90 * day
 	// MaxLatenessCap caps the default max_lateness, which is otherwise one period
 	// of the schedule: a daily or more frequent policy catches up its latest slot
 	// whenever the daemon comes back before the next one, while a weekly or
@@ -84,6 +87,15 @@ func (l *loader) compile(raw *rawConfig) *Config {
 			l.errorf("limits.concurrency", "must be at least 1, got %d", *c)
 		}
 		cfg.Limits.Concurrency = *c
+	}
+	cfg.LineageRetention = DefaultLineageRetention
+	if raw.LineageRetention != "" {
+		if d, ok := l.duration("lineage_retention", raw.LineageRetention, DefaultLineageRetention); ok {
+			if d < 0 || (d > 0 && d < day) {
+				l.errorf("lineage_retention", "must be 0 (never archive) or at least 1d, got %s", raw.LineageRetention)
+			}
+			cfg.LineageRetention = d
+		}
 	}
 	if r := raw.Limits.RequestsPerSecond; r != nil && !l.bad["limits.requests_per_second"] {
 		if !(*r > 0) || math.IsInf(*r, 0) {

@@ -353,7 +353,9 @@ type (
 		Limits         rawLimits   `yaml:"limits"`
 		Defaults       rawDefaults `yaml:"defaults"`
 		AllowSubMinute bool        `yaml:"allow_sub_minute"`
-		Policies       []rawPolicy `yaml:"policies"`
+		// LineageRetention is a duration ("90d"); empty means the default.
+		LineageRetention string      `yaml:"lineage_retention"`
+		Policies         []rawPolicy `yaml:"policies"`
 		// Extensions holds top-level keys starting with "x-", which are ignored:
 		// a place to define YAML anchors shared by several policies.
 		Extensions map[string]any `yaml:",inline"`
@@ -498,6 +500,7 @@ var configSchema = schema{kind: kMapping, fields: []field{
 		{"timezone", schema{kind: kString}},
 	}}},
 	{"allow_sub_minute", schema{kind: kBool}},
+	{"lineage_retention", schema{kind: kString}},
 	{"policies", schema{kind: kMappingList, elem: &policySchema}},
 }}
 

@@ -26,6 +26,10 @@ type Config struct {
 	Limits Limits
 	// AllowSubMinute permits @every schedules under one minute (demo and tests).
 	AllowSubMinute bool
+	// LineageRetention is how long a deleted image's lineage row stays in the
+	// lineage table before the daemon moves it to the archive (`why` still
+	// answers for it); 0 keeps every row in the table.
+	LineageRetention time.Duration
 	// Policies in file order.
 	Policies []*Policy
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
+	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/store"
 )
 
@@ -26,7 +27,7 @@ func TestBusyServerRetriedWithinSlot(t *testing.T) {
 		h.sim.SetServerTaskState(id, "")
 	}()
 	slot := time.Now().UTC().Truncate(time.Second)
-	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg, h.p, slot, TriggerManual)
+	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg.Version, h.p, slot, TriggerManual)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +46,7 @@ func TestBusy409RetriedWithinSlot(t *testing.T) {
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
 	h.sim.SetFault(simcloud.Fault{Op: "compute.createImage", ErrorStatus: 409, Count: 2})
 	slot := time.Now().UTC().Truncate(time.Second)
-	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg, h.p, slot, TriggerManual)
+	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg.Version, h.p, slot, TriggerManual)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +65,7 @@ func TestBusyUntilMaxLatenessIsSkipped(t *testing.T) {
 	h := newRunHarness(t, runHarnessOptions{})
 	h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}, TaskState: "resize_migrating"})
 	// A scheduled slot long past: its max_lateness (one day) is over.
-	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg, h.p, h.slot, TriggerScheduled)
+	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerScheduled)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +79,7 @@ func TestBusyUntilMaxLatenessIsSkipped(t *testing.T) {
 func TestLockedServerIsSkippedLocked(t *testing.T) {
 	h := newRunHarness(t, runHarnessOptions{})
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}, Locked: true})
-	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg, h.p, time.Now().UTC().Truncate(time.Second), TriggerManual)
+	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg.Version, h.p, time.Now().UTC().Truncate(time.Second), TriggerManual)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,8 +101,8 @@ func TestInFlightServerIsSkipped(t *testing.T) {
 	crashing := h.runner(func(o *RunnerOptions) {
 		o.hooks.beforePoll = func(int) error { return errors.New("stop") }
 	})
-	_, _ = crashing.RunSlot(ctx, h.cfg, h.p, h.slot, TriggerManual)
-	rep, err := busyRunner(h).RunSlot(ctx, h.cfg, h.p, h.slot.Add(24*time.Hour), TriggerManual)
+	_, _ = crashing.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerManual)
+	rep, err := busyRunner(h).RunSlot(ctx, h.cfg.Version, h.p, h.slot.Add(24*time.Hour), TriggerManual)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,5 +111,41 @@ func TestInFlightServerIsSkipped(t *testing.T) {
 	}
 	if n := h.sim.CreateImageCalls(id); n != 1 {
 		t.Errorf("%d createImage calls, want 1: a second image started while the first was being made", n)
+	}
+}
+
+// TestReconcileAdoptsLeakedUnknownOutcome: createImage's answer is lost (500 after
+// the image was made) and the image listing fails until wait_timeout, so the row
+// fails with no image id. The periodic reconcile (no --fix) adopts the stamped
+// image into it, and the next wait settles it good, instead of leaking it.
+func TestReconcileAdoptsLeakedUnknownOutcome(t *testing.T) {
+	h := newRunHarness(t, runHarnessOptions{waitTimeout: "400ms"})
+	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
+	h.sim.SetFault(simcloud.Fault{Op: "compute.createImage", ErrorStatus: 500, After: true, Count: 1})
+	h.sim.SetFault(simcloud.Fault{Op: "image.list", ErrorStatus: 403})
+	ctx := context.Background()
+	r := h.runner(nil)
+	if _, err := r.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerScheduled); err != nil {
+		t.Fatal(err)
+	}
+	row, err := h.store.ImageByKey(ctx, "web", id, h.slot)
+	if err != nil || row.State != store.ImageFailed || row.ImageID != "" {
+		t.Fatalf("after the lost answer: %+v (%v), want failed without an image id", row, err)
+	}
+	h.sim.ClearFaults()
+	if _, err := r.Reconcile(ctx, h.cfg, false); err != nil {
+		t.Fatal(err)
+	}
+	row, _ = h.store.ImageByKey(ctx, "web", id, h.slot)
+	stamped := h.stampedImages()[id]
+	if len(stamped) != 1 || row.ImageID != stamped[0].ID || !row.Adopted {
+		t.Fatalf("periodic reconcile left the leak: row %s image %q adopted=%v; stamped images %d",
+			row.State, row.ImageID, row.Adopted, len(stamped))
+	}
+	if err := r.ResumeWaits(ctx, policy.NewCoordinator(h.cfg)); err != nil {
+		t.Fatal(err)
+	}
+	if row, _ = h.store.ImageByKey(ctx, "web", id, h.slot); row.State != store.ImageGood {
+		t.Errorf("adopted row is %s (%s), want good", row.State, row.Reason)
 	}
 }

@@ -14,19 +14,21 @@ import (
 	"github.com/imagekeeper/imagekeeper/policy"
 )
 
-// SlotFunc runs one slot of one policy under the config it was taken with. It must
-// record the slot and its outcome (ran, caught_up or failed) itself; see RunnerSlots.
-type SlotFunc func(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, catchUp bool) error
+// SlotFunc runs one slot of policy p, taken from the config of version cfgVersion.
+// It gets the policy and the version, not the config: what it does after its images
+// (retention) must ask the config owner. It must record the slot and its outcome
+// (ran, caught_up or failed) itself; see RunnerSlots.
+type SlotFunc func(ctx context.Context, cfgVersion string, p *policy.Policy, slot time.Time, catchUp bool) error
 
 // RunnerSlots adapts a Runner to the SlotFunc the Scheduler calls: a slot taken on
 // time runs with TriggerScheduled, a catch-up with TriggerCatchUp.
 func RunnerSlots(r *Runner) SlotFunc {
-	return func(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, catchUp bool) error {
+	return func(ctx context.Context, cfgVersion string, p *policy.Policy, slot time.Time, catchUp bool) error {
 		trigger := TriggerScheduled
 		if catchUp {
 			trigger = TriggerCatchUp
 		}
-		_, err := r.RunSlot(ctx, cfg, p, slot, trigger)
+		_, err := r.RunSlot(ctx, cfgVersion, p, slot, trigger)
 		return err
 	}
 }
@@ -256,7 +258,7 @@ func (s *Scheduler) settleLocked(p *policy.Policy, now time.Time, r planRules) {
 			records = append(records, slotRecord{slot: plan.run, outcome: OutcomeSkippedOverlap, count: 1,
 				reason: "the previous run of this policy was still going"})
 		} else {
-			s.dispatchLocked(s.cfg, p, plan.run, plan.catchUp)
+			s.dispatchLocked(s.cfg.Version, p, plan.run, plan.catchUp)
 		}
 	}
 	for _, rec := range records {
@@ -306,9 +308,10 @@ func (s *Scheduler) recordLocked(name string, records []slotRecord) {
 // waitRecords waits for the ledger writes started so far.
 func (s *Scheduler) waitRecords() { s.recWG.Wait() }
 
-// dispatchLocked starts a run of p for slot under cfg; the run keeps those pointers,
-// so a reload while it is in flight does not change what it does.
-func (s *Scheduler) dispatchLocked(cfg *policy.Config, p *policy.Policy, slot time.Time, catchUp bool) {
+// dispatchLocked starts a run of p for slot; the run keeps p (and the version of the
+// config it came from), so a reload while it is in flight does not change what it
+// images. Retention after it asks the config owner, not the run.
+func (s *Scheduler) dispatchLocked(cfgVersion string, p *policy.Policy, slot time.Time, catchUp bool) {
 	s.running[p.Name] = true
 	s.inFlight++
 	s.wg.Add(1)
@@ -337,7 +340,7 @@ func (s *Scheduler) dispatchLocked(cfg *policy.Config, p *policy.Policy, slot ti
 				s.opts.Metrics.SlotOutcome(p.Name, OutcomeFailed)
 			}
 		}()
-		if err := s.opts.RunSlot(s.runCtx, cfg, p, slot, catchUp); err != nil {
+		if err := s.opts.RunSlot(s.runCtx, cfgVersion, p, slot, catchUp); err != nil {
 			lg.Error("slot run failed", "err", err)
 		}
 	}()
@@ -357,7 +360,9 @@ func (s *Scheduler) addLocked(p *policy.Policy, now time.Time) *policyState {
 // Swap makes cfg the current config. Added (or newly enabled) policies start with
 // their next slot; removed (or disabled) ones stop taking slots, and nothing of
 // theirs is deleted for it; changed ones take effect from their next slot. Runs in
-// flight keep the config they started with.
+// flight keep the policy they started with for what they image; retention after
+// them asks the config owner (Retention), so it follows cfg at once. The daemon
+// subscribes Swap to its policy.Coordinator.
 func (s *Scheduler) Swap(cfg *policy.Config) {
 	now := s.now()
 	s.mu.Lock()

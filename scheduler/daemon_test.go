@@ -85,7 +85,7 @@ func newFakeRuns(l *memLedger) *fakeRuns {
 		panicky: map[string]bool{}}
 }
 
-func (f *fakeRuns) run(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, catchUp bool) error {
+func (f *fakeRuns) run(ctx context.Context, _ string, p *policy.Policy, slot time.Time, catchUp bool) error {
 	outcome := OutcomeRan
 	if catchUp {
 		outcome = OutcomeCaughtUp

@@ -52,7 +52,7 @@ func TestEmptySelectionIsNotASuccess(t *testing.T) {
 	ctx := context.Background()
 	run := func(day int) *SlotReport {
 		t.Helper()
-		rep, err := r.RunSlot(ctx, h.cfg, h.p, h.slot.Add(time.Duration(day)*24*time.Hour), TriggerScheduled)
+		rep, err := r.RunSlot(ctx, h.cfg.Version, h.p, h.slot.Add(time.Duration(day)*24*time.Hour), TriggerScheduled)
 		if err != nil {
 			t.Fatalf("slot %d: %v", day, err)
 		}

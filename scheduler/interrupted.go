@@ -22,14 +22,16 @@ func (r *Runner) InterruptedSlots(ctx context.Context) ([]store.Slot, error) {
 }
 
 // ResumeInterruptedSlots gives every interrupted slot an outcome. A scheduled or
-// caught-up slot of a policy still in cfg and enabled, and no older than its
+// caught-up slot of a policy that the config in force (cfgs) still has enabled, and no older than its
 // max_lateness, is run again: the run is idempotent by (policy, server, slot), so
 // it adopts or waits for the images the dead process asked for and asks only for
 // the servers it had not reached. Any other interrupted slot (a manual run, a
 // removed or disabled policy, too late) is recorded failed with the reason. Call it
 // before ResumeWaits, so that each re-run claims and waits for its own images.
 // Slots of different policies resume concurrently.
-func (r *Runner) ResumeInterruptedSlots(ctx context.Context, cfg *policy.Config, slots []store.Slot) error {
+// The config is asked for when the slots are resumed, not when the process started:
+// a reload before that counts.
+func (r *Runner) ResumeInterruptedSlots(ctx context.Context, cfgs *policy.Coordinator, slots []store.Slot) error {
 	var (
 		mu   sync.Mutex
 		errs []error
@@ -44,6 +46,7 @@ func (r *Runner) ResumeInterruptedSlots(ctx context.Context, cfg *policy.Config,
 		if ctx.Err() != nil {
 			break
 		}
+		cfg := cfgs.Current()
 		p := findPolicy(cfg, sl.Policy)
 		reason := ""
 		switch {
@@ -69,7 +72,7 @@ func (r *Runner) ResumeInterruptedSlots(ctx context.Context, cfg *policy.Config,
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := r.RunSlot(ctx, cfg, p, sl.Slot, Trigger(sl.Trigger)); err != nil {
+			if _, err := r.RunSlot(ctx, cfg.Version, p, sl.Slot, Trigger(sl.Trigger)); err != nil {
 				fail(fmt.Errorf("resume interrupted slot %s %s: %w", sl.Policy, StampSlot(sl.Slot), err))
 			}
 		}()

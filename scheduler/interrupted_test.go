@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/imagekeeper/imagekeeper/cloud/cloudtest"
+	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/store"
 )
 
@@ -36,7 +37,7 @@ func TestResumeInterruptedSlots(t *testing.T) {
 	if err != nil || len(interrupted) != 4 {
 		t.Fatalf("InterruptedSlots = %d slots, %v; want 4", len(interrupted), err)
 	}
-	if err := r.ResumeInterruptedSlots(ctx, e.cfg, interrupted); err != nil {
+	if err := r.ResumeInterruptedSlots(ctx, policy.NewCoordinator(e.cfg), interrupted); err != nil {
 		t.Fatal(err)
 	}
 	want := map[int64]struct{ outcome, reason string }{
@@ -84,7 +85,7 @@ func TestSlotRecordedBeforeWaitingForThePolicy(t *testing.T) {
 	defer unlock()
 	done := make(chan error, 1)
 	go func() {
-		_, err := r.RunSlot(ctx, e.cfg, e.p, e.slot, TriggerScheduled)
+		_, err := r.RunSlot(ctx, e.cfg.Version, e.p, e.slot, TriggerScheduled)
 		done <- err
 	}()
 	deadline := time.Now().Add(10 * time.Second)

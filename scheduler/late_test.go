@@ -20,7 +20,7 @@ func lateHarness(t *testing.T) (*pruneHarness, []string, time.Time) {
 	})
 	ids := []string{h.server("img", 0), h.server("vol", 2)}
 	slot := h.clock.Now().Truncate(24*time.Hour).AddDate(0, 0, -1).Add(2*time.Hour + 30*time.Minute)
-	rep, err := h.r.RunSlot(context.Background(), h.cfg, h.p, slot, TriggerManual)
+	rep, err := h.r.RunSlot(context.Background(), h.cfg.Version, h.p, slot, TriggerManual)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestLateImageIsKeptThenPromoted(t *testing.T) {
 func TestNextSlotPromotesLateImage(t *testing.T) {
 	h, _, slot := lateHarness(t)
 	h.clock.Add(3 * time.Hour)
-	if _, err := h.r.RunSlot(context.Background(), h.cfg, h.p, slot.AddDate(0, 0, 1), TriggerManual); err != nil {
+	if _, err := h.r.RunSlot(context.Background(), h.cfg.Version, h.p, slot.AddDate(0, 0, 1), TriggerManual); err != nil {
 		t.Fatal(err)
 	}
 	rows, err := h.store.Images(context.Background(), store.ImageFilter{Policy: h.p.Name, Slot: slot})
@@ -99,7 +99,7 @@ func TestPruneKeepsImageGlanceStillMakes(t *testing.T) {
 	id := h.server("stuck", 0)
 	h.sim.StickNextImage(id)
 	slot := h.clock.Now().Truncate(24*time.Hour).AddDate(0, 0, -1).Add(2*time.Hour + 30*time.Minute)
-	if _, err := h.r.RunSlot(context.Background(), h.cfg, h.p, slot, TriggerManual); err != nil {
+	if _, err := h.r.RunSlot(context.Background(), h.cfg.Version, h.p, slot, TriggerManual); err != nil {
 		t.Fatal(err)
 	}
 	h.clock.Add(5 * 24 * time.Hour)
@@ -124,7 +124,7 @@ func TestWatchLatePromotes(t *testing.T) {
 	r := h.runner(func(o *RunnerOptions) { o.Metrics = m })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	rep, err := r.RunSlot(ctx, h.cfg, h.p, h.slot, TriggerManual)
+	rep, err := r.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerManual)
 	if err != nil || rep.Counts.Failed != 2 {
 		t.Fatalf("slot: %+v %v, want 2 failed by wait_timeout", rep.Counts, err)
 	}

@@ -95,15 +95,15 @@ func TestMetricsAfterScriptedRun(t *testing.T) {
 	web := cfg.Policies[0]
 
 	slot1 := time.Now().UTC().Truncate(time.Hour).Add(-time.Hour)
-	if _, err := r.RunSlot(ctx, cfg, web, slot1, TriggerScheduled); err != nil {
+	if _, err := r.RunSlot(ctx, cfg.Version, web, slot1, TriggerScheduled); err != nil {
 		t.Fatal(err)
 	}
 	sim.SetServerTaskState(busy, "")
-	rep, err := r.RunSlot(ctx, cfg, web, slot1.Add(time.Hour), TriggerScheduled)
+	rep, err := r.RunSlot(ctx, cfg.Version, web, slot1.Add(time.Hour), TriggerScheduled)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Prune(ctx, cfg, web, PruneOptions{SnapshotWait: 5 * time.Second}); err != nil {
+	if _, err := NewRetention(r, policy.NewCoordinator(cfg), RetentionOptions{}).Prune(ctx, web.Name, PruneOptions{SnapshotWait: 5 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Refresh(ctx, st, cfg, time.Now()); err != nil {

@@ -121,8 +121,11 @@ type PruneItem struct {
 
 // PruneReport is what one prune of one policy decided and did.
 type PruneReport struct {
-	Policy   string
-	DryRun   bool
+	Policy string
+	DryRun bool
+	// Inactive says why nothing was decided: the policy is absent from, or disabled
+	// in, the config in force when retention ran. Empty for a prune that decided.
+	Inactive string
 	Started  time.Time
 	Finished time.Time
 	// Servers counts the servers with images under the policy; ServersGone those of
@@ -138,7 +141,7 @@ type PruneReport struct {
 	SnapshotsDeleted int
 }
 
-// Prune applies policy p's retention to the images the lineage holds for it: it
+// prune applies policy p's retention to the images the lineage holds for it: it
 // decides with policy.Retain per server, resumes deletions a previous prune left
 // open, and deletes through the journal what no rule keeps, within the guard rails:
 //   - only rows of this installation, of images whose Glance stamp names this
@@ -151,22 +154,11 @@ type PruneReport struct {
 //   - when_server_gone: keep keeps every image of a server that no longer exists or
 //     no longer matches the selector.
 //
-// p must be one of cfg's policies: a policy removed from the file deletes nothing.
-// Prune takes the policy's lock, so it never runs alongside a backup run of p. The
-// error is non-nil only when the prune could not decide (the lineage or the server
-// list could not be read); per-image failures are in the report and retried later.
-func (r *Runner) Prune(ctx context.Context, cfg *policy.Config, p *policy.Policy, opts PruneOptions) (*PruneReport, error) {
-	if p == nil {
-		return nil, errors.New("prune: nil policy")
-	}
-	if cfg != nil && !inConfig(cfg, p.Name) {
-		return nil, fmt.Errorf("prune %s: policy is not in the config: a removed policy's images are never deleted", p.Name)
-	}
-	unlock, err := r.LockPolicy(ctx, p.Name)
-	if err != nil {
-		return nil, fmt.Errorf("prune %s: %w", p.Name, err)
-	}
-	defer unlock()
+// Only Retention calls it, holding the policy's lock, with p as the config owner
+// had it once the lock was taken. The error is non-nil only when the prune could
+// not decide (the lineage or the server list could not be read); per-image
+// failures are in the report and retried later.
+func (r *Runner) prune(ctx context.Context, p *policy.Policy, opts PruneOptions) (*PruneReport, error) {
 	pr := &pruner{r: r, p: p, opts: opts, cl: r.Cloud(), st: r.store,
 		log: r.log.With("policy", p.Name), now: r.store.Now()}
 	if pr.opts.SnapshotWait <= 0 {
@@ -177,15 +169,6 @@ func (r *Runner) Prune(ctx context.Context, cfg *policy.Config, p *policy.Policy
 		return nil, fmt.Errorf("prune %s: %w", p.Name, err)
 	}
 	return rep, nil
-}
-
-func inConfig(cfg *policy.Config, name string) bool {
-	for _, q := range cfg.Policies {
-		if q != nil && q.Name == name {
-			return true
-		}
-	}
-	return false
 }
 
 // pruner is one prune in progress.
@@ -204,6 +187,8 @@ type pruner struct {
 type candidate struct {
 	row store.LineageRow
 	it  PruneItem
+	// insp is what Glance said about the image when the plan was made.
+	insp inspection
 	// idx is the candidate's index in the report's Items in a full report, -1 until
 	// it is placed otherwise.
 	idx int
@@ -358,18 +343,16 @@ func (pr *pruner) run(ctx context.Context) (*PruneReport, error) {
 			return nil, err
 		}
 	}
-	for _, c := range resume {
-		rep.Items[c.idx].Action = PrunePending
-	}
-	for _, c := range fresh {
-		// Until the journal says otherwise (a prune stopped before it got there).
-		rep.Items[c.idx].Action = PrunePending
-		if pr.opts.DryRun {
-			rep.Items[c.idx].Action = PruneDelete
-		}
+	// The plan's last input is what Glance says about each image to delete: a
+	// protected image is kept and a foreign stamp refused, in the dry run exactly as
+	// in the real one, which then carries out this very plan.
+	cands := append(resume, fresh...)
+	pr.inspectAll(ctx, cands)
+	for i := range cands {
+		pr.planAction(&rep.Items[cands[i].idx], cands[i], i < len(resume))
 	}
 	if !pr.opts.DryRun {
-		pr.execute(ctx, rep, append(resume, fresh...))
+		pr.execute(ctx, rep, cands)
 	}
 	for a, n := range counted {
 		rep.Counts[a] += n
@@ -548,7 +531,109 @@ func (pr *pruner) item(row store.LineageRow) PruneItem {
 		ServerName: row.ServerName, Slot: row.Slot, Age: pr.now.Sub(row.Slot), State: row.State}
 }
 
-// execute runs the journal of each candidate, bounded by the Runner's worker slots.
+// inspection is what Glance says about an image to delete before anything changes.
+type inspection struct {
+	img cloud.Image
+	// gone: Glance no longer has the image, or none was ever made.
+	gone bool
+	// protected: Glance would refuse the delete; the image is kept.
+	protected bool
+	// refuse says why a guard rail refuses the deletion ("" when none does).
+	refuse string
+	// retry says why Glance could not be asked; the deletion waits for a later prune.
+	retry string
+}
+
+// reasonProtected is the reason of an image kept because Glance protects it.
+const reasonProtected = "image is protected in Glance"
+
+// inspect reads what the plan needs to know of a candidate's image: whether it is
+// there, protected, and stamped for this very row. It changes nothing.
+func (pr *pruner) inspect(ctx context.Context, row store.LineageRow) inspection {
+	if row.ImageID == "" {
+		if row.State != store.ImageFailed {
+			return inspection{gone: true}
+		}
+		// An intent whose outcome was never learned: an image with our stamp may
+		// exist. Leave the row to reconcile's adoption rather than lose track of it.
+		found, err := pr.cl.ListImages(ctx, cloud.Stamp{Owner: pr.st.Owner(), Policy: row.Policy, Server: row.ServerID,
+			Slot: StampSlot(row.Slot)}.Properties())
+		switch {
+		case err != nil:
+			return inspection{retry: "look for a stamped image: " + cloud.Reason(err)}
+		case len(found) > 0:
+			return inspection{refuse: fmt.Sprintf("image %s carries this row's stamp but the row has no id: adopt it with reconcile --fix", found[0].ID)}
+		}
+		return inspection{gone: true}
+	}
+	img, err := pr.cl.GetImage(ctx, row.ImageID)
+	switch {
+	case errors.Is(err, cloud.ErrNotFound):
+		return inspection{gone: true}
+	case err != nil:
+		return inspection{retry: "read image: " + cloud.Reason(err)}
+	}
+	// Guard rail: the image in Glance must carry our stamp for this very row.
+	if why := pr.stampMismatch(row, img); why != "" {
+		return inspection{img: img, refuse: why}
+	}
+	if stillMaking(row, img) {
+		return inspection{img: img, retry: fmt.Sprintf("Glance still shows the image %s: it may yet complete", img.Status)}
+	}
+	return inspection{img: img, protected: img.Protected}
+}
+
+// inspectAll inspects the candidates, as many at once as the Runner has workers.
+func (pr *pruner) inspectAll(ctx context.Context, cands []candidate) {
+	var wg sync.WaitGroup
+	for i := range cands {
+		release, err := pr.r.AcquireWorker(ctx, pr.p.Name)
+		if err != nil {
+			// ctx ended: nothing is deleted, the rest waits for a later prune.
+			for j := i; j < len(cands); j++ {
+				cands[j].insp = inspection{retry: "stopped: " + err.Error()}
+			}
+			break
+		}
+		wg.Add(1)
+		go func(c *candidate) {
+			defer wg.Done()
+			defer release()
+			c.insp = pr.inspect(ctx, c.row)
+		}(&cands[i])
+	}
+	wg.Wait()
+}
+
+// planAction sets the planned action of a candidate's item from its inspection:
+// what the dry run shows and the real run starts from.
+func (pr *pruner) planAction(it *PruneItem, c candidate, resumed bool) {
+	switch {
+	case c.insp.refuse != "":
+		it.Action = PruneRefused
+		it.Reasons = append(it.Reasons, "refused: "+c.insp.refuse)
+	case c.insp.protected:
+		it.Keep, it.Action = true, PruneProtected
+		it.Reasons = append(it.Reasons, "kept: "+reasonProtected)
+	case c.insp.retry != "":
+		it.Action = PrunePending
+		if resumed {
+			it.Reasons = append(it.Reasons, c.insp.retry)
+		} else {
+			// Nothing was started: the next prune decides again.
+			it.Reasons = append(it.Reasons, "not started: "+c.insp.retry)
+		}
+	case resumed || !pr.opts.DryRun:
+		// An open journal resumes; a new deletion is pending until the journal says
+		// otherwise (a prune stopped before it got there).
+		it.Action = PrunePending
+	default:
+		it.Action = PruneDelete
+	}
+}
+
+// execute carries out the plan: the journal of each candidate, bounded by the
+// Runner's worker slots.
 func (pr *pruner) execute(ctx context.Context, rep *PruneReport, cands []candidate) {
 	var wg sync.WaitGroup
 	for _, c := range cands {
@@ -561,7 +646,7 @@ func (pr *pruner) execute(ctx context.Context, rep *PruneReport, cands []candida
 			defer wg.Done()
 			defer release()
 			// Each goroutine writes only its own item.
-			pr.journal(ctx, &rep.Items[c.idx], c.row)
+			pr.journal(ctx, &rep.Items[c.idx], c)
 		}(c)
 	}
 	wg.Wait()
@@ -623,11 +708,20 @@ func backoff(base, most time.Duration, attempt int) time.Duration {
 	return min(d, most)
 }
 
+// planAndJournal plans and carries out the deletion of one row outside a prune
+// (reconcile cleaning up after an image gone from the cloud).
+func (pr *pruner) planAndJournal(ctx context.Context, it *PruneItem, row store.LineageRow) {
+	c := candidate{row: row, it: *it, insp: pr.inspect(ctx, row)}
+	pr.planAction(it, c, row.State == store.ImageDeleting)
+	pr.journal(ctx, it, c)
+}
+
 // journal deletes one image through the journal, from wherever a previous attempt
 // left it, and records the outcome in it.
-func (pr *pruner) journal(ctx context.Context, it *PruneItem, row store.LineageRow) {
+func (pr *pruner) journal(ctx context.Context, it *PruneItem, c candidate) {
+	row := c.row
 	log := pr.log.With("server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name)
-	err := pr.deleteImage(ctx, it, row, log)
+	err := pr.deleteImage(ctx, it, row, c.insp, strings.Join(c.it.Reasons, "; "), log)
 	switch {
 	case err == nil:
 	case errors.Is(err, errPruneAbandoned):
@@ -644,48 +738,24 @@ func (pr *pruner) journal(ctx context.Context, it *PruneItem, row store.LineageR
 	}
 }
 
-// errRefused marks a deletion a guard rail refused.
-var errRefused = errors.New("refused")
-
-func (pr *pruner) deleteImage(ctx context.Context, it *PruneItem, row store.LineageRow, log *slog.Logger) error {
+// deleteImage carries out the plan for one image from wherever a previous attempt
+// left it; reason is retention's, recorded when the journal opens.
+func (pr *pruner) deleteImage(ctx context.Context, it *PruneItem, row store.LineageRow, insp inspection, reason string,
+	log *slog.Logger) error {
 	bctx := context.WithoutCancel(ctx)
 	st := pr.st
 	policyName := pr.p.Name
-	// Guard rail: the image in Glance must carry our stamp for this very row. Read it
-	// before the journal opens, so that a refused image is never marked deleting.
-	var img cloud.Image
-	imageGone := row.ImageID == ""
-	if row.ImageID != "" {
-		got, err := pr.cl.GetImage(ctx, row.ImageID)
-		switch {
-		case errors.Is(err, cloud.ErrNotFound):
-			imageGone = true
-		case err != nil:
-			return pr.defer_(ctx, it, row, "read image: "+cloud.Reason(err))
-		default:
-			img = got
-			if why := pr.stampMismatch(row, img); why != "" {
-				return pr.refuse(ctx, it, row, why, log)
-			}
-			if stillMaking(row, img) {
-				return pr.defer_(ctx, it, row, fmt.Sprintf("Glance still shows the image %s: it may yet complete", img.Status))
-			}
-		}
-	} else if row.State == store.ImageFailed {
-		// An intent whose outcome was never learned: an image with our stamp may
-		// exist. Leave the row to reconcile's adoption rather than lose track of it.
-		found, err := pr.cl.ListImages(ctx, cloud.Stamp{Owner: st.Owner(), Policy: row.Policy, Server: row.ServerID,
-			Slot: StampSlot(row.Slot)}.Properties())
-		if err != nil {
-			return pr.defer_(ctx, it, row, "look for a stamped image: "+cloud.Reason(err))
-		}
-		if len(found) > 0 {
-			return pr.refuse(ctx, it, row, fmt.Sprintf("image %s carries this row's stamp but the row has no id: adopt it with reconcile --fix", found[0].ID), log)
-		}
+	// The plan already put the refusal or the wait in the item: record it. A refused
+	// image is never marked deleting, since it was read before the journal opens.
+	switch {
+	case insp.refuse != "":
+		return pr.recordRefusal(ctx, it, row, insp.refuse, log)
+	case insp.retry != "":
+		return pr.recordRetry(ctx, it, row, insp.retry)
 	}
+	img, imageGone := insp.img, insp.gone
 
 	if row.State != store.ImageDeleting {
-		reason := strings.Join(it.Reasons, "; ")
 		if _, err := st.BeginDeletion(bctx, row.Row, reason); err != nil {
 			return err
 		}
@@ -702,8 +772,8 @@ func (pr *pruner) deleteImage(ctx context.Context, it *PruneItem, row store.Line
 		if err := pr.recordSnapshots(bctx, row, img); err != nil {
 			return err
 		}
-		if img.Protected {
-			return pr.protected(ctx, it, row, "image is protected in Glance", log)
+		if insp.protected {
+			return pr.recordProtected(ctx, it, row, reasonProtected, log)
 		}
 		err := pr.cl.DeleteImage(ctx, row.ImageID)
 		switch {
@@ -808,13 +878,12 @@ func (pr *pruner) recordSnapshots(ctx context.Context, row store.LineageRow, img
 	return pr.st.AddSnapshots(ctx, row.Row, add)
 }
 
-// refuse records a guard rail's refusal. A row already deleting is deferred with a
-// long wait (someone must look at it); any other row is left as it is.
-func (pr *pruner) refuse(ctx context.Context, it *PruneItem, row store.LineageRow, why string, log *slog.Logger) error {
+// recordRefusal records a refusal the item already shows. A row already deleting is
+// deferred with a long wait (someone must look at it); any other row is left as it
+// is.
+func (pr *pruner) recordRefusal(ctx context.Context, it *PruneItem, row store.LineageRow, why string, log *slog.Logger) error {
 	bctx := context.WithoutCancel(ctx)
 	log.Warn("deletion refused", "reason", why)
-	it.Action = PruneRefused
-	it.Reasons = append(it.Reasons, "refused: "+why)
 	if row.State == store.ImageDeleting {
 		next := pr.now.Add(RetryBackoffMax)
 		it.NextAttempt = next
@@ -826,7 +895,16 @@ func (pr *pruner) refuse(ctx context.Context, it *PruneItem, row store.LineageRo
 	return err
 }
 
+// protected records an image Glance refused to delete (found while deleting).
 func (pr *pruner) protected(ctx context.Context, it *PruneItem, row store.LineageRow, why string, log *slog.Logger) error {
+	it.Keep, it.Action = true, PruneProtected
+	it.Reasons = append(it.Reasons, "kept: "+why)
+	return pr.recordProtected(ctx, it, row, why, log)
+}
+
+// recordProtected keeps a protected image, which the item already shows, and
+// schedules its recheck.
+func (pr *pruner) recordProtected(ctx context.Context, it *PruneItem, row store.LineageRow, why string, log *slog.Logger) error {
 	pr.r.metrics.ImageDeleted(pr.p.Name, DeleteProtected)
 	next := pr.now.Add(ProtectedRecheck)
 	if _, err := pr.st.KeepProtected(context.WithoutCancel(ctx), row.Row, why, next); err != nil {
@@ -834,7 +912,6 @@ func (pr *pruner) protected(ctx context.Context, it *PruneItem, row store.Lineag
 	}
 	log.Info("image kept: protected", "reason", why)
 	it.Keep, it.Action, it.NextAttempt = true, PruneProtected, next
-	it.Reasons = append(it.Reasons, "kept: "+why)
 	return nil
 }
 
@@ -846,13 +923,23 @@ func (pr *pruner) defer_(ctx context.Context, it *PruneItem, row store.LineageRo
 		it.Reasons = append(it.Reasons, "not started: "+why)
 		return nil
 	}
+	it.Reasons = append(it.Reasons, why)
+	return pr.recordRetry(ctx, it, row, why)
+}
+
+// recordRetry records a wait the item already shows: an open journal resumes after
+// a backoff; a deletion not started is decided again by the next prune.
+func (pr *pruner) recordRetry(ctx context.Context, it *PruneItem, row store.LineageRow, why string) error {
+	it.Action = PrunePending
+	if row.State != store.ImageDeleting {
+		return nil
+	}
 	im, err := pr.st.Image(ctx, row.Row)
 	if err != nil {
 		return err
 	}
 	next := pr.now.Add(backoff(RetryBackoffBase, RetryBackoffMax, im.DeleteAttempts+1))
-	it.Action, it.NextAttempt = PrunePending, next
-	it.Reasons = append(it.Reasons, why)
+	it.NextAttempt = next
 	_, err = pr.st.DeferDeletion(context.WithoutCancel(ctx), row.Row, why, next)
 	return err
 }

@@ -76,11 +76,12 @@ func BenchmarkPrunePlan(b *testing.B) {
 			}
 		}
 	}()
+	ret := NewRetention(r, policy.NewCoordinator(cfg), RetentionOptions{})
 	b.ReportAllocs()
 	b.ResetTimer()
 	var rep *PruneReport
 	for b.Loop() {
-		rep, err = r.Prune(ctx, cfg, cfg.Policies[0], PruneOptions{DryRun: true})
+		rep, err = ret.Prune(ctx, cfg.Policies[0].Name, PruneOptions{DryRun: true})
 		if err != nil {
 			b.Fatal(err)
 		}

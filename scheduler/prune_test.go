@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -137,7 +138,7 @@ func (h *pruneHarness) slots(days int) {
 	today := h.clock.Now().Truncate(24 * time.Hour)
 	for d := days; d >= 1; d-- {
 		slot := today.AddDate(0, 0, -d).Add(2*time.Hour + 30*time.Minute)
-		rep, err := h.r.RunSlot(context.Background(), h.cfg, h.p, slot, TriggerManual)
+		rep, err := h.r.RunSlot(context.Background(), h.cfg.Version, h.p, slot, TriggerManual)
 		if err != nil {
 			h.t.Fatalf("run slot %v: %v", slot, err)
 		}
@@ -151,7 +152,7 @@ func (h *pruneHarness) slots(days int) {
 
 func (h *pruneHarness) prune(opts PruneOptions) *PruneReport {
 	h.t.Helper()
-	rep, err := h.r.Prune(context.Background(), h.cfg, h.p, opts)
+	rep, err := NewRetention(h.r, policy.NewCoordinator(h.cfg), RetentionOptions{}).Prune(context.Background(), h.p.Name, opts)
 	if err != nil {
 		h.t.Fatalf("prune: %v", err)
 	}
@@ -328,8 +329,10 @@ func TestPruneDryRunChangesNothing(t *testing.T) {
 	if len(eventsAfter) != len(eventsBefore) {
 		t.Fatalf("dry run wrote %d events", len(eventsAfter)-len(eventsBefore))
 	}
+	// It reads (servers, and each image it would delete, as the real run does before
+	// it deletes) and nothing else.
 	for op, n := range h.sim.Requests() {
-		if op != "compute.servers.list" && op != "keystone.token" && op != "compute.versions" && n > 0 {
+		if op != "compute.servers.list" && op != "keystone.token" && op != "compute.versions" && op != "image.get" && n > 0 {
 			t.Errorf("dry run called %s %d times", op, n)
 		}
 	}
@@ -382,6 +385,62 @@ func TestPruneKeepsProtectedImageAndRechecksLater(t *testing.T) {
 		t.Fatalf("prune after unprotect: actions = %v, want 1 deleted", got)
 	}
 	h.checkDeletedGone()
+}
+
+// TestPruneDryRunShowsWhatTheRealRunDoes protects an image retention would delete
+// in Glance: the dry run must show it kept (protected), as the real run keeps it,
+// and agree with the real run on every other image. Before plan-then-execute, the
+// dry run never asked Glance and showed it as delete.
+func TestPruneDryRunShowsWhatTheRealRunDoes(t *testing.T) {
+	h := newPruneHarness(t, "      keep_last: 1")
+	h.server("db", 1)
+	h.server("app", 0)
+	h.slots(3)
+	var protected store.Image
+	for _, row := range h.rows(store.ImageGood) {
+		if row.VolumeBacked && protected.Row == 0 {
+			protected = row // the oldest of db
+		}
+	}
+	if !h.sim.SetImageProtected(protected.ImageID, true) {
+		t.Fatal("cannot protect the image")
+	}
+	h.sim.ResetRequests()
+	dry := h.prune(PruneOptions{DryRun: true, Full: true})
+	for op, n := range h.sim.Requests() {
+		if n > 0 && (strings.Contains(op, "delete") || strings.Contains(op, "update")) {
+			t.Errorf("dry run called %s %d times", op, n)
+		}
+	}
+	real := h.prune(PruneOptions{Full: true})
+	byRow := func(rep *PruneReport) map[int64]PruneItem {
+		out := map[int64]PruneItem{}
+		for _, it := range rep.Items {
+			out[it.ImageRow] = it
+		}
+		return out
+	}
+	d, r := byRow(dry), byRow(real)
+	if len(d) != 6 || len(r) != 6 {
+		t.Fatalf("dry run lists %d images, the real run %d; want 6 each", len(d), len(r))
+	}
+	if it := d[protected.Row]; it.Action != PruneProtected || !it.Keep {
+		t.Errorf("dry run shows the protected image as %s (keep %v), reasons %q; want protected, kept", it.Action, it.Keep, it.Reasons)
+	}
+	// What the dry run says is what the real run did: delete became deleted.
+	done := map[PruneAction]PruneAction{PruneDelete: PruneDeleted}
+	for row, di := range d {
+		want := di.Action
+		if w, ok := done[want]; ok {
+			want = w
+		}
+		if got := r[row].Action; got != want {
+			t.Errorf("row %d: dry run says %s, the real run did %s", row, di.Action, got)
+		}
+	}
+	if _, ok := h.sim.Image(protected.ImageID); !ok {
+		t.Fatal("protected image deleted")
+	}
 }
 
 func TestPruneSnapshotInUseIsKeptAndRetriedWithBackoff(t *testing.T) {
@@ -595,18 +654,47 @@ func TestPruneWhenServerGone(t *testing.T) {
 	}
 }
 
-func TestPruneRefusesPolicyNotInConfig(t *testing.T) {
+// TestPruneSkipsPolicyNotInForce: retention asks the config owner for the policy
+// once it holds the lock; a policy absent or disabled then deletes nothing.
+func TestPruneSkipsPolicyNotInForce(t *testing.T) {
 	h := newPruneHarness(t, "      keep_last: 1")
 	h.server("app", 0)
 	h.slots(3)
-	removed := *h.p
-	cfg := *h.cfg
-	cfg.Policies = nil
-	if _, err := h.r.Prune(context.Background(), &cfg, &removed, PruneOptions{}); err == nil {
-		t.Fatal("prune of a policy not in the config succeeded")
+	removed := *h.cfg
+	removed.Policies = nil
+	disabled := *h.cfg
+	off := *h.p
+	off.Enabled = false
+	disabled.Policies = []*policy.Policy{&off}
+	cfgs := policy.NewCoordinator(h.cfg)
+	ret := NewRetention(h.r, cfgs, RetentionOptions{})
+	for _, tc := range []struct {
+		name string
+		cfg  *policy.Config
+		why  string
+	}{{"removed", &removed, "not in the config"}, {"disabled", &disabled, "disabled"}} {
+		if err := cfgs.Apply(tc.cfg); err != nil {
+			t.Fatal(err)
+		}
+		for _, dry := range []bool{true, false} {
+			rep, err := ret.Prune(context.Background(), h.p.Name, PruneOptions{DryRun: dry, Full: true})
+			if err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			if !strings.Contains(rep.Inactive, tc.why) || len(rep.Items) != 0 {
+				t.Errorf("%s (dry run %v): inactive %q, %d items; want %q and none", tc.name, dry, rep.Inactive, len(rep.Items), tc.why)
+			}
+		}
+		if n := len(h.rows(store.ImageGood)); n != 3 {
+			t.Fatalf("%s: %d good rows left, want all 3", tc.name, n)
+		}
 	}
-	if n := len(h.rows(store.ImageGood)); n != 3 {
-		t.Fatalf("%d good rows left, want all 3", n)
+	// Back in force, the same call prunes.
+	if err := cfgs.Apply(h.cfg); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := ret.Prune(context.Background(), h.p.Name, PruneOptions{}); err != nil || rep.Counts[PruneDeleted] != 2 {
+		t.Fatalf("prune once the policy is back: %v, %v; want 2 deleted", rep, err)
 	}
 }
 
@@ -696,7 +784,7 @@ func TestPruneCleansFailedImageAfterGrace(t *testing.T) {
 	h.slots(1)
 	h.sim.FailNextSnapshot(srv)
 	today := h.clock.Now().Truncate(24 * time.Hour)
-	rep, err := h.r.RunSlot(context.Background(), h.cfg, h.p, today.Add(2*time.Hour+30*time.Minute), TriggerManual)
+	rep, err := h.r.RunSlot(context.Background(), h.cfg.Version, h.p, today.Add(2*time.Hour+30*time.Minute), TriggerManual)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,7 +20,10 @@ type DriftCategory string
 const (
 	// DriftUnknown: an image stamped with our owner that no lineage row names. It is
 	// adopted (with fix) only into the intent row of its stamp's (policy, server,
-	// slot) that has no image id yet: the stamp alone proves nothing.
+	// slot) that has no image id yet: the stamp alone proves nothing. Without fix
+	// too when that row failed after a createImage whose outcome was unknown (the
+	// image was never located before wait_timeout): otherwise it leaks, since no
+	// prune deletes an image it has no id for.
 	DriftUnknown DriftCategory = "stamped_unknown"
 	// DriftInherited: an image stamped with our owner whose stamp's slot already has
 	// another image, or whose instance_uuid is another server: a snapshot of a server
@@ -145,13 +148,18 @@ func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportO
 		snapInCloud[s.ID] = s
 	}
 	byID := make(map[string]store.LineageRow, len(rows))
-	type key struct{ policy, server, slot string }
+	// The slot is kept as Unix seconds (stamps are whole seconds in UTC): formatting
+	// a stamp for each of 100,000 live rows cost more than the rest of the diff.
+	type key struct {
+		policy, server string
+		slot           int64
+	}
 	byKey := make(map[key]store.LineageRow, len(rows))
 	for _, row := range rows {
 		if row.ImageID != "" {
 			byID[row.ImageID] = row
 		}
-		byKey[key{row.Policy, row.ServerID, StampSlot(row.Slot)}] = row
+		byKey[key{row.Policy, row.ServerID, row.Slot.Unix()}] = row
 	}
 	// Cloud images no live row knows: a deleted row (an image deleted twice, or
 	// recreated) or an intent row found by its stamp.
@@ -174,11 +182,7 @@ func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportO
 		if row, ok := byKey[k]; ok {
 			return row, true
 		}
-		slot, err := time.Parse(time.RFC3339, k.slot)
-		if err != nil {
-			return store.LineageRow{}, false
-		}
-		rows, err := st.Lineage(ctx, store.ImageFilter{Policy: k.policy, ServerID: k.server, Slot: slot, Limit: 1})
+		rows, err := st.Lineage(ctx, store.ImageFilter{Policy: k.policy, ServerID: k.server, Slot: time.Unix(k.slot, 0), Limit: 1})
 		if err != nil || len(rows) == 0 {
 			if err != nil {
 				r.log.Warn("reconcile: look up a stamp's intent row", "policy", k.policy, "server_id", k.server, "err", err)
@@ -245,7 +249,10 @@ func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportO
 			continue
 		}
 		f := DriftFinding{Category: DriftUnknown, Policy: stamp.Policy, ServerID: stamp.Server, ImageID: im.ID}
-		krow, has := keyRow(key{stamp.Policy, stamp.Server, stamp.Slot})
+		krow, has := store.LineageRow{}, false
+		if slot, err := time.Parse(time.RFC3339, stamp.Slot); err == nil && slot.Truncate(time.Second).Equal(slot) {
+			krow, has = keyRow(key{stamp.Policy, stamp.Server, slot.Unix()})
+		}
 		switch {
 		case im.Properties["instance_uuid"] != "" && im.Properties["instance_uuid"] != stamp.Server:
 			f.Category = DriftInherited
@@ -368,11 +375,17 @@ func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportO
 		case !fix:
 		}
 	}
-	if fix {
-		for _, i := range toAdopt {
-			f := &rep.Findings[i]
-			f.Action = r.adopt(ctx, cfg, f)
+	for _, i := range toAdopt {
+		if reportOnly {
+			break
 		}
+		// Without fix only the leak is adopted: a row whose createImage was sent with
+		// an unknown outcome and failed because its stamped image was never located.
+		// No prune may delete it (it has no id) and nothing else would ever find it.
+		f := &rep.Findings[i]
+		f.Action = r.adopt(ctx, cfg, f, !fix)
+	}
+	if fix {
 		rowsDone := make([]int64, 0, len(leftoverRows))
 		for row := range leftoverRows {
 			rowsDone = append(rowsDone, row)
@@ -486,7 +499,10 @@ func (r *Runner) withPolicyLock(ctx context.Context, name string, f func() error
 // adopt records a stamped image as the image of its intent row. A requested row
 // younger than its wait timeout may belong to a run still in flight (in another
 // process): it is left alone.
-func (r *Runner) adopt(ctx context.Context, cfg *policy.Config, f *DriftFinding) string {
+//
+// onlyLeaked restricts it to a failed row that had a createImage sent (its outcome
+// was unknown): the periodic reconcile adopts those without --fix.
+func (r *Runner) adopt(ctx context.Context, cfg *policy.Config, f *DriftFinding, onlyLeaked bool) string {
 	var p *policy.Policy
 	if cfg != nil {
 		for _, q := range cfg.Policies {
@@ -504,6 +520,9 @@ func (r *Runner) adopt(ctx context.Context, cfg *policy.Config, f *DriftFinding)
 		if cur.ImageID != "" || (cur.State != store.ImageRequested && cur.State != store.ImageFailed) {
 			action = fmt.Sprintf("not adopted: row is now %s with image %q", cur.State, cur.ImageID)
 			return nil
+		}
+		if onlyLeaked && (cur.State != store.ImageFailed || cur.Attempts == 0) {
+			return nil // left to reconcile --fix
 		}
 		if cur.State == store.ImageRequested && r.store.Now().Sub(cur.RequestedAt) < r.waitTimeout(p) {
 			action = "not adopted: the intent is younger than wait_timeout (a run may still be making it)"
@@ -556,7 +575,7 @@ func (r *Runner) cleanGoneImage(ctx context.Context, cfg *policy.Config, rowID i
 		it := &PruneItem{Reasons: []string{"reconcile: image gone from the cloud; deleting the snapshots left behind"}}
 		row := store.LineageRow{Row: cur.Row, ImageID: cur.ImageID, Policy: cur.Policy, ServerID: cur.ServerID, Slot: cur.Slot,
 			Owner: cur.Owner, State: cur.State}
-		pr.journal(ctx, it, row)
+		pr.planAndJournal(ctx, it, row)
 		switch it.Action {
 		case PruneDeleted:
 			action = "deleted (journal)"

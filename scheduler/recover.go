@@ -93,7 +93,7 @@ func (r *Runner) Recover(ctx context.Context, cfg *policy.Config) (*RecoverRepor
 	// Settle what was recovered from Glance and Cinder. The rows' request times are
 	// the images' creation times, so their wait deadlines are long past: one poll
 	// each decides good or failed.
-	if err := r.ResumeWaits(ctx, cfg); err != nil {
+	if err := r.ResumeWaits(ctx, policy.NewCoordinator(cfg)); err != nil {
 		return rep, fmt.Errorf("recover: settle the recovered images: %w", err)
 	}
 	for i := range rep.Recovered {

@@ -140,7 +140,7 @@ func TestRerunDoesNotCallAgainWhileFirstCallMayBeInFlight(t *testing.T) {
 	id := e.fake.AddServer(cloudtest.ServerSpec{Name: "db", Tags: []string{"backup=daily"}, Volumes: 1})
 	ctx, cancel := context.WithCancel(context.Background())
 	cl := &inflightCloud{Cloud: e.fake, fake: e.fake, onFirst: cancel}
-	if _, err := e.runner(cl, nil).RunSlot(ctx, e.cfg, e.p, e.slot, TriggerManual); err == nil {
+	if _, err := e.runner(cl, nil).RunSlot(ctx, e.cfg.Version, e.p, e.slot, TriggerManual); err == nil {
 		t.Fatal("the stopped run reported no error")
 	}
 	row, err := e.store.ImageByKey(context.Background(), "web", id, e.slot)
@@ -164,7 +164,7 @@ func TestRerunDoesNotCallAgainWhileFirstCallMayBeInFlight(t *testing.T) {
 			return ctx.Err()
 		}
 	})
-	rep, err := r.RunSlot(context.Background(), e.cfg, e.p, e.slot, TriggerManual)
+	rep, err := r.RunSlot(context.Background(), e.cfg.Version, e.p, e.slot, TriggerManual)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +241,7 @@ func TestLaterRunSettlesRowsLeftInProgress(t *testing.T) {
 	stopped := e.runner(e.fake, func(o *RunnerOptions) {
 		o.hooks.beforePoll = func(int) error { return errors.New("stopped") }
 	})
-	if _, err := stopped.RunSlot(context.Background(), e.cfg, e.p, e.slot, TriggerManual); err != nil && !errors.Is(err, errAbandoned) {
+	if _, err := stopped.RunSlot(context.Background(), e.cfg.Version, e.p, e.slot, TriggerManual); err != nil && !errors.Is(err, errAbandoned) {
 		t.Logf("stopped run: %v", err)
 	}
 	row, err := e.store.ImageByKey(context.Background(), "web", id, e.slot)
@@ -254,7 +254,7 @@ func TestLaterRunSettlesRowsLeftInProgress(t *testing.T) {
 	// The next day's run, long after wait_timeout; no ResumeWaits in between.
 	e.clock.Advance(24 * time.Hour)
 	next := e.slot.Add(24 * time.Hour)
-	if _, err := e.runner(e.fake, nil).RunSlot(context.Background(), e.cfg, e.p, next, TriggerManual); err != nil {
+	if _, err := e.runner(e.fake, nil).RunSlot(context.Background(), e.cfg.Version, e.p, next, TriggerManual); err != nil {
 		t.Fatal(err)
 	}
 	row, err = e.store.ImageByKey(context.Background(), "web", id, e.slot)

@@ -153,11 +153,11 @@ type RunnerOptions struct {
 	// Progress, when set, is called as servers reach their outcome (the CLI prints it).
 	// It is called from the run's goroutines, one call at a time.
 	Progress func(ProgressEvent)
-	// AfterRun, when set, runs after a slot's images are settled (not after a run
-	// that failed to start): the hook point for retention (the daemon sets it to
-	// call the prune of the policy). It runs without the policy lock held; take
-	// LockPolicy inside it.
-	AfterRun func(ctx context.Context, cfg *policy.Config, p *policy.Policy) error
+	// Settled, when set, is called with the policy's name after a slot's images are
+	// settled (not after a run that failed to start). The daemon requests retention
+	// for that policy with it; retention then decides by the config in force when it
+	// runs, never by the one this run started with. It must not block.
+	Settled func(policy string)
 
 	// hooks lets tests stop a run at its crash points.
 	hooks runHooks
@@ -186,6 +186,8 @@ type Runner struct {
 	workers *semaphore
 	servers keyedLocks
 	pols    keyedLocks
+	// inventory shares one server listing between the runs of a slot instant.
+	inventory inventory
 
 	mu      sync.Mutex
 	waiting map[int64]bool // image rows a wait of this Runner is watching
@@ -279,18 +281,21 @@ func StampSlot(slot time.Time) string { return slot.UTC().Format(time.RFC3339) }
 
 // run is one slot run in progress.
 type run struct {
-	r       *Runner
-	cfg     *policy.Config
-	p       *policy.Policy
-	slot    time.Time // UTC, whole seconds
-	trigger Trigger
-	call    RunSlotOptions
-	slotID  int64
-	runID   string
-	cloud   limitedCloud
-	calls   *callCounter
-	log     *slog.Logger
-	timeout time.Duration
+	r *Runner
+	// cfgVersion and p are all a run keeps of the config it started under: the lineage
+	// records the version, and the policy says what to image. Nothing after the run
+	// (retention) may act on them.
+	cfgVersion string
+	p          *policy.Policy
+	slot       time.Time // UTC, whole seconds
+	trigger    Trigger
+	call       RunSlotOptions
+	slotID     int64
+	runID      string
+	cloud      limitedCloud
+	calls      *callCounter
+	log        *slog.Logger
+	timeout    time.Duration
 
 	mu       sync.Mutex
 	results  map[string]*ServerResult
@@ -302,14 +307,15 @@ type run struct {
 	left []string
 }
 
-// RunSlot runs one slot of policy p under cfg: it records the slot, selects the
-// servers, asks for one image per eligible server (idempotently: a server that
-// already has a row for the slot gets no second image), waits until each image is
-// good or failed, records the slot's outcome, and then calls AfterRun. The error
+// RunSlot runs one slot of policy p, taken from the config of version cfgVersion:
+// it records the slot, selects the servers, asks for one image per eligible server
+// (idempotently: a server that already has a row for the slot gets no second
+// image), waits until each image is good or failed, records the slot's outcome, and
+// then calls Settled with the policy's name. The error
 // is non-nil only when the run could not do its work (listing servers failed, the
 // store failed, ctx was cancelled); failed images are in the report, not the error.
-func (r *Runner) RunSlot(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger) (*SlotReport, error) {
-	return r.RunSlotWith(ctx, cfg, p, slot, trigger, RunSlotOptions{})
+func (r *Runner) RunSlot(ctx context.Context, cfgVersion string, p *policy.Policy, slot time.Time, trigger Trigger) (*SlotReport, error) {
+	return r.RunSlotWith(ctx, cfgVersion, p, slot, trigger, RunSlotOptions{})
 }
 
 // RunSlotOptions are what one call of RunSlotWith asks beyond RunSlot: a manual run
@@ -322,12 +328,12 @@ type RunSlotOptions struct {
 	// Progress, when set, is called as Progress of RunnerOptions is, for this run
 	// only: the run of a control-socket client in the daemon.
 	Progress func(ProgressEvent)
-	// SkipAfterRun leaves out AfterRun (`run --no-prune`).
-	SkipAfterRun bool
+	// SkipRetention leaves out the retention request of Settled (`run --no-prune`).
+	SkipRetention bool
 }
 
 // RunSlotWith is RunSlot with per-call options.
-func (r *Runner) RunSlotWith(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger,
+func (r *Runner) RunSlotWith(ctx context.Context, cfgVersion string, p *policy.Policy, slot time.Time, trigger Trigger,
 	o RunSlotOptions) (*SlotReport, error) {
 	if p == nil || p.Image == nil {
 		return nil, errors.New("run slot: policy without image spec")
@@ -336,10 +342,6 @@ func (r *Runner) RunSlotWith(ctx context.Context, cfg *policy.Config, p *policy.
 		trigger = TriggerScheduled
 	}
 	slot = slot.UTC().Truncate(time.Second)
-	cfgVersion := ""
-	if cfg != nil {
-		cfgVersion = cfg.Version
-	}
 	started := r.now()
 	// The slot is recorded before waiting for the policy lock: a process killed
 	// while it waits (behind a resumed slot, say) must leave a running row for the
@@ -353,21 +355,20 @@ func (r *Runner) RunSlotWith(ctx context.Context, cfg *policy.Config, p *policy.
 	if err != nil {
 		return nil, fmt.Errorf("run slot of %s: %w", p.Name, err)
 	}
-	rep, err := r.runSlot(ctx, cfg, p, slot, trigger, sl, started, o)
+	rep, err := r.runSlot(ctx, cfgVersion, p, slot, trigger, sl, started, o)
 	unlock()
-	if err != nil || r.opts.AfterRun == nil || o.SkipAfterRun || rep == nil || rep.Outcome == store.OutcomeFailed {
+	if err != nil || r.opts.Settled == nil || o.SkipRetention || rep == nil || rep.Outcome == store.OutcomeFailed {
 		return rep, err
 	}
-	if err := r.opts.AfterRun(ctx, cfg, p); err != nil {
-		return rep, fmt.Errorf("after run of %s: %w", p.Name, err)
-	}
+	// Only the name leaves the run: retention looks the policy up itself.
+	r.opts.Settled(p.Name)
 	return rep, nil
 }
 
-func (r *Runner) runSlot(ctx context.Context, cfg *policy.Config, p *policy.Policy, slot time.Time, trigger Trigger,
+func (r *Runner) runSlot(ctx context.Context, cfgVersion string, p *policy.Policy, slot time.Time, trigger Trigger,
 	sl store.Slot, started time.Time, o RunSlotOptions) (*SlotReport, error) {
 	ru := &run{
-		r: r, cfg: cfg, p: p, slot: slot, trigger: trigger, slotID: sl.ID, runID: newRunID(), call: o,
+		r: r, cfgVersion: cfgVersion, p: p, slot: slot, trigger: trigger, slotID: sl.ID, runID: newRunID(), call: o,
 		calls:    &callCounter{},
 		log:      r.log.With("policy", p.Name, "slot", StampSlot(slot)),
 		timeout:  r.waitTimeout(p),
@@ -512,29 +513,32 @@ func newRunID() string {
 func (ru *run) execute(ctx context.Context) error {
 	r, p := ru.r, ru.p
 	sel := CloudSelector(p.Select)
-	// The listing takes a worker slot like any other call: a hundred policies due at
-	// once would otherwise decode a hundred listings at the same time.
-	release, err := r.workers.acquire(ctx, p.Name)
-	if err != nil {
-		return err
+	// One listing of every server serves every run of this slot instant (see
+	// inventory); it takes a worker slot like any other call.
+	servers, err := r.inventory.servers(ctx, ru.slot, r.now(), func(ctx context.Context) ([]cloud.Server, error) {
+		release, err := r.workers.acquire(ctx, p.Name)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+		return ru.cloud.ListServers(ctx, cloud.Selector{})
+	})
+	var selected []cloud.Server
+	if err == nil {
+		selected, err = selectServers(servers, sel)
 	}
-	servers, err := ru.cloud.ListServers(ctx, sel)
-	release()
 	if err != nil {
 		ru.event(ctx, store.Event{Kind: "list_failed", Message: "list servers: " + cloud.Reason(err)})
 		return err // the cloud's error names the call: "list servers: ..."
 	}
-	var selected []cloud.Server
-	for _, s := range servers {
-		// The cloud may have ignored the tag filter (Nova below 2.26 does): check again.
-		if !sel.Matches(s.Tags, s.AvailabilityZone) {
-			ru.log.Warn("cloud returned a server the selector does not match; ignoring it", "server_id", s.ID, "server_name", s.Name)
-			continue
+	if len(ru.call.Servers) > 0 {
+		only := selected[:0:0]
+		for _, s := range selected {
+			if slices.Contains(ru.call.Servers, s.ID) {
+				only = append(only, s)
+			}
 		}
-		if len(ru.call.Servers) > 0 && !slices.Contains(ru.call.Servers, s.ID) {
-			continue
-		}
-		selected = append(selected, s)
+		selected = only
 	}
 	sort.Slice(selected, func(i, j int) bool { return selected[i].ID < selected[j].ID })
 	ru.total = len(selected)
@@ -571,14 +575,10 @@ func (ru *run) execute(ctx context.Context) error {
 			return cmp.Compare(spreadOffset(p.Name, a.ID, p.Schedule.Spread), spreadOffset(p.Name, b.ID, p.Schedule.Spread))
 		})
 	}
-	// At most Concurrency goroutines per run take the servers in that order: no run
-	// can use more worker slots than that, and a goroutine per server (10,000 at
-	// scale, 85 MB of stacks) would only wait for a slot.
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var toWait []store.Image
 	var firstErr error
-	var next atomic.Int64
 	record := func(im store.Image, wait bool, err error) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -589,31 +589,55 @@ func (ru *run) execute(ctx context.Context) error {
 			toWait = append(toWait, im)
 		}
 	}
-	for range min(r.workers.capacity(), len(order)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(order) {
-					return
+	do := func(s cloud.Server, held bool) {
+		row, has := rows[s.ID]
+		im, wait, err := ru.server(ctx, s, row, has, held)
+		if busy := (busyError{}); errors.As(err, &busy) {
+			// Looked at again later, on a goroutine of its own: its backoff must
+			// not hold a worker slot (the retry takes one when it calls again).
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				record(ru.retryBusy(ctx, s, busy))
+			}()
+			return
+		}
+		record(im, wait, err)
+	}
+	if ru.trigger != TriggerManual && p.Schedule != nil && p.Schedule.Spread > 0 {
+		// Servers start at their offsets: at most Concurrency goroutines take them
+		// in offset order, each sleeping until its server is due.
+		var next atomic.Int64
+		for range min(r.workers.capacity(), len(order)) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := int(next.Add(1)) - 1; i < len(order); i = int(next.Add(1)) - 1 {
+					do(order[i], false)
 				}
-				s := order[i]
-				row, has := rows[s.ID]
-				im, wait, err := ru.server(ctx, s, row, has)
-				if busy := (busyError{}); errors.As(err, &busy) {
-					// Looked at again later, on a goroutine of its own: its backoff
-					// must not hold one of the run's workers.
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						record(ru.retryBusy(ctx, s, busy))
-					}()
-					continue
-				}
-				record(im, wait, err)
+			}()
+		}
+	} else {
+		// The run takes a worker slot (fairly, between the policies due) before it
+		// starts a server's goroutine: a run waiting for slots is one goroutine, not
+		// one per server (10,086 goroutines, 85 MB of stacks, at 10,000 servers) nor
+		// Concurrency per run (1,600 idle goroutines with grown stacks at 100
+		// policies).
+		for _, s := range order {
+			release, err := r.workers.acquire(ctx, p.Name)
+			if err != nil {
+				mu.Lock()
+				firstErr = cmp.Or(firstErr, err)
+				mu.Unlock()
+				break
 			}
-		}()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer release()
+				do(s, true)
+			}()
+		}
 	}
 	wg.Wait()
 	if err := ctx.Err(); err != nil {
@@ -758,7 +782,7 @@ func (ru *run) retryBusy(ctx context.Context, s cloud.Server, busy busyError) (s
 			return im, false, err
 		}
 		var wait bool
-		im, wait, err = ru.server(ctx, s, row, has)
+		im, wait, err = ru.server(ctx, s, row, has, false)
 		if !errors.As(err, &busy) {
 			return im, wait, err
 		}
@@ -790,7 +814,10 @@ var errAbandoned = errors.New("abandoned at a crash point")
 
 // server handles one selected server: the existing row, the skips, the intent, the
 // call. It returns the row to wait for when wait is true.
-func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has bool) (im store.Image, wait bool, err error) {
+//
+// held says the caller already holds a worker slot for it (execute without a
+// spread window); otherwise server takes one once the server's offset is due.
+func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has, held bool) (im store.Image, wait bool, err error) {
 	r, p := ru.r, ru.p
 	log := ru.log.With("server_id", s.ID, "server_name", s.Name)
 	res := ServerResult{ServerID: s.ID, ServerName: s.Name, Existing: has}
@@ -876,11 +903,13 @@ func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has 
 			}
 		}
 	}
-	release, err := r.workers.acquire(ctx, p.Name)
-	if err != nil {
-		return row, false, err
+	if !held {
+		release, err := r.workers.acquire(ctx, p.Name)
+		if err != nil {
+			return row, false, err
+		}
+		defer release()
 	}
-	defer release()
 
 	name, meta, err := ru.render(s)
 	if err != nil {
@@ -898,7 +927,7 @@ func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has 
 		row, created, err = r.store.RecordIntent(ctx, store.Intent{
 			Policy: p.Name, ServerID: s.ID, ServerName: s.Name, AZ: s.AvailabilityZone, VolumeBacked: s.VolumeBacked,
 			Slot: ru.slot, SlotID: ru.slotID, Name: name, Metadata: meta, PolicyVersion: p.Version,
-			ConfigVersion: ru.cfgVersion(),
+			ConfigVersion: ru.cfgVersion,
 		})
 		if err != nil {
 			return row, false, err
@@ -1104,13 +1133,6 @@ func (ru *run) render(s cloud.Server) (string, map[string]string, error) {
 		meta[k] = v
 	}
 	return name, meta, nil
-}
-
-func (ru *run) cfgVersion() string {
-	if ru.cfg == nil {
-		return ""
-	}
-	return ru.cfg.Version
 }
 
 // skip records a server that is not imaged, with its reason.

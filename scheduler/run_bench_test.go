@@ -52,7 +52,7 @@ func BenchmarkRunSlot1000(b *testing.B) {
 		})
 		b.StartTimer()
 		start := time.Now()
-		rep, err := r.RunSlot(context.Background(), h.cfg, h.p, h.slot, TriggerScheduled)
+		rep, err := r.RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerScheduled)
 		wall := time.Since(start)
 		b.StopTimer()
 		if err != nil {

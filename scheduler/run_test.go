@@ -235,7 +235,7 @@ func TestRunSlotFiftyServers(t *testing.T) {
 		o.Metrics = metrics
 	})
 	ctx := context.Background()
-	rep, err := r.RunSlot(ctx, h.cfg, h.p, h.slot, TriggerManual)
+	rep, err := r.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerManual)
 	if err != nil {
 		t.Fatalf("RunSlot: %v", err)
 	}
@@ -329,7 +329,7 @@ func TestRunSlotFiftyServers(t *testing.T) {
 
 	// The same slot again: nothing new is asked for.
 	before := h.totalCreateCalls(ids)
-	rep2, err := h.runner(nil).RunSlot(ctx, h.cfg, h.p, h.slot, TriggerManual)
+	rep2, err := h.runner(nil).RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerManual)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -368,7 +368,7 @@ func TestCrashPoints(t *testing.T) {
 			ids := h.addServers(6)
 			ctx := context.Background()
 			crashing := h.runner(func(o *RunnerOptions) { o.hooks = tc.hooks })
-			if _, err := crashing.RunSlot(ctx, h.cfg, h.p, h.slot, TriggerScheduled); err != nil && !errors.Is(err, errAbandoned) {
+			if _, err := crashing.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerScheduled); err != nil && !errors.Is(err, errAbandoned) {
 				t.Logf("crashed run: %v", err)
 			}
 			rows, _ := h.store.Images(ctx, store.ImageFilter{Policy: "web"})
@@ -382,11 +382,11 @@ func TestCrashPoints(t *testing.T) {
 			}
 			fresh := h.runner(nil)
 			if tc.resume {
-				if err := fresh.ResumeWaits(ctx, h.cfg); err != nil {
+				if err := fresh.ResumeWaits(ctx, policy.NewCoordinator(h.cfg)); err != nil {
 					t.Fatal(err)
 				}
 			} else {
-				rep, err := fresh.RunSlot(ctx, h.cfg, h.p, h.slot, TriggerScheduled)
+				rep, err := fresh.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerScheduled)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -420,7 +420,7 @@ func TestUnknownOutcomeIsAdopted(t *testing.T) {
 	h := newRunHarness(t, runHarnessOptions{})
 	ids := h.addServers(4)
 	h.sim.SetFault(simcloud.Fault{Op: "compute.createImage", ErrorStatus: 500, After: true, Count: 2})
-	rep, err := h.runner(nil).RunSlot(context.Background(), h.cfg, h.p, h.slot, TriggerScheduled)
+	rep, err := h.runner(nil).RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerScheduled)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -469,7 +469,7 @@ func TestFailures(t *testing.T) {
 			good := h.sim.AddServer(simcloud.ServerSpec{Name: "ok", Tags: []string{"backup=daily"}, Volumes: tc.volumes})
 			bad := h.sim.AddServer(simcloud.ServerSpec{Name: "bad", Tags: []string{"backup=daily"}, Volumes: tc.volumes})
 			tc.arrange(h, bad)
-			rep, err := h.runner(nil).RunSlot(context.Background(), h.cfg, h.p, h.slot, TriggerScheduled)
+			rep, err := h.runner(nil).RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerScheduled)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -518,7 +518,7 @@ func Test429Storm(t *testing.T) {
 		for _, op := range []string{"compute.createImage", "image.list", "image.get", "volume.snapshots.get"} {
 			h.sim.SetFault(simcloud.Fault{Op: op, Status429RetryAfter: time.Millisecond, ErrorRate: 0.5, Count: 3})
 		}
-		rep, err := h.runner(nil).RunSlot(context.Background(), h.cfg, h.p, h.slot, TriggerScheduled)
+		rep, err := h.runner(nil).RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerScheduled)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -536,7 +536,7 @@ func Test429Storm(t *testing.T) {
 		h := newRunHarness(t, runHarnessOptions{maxRetries: 1})
 		ok := h.sim.AddServer(simcloud.ServerSpec{Name: "a", Tags: []string{"backup=daily"}})
 		h.sim.SetFault(simcloud.Fault{Op: "compute.createImage", Status429RetryAfter: time.Millisecond, Count: 2})
-		rep, err := h.runner(func(o *RunnerOptions) { o.Limits.Concurrency = 1 }).RunSlot(context.Background(), h.cfg, h.p, h.slot, TriggerScheduled)
+		rep, err := h.runner(func(o *RunnerOptions) { o.Limits.Concurrency = 1 }).RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerScheduled)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -561,7 +561,7 @@ func TestBusyOnCreateIsASkip(t *testing.T) {
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
 	h.sim.SetFault(simcloud.Fault{Op: "compute.createImage", ErrorStatus: 409, Count: 1})
 	ctx := context.Background()
-	rep, err := h.runner(nil).RunSlot(ctx, h.cfg, h.p, h.slot, TriggerScheduled)
+	rep, err := h.runner(nil).RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerScheduled)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -575,7 +575,7 @@ func TestBusyOnCreateIsASkip(t *testing.T) {
 	if len(evs) != 1 || !strings.Contains(evs[0].Message, "busy") {
 		t.Errorf("drop events %+v", evs)
 	}
-	rep, err = h.runner(nil).RunSlot(ctx, h.cfg, h.p, h.slot, TriggerScheduled)
+	rep, err = h.runner(nil).RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerScheduled)
 	if err != nil || rep.Counts.Good != 1 {
 		t.Errorf("re-run: %+v %v", rep, err)
 	}
@@ -600,7 +600,7 @@ func TestSpreadDelaysScheduledRuns(t *testing.T) {
 		}
 		o.DefaultWaitTimeout = time.Hour
 	})
-	if _, err := r.RunSlot(context.Background(), h.cfg, h.p, h.slot, TriggerScheduled); err != nil {
+	if _, err := r.RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerScheduled); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range ids {
@@ -622,8 +622,8 @@ func TestResumeFailsIntentWithoutImage(t *testing.T) {
 	crashing := h.runner(func(o *RunnerOptions) {
 		o.hooks.afterIntent = func(string) error { return errors.New("crash") }
 	})
-	_, _ = crashing.RunSlot(ctx, h.cfg, h.p, h.slot, TriggerScheduled)
-	if err := h.runner(nil).ResumeWaits(ctx, h.cfg); err != nil {
+	_, _ = crashing.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerScheduled)
+	if err := h.runner(nil).ResumeWaits(ctx, policy.NewCoordinator(h.cfg)); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range ids {
@@ -639,7 +639,7 @@ func TestResumeFailsIntentWithoutImage(t *testing.T) {
 		}
 	}
 	// A re-run of the slot looks for the stamp, finds none, and makes the image.
-	rep, err := h.runner(nil).RunSlot(ctx, h.cfg, h.p, h.slot, TriggerScheduled)
+	rep, err := h.runner(nil).RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerScheduled)
 	if err != nil || rep.Counts.Good != 2 {
 		t.Fatalf("re-run: %+v, %v", rep, err)
 	}
@@ -669,7 +669,7 @@ func TestStopWhileQueuedRecordsNoAttempt(t *testing.T) {
 			return ctx.Err()
 		}
 	})
-	if _, err := queued.RunSlot(ctx, h.cfg, h.p, h.slot, TriggerScheduled); err == nil {
+	if _, err := queued.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerScheduled); err == nil {
 		t.Fatal("stopped run returned no error")
 	}
 	bg := context.Background()
@@ -682,7 +682,7 @@ func TestStopWhileQueuedRecordsNoAttempt(t *testing.T) {
 			row.State, row.Attempts, h.sim.CreateImageCalls(id))
 	}
 	start := time.Now()
-	rep, err := h.runner(nil).RunSlot(bg, h.cfg, h.p, h.slot, TriggerScheduled)
+	rep, err := h.runner(nil).RunSlot(bg, h.cfg.Version, h.p, h.slot, TriggerScheduled)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -359,10 +359,11 @@ func (r *Runner) timedOut(ctx context.Context, sc waitScope, it *waitItem, reaso
 }
 
 // ResumeWaits picks up the images a previous process left creating (or requested,
-// with an unknown outcome) and waits for them, in batches by (policy, slot). A
-// policy no longer in cfg is waited for with DefaultWaitTimeout. It returns when
+// with an unknown outcome) and waits for them, in batches by (policy, slot). Each
+// batch takes its policy's wait_timeout from the config in force when it starts; a
+// policy no longer there is waited for with DefaultWaitTimeout. It returns when
 // every such image is good or failed, or ctx ends.
-func (r *Runner) ResumeWaits(ctx context.Context, cfg *policy.Config) error {
+func (r *Runner) ResumeWaits(ctx context.Context, cfgs *policy.Coordinator) error {
 	rows, err := r.store.Images(ctx, store.ImageFilter{States: []store.ImageState{store.ImageCreating, store.ImageRequested}})
 	if err != nil {
 		return fmt.Errorf("resume waits: %w", err)
@@ -385,14 +386,7 @@ func (r *Runner) ResumeWaits(ctx context.Context, cfg *policy.Config) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(keys))
 	for i, k := range keys {
-		var p *policy.Policy
-		if cfg != nil {
-			for _, cp := range cfg.Policies {
-				if cp.Name == k.policy {
-					p = cp
-				}
-			}
-		}
+		p := findPolicy(cfgs.Current(), k.policy)
 		sc := waitScope{
 			policy: k.policy, slot: k.slot, timeout: r.waitTimeout(p), p: p, cloud: r.Cloud(), pollFirst: true,
 			log: r.log.With("policy", k.policy, "slot", StampSlot(k.slot)),

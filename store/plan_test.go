@@ -67,6 +67,7 @@ func TestHotQueriesUseTheirIndexes(t *testing.T) {
 		{"a run's rows of its slot", ofSlot, ofSlotArgs, []string{"USING INDEX images_policy_slot (policy=? AND slot=?)"}},
 		{"every row in progress (resume)", inFlight, inFlightArgs, []string{"USING INDEX images_state (state=?)"}},
 		{"live rows (reconcile)", liveLineageQuery, liveArgs, []string{"USING INDEX images_state (state=?)"}},
+		{"compaction candidates", compactCandidates, []any{"2026-01-01", 200}, []string{"USING COVERING INDEX images_deleted_at (deleted_at<?)"}},
 		{"retention rows of a batch of servers", retentionRowsQuery(2, 2), []any{"owner", "p", "a", "b", "good", "failed"},
 			[]string{"USING INDEX images_policy_server_slot (policy=? AND server_id=?)"}},
 	} {

@@ -109,7 +109,7 @@ func TestControlSocketRunsCommandsInTheDaemon(t *testing.T) {
 	if err := json.Unmarshal([]byte(stdout), &st); err != nil {
 		t.Fatalf("status -o json: %v\n%s", err, stdout)
 	}
-	cfg := r.d.sched.Load().Config()
+	cfg := r.d.cfgs.Load().Current()
 	if st.Daemon == nil || st.Daemon.Version != buildVersion() || st.Daemon.ConfigVersion != cfg.Version || st.ConfigVersion != cfg.Version ||
 		st.Owner != r.st.Owner() || st.Lineage != e.state {
 		t.Errorf("status: %+v daemon %+v; want the daemon's version %s, config version %s, owner %s", st, st.Daemon, buildVersion(), cfg.Version, r.st.Owner())

@@ -163,14 +163,14 @@ type Daemon struct {
 	// BeforeClose, when set, is called after the drain, before the store closes.
 	BeforeClose func()
 
-	// sched is the running scheduler, for tests.
-	sched atomic.Pointer[scheduler.Scheduler]
+	// cfgs is the running daemon's config owner, for tests.
+	cfgs atomic.Pointer[policy.Coordinator]
 }
 
 // currentVersion returns the version of the config the daemon runs, "" before start.
 func (d *Daemon) currentVersion() string {
-	if s := d.sched.Load(); s != nil {
-		if cfg := s.Config(); cfg != nil {
+	if c := d.cfgs.Load(); c != nil {
+		if cfg := c.Current(); cfg != nil {
 			return cfg.Version
 		}
 	}
@@ -200,7 +200,11 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		defer ps.Close()
 	}
 
-	cfg, err := policy.Load(d.ConfigPath)
+	// cfgs owns the config in force from here on: the scheduler, the limits, the
+	// metrics and retention ask it or subscribe to it, and a reload is one Apply. cfg
+	// is the boot config: only what is wired once (state, listen, cloud) reads it.
+	cfgs := policy.NewCoordinator(nil)
+	cfg, err := cfgs.Load(d.ConfigPath)
 	if err != nil {
 		// Not logged as well: the error is printed once, by main, as every
 		// command's is. A file that is not there or not readable is the caller's mistake (exit 2,
@@ -249,8 +253,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	freshness := orDefault(d.CloudFreshness, defaultCloudFreshness)
 	checks := []readinessCheck{
 		{"config", func(context.Context) error {
-			// Before the schedules start the config is the one loaded above.
-			if s := d.sched.Load(); s != nil && s.Config() == nil {
+			if cfgs.Current() == nil {
 				return errors.New("not loaded")
 			}
 			return nil
@@ -318,26 +321,18 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	health.set(true, "") // connecting authenticated and read the catalog: the cloud answered
 	connected.Store(wc)
 
-	var runner *scheduler.Runner
-	runner = scheduler.NewRunner(scheduler.RunnerOptions{
+	// Retention is requested after every settled run of a policy, by name; it runs
+	// in the background under the scheduler's drain and decides by the config in
+	// force when it gets the policy's lock, never by the one the run started with.
+	var retention *scheduler.Retention
+	runner := scheduler.NewRunner(scheduler.RunnerOptions{
 		Cloud:        wc,
 		Store:        st,
 		Limits:       cfg.Limits,
 		Logger:       log,
 		Metrics:      metrics,
 		PollInterval: d.RunnerPollInterval,
-		// Retention runs after every backup run of the policy, under the config the
-		// run started with; a policy removed by a reload is never pruned.
-		AfterRun: func(ctx context.Context, cfg *policy.Config, p *policy.Policy) error {
-			_, err := runner.Prune(ctx, cfg, p, scheduler.PruneOptions{})
-			// The store-derived gauges move with every run and only with runs (and
-			// reconciles): only this policy's are recomputed, from its part of the
-			// indexes, so a hundred policies due at once cost a hundred small reads.
-			if rerr := metrics.RefreshPolicy(ctx, st, p, time.Now()); rerr != nil && ctx.Err() == nil {
-				log.Warn("refresh metrics after run", "policy", p.Name, "err", rerr)
-			}
-			return err
-		},
+		Settled:      func(name string) { retention.Request(name) },
 	})
 	sched := scheduler.New(scheduler.Options{
 		RunSlot: scheduler.RunnerSlots(runner),
@@ -345,6 +340,25 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		Metrics: metrics,
 		Logger:  log,
 	})
+	retention = scheduler.NewRetention(runner, cfgs, scheduler.RetentionOptions{
+		Go: sched.Go,
+		// The recovery-point gauges move with every run; the periodic refresh alone
+		// would lag a short schedule by up to its interval. Only this policy's gauges
+		// (and the global ones) are recomputed: with many policies due at once, a
+		// full refresh per run would be quadratic.
+		Done: func(ctx context.Context, name string) {
+			// A policy removed meanwhile keeps its images in the store, not in the metrics.
+			p := policyNamed(cfgs.Current(), name)
+			if p == nil {
+				return
+			}
+			if err := metrics.RefreshPolicy(ctx, st, p, time.Now()); err != nil && ctx.Err() == nil {
+				log.Warn("refresh metrics after run", "policy", name, "err", err)
+			}
+		},
+	})
+	cfgs.Subscribe(func(cfg *policy.Config) { runner.SetLimits(cfg.Limits) })
+	cfgs.Subscribe(sched.Swap)
 
 	// Read before the scheduler starts: every slot still running now was left so by
 	// a previous process (the lock rules out another daemon).
@@ -355,14 +369,14 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	if err := sched.Start(ctx, cfg); err != nil {
 		return withExitCode(exitFailure, err)
 	}
-	d.sched.Store(sched)
+	d.cfgs.Store(cfgs)
 
 	// The control socket: run, prune, reconcile and status of a client run here, on
 	// this config, lineage, cloud and runner. Their context ends only when the drain
 	// gives up on them, as the scheduler's runs do.
 	ctlCtx, ctlCancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer ctlCancel()
-	env := &daemonEnv{config: sched.Config, store: st, cloud: wc, runner: runner,
+	env := &daemonEnv{config: cfgs.Current, cfgs: cfgs, store: st, cloud: wc, runner: runner,
 		version: buildVersion(), revision: buildRevision(), started: time.Now()}
 	ctl, err := startControl(ctlCtx, controlSocketPath(statePath), log, func(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		cm := &Main{Stdin: strings.NewReader(""), Stdout: stdout, Stderr: stderr, Getenv: d.Getenv,
@@ -377,8 +391,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	sched.Go("resume", func(ctx context.Context) error {
 		// Interrupted slots first: each re-run claims and waits for its own images,
 		// so that the slot's outcome reflects them; ResumeWaits then takes the rest.
-		serr := runner.ResumeInterruptedSlots(ctx, cfg, interrupted)
-		return errors.Join(serr, runner.ResumeWaits(ctx, cfg))
+		// Both ask cfgs as they go: a reload while they wait counts.
+		serr := runner.ResumeInterruptedSlots(ctx, cfgs, interrupted)
+		return errors.Join(serr, runner.ResumeWaits(ctx, cfgs))
 	})
 	d.audit(st, log, eventDaemonStarted, fmt.Sprintf("pid %d, config %s version %s, %d policies",
 		os.Getpid(), d.ConfigPath, cfg.Version, len(cfg.Policies)))
@@ -395,13 +410,14 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		// current after that. The loop only recomputes schedule periods that went
 		// stale (a reload, a day old), which reads no store. It stops before the
 		// store closes.
-		if err := metrics.Refresh(wdCtx, st, sched.Config(), time.Now()); err != nil && wdCtx.Err() == nil {
+		if err := metrics.Refresh(wdCtx, st, cfgs.Current(), time.Now()); err != nil && wdCtx.Err() == nil {
 			log.Warn("refresh metrics", "err", err)
 		}
+		compactLineage(wdCtx, st, sched.Config(), log)
 		t := time.NewTicker(defaultRefreshInterval)
 		defer t.Stop()
 		for {
-			metrics.RefreshPeriods(sched.Config(), time.Now())
+			metrics.RefreshPeriods(cfgs.Current(), time.Now())
 			select {
 			case <-wdCtx.Done():
 				return
@@ -433,21 +449,22 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 				return
 			case <-t.C:
 			}
-			d.reconcile(wdCtx, runner, sched.Config(), log)
+			d.reconcile(wdCtx, runner, cfgs.Current(), log)
 			if err := metrics.RefreshLeftover(wdCtx, st); err != nil && wdCtx.Err() == nil {
 				log.Warn("refresh leftover snapshot gauge", "err", err)
 			}
+			compactLineage(wdCtx, st, sched.Config(), log)
 		}
 	}()
 
 	reload := func(why string) {
 		_ = notify.Reloading()
 		defer func() { _ = notify.Ready() }()
-		rerr := d.reload(sched, runner, cfg, metrics, log, why)
+		rerr := d.reload(cfgs, cfg, metrics, log, why)
 		if rerr != nil {
 			d.audit(st, log, eventConfigReload, "failed ("+why+"); kept the running config: "+rerr.Error())
 		} else {
-			cur := sched.Config()
+			cur := cfgs.Current()
 			d.audit(st, log, eventConfigReload, fmt.Sprintf("%s: version %s, %d policies", why, cur.Version, len(cur.Policies)))
 		}
 		if d.Reloaded != nil {
@@ -528,10 +545,12 @@ loop:
 	return nil
 }
 
-// reload parses, validates and compiles the policy file off to the side and swaps it
-// in; on any error nothing changes.
-func (d *Daemon) reload(sched *scheduler.Scheduler, runner *scheduler.Runner, boot *policy.Config, m *scheduler.Metrics, log *slog.Logger, why string) error {
-	cfg, err := policy.Load(d.ConfigPath)
+// reload parses, validates and compiles the policy file off to the side and applies
+// it to the config owner, which hands it to the scheduler and the limits; retention
+// and the metrics ask the owner when they decide. On any error nothing changes.
+func (d *Daemon) reload(cfgs *policy.Coordinator, boot *policy.Config, m *scheduler.Metrics, log *slog.Logger, why string) error {
+	old := cfgs.Current()
+	cfg, err := cfgs.Load(d.ConfigPath)
 	if err != nil {
 		logConfigErrors(log, "reload failed; keeping the running config", err)
 		m.ConfigReloaded(false, time.Now())
@@ -545,12 +564,22 @@ func (d *Daemon) reload(sched *scheduler.Scheduler, runner *scheduler.Runner, bo
 			log.Warn("reload: "+c.name+" changed; it takes effect on restart", "was", c.was, "now", c.now)
 		}
 	}
-	old := sched.Config()
-	runner.SetLimits(cfg.Limits)
-	sched.Swap(cfg)
 	m.ConfigReloaded(true, time.Now())
 	log.Info("config reloaded", "why", why, "config_version", cfg.Version, "previous_config_version", old.Version,
 		"policies", len(cfg.Policies))
+	return nil
+}
+
+// policyNamed returns cfg's policy called name, enabled or not; nil when there is none.
+func policyNamed(cfg *policy.Config, name string) *policy.Policy {
+	if cfg == nil {
+		return nil
+	}
+	for _, p := range cfg.Policies {
+		if p.Name == name {
+			return p
+		}
+	}
 	return nil
 }
 
@@ -723,6 +752,23 @@ func firstNonEmpty(ss ...string) string {
 		}
 	}
 	return ""
+}
+
+// compactLineage moves the deleted images older than lineage_retention to the
+// archive, in short transactions that never hold the writer for long. It runs
+// once at start and after every periodic reconcile.
+func compactLineage(ctx context.Context, st *store.Store, cfg *policy.Config, log *slog.Logger) {
+	if cfg == nil || cfg.LineageRetention <= 0 {
+		return
+	}
+	moved, err := st.CompactLineage(ctx, time.Now().Add(-cfg.LineageRetention))
+	if err != nil && ctx.Err() == nil {
+		log.Warn("compact the lineage", "err", err, "moved", moved)
+		return
+	}
+	if moved > 0 {
+		log.Info("deleted images moved to the lineage archive", "moved", moved, "lineage_retention", cfg.LineageRetention.String())
+	}
 }
 
 // reconcile runs one reconcile pass without fix and logs what it found.

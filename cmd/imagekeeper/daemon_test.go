@@ -308,20 +308,39 @@ func openStore(t *testing.T, path string) *store.Store {
 // TestDaemonReload edits the policy file under a running daemon: a policy is added,
 // one is changed, one removed, then a broken file changes nothing; SIGHUP reloads too.
 func TestDaemonReload(t *testing.T) {
-	e := newEnv(t, simcloud.Options{})
+	// Builds of two seconds keep a run of a in flight most of the time, so that the
+	// reload below lands while one is.
+	e := newEnv(t, simcloud.Options{ImageBuildTime: 2 * time.Second})
 	e.sim.AddServer(simcloud.ServerSpec{Name: "a-1", Tags: []string{"a"}})
 	e.sim.AddServer(simcloud.ServerSpec{Name: "b-1", Tags: []string{"b"}})
 	e.sim.AddServer(simcloud.ServerSpec{Name: "g-1", Tags: []string{"g"}})
-	e.writeConfig(policyYAML("a", "@every 1s", "a", "") + policyYAML("gone", "@every 1s", "g", ""))
+	const keepOne = "keep_last: 1, min_keep: 1"
+	e.writeConfig(retentionPolicyYAML("a", "@every 1s", "a", keepOne, "") +
+		retentionPolicyYAML("gone", "@every 1s", "g", keepOne, ""))
 	r := e.start()
-	eventually(t, "a ran and gone made an image", 30*time.Second, func() bool {
-		good, _ := r.st.Images(context.Background(), store.ImageFilter{Policy: "gone",
-			States: []store.ImageState{store.ImageGood}})
-		return countOutcome(slotsOf(t, r.st, "a"), store.OutcomeRan) >= 1 && len(good) >= 1
+	ctx := context.Background()
+	// A run of a that asked for its image just now holds a's lock for two seconds:
+	// no retention of a runs until it ends, so a's good images now are exactly the
+	// ones the reload finds.
+	var aGood []store.Image
+	var aBusy store.Image
+	eventually(t, "a has a good image and the next just requested, and gone made an image", 60*time.Second, func() bool {
+		good, _ := r.st.Images(ctx, store.ImageFilter{Policy: "gone", States: []store.ImageState{store.ImageGood}})
+		aGood, _ = r.st.Images(ctx, store.ImageFilter{Policy: "a", States: []store.ImageState{store.ImageGood}})
+		busy, _ := r.st.Images(ctx, store.ImageFilter{Policy: "a",
+			States: []store.ImageState{store.ImageRequested, store.ImageCreating}})
+		aBusy = store.Image{}
+		for _, im := range busy {
+			if time.Since(im.RequestedAt) < 300*time.Millisecond {
+				aBusy = im
+			}
+		}
+		return len(good) >= 1 && len(aGood) >= 1 && aBusy.Row != 0
 	})
 	version := r.d.currentVersion()
 
-	// a moves to every 2 s, gone is removed, b is added.
+	// a moves to every 2 s and keeps 100, gone is removed, b is added. What was good
+	// under the old rules is kept by the new ones, whatever was in flight.
 	e.writeConfig(policyYAML("a", "@every 2s", "a", "") + policyYAML("b", "@every 1s", "b", ""))
 	if err := waitReload(t, r); err != nil {
 		t.Fatalf("reload failed: %v\n%s", err, r.logs)
@@ -330,8 +349,13 @@ func TestDaemonReload(t *testing.T) {
 	if v := r.d.currentVersion(); v == version {
 		t.Fatal("config version unchanged after a good reload")
 	}
+	if im, err := r.st.Image(ctx, aBusy.Row); err != nil || im.State == store.ImageGood || im.State == store.ImageFailed {
+		// The run ended (and retention ran) before the reload: the old rules applied.
+		t.Logf("a's image in flight settled before the reload landed (%v, %v): not checking a's images", im.State, err)
+		aGood = nil
+	}
 	goneImages := len(simImagesOf(e.sim, "gone"))
-	eventually(t, "b ran twice and a ran on its new schedule", 30*time.Second, func() bool {
+	eventually(t, "b ran twice and a ran on its new schedule", 60*time.Second, func() bool {
 		return countOutcome(slotsOf(t, r.st, "b"), store.OutcomeRan) >= 2 &&
 			len(slotsAfter(slotsOf(t, r.st, "a"), swapped.Add(time.Second))) >= 2
 	})
@@ -345,6 +369,16 @@ func TestDaemonReload(t *testing.T) {
 	}
 	if n := len(simImagesOf(e.sim, "gone")); n < goneImages || goneImages == 0 {
 		t.Errorf("removed policy's images: %d before, %d after: removal must not delete them", goneImages, n)
+	}
+	for _, im := range aGood {
+		got, err := r.st.Image(ctx, im.Row)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.State != store.ImageGood {
+			t.Errorf("a's image %s, good at the reload to keep_last 100, is now %s: pruned by the replaced rules",
+				im.ImageID, got.State)
+		}
 	}
 
 	// A broken file changes nothing.

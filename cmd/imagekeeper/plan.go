@@ -173,7 +173,8 @@ func runPlan(ctx context.Context, m *Main, o *planOptions) error {
 
 		existing := map[string][]scheduler.SimImage{}
 		if runner != nil {
-			rep, err := runner.Prune(ctx, cfg, p, scheduler.PruneOptions{DryRun: true, Full: true})
+			rep, err := scheduler.NewRetention(runner, wired.configs(), scheduler.RetentionOptions{}).
+				Prune(ctx, p.Name, scheduler.PruneOptions{DryRun: true, Full: true})
 			if err != nil {
 				return withExitCode(exitFailure, err)
 			}

@@ -82,6 +82,7 @@ type pruneSnapshotJSON struct {
 type pruneReportJSON struct {
 	Policy           string          `json:"policy"`
 	DryRun           bool            `json:"dry_run"`
+	Inactive         string          `json:"inactive,omitempty"`
 	Servers          int             `json:"servers"`
 	ServersGone      int             `json:"servers_gone"`
 	Counts           map[string]int  `json:"counts"`
@@ -90,7 +91,7 @@ type pruneReportJSON struct {
 }
 
 func toPruneJSON(rep *scheduler.PruneReport) pruneReportJSON {
-	out := pruneReportJSON{Policy: rep.Policy, DryRun: rep.DryRun, Servers: rep.Servers, ServersGone: rep.ServersGone,
+	out := pruneReportJSON{Policy: rep.Policy, DryRun: rep.DryRun, Inactive: rep.Inactive, Servers: rep.Servers, ServersGone: rep.ServersGone,
 		Counts: map[string]int{}, SnapshotsDeleted: rep.SnapshotsDeleted, Images: []pruneItemJSON{}}
 	for a, n := range rep.Counts {
 		out.Counts[string(a)] = n
@@ -120,10 +121,13 @@ func runPrune(ctx context.Context, m *Main, o *pruneOptions) error {
 	defer wired.close()
 	runner := wired.runner(scheduler.RunnerOptions{PollInterval: prunePollInterval, MaxPollInterval: 4 * prunePollInterval})
 
+	// Retention asks the file's config for each policy by name, as the daemon's asks
+	// the config in force: a disabled policy is reported, not pruned.
+	retention := scheduler.NewRetention(runner, wired.configs(), scheduler.RetentionOptions{})
 	var reports []*scheduler.PruneReport
 	var failures []string
 	for _, p := range wired.policies {
-		rep, err := runner.Prune(ctx, wired.cfg, p, scheduler.PruneOptions{DryRun: o.dryRun, Full: true, SnapshotWait: pruneSnapshotWait})
+		rep, err := retention.Prune(ctx, p.Name, scheduler.PruneOptions{DryRun: o.dryRun, Full: true, SnapshotWait: pruneSnapshotWait})
 		if err != nil {
 			failures = append(failures, err.Error())
 			if ctx.Err() != nil {
@@ -180,7 +184,7 @@ func printPruneTable(w io.Writer, reports []*scheduler.PruneReport) error {
 			if !it.NextAttempt.IsZero() && (it.Action == scheduler.PrunePending || it.Action == scheduler.PruneProtected) {
 				reason += "; next attempt " + it.NextAttempt.Local().Format("2006-01-02 15:04 MST")
 			}
-			t.row(image, cmp.Or(it.ServerName, it.ServerID), formatAge(it.Age), it.Action, reason)
+			t.row(image, cmp.Or(it.ServerName, it.ServerID), formatAge(it.Age), decision(it.Action), reason)
 		}
 		if err := t.flush(); err != nil {
 			return err
@@ -190,9 +194,20 @@ func printPruneTable(w io.Writer, reports []*scheduler.PruneReport) error {
 	return nil
 }
 
+// decision is how the table shows an action: a protected image is kept, and says why.
+func decision(a scheduler.PruneAction) string {
+	if a == scheduler.PruneProtected {
+		return "keep (protected)"
+	}
+	return string(a)
+}
+
 // pruneSummary is the last line of a policy's prune, e.g.
 // "nightly: 4 deleted, 4 kept, 1 pending (8 snapshots deleted) over 2 servers".
 func pruneSummary(rep *scheduler.PruneReport) string {
+	if rep.Inactive != "" {
+		return fmt.Sprintf("%s: not pruned: %s", rep.Policy, rep.Inactive)
+	}
 	var parts []string
 	for _, a := range []scheduler.PruneAction{scheduler.PruneDeleted, scheduler.PruneDelete, scheduler.PruneKeep,
 		scheduler.PrunePending, scheduler.PruneProtected, scheduler.PruneDeferred, scheduler.PruneRefused} {

@@ -259,3 +259,32 @@ func TestPruneSummaryWords(t *testing.T) {
 		}
 	}
 }
+
+// TestPruneCommandDryRunShowsProtected protects in Glance an image retention would
+// delete: `prune --dry-run` must show it as the real prune treats it, kept
+// (protected), not as delete.
+func TestPruneCommandDryRunShowsProtected(t *testing.T) {
+	env := newRetentionEnv(t)
+	var old simcloud.ImageState
+	for _, im := range env.sim.Images() {
+		if strings.HasPrefix(im.Name, "app-1119") {
+			old = im
+		}
+	}
+	if old.ID == "" || !env.sim.SetImageProtected(old.ID, true) {
+		t.Fatalf("cannot protect app-1119 in %v", env.sim.Images())
+	}
+	line := regexp.MustCompile(`(?m)^app-1119\s+app\s+\d+d\d+h\s+keep \(protected\)\s+no rule keeps it; kept: image is protected in Glance`)
+	for _, args := range [][]string{{"--dry-run"}, {}} {
+		code, out, errOut := cli(t, append([]string{"prune", "--config", env.config}, args...)...)
+		if code != 0 {
+			t.Fatalf("prune %v: exit %d\n%s\n%s", args, code, out, errOut)
+		}
+		if !line.MatchString(out) {
+			t.Errorf("prune %v does not show app-1119 kept (protected):\n%s", args, out)
+		}
+	}
+	if _, ok := env.sim.Image(old.ID); !ok {
+		t.Fatal("protected image deleted")
+	}
+}

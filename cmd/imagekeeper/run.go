@@ -108,22 +108,24 @@ func runBackup(ctx context.Context, m *Main, o *runOptions) error {
 	}
 	runner := wired.runner(scheduler.RunnerOptions{PollInterval: runPollInterval, MaxPollInterval: 4 * runPollInterval})
 	stopTicker := o.tickProgress(ctx, out, wired, p, slot, &done)
-	rep, runErr := runner.RunSlotWith(ctx, cfg, p, slot, scheduler.TriggerManual,
-		scheduler.RunSlotOptions{Servers: servers, Progress: progress, SkipAfterRun: true})
+	rep, runErr := runner.RunSlotWith(ctx, cfg.Version, p, slot, scheduler.TriggerManual,
+		scheduler.RunSlotOptions{Servers: servers, Progress: progress, SkipRetention: true})
 	stopTicker()
-	// Retention follows every backup run, here as in the daemon, so that a crontab
-	// of `imagekeeper run` keeps the same promises; not after a run that failed.
-	if runErr == nil && rep != nil && rep.Outcome != store.OutcomeFailed && !o.noPrune {
-		prep, err := runner.Prune(ctx, cfg, p, scheduler.PruneOptions{})
+	if rep != nil {
+		printSummary(out, rep)
+	}
+	// Retention follows every settled backup run, here as in the daemon, so that a
+	// crontab of `imagekeeper run` keeps the same promises; it asks the file's
+	// config for the policy by name, as the daemon's retention asks the one in force.
+	if !o.noPrune && runErr == nil && rep != nil && rep.Outcome != store.OutcomeFailed {
+		prep, err := scheduler.NewRetention(runner, wired.configs(), scheduler.RetentionOptions{}).
+			Prune(ctx, p.Name, scheduler.PruneOptions{})
 		if prep != nil {
 			fmt.Fprintln(out, "retention: "+pruneSummary(prep))
 		}
 		if err != nil {
-			runErr = fmt.Errorf("after run of %s: %w", p.Name, err)
+			runErr = fmt.Errorf("retention after the run of %s: %w", p.Name, err)
 		}
-	}
-	if rep != nil {
-		printSummary(out, rep)
 	}
 	switch {
 	case runErr != nil && ctx.Err() != nil:

@@ -73,6 +73,11 @@ func runWhy(ctx context.Context, m *Main, o *whyOptions, imageID string) error {
 	cfg, st := wired.cfg, wired.store
 	im, err := st.ImageByID(ctx, imageID)
 	if errors.Is(err, store.ErrNotFound) {
+		if a, aerr := st.ArchivedImageByID(ctx, imageID); aerr == nil {
+			return whyArchived(ctx, m, o.json(), st, a)
+		} else if !errors.Is(aerr, store.ErrNotFound) {
+			return aerr
+		}
 		return withExitCode(exitFailure, fmt.Errorf("image %s is not in the lineage: this installation did not make it (or does not know it made it)", imageID))
 	}
 	if err != nil {
@@ -181,4 +186,55 @@ func fmtWhen(t time.Time) string {
 		return "-"
 	}
 	return t.UTC().Format("2006-01-02T15:04:05.000Z")
+}
+
+// whyArchived explains an image whose lineage row lineage_retention moved to the
+// archive: what the archive keeps of it, and its audit (events are never moved).
+func whyArchived(ctx context.Context, m *Main, asJSON bool, st *store.Store, a store.ArchivedImage) error {
+	events, err := st.Events(ctx, store.EventFilter{ImageRow: a.Row})
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		out := map[string]any{"image": map[string]any{"image_id": a.ImageID, "name": a.Name, "policy": a.Policy,
+			"server_id": a.ServerID, "server_name": a.ServerName, "volume_backed": a.VolumeBacked, "slot": a.Slot,
+			"state": string(a.State), "reason": a.Reason, "delete_reason": a.DeleteReason, "requested_at": a.RequestedAt,
+			"active_at": optTime(a.ActiveAt), "deleted_at": optTime(a.DeletedAt), "compacted_at": a.CompactedAt,
+			"compacted": true, "snapshots": a.Snapshots}, "events": []eventJSON{}}
+		evs := []eventJSON{}
+		for _, e := range events {
+			evs = append(evs, eventJSON{At: e.At, Kind: e.Kind, SnapshotID: e.SnapshotID, Message: e.Message})
+		}
+		out["events"] = evs
+		return writeJSON(m.Stdout, out)
+	}
+	w := m.Stdout
+	fmt.Fprintf(w, "image %s %q\n", a.ImageID, a.Name)
+	fmt.Fprintf(w, "  compacted: its lineage row was moved to the archive on %s (lineage_retention): only this summary and the audit remain\n",
+		fmtWhen(a.CompactedAt))
+	state := string(a.State)
+	if a.Reason != "" {
+		state += ": " + a.Reason
+	}
+	fmt.Fprintf(w, "  state:     %s\n", state)
+	if a.DeleteReason != "" {
+		fmt.Fprintf(w, "  deletion:  %s\n", a.DeleteReason)
+	}
+	fmt.Fprintf(w, "  policy:    %s\n", a.Policy)
+	fmt.Fprintf(w, "  server:    %s (%s)\n", orDash(a.ServerName), a.ServerID)
+	fmt.Fprintf(w, "  slot:      %s\n", a.Slot.UTC().Format(time.RFC3339))
+	fmt.Fprintf(w, "  requested: %s\n", fmtWhen(a.RequestedAt))
+	if !a.DeletedAt.IsZero() {
+		fmt.Fprintf(w, "  deleted:   %s\n", fmtWhen(a.DeletedAt))
+	}
+	for _, sn := range a.Snapshots {
+		fmt.Fprintf(w, "  snapshot:  %s\n", sn)
+	}
+	if len(events) > 0 {
+		fmt.Fprintln(w, "  audit:")
+		for _, e := range events {
+			fmt.Fprintf(w, "    %s  %-22s %s\n", fmtWhen(e.At), e.Kind, e.Message)
+		}
+	}
+	return nil
 }

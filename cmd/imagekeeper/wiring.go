@@ -41,6 +41,8 @@ type wiring struct {
 // per-server locks every run, prune and reconcile of the daemon takes).
 type daemonEnv struct {
 	config func() *policy.Config
+	// cfgs owns the daemon's config in force: retention asks it by name.
+	cfgs   *policy.Coordinator
 	store  *store.Store
 	cloud  cloud.Cloud
 	runner *scheduler.Runner
@@ -220,6 +222,16 @@ func (w *wiring) close() {
 	if w.lock != nil {
 		_ = w.lock.Release()
 	}
+}
+
+// configs returns the config owner that retention asks for a policy by name:
+// inside the daemon the daemon's own, so that a reload between this command's
+// wiring and its prune counts; otherwise one holding the file this command read.
+func (w *wiring) configs() *policy.Coordinator {
+	if w.daemon != nil && w.daemon.cfgs != nil {
+		return w.daemon.cfgs
+	}
+	return policy.NewCoordinator(w.cfg)
 }
 
 // runner returns a backup runner on the wired cloud and lineage with the policy

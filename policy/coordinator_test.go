@@ -1,0 +1,57 @@
+package policy
+
+import (
+	"sync"
+	"testing"
+)
+
+func TestCoordinatorPolicyAndApply(t *testing.T) {
+	on := &Policy{Name: "on", Enabled: true}
+	off := &Policy{Name: "off"}
+	c := NewCoordinator(&Config{Version: "v1", Policies: []*Policy{on, off}})
+	if p, ok := c.Policy("on"); !ok || p != on {
+		t.Fatalf("Policy(on) = %v, %v", p, ok)
+	}
+	for _, name := range []string{"off", "missing"} {
+		if p, ok := c.Policy(name); ok || p != nil {
+			t.Errorf("Policy(%s) = %v, %v; want nothing: absent or disabled", name, p, ok)
+		}
+	}
+	var got []string
+	c.Subscribe(func(cfg *Config) { got = append(got, cfg.Version) })
+	gen := c.Generation()
+	if err := c.Apply(&Config{Version: "v2"}); err != nil {
+		t.Fatal(err)
+	}
+	if c.Current().Version != "v2" || c.Generation() != gen+1 || len(got) != 1 || got[0] != "v2" {
+		t.Fatalf("after Apply: current %q, generation %d (was %d), subscriber saw %v", c.Current().Version,
+			c.Generation(), gen, got)
+	}
+	if _, ok := c.Policy("on"); ok {
+		t.Error("a policy removed by Apply is still in force")
+	}
+	if err := c.Apply(nil); err == nil {
+		t.Error("Apply(nil) accepted")
+	}
+}
+
+// TestCoordinatorConcurrent runs readers against Apply under -race.
+func TestCoordinatorConcurrent(t *testing.T) {
+	c := NewCoordinator(&Config{Policies: []*Policy{{Name: "p", Enabled: true}}})
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 200 {
+				if i%2 == 0 {
+					_ = c.Apply(&Config{Policies: []*Policy{{Name: "p", Enabled: true}}})
+				} else {
+					c.Policy("p")
+					_ = c.Current()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
