@@ -476,7 +476,7 @@ func (s *soak) arrangeMidRun(ctx context.Context) {
 // faultKinds are the faults injected, each a function that arranges it and returns
 // how long it lasts (0: one-shot).
 var faultKinds = []string{"5xx", "429", "latency", "token_expiry", "failed_snapshot", "failed_volume_snapshot",
-	"stuck_image", "lost_create_response", "hang", "delete_errors", "busy_server", "snapshot_deleted"}
+	"stuck_image", "lost_create_response", "hang", "delete_errors", "busy_server", "snapshot_deleted", "late_image"}
 
 // hasDaemonFlag reports whether the binary's daemon command knows flag (an older
 // binary under test may not).
@@ -554,6 +554,11 @@ func (s *soak) inject(ctx context.Context, kind string) error {
 		ops := []string{"image.list", "compute.servers.list", "volume.snapshots.get", "image.get", "compute.createImage"}
 		f = map[string]any{"op": ops[s.intn(len(ops))], "hang": true, "count": 1}
 		last = 30 * time.Second
+	case "late_image":
+		// A big disk: the image becomes active 10-25 s after the policy's wait_timeout
+		// (20 s). The slot fails; the daemon must keep watching it and promote it.
+		by := time.Duration(25+s.intn(15)) * time.Second
+		return s.sim.do(ctx, http.MethodPost, "/servers/"+s.randomServer("", false)+"/slow-next-image?by="+by.String(), nil, nil)
 	case "busy_server":
 		// Someone else's snapshot: the task state clears after a few seconds, and the
 		// daemon must retry within the slot, not skip it.
