@@ -124,9 +124,9 @@ func TestEveryCommandParsesFlagsAlike(t *testing.T) {
 				t.Errorf("help %s: exit %d, output differs from -h:\n%s", name, code, help)
 			}
 			in := func(names ...string) bool { return slices.Contains(names, name) }
-			hasConfig := in("run", "images", "history", "why", "prune", "plan", "reconcile", "validate", "daemon", "recover", "status")
-			hasOutput := in("images", "history", "why", "prune", "plan", "reconcile", "validate", "status")
-			hasLogs := in("run", "prune", "plan", "reconcile", "daemon", "demo", "recover")
+			hasConfig := in("run", "images", "history", "why", "prune", "plan", "reconcile", "validate", "daemon", "recover", "status", "restore")
+			hasOutput := in("images", "history", "why", "prune", "plan", "reconcile", "validate", "status", "restore")
+			hasLogs := in("run", "prune", "plan", "reconcile", "daemon", "demo", "recover", "restore")
 			for flag, want := range map[string]bool{
 				"--config string ": hasConfig,
 				`policy file (default "/etc/imagekeeper/imagekeeper.yaml")`: hasConfig,
@@ -146,8 +146,11 @@ func TestEveryCommandParsesFlagsAlike(t *testing.T) {
 			// why takes one argument: give it one so that the check under test is the
 			// one that fails.
 			var positional []string
-			if name == "why" {
+			switch name {
+			case "why":
 				positional = []string{"image-id"}
+			case "restore":
+				positional = []string{"image-id", "--name", "n"}
 			}
 			with := func(args ...string) []string {
 				return slices.Concat([]string{name}, args, positional)

@@ -165,6 +165,7 @@ Exit codes: 0 success; 1 the work failed or the configuration is invalid;
 		newImagesCommand(m),
 		newHistoryCommand(m),
 		newWhyCommand(m),
+		newRestoreCommand(m),
 		newPlanCommand(m),
 		newValidateCommand(m),
 		newDemoCommand(m),

@@ -146,7 +146,7 @@ func TestReconcileCommand(t *testing.T) {
 	for _, re := range []string{
 		`(?m)^known_gone\s+nightly\s+\S+\s+` + regexp.QuoteMeta(dbOld) + `\s+-\s+lineage says good, Glance answers 404\s+would mark failed$`,
 		`(?m)^leftover_snapshot\s+nightly\s+.*\s+would delete \(--fix\)$`,
-		`(?m)^reconcile \(report only, nothing changed; --fix to act\): 3 stamped images, 4 snapshots in the cloud: stamped_unknown 0, stamped_inherited 0, known_gone 1, leftover_snapshot 2, hollow_image 0, late_good 0$`,
+		`(?m)^reconcile \(report only, nothing changed; --fix to act\): 3 stamped images, 4 snapshots in the cloud: stamped_unknown 0, stamped_inherited 0, known_gone 1, leftover_snapshot 2, hollow_image 0, late_good 0, duplicate 0$`,
 	} {
 		if !regexp.MustCompile(re).MatchString(out) {
 			t.Errorf("reconcile output does not match %s:\n%s", re, out)
