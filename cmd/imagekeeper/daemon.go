@@ -366,8 +366,14 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 			}
 		},
 	})
+	// A reload is one Apply: the limits, the schedules and the metrics follow it
+	// here; retention and resumed work ask cfgs when they decide.
 	cfgs.Subscribe(func(cfg *policy.Config) { runner.SetLimits(cfg.Limits) })
 	cfgs.Subscribe(sched.Swap)
+	cfgs.Subscribe(func(cfg *policy.Config) {
+		metrics.ConfigReloaded(true, time.Now())
+		metrics.RefreshPeriods(cfg, time.Now())
+	})
 
 	// Read before the scheduler starts: every slot still running now was left so by
 	// a previous process (the lock rules out another daemon).
@@ -573,7 +579,6 @@ func (d *Daemon) reload(cfgs *policy.Coordinator, boot *policy.Config, m *schedu
 			log.Warn("reload: "+c.name+" changed; it takes effect on restart", "was", c.was, "now", c.now)
 		}
 	}
-	m.ConfigReloaded(true, time.Now())
 	log.Info("config reloaded", "why", why, "config_version", cfg.Version, "previous_config_version", old.Version,
 		"policies", len(cfg.Policies))
 	return nil
