@@ -181,6 +181,7 @@ func (l *loader) compilePolicy(rp *rawPolicy, path string, defaultLoc *time.Loca
 	p.Schedule = l.compileSchedule(&rp.Schedule, path+".schedule", defaultLoc, allowSubMinute)
 	p.Image = l.compileImage(&rp.Image, path+".image", p)
 	p.Retention = l.compileRetention(&rp.Retention, path+".retention")
+	p.Verify = l.compileVerify(&rp.Verify, path+".verify", p.Schedule, defaultLoc, allowSubMinute)
 	if p.Schedule == nil || p.Image == nil {
 		return nil
 	}

@@ -374,6 +374,16 @@ type (
 		Schedule  rawSchedule  `yaml:"schedule"`
 		Image     rawImage     `yaml:"image"`
 		Retention rawRetention `yaml:"retention"`
+		Verify    rawVerify    `yaml:"verify"`
+	}
+	rawVerify struct {
+		Cron          string `yaml:"cron"`
+		Timezone      string `yaml:"timezone"`
+		Sample        *int   `yaml:"sample"`
+		Flavor        string `yaml:"flavor"`
+		Network       string `yaml:"network"`
+		Timeout       string `yaml:"timeout"`
+		ConsoleMarker string `yaml:"console_marker"`
 	}
 	rawSelect struct {
 		Tags              []string `yaml:"tags"`
@@ -466,6 +476,15 @@ var policySchema = schema{kind: kMapping, fields: []field{
 		{"min_keep", schema{kind: kInt}},
 		{"when_server_gone", schema{kind: kString}},
 		{"max_deletions_per_run", schema{kind: kInt}},
+	}}},
+	{"verify", schema{kind: kMapping, fields: []field{
+		{"cron", schema{kind: kString}},
+		{"timezone", schema{kind: kString}},
+		{"sample", schema{kind: kInt}},
+		{"flavor", schema{kind: kString}},
+		{"network", schema{kind: kString}},
+		{"timeout", schema{kind: kString}},
+		{"console_marker", schema{kind: kString}},
 	}}},
 }}
 

@@ -50,6 +50,8 @@ type Policy struct {
 	Schedule  *Schedule
 	Image     *ImageSpec
 	Retention Retention
+	// Verify is the policy's restore drill; nil when it has no verify block.
+	Verify *Verify
 	// Version identifies this policy's own content (a short hash); a change of it
 	// means the policy changed on reload.
 	Version string

@@ -44,10 +44,16 @@ const (
 	// DriftLateGood: a row failed by wait_timeout whose image Glance shows active with
 	// every volume snapshot available. It is always promoted to good (image_late_good).
 	DriftLateGood DriftCategory = "late_good"
+	// DriftDuplicate: a second image with our full stamp for one (policy, server,
+	// slot), made by that very server (instance_uuid equal): two createImage calls
+	// for one slot, one of them with an unknown outcome. With fix the newer is
+	// deleted, only when the lineage shows such an attempt for the slot.
+	DriftDuplicate DriftCategory = "duplicate"
 )
 
 // DriftCategories lists the categories in report order.
-var DriftCategories = []DriftCategory{DriftUnknown, DriftInherited, DriftGone, DriftLeftover, DriftHollow, DriftLateGood}
+var DriftCategories = []DriftCategory{DriftUnknown, DriftInherited, DriftGone, DriftLeftover, DriftHollow, DriftLateGood,
+	DriftDuplicate}
 
 // DriftFinding is one difference.
 type DriftFinding struct {
@@ -106,6 +112,7 @@ const (
 	previewPromote    = "would promote to good"
 	previewAdopt      = "would adopt (--fix)"
 	previewDeleteFix  = "would delete (--fix)"
+	previewDuplicate  = "would delete if newer and an attempt's outcome was unknown (--fix)"
 )
 
 func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportOnly bool) (*ReconcileReport, error) {
@@ -199,8 +206,9 @@ func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportO
 
 	// 1. Stamped images the lineage does not know, and hollow images it does.
 	sort.Slice(images, func(i, j int) bool { return images[i].ID < images[j].ID })
-	hollow := map[int]hollowFix{} // finding index -> what to record
-	late := map[int]cloud.Image{} // finding index -> the image Glance shows complete
+	hollow := map[int]hollowFix{}  // finding index -> what to record
+	late := map[int]cloud.Image{}  // finding index -> the image Glance shows complete
+	dupes := map[int]cloud.Image{} // finding index -> a duplicate of a recorded image
 	for _, im := range images {
 		if row, ok := byID[im.ID]; ok {
 			if row.State == store.ImageFailed && row.Failure == store.FailureTimeout && im.Status == cloud.ImageActive {
@@ -257,6 +265,10 @@ func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportO
 		case im.Properties["instance_uuid"] != "" && im.Properties["instance_uuid"] != stamp.Server:
 			f.Category = DriftInherited
 			f.Detail = fmt.Sprintf("made of server %s, stamp names %s: a snapshot of a server booted from our image", im.Properties["instance_uuid"], stamp.Server)
+		case has && krow.ImageID != "" && im.Properties["instance_uuid"] == stamp.Server:
+			f.Category, f.ImageRow = DriftDuplicate, krow.Row
+			f.Detail = fmt.Sprintf("slot %s of server %s holds image %s; this one was made by the same server", stamp.Slot, stamp.Server, krow.ImageID)
+			dupes[len(rep.Findings)] = im
 		case has && krow.ImageID != "":
 			f.Category, f.ImageRow = DriftInherited, krow.Row
 			f.Detail = fmt.Sprintf("slot %s of server %s already holds image %s", stamp.Slot, stamp.Server, krow.ImageID)
@@ -385,6 +397,12 @@ func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportO
 		f := &rep.Findings[i]
 		f.Action = r.adopt(ctx, cfg, f, !fix)
 	}
+	if fix && !reportOnly {
+		for i, im := range dupes {
+			f := &rep.Findings[i]
+			f.Action = r.fixDuplicate(ctx, f, im, inCloud)
+		}
+	}
 	if fix {
 		rowsDone := make([]int64, 0, len(leftoverRows))
 		for row := range leftoverRows {
@@ -410,6 +428,67 @@ func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportO
 	rep.Finished = st.Now()
 	return rep, nil
 }
+
+// fixDuplicate deletes dup, a second image of a row's slot made by the same
+// server, when it is newer than the row's image and the lineage shows a
+// createImage with an unknown outcome for the row (adopted, called twice, or noted
+// unknown): then it is the orphan of that call. Anything else is kept and reported.
+func (r *Runner) fixDuplicate(ctx context.Context, f *DriftFinding, dup cloud.Image, inCloud map[string]cloud.Image) string {
+	var action string
+	err := r.withPolicyLock(ctx, f.Policy, func() error {
+		cur, err := r.store.Image(ctx, f.ImageRow)
+		if err != nil {
+			return err
+		}
+		unknown := cur.Adopted || cur.Attempts > 1
+		if !unknown {
+			evs, err := r.store.Events(ctx, store.EventFilter{ImageRow: cur.Row, Kind: store.EventImageNote})
+			if err != nil {
+				return err
+			}
+			for _, e := range evs {
+				unknown = unknown || strings.Contains(e.Message, "outcome unknown")
+			}
+		}
+		rec, recOK := inCloud[cur.ImageID]
+		switch {
+		case !unknown:
+			action = "kept: the lineage shows no createImage with an unknown outcome for this slot"
+			return nil
+		case cur.ImageID == "" || !recOK:
+			action = "kept: the row's own image is not in the cloud to compare with"
+			return nil
+		case !dup.CreatedAt.After(rec.CreatedAt):
+			action = fmt.Sprintf("kept: older than the row's image %s", cur.ImageID)
+			return nil
+		case len(dup.Snapshots) > 0 || dup.Protected:
+			action = "kept: it has volume snapshots or is protected; delete it by hand"
+			return nil
+		}
+		err = r.Cloud().DeleteImage(ctx, dup.ID)
+		switch {
+		case errors.Is(err, cloud.ErrNotFound):
+			r.metrics.ImageDeleted(f.Policy, DeleteAlreadyGone)
+		case err != nil:
+			r.metrics.ImageDeleted(f.Policy, DeleteFailed)
+			return err
+		default:
+			r.metrics.ImageDeleted(f.Policy, DeleteDeleted)
+		}
+		action = "deleted: the newer image of a slot whose createImage outcome was unknown"
+		_, err = r.store.AddEvent(context.WithoutCancel(ctx), store.Event{Kind: EventDuplicateDeleted, Policy: cur.Policy,
+			ServerID: cur.ServerID, ImageRow: cur.Row, ImageID: dup.ID, Slot: cur.Slot,
+			Message: fmt.Sprintf("reconcile --fix: deleted duplicate image %s of this slot (the row keeps %s)", dup.ID, cur.ImageID)})
+		return err
+	})
+	if err != nil {
+		return actionOf(err, "")
+	}
+	return action
+}
+
+// EventDuplicateDeleted records reconcile deleting a duplicate image of a slot.
+const EventDuplicateDeleted = "duplicate_deleted"
 
 // hollowFix is what reconcile records of a hollow image: each bad snapshot's Cinder
 // status ("" when gone) and the finding's detail.
@@ -456,6 +535,11 @@ func preview(rep *ReconcileReport, always map[int]bool, hollow map[int]hollowFix
 	}
 	for _, i := range toAdopt {
 		rep.Findings[i].Action = previewAdopt
+	}
+	for i := range rep.Findings {
+		if rep.Findings[i].Category == DriftDuplicate {
+			rep.Findings[i].Action = previewDuplicate
+		}
 	}
 	for _, idx := range leftoverRows {
 		for _, i := range idx {

@@ -9,14 +9,15 @@ import (
 	"slices"
 	"strings"
 
-	"gopkg.in/yaml.v3"
+	"gopkg.in/yaml.v2"
 )
 
 // resolveCloud finds the clouds.yaml the OpenStack clients would read and checks
 // that it has an entry named name, so that a mistake is reported with what it
 // needs to be fixed: the file read and the entries it has, or where it was looked
 // for. gophercloud's own messages say neither ("cloud "prod" not found in
-// clouds.yaml"). It returns the file's path.
+// clouds.yaml"). It returns the file's path. It reads the file with yaml.v2, the
+// parser gophercloud reads it with.
 func resolveCloud(name string, getenv func(string) string) (string, error) {
 	if name == "" {
 		return "", errors.New("no cloud named: set cloud: in the policy file, or OS_CLOUD, to an entry of clouds.yaml")
@@ -44,7 +45,7 @@ func resolveCloud(name string, getenv func(string) string) (string, error) {
 			return "", fmt.Errorf("read clouds.yaml: %w", err)
 		}
 		var doc struct {
-			Clouds map[string]yaml.Node `yaml:"clouds"`
+			Clouds map[string]any `yaml:"clouds"`
 		}
 		if err := yaml.Unmarshal(b, &doc); err != nil {
 			return "", fmt.Errorf("read %s: %w", path, err)

@@ -40,7 +40,7 @@ import (
 const controlSocketSuffix = ".sock"
 
 // controlCommands are the commands a client may ask the daemon to run.
-var controlCommands = []string{"run", "prune", "reconcile", "status"}
+var controlCommands = []string{"run", "prune", "reconcile", "status", "restore"}
 
 // maxControlRequest bounds the one line a client sends.
 const maxControlRequest = 64 << 10

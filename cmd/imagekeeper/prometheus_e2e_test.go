@@ -132,6 +132,7 @@ func (d grafanaDashboard) queries() []dashboardQuery {
 func grafanaVars(expr, policy string) string {
 	return strings.NewReplacer(
 		"${policy:regex}", policy, "${policy}", policy, "$policy", policy,
+		"${job}", ".*", "$job", ".*", "${instance}", ".*", "$instance", ".*",
 		"${__rate_interval}", "1m", "$__rate_interval", "1m",
 		"${__interval}", "15s", "$__interval", "15s",
 		"${__range}", "10m", "$__range", "10m",
@@ -187,17 +188,38 @@ func TestGrafanaDashboardShape(t *testing.T) {
 	vars := map[string]string{}
 	for _, v := range d.Templating.List {
 		vars[v.Name] = v.Type
-		if v.Name == "policy" {
-			if v.Definition != "label_values(imagekeeper_slots_total, policy)" || !bytes.Contains(v.Query, []byte(v.Definition)) {
-				t.Errorf("policy variable: definition %q, query %s; want label_values(imagekeeper_slots_total, policy)", v.Definition, v.Query)
+		wantDef := map[string]string{
+			"policy":   `label_values(imagekeeper_slots_total{job=~"$job",instance=~"$instance"}, policy)`,
+			"job":      `label_values(imagekeeper_build_info, job)`,
+			"instance": `label_values(imagekeeper_build_info{job=~"$job"}, instance)`,
+		}[v.Name]
+		if wantDef != "" {
+			// The query is JSON: its quotes are escaped there.
+			quoted, _ := json.Marshal(wantDef)
+			if v.Definition != wantDef || !bytes.Contains(v.Query, quoted[1:len(quoted)-1]) {
+				t.Errorf("%s variable: definition %q, query %s; want %s", v.Name, v.Definition, v.Query, wantDef)
 			}
 			if v.Datasource == nil || v.Datasource.UID != "${datasource}" {
 				t.Errorf("policy variable datasource = %+v, want ${datasource}", v.Datasource)
 			}
 		}
 	}
-	if vars["datasource"] != "datasource" || vars["policy"] != "query" {
-		t.Errorf("variables = %v, want datasource (datasource) and policy (query)", vars)
+	if vars["datasource"] != "datasource" || vars["policy"] != "query" || vars["job"] != "query" || vars["instance"] != "query" {
+		t.Errorf("variables = %v, want datasource (datasource), job, instance and policy (query)", vars)
+	}
+	// Several daemons (one per region) must never be mixed: every series a panel
+	// reads is scoped to the job and instance variables.
+	scoped := regexp.MustCompile(`\bimagekeeper_[a-z0-9_]+\{job=~"\$job",instance=~"\$instance"[,}]`)
+	for _, q := range d.queries() {
+		if n, m := len(metricNameRE.FindAllString(q.expr, -1)), len(scoped.FindAllString(q.expr, -1)); n != m {
+			t.Errorf("panel %q %s: %d of %d series scoped to $job and $instance: %s", q.panel, q.refID, m, n, q.expr)
+		}
+		// A daily policy makes one image a day: a rate over $__rate_interval is an
+		// empty panel with a spike; the image-creation panels count over the range.
+		if (q.panel == "Image creation duration" || q.panel == "Images created") &&
+			(strings.Contains(q.expr, "$__rate_interval") || !strings.Contains(q.expr, "[$__range]")) {
+			t.Errorf("panel %q %s: image creation over $__rate_interval, want [$__range]: %s", q.panel, q.refID, q.expr)
+		}
 	}
 
 	known := knownFamilies(t)
@@ -250,8 +272,8 @@ func TestGrafanaDashboardShape(t *testing.T) {
 		all += q.expr + "\n"
 	}
 	for _, need := range []string{
-		"imagekeeper_slots_total", "histogram_quantile(0.5, sum by (le, policy) (rate(imagekeeper_image_create_duration_seconds_bucket",
-		"histogram_quantile(0.95, sum by (le, policy) (rate(imagekeeper_image_create_duration_seconds_bucket",
+		"imagekeeper_slots_total", "histogram_quantile(0.5, sum by (le, policy) (increase(imagekeeper_image_create_duration_seconds_bucket",
+		"histogram_quantile(0.95, sum by (le, policy) (increase(imagekeeper_image_create_duration_seconds_bucket",
 		"imagekeeper_newest_good_image_age_seconds", "imagekeeper_servers_without_good_image",
 		"imagekeeper_images_deleted_total", "imagekeeper_snapshots_deleted_total", "imagekeeper_leftover_snapshots",
 		"rate(imagekeeper_cloud_requests_total", `code=~"5..|429|error"`, "imagekeeper_config_last_reload_successful",
