@@ -65,8 +65,9 @@ const (
 // daemonOptions are the flags of `imagekeeper daemon`.
 type daemonOptions struct {
 	*common
-	drain time.Duration
-	pprof string
+	drain     time.Duration
+	pprof     string
+	reconcile time.Duration
 }
 
 // newDaemonCommand builds `imagekeeper daemon`.
@@ -84,12 +85,17 @@ file reloads it; SIGTERM/SIGINT drain in-flight runs, a second one stops waiting
 	o.common = newCommon(m, cmd).withConfig().withLogs("info")
 	cmd.Flags().DurationVar(&o.drain, "drain-timeout", defaultDrainTimeout, "how long in-flight runs may finish on SIGTERM/SIGINT")
 	cmd.Flags().StringVar(&o.pprof, "pprof", "", "serve net/http/pprof on this loopback address, e.g. 127.0.0.1:6060 (off when empty)")
+	cmd.Flags().DurationVar(&o.reconcile, "reconcile-interval", defaultReconcileInterval,
+		"how often the daemon diffs the cloud against the lineage (marks gone and hollow images, promotes late ones)")
 	return cmd
 }
 
 func runDaemon(ctx context.Context, m *Main, o *daemonOptions) error {
 	if o.drain <= 0 {
 		return usageError("--drain-timeout must be positive")
+	}
+	if o.reconcile <= 0 {
+		return usageError("--reconcile-interval must be positive")
 	}
 	if o.pprof != "" {
 		if err := checkLoopback(o.pprof); err != nil {
@@ -106,6 +112,9 @@ func runDaemon(ctx context.Context, m *Main, o *daemonOptions) error {
 		Getenv:       m.Getenv,
 		Signals:      sigs,
 		PprofListen:  o.pprof,
+		// The soak runs it every few seconds, so that hollow and late images are
+		// settled within a sub-minute schedule.
+		ReconcileInterval: o.reconcile,
 	}
 	return d.Run(ctx)
 }
