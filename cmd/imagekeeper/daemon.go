@@ -357,7 +357,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		// full refresh per run would be quadratic.
 		Done: func(ctx context.Context, name string) {
 			// A policy removed meanwhile keeps its images in the store, not in the metrics.
-			p := policyNamed(cfgs.Current(), name)
+			p := cfgs.Current().Find(name)
 			if p == nil {
 				return
 			}
@@ -581,19 +581,6 @@ func (d *Daemon) reload(cfgs *policy.Coordinator, boot *policy.Config, m *schedu
 	}
 	log.Info("config reloaded", "why", why, "config_version", cfg.Version, "previous_config_version", old.Version,
 		"policies", len(cfg.Policies))
-	return nil
-}
-
-// policyNamed returns cfg's policy called name, enabled or not; nil when there is none.
-func policyNamed(cfg *policy.Config, name string) *policy.Policy {
-	if cfg == nil {
-		return nil
-	}
-	for _, p := range cfg.Policies {
-		if p.Name == name {
-			return p
-		}
-	}
 	return nil
 }
 
