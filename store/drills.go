@@ -187,6 +187,24 @@ func (s *Store) OpenDrills(ctx context.Context) ([]Drill, error) {
 	return out, rows.Err()
 }
 
+// Drills returns every drill of the journal, oldest first.
+func (s *Store) Drills(ctx context.Context) ([]Drill, error) {
+	rows, err := s.reader().QueryContext(ctx, `SELECT `+drillColumns+` FROM drills ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("drills: %w", err)
+	}
+	defer rows.Close()
+	var out []Drill
+	for rows.Next() {
+		d, err := scanDrill(rows)
+		if err != nil {
+			return nil, fmt.Errorf("drills: %w", err)
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
 // DrillByToken returns the journal row of a drill token: a server carrying our
 // drill metadata is deleted only when its token is in the journal.
 func (s *Store) DrillByToken(ctx context.Context, token string) (Drill, error) {

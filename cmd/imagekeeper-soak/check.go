@@ -22,6 +22,7 @@ type lineage struct {
 	images []store.Image
 	snaps  []store.Snapshot
 	slots  []store.Slot
+	drills []store.Drill
 }
 
 // readLineage copies the database (and its WAL) into dir and reads the copy, so the
@@ -56,6 +57,9 @@ func readLineage(ctx context.Context, dbPath, dir string, full bool) (*lineage, 
 		return nil, err
 	}
 	if l.slots, err = st.Slots(ctx, store.SlotFilter{}); err != nil {
+		return nil, err
+	}
+	if l.drills, err = st.Drills(ctx); err != nil {
 		return nil, err
 	}
 	return l, nil
@@ -120,6 +124,10 @@ type result struct {
 	requests                                                  int
 	imageDeletes, snapshotDeletes                             int
 	pendingJournal, pendingFailed, keptInUse                  int
+	drills                                                    map[string]int // by result
+	drillsInterrupted                                         int
+
+	drillLeftovers int
 
 	duplicates, untracked, leftovers, wrongDeletions, noOutcome, missingSlots, lost int
 	details                                                                         []string
@@ -133,7 +141,7 @@ func (r *result) violate(counter *int, format string, args ...any) {
 }
 
 func (r *result) violations() int {
-	return r.duplicates + r.untracked + r.leftovers + r.wrongDeletions + r.noOutcome + r.missingSlots + r.lost
+	return r.duplicates + r.untracked + r.leftovers + r.wrongDeletions + r.noOutcome + r.missingSlots + r.lost + r.drillLeftovers
 }
 
 // failing counts the violations that fail the soak: all but the kinds named in
@@ -145,7 +153,8 @@ func (r *result) failing(known string) int {
 	}
 	n := 0
 	for name, v := range map[string]int{"duplicates": r.duplicates, "untracked": r.untracked, "leftovers": r.leftovers,
-		"wrong_deletions": r.wrongDeletions, "no_outcome": r.noOutcome, "missing_slots": r.missingSlots, "lost": r.lost} {
+		"wrong_deletions": r.wrongDeletions, "no_outcome": r.noOutcome, "missing_slots": r.missingSlots, "lost": r.lost,
+		"drill_leftovers": r.drillLeftovers} {
 		if !skip[name] {
 			n += v
 		}
@@ -154,8 +163,12 @@ func (r *result) failing(known string) int {
 }
 
 func (r *result) line() string {
-	return fmt.Sprintf("soak: slots=%d kills=%d faults=%d images=%d duplicates=%d untracked=%d leftovers=%d wrong_deletions=%d no_outcome=%d missing_slots=%d lost=%d",
-		r.slots, r.kills, r.faults, r.images, r.duplicates, r.untracked, r.leftovers, r.wrongDeletions, r.noOutcome, r.missingSlots, r.lost)
+	drills := 0
+	for _, n := range r.drills {
+		drills += n
+	}
+	return fmt.Sprintf("soak: slots=%d kills=%d faults=%d images=%d drills=%d duplicates=%d untracked=%d leftovers=%d wrong_deletions=%d no_outcome=%d missing_slots=%d lost=%d drill_leftovers=%d",
+		r.slots, r.kills, r.faults, r.images, drills, r.duplicates, r.untracked, r.leftovers, r.wrongDeletions, r.noOutcome, r.missingSlots, r.lost, r.drillLeftovers)
 }
 
 func (r *result) report(s *soak) string {
@@ -165,6 +178,7 @@ func (r *result) report(s *soak) string {
 	fmt.Fprintf(&b, "soak: faults by kind: %s\n", kv(r.faultKinds))
 	fmt.Fprintf(&b, "soak: slot outcomes: %s\n", kv(r.outcomes))
 	fmt.Fprintf(&b, "soak: lineage image states: %s\n", kv(r.states))
+	fmt.Fprintf(&b, "soak: restore drills by result: %s; interrupted (kill -9, finished by the cleanup)=%d\n", kv(r.drills), r.drillsInterrupted)
 	fmt.Fprintf(&b, "soak: cloud requests=%d image_deletes=%d snapshot_deletes=%d\n", r.requests, r.imageDeletes, r.snapshotDeletes)
 	fmt.Fprintf(&b, "soak: open journals (image gone, snapshot retry scheduled)=%d failed images' snapshots awaiting FailedGrace=%d kept_in_use=%d\n",
 		r.pendingJournal, r.pendingFailed, r.keptInUse)
@@ -212,7 +226,29 @@ func (s *soak) check(ctx context.Context) (*result, error) {
 		}
 	}
 	r := &result{kills: s.kills, starts: s.starts, selfExits: s.selfExits, notReady: s.notReady, readyMax: s.readyMax,
-		outcomes: map[string]int{}, states: map[string]int{}, faultKinds: s.faults}
+		outcomes: map[string]int{}, states: map[string]int{}, faultKinds: s.faults, drills: map[string]int{}}
+
+	// drill_leftovers: after convergence no drill server, no volume made by a drill,
+	// and no drill the journal does not record done (kill -9 during drills included).
+	for _, d := range l.drills {
+		r.drills[d.Result]++
+		if d.Detail == "interrupted before a result" {
+			r.drillsInterrupted++
+		}
+		if d.State != store.DrillDone {
+			r.violate(&r.drillLeftovers, "drill_leftovers: drill %s (policy %s, image %s) is %s in the journal, not done",
+				d.Token, d.Policy, d.ImageID, d.State)
+		}
+	}
+	for _, sv := range st.Servers {
+		if sv.Metadata["imagekeeper_drill"] != "" {
+			r.violate(&r.drillLeftovers, "drill_leftovers: drill server %s (%s, %s) still exists", sv.ID, sv.Name, sv.Status)
+		}
+	}
+	for _, v := range st.Volumes {
+		r.violate(&r.drillLeftovers, "drill_leftovers: volume %s made from snapshot %s is still there (%s, server %q)",
+			v.ID, v.SnapshotID, v.Status, v.ServerID)
+	}
 	for _, n := range s.faults {
 		r.faults += n
 	}
