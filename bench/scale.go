@@ -29,7 +29,7 @@ func benchScale(ctx context.Context, args []string) error {
 	perServer := fs.Int("images", 100, "lineage rows per server (servers x images rows in all)")
 	conc := fs.Int("concurrency", 16, "limits.concurrency")
 	rps := fs.Float64("rps", 1000, "limits.requests_per_second")
-	profile := fs.String("profile", "", "write a 30 s CPU profile of the daemon, taken from the slot instant, to this file (the binary must have --pprof)")
+	profile := fs.String("profile", "", "write a 15 s CPU profile of the daemon, taken from the slot instant, to this file (the binary must have --pprof)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -262,10 +262,11 @@ func countCreates(logPath string, due time.Time) (int, error) {
 	return n, sc.Err()
 }
 
-// fetchProfile saves a 30 s CPU profile of the daemon's pprof endpoint to path.
+// fetchProfile saves a 15 s CPU profile of the daemon's pprof endpoint to path (15 s: the
+// bench may stop the daemon 20 s after the last first createImage).
 func fetchProfile(addr, path string) {
 	hc := &http.Client{Timeout: time.Minute}
-	resp, err := hc.Get("http://" + addr + "/debug/pprof/profile?seconds=30")
+	resp, err := hc.Get("http://" + addr + "/debug/pprof/profile?seconds=15")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "profile: %v\n", err)
 		return

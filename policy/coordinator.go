@@ -75,6 +75,21 @@ func (c *Coordinator) Policy(name string) (p *Policy, ok bool) {
 	return nil, false
 }
 
+// Find returns the config's policy called name, enabled or not; nil when there is
+// none (or c is nil). What acts on a policy's images asks Coordinator.Policy
+// instead, which also requires it enabled.
+func (c *Config) Find(name string) *Policy {
+	if c == nil {
+		return nil
+	}
+	for _, p := range c.Policies {
+		if p != nil && p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
 // Apply makes cfg the config in force and hands it to every subscriber, in the
 // order they subscribed, before it returns. A nil cfg is refused.
 func (c *Coordinator) Apply(cfg *Config) error {

@@ -149,3 +149,30 @@ func TestReconcileAdoptsLeakedUnknownOutcome(t *testing.T) {
 		t.Errorf("adopted row is %s (%s), want good", row.State, row.Reason)
 	}
 }
+
+// TestInFlightAppliesToResumedIntent: a slot's row written before a crash, with no
+// createImage sent, is resumed while an earlier slot's image of the server is in
+// flight: no second image starts, and the empty intent is dropped.
+func TestInFlightAppliesToResumedIntent(t *testing.T) {
+	h := newRunHarness(t, runHarnessOptions{waitTimeout: "1h"})
+	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
+	ctx := context.Background()
+	later := h.slot.Add(24 * time.Hour)
+	afterIntent := h.runner(func(o *RunnerOptions) { o.hooks.afterIntent = func(string) error { return errors.New("stop") } })
+	_, _ = afterIntent.RunSlot(ctx, h.cfg.Version, h.p, later, TriggerManual)
+	midWait := h.runner(func(o *RunnerOptions) { o.hooks.beforePoll = func(int) error { return errors.New("stop") } })
+	_, _ = midWait.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerManual)
+	rep, err := busyRunner(h).RunSlot(ctx, h.cfg.Version, h.p, later, TriggerManual)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Servers) != 1 || rep.Servers[0].Reason != SkipInFlight {
+		t.Fatalf("report %+v, want skipped in_flight", rep.Servers)
+	}
+	if n := h.sim.CreateImageCalls(id); n != 1 {
+		t.Errorf("%d createImage calls, want 1", n)
+	}
+	if _, err := h.store.ImageByKey(ctx, "web", id, later); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the empty intent of the skipped slot is still there (%v)", err)
+	}
+}

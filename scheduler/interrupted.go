@@ -47,7 +47,7 @@ func (r *Runner) ResumeInterruptedSlots(ctx context.Context, cfgs *policy.Coordi
 			break
 		}
 		cfg := cfgs.Current()
-		p := findPolicy(cfg, sl.Policy)
+		p := cfg.Find(sl.Policy)
 		reason := ""
 		switch {
 		case sl.Trigger == store.TriggerManual:
@@ -82,16 +82,4 @@ func (r *Runner) ResumeInterruptedSlots(ctx context.Context, cfgs *policy.Coordi
 		fail(err)
 	}
 	return errors.Join(errs...)
-}
-
-func findPolicy(cfg *policy.Config, name string) *policy.Policy {
-	if cfg == nil {
-		return nil
-	}
-	for _, p := range cfg.Policies {
-		if p.Name == name {
-			return p
-		}
-	}
-	return nil
 }

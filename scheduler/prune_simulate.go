@@ -51,17 +51,14 @@ type SimServer struct {
 // SimulateRetention plays policy p forward over (from, until]: at every slot of its
 // schedule each selected server gets a good image, and then the prune runs as Prune
 // would (policy.Retain per server, when_server_gone, max_deletions_per_run oldest
-// first). existing holds each server's images now; images in progress count as good
+// first, with the same rules and cap as Prune). existing holds each server's images now; images in progress count as good
 // from their slot on (the optimistic case). It returns one step per slot and the
 // images left at the end, by server.
 func SimulateRetention(p *policy.Policy, servers []SimServer, existing map[string][]SimImage, from, until time.Time) ([]SimStep, map[string][]SimImage, error) {
 	if p == nil || p.Schedule == nil {
 		return nil, nil, errors.New("simulate retention: policy without schedule")
 	}
-	loc := p.Schedule.Location
-	if loc == nil {
-		loc = time.UTC
-	}
+	loc := policyLocation(p)
 	held := map[string][]SimImage{}
 	for sid, ims := range existing {
 		for _, im := range ims {
@@ -72,10 +69,7 @@ func SimulateRetention(p *policy.Policy, servers []SimServer, existing map[strin
 		}
 	}
 	sort.Slice(servers, func(i, j int) bool { return servers[i].ID < servers[j].ID })
-	limit := p.Retention.MaxDeletionsPerRun
-	if limit <= 0 {
-		limit = policy.DefaultMaxDeletionsPerRun
-	}
+	limit := deletionLimit(p.Retention)
 	var steps []SimStep
 	for slot := p.Schedule.Next(from); !slot.IsZero() && !slot.After(until); slot = p.Schedule.Next(slot) {
 		if len(steps) == MaxSimulatedSlots {
@@ -106,9 +100,6 @@ func SimulateRetention(p *policy.Policy, servers []SimServer, existing map[strin
 		}
 		sort.Strings(sids)
 		for _, sid := range sids {
-			if !selected[sid] && p.Retention.WhenServerGone != policy.ServerGoneApply {
-				continue
-			}
 			ims := held[sid]
 			in := make([]policy.RetentionImage, len(ims))
 			byID := make(map[string]SimImage, len(ims))
@@ -116,8 +107,9 @@ func SimulateRetention(p *policy.Policy, servers []SimServer, existing map[strin
 				in[i] = im.RetentionImage
 				byID[im.ID] = im
 			}
-			// The prune runs right after the slot's images are good.
-			for _, d := range policy.Retain(in, p.Retention, loc, slot) {
+			// The prune runs right after the slot's images are good, and decides as
+			// Prune does: a server no longer selected is a gone server.
+			for _, d := range retainServer(in, p.Retention, loc, slot, !selected[sid]) {
 				if !d.Keep {
 					cands = append(cands, SimDeletion{SimImage: byID[d.ImageID], Reasons: d.Reasons})
 				}

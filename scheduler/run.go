@@ -884,11 +884,20 @@ func (ru *run) server(ctx context.Context, s cloud.Server, row store.Image, has,
 
 	// An earlier slot's image still being made explains a task state of our own
 	// snapshot too, so it is looked for before busy.
-	inFlight := ""
-	if !has {
-		if inFlight, err = ru.inFlight(ctx, s.ID); err != nil {
-			return row, false, err
+	// A row of this slot that reached here has no createImage sent yet (or a known
+	// failure without an image), so the check applies to it as to a new server.
+	inFlight, err := ru.inFlight(ctx, s.ID)
+	if err != nil {
+		return row, false, err
+	}
+	if inFlight != "" && has && row.State == store.ImageRequested && row.Attempts == 0 && row.ImageID == "" {
+		// Nothing was asked for this row: drop it, so that it does not wait out a
+		// wait_timeout for an image that cannot exist; a later run of the slot may
+		// try again.
+		if derr := r.store.DropIntent(context.WithoutCancel(ctx), row.Row, "in_flight: "+inFlight); derr != nil {
+			return row, false, derr
 		}
+		res.ImageRow = 0
 	}
 	switch {
 	case s.Status == "ERROR":

@@ -436,6 +436,12 @@ func (s *Sim) StickNextImage(serverID string) {
 	s.withServer(serverID, func(sv *server) { sv.stickNext = true })
 }
 
+// SlowNextImage makes the next createImage of an image-backed server take d longer
+// than ImageBuildTime (a big disk): the image stays saving, then becomes active.
+func (s *Sim) SlowNextImage(serverID string, d time.Duration) {
+	s.withServer(serverID, func(sv *server) { sv.slowNext = d })
+}
+
 // FailNextVolumeSnapshot makes the Cinder snapshots of the server's next
 // volume-backed createImage go to error instead of available.
 func (s *Sim) FailNextVolumeSnapshot(serverID string) {

@@ -18,6 +18,7 @@ import (
 //	PATCH  /_sim/servers/{id}               {"status", "task_state", "tags"} (each optional)
 //	DELETE /_sim/servers/{id}
 //	POST   /_sim/servers/{id}/fail-next-snapshot | stick-next-image | fail-next-volume-snapshot
+//	POST   /_sim/servers/{id}/slow-next-image?by=30s   the next image-backed snapshot takes that much longer
 //	POST   /_sim/images                     ImageState -> {"id": ...}
 //	PATCH  /_sim/images/{id}                {"protected": bool}
 //	DELETE /_sim/images/{id}                behind the client's back
@@ -258,6 +259,13 @@ func (s *Sim) controlServers(w http.ResponseWriter, r *http.Request, segs []stri
 			s.FailNextSnapshot(segs[0])
 		case "stick-next-image":
 			s.StickNextImage(segs[0])
+		case "slow-next-image":
+			by, err := time.ParseDuration(r.URL.Query().Get("by"))
+			if err != nil || by <= 0 {
+				ctlError(w, http.StatusBadRequest, "slow-next-image needs ?by=DURATION (positive)")
+				return
+			}
+			s.SlowNextImage(segs[0], by)
 		case "fail-next-volume-snapshot":
 			s.FailNextVolumeSnapshot(segs[0])
 		default:

@@ -856,8 +856,8 @@ func (s *Sim) snapshotServer(sv *server, name string, meta map[string]string) st
 		}
 	}
 	im := &image{seq: s.nextSeq(), id: s.newID(), name: name, serverID: sv.id, created: now, updated: now, props: props}
-	fail, stick, failVol := sv.failNext, sv.stickNext, sv.failVolNext
-	sv.failNext, sv.stickNext, sv.failVolNext = false, false, false
+	fail, stick, failVol, slow := sv.failNext, sv.stickNext, sv.failVolNext, sv.slowNext
+	sv.failNext, sv.stickNext, sv.failVolNext, sv.slowNext = false, false, false, 0
 
 	if len(sv.volumes) == 0 {
 		props["owner_user_name"] = s.opts.Username
@@ -881,7 +881,7 @@ func (s *Sim) snapshotServer(sv *server, name string, meta map[string]string) st
 		for k, v := range meta {
 			props[k] = v
 		}
-		b := s.opts.ImageBuildTime
+		b := s.opts.ImageBuildTime + slow
 		// Zed: queued for about 0.7 s (the disk snapshot), then saving for the
 		// upload, whatever its length.
 		queue := min(s.opts.ImageQueueTime, b/3)

@@ -74,6 +74,7 @@ type server struct {
 	created     time.Time
 	failNext    bool
 	stickNext   bool
+	slowNext    time.Duration // added to the next image-backed snapshot's upload
 	failVolNext bool
 	// Boot state of a server made with POST /servers.
 	flavorID   string

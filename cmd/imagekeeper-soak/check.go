@@ -23,6 +23,8 @@ type lineage struct {
 	snaps  []store.Snapshot
 	slots  []store.Slot
 	drills []store.Drill
+	// lateGood holds the rows that became good after wait_timeout.
+	lateGood map[int64]bool
 }
 
 // readLineage copies the database (and its WAL) into dir and reads the copy, so the
@@ -61,6 +63,14 @@ func readLineage(ctx context.Context, dbPath, dir string, full bool) (*lineage, 
 	}
 	if l.drills, err = st.Drills(ctx); err != nil {
 		return nil, err
+	}
+	evs, err := st.Events(ctx, store.EventFilter{Kind: "image_late_good"})
+	if err != nil {
+		return nil, err
+	}
+	l.lateGood = map[int64]bool{}
+	for _, e := range evs {
+		l.lateGood[e.ImageRow] = true
 	}
 	return l, nil
 }
@@ -130,7 +140,13 @@ type result struct {
 	drillLeftovers int
 
 	duplicates, untracked, leftovers, wrongDeletions, noOutcome, missingSlots, lost int
-	details                                                                         []string
+	// failedRule: an image that was good (late-good included) deleted by the failed
+	// rule; hollowGood: a row still good at the end whose volume snapshot is gone or
+	// in error (it would count towards min_keep); inFlight: a createImage of a server
+	// while the policy's earlier image of it was in flight (within wait_timeout).
+	failedRule, hollowGood, inFlight int
+	lateGood, hollowed               int
+	details                          []string
 }
 
 func (r *result) violate(counter *int, format string, args ...any) {
@@ -141,7 +157,8 @@ func (r *result) violate(counter *int, format string, args ...any) {
 }
 
 func (r *result) violations() int {
-	return r.duplicates + r.untracked + r.leftovers + r.wrongDeletions + r.noOutcome + r.missingSlots + r.lost + r.drillLeftovers
+	return r.duplicates + r.untracked + r.leftovers + r.wrongDeletions + r.noOutcome + r.missingSlots + r.lost +
+		r.failedRule + r.hollowGood + r.inFlight + r.drillLeftovers
 }
 
 // failing counts the violations that fail the soak: all but the kinds named in
@@ -154,6 +171,7 @@ func (r *result) failing(known string) int {
 	n := 0
 	for name, v := range map[string]int{"duplicates": r.duplicates, "untracked": r.untracked, "leftovers": r.leftovers,
 		"wrong_deletions": r.wrongDeletions, "no_outcome": r.noOutcome, "missing_slots": r.missingSlots, "lost": r.lost,
+		"failed_rule": r.failedRule, "hollow_good": r.hollowGood, "in_flight": r.inFlight,
 		"drill_leftovers": r.drillLeftovers} {
 		if !skip[name] {
 			n += v
@@ -167,8 +185,9 @@ func (r *result) line() string {
 	for _, n := range r.drills {
 		drills += n
 	}
-	return fmt.Sprintf("soak: slots=%d kills=%d faults=%d images=%d drills=%d duplicates=%d untracked=%d leftovers=%d wrong_deletions=%d no_outcome=%d missing_slots=%d lost=%d drill_leftovers=%d",
-		r.slots, r.kills, r.faults, r.images, drills, r.duplicates, r.untracked, r.leftovers, r.wrongDeletions, r.noOutcome, r.missingSlots, r.lost, r.drillLeftovers)
+	return fmt.Sprintf("soak: slots=%d kills=%d faults=%d images=%d duplicates=%d untracked=%d leftovers=%d wrong_deletions=%d no_outcome=%d missing_slots=%d lost=%d failed_rule=%d hollow_good=%d in_flight=%d late_good=%d hollowed=%d drills=%d drill_leftovers=%d",
+		r.slots, r.kills, r.faults, r.images, r.duplicates, r.untracked, r.leftovers, r.wrongDeletions, r.noOutcome, r.missingSlots, r.lost,
+		r.failedRule, r.hollowGood, r.inFlight, r.lateGood, r.hollowed, drills, r.drillLeftovers)
 }
 
 func (r *result) report(s *soak) string {
@@ -442,6 +461,66 @@ func (s *soak) check(ctx context.Context) (*result, error) {
 			if _, ok := live[sv]; ok && n >= p.MinKeep && present[sv] < p.MinKeep {
 				r.violate(&r.wrongDeletions, "wrong deletion: policy %s server %s has %d good images in the cloud, min_keep is %d (it had %d)",
 					p.Name, sv, present[sv], p.MinKeep, n)
+			}
+		}
+	}
+
+	// failed_rule: an image that was good deleted by the failed rule. A late-good
+	// image is good; only a hollow one, or one whose image is gone, may be deleted as
+	// failed after it was good.
+	r.lateGood, r.hollowed = len(l.lateGood), len(s.hollowed)
+	for _, im := range l.images {
+		if im.ActiveAt.IsZero() || !strings.HasPrefix(im.DeleteReason, "failed") {
+			continue
+		}
+		if strings.Contains(im.DeleteReason, "hollow") || strings.Contains(im.DeleteReason, "gone from the cloud") {
+			continue
+		}
+		r.violate(&r.failedRule, "failed rule: row %d (image %s, late good %v) became good at %s and was deleted as %q",
+			im.Row, im.ImageID, l.lateGood[im.Row], im.ActiveAt.Format(time.RFC3339), im.DeleteReason)
+	}
+	// hollow_good: a good row whose volume snapshot is gone or in error.
+	snapsOf := map[int64][]store.Snapshot{}
+	for _, sn := range l.snaps {
+		snapsOf[sn.ImageRow] = append(snapsOf[sn.ImageRow], sn)
+	}
+	for _, im := range l.images {
+		if im.State != store.ImageGood {
+			continue
+		}
+		for _, sn := range snapsOf[im.Row] {
+			if cs, ok := finalSnaps[sn.SnapshotID]; !ok || cs.Status == "error" {
+				r.violate(&r.hollowGood, "hollow counted as good: row %d (image %s, server %s) is good; its snapshot %s is %s",
+					im.Row, im.ImageID, im.ServerID, sn.SnapshotID, map[bool]string{true: cs.Status, false: "gone"}[ok])
+				break
+			}
+		}
+	}
+	// in_flight: createImage of a server while the policy's earlier image of it was
+	// in flight: requested, and neither good nor failed nor past wait_timeout.
+	waitTimeout := 20 * time.Second
+	type psKey struct{ policy, server string }
+	attempts := map[psKey][]store.Image{}
+	for _, im := range l.images {
+		if im.Attempts > 0 && !im.RequestedAt.IsZero() {
+			k := psKey{im.Policy, im.ServerID}
+			attempts[k] = append(attempts[k], im)
+		}
+	}
+	for _, ims := range attempts {
+		sort.Slice(ims, func(i, j int) bool { return ims[i].RequestedAt.Before(ims[j].RequestedAt) })
+		for i := 1; i < len(ims); i++ {
+			a, b := ims[i-1], ims[i]
+			end := a.RequestedAt.Add(waitTimeout)
+			for _, t := range []time.Time{a.ActiveAt, a.FailedAt} {
+				if !t.IsZero() && t.Before(end) {
+					end = t
+				}
+			}
+			if b.RequestedAt.Before(end) && !b.Slot.Equal(a.Slot) {
+				r.violate(&r.inFlight, "in flight: policy %s server %s: createImage for slot %s at %s while the image of slot %s (row %d) was in flight until %s",
+					a.Policy, a.ServerID, b.Slot.Format(time.RFC3339), b.RequestedAt.Format(time.RFC3339Nano),
+					a.Slot.Format(time.RFC3339), a.Row, end.Format(time.RFC3339Nano))
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand"
@@ -87,9 +88,11 @@ type soak struct {
 	// decoys must survive: images and snapshots that are not ours, or that carry
 	// our stamp without a lineage row (a snapshot of a server booted from our image).
 	decoyImages, decoySnaps map[string]string
-	protected               map[string]bool // our images protected mid-run
-	inUse                   map[string]bool // our snapshots a volume was made from
-	converge                []string        // what the convergence steps printed
+	protected               map[string]bool   // our images protected mid-run
+	inUse                   map[string]bool   // our snapshots a volume was made from
+	hollowed                map[string]string // our image -> its snapshot deleted behind our back
+	daemonHelp              string
+	converge                []string // what the convergence steps printed
 }
 
 func (s *soak) intn(n int) int {
@@ -123,6 +126,7 @@ func (s *soak) run(ctx context.Context) (*result, error) {
 	s.seen = map[string]simImage{}
 	s.decoyImages, s.decoySnaps = map[string]string{}, map[string]string{}
 	s.protected, s.inUse = map[string]bool{}, map[string]bool{}
+	s.hollowed = map[string]string{}
 	fmt.Fprintf(s.out, "soak: mode=%s seed=%d servers=%d duration=%s kills=%d workdir=%s\n",
 		o.Mode, o.Seed, o.Servers, o.Duration, o.Kills, o.Workdir)
 
@@ -308,7 +312,11 @@ func (s *soak) addDecoys(ctx context.Context) error {
 }
 
 func (s *soak) startDaemon() error {
-	p, err := startProc(s.bin, []string{"daemon", "--config", s.cfgPath, "--drain-timeout", "30s", "--log-format", "json"},
+	args := []string{"daemon", "--config", s.cfgPath, "--drain-timeout", "30s", "--log-format", "json"}
+	if s.hasDaemonFlag("--reconcile-interval") {
+		args = append(args, "--reconcile-interval", "5s")
+	}
+	p, err := startProc(s.bin, args,
 		[]string{"OS_CLIENT_CONFIG_FILE=" + filepath.Join(s.opts.Workdir, "clouds.yaml"), "OS_CLOUD=simcloud"},
 		filepath.Join(s.opts.Workdir, "daemon.log"), nil)
 	if err != nil {
@@ -470,7 +478,19 @@ func (s *soak) arrangeMidRun(ctx context.Context) {
 // faultKinds are the faults injected, each a function that arranges it and returns
 // how long it lasts (0: one-shot).
 var faultKinds = []string{"5xx", "429", "latency", "token_expiry", "failed_snapshot", "failed_volume_snapshot",
-	"stuck_image", "lost_create_response", "hang", "delete_errors"}
+	"stuck_image", "lost_create_response", "hang", "delete_errors", "busy_server", "snapshot_deleted", "late_image"}
+
+// hasDaemonFlag reports whether the binary's daemon command knows flag (an older
+// binary under test may not).
+func (s *soak) hasDaemonFlag(flag string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.daemonHelp == "" {
+		out, _ := exec.Command(s.bin, "daemon", "--help").CombinedOutput()
+		s.daemonHelp = string(out) + " "
+	}
+	return strings.Contains(s.daemonHelp, flag)
+}
 
 func (s *soak) injectFaults(ctx context.Context) {
 	for {
@@ -536,6 +556,61 @@ func (s *soak) inject(ctx context.Context, kind string) error {
 		ops := []string{"image.list", "compute.servers.list", "volume.snapshots.get", "image.get", "compute.createImage"}
 		f = map[string]any{"op": ops[s.intn(len(ops))], "hang": true, "count": 1}
 		last = 30 * time.Second
+	case "late_image":
+		// A big disk: the image becomes active 10-25 s after the policy's wait_timeout
+		// (20 s). The slot fails; the daemon must keep watching it and promote it.
+		by := time.Duration(25+s.intn(15)) * time.Second
+		return s.sim.do(ctx, http.MethodPost, "/servers/"+s.randomServer("", false)+"/slow-next-image?by="+by.String(), nil, nil)
+	case "busy_server":
+		// Someone else's snapshot: the task state clears after a few seconds, and the
+		// daemon must retry within the slot, not skip it.
+		id := s.randomServer("", s.intn(2) == 0)
+		task := "image_uploading"
+		if err := s.sim.do(ctx, http.MethodPatch, "/servers/"+id, map[string]any{"task_state": task}, nil); err != nil {
+			return err
+		}
+		d := time.Duration(2000+s.intn(6000)) * time.Millisecond
+		s.logf("fault busy_server %s task_state %s for %s", id, task, d)
+		go func() {
+			select {
+			case <-ctx.Done():
+			case <-time.After(d):
+			}
+			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = s.sim.do(cctx, http.MethodPatch, "/servers/"+id, map[string]any{"task_state": ""}, nil)
+		}()
+		return nil
+	case "snapshot_deleted":
+		// A volume snapshot behind one of our active images deleted behind our back:
+		// the image is hollow and must stop counting as a backup.
+		st, err := s.sim.state(ctx)
+		if err != nil {
+			return err
+		}
+		var cands [][2]string
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, im := range st.Images {
+			if !s.ours(im) || im.Status != "active" || s.protected[im.ID] {
+				continue
+			}
+			for _, sn := range im.SnapshotIDs {
+				if !s.inUse[sn] {
+					cands = append(cands, [2]string{im.ID, sn})
+				}
+			}
+		}
+		if len(cands) == 0 {
+			return errors.New("no snapshot of an active image of ours to delete")
+		}
+		c := cands[s.intn(len(cands))]
+		if err := s.sim.do(ctx, http.MethodDelete, "/snapshots/"+c[1], nil, nil); err != nil {
+			return err
+		}
+		s.hollowed[c[0]] = c[1]
+		s.logf("fault snapshot_deleted: snapshot %s of image %s", c[1], c[0])
+		return nil
 	case "delete_errors":
 		ops := []string{"image.delete", "volume.snapshots.delete"}
 		f = map[string]any{"op": ops[s.intn(2)], "error_status": 500, "count": 1 + s.intn(3)}

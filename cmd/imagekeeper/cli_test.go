@@ -10,20 +10,36 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
 )
 
-// This file holds the helpers every CLI test shares: running a command in-process,
-// starting a simulated cloud the commands can reach, and swapping a package-level
-// clock or interval for one test.
+// This file holds the helpers every CLI test shares: running a command in-process
+// (with a test's own clock and intervals, as fields of Main), and starting a
+// simulated cloud the commands can reach.
 
 // cli runs imagekeeper in-process, as main does but with its own streams, and
 // returns the exit code, stdout and stderr.
 func cli(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
+	return cliOpts{}.cli(t, args...)
+}
+
+// cliOpts are the clock and intervals a test gives the commands it runs, as fields
+// of the Main they run on; the zero value means the real ones.
+type cliOpts struct {
+	now          func() time.Time
+	pollInterval time.Duration
+	snapshotWait time.Duration
+}
+
+// cli runs imagekeeper in-process with o's clock and intervals.
+func (o cliOpts) cli(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
 	var out, errb bytes.Buffer
-	m := &Main{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: os.Getenv}
+	m := &Main{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: os.Getenv,
+		Now: o.now, PollInterval: o.pollInterval, SnapshotWait: o.snapshotWait}
 	code = m.Run(context.Background(), args)
 	return code, out.String(), errb.String()
 }
@@ -74,15 +90,6 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
-}
-
-// setForTest sets *p to v until the test ends: the commands read their clocks and
-// poll intervals from package variables so that tests can make them fast and fixed.
-func setForTest[T any](t *testing.T, p *T, v T) {
-	t.Helper()
-	old := *p
-	*p = v
-	t.Cleanup(func() { *p = old })
 }
 
 // commandNames lists the commands of the tree, without cobra's help and

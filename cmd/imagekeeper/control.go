@@ -19,7 +19,7 @@ import (
 	"github.com/spf13/pflag"
 )
 
-// The control socket lets `imagekeeper run`, `prune`, `reconcile` and `status` ask
+// The control socket lets `imagekeeper run`, `prune`, `reconcile`, `status` and `restore` ask
 // the running daemon to do the work, with its own locks, instead of fighting it for
 // the database lock.
 //

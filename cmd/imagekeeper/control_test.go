@@ -150,6 +150,21 @@ func TestControlSocketRunsCommandsInTheDaemon(t *testing.T) {
 	if code != exitOK || !strings.Contains(stdout, `"dry_run": true`) {
 		t.Errorf("prune --dry-run: exit %d\n%s%s", code, stdout, stderr)
 	}
+	code, stdout, stderr = cli(t, "prune", "--config", e.config, "--policy", "web")
+	if code != exitOK || !strings.Contains(stdout, "web:") {
+		t.Errorf("prune: exit %d\n%s%s", code, stdout, stderr)
+	}
+
+	// --slot re-runs a slot of the schedule (one the daemon never ran here): the
+	// images are stamped with that slot, and history shows it run by hand.
+	code, stdout, stderr = cli(t, "run", "--config", e.config, "--policy", "web", "--slot", "2026-01-01T00:00:00Z", "--server", "web-3", "--quiet")
+	if code != exitOK || !strings.Contains(stdout, "web: slot 2026-01-01T00:00:00Z ran: 1 selected, 1 good") {
+		t.Errorf("run --slot: exit %d\n%s%s", code, stdout, stderr)
+	}
+	code, stdout, _ = cli(t, "history", "--config", e.config, "--policy", "web", "-o", "json")
+	if code != exitOK || !strings.Contains(stdout, `"slot": "2026-01-01T00:00:00Z"`) || !strings.Contains(stdout, `"trigger": "manual"`) {
+		t.Errorf("history after run --slot: exit %d\n%s", code, stdout)
+	}
 
 	// Once the daemon stops, its socket is gone and the same commands work directly.
 	if err := r.stop(t); err != nil {

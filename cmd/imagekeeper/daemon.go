@@ -65,8 +65,9 @@ const (
 // daemonOptions are the flags of `imagekeeper daemon`.
 type daemonOptions struct {
 	*common
-	drain time.Duration
-	pprof string
+	drain     time.Duration
+	pprof     string
+	reconcile time.Duration
 }
 
 // newDaemonCommand builds `imagekeeper daemon`.
@@ -84,12 +85,17 @@ file reloads it; SIGTERM/SIGINT drain in-flight runs, a second one stops waiting
 	o.common = newCommon(m, cmd).withConfig().withLogs("info")
 	cmd.Flags().DurationVar(&o.drain, "drain-timeout", defaultDrainTimeout, "how long in-flight runs may finish on SIGTERM/SIGINT")
 	cmd.Flags().StringVar(&o.pprof, "pprof", "", "serve net/http/pprof on this loopback address, e.g. 127.0.0.1:6060 (off when empty)")
+	cmd.Flags().DurationVar(&o.reconcile, "reconcile-interval", defaultReconcileInterval,
+		"how often the daemon diffs the cloud against the lineage (marks gone and hollow images, promotes late ones)")
 	return cmd
 }
 
 func runDaemon(ctx context.Context, m *Main, o *daemonOptions) error {
 	if o.drain <= 0 {
 		return usageError("--drain-timeout must be positive")
+	}
+	if o.reconcile <= 0 {
+		return usageError("--reconcile-interval must be positive")
 	}
 	if o.pprof != "" {
 		if err := checkLoopback(o.pprof); err != nil {
@@ -106,6 +112,9 @@ func runDaemon(ctx context.Context, m *Main, o *daemonOptions) error {
 		Getenv:       m.Getenv,
 		Signals:      sigs,
 		PprofListen:  o.pprof,
+		// The soak runs it every few seconds, so that hollow and late images are
+		// settled within a sub-minute schedule.
+		ReconcileInterval: o.reconcile,
 	}
 	return d.Run(ctx)
 }
@@ -351,7 +360,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		// full refresh per run would be quadratic.
 		Done: func(ctx context.Context, name string) {
 			// A policy removed meanwhile keeps its images in the store, not in the metrics.
-			p := policyNamed(cfgs.Current(), name)
+			p := cfgs.Current().Find(name)
 			if p == nil {
 				return
 			}
@@ -360,8 +369,14 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 			}
 		},
 	})
+	// A reload is one Apply: the limits, the schedules and the metrics follow it
+	// here; retention and resumed work ask cfgs when they decide.
 	cfgs.Subscribe(func(cfg *policy.Config) { runner.SetLimits(cfg.Limits) })
 	cfgs.Subscribe(sched.Swap)
+	cfgs.Subscribe(func(cfg *policy.Config) {
+		metrics.ConfigReloaded(true, time.Now())
+		metrics.RefreshPeriods(cfg, time.Now())
+	})
 
 	// Read before the scheduler starts: every slot still running now was left so by
 	// a previous process (the lock rules out another daemon).
@@ -583,22 +598,8 @@ func (d *Daemon) reload(cfgs *policy.Coordinator, boot *policy.Config, m *schedu
 			log.Warn("reload: "+c.name+" changed; it takes effect on restart", "was", c.was, "now", c.now)
 		}
 	}
-	m.ConfigReloaded(true, time.Now())
 	log.Info("config reloaded", "why", why, "config_version", cfg.Version, "previous_config_version", old.Version,
 		"policies", len(cfg.Policies))
-	return nil
-}
-
-// policyNamed returns cfg's policy called name, enabled or not; nil when there is none.
-func policyNamed(cfg *policy.Config, name string) *policy.Policy {
-	if cfg == nil {
-		return nil
-	}
-	for _, p := range cfg.Policies {
-		if p.Name == name {
-			return p
-		}
-	}
 	return nil
 }
 

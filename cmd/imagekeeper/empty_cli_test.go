@@ -17,23 +17,23 @@ func TestPlanAndCheckCloudWarnOfAnEmptySelection(t *testing.T) {
 	env.sim.AddServer(simcloud.ServerSpec{Name: "web-1", Tags: []string{"backup=dialy"}}) // the typo is on the server
 	const warning = "selects no server now (select: tags=[backup=daily]): every slot would be empty and back up nothing"
 
-	code, out, errOut := cli(t, "plan", "--config", env.config)
+	code, out, errOut := env.cli(t, "plan", "--config", env.config)
 	if code != 0 || !strings.Contains(out, "  servers selected now: 0\n  WARNING: "+warning) {
 		t.Fatalf("plan: exit %d\n%s\n%s", code, out, errOut)
 	}
 
-	code, out, errOut = cli(t, "validate", "--config", env.config, "--check-cloud")
+	code, out, errOut = env.cli(t, "validate", "--config", env.config, "--check-cloud")
 	if code != exitFailure || !strings.Contains(out, "  selects now: 0 servers\n") ||
 		!strings.Contains(errOut, "warning: policy web "+warning) || !strings.Contains(errOut, "1 policy selects no server now") {
 		t.Fatalf("validate --check-cloud with an empty selection: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
 	}
 
 	env.sim.AddServer(simcloud.ServerSpec{Name: "web-2", Tags: []string{"backup=daily"}})
-	code, out, errOut = cli(t, "validate", "--config", env.config, "--check-cloud")
+	code, out, errOut = env.cli(t, "validate", "--config", env.config, "--check-cloud")
 	if code != 0 || !strings.Contains(out, "  selects now: 1 server\n") || errOut != "" {
 		t.Fatalf("validate --check-cloud: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
 	}
-	if code, out, _ := cli(t, "validate", "--config", env.config); code != 0 || strings.Contains(out, "selects now") {
+	if code, out, _ := env.cli(t, "validate", "--config", env.config); code != 0 || strings.Contains(out, "selects now") {
 		t.Fatalf("validate without --check-cloud asked the cloud: exit %d\n%s", code, out)
 	}
 }

@@ -40,6 +40,14 @@ type Main struct {
 	// ProgressEvery is how often `run` prints a line while it waits; zero means
 	// every 10 s.
 	ProgressEvery time.Duration
+	// Now is the clock of run (its slot), plan and validate; nil means time.Now.
+	Now func() time.Time
+	// PollInterval is the first wait between polls of run, prune, reconcile and
+	// recover; zero means the scheduler's default.
+	PollInterval time.Duration
+	// SnapshotWait is how long prune waits for deleted volume snapshots to be gone;
+	// zero means the scheduler's default.
+	SnapshotWait time.Duration
 
 	// daemon is set on the Main the daemon runs a control-socket command with.
 	daemon *daemonEnv
@@ -75,6 +83,14 @@ func withExitCode(code int, err error) error {
 // errSilent is returned by commands that have already printed everything the user
 // needs (for example every validation error) and only want the exit code.
 var errSilent = errors.New("silent")
+
+// now reads m's clock.
+func (m *Main) now() time.Time {
+	if m.Now != nil {
+		return m.Now()
+	}
+	return time.Now()
+}
 
 // Run runs the command line args (without the program name) and returns the
 // process exit code. Every error is printed once, on stderr, as

@@ -47,9 +47,6 @@ that long with the same retention code. It changes nothing.`,
 	return cmd
 }
 
-// planNow is the clock of `plan`; tests replace it.
-var planNow = time.Now
-
 // planSlots is how many upcoming slots plan lists per policy.
 const planSlots = 5
 
@@ -119,10 +116,10 @@ func runPlan(ctx context.Context, m *Main, o *planOptions) error {
 		}
 	}
 	st := wired.store
-	now := planNow()
+	now := m.now()
 	var runner *scheduler.Runner
 	if st != nil {
-		runner = wired.runner(scheduler.RunnerOptions{Now: planNow})
+		runner = wired.runner(scheduler.RunnerOptions{Now: m.now})
 	}
 
 	var plans []planPolicyJSON

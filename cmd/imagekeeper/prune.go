@@ -49,14 +49,6 @@ a prune could not decide or a guard rail refused a deletion.`,
 	return cmd
 }
 
-// pruneSnapshotWait is how long `prune` waits for deleted volume snapshots to be
-// gone, and prunePollInterval how often it looks (0: the scheduler's defaults);
-// tests shorten them.
-var (
-	pruneSnapshotWait time.Duration
-	prunePollInterval time.Duration
-)
-
 // pruneItemJSON is one image in `prune -o json`.
 type pruneItemJSON struct {
 	ImageID     string              `json:"image_id"`
@@ -119,7 +111,7 @@ func runPrune(ctx context.Context, m *Main, o *pruneOptions) error {
 		return err
 	}
 	defer wired.close()
-	runner := wired.runner(scheduler.RunnerOptions{PollInterval: prunePollInterval, MaxPollInterval: 4 * prunePollInterval})
+	runner := wired.runner(scheduler.RunnerOptions{PollInterval: m.PollInterval, MaxPollInterval: 4 * m.PollInterval})
 
 	// Retention asks the file's config for each policy by name, as the daemon's asks
 	// the config in force: a disabled policy is reported, not pruned.
@@ -127,7 +119,7 @@ func runPrune(ctx context.Context, m *Main, o *pruneOptions) error {
 	var reports []*scheduler.PruneReport
 	var failures []string
 	for _, p := range wired.policies {
-		rep, err := retention.Prune(ctx, p.Name, scheduler.PruneOptions{DryRun: o.dryRun, Full: true, SnapshotWait: pruneSnapshotWait})
+		rep, err := retention.Prune(ctx, p.Name, scheduler.PruneOptions{DryRun: o.dryRun, Full: true, SnapshotWait: m.SnapshotWait})
 		if err != nil {
 			failures = append(failures, err.Error())
 			if ctx.Err() != nil {

@@ -35,6 +35,7 @@ policies:
 // retentionEnv is a simulator on real time (short build and delete times), a
 // clouds.yaml and a policy file, with two days of images made by `run`.
 type retentionEnv struct {
+	cliOpts
 	sim    *simcloud.Sim
 	config string
 	state  string
@@ -54,14 +55,12 @@ func newRetentionEnv(t *testing.T) *retentionEnv {
 	env.app = sim.AddServer(simcloud.ServerSpec{Name: "app", Tags: tags})
 	env.db = sim.AddServer(simcloud.ServerSpec{Name: "db", Tags: tags, Volumes: 2})
 
-	setForTest(t, &runPollInterval, 10*time.Millisecond)
-	setForTest(t, &prunePollInterval, 10*time.Millisecond)
-	setForTest(t, &pruneSnapshotWait, 5*time.Second)
+	env.pollInterval, env.snapshotWait = 10*time.Millisecond, 5*time.Second
 	// Two days of slots, fixed, and in the past of the real clock.
 	for _, day := range []int{19, 20} {
 		at := time.Date(2026, 11, day, 10, 0, 0, 0, time.UTC)
-		setForTest(t, &runNow, func() time.Time { return at })
-		if code, out, errOut := cli(t, "run", "--config", env.config, "--policy", "nightly", "--quiet"); code != 0 {
+		env.now = func() time.Time { return at }
+		if code, out, errOut := env.cli(t, "run", "--config", env.config, "--policy", "nightly", "--quiet"); code != 0 {
 			t.Fatalf("run: exit %d\n%s\n%s", code, out, errOut)
 		}
 	}
@@ -76,7 +75,7 @@ func TestPruneCommandDryRunThenDelete(t *testing.T) {
 		t.Fatalf("setup: %d images, %d snapshots; want 4 and 4", len(images), len(snaps))
 	}
 
-	code, out, errOut := cli(t, "prune", "--config", env.config, "--dry-run")
+	code, out, errOut := env.cli(t, "prune", "--config", env.config, "--dry-run")
 	if code != 0 {
 		t.Fatalf("prune --dry-run: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -94,7 +93,7 @@ func TestPruneCommandDryRunThenDelete(t *testing.T) {
 		t.Fatal("prune --dry-run changed the cloud")
 	}
 
-	code, out, errOut = cli(t, "prune", "--config", env.config, "-o", "json")
+	code, out, errOut = env.cli(t, "prune", "--config", env.config, "-o", "json")
 	if code != 0 {
 		t.Fatalf("prune: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -120,10 +119,10 @@ func TestPruneCommandDryRunThenDelete(t *testing.T) {
 	}
 
 	// Bad flags are usage errors.
-	if code, _, _ := cli(t, "prune", "--config", env.config, "-o", "yaml"); code != exitUsage {
+	if code, _, _ := env.cli(t, "prune", "--config", env.config, "-o", "yaml"); code != exitUsage {
 		t.Errorf("prune -o yaml: exit %d, want %d", code, exitUsage)
 	}
-	if code, _, errOut := cli(t, "prune", "--config", env.config, "--policy", "nope"); code != exitUsage || !strings.Contains(errOut, "nightly") {
+	if code, _, errOut := env.cli(t, "prune", "--config", env.config, "--policy", "nope"); code != exitUsage || !strings.Contains(errOut, "nightly") {
 		t.Errorf("prune --policy nope: exit %d: %s", code, errOut)
 	}
 }
@@ -140,7 +139,7 @@ func TestReconcileCommand(t *testing.T) {
 	}
 	env.sim.DeleteImageDirect(dbOld)
 
-	code, out, errOut := cli(t, "reconcile", "--config", env.config)
+	code, out, errOut := env.cli(t, "reconcile", "--config", env.config)
 	if code != 0 {
 		t.Fatalf("reconcile: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -157,11 +156,11 @@ func TestReconcileCommand(t *testing.T) {
 		t.Fatalf("reconcile without --fix deleted snapshots: %d left", n)
 	}
 	// Report only means the lineage too: the row of the gone image still says good.
-	if code, out, _ := cli(t, "images", "--config", env.config, "--image-state", "good", "-o", "json"); code != 0 || !strings.Contains(out, dbOld) {
+	if code, out, _ := env.cli(t, "images", "--config", env.config, "--image-state", "good", "-o", "json"); code != 0 || !strings.Contains(out, dbOld) {
 		t.Fatalf("reconcile without --fix changed the row of %s:\n%s", dbOld, out)
 	}
 
-	code, out, errOut = cli(t, "reconcile", "--config", env.config, "--fix", "-o", "json")
+	code, out, errOut = env.cli(t, "reconcile", "--config", env.config, "--fix", "-o", "json")
 	if code != 0 {
 		t.Fatalf("reconcile --fix: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -175,7 +174,7 @@ func TestReconcileCommand(t *testing.T) {
 	if n := len(env.sim.Snapshots()); n != 2 {
 		t.Fatalf("after --fix %d snapshots left, want 2", n)
 	}
-	code, out, _ = cli(t, "reconcile", "--config", env.config)
+	code, out, _ = env.cli(t, "reconcile", "--config", env.config)
 	if code != 0 || !strings.Contains(out, "known_gone 0, leftover_snapshot 0") {
 		t.Fatalf("reconcile after fix: exit %d\n%s", code, out)
 	}
@@ -192,11 +191,11 @@ func mustImage(t *testing.T, env *retentionEnv, id string) simcloud.ImageState {
 
 func TestPlanCommand(t *testing.T) {
 	env := newRetentionEnv(t)
-	setForTest(t, &planNow, func() time.Time { return time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC) })
+	env.now = func() time.Time { return time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC) }
 	images := env.sim.Images()
 	env.sim.AddServer(simcloud.ServerSpec{Name: "zz-broken", Tags: []string{"backup=nightly"}, Status: "ERROR"})
 
-	code, out, errOut := cli(t, "plan", "--config", env.config, "--horizon", "3d")
+	code, out, errOut := env.cli(t, "plan", "--config", env.config, "--horizon", "3d")
 	if code != 0 {
 		t.Fatalf("plan: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -229,14 +228,14 @@ func TestPlanCommand(t *testing.T) {
 	dir := t.TempDir()
 	fresh := filepath.Join(dir, "none.db")
 	cfg2 := writeFile(t, filepath.Join(dir, "fresh.yaml"), fmt.Sprintf(retentionCLIConfig, fresh, 1))
-	code, out, _ = cli(t, "plan", "--config", cfg2, "-o", "json")
+	code, out, _ = env.cli(t, "plan", "--config", cfg2, "-o", "json")
 	if code != 0 || !strings.Contains(out, "no lineage yet") {
 		t.Fatalf("plan without lineage: exit %d\n%s", code, out)
 	}
 	if _, err := os.Stat(fresh); !os.IsNotExist(err) {
 		t.Fatalf("plan created the database: %v", err)
 	}
-	if code, _, _ := cli(t, "plan", "--config", cfg2, "--horizon", "soon"); code != exitUsage {
+	if code, _, _ := env.cli(t, "plan", "--config", cfg2, "--horizon", "soon"); code != exitUsage {
 		t.Errorf("plan --horizon soon: exit %d, want %d", code, exitUsage)
 	}
 }
@@ -276,7 +275,7 @@ func TestPruneCommandDryRunShowsProtected(t *testing.T) {
 	}
 	line := regexp.MustCompile(`(?m)^app-1119\s+app\s+\d+d\d+h\s+keep \(protected\)\s+no rule keeps it; kept: image is protected in Glance`)
 	for _, args := range [][]string{{"--dry-run"}, {}} {
-		code, out, errOut := cli(t, append([]string{"prune", "--config", env.config}, args...)...)
+		code, out, errOut := env.cli(t, append([]string{"prune", "--config", env.config}, args...)...)
 		if code != 0 {
 			t.Fatalf("prune %v: exit %d\n%s\n%s", args, code, out, errOut)
 		}

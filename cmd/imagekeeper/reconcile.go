@@ -76,7 +76,7 @@ func runReconcile(ctx context.Context, m *Main, o *reconcileOptions) error {
 		return err
 	}
 	defer wired.close()
-	runner := wired.runner(scheduler.RunnerOptions{PollInterval: prunePollInterval, MaxPollInterval: 4 * prunePollInterval})
+	runner := wired.runner(scheduler.RunnerOptions{PollInterval: m.PollInterval, MaxPollInterval: 4 * m.PollInterval})
 	reconcile := runner.ReconcilePreview
 	if o.fix {
 		reconcile = func(ctx context.Context, cfg *policy.Config) (*scheduler.ReconcileReport, error) {

@@ -24,7 +24,7 @@ func TestRecoverRebuildsALostLineage(t *testing.T) {
 	tags := []string{"backup=daily"}
 	web := env.sim.AddServer(simcloud.ServerSpec{Name: "web-1", Tags: tags})
 	db := env.sim.AddServer(simcloud.ServerSpec{Name: "db-1", Tags: tags, Volumes: 2})
-	if code, out, errOut := cli(t, "run", "--config", env.config, "--policy", "web"); code != 0 {
+	if code, out, errOut := env.cli(t, "run", "--config", env.config, "--policy", "web"); code != 0 {
 		t.Fatalf("run: exit %d\n%s\n%s", code, out, errOut)
 	}
 	ctx := context.Background()
@@ -48,19 +48,19 @@ func TestRecoverRebuildsALostLineage(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if code, _, errOut := cli(t, "recover", "--config", env.config); code != exitUsage || !strings.Contains(errOut, "--owner is required") {
+	if code, _, errOut := env.cli(t, "recover", "--config", env.config); code != exitUsage || !strings.Contains(errOut, "--owner is required") {
 		t.Fatalf("recover without --owner: exit %d %q", code, errOut)
 	}
 	lock, err := acquireLock(env.state)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if code, _, errOut := cli(t, "recover", "--config", env.config, "--owner", owner); code != exitFailure || !strings.Contains(errOut, "stop it first") {
+	if code, _, errOut := env.cli(t, "recover", "--config", env.config, "--owner", owner); code != exitFailure || !strings.Contains(errOut, "stop it first") {
 		t.Fatalf("recover beside a daemon: exit %d %q", code, errOut)
 	}
 	lock.Release()
 
-	code, out, errOut := cli(t, "recover", "--config", env.config, "--owner", owner)
+	code, out, errOut := env.cli(t, "recover", "--config", env.config, "--owner", owner)
 	if code != 0 {
 		t.Fatalf("recover: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -104,16 +104,16 @@ func TestRecoverRebuildsALostLineage(t *testing.T) {
 	}
 	st.Close()
 
-	code, out, _ = cli(t, "reconcile", "--config", env.config, "-o", "json")
+	code, out, _ = env.cli(t, "reconcile", "--config", env.config, "-o", "json")
 	var rec reconcileJSON
 	if code != 0 || json.Unmarshal([]byte(out), &rec) != nil || rec.CloudImages != 2 || rec.Counts["stamped_unknown"] != 0 {
 		t.Errorf("reconcile after recovery: exit %d\n%s", code, out)
 	}
 
-	if code, _, errOut := cli(t, "recover", "--config", env.config, "--owner", owner); code != exitFailure || !strings.Contains(errOut, "is not empty") {
+	if code, _, errOut := env.cli(t, "recover", "--config", env.config, "--owner", owner); code != exitFailure || !strings.Contains(errOut, "is not empty") {
 		t.Fatalf("recover into a non-empty lineage: exit %d %q", code, errOut)
 	}
-	code, out, errOut = cli(t, "recover", "--config", env.config, "--owner", owner, "--force")
+	code, out, errOut = env.cli(t, "recover", "--config", env.config, "--owner", owner, "--force")
 	if code != 0 || !strings.Contains(out, "0 recovered, 2 skipped") || strings.Count(out, "already in the lineage") != 2 {
 		t.Fatalf("recover --force: exit %d\n%s\n%s", code, out, errOut)
 	}

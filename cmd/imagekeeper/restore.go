@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,8 +24,9 @@ const (
 // came from, so that a restore whose answer was lost can be found.
 const restoreMetadataKey = "imagekeeper_restored_from"
 
-// restorePollInterval is how often `restore --wait` polls the new server.
-var restorePollInterval = 2 * time.Second
+// defaultRestorePoll is how often `restore --wait` polls the new server unless
+// Main.PollInterval says otherwise.
+const defaultRestorePoll = 2 * time.Second
 
 // restoreOptions are the flags of `imagekeeper restore`.
 type restoreOptions struct {
@@ -180,7 +182,7 @@ func runRestore(ctx context.Context, m *Main, o *restoreOptions, imageID string)
 		fmt.Fprintf(w, "server %s created\n", id)
 	}
 	if o.wait {
-		s, err := waitForServer(ctx, cl, id, o.timeout, func(s cloud.Server) {
+		s, err := waitForServer(ctx, cl, id, o.timeout, cmp.Or(m.PollInterval, defaultRestorePoll), func(s cloud.Server) {
 			if !o.json() {
 				line := "  " + s.Status
 				if s.TaskState != "" {
@@ -230,7 +232,7 @@ var errBootFailed = errors.New("went to ERROR")
 
 // waitForServer polls a new server until it is ACTIVE, ERROR or gone, or timeout
 // passes, calling progress whenever its status or task state changes.
-func waitForServer(ctx context.Context, cl cloud.Cloud, id string, timeout time.Duration, progress func(cloud.Server)) (cloud.Server, error) {
+func waitForServer(ctx context.Context, cl cloud.Cloud, id string, timeout, every time.Duration, progress func(cloud.Server)) (cloud.Server, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var last cloud.Server
@@ -259,7 +261,7 @@ func waitForServer(ctx context.Context, cl cloud.Cloud, id string, timeout time.
 		case !cloud.Retryable(err):
 			return last, err
 		}
-		t := time.NewTimer(restorePollInterval)
+		t := time.NewTimer(every)
 		select {
 		case <-ctx.Done():
 			t.Stop()

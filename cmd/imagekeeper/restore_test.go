@@ -26,18 +26,17 @@ func newRestoreEnv(t *testing.T) *restoreEnv {
 		SnapshotBuildTime: 50 * time.Millisecond, BootTime: 150 * time.Millisecond})
 	state := filepath.Join(dir, "lineage.db")
 	config := writeFile(t, filepath.Join(dir, "imagekeeper.yaml"), fmt.Sprintf(lineageCLIConfig, state))
-	setForTest(t, &runNow, func() time.Time { return time.Date(2026, 11, 24, 18, 30, 42, 0, time.UTC) })
-	setForTest(t, &runPollInterval, 10*time.Millisecond)
-	setForTest(t, &restorePollInterval, 20*time.Millisecond)
+	opts := cliOpts{now: func() time.Time { return time.Date(2026, 11, 24, 18, 30, 42, 0, time.UTC) },
+		pollInterval: 20 * time.Millisecond}
 	tags := []string{"backup=daily"}
 	sim.AddServer(simcloud.ServerSpec{Name: "web-1", Tags: tags, AZ: "az-1"})
 	sim.AddServer(simcloud.ServerSpec{Name: "db-1", Tags: tags, Volumes: 2})
 	web2 := sim.AddServer(simcloud.ServerSpec{Name: "web-2", Tags: tags})
 	sim.FailNextSnapshot(web2)
-	if code, out, errOut := cli(t, "run", "--config", config, "--policy", "web"); code != 1 && code != 0 {
+	if code, out, errOut := opts.cli(t, "run", "--config", config, "--policy", "web"); code != 1 && code != 0 {
 		t.Fatalf("run: exit %d\n%s\n%s", code, out, errOut)
 	}
-	code, out, errOut := cli(t, "images", "--config", config, "-o", "json")
+	code, out, errOut := opts.cli(t, "images", "--config", config, "-o", "json")
 	if code != 0 {
 		t.Fatalf("images: exit %d\n%s", code, errOut)
 	}
@@ -45,7 +44,7 @@ func newRestoreEnv(t *testing.T) *restoreEnv {
 	if err := json.Unmarshal([]byte(out), &list); err != nil {
 		t.Fatalf("images -o json: %v\n%s", err, out)
 	}
-	e := &restoreEnv{cliEnv: &cliEnv{sim: sim, config: config, state: state}, images: map[string]imageJSON{}}
+	e := &restoreEnv{cliEnv: &cliEnv{cliOpts: opts, sim: sim, config: config, state: state}, images: map[string]imageJSON{}}
 	for _, im := range list {
 		e.images[im.ServerName] = im
 	}
@@ -71,7 +70,7 @@ func (e *restoreEnv) serverNamed(t *testing.T, name string) simcloud.ServerState
 func TestRestoreBootsBothKinds(t *testing.T) {
 	e := newRestoreEnv(t)
 	web := e.images["web-1"]
-	code, out, errOut := cli(t, "restore", web.ImageID, "--name", "web-1-restored", "--wait", "--config", e.config)
+	code, out, errOut := e.cli(t, "restore", web.ImageID, "--name", "web-1-restored", "--wait", "--config", e.config)
 	if code != 0 {
 		t.Fatalf("restore: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
 	}
@@ -89,13 +88,13 @@ func TestRestoreBootsBothKinds(t *testing.T) {
 	if s.Status != "ACTIVE" || s.ImageRef != web.ImageID || s.AZ != "az-1" || s.Metadata[restoreMetadataKey] != web.ImageID {
 		t.Errorf("restored server = %+v", s)
 	}
-	code, out, _ = cli(t, "why", web.ImageID, "--config", e.config)
+	code, out, _ = e.cli(t, "why", web.ImageID, "--config", e.config)
 	if code != 0 || !regexp.MustCompile(`restored\s.*restored as server `+s.ID).MatchString(out) {
 		t.Errorf("why does not show the restored event with the new server id %s:\n%s", s.ID, out)
 	}
 
 	db := e.images["db-1"]
-	code, out, errOut = cli(t, "restore", db.ImageID, "--name", "db-1-restored", "--no-network", "--flavor", "m1.small", "--wait", "-o", "json", "--config", e.config)
+	code, out, errOut = e.cli(t, "restore", db.ImageID, "--name", "db-1-restored", "--no-network", "--flavor", "m1.small", "--wait", "-o", "json", "--config", e.config)
 	if code != 0 {
 		t.Fatalf("restore db: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
 	}
@@ -148,7 +147,7 @@ func TestRestoreRefusals(t *testing.T) {
 			if tc.setup != nil {
 				tc.setup()
 			}
-			code, out, errOut := cli(t, append([]string{"restore", "--config", e.config}, tc.args...)...)
+			code, out, errOut := e.cli(t, append([]string{"restore", "--config", e.config}, tc.args...)...)
 			if code != tc.code || !strings.Contains(errOut, tc.want) {
 				t.Errorf("exit %d, want %d; stderr does not say %q:\n%s\nstdout:\n%s", code, tc.code, tc.want, errOut, out)
 			}
@@ -157,16 +156,16 @@ func TestRestoreRefusals(t *testing.T) {
 	// The original server is gone: the flavor must be given, the zone is the
 	// lineage's.
 	e.sim.RemoveServer(web.ServerID)
-	code, _, errOut := cli(t, "restore", web.ImageID, "--name", "y", "--config", e.config)
+	code, _, errOut := e.cli(t, "restore", web.ImageID, "--name", "y", "--config", e.config)
 	if code != 1 || !strings.Contains(errOut, "no longer exists: give --flavor") {
 		t.Errorf("without the original server: exit %d\n%s", code, errOut)
 	}
-	code, out, errOut := cli(t, "restore", web.ImageID, "--name", "y", "--flavor", "2", "--config", e.config)
+	code, out, errOut := e.cli(t, "restore", web.ImageID, "--name", "y", "--flavor", "2", "--config", e.config)
 	if code != 0 || !strings.Contains(out, "availability zone az-1") {
 		t.Errorf("with --flavor: exit %d\n%s\n%s", code, out, errOut)
 	}
 	// --force boots a failed image's id anyway; Nova then refuses it (it is gone).
-	code, _, errOut = cli(t, "restore", failed.ImageID, "--name", "z", "--force", "--config", e.config)
+	code, _, errOut = e.cli(t, "restore", failed.ImageID, "--name", "z", "--force", "--config", e.config)
 	if code != 1 || !strings.Contains(errOut, "could not be found") {
 		t.Errorf("--force of a failed image: exit %d\n%s", code, errOut)
 	}

@@ -68,13 +68,6 @@ reason, 1 otherwise.`,
 	return cmd
 }
 
-// runNow is the clock of `run`, and runPollInterval its first poll interval (0: the
-// scheduler's default); tests replace them.
-var (
-	runNow          = time.Now
-	runPollInterval time.Duration
-)
-
 // runBackup runs one slot of one policy now: the current minute is the slot, so
 // running it twice in one minute makes no second image. Exit 0 when every selected
 // server got a good image or was skipped for a recorded reason, 1 otherwise.
@@ -106,7 +99,7 @@ func runBackup(ctx context.Context, m *Main, o *runOptions) error {
 			printProgress(out, e)
 		}
 	}
-	runner := wired.runner(scheduler.RunnerOptions{PollInterval: runPollInterval, MaxPollInterval: 4 * runPollInterval})
+	runner := wired.runner(scheduler.RunnerOptions{PollInterval: m.PollInterval, MaxPollInterval: 4 * m.PollInterval})
 	stopTicker := o.tickProgress(ctx, out, wired, p, slot, &done)
 	rep, runErr := runner.RunSlotWith(ctx, cfg.Version, p, slot, scheduler.TriggerManual,
 		scheduler.RunSlotOptions{Servers: servers, Progress: progress, SkipRetention: true})
@@ -144,7 +137,7 @@ func runBackup(ctx context.Context, m *Main, o *runOptions) error {
 // runSlot is the slot to run: the current minute, or --slot when it is a slot of
 // the policy's schedule or one a manual run made before.
 func (o *runOptions) runSlot(ctx context.Context, w *wiring, p *policy.Policy) (time.Time, error) {
-	now := runNow().UTC()
+	now := o.m.now().UTC()
 	if o.slot == "" {
 		return now.Truncate(time.Minute), nil
 	}

@@ -35,6 +35,7 @@ policies:
 
 // cliEnv is a simulator with a clouds.yaml and a config file pointing at it.
 type cliEnv struct {
+	cliOpts
 	sim    *simcloud.Sim
 	config string
 	state  string
@@ -46,9 +47,10 @@ func newCLIEnv(t *testing.T) *cliEnv {
 	sim := startSim(t, dir, simcloud.Options{Seed: 7, ImageBuildTime: 80 * time.Millisecond, SnapshotBuildTime: 50 * time.Millisecond})
 	state := filepath.Join(dir, "lineage.db")
 	config := writeFile(t, filepath.Join(dir, "imagekeeper.yaml"), fmt.Sprintf(lineageCLIConfig, state))
-	setForTest(t, &runNow, func() time.Time { return time.Date(2026, 11, 24, 18, 30, 42, 0, time.UTC) })
-	setForTest(t, &runPollInterval, 10*time.Millisecond)
-	return &cliEnv{sim: sim, config: config, state: state}
+	return &cliEnv{sim: sim, config: config, state: state, cliOpts: cliOpts{
+		now:          func() time.Time { return time.Date(2026, 11, 24, 18, 30, 42, 0, time.UTC) },
+		pollInterval: 10 * time.Millisecond,
+	}}
 }
 
 // TestLineageCommands runs run, images, history and why as a user would, against
@@ -62,7 +64,7 @@ func TestLineageCommands(t *testing.T) {
 	broken := env.sim.AddServer(simcloud.ServerSpec{Name: "broken", Tags: tags, Status: "ERROR"})
 	env.sim.AddServer(simcloud.ServerSpec{Name: "other", Tags: []string{"backup=never"}})
 
-	code, out, errOut := cli(t, "run", "--config", env.config, "--policy", "web")
+	code, out, errOut := env.cli(t, "run", "--config", env.config, "--policy", "web")
 	if code != 0 {
 		t.Fatalf("run: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
 	}
@@ -82,13 +84,13 @@ func TestLineageCommands(t *testing.T) {
 	}
 
 	// Same minute again: nothing new.
-	code, out, _ = cli(t, "run", "--config", env.config, "--policy", "web")
+	code, out, _ = env.cli(t, "run", "--config", env.config, "--policy", "web")
 	if code != 0 || !strings.Contains(out, "(already made for this slot)") || env.sim.CreateImageCalls(web1) != 1 {
 		t.Errorf("second run: exit %d, %d calls for web-1\n%s", code, env.sim.CreateImageCalls(web1), out)
 	}
 
 	// images -o json: three good rows, the volume-backed one with two snapshots.
-	code, out, errOut = cli(t, "images", "--config", env.config, "-o", "json")
+	code, out, errOut = env.cli(t, "images", "--config", env.config, "-o", "json")
 	if code != 0 {
 		t.Fatalf("images: exit %d: %s", code, errOut)
 	}
@@ -111,32 +113,32 @@ func TestLineageCommands(t *testing.T) {
 			}
 		}
 	}
-	code, out, _ = cli(t, "images", "--config", env.config, "--server", web1)
+	code, out, _ = env.cli(t, "images", "--config", env.config, "--server", web1)
 	if lines := strings.Split(strings.TrimSpace(out), "\n"); code != 0 || len(lines) != 2 ||
 		!strings.HasPrefix(lines[0], "IMAGE ID") || !strings.Contains(lines[1], "web-1-20261125-0230") || !strings.Contains(lines[1], "good") {
 		t.Errorf("images --server: exit %d\n%s", code, out)
 	}
-	if code, _, errOut = cli(t, "images", "--config", env.config, "--image-state", "bogus"); code != exitUsage || !strings.Contains(errOut, "requested, creating") {
+	if code, _, errOut = env.cli(t, "images", "--config", env.config, "--image-state", "bogus"); code != exitUsage || !strings.Contains(errOut, "requested, creating") {
 		t.Errorf("images --state bogus: exit %d: %s", code, errOut)
 	}
-	code, out, _ = cli(t, "images", "--config", env.config, "--image-state", "failed")
+	code, out, _ = env.cli(t, "images", "--config", env.config, "--image-state", "failed")
 	if code != 0 || strings.TrimSpace(out) != "no images" {
 		t.Errorf("images --state failed: exit %d %q", code, out)
 	}
 
 	// history: one slot, run twice.
-	code, out, _ = cli(t, "history", "--config", env.config)
+	code, out, _ = env.cli(t, "history", "--config", env.config)
 	if !regexp.MustCompile(`(?m)^web\s+2026-11-24T18:30:00Z\s+manual\s+ran\s+4\s+3\s+0\s+1\s+2\s`).MatchString(out) || code != 0 {
 		t.Errorf("history: exit %d\n%s", code, out)
 	}
-	code, out, _ = cli(t, "history", "--config", env.config, "-o", "json", "--policy", "web")
+	code, out, _ = env.cli(t, "history", "--config", env.config, "-o", "json", "--policy", "web")
 	var slots []slotJSON
 	if err := json.Unmarshal([]byte(out), &slots); err != nil || code != 0 || len(slots) != 1 || slots[0].Runs != 2 || slots[0].Existing != 3 {
 		t.Errorf("history json: %v %+v", err, slots)
 	}
 
 	// why: where the image came from and every decision.
-	code, out, errOut = cli(t, "why", "--config", env.config, dbImage)
+	code, out, errOut = env.cli(t, "why", "--config", env.config, dbImage)
 	if code != 0 {
 		t.Fatalf("why: exit %d: %s", code, errOut)
 	}
@@ -161,12 +163,12 @@ func TestLineageCommands(t *testing.T) {
 	if n := strings.Count(out, "  available"); n != 2 {
 		t.Errorf("why lists %d available snapshots, want 2:\n%s", n, out)
 	}
-	code, out, _ = cli(t, "why", "--config", env.config, "-o", "json", dbImage)
+	code, out, _ = env.cli(t, "why", "--config", env.config, "-o", "json", dbImage)
 	var wj whyJSON
 	if err := json.Unmarshal([]byte(out), &wj); err != nil || code != 0 || len(wj.Snapshots) != 2 || wj.Snapshots[0].VolumeID == "" || len(wj.Events) < 5 {
 		t.Errorf("why json: %v %+v", err, wj)
 	}
-	if code, _, errOut = cli(t, "why", "--config", env.config, "not-ours"); code != exitFailure || !strings.Contains(errOut, "not in the lineage") {
+	if code, _, errOut = env.cli(t, "why", "--config", env.config, "not-ours"); code != exitFailure || !strings.Contains(errOut, "not in the lineage") {
 		t.Errorf("why unknown image: exit %d: %s", code, errOut)
 	}
 }
@@ -178,7 +180,7 @@ func TestRunExitCodes(t *testing.T) {
 	bad := env.sim.AddServer(simcloud.ServerSpec{Name: "bad", Tags: []string{"backup=daily"}})
 	env.sim.AddServer(simcloud.ServerSpec{Name: "good", Tags: []string{"backup=daily"}})
 	env.sim.FailNextSnapshot(bad)
-	code, out, errOut := cli(t, "run", "--config", env.config, "--policy", "web")
+	code, out, errOut := env.cli(t, "run", "--config", env.config, "--policy", "web")
 	if code != exitFailure {
 		t.Errorf("run with a failed image: exit %d, want 1", code)
 	}
@@ -186,13 +188,13 @@ func TestRunExitCodes(t *testing.T) {
 		!strings.Contains(out, "1 good, 1 failed, 0 skipped") || !strings.Contains(errOut, "1 of 2 selected servers have no good image") {
 		t.Errorf("run output:\n%s\nstderr:\n%s", out, errOut)
 	}
-	if code, _, errOut = cli(t, "run", "--config", env.config, "--policy", "nope"); code != exitUsage || !strings.Contains(errOut, `no policy "nope"`) {
+	if code, _, errOut = env.cli(t, "run", "--config", env.config, "--policy", "nope"); code != exitUsage || !strings.Contains(errOut, `no policy "nope"`) {
 		t.Errorf("unknown policy: exit %d: %s", code, errOut)
 	}
-	if code, _, _ = cli(t, "run", "--config", env.config); code != exitUsage {
+	if code, _, _ = env.cli(t, "run", "--config", env.config); code != exitUsage {
 		t.Errorf("missing --policy: exit %d", code)
 	}
-	if code, _, _ = cli(t, "run", "--config", filepath.Join(t.TempDir(), "missing.yaml"), "--policy", "web"); code != exitUsage {
+	if code, _, _ = env.cli(t, "run", "--config", filepath.Join(t.TempDir(), "missing.yaml"), "--policy", "web"); code != exitUsage {
 		t.Errorf("missing config: exit %d", code)
 	}
 }
@@ -205,19 +207,18 @@ func TestRunPrunesAfterwards(t *testing.T) {
 	tags := []string{"backup=daily"}
 	env.sim.AddServer(simcloud.ServerSpec{Name: "web-1", Tags: tags})
 	env.sim.AddServer(simcloud.ServerSpec{Name: "db-1", Tags: tags, Volumes: 1})
-	setForTest(t, &prunePollInterval, 10*time.Millisecond)
-	setForTest(t, &pruneSnapshotWait, 5*time.Second)
+	env.snapshotWait = 5 * time.Second
 
 	live := func() (images, snapshots int) { return len(env.sim.Images()), len(env.sim.Snapshots()) }
 	base := time.Date(2026, 11, 24, 18, 30, 0, 0, time.UTC)
 	for i := 0; i < 4; i++ {
 		at := base.Add(time.Duration(i) * time.Minute)
-		setForTest(t, &runNow, func() time.Time { return at })
+		env.now = func() time.Time { return at }
 		args := []string{"run", "--config", env.config, "--policy", "web"}
 		if i == 3 {
 			args = append(args, "--no-prune")
 		}
-		code, out, errOut := cli(t, args...)
+		code, out, errOut := env.cli(t, args...)
 		if code != 0 {
 			t.Fatalf("run %d: exit %d\n%s\n%s", i, code, out, errOut)
 		}
@@ -229,8 +230,8 @@ func TestRunPrunesAfterwards(t *testing.T) {
 		t.Fatalf("after 4 runs, the last with --no-prune: %d images, %d snapshots; want 8 and 4", images, snaps)
 	}
 	at := base.Add(4 * time.Minute)
-	setForTest(t, &runNow, func() time.Time { return at })
-	code, out, errOut := cli(t, "run", "--config", env.config, "--policy", "web")
+	env.now = func() time.Time { return at }
+	code, out, errOut := env.cli(t, "run", "--config", env.config, "--policy", "web")
 	if code != 0 || !regexp.MustCompile(`(?m)^retention: web: 4 deleted`).MatchString(out) {
 		t.Fatalf("fifth run: exit %d, want a retention line with 4 deleted\n%s\n%s", code, out, errOut)
 	}
@@ -248,7 +249,7 @@ func TestRunPrunesAfterwards(t *testing.T) {
 func TestWritingCommandsRespectTheDatabaseLock(t *testing.T) {
 	env := newCLIEnv(t)
 	env.sim.AddServer(simcloud.ServerSpec{Name: "web-1", Tags: []string{"backup=daily"}})
-	if code, out, errOut := cli(t, "run", "--config", env.config, "--policy", "web"); code != 0 {
+	if code, out, errOut := env.cli(t, "run", "--config", env.config, "--policy", "web"); code != 0 {
 		t.Fatalf("run before the lock: exit %d\n%s\n%s", code, out, errOut)
 	}
 	lock, err := acquireLock(env.state)
@@ -262,7 +263,7 @@ func TestWritingCommandsRespectTheDatabaseLock(t *testing.T) {
 		{"prune", "--config", env.config},
 		{"reconcile", "--config", env.config, "--fix"},
 	} {
-		code, _, errOut := cli(t, args...)
+		code, _, errOut := env.cli(t, args...)
 		if code != exitFailure || !strings.Contains(errOut, "is using this database") ||
 			!strings.Contains(errOut, "pid "+strconv.Itoa(os.Getpid())) {
 			t.Errorf("%s beside a held lock: exit %d, stderr %q; want exit 1 naming the holder", args[0], code, errOut)
@@ -277,7 +278,7 @@ func TestWritingCommandsRespectTheDatabaseLock(t *testing.T) {
 		{"images", "--config", env.config},
 		{"history", "--config", env.config},
 	} {
-		if code, out, errOut := cli(t, args...); code != 0 {
+		if code, out, errOut := env.cli(t, args...); code != 0 {
 			t.Errorf("%v beside a held lock: exit %d\n%s\n%s", args, code, out, errOut)
 		}
 	}

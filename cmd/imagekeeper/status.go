@@ -118,7 +118,7 @@ func runStatus(ctx context.Context, m *Main, o *statusOptions) error {
 		if err != nil {
 			return err
 		}
-		if p := findPolicy(wired.cfg, name); p != nil && p.Schedule != nil {
+		if p := wired.cfg.Find(name); p != nil && p.Schedule != nil {
 			out.loc[name] = p.Schedule.Location
 		}
 		out.Policies = append(out.Policies, ps)
@@ -152,22 +152,10 @@ func statusPolicies(ctx context.Context, st *store.Store, cfg *policy.Config) ([
 	return append(names, extra...), nil
 }
 
-func findPolicy(cfg *policy.Config, name string) *policy.Policy {
-	if cfg == nil {
-		return nil
-	}
-	for _, p := range cfg.Policies {
-		if p.Name == name {
-			return p
-		}
-	}
-	return nil
-}
-
 // policyStatus is one policy's line of status.
 func policyStatus(ctx context.Context, st *store.Store, cfg *policy.Config, name string, now time.Time) (statusPolicyJSON, error) {
 	ps := statusPolicyJSON{Policy: name, WithoutGood: []statusServerJSON{}}
-	if p := findPolicy(cfg, name); p != nil {
+	if p := cfg.Find(name); p != nil {
 		ps.InConfig, ps.Enabled = true, p.Enabled
 		if p.Enabled && p.Schedule != nil {
 			ps.NextSlot = optTime(p.Schedule.Next(now).UTC())

@@ -13,9 +13,6 @@ import (
 	"github.com/imagekeeper/imagekeeper/scheduler"
 )
 
-// validateNow is the clock of validate; tests replace it.
-var validateNow = time.Now
-
 // validateSlots is how many upcoming slots validate prints per policy.
 const validateSlots = 3
 
@@ -91,7 +88,7 @@ func runValidate(ctx context.Context, m *Main, o *validateOptions) error {
 	case err != nil:
 		return withExitCode(exitUsage, err)
 	}
-	now := validateNow()
+	now := m.now()
 	selected := map[string]int{}
 	warnings := map[string]string{}
 	if o.checkCloud {

@@ -10,7 +10,7 @@ import (
 
 func TestValidateOK(t *testing.T) {
 	// Just before the US spring-forward gap: the 02:30 slot runs at 03:00 EDT.
-	setForTest(t, &validateNow, func() time.Time { return time.Date(2024, 3, 9, 12, 0, 0, 0, time.UTC) })
+	at := cliOpts{now: func() time.Time { return time.Date(2024, 3, 9, 12, 0, 0, 0, time.UTC) }}
 	path := writeFile(t, filepath.Join(t.TempDir(), "ok.yaml"), `policies:
   - name: ny
     select: {tags: [backup]}
@@ -24,7 +24,7 @@ func TestValidateOK(t *testing.T) {
     image: {name: "{{ .Server.Name }}"}
     retention: {keep_last: 3}
 `)
-	code, stdout, stderr := cli(t, "validate", "--config", path)
+	code, stdout, stderr := at.cli(t, "validate", "--config", path)
 	if code != 0 || stderr != "" {
 		t.Fatalf("exit %d, stderr %q", code, stderr)
 	}

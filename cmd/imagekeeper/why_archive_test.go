@@ -17,10 +17,10 @@ import (
 func TestWhyAnswersForCompactedImages(t *testing.T) {
 	env := newCLIEnv(t)
 	env.sim.AddServer(simcloud.ServerSpec{Name: "web-1", Tags: []string{"backup=daily"}})
-	if code, out, errOut := cli(t, "run", "--config", env.config, "--policy", "web"); code != 0 {
+	if code, out, errOut := env.cli(t, "run", "--config", env.config, "--policy", "web"); code != 0 {
 		t.Fatalf("run: exit %d\n%s\n%s", code, out, errOut)
 	}
-	_, out, _ := cli(t, "images", "--config", env.config, "-o", "json")
+	_, out, _ := env.cli(t, "images", "--config", env.config, "-o", "json")
 	var ims []imageJSON
 	if err := json.Unmarshal([]byte(out), &ims); err != nil || len(ims) != 1 {
 		t.Fatalf("images: %v\n%s", err, out)
@@ -47,7 +47,7 @@ func TestWhyAnswersForCompactedImages(t *testing.T) {
 		t.Fatalf("CompactLineage = %d, %v", moved, err)
 	}
 
-	code, out, errOut := cli(t, "why", "--config", env.config, id)
+	code, out, errOut := env.cli(t, "why", "--config", env.config, id)
 	if code != 0 {
 		t.Fatalf("why: exit %d: %s", code, errOut)
 	}
@@ -57,7 +57,7 @@ func TestWhyAnswersForCompactedImages(t *testing.T) {
 			t.Errorf("why of a compacted image lacks %q:\n%s", want, out)
 		}
 	}
-	code, out, _ = cli(t, "why", "--config", env.config, "-o", "json", id)
+	code, out, _ = env.cli(t, "why", "--config", env.config, "-o", "json", id)
 	var j struct {
 		Image  map[string]any `json:"image"`
 		Events []eventJSON    `json:"events"`

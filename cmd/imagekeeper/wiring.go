@@ -304,8 +304,7 @@ func wireStore(ctx context.Context, cfg *policy.Config) (*store.Store, error) {
 
 // wireCloud opens the cloud the config names (a clouds.yaml entry; OS_CLOUD when the
 // config names none). observe, when set, sees every HTTP exchange (metrics).
-// Tests replace it to put a fake in.
-var wireCloud = func(ctx context.Context, cfg *policy.Config, log *slog.Logger, observe func(openstack.Request)) (cloud.Cloud, error) {
+func wireCloud(ctx context.Context, cfg *policy.Config, log *slog.Logger, observe func(openstack.Request)) (cloud.Cloud, error) {
 	// Glance answers 25 images a page unless asked for more; a wait polls every image
 	// of a slot in one listing, so ask for the usual api_limit_max (clouds cap it).
 	c, err := openstack.New(ctx, openstack.Options{CloudName: cfg.Cloud, Observe: observe, Logger: log, PageSize: 1000})
