@@ -32,7 +32,7 @@ type inventory struct {
 
 type inventoryEntry struct {
 	done    chan struct{}
-	at      time.Time // when the listing finished
+	at      time.Time // when the listing started, by the Runner's clock
 	servers []cloud.Server
 	err     error
 }
@@ -61,7 +61,7 @@ func (inv *inventory) servers(ctx context.Context, slot, now time.Time, list fun
 	inv.mu.Unlock()
 	if !ok {
 		e.servers, e.err = list(ctx)
-		e.at = time.Now()
+		e.at = now // the Runner's clock, which the expiry above compares with
 		close(e.done)
 		return e.servers, e.err
 	}

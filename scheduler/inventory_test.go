@@ -45,6 +45,10 @@ func TestInventorySharesOneListingPerSlot(t *testing.T) {
 	if _, err := inv.servers(ctx, slot.Add(time.Minute), slot.Add(time.Minute), list); err != nil || calls.Load() != 2 {
 		t.Errorf("another slot: err %v, %d listings in all; want a second listing", err, calls.Load())
 	}
+	// A run of the first slot that starts late (behind a long run) lists afresh.
+	if _, err := inv.servers(ctx, slot, slot.Add(inventoryTTL+time.Second), list); err != nil || calls.Load() != 3 {
+		t.Errorf("a late run of a slot: err %v, %d listings in all; want a fresh one", err, calls.Load())
+	}
 
 	boom := errors.New("503")
 	failing := func(context.Context) ([]cloud.Server, error) { calls.Add(1); return nil, boom }

@@ -591,8 +591,8 @@ func (s *Store) queryImages(ctx context.Context, q string, args ...any) ([]Image
 }
 
 // queryAll runs a query and scans every row with scan; what names the rows in
-// errors. Rows are read to the end before returning, so the single connection is
-// free again when it returns.
+// errors. Rows are read to the end before returning, so the connection goes back
+// to its pool when it returns.
 func queryAll[T any](ctx context.Context, db *sql.DB, what string, scan func(interface{ Scan(...any) error }) (T, error),
 	q string, args ...any) ([]T, error) {
 	rows, err := db.QueryContext(ctx, q, args...)
