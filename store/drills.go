@@ -26,6 +26,9 @@ const (
 	VerifyOK      = "ok"
 	VerifyFailed  = "failed"
 	VerifyTimeout = "timeout"
+	// VerifyInterrupted is a journal row's result (never an image's) for a drill
+	// stopped before it had one.
+	VerifyInterrupted = "interrupted"
 )
 
 // Event kinds of restore drills.
@@ -126,11 +129,12 @@ func (s *Store) FinishDrill(ctx context.Context, d Drill, result, detail string)
 }
 
 // DrillCleaned marks a drill done: its server and volumes are gone. A drill that
-// never got a result (a crash) is recorded failed on its journal row only.
+// never got a result (a crash, a shutdown) is recorded interrupted on its journal
+// row only: it says nothing about the image.
 func (s *Store) DrillCleaned(ctx context.Context, d Drill) error {
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `UPDATE drills SET state = ?, finished_at = ?,
-			result = CASE result WHEN '' THEN 'failed' ELSE result END,
+			result = CASE result WHEN '' THEN 'interrupted' ELSE result END,
 			detail = CASE result WHEN '' THEN 'interrupted before a result' ELSE detail END WHERE id = ?`,
 			DrillDone, s.stamp(), d.ID); err != nil {
 			return err
@@ -288,7 +292,7 @@ func (s *Store) Verifications(ctx context.Context) (map[int64]Verification, erro
 // the result of its last drill ("" when none).
 func (s *Store) LastVerified(ctx context.Context) (okAt map[string]time.Time, last map[string]string, err error) {
 	okAt, last = map[string]time.Time{}, map[string]string{}
-	rows, err := s.reader().QueryContext(ctx, `SELECT policy, result, started_at FROM drills WHERE result != '' ORDER BY id`)
+	rows, err := s.reader().QueryContext(ctx, `SELECT policy, result, started_at FROM drills WHERE result IN ('ok', 'failed', 'timeout') ORDER BY id`)
 	if err != nil {
 		return nil, nil, fmt.Errorf("last verified: %w", err)
 	}

@@ -251,7 +251,7 @@ func (s *soak) check(ctx context.Context) (*result, error) {
 	// and no drill the journal does not record done (kill -9 during drills included).
 	for _, d := range l.drills {
 		r.drills[d.Result]++
-		if d.Detail == "interrupted before a result" {
+		if d.Result == store.VerifyInterrupted {
 			r.drillsInterrupted++
 		}
 		if d.State != store.DrillDone {
