@@ -108,6 +108,11 @@ type Metrics struct {
 	policies map[string]bool // true: initialised; false: removed
 
 	slots            *prometheus.CounterVec
+	verifications    *prometheus.CounterVec
+	lastVerified     *prometheus.GaugeVec
+	verifyDuration   prometheus.Histogram
+	verifyPeriod     *prometheus.GaugeVec
+	lastVerifyOK     *prometheus.GaugeVec
 	imagesCreated    *prometheus.CounterVec
 	serversSkipped   *prometheus.CounterVec
 	createDuration   *prometheus.HistogramVec
@@ -157,6 +162,7 @@ func (m *Metrics) policyVecs() []interface {
 		DeletePartialMatch(prometheus.Labels) int
 	}{
 		m.slots, m.imagesCreated, m.serversSkipped, m.createDuration, m.imagesDeleted,
+		m.verifications, m.lastVerified, m.verifyPeriod, m.lastVerifyOK,
 		m.snapshotsDeleted, m.images, m.lastSuccess, m.nextSlot, m.newestGoodAge,
 		m.schedulePeriod, m.serversSelected, m.serversNoGood, m.emptySince,
 	}
@@ -317,6 +323,28 @@ func NewMetrics(reg prometheus.Registerer, build BuildInfo) *Metrics {
 			Help: "A metric with a constant '1' value labelled by the build's version, revision and Go version.",
 		}, []string{"version", "revision", "goversion"}),
 	}
+	m.verifications = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Name: "verifications_total",
+		Help: "Restore drills by result: ok (booted to ACTIVE, console marker seen when set), failed (refused, ERROR), timeout.",
+	}, []string{"policy", "result"})
+	m.lastVerified = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: ns, Name: "last_verified_timestamp_seconds",
+		Help: "Unix time of the last successful restore drill of the policy.",
+	}, []string{"policy"})
+	m.verifyDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: ns, Name: "verify_duration_seconds",
+		Help:    "Time from a restore drill's boot request to its result.",
+		Buckets: []float64{5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600},
+	})
+	m.verifyPeriod = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: ns, Name: "verify_period_seconds",
+		Help: "Longest gap between consecutive restore drills of the policy's verify schedule over the coming week.",
+	}, []string{"policy"})
+	m.lastVerifyOK = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: ns, Name: "last_verify_success",
+		Help: "1 when the policy's last restore drill booted its image, 0 when it failed or timed out.",
+	}, []string{"policy"})
+	reg.MustRegister(m.verifications, m.lastVerified, m.verifyDuration, m.verifyPeriod, m.lastVerifyOK)
 	reg.MustRegister(m.slots, m.imagesCreated, m.serversSkipped, m.createDuration, m.imagesDeleted,
 		m.snapshotsDeleted, m.images, m.leftover, m.lastSuccess, m.nextSlot, m.newestGoodAge,
 		m.schedulePeriod, m.serversSelected, m.serversNoGood, m.emptySince, m.cloudRequests, m.cloudDuration,
@@ -590,4 +618,55 @@ func (m *Metrics) setSchedulePeriod(policy string, d time.Duration) {
 		}
 		m.schedulePeriod.WithLabelValues(policy).Set(d.Seconds())
 	})
+}
+
+// verifyResults are the result label values of imagekeeper_verifications_total.
+var verifyResults = []string{"ok", "failed", "timeout"}
+
+// InitDrills makes a policy with a verify block export its drill series at zero
+// from the start, so that alerts see them before the first drill, and its drill
+// period.
+func (m *Metrics) InitDrills(policy string, period time.Duration) {
+	if m == nil {
+		return
+	}
+	for _, r := range verifyResults {
+		m.verifications.WithLabelValues(policy, r)
+	}
+	m.verifyPeriod.WithLabelValues(policy).Set(period.Seconds())
+}
+
+// SetLastVerifyResult sets whether a policy's last drill succeeded (from the
+// lineage at start).
+func (m *Metrics) SetLastVerifyResult(policy, result string) {
+	if m == nil || result == "" {
+		return
+	}
+	v := 0.0
+	if result == "ok" {
+		v = 1
+	}
+	m.lastVerifyOK.WithLabelValues(policy).Set(v)
+}
+
+// DrillResult records one restore drill.
+func (m *Metrics) DrillResult(policy, result string, d time.Duration, now time.Time) {
+	if m == nil {
+		return
+	}
+	m.verifications.WithLabelValues(policy, result).Inc()
+	m.verifyDuration.Observe(d.Seconds())
+	m.SetLastVerifyResult(policy, result)
+	if result == "ok" {
+		m.lastVerified.WithLabelValues(policy).Set(float64(now.Unix()))
+	}
+}
+
+// SetLastVerified sets a policy's last successful drill time from the lineage (at
+// start).
+func (m *Metrics) SetLastVerified(policy string, at time.Time) {
+	if m == nil || at.IsZero() {
+		return
+	}
+	m.lastVerified.WithLabelValues(policy).Set(float64(at.Unix()))
 }

@@ -193,6 +193,12 @@ type Runner struct {
 	waiting map[int64]bool // image rows a wait of this Runner is watching
 	// lateWake wakes WatchLate when an image enters its late window.
 	lateWake chan struct{}
+
+	// drillsActive holds the journal rows of the drills this Runner is running, which
+	// CleanupDrills leaves alone.
+	drillMu      sync.Mutex
+	drillsActive map[int64]bool
+	drillHooks   drillHooks
 }
 
 // NewRunner returns a Runner.
@@ -230,6 +236,8 @@ func NewRunner(opts RunnerOptions) *Runner {
 		sleep:    opts.Sleep,
 		waiting:  map[int64]bool{},
 		lateWake: make(chan struct{}, 1),
+
+		drillsActive: map[int64]bool{},
 	}
 	r.bucket = newTokenBucket(opts.Limits.RequestsPerSecond, r.now, r.sleep)
 	r.workers = newSemaphore(concurrency(opts.Limits))

@@ -314,7 +314,11 @@ func (s *Sim) volumesHTTP(q *req) {
 		return
 	}
 	list := []any{}
+	status := q.r.URL.Query().Get("status")
 	for i, v := range vols {
+		if status != "" && v.status != status {
+			continue // Cinder filters the list on status (openstack volume list --status)
+		}
 		list = append(list, view(v, i))
 	}
 	writeJSON(q.w, http.StatusOK, map[string]any{"volumes": list})

@@ -91,7 +91,7 @@ func (s *Sim) serveControl(w http.ResponseWriter, r *http.Request) {
 	case segs[0] == "state" && m == http.MethodGet:
 		writeJSON(w, http.StatusOK, map[string]any{
 			"now": s.Now(), "servers": nonNil(s.Servers()), "images": nonNil(s.Images()),
-			"snapshots": nonNil(s.Snapshots()), "requests": s.Requests()})
+			"snapshots": nonNil(s.Snapshots()), "volumes": nonNil(s.Volumes()), "requests": s.Requests()})
 	case segs[0] == "requests" && m == http.MethodGet:
 		writeJSON(w, http.StatusOK, s.Requests())
 	case segs[0] == "clouds.yaml" && m == http.MethodGet:

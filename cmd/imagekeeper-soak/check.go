@@ -22,6 +22,7 @@ type lineage struct {
 	images []store.Image
 	snaps  []store.Snapshot
 	slots  []store.Slot
+	drills []store.Drill
 	// lateGood holds the rows that became good after wait_timeout.
 	lateGood map[int64]bool
 }
@@ -58,6 +59,9 @@ func readLineage(ctx context.Context, dbPath, dir string, full bool) (*lineage, 
 		return nil, err
 	}
 	if l.slots, err = st.Slots(ctx, store.SlotFilter{}); err != nil {
+		return nil, err
+	}
+	if l.drills, err = st.Drills(ctx); err != nil {
 		return nil, err
 	}
 	evs, err := st.Events(ctx, store.EventFilter{Kind: "image_late_good"})
@@ -130,6 +134,10 @@ type result struct {
 	requests                                                  int
 	imageDeletes, snapshotDeletes                             int
 	pendingJournal, pendingFailed, keptInUse                  int
+	drills                                                    map[string]int // by result
+	drillsInterrupted                                         int
+
+	drillLeftovers int
 
 	duplicates, untracked, leftovers, wrongDeletions, noOutcome, missingSlots, lost int
 	// failedRule: an image that was good (late-good included) deleted by the failed
@@ -150,7 +158,7 @@ func (r *result) violate(counter *int, format string, args ...any) {
 
 func (r *result) violations() int {
 	return r.duplicates + r.untracked + r.leftovers + r.wrongDeletions + r.noOutcome + r.missingSlots + r.lost +
-		r.failedRule + r.hollowGood + r.inFlight
+		r.failedRule + r.hollowGood + r.inFlight + r.drillLeftovers
 }
 
 // failing counts the violations that fail the soak: all but the kinds named in
@@ -163,7 +171,8 @@ func (r *result) failing(known string) int {
 	n := 0
 	for name, v := range map[string]int{"duplicates": r.duplicates, "untracked": r.untracked, "leftovers": r.leftovers,
 		"wrong_deletions": r.wrongDeletions, "no_outcome": r.noOutcome, "missing_slots": r.missingSlots, "lost": r.lost,
-		"failed_rule": r.failedRule, "hollow_good": r.hollowGood, "in_flight": r.inFlight} {
+		"failed_rule": r.failedRule, "hollow_good": r.hollowGood, "in_flight": r.inFlight,
+		"drill_leftovers": r.drillLeftovers} {
 		if !skip[name] {
 			n += v
 		}
@@ -172,9 +181,13 @@ func (r *result) failing(known string) int {
 }
 
 func (r *result) line() string {
-	return fmt.Sprintf("soak: slots=%d kills=%d faults=%d images=%d duplicates=%d untracked=%d leftovers=%d wrong_deletions=%d no_outcome=%d missing_slots=%d lost=%d failed_rule=%d hollow_good=%d in_flight=%d late_good=%d hollowed=%d",
+	drills := 0
+	for _, n := range r.drills {
+		drills += n
+	}
+	return fmt.Sprintf("soak: slots=%d kills=%d faults=%d images=%d duplicates=%d untracked=%d leftovers=%d wrong_deletions=%d no_outcome=%d missing_slots=%d lost=%d failed_rule=%d hollow_good=%d in_flight=%d late_good=%d hollowed=%d drills=%d drill_leftovers=%d",
 		r.slots, r.kills, r.faults, r.images, r.duplicates, r.untracked, r.leftovers, r.wrongDeletions, r.noOutcome, r.missingSlots, r.lost,
-		r.failedRule, r.hollowGood, r.inFlight, r.lateGood, r.hollowed)
+		r.failedRule, r.hollowGood, r.inFlight, r.lateGood, r.hollowed, drills, r.drillLeftovers)
 }
 
 func (r *result) report(s *soak) string {
@@ -184,6 +197,7 @@ func (r *result) report(s *soak) string {
 	fmt.Fprintf(&b, "soak: faults by kind: %s\n", kv(r.faultKinds))
 	fmt.Fprintf(&b, "soak: slot outcomes: %s\n", kv(r.outcomes))
 	fmt.Fprintf(&b, "soak: lineage image states: %s\n", kv(r.states))
+	fmt.Fprintf(&b, "soak: restore drills by result: %s; interrupted (kill -9, finished by the cleanup)=%d\n", kv(r.drills), r.drillsInterrupted)
 	fmt.Fprintf(&b, "soak: cloud requests=%d image_deletes=%d snapshot_deletes=%d\n", r.requests, r.imageDeletes, r.snapshotDeletes)
 	fmt.Fprintf(&b, "soak: open journals (image gone, snapshot retry scheduled)=%d failed images' snapshots awaiting FailedGrace=%d kept_in_use=%d\n",
 		r.pendingJournal, r.pendingFailed, r.keptInUse)
@@ -231,7 +245,29 @@ func (s *soak) check(ctx context.Context) (*result, error) {
 		}
 	}
 	r := &result{kills: s.kills, starts: s.starts, selfExits: s.selfExits, notReady: s.notReady, readyMax: s.readyMax,
-		outcomes: map[string]int{}, states: map[string]int{}, faultKinds: s.faults}
+		outcomes: map[string]int{}, states: map[string]int{}, faultKinds: s.faults, drills: map[string]int{}}
+
+	// drill_leftovers: after convergence no drill server, no volume made by a drill,
+	// and no drill the journal does not record done (kill -9 during drills included).
+	for _, d := range l.drills {
+		r.drills[d.Result]++
+		if d.Result == store.VerifyInterrupted {
+			r.drillsInterrupted++
+		}
+		if d.State != store.DrillDone {
+			r.violate(&r.drillLeftovers, "drill_leftovers: drill %s (policy %s, image %s) is %s in the journal, not done",
+				d.Token, d.Policy, d.ImageID, d.State)
+		}
+	}
+	for _, sv := range st.Servers {
+		if sv.Metadata["imagekeeper_drill"] != "" {
+			r.violate(&r.drillLeftovers, "drill_leftovers: drill server %s (%s, %s) still exists", sv.ID, sv.Name, sv.Status)
+		}
+	}
+	for _, v := range st.Volumes {
+		r.violate(&r.drillLeftovers, "drill_leftovers: volume %s made from snapshot %s is still there (%s, server %q)",
+			v.ID, v.SnapshotID, v.Status, v.ServerID)
+	}
 	for _, n := range s.faults {
 		r.faults += n
 	}

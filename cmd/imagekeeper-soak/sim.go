@@ -26,6 +26,15 @@ type simServer struct {
 	Tags      []string          `json:"tags"`
 	VolumeIDs []string          `json:"volume_ids"`
 	ImageProp map[string]string `json:"image_properties,omitempty"`
+	Metadata  map[string]string `json:"metadata,omitempty"`
+}
+
+// simVolume is a volume the simulator made from a snapshot (a restore or a drill).
+type simVolume struct {
+	ID         string `json:"id"`
+	SnapshotID string `json:"snapshot_id"`
+	Status     string `json:"status"`
+	ServerID   string `json:"server_id,omitempty"`
 }
 
 type simImage struct {
@@ -52,6 +61,7 @@ type simState struct {
 	Servers   []simServer    `json:"servers"`
 	Images    []simImage     `json:"images"`
 	Snapshots []simSnapshot  `json:"snapshots"`
+	Volumes   []simVolume    `json:"volumes"`
 	Requests  map[string]int `json:"requests"`
 }
 

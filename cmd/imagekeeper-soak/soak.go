@@ -37,6 +37,7 @@ var soakPolicies = []policyDef{
       metadata: {source: '{{ .Server.ID }}', az: '{{ .Server.AZ }}'}
       wait_timeout: 20s
     retention: {keep_last: 3, min_keep: 1, max_deletions_per_run: 20}
+    verify: {cron: "@every 12s", sample: 2, flavor: m1.tiny, timeout: 15s, console_marker: "login:"}
 `},
 	{Name: "db", Role: "db", Every: 8 * time.Second, MinKeep: 2, YAML: `
   - name: db
@@ -46,6 +47,7 @@ var soakPolicies = []policyDef{
       name: '{{ .Server.Name | slug | trunc 40 }}-{{ .Slot.Format "20060102-150405" }}'
       wait_timeout: 20s
     retention: {keep_last: 2, min_keep: 2, max_deletions_per_run: 20}
+    verify: {cron: "@every 16s", flavor: m1.small, timeout: 15s}
 `},
 	{Name: "app", Role: "app", Every: 10 * time.Second, MinKeep: 1, YAML: `
   - name: app

@@ -156,6 +156,9 @@ type Daemon struct {
 	// RunnerPollInterval is passed to the backup runner (image waits); zero leaves its
 	// default.
 	RunnerPollInterval time.Duration
+	// DrillCleanupInterval is how often leftover drill servers and volumes are looked
+	// for (scheduler.DefaultDrillCleanupInterval when zero).
+	DrillCleanupInterval time.Duration
 	// ReconcileInterval is how often the cloud is diffed against the lineage (and
 	// leftover snapshots of deleted images are cleaned); zero means 15 min.
 	ReconcileInterval time.Duration
@@ -410,6 +413,21 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		serr := runner.ResumeInterruptedSlots(ctx, cfgs, interrupted)
 		return errors.Join(serr, runner.ResumeWaits(ctx, cfgs))
 	})
+	// Restore drills (verify: blocks) run on their schedules; leftovers of drills a
+	// crash or a drain interrupted are deleted at start and periodically.
+	initDrillMetrics(ctx, st, metrics, cfg, log)
+	cfgs.Subscribe(func(cfg *policy.Config) { initDrillMetrics(ctx, st, metrics, cfg, log) })
+	// A shutdown stops them at once (drillsStop, before the drain): a drill is not
+	// worth waiting for, but the drill in flight still deletes what it booted.
+	drillsCtx, drillsStop := context.WithCancel(ctx)
+	defer drillsStop()
+	sched.Go("drills", func(runCtx context.Context) error {
+		ctx, cancel := context.WithCancel(drillsCtx)
+		defer cancel()
+		stop := context.AfterFunc(runCtx, cancel)
+		defer stop()
+		return runner.WatchDrills(ctx, cfgs.Current, scheduler.DrillLoopOptions{CleanupInterval: d.DrillCleanupInterval})
+	})
 	d.audit(st, log, eventDaemonStarted, fmt.Sprintf("pid %d, config %s version %s, %d policies",
 		os.Getpid(), d.ConfigPath, cfg.Version, len(cfg.Policies)))
 	log.Info("imagekeeper daemon serving", "config", d.ConfigPath, "state", statePath, "listen", srv.Addr(), "control_socket", ctl.path,
@@ -536,6 +554,7 @@ loop:
 		}
 	}()
 	ctl.StopAccepting()
+	drillsStop()
 	derr := sched.Drain(dctx, cancelGrace)
 	if !ctl.Wait(dctx) {
 		log.Warn("control socket: commands still running at the end of the drain; cancelling them")
@@ -813,4 +832,35 @@ func (d *Daemon) checkForeignStamps(ctx context.Context, runner *scheduler.Runne
 			"lineage was lost, stop the daemon and run `imagekeeper recover --owner "+owner+"`",
 			"foreign_owner", owner, "images", byOwner[owner])
 	}
+}
+
+// initDrillMetrics exports the drill series of every policy with a verify block,
+// the last successful drill's time read from the lineage.
+func initDrillMetrics(ctx context.Context, st *store.Store, m *scheduler.Metrics, cfg *policy.Config, log *slog.Logger) {
+	okAt, last, err := st.LastVerified(ctx)
+	if err != nil {
+		log.Warn("read last restore drills", "err", err)
+	}
+	for _, p := range cfg.Policies {
+		if p.Verify == nil {
+			continue
+		}
+		m.InitDrills(p.Name, drillPeriod(p.Verify.Schedule))
+		m.SetLastVerified(p.Name, okAt[p.Name])
+		m.SetLastVerifyResult(p.Name, last[p.Name])
+	}
+}
+
+// drillPeriod is the longest gap between drills over the coming week, as the
+// schedule period gauge is for slots.
+func drillPeriod(s *policy.Schedule) time.Duration {
+	var longest time.Duration
+	t := s.Next(time.Now())
+	end := t.Add(7 * 24 * time.Hour)
+	for i := 0; i < 10000 && t.Before(end); i++ {
+		n := s.Next(t)
+		longest = max(longest, n.Sub(t))
+		t = n
+	}
+	return longest
 }

@@ -122,6 +122,8 @@ func demo(ctx context.Context, out io.Writer, log *slog.Logger, statePath, liste
 	w.say("  image-backed web-1..web-4 (role=web), volume-backed db-1..db-3 (role=db, 1-2 volumes each),")
 	w.say("  web-broken in ERROR, web-5-opted-out tagged no-backup, and 3 servers without backup=demo.")
 	w.say("policies (examples/demo.yaml): web every 10s keeping the last 3 images, db every 15s keeping the last 2.")
+	w.say("restore drills (verify:): every minute for web, every 2 minutes for db, a drill server boots the newest")
+	w.say("  good image, is checked ACTIVE with \"login:\" on its console, and is deleted with its volumes.")
 
 	d := &Daemon{
 		ConfigPath:         configPath,
@@ -371,10 +373,29 @@ func (n *narrator) narrate(ctx context.Context, e store.Event) string {
 	case store.EventImageCreating, store.EventCreateAttempt, store.EventSnapshotState, store.EventSnapshotAdded,
 		store.EventIntentDropped:
 		return ""
+	case store.EventDrillStarted:
+		name, server := n.image(ctx, e)
+		return fmt.Sprintf("[%s] restore drill: booting a drill server from %s, the newest good image of %s", who, name, server)
+	case store.EventDrillVerified:
+		name, server := n.image(ctx, e)
+		return fmt.Sprintf("[%s] restore drill: image %s of %s boots (%s); recorded verified_at", who, name, server, drillDetail(msg))
+	case store.EventDrillFailed:
+		name, server := n.image(ctx, e)
+		return fmt.Sprintf("[%s] restore drill: image %s of %s did NOT boot: %s", who, name, server, drillDetail(msg))
+	case store.EventDrillCleaned:
+		return fmt.Sprintf("[%s] restore drill: deleted the drill server and the volumes it was given", who)
 	case eventDaemonStarted, eventDaemonStopped, eventConfigReload:
 		return fmt.Sprintf("[daemon] %s: %s", strings.ReplaceAll(e.Kind, "_", " "), msg)
 	}
 	// Anything else (deferred deletions, refusals, images gone behind our back) is
 	// told as the store words it.
 	return fmt.Sprintf("[%s] %s: %s", who, strings.ReplaceAll(e.Kind, "_", " "), msg)
+}
+
+// drillDetail is the part of a drill event's message after the token.
+func drillDetail(msg string) string {
+	if i := strings.Index(msg, ": "); i >= 0 {
+		msg = msg[i+2:]
+	}
+	return strings.TrimPrefix(msg, "booted: ")
 }

@@ -70,6 +70,9 @@ type imageJSON struct {
 	DeleteReason  string            `json:"delete_reason,omitempty"`
 	DeletedAt     *time.Time        `json:"deleted_at,omitempty"`
 	Metadata      map[string]string `json:"metadata,omitempty"`
+	// VerifiedAt and VerifyResult are the image's last restore drill.
+	VerifiedAt   *time.Time `json:"verified_at,omitempty"`
+	VerifyResult string     `json:"verify_result,omitempty"`
 }
 
 func toImageJSON(im store.Image, snapshots int) imageJSON {
@@ -106,6 +109,10 @@ func runImages(ctx context.Context, m *Main, o *imagesOptions) error {
 		// A name or an id: servers are known by name, the lineage keys them by id.
 		ims = slices.DeleteFunc(ims, func(im store.Image) bool { return im.ServerID != o.server && im.ServerName != o.server })
 	}
+	verified, err := st.Verifications(ctx)
+	if err != nil {
+		return err
+	}
 	counts := make([]int, len(ims))
 	for i, im := range ims {
 		if im.VolumeBacked {
@@ -119,7 +126,11 @@ func runImages(ctx context.Context, m *Main, o *imagesOptions) error {
 	if o.json() {
 		out := make([]imageJSON, 0, len(ims))
 		for i, im := range ims {
-			out = append(out, toImageJSON(im, counts[i]))
+			j := toImageJSON(im, counts[i])
+			if v, ok := verified[im.Row]; ok {
+				j.VerifiedAt, j.VerifyResult = optTime(v.At), v.Result
+			}
+			out = append(out, j)
 		}
 		return writeJSON(m.Stdout, out)
 	}
@@ -127,14 +138,14 @@ func runImages(ctx context.Context, m *Main, o *imagesOptions) error {
 		fmt.Fprintln(m.Stdout, "no images")
 		return nil
 	}
-	t := newTable(m.Stdout, "IMAGE ID", "POLICY", "SERVER", "SLOT", "STATE", "SIZE", "SNAPSHOTS", "NAME", "REASON")
+	t := newTable(m.Stdout, "IMAGE ID", "POLICY", "SERVER", "SLOT", "STATE", "SIZE", "SNAPSHOTS", "VERIFIED", "NAME", "REASON")
 	for i, im := range ims {
 		snaps := "-"
 		if im.VolumeBacked {
 			snaps = fmt.Sprint(counts[i])
 		}
 		t.row(orDash(im.ImageID), im.Policy, cmp.Or(im.ServerName, im.ServerID), im.Slot.UTC().Format(time.RFC3339),
-			im.State, humanBytes(im.SizeBytes), snaps, im.Name, orDash(oneLine(cmp.Or(im.DeleteReason, im.Reason), 60)))
+			im.State, humanBytes(im.SizeBytes), snaps, verifiedCell(verified[im.Row]), im.Name, orDash(oneLine(cmp.Or(im.DeleteReason, im.Reason), 60)))
 	}
 	return t.flush()
 }
@@ -174,4 +185,13 @@ func oneLine(s string, n int) string {
 		return string(r[:n-1]) + "…"
 	}
 	return s
+}
+
+// verifiedCell is the VERIFIED column: the last drill's result and time, "-" when
+// the image was never drilled.
+func verifiedCell(v store.Verification) string {
+	if v.At.IsZero() {
+		return "-"
+	}
+	return v.Result + " " + v.At.UTC().Format(time.RFC3339)
 }

@@ -153,6 +153,8 @@ func knownFamilies(t *testing.T) map[string]bool {
 	m.SetNextSlot("p", time.Now())
 	m.SetLastSuccess("p", time.Now())
 	m.ServersSelected("p", 1)
+	m.InitDrills("p", time.Minute)
+	m.DrillResult("p", "ok", time.Second, time.Now())
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

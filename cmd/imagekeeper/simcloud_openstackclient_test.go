@@ -187,6 +187,63 @@ func TestOpenstackClientAgainstSimcloud(t *testing.T) {
 		t.Errorf("image list --property k=v = %v", names)
 	}
 
+	// Restores: openstack server create --image boots both kinds with imageRef (what
+	// imagekeeper restore sends); the volume-backed one gets a volume per snapshot,
+	// which outlives the server (delete_on_termination false) until deleted.
+	runOut := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(osc, args...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("openstack %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	type booted struct{ ID, Status string }
+	var rweb, rdb booted
+	run(&rweb, "--os-compute-api-version", "2.60", "server", "create", "--image", img.ID, "--flavor", "m1.small",
+		"--nic", "none", "--wait", "-f", "json", "restored-web")
+	run(&rdb, "--os-compute-api-version", "2.60", "server", "create", "--image", vimg.ID, "--flavor", "m1.tiny",
+		"--nic", "none", "--wait", "-f", "json", "restored-db")
+	if rweb.Status != "ACTIVE" || rdb.Status != "ACTIVE" {
+		t.Errorf("server create --wait: %+v %+v, want both ACTIVE", rweb, rdb)
+	}
+	if out := runOut("--os-compute-api-version", "2.60", "console", "log", "show", "--lines", "1", "restored-web"); !strings.Contains(out, "login:") {
+		t.Errorf("console log show: %q, want the login prompt", out)
+	}
+	type vol struct {
+		ID          string
+		Status      string
+		Attachments []struct {
+			ServerID string `json:"server_id"`
+		} `json:"Attached to"`
+	}
+	var inUse []vol
+	run(&inUse, "volume", "list", "--status", "in-use", "-f", "json")
+	var restoredVols []string
+	for _, v := range inUse {
+		if len(v.Attachments) == 1 && v.Attachments[0].ServerID == rdb.ID {
+			restoredVols = append(restoredVols, v.ID)
+		}
+	}
+	if len(restoredVols) != 2 {
+		t.Errorf("volume list: %d volumes attached to restored-db, want one per snapshot (2): %+v", len(restoredVols), inUse)
+	}
+	runOut("server", "delete", "--wait", "restored-db", "restored-web")
+	var avail []vol
+	run(&avail, "volume", "list", "--status", "available", "-f", "json")
+	var left []string
+	for _, v := range avail {
+		left = append(left, v.ID)
+	}
+	slices.Sort(left)
+	slices.Sort(restoredVols)
+	if !slices.Equal(left, restoredVols) {
+		t.Errorf("available volumes after server delete = %v, want the restored server's %v", left, restoredVols)
+	}
+	runOut(append([]string{"volume", "delete"}, left...)...)
+
 	run(nil, "image", "delete", vimg.ID)
 	for _, im := range state().Images {
 		if im.ID == vimg.ID {

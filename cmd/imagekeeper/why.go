@@ -93,6 +93,9 @@ func runWhy(ctx context.Context, m *Main, o *whyOptions, imageID string) error {
 	}
 	if o.json() {
 		out := whyJSON{Image: toImageJSON(im, len(snaps)), Snapshots: []snapshotJSON{}, Events: []eventJSON{}}
+		if v, err := st.Verification(ctx, im.Row); err == nil && !v.At.IsZero() {
+			out.Image.VerifiedAt, out.Image.VerifyResult = optTime(v.At), v.Result
+		}
 		for _, sn := range snaps {
 			out.Snapshots = append(out.Snapshots, snapshotJSON{SnapshotID: sn.SnapshotID, VolumeID: sn.VolumeID,
 				DeviceName: sn.DeviceName, State: string(sn.State), Reason: sn.Reason, SizeGB: sn.SizeGB,
@@ -112,6 +115,11 @@ func runWhy(ctx context.Context, m *Main, o *whyOptions, imageID string) error {
 	fmt.Fprintf(w, "  state:     %s\n", state)
 	if im.DeleteReason != "" {
 		fmt.Fprintf(w, "  deletion:  %s\n", im.DeleteReason)
+	}
+	if v, err := st.Verification(ctx, im.Row); err == nil && !v.At.IsZero() {
+		fmt.Fprintf(w, "  verified:  %s at %s (restore drill: %s)\n", v.Result, v.At.UTC().Format(time.RFC3339), orDash(v.Detail))
+	} else if err == nil {
+		fmt.Fprintf(w, "  verified:  never (no restore drill booted it yet)\n")
 	}
 	fmt.Fprintf(w, "  policy:    %s (policy version %s, config version %s)\n", im.Policy, orDash(im.PolicyVersion), orDash(im.ConfigVersion))
 	backing := "image-backed"
