@@ -94,10 +94,11 @@ func copyFile(src, dst string) error {
 
 // request is one line of the simulator's request log (simcloud -v).
 type request struct {
+	at               time.Time
 	method, path, op string
 }
 
-var requestLine = regexp.MustCompile(`msg="simcloud request" method=(\S+) path=(\S+) op=(\S+)`)
+var requestLine = regexp.MustCompile(`^time=(\S+) .*msg="simcloud request" method=(\S+) path=(\S+) op=(\S+)`)
 
 func readRequests(logPath string) ([]request, error) {
 	f, err := os.Open(logPath)
@@ -110,7 +111,8 @@ func readRequests(logPath string) ([]request, error) {
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		if m := requestLine.FindStringSubmatch(sc.Text()); m != nil {
-			out = append(out, request{method: m[1], path: strings.Trim(m[2], `"`), op: m[3]})
+			at, _ := time.Parse(time.RFC3339Nano, m[1])
+			out = append(out, request{at: at, method: m[2], path: strings.Trim(m[3], `"`), op: m[4]})
 		}
 	}
 	return out, sc.Err()
@@ -145,8 +147,16 @@ type result struct {
 	// in error (it would count towards min_keep); inFlight: a createImage of a server
 	// while the policy's earlier image of it was in flight (within wait_timeout).
 	failedRule, hollowGood, inFlight int
-	lateGood, hollowed               int
-	details                          []string
+	// keptByConfig: a Glance DELETE of an image that the config in force at that
+	// instant keeps (its policy absent or disabled then, or the image among its
+	// server's keep_last newest good ones); reloads counts the config changes.
+	keptByConfig, reloads, unattributed int
+	// attributed, keepChecked: deletes attributed to a config version, and of
+	// those the good ones checked against keep_last; keepTight of them left exactly
+	// keep_last newer ones; keepMargin is the least surplus seen.
+	attributed, keepChecked, keepTight, keepMargin int
+	lateGood, hollowed                             int
+	details                                        []string
 }
 
 func (r *result) violate(counter *int, format string, args ...any) {
@@ -158,7 +168,7 @@ func (r *result) violate(counter *int, format string, args ...any) {
 
 func (r *result) violations() int {
 	return r.duplicates + r.untracked + r.leftovers + r.wrongDeletions + r.noOutcome + r.missingSlots + r.lost +
-		r.failedRule + r.hollowGood + r.inFlight + r.drillLeftovers
+		r.failedRule + r.hollowGood + r.inFlight + r.drillLeftovers + r.keptByConfig
 }
 
 // failing counts the violations that fail the soak: all but the kinds named in
@@ -172,7 +182,7 @@ func (r *result) failing(known string) int {
 	for name, v := range map[string]int{"duplicates": r.duplicates, "untracked": r.untracked, "leftovers": r.leftovers,
 		"wrong_deletions": r.wrongDeletions, "no_outcome": r.noOutcome, "missing_slots": r.missingSlots, "lost": r.lost,
 		"failed_rule": r.failedRule, "hollow_good": r.hollowGood, "in_flight": r.inFlight,
-		"drill_leftovers": r.drillLeftovers} {
+		"drill_leftovers": r.drillLeftovers, "kept_by_config": r.keptByConfig} {
 		if !skip[name] {
 			n += v
 		}
@@ -185,9 +195,9 @@ func (r *result) line() string {
 	for _, n := range r.drills {
 		drills += n
 	}
-	return fmt.Sprintf("soak: slots=%d kills=%d faults=%d images=%d duplicates=%d untracked=%d leftovers=%d wrong_deletions=%d no_outcome=%d missing_slots=%d lost=%d failed_rule=%d hollow_good=%d in_flight=%d late_good=%d hollowed=%d drills=%d drill_leftovers=%d",
+	return fmt.Sprintf("soak: slots=%d kills=%d faults=%d images=%d duplicates=%d untracked=%d leftovers=%d wrong_deletions=%d no_outcome=%d missing_slots=%d lost=%d failed_rule=%d hollow_good=%d in_flight=%d late_good=%d hollowed=%d drills=%d drill_leftovers=%d reloads=%d kept_by_config=%d",
 		r.slots, r.kills, r.faults, r.images, r.duplicates, r.untracked, r.leftovers, r.wrongDeletions, r.noOutcome, r.missingSlots, r.lost,
-		r.failedRule, r.hollowGood, r.inFlight, r.lateGood, r.hollowed, drills, r.drillLeftovers)
+		r.failedRule, r.hollowGood, r.inFlight, r.lateGood, r.hollowed, drills, r.drillLeftovers, r.reloads, r.keptByConfig)
 }
 
 func (r *result) report(s *soak) string {
@@ -198,6 +208,8 @@ func (r *result) report(s *soak) string {
 	fmt.Fprintf(&b, "soak: slot outcomes: %s\n", kv(r.outcomes))
 	fmt.Fprintf(&b, "soak: lineage image states: %s\n", kv(r.states))
 	fmt.Fprintf(&b, "soak: restore drills by result: %s; interrupted (kill -9, finished by the cleanup)=%d\n", kv(r.drills), r.drillsInterrupted)
+	fmt.Fprintf(&b, "soak: config reloads written=%d; image deletes attributed to the version in force=%d (not attributable=%d), good ones checked against its keep_last=%d, of which exactly at keep_last=%d, least surplus=%d\n",
+		r.reloads, r.attributed, r.unattributed, r.keepChecked, r.keepTight, r.keepMargin)
 	fmt.Fprintf(&b, "soak: cloud requests=%d image_deletes=%d snapshot_deletes=%d\n", r.requests, r.imageDeletes, r.snapshotDeletes)
 	fmt.Fprintf(&b, "soak: open journals (image gone, snapshot retry scheduled)=%d failed images' snapshots awaiting FailedGrace=%d kept_in_use=%d\n",
 		r.pendingJournal, r.pendingFailed, r.keptInUse)
@@ -479,6 +491,14 @@ func (s *soak) check(ctx context.Context) (*result, error) {
 		r.violate(&r.failedRule, "failed rule: row %d (image %s, late good %v) became good at %s and was deleted as %q",
 			im.Row, im.ImageID, l.lateGood[im.Row], im.ActiveAt.Format(time.RFC3339), im.DeleteReason)
 	}
+	// kept_by_config: no image deleted that the config in force at the DELETE keeps.
+	tl, err := s.appliedTimeline()
+	if err != nil {
+		return nil, fmt.Errorf("read the applied config versions: %w", err)
+	}
+	r.reloads = s.reloads
+	s.checkKeptByConfig(r, l, reqs, tl)
+
 	// hollow_good: a good row whose volume snapshot is gone or in error.
 	snapsOf := map[int64][]store.Snapshot{}
 	for _, sn := range l.snaps {
@@ -545,7 +565,8 @@ func (s *soak) check(ctx context.Context) (*result, error) {
 		sort.Slice(sls, func(i, j int) bool { return sls[i].Slot.Before(sls[j].Slot) })
 		for i := 1; i < len(sls); i++ {
 			gap := sls[i].Slot.Sub(sls[i-1].Slot)
-			if e := every[name]; e > 0 && gap > e && !strings.Contains(sls[i].Reason, "stands for") {
+			if e := every[name]; e > 0 && gap > e && !strings.Contains(sls[i].Reason, "stands for") &&
+				!s.inactiveDuring(tl, name, sls[i-1].Slot.Add(-e), sls[i].Slot.Add(e)) {
 				r.violate(&r.missingSlots, "missing slots: policy %s has no row for the %d slot(s) between %s and %s",
 					name, int(gap/e)-1, sls[i-1].Slot.Format(time.RFC3339), sls[i].Slot.Format(time.RFC3339))
 			}

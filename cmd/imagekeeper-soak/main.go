@@ -3,17 +3,27 @@
 // processes on loopback, runs sub-minute schedules with small retention over ~40
 // image- and volume-backed servers, injects faults through the simulator's /_sim/
 // control API (5xx, 429 with Retry-After, latency spikes, hangs, token expiry,
-// failed and stuck snapshots, createImage calls whose outcome is lost), and kill -9s
-// the daemon at seeded random moments, restarting it each time. At the end it clears
-// the faults, lets the daemon converge, stops it, and checks the simulator's state,
-// its request log and a copy of the lineage database against the invariants:
+// failed and stuck snapshots, createImage calls whose outcome is lost), kill -9s
+// the daemon at seeded random moments, restarting it each time, and rewrites the
+// policy file every few seconds (keep_last raised and lowered, a policy disabled or
+// removed and brought back, SIGHUP or the file watcher) and retags servers so that a
+// policy selects nothing, logging every config version it wrote. At the end it
+// clears the faults, restores the base config, lets the daemon converge, stops it
+// (and, when that stop left slots running, starts it once more without faults until
+// they are settled, as a next start would), and checks the simulator's state, its
+// request log and a copy of the lineage database against the invariants:
 //
 //   - duplicates: no (policy, server, slot) has two images in the cloud;
 //   - untracked: no image that createImage made with our owner stamp lacks a lineage row;
 //   - leftovers: no volume snapshot of an image the lineage records as deleted is left;
 //   - wrong_deletions: nothing was deleted that was not ours, that was protected or a
 //     decoy, that min_keep needed, and no snapshot was deleted under a live image;
-//   - every slot has an outcome and no scheduled slot is silently absent.
+//   - kept_by_config: each image's first Glance DELETE, attributed to the config
+//     version in force at that instant (the daemon logs each version it applied),
+//     is of a policy present and enabled then, and of an image that config's
+//     keep_last did not keep;
+//   - every slot has an outcome and no scheduled slot is silently absent (a gap
+//     while the policy was disabled, removed or selected nothing is the config's).
 //
 // The last line is machine-readable:
 //

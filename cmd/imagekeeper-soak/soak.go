@@ -22,13 +22,15 @@ type policyDef struct {
 	Role    string
 	Every   time.Duration
 	MinKeep int
-	YAML    string
+	// KeepLast is the base config's keep_last (the reloads raise and lower it).
+	KeepLast int
+	YAML     string
 }
 
 // soakPolicies have sub-minute schedules, small retention and a wait_timeout short
 // enough that stuck images fail within the soak.
 var soakPolicies = []policyDef{
-	{Name: "web", Role: "web", Every: 6 * time.Second, MinKeep: 1, YAML: `
+	{Name: "web", Role: "web", Every: 6 * time.Second, MinKeep: 1, KeepLast: 3, YAML: `
   - name: web
     select: {tags: [soak, role=web], exclude_tags: [no-backup]}
     schedule: {cron: "@every 6s", catch_up: latest, max_lateness: 20s}
@@ -39,7 +41,7 @@ var soakPolicies = []policyDef{
     retention: {keep_last: 3, min_keep: 1, max_deletions_per_run: 20}
     verify: {cron: "@every 12s", sample: 2, flavor: m1.tiny, timeout: 15s, console_marker: "login:"}
 `},
-	{Name: "db", Role: "db", Every: 8 * time.Second, MinKeep: 2, YAML: `
+	{Name: "db", Role: "db", Every: 8 * time.Second, MinKeep: 2, KeepLast: 2, YAML: `
   - name: db
     select: {tags: [soak, role=db]}
     schedule: {cron: "@every 8s", catch_up: latest, max_lateness: 20s}
@@ -49,7 +51,7 @@ var soakPolicies = []policyDef{
     retention: {keep_last: 2, min_keep: 2, max_deletions_per_run: 20}
     verify: {cron: "@every 16s", flavor: m1.small, timeout: 15s}
 `},
-	{Name: "app", Role: "app", Every: 10 * time.Second, MinKeep: 1, YAML: `
+	{Name: "app", Role: "app", Every: 10 * time.Second, MinKeep: 1, KeepLast: 1, YAML: `
   - name: app
     select: {tags: [soak, role=app]}
     schedule: {cron: "@every 10s", catch_up: none}
@@ -93,6 +95,14 @@ type soak struct {
 	hollowed                map[string]string // our image -> its snapshot deleted behind our back
 	daemonHelp              string
 	converge                []string // what the convergence steps printed
+
+	// Config reloads: every version written (by version), the one on disk, when
+	// each was written or read by a process start, and the retag intervals.
+	versions  map[string]cfgVersion
+	onDisk    string
+	cfgEvents []cfgEvent
+	retags    []retag
+	reloads   int
 }
 
 func (s *soak) intn(n int) int {
@@ -153,17 +163,20 @@ func (s *soak) run(ctx context.Context) (*result, error) {
 	}
 	s.dbPath = filepath.Join(o.Workdir, "lineage.db")
 	s.cfgPath = filepath.Join(o.Workdir, "soak.yaml")
-	var cfg strings.Builder
-	fmt.Fprintf(&cfg, "# written by imagekeeper-soak (seed %d)\ncloud: simcloud\nstate: %s\nlisten: %s\n", o.Seed, s.dbPath, s.listen)
-	cfg.WriteString("allow_sub_minute: true\nlimits: {concurrency: 8, requests_per_second: 200}\npolicies:")
-	for _, p := range soakPolicies {
-		cfg.WriteString(p.YAML)
-	}
-	if err := os.WriteFile(s.cfgPath, []byte(cfg.String()), 0o644); err != nil {
+	if err := s.writeConfig(baseState(), "initial: "+describe(baseState())); err != nil {
 		return nil, err
 	}
 	if out, err := exec.CommandContext(ctx, s.bin, "validate", "--config", s.cfgPath).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("the soak's own policy file does not validate: %w\n%s", err, out)
+	}
+	// The reloads' extremes must validate too, or the daemon would keep the old config.
+	variant := map[string]policyState{"web": {KeepLast: 5, Mode: "disabled"}, "db": {KeepLast: 2, Mode: "on"}, "app": {KeepLast: 1, Mode: "absent"}}
+	vpath := s.cfgPath + ".variant"
+	if err := os.WriteFile(vpath, s.renderConfig(variant), 0o644); err != nil {
+		return nil, err
+	}
+	if out, err := exec.CommandContext(ctx, s.bin, "validate", "--config", vpath).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("a reload variant of the soak's policy file does not validate: %w\n%s", err, out)
 	}
 
 	if err := s.startDaemon(); err != nil {
@@ -180,8 +193,9 @@ func (s *soak) run(ctx context.Context) (*result, error) {
 	phase, endPhase := context.WithTimeout(ctx, o.Duration)
 	defer endPhase()
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
 	go func() { defer wg.Done(); s.pollImages(phase) }()
+	go func() { defer wg.Done(); s.reloadLoop(phase) }()
 	go func() { defer wg.Done(); s.injectFaults(phase) }()
 	go func() { defer wg.Done(); s.arrangeMidRun(phase) }()
 	s.killLoop(phase)
@@ -213,7 +227,9 @@ func (s *soak) run(ctx context.Context) (*result, error) {
 	if !drained {
 		s.converge = append(s.converge, fmt.Sprintf("daemon did not drain within 60s (killed): %v", derr))
 	}
+	s.settleInterrupted(ctx)
 	s.progress("converging (reconcile, prune; %s at most)", o.Converge)
+	s.recordStart("converge")
 	cctx, cancel := context.WithTimeout(ctx, o.Converge)
 	s.runConvergeCommands(cctx)
 	cancel()
@@ -316,6 +332,7 @@ func (s *soak) startDaemon() error {
 	if s.hasDaemonFlag("--reconcile-interval") {
 		args = append(args, "--reconcile-interval", "5s")
 	}
+	s.recordStart("process start")
 	p, err := startProc(s.bin, args,
 		[]string{"OS_CLIENT_CONFIG_FILE=" + filepath.Join(s.opts.Workdir, "clouds.yaml"), "OS_CLOUD=simcloud"},
 		filepath.Join(s.opts.Workdir, "daemon.log"), nil)
