@@ -195,8 +195,8 @@ func (ru *run) snapshotsExist(ctx context.Context, imageID string) (bool, error)
 		return false, err
 	}
 	for _, ref := range img.Snapshots {
-		sn, err := ru.cloud.GetSnapshot(ctx, ref.ID)
-		if err != nil || sn.Status == "error" {
+		sn, err := ru.cloud.GetSnapshot(ctx, ref.SnapshotID)
+		if err != nil || sn.Status == cloud.SnapshotError {
 			return false, err
 		}
 	}
