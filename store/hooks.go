@@ -25,19 +25,19 @@ const (
 // HookRun is one row of the hook journal: a pre hook that may have frozen an
 // application, and the post hook that thaws it, as rendered when pre ran.
 type HookRun struct {
-	ID         int64
-	Policy     string
-	ServerID   string
-	ServerName string
-	Slot       time.Time
-	ImageRow   int64
-	PostArgv   []string
-	PostEnv    map[string]string
+	ID          int64
+	Policy      string
+	ServerID    string
+	ServerName  string
+	Slot        time.Time
+	ImageRow    int64
+	PostArgv    []string
+	PostEnv     map[string]string
 	PostTimeout time.Duration
-	State      string
-	Result     string
-	StartedAt  time.Time
-	FinishedAt time.Time
+	State       string
+	Result      string
+	StartedAt   time.Time
+	FinishedAt  time.Time
 }
 
 // StartHook writes an open journal row before the pre hook runs.
