@@ -177,9 +177,11 @@ func (r *Runner) drillOne(ctx context.Context, p *policy.Policy, im store.Image)
 			return res, ctx.Err()
 		}
 		res.Result, res.Detail = store.VerifyFailed, drillRefusal(err)
-		if errors.Is(err, cloud.ErrUnknownOutcome) {
-			// The server may exist: the cleanup finds it by its token.
-			res.Detail = "boot outcome unknown: " + cloud.Reason(err)
+		if errors.Is(err, cloud.ErrUnknownOutcome) || errors.Is(err, cloud.ErrUnavailable) {
+			// The cloud did not answer: no verdict on the image. A server may exist
+			// all the same; the cleanup finds it by its token.
+			res.Result, res.Detail = "", "no answer to the boot request: "+cloud.Reason(err)
+			log.Warn("restore drill: no verdict", "detail", res.Detail)
 		}
 	} else {
 		res.DrillServerID, d.DrillServerID = id, id

@@ -198,3 +198,30 @@ func TestDrillCrashLeavesNothing(t *testing.T) {
 		t.Errorf("open drills after cleanup: %+v %v", open, err)
 	}
 }
+
+// TestDrillLostBootAnswer: the boot request made a server but its answer was
+// lost (a 503 after the work): no verdict on the image, and the drill's cleanup
+// finds the server by its token and deletes it.
+func TestDrillLostBootAnswer(t *testing.T) {
+	h, p := drillHarness(t, policy.Verify{Sample: 1})
+	ctx := context.Background()
+	h.sim.SetFault(simcloud.Fault{Op: "compute.servers.create", ErrorStatus: 503, Count: 1, After: true})
+	rep, err := h.runner(nil).Drill(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := rep.Results[0]
+	if res.Result != "" || !strings.HasPrefix(res.Detail, "no answer to the boot request") || res.CleanupError != "" {
+		t.Errorf("drill with a lost boot answer = %+v, want no verdict and a clean cleanup", res)
+	}
+	if s, v := leftovers(h); len(s) != 0 || len(v) != 0 {
+		t.Errorf("left drill servers %v and volumes %+v", s, v)
+	}
+	if got := h.sim.Requests()["compute.servers.create"]; got != 1 {
+		t.Errorf("%d boot requests, want exactly 1 (never a blind retry)", got)
+	}
+	ver, err := h.store.Verification(ctx, res.imageRow(t, h))
+	if err != nil || !ver.At.IsZero() {
+		t.Errorf("verification after a lost answer = %+v %v, want none", ver, err)
+	}
+}

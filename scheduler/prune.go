@@ -180,6 +180,10 @@ type pruner struct {
 	st   *store.Store
 	log  *slog.Logger
 	now  time.Time
+	// retainIn and candBuf are decideServer's scratch, reused from server to
+	// server (a plan decides one server at a time).
+	retainIn []policy.RetentionImage
+	candBuf  []candRef
 }
 
 // run plans, then (unless a dry run) executes the plan, and counts the outcome.

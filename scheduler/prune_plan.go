@@ -103,19 +103,13 @@ func (pr *pruner) plan(ctx context.Context) (*prunePlan, error) {
 	// youngest is the youngest of the limit oldest new deletions once that many
 	// are known: anything younger is deferred without being kept around.
 	var youngest *store.LineageRow
-	var rows []store.LineageRow
-	for b := 0; b < len(serverIDs); b += pruneBatch {
-		batch := serverIDs[b:min(b+pruneBatch, len(serverIDs))]
-		if pr.opts.Full {
-			rows, err = pr.st.AppendLineage(ctx, rows[:0], pr.p.Name, batch, pruneStates)
-		} else {
-			// Only the rows something happens to are shown: read what retention
-			// needs, packed, and the names of the shown rows afterwards.
-			rows, err = pr.st.AppendRetentionRows(ctx, rows[:0], pr.p.Name, batch, pruneStates)
+	batches, stop := pr.readBatches(ctx, serverIDs)
+	defer stop()
+	for rb := range batches {
+		if rb.err != nil {
+			return nil, rb.err
 		}
-		if err != nil {
-			return nil, err
-		}
+		rows := rb.rows
 		for lo := 0; lo < len(rows); {
 			hi := lo + 1
 			for hi < len(rows) && rows[hi].ServerID == rows[lo].ServerID {
@@ -138,15 +132,15 @@ func (pr *pruner) plan(ctx context.Context) (*prunePlan, error) {
 					}
 				}
 			}
-			items, cands := pr.decideServer(srows, gone)
+			var count map[PruneAction]int
+			if !pr.opts.Full {
+				count = counted
+			}
+			items, cands := pr.decideServer(srows, gone, count)
 			base := len(rep.Items)
 			for _, it := range items {
-				if pr.opts.Full {
+				if pr.opts.Full || it.Action != "" {
 					rep.Items = append(rep.Items, it)
-				} else if it.Action != PruneKeep && it.Action != PruneProtected && it.Action != "" {
-					rep.Items = append(rep.Items, it)
-				} else if it.Action != "" {
-					counted[it.Action]++
 				}
 			}
 			for _, ref := range cands {
@@ -159,7 +153,12 @@ func (pr *pruner) plan(ctx context.Context) (*prunePlan, error) {
 					deferred(candidate{idx: idx})
 					continue
 				}
-				c := candidate{row: *row, it: items[ref.item], idx: idx}
+				c := candidate{row: *row, idx: idx}
+				if ref.item >= 0 {
+					c.it = items[ref.item]
+				} else {
+					c.it = pr.candidateItem(*row, ref.reasons)
+				}
 				if c.row.State == store.ImageDeleting {
 					if !pr.opts.Full {
 						rep.Items = append(rep.Items, c.it)
@@ -176,6 +175,7 @@ func (pr *pruner) plan(ctx context.Context) (*prunePlan, error) {
 				youngest = &y
 			}
 		}
+		rb.done()
 	}
 	if len(fresh) > limit {
 		pr.log.Info("deletions deferred by max_deletions_per_run", "limit", limit, "deferred", len(fresh)-limit)
@@ -189,20 +189,74 @@ func (pr *pruner) plan(ctx context.Context) (*prunePlan, error) {
 		}
 	}
 
+	cands := append(resume, fresh...)
 	if !pr.opts.Full {
-		if err := pr.nameItems(ctx, rep.Items); err != nil {
+		if err := pr.completeShown(ctx, rep.Items, cands); err != nil {
 			return nil, err
 		}
 	}
 	// The plan's last input is what Glance says about each image to delete: a
 	// protected image is kept and a foreign stamp refused, in the dry run exactly as
 	// in the real one, which then carries out this very plan.
-	cands := append(resume, fresh...)
 	pr.inspectAll(ctx, cands)
 	for i := range cands {
 		pr.planAction(&rep.Items[cands[i].idx], cands[i], i < len(resume))
 	}
 	return &prunePlan{rep: rep, cands: cands, counted: counted}, nil
+}
+
+// rowBatch is the lineage rows of a batch of servers, grouped by server, or the
+// error reading them. done hands the rows back for reuse.
+type rowBatch struct {
+	rows []store.LineageRow
+	err  error
+	done func()
+}
+
+// readBatches reads the policy's rows pruneBatch servers at a time, one batch
+// ahead of the caller: the store walks the next batch while the plan decides this
+// one (two cores do both at once). Two row buffers go round; memory stays bounded by
+// them. The channel closes after the last batch or the first error; stop ends the
+// reading early and returns once the reader has.
+func (pr *pruner) readBatches(ctx context.Context, serverIDs []string) (<-chan rowBatch, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	out := make(chan rowBatch, 1)
+	free := make(chan []store.LineageRow, 2)
+	free <- nil
+	free <- nil
+	go func() {
+		defer close(out)
+		for b := 0; b < len(serverIDs); b += pruneBatch {
+			batch := serverIDs[b:min(b+pruneBatch, len(serverIDs))]
+			var rows []store.LineageRow
+			select {
+			case rows = <-free:
+			case <-ctx.Done():
+				return
+			}
+			var err error
+			if pr.opts.Full {
+				rows, err = pr.st.AppendLineage(ctx, rows[:0], pr.p.Name, batch, pruneStates)
+			} else {
+				// Only the rows something happens to are shown: read what retention
+				// needs, packed, and the names of the shown rows afterwards.
+				rows, err = pr.st.AppendRetentionRows(ctx, rows[:0], pr.p.Name, batch, pruneStates)
+			}
+			select {
+			case out <- rowBatch{rows: rows, err: err, done: func() { free <- rows }}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return out, func() {
+		cancel()
+		for range out { // wait for the reader: it may be in a query
+		}
+	}
 }
 
 // deletionLimit is the max_deletions_per_run cap of a retention: new deletions
@@ -240,9 +294,12 @@ func policyLocation(p *policy.Policy) *time.Location {
 	return time.UTC
 }
 
-// nameItems fills the image and server names of items planned from packed rows
-// (AppendRetentionRows leaves them out): one lookup for the rows shown.
-func (pr *pruner) nameItems(ctx context.Context, items []PruneItem) error {
+// completeShown fills in what the packed rows (AppendRetentionRows) leave out, for
+// the rows shown only: one lookup for them. Every item gets its image and server
+// names, and its image id when the packed row had none (a plain good row); every
+// candidate (each is shown) gets its row in full, which the inspection and the
+// journal read (the image id, the names for the log).
+func (pr *pruner) completeShown(ctx context.Context, items []PruneItem, cands []candidate) error {
 	if len(items) == 0 {
 		return nil
 	}
@@ -261,6 +318,21 @@ func (pr *pruner) nameItems(ctx context.Context, items []PruneItem) error {
 	for i := range items {
 		if row := byRow[items[i].ImageRow]; row != nil {
 			items[i].Name, items[i].ServerName = row.Name, row.ServerName
+			if items[i].ImageID == "" {
+				items[i].ImageID = row.ImageID
+			}
+		}
+	}
+	for i := range cands {
+		full := byRow[cands[i].row.Row]
+		switch {
+		case full == nil:
+		case cands[i].row.State == store.ImageGood && cands[i].row.ImageID == "":
+			// A plain good row: the packed form was its slot and state.
+			cands[i].row = *full
+		default:
+			cands[i].row.Name, cands[i].row.ServerName = full.Name, full.ServerName
+			cands[i].row.VolumeBacked, cands[i].row.ActiveAt = full.VolumeBacked, full.ActiveAt
 		}
 	}
 	return nil
@@ -285,17 +357,43 @@ func olderThan(a, b *store.LineageRow) bool {
 	return a.Row < b.Row
 }
 
-// candRef points at a candidate in decideServer's input rows and output items.
-type candRef struct{ row, item int }
+// candRef points at a candidate in decideServer's input rows and output items;
+// item is -1 when decideServer made no item for it (a report that lists only what
+// happens: the caller makes one, with candidateItem, for a candidate it keeps).
+type candRef struct {
+	row, item int
+	// reasons are retention's reasons to delete a new deletion.
+	reasons []string
+}
+
+// candidateItem is the report item of a candidate: a new deletion with retention's
+// reasons, or an open journal with its delete reason. Its action is set once the
+// plan is complete.
+func (pr *pruner) candidateItem(row store.LineageRow, reasons []string) PruneItem {
+	it := pr.item(row)
+	if row.State == store.ImageDeleting {
+		it.Reasons = []string{row.DeleteReason}
+		it.NextAttempt = row.NextAttemptAt
+		return it
+	}
+	it.Reasons = reasons
+	return it
+}
 
 // decideServer applies retention to one server's rows (newest first). It returns
 // the report items (newest first; candidates have no Action yet) and the candidates:
-// new deletions and open journals whose next attempt is due.
-func (pr *pruner) decideServer(rows []store.LineageRow, gone bool) (items []PruneItem, cands []candRef) {
+// new deletions and open journals whose next attempt is due. With count (a report
+// that lists only what happens), a kept or protected image gets no item (its action
+// is counted there instead) and neither does a candidate (the caller makes one for
+// a candidate that is not deferred): a million rows cost items only for the few
+// shown. The candidates returned are valid until the next call.
+func (pr *pruner) decideServer(rows []store.LineageRow, gone bool, count map[PruneAction]int) (items []PruneItem, cands []candRef) {
 	ret := pr.p.Retention
 	wait := pr.r.waitTimeout(pr.p)
-	input := make([]policy.RetentionImage, 0, len(rows))
-	byKey := make(map[string]int, len(rows))
+	input := pr.retainIn[:0]
+	defer func() { pr.retainIn = input[:0] }()
+	cands = pr.candBuf[:0]
+	defer func() { pr.candBuf = cands[:0] }()
 	goodLeft := 0
 	for i, row := range rows {
 		st := policy.RetentionInProgress
@@ -308,53 +406,73 @@ func (pr *pruner) decideServer(rows []store.LineageRow, gone bool) (items []Prun
 		case store.ImageDeleting, store.ImageKeptProtected:
 			continue // decided already; reported below
 		}
-		key := retentionKey(row)
-		byKey[key] = i
-		input = append(input, policy.RetentionImage{ID: key, Time: row.Slot, Status: st, FailReason: row.Reason,
+		input = append(input, policy.RetentionImage{ID: retentionKey(i), Time: row.Slot, Status: st, FailReason: row.Reason,
 			RequestedAt: row.RequestedAt, FailedAt: row.FailedAt, LateUntil: row.LateUntil, WaitTimeout: wait})
 	}
 	decisions := retainServer(input, ret, policyLocation(pr.p), pr.now, gone)
 	minKeep := max(ret.MinKeep, 1)
-	items = make([]PruneItem, 0, len(rows))
+	if count == nil {
+		items = make([]PruneItem, 0, len(rows))
+	}
 	for _, d := range decisions {
-		ri := byKey[d.ImageID]
+		ri, err := strconv.Atoi(d.ImageID)
+		if err != nil || ri < 0 || ri >= len(rows) {
+			panic(fmt.Sprintf("retention decided on an image it was not given: %q", d.ImageID))
+		}
 		row := rows[ri]
-		it := pr.item(row)
-		it.Keep, it.Reasons = d.Keep, d.Reasons
+		if d.Keep && count != nil {
+			count[PruneKeep]++
+			continue
+		}
+		var refused string
 		switch {
 		case d.Keep:
-			it.Action = PruneKeep
 		case row.Owner != pr.st.Owner():
 			// A row written by another installation sharing this database file.
-			it.Action = PruneRefused
-			it.Reasons = append(it.Reasons[:len(it.Reasons):len(it.Reasons)],
-				fmt.Sprintf("refused: lineage row of installation %s, not %s", row.Owner, pr.st.Owner()))
+			refused = fmt.Sprintf("refused: lineage row of installation %s, not %s", row.Owner, pr.st.Owner())
 		case row.State == store.ImageGood && goodLeft-1 < minKeep:
 			// Retain never asks for this; the guard rail stands on its own anyway.
-			it.Action = PruneRefused
-			it.Reasons = append(it.Reasons[:len(it.Reasons):len(it.Reasons)],
-				fmt.Sprintf("refused: would leave fewer than min_keep %d good images", minKeep))
+			refused = fmt.Sprintf("refused: would leave fewer than min_keep %d good images", minKeep)
 		default:
 			if row.State == store.ImageGood {
 				goodLeft--
 			}
-			cands = append(cands, candRef{row: ri, item: len(items)})
+			ref := candRef{row: ri, item: -1, reasons: d.Reasons}
+			if count == nil {
+				ref.item = len(items)
+				items = append(items, pr.candidateItem(row, d.Reasons))
+			}
+			cands = append(cands, ref)
+			continue
+		}
+		it := pr.item(row)
+		it.Keep, it.Reasons, it.Action = d.Keep, d.Reasons, PruneKeep
+		if refused != "" {
+			it.Action = PruneRefused
+			it.Reasons = append(it.Reasons[:len(it.Reasons):len(it.Reasons)], refused)
 		}
 		items = append(items, it)
 	}
 	for ri, row := range rows {
 		switch row.State {
 		case store.ImageDeleting:
-			it := pr.item(row)
-			it.Reasons = []string{row.DeleteReason}
-			it.NextAttempt = row.NextAttemptAt
-			if !row.NextAttemptAt.After(pr.now) {
+			due := !row.NextAttemptAt.After(pr.now)
+			if due && count != nil {
+				cands = append(cands, candRef{row: ri, item: -1})
+				continue
+			}
+			it := pr.candidateItem(row, nil)
+			if due {
 				cands = append(cands, candRef{row: ri, item: len(items)})
 			} else {
 				it.Action = PrunePending
 			}
 			items = append(items, it)
 		case store.ImageKeptProtected:
+			if count != nil {
+				count[PruneProtected]++
+				continue
+			}
 			it := pr.item(row)
 			it.Keep, it.Action, it.NextAttempt = true, PruneProtected, row.NextAttemptAt
 			it.Reasons = []string{"protected in Glance"}
@@ -384,10 +502,12 @@ func (pr *pruner) decideServer(rows []store.LineageRow, gone bool) (items []Prun
 	return items, cands
 }
 
-// retentionKey identifies a row to Retain: its row id (an intent without an image
-// id has nothing else).
-func retentionKey(row store.LineageRow) string {
-	return strconv.FormatInt(row.Row, 10)
+// retentionKey identifies a row to Retain: its index among the server's rows (an
+// intent without an image id has nothing else), which maps Retain's decisions back
+// without a map. Slots are unique per server, so Retain, which orders by time and
+// then by ID, never compares two keys.
+func retentionKey(i int) string {
+	return strconv.Itoa(i)
 }
 
 func (pr *pruner) item(row store.LineageRow) PruneItem {

@@ -69,7 +69,7 @@ func TestHotQueriesUseTheirIndexes(t *testing.T) {
 		{"live rows (reconcile)", liveLineageQuery, liveArgs, []string{"USING INDEX images_state (state=?)"}},
 		{"compaction candidates", compactCandidates, []any{"2026-01-01", 200}, []string{"USING COVERING INDEX images_deleted_at (deleted_at<?)"}},
 		{"retention rows of a batch of servers", retentionRowsQuery(2, 2), []any{"owner", "p", "a", "b", "good", "failed"},
-			[]string{"USING INDEX images_policy_server_slot (policy=? AND server_id=?)"}},
+			[]string{"USING INDEX images_retention (policy=? AND server_id=?)"}},
 	} {
 		plan := explain(t, s, c.q, c.args...)
 		for _, w := range c.want {

@@ -11,14 +11,16 @@ import (
 // TestAppendRetentionRowsMatchesLineage checks the packed retention query against
 // the plain one, field by field, on rows that stress the packing: reasons holding
 // commas, digits and newlines, a foreign owner, a deleting row's delete reason,
-// rows without an image id or a failure time.
+// rows without an image id or a failure time, a good row with a reason next to
+// plain good rows (whose packed form is their slot and state only).
 func TestAppendRetentionRowsMatchesLineage(t *testing.T) {
 	ctx := context.Background()
 	f := newMetricsFixture(t)
 	s1 := f.slot("web", day(22, 2, 30), OutcomeRan, 3, 0)
 	s2 := f.slot("web", day(23, 2, 30), OutcomeRan, 3, 0)
+	s3 := f.slot("web", day(24, 2, 30), OutcomeRan, 3, 0) // plain good rows only
 	var rows []int64
-	for _, sl := range []Slot{s1, s2} {
+	for _, sl := range []Slot{s1, s2, s3} {
 		for _, srv := range []string{"a", "b", "c"} {
 			rows = append(rows, f.image(sl, srv, "good", sl.Slot))
 		}
@@ -36,6 +38,7 @@ func TestAppendRetentionRowsMatchesLineage(t *testing.T) {
 	exec(`UPDATE images SET owner = 'someone-else' WHERE id = ?`, rows[2])
 	exec(`UPDATE images SET state = 'requested', image_id = NULL WHERE id = ?`, rows[3])
 	exec(`UPDATE images SET state = 'deleted' WHERE id = ?`, rows[4])
+	exec(`UPDATE images SET reason = 'adopted, 2 snapshots' WHERE id = ?`, rows[5])
 	f.slot("db", day(23, 4, 0), OutcomeRan, 1, 0)
 
 	servers := []string{"a", "b", "c", "zz"}
@@ -48,14 +51,21 @@ func TestAppendRetentionRowsMatchesLineage(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// The packed rows leave out what only a report shows.
+		// The packed rows leave out what only a report shows, and a plain good
+		// row all but its slot and state.
 		for i := range want {
 			want[i].Name, want[i].ServerName, want[i].VolumeBacked, want[i].ActiveAt = "", "", false, time.Time{}
+			if w := want[i]; w.State == ImageGood && w.Owner == f.s.Owner() && w.Reason == "" && w.Failure == "" {
+				want[i] = LineageRow{Row: w.Row, Policy: w.Policy, ServerID: w.ServerID, Slot: w.Slot, Owner: w.Owner, State: w.State}
+			}
 			if want[i].State == ImageDeleting {
 				want[i].Reason = ""
 			} else {
 				want[i].DeleteReason = ""
 			}
+		}
+		if len(got) < 8 {
+			t.Errorf("states %v: %d rows, want at least 8", states, len(got))
 		}
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("states %v:\n got %s\nwant %s", states, dump(got), dump(want))

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -61,6 +62,18 @@ func TestDaemonRunsRestoreDrills(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
+	// restore goes through the daemon's control socket while it runs.
+	webImages := simImagesOf(e.sim, "web")
+	code, out, errOut := cli(t, "restore", webImages[0].ID, "--name", "web-1-restored", "--wait", "--config", e.config)
+	if code != 0 || !strings.Contains(out, "is ACTIVE") {
+		t.Errorf("restore through the daemon: exit %d\n%s%s", code, out, errOut)
+	}
+	if evs, err := r.st.Events(ctx, store.EventFilter{Kind: eventRestored}); err != nil || len(evs) != 1 {
+		t.Errorf("restored events in the daemon's lineage: %+v %v, want one", evs, err)
+	}
+	if _, err := os.Stat(controlSocketPath(e.state)); err != nil {
+		t.Errorf("no control socket, so restore did not go through the daemon: %v", err)
+	}
 	if err := r.stop(t); err != nil {
 		t.Fatalf("stop: %v\n%s", err, r.logs)
 	}
@@ -78,7 +91,7 @@ func TestDaemonRunsRestoreDrills(t *testing.T) {
 	}
 	st.Close()
 
-	code, out, errOut := cli(t, "images", "--state", e.state, "--policy", "db")
+	code, out, errOut = cli(t, "images", "--state", e.state, "--policy", "db")
 	if code != 0 || !strings.Contains(out, "VERIFIED") || !regexp.MustCompile(`\sok 20\d\d-\d\d-\d\dT`).MatchString(out) {
 		t.Fatalf("images: exit %d, no ok in the VERIFIED column:\n%s%s", code, out, errOut)
 	}
