@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"maps"
 	"time"
 
@@ -207,6 +209,17 @@ func (ru *run) snapshotsExist(ctx context.Context, imageID string) (bool, error)
 // and never followed with a post (it was killed between them), before anything
 // else happens at start. It returns how many ran.
 func (r *Runner) RunOwedPostHooks(ctx context.Context) (int, error) {
+	return RunOwedPostHooks(ctx, r.store, r.log, r.metrics)
+}
+
+// RunOwedPostHooks is Runner.RunOwedPostHooks for a process that has no cloud yet:
+// the daemon calls it right after opening the lineage, before it connects (a
+// frozen application must not wait for Keystone). metrics may be nil.
+func RunOwedPostHooks(ctx context.Context, st *store.Store, log *slog.Logger, metrics *Metrics) (int, error) {
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	r := &Runner{store: st, log: log, metrics: metrics, now: time.Now}
 	open, err := r.store.OpenHooks(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("owed post hooks: %w", err)

@@ -263,6 +263,13 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		}
 	}
 	metrics := scheduler.NewMetrics(reg, scheduler.BuildInfo{Version: buildVersion(), Revision: buildRevision()})
+	// Before anything else, the cloud included: a previous process killed between a
+	// pre and its post hook left an application frozen; thaw it now.
+	if n, err := scheduler.RunOwedPostHooks(ctx, st, log, metrics); err != nil {
+		return withExitCode(exitFailure, err)
+	} else if n > 0 {
+		log.Warn("ran post hooks a previous process owed", "count", n)
+	}
 
 	health := newCloudHealth(time.Now, metrics.SetCloudUp)
 	// connected is the cloud client once it authenticated; nil before.
@@ -383,13 +390,6 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		metrics.RefreshPeriods(cfg, time.Now())
 	})
 
-	// Before anything else: a previous process killed between a pre and its post
-	// hook left an application frozen; thaw it now.
-	if n, err := runner.RunOwedPostHooks(ctx); err != nil {
-		return withExitCode(exitFailure, err)
-	} else if n > 0 {
-		log.Warn("ran post hooks a previous process owed", "count", n)
-	}
 	// Read before the scheduler starts: every slot still running now was left so by
 	// a previous process (the lock rules out another daemon).
 	interrupted, err := runner.InterruptedSlots(ctx)
