@@ -517,20 +517,42 @@ func newRunID() string {
 	return hex.EncodeToString(b)
 }
 
+// listAll lists every server of the project inside a worker slot (taken in the
+// name of policy), for the inventory.
+func (r *Runner) listAll(cl cloud.Cloud, policy string) func(context.Context) ([]cloud.Server, error) {
+	return func(ctx context.Context) ([]cloud.Server, error) {
+		release, err := r.workers.acquire(ctx, policy)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+		return cl.ListServers(ctx, cloud.Selector{})
+	}
+}
+
+// PrepareSlot starts, in the background, the listing of every server that the runs
+// of slot select from (see inventory), unless it is made or in flight: the
+// Scheduler calls it PrepareLead before the slot, so that at 10,000 servers the
+// runs do not all wait for eleven pages of it at the slot instant. A failed listing
+// is not kept: the runs list again. Retention never uses this listing.
+func (r *Runner) PrepareSlot(p *policy.Policy, slot time.Time) {
+	ctx, cancel := context.WithTimeout(context.Background(), inventoryTTL)
+	started := r.inventory.prefetch(ctx, slot, r.now(), func(ctx context.Context) ([]cloud.Server, error) {
+		defer cancel()
+		return r.listAll(r.Cloud(), p.Name)(ctx)
+	})
+	if !started {
+		cancel()
+	}
+}
+
 // execute selects the servers, makes the images and waits for them.
 func (ru *run) execute(ctx context.Context) error {
 	r, p := ru.r, ru.p
 	sel := CloudSelector(p.Select)
 	// One listing of every server serves every run of this slot instant (see
 	// inventory); it takes a worker slot like any other call.
-	servers, err := r.inventory.servers(ctx, ru.slot, r.now(), func(ctx context.Context) ([]cloud.Server, error) {
-		release, err := r.workers.acquire(ctx, p.Name)
-		if err != nil {
-			return nil, err
-		}
-		defer release()
-		return ru.cloud.ListServers(ctx, cloud.Selector{})
-	})
+	servers, err := r.inventory.servers(ctx, ru.slot, r.now(), r.listAll(ru.cloud, p.Name))
 	var selected []cloud.Server
 	if err == nil {
 		selected, err = selectServers(servers, sel)
