@@ -616,6 +616,9 @@ func (ru *run) execute(ctx context.Context) error {
 			firstErr = err
 		}
 		if wait {
+			// The wait never reads an image's metadata: a decoded map per image in
+			// flight was a third of the live heap at 10,000 servers.
+			im.Metadata = nil
 			toWait = append(toWait, im)
 		}
 	}
@@ -1222,7 +1225,9 @@ func (ru *run) claim(row store.Image) bool {
 		return false
 	}
 	ru.mu.Lock()
-	ru.claimed = append(ru.claimed, row)
+	// Only the row id is read back (unclaim): not a copy of every field and of the
+	// decoded metadata per server for the whole run.
+	ru.claimed = append(ru.claimed, store.Image{Row: row.Row})
 	ru.mu.Unlock()
 	return true
 }
