@@ -111,8 +111,11 @@ const (
 	previewMarkHollow = "would mark failed (hollow)"
 	previewPromote    = "would promote to good"
 	previewAdopt      = "would adopt (--fix)"
-	previewDeleteFix  = "would delete (--fix)"
-	previewDuplicate  = "would delete if newer and an attempt's outcome was unknown (--fix)"
+	// previewAdoptLeak is a leak the daemon's periodic reconcile adopts by itself
+	// (a failed row whose createImage outcome was unknown): no --fix needed.
+	previewAdoptLeak = "would adopt (the daemon's periodic reconcile does too, without --fix)"
+	previewDeleteFix = "would delete (--fix)"
+	previewDuplicate = "would delete if newer and an attempt's outcome was unknown (--fix)"
 )
 
 func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportOnly bool) (*ReconcileReport, error) {
@@ -339,7 +342,17 @@ func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportO
 	// backup run or a prune of that policy in this process.
 	bctx := context.WithoutCancel(ctx)
 	if reportOnly {
-		preview(rep, always, hollow, toAdopt, leftoverRows)
+		// A leak (a failed row whose createImage was sent: its outcome was unknown) is
+		// adopted by the daemon's periodic reconcile without --fix; say so.
+		leaked := map[int]bool{}
+		for _, i := range toAdopt {
+			cur, err := st.Image(ctx, rep.Findings[i].ImageRow)
+			if err != nil {
+				return nil, fmt.Errorf("reconcile: read intent row %d: %w", rep.Findings[i].ImageRow, err)
+			}
+			leaked[i] = cur.State == store.ImageFailed && cur.Attempts > 0
+		}
+		preview(rep, always, hollow, toAdopt, leaked, leftoverRows)
 	}
 	for i := range rep.Findings {
 		if reportOnly {
@@ -519,7 +532,7 @@ func (r *Runner) markHollow(ctx context.Context, row int64, fx hollowFix) error 
 }
 
 // preview sets each finding's Action to what a reconcile would do about it.
-func preview(rep *ReconcileReport, always map[int]bool, hollow map[int]hollowFix, toAdopt []int, leftoverRows map[int64][]int) {
+func preview(rep *ReconcileReport, always map[int]bool, hollow map[int]hollowFix, toAdopt []int, leaked map[int]bool, leftoverRows map[int64][]int) {
 	for i := range rep.Findings {
 		f := &rep.Findings[i]
 		switch {
@@ -535,6 +548,9 @@ func preview(rep *ReconcileReport, always map[int]bool, hollow map[int]hollowFix
 	}
 	for _, i := range toAdopt {
 		rep.Findings[i].Action = previewAdopt
+		if leaked[i] {
+			rep.Findings[i].Action = previewAdoptLeak
+		}
 	}
 	for i := range rep.Findings {
 		if rep.Findings[i].Category == DriftDuplicate {

@@ -237,3 +237,41 @@ func TestReconcilePreviewChangesNothing(t *testing.T) {
 		t.Errorf("the preview added %d events", len(events2)-len(events))
 	}
 }
+
+// TestReconcilePreviewLeakNeedsNoFix checks that the preview of a leaked
+// unknown-outcome row (failed after a createImage was sent) does not claim it
+// needs --fix: the daemon's periodic reconcile adopts it without.
+func TestReconcilePreviewLeakNeedsNoFix(t *testing.T) {
+	h := newPruneHarness(t, "      keep_last: 2")
+	sc := arrangeDrift(t, h)
+	ctx := context.Background()
+	if _, err := h.store.BeginAttempt(ctx, sc.adoptRow, "app-lost", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.store.MarkFailed(ctx, sc.adoptRow, "createImage outcome unknown; image never located"); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := h.r.ReconcilePreview(ctx, h.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, f := range rep.Findings {
+		if f.ImageID == sc.adoptImage {
+			found = true
+			if f.Action != previewAdoptLeak {
+				t.Errorf("preview of the leaked row: action %q, want %q", f.Action, previewAdoptLeak)
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("the preview did not report the leaked image %s: %+v", sc.adoptImage, rep.Findings)
+	}
+	// And the daemon's reconcile (no --fix) does adopt it, as the preview says.
+	if _, err := h.r.Reconcile(ctx, h.cfg, false); err != nil {
+		t.Fatal(err)
+	}
+	if row, _ := h.store.Image(ctx, sc.adoptRow); row.ImageID != sc.adoptImage {
+		t.Errorf("reconcile without --fix did not adopt the leaked row: %+v", row)
+	}
+}
