@@ -348,6 +348,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	})
 	sched := scheduler.New(scheduler.Options{
 		RunSlot: scheduler.RunnerSlots(runner),
+		Prepare: runner.PrepareSlot,
 		Ledger:  scheduler.StoreLedger(st),
 		Metrics: metrics,
 		Logger:  log,
