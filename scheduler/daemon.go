@@ -56,6 +56,11 @@ type slotMetrics interface {
 type Options struct {
 	// RunSlot runs a slot; required.
 	RunSlot SlotFunc
+	// Prepare, when set, is called PrepareLead before each slot a timer will take
+	// (not with Manual), with the policy and that slot: the Runner starts the slot
+	// instant's server listing then (Runner.PrepareSlot), so that the runs find it
+	// made instead of each waiting for it.
+	Prepare func(p *policy.Policy, slot time.Time)
 	// Ledger is where slots are read and recorded; required.
 	Ledger Ledger
 	// Metrics receives slot outcomes and next-slot times; nil for none.
@@ -107,6 +112,8 @@ type Scheduler struct {
 // policyState is the scheduler's bookkeeping for one enabled policy.
 type policyState struct {
 	entry cron.EntryID
+	// prep is the timer of Options.Prepare, 0 without one.
+	prep cron.EntryID
 	// watermark: every slot at or before it has been handled (run, recorded or, for a
 	// new policy, not ours to take).
 	watermark time.Time
@@ -351,10 +358,50 @@ func (s *Scheduler) addLocked(p *policy.Policy, now time.Time) *policyState {
 	ps := &policyState{watermark: now, schedKey: scheduleKey(p.Schedule)}
 	name := p.Name
 	ps.entry = s.cron.Schedule(cronSchedule{p.Schedule}, cron.FuncJob(func() { s.fire(name) }))
+	if prepare := s.opts.Prepare; prepare != nil {
+		sched := p.Schedule
+		ps.prep = s.cron.Schedule(leadSchedule{cronSchedule{sched}, PrepareLead}, cron.FuncJob(func() {
+			// A timer that fired late (past its slot) has nothing left to prepare.
+			now := s.now()
+			if slot := sched.Next(now); !slot.IsZero() && slot.Sub(now) <= 2*PrepareLead {
+				prepare(p, slot)
+			}
+		}))
+	}
 	s.pols[name] = ps
 	s.opts.Metrics.InitPolicy(name)
 	s.opts.Metrics.SetNextSlot(name, p.Schedule.Next(now))
 	return ps
+}
+
+// removeLocked stops the timers of a policy.
+func (s *Scheduler) removeLocked(name string, ps *policyState) {
+	s.cron.Remove(ps.entry)
+	if ps.prep != 0 {
+		s.cron.Remove(ps.prep)
+	}
+	delete(s.pols, name)
+}
+
+// PrepareLead is how long before a slot Options.Prepare is called: about what one
+// listing of 10,000 servers takes (11 pages, BENCHMARKS.md section 3), so that it
+// is made by the slot instant. A server created or tagged within it may wait for
+// the next slot; the listing is never an instant anyway (its pages are read one
+// after another), this moves that window from just after the slot to just before.
+const PrepareLead = 2 * time.Second
+
+// leadSchedule fires lead before each instant of s.
+type leadSchedule struct {
+	s    cron.Schedule
+	lead time.Duration
+}
+
+func (l leadSchedule) Next(t time.Time) time.Time {
+	next := l.s.Next(t.Add(l.lead))
+	if next.IsZero() {
+		return next
+	}
+	return next.Add(-l.lead)
 }
 
 // Swap makes cfg the current config. Added (or newly enabled) policies start with
@@ -386,8 +433,7 @@ func (s *Scheduler) Swap(cfg *policy.Config) {
 		if _, keep := next[name]; keep {
 			continue
 		}
-		s.cron.Remove(ps.entry)
-		delete(s.pols, name)
+		s.removeLocked(name, ps)
 		s.opts.Metrics.RemovePolicy(name)
 		s.log.Info("policy no longer scheduled; its images are kept", "policy", name)
 	}
@@ -406,8 +452,7 @@ func (s *Scheduler) Swap(cfg *policy.Config) {
 			if old := oldByName[p.Name]; old != nil && old.Schedule != nil {
 				s.settleLocked(old, now, s.liveRules(old))
 			}
-			s.cron.Remove(ps.entry)
-			delete(s.pols, p.Name)
+			s.removeLocked(p.Name, ps)
 			nps := s.addLocked(p, now)
 			if ps.watermark.After(nps.watermark) {
 				nps.watermark = ps.watermark

@@ -40,7 +40,42 @@ type inventoryEntry struct {
 // servers returns the listing for slot, making it with list when no fresh one is
 // held or in flight.
 func (inv *inventory) servers(ctx context.Context, slot, now time.Time, list func(context.Context) ([]cloud.Server, error)) ([]cloud.Server, error) {
+	e, ok := inv.entry(slot, now)
+	if !ok {
+		inv.make(ctx, e, now, list)
+		return e.servers, e.err
+	}
+	select {
+	case <-e.done:
+		return e.servers, e.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// prefetch starts the listing for slot in the background unless one is held or in
+// flight: the runs of slot then find it made (Runner.PrepareSlot). It reports
+// whether it started one.
+func (inv *inventory) prefetch(ctx context.Context, slot, now time.Time, list func(context.Context) ([]cloud.Server, error)) bool {
+	e, ok := inv.entry(slot, now)
+	if !ok {
+		go inv.make(ctx, e, now, list)
+	}
+	return !ok
+}
+
+// make fills e with a listing and tells its waiters.
+func (inv *inventory) make(ctx context.Context, e *inventoryEntry, now time.Time, list func(context.Context) ([]cloud.Server, error)) {
+	e.servers, e.err = list(ctx)
+	e.at = now // the Runner's clock, which the expiry compares with
+	close(e.done)
+}
+
+// entry returns the entry of slot, dropping stale ones; ok is false when the entry
+// is new and the caller must make it.
+func (inv *inventory) entry(slot, now time.Time) (e *inventoryEntry, ok bool) {
 	inv.mu.Lock()
+	defer inv.mu.Unlock()
 	if inv.entries == nil {
 		inv.entries = map[time.Time]*inventoryEntry{}
 	}
@@ -53,24 +88,12 @@ func (inv *inventory) servers(ctx context.Context, slot, now time.Time, list fun
 		default:
 		}
 	}
-	e, ok := inv.entries[slot]
+	e, ok = inv.entries[slot]
 	if !ok {
 		e = &inventoryEntry{done: make(chan struct{})}
 		inv.entries[slot] = e
 	}
-	inv.mu.Unlock()
-	if !ok {
-		e.servers, e.err = list(ctx)
-		e.at = now // the Runner's clock, which the expiry above compares with
-		close(e.done)
-		return e.servers, e.err
-	}
-	select {
-	case <-e.done:
-		return e.servers, e.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return e, ok
 }
 
 // selectServers returns the servers of all that sel selects. A selector by tags

@@ -87,3 +87,67 @@ func TestSelectServersFromTheSharedListing(t *testing.T) {
 		t.Errorf("no selector over an untagged listing: %v, %v", got, err)
 	}
 }
+
+// countingLister counts ListServers calls.
+type countingLister struct {
+	cloud.Cloud
+	n *atomic.Int32
+}
+
+func (c countingLister) ListServers(ctx context.Context, sel cloud.Selector) ([]cloud.Server, error) {
+	c.n.Add(1)
+	return c.Cloud.ListServers(ctx, sel)
+}
+
+// TestPrepareSlotListsBeforeTheRuns: the listing PrepareSlot starts before a slot
+// is the one its runs select from (no second listing), and preparing the slot again
+// lists nothing more.
+func TestPrepareSlotListsBeforeTheRuns(t *testing.T) {
+	h := newRunHarness(t, runHarnessOptions{})
+	h.addServers(3)
+	var n atomic.Int32
+	r := h.runner(func(o *RunnerOptions) { o.Cloud = countingLister{Cloud: o.Cloud, n: &n} })
+	r.PrepareSlot(h.p, h.slot)
+	r.PrepareSlot(h.p, h.slot)
+	rep, err := r.RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerManual)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Servers) != 3 {
+		t.Errorf("the run took %d servers, want 3", len(rep.Servers))
+	}
+	if got := n.Load(); got != 1 {
+		t.Errorf("%d listings for one prepared slot, want 1", got)
+	}
+	// Another slot is listed for itself.
+	r.PrepareSlot(h.p, h.slot.Add(time.Hour))
+	deadline := time.Now().Add(10 * time.Second)
+	for n.Load() != 2 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := n.Load(); got != 2 {
+		t.Errorf("%d listings after preparing a second slot, want 2", got)
+	}
+}
+
+// TestLeadScheduleFiresBeforeEachSlot: the prepare timer fires PrepareLead before
+// every slot, the next one included when now is within the lead of a slot.
+func TestLeadScheduleFiresBeforeEachSlot(t *testing.T) {
+	slot := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	l := leadSchedule{s: minuteSchedule{}, lead: 2 * time.Second}
+	for _, c := range []struct{ now, want time.Time }{
+		{slot.Add(-30 * time.Second), slot.Add(-2 * time.Second)},
+		{slot.Add(-2 * time.Second), slot.Add(time.Minute - 2*time.Second)},
+		{slot.Add(-3 * time.Second), slot.Add(-2 * time.Second)},
+		{slot.Add(-time.Second), slot.Add(time.Minute - 2*time.Second)},
+	} {
+		if got := l.Next(c.now); !got.Equal(c.want) {
+			t.Errorf("Next(%s) = %s, want %s", c.now.Format(time.TimeOnly), got.Format(time.TimeOnly), c.want.Format(time.TimeOnly))
+		}
+	}
+}
+
+// minuteSchedule fires at every whole minute.
+type minuteSchedule struct{}
+
+func (minuteSchedule) Next(t time.Time) time.Time { return t.Truncate(time.Minute).Add(time.Minute) }

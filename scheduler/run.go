@@ -308,7 +308,7 @@ type run struct {
 	mu       sync.Mutex
 	results  map[string]*ServerResult
 	existing map[string]bool
-	claimed  []store.Image
+	claimed  []int64 // row ids
 	done     int
 	total    int
 	// left lists the servers with good images that left the selection in this slot.
@@ -517,20 +517,42 @@ func newRunID() string {
 	return hex.EncodeToString(b)
 }
 
+// listAll lists every server of the project inside a worker slot (taken in the
+// name of policy), for the inventory.
+func (r *Runner) listAll(cl cloud.Cloud, policy string) func(context.Context) ([]cloud.Server, error) {
+	return func(ctx context.Context) ([]cloud.Server, error) {
+		release, err := r.workers.acquire(ctx, policy)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+		return cl.ListServers(ctx, cloud.Selector{})
+	}
+}
+
+// PrepareSlot starts, in the background, the listing of every server that the runs
+// of slot select from (see inventory), unless it is made or in flight: the
+// Scheduler calls it PrepareLead before the slot, so that at 10,000 servers the
+// runs do not all wait for eleven pages of it at the slot instant. A failed listing
+// is not kept: the runs list again. Retention never uses this listing.
+func (r *Runner) PrepareSlot(p *policy.Policy, slot time.Time) {
+	ctx, cancel := context.WithTimeout(context.Background(), inventoryTTL)
+	started := r.inventory.prefetch(ctx, slot, r.now(), func(ctx context.Context) ([]cloud.Server, error) {
+		defer cancel()
+		return r.listAll(r.Cloud(), p.Name)(ctx)
+	})
+	if !started {
+		cancel()
+	}
+}
+
 // execute selects the servers, makes the images and waits for them.
 func (ru *run) execute(ctx context.Context) error {
 	r, p := ru.r, ru.p
 	sel := CloudSelector(p.Select)
 	// One listing of every server serves every run of this slot instant (see
 	// inventory); it takes a worker slot like any other call.
-	servers, err := r.inventory.servers(ctx, ru.slot, r.now(), func(ctx context.Context) ([]cloud.Server, error) {
-		release, err := r.workers.acquire(ctx, p.Name)
-		if err != nil {
-			return nil, err
-		}
-		defer release()
-		return ru.cloud.ListServers(ctx, cloud.Selector{})
-	})
+	servers, err := r.inventory.servers(ctx, ru.slot, r.now(), r.listAll(ru.cloud, p.Name))
 	var selected []cloud.Server
 	if err == nil {
 		selected, err = selectServers(servers, sel)
@@ -572,7 +594,7 @@ func (ru *run) execute(ctx context.Context) error {
 		ru.mu.Lock()
 		claimed := ru.claimed
 		ru.mu.Unlock()
-		r.unclaim(claimed)
+		r.unclaimRows(claimed)
 	}()
 	// Servers in the order they may start: by their offset in the spread window
 	// (none without a spread), then by id.
@@ -594,6 +616,9 @@ func (ru *run) execute(ctx context.Context) error {
 			firstErr = err
 		}
 		if wait {
+			// The wait never reads an image's metadata: a decoded map per image in
+			// flight was a third of the live heap at 10,000 servers.
+			im.Metadata = nil
 			toWait = append(toWait, im)
 		}
 	}
@@ -987,21 +1012,53 @@ func (ru *run) create(ctx context.Context, s cloud.Server, row store.Image, res 
 	if err != nil {
 		return row, false, err
 	}
+	// The pre hook runs just before createImage, under the server's lock and the
+	// worker slot the caller holds (hooks count against limits.concurrency). From
+	// the moment it starts a post is owed: thaw runs it on every path below that
+	// does not end in an accepted createImage.
+	var hk *openHook
+	thaw := func(result string) {
+		if hk != nil {
+			ru.runPost(ctx, hk, s.ID, row.Row, "", result)
+			hk = nil
+		}
+	}
+	if ru.p.Image.Hooks != nil {
+		var skip bool
+		var detail string
+		hk, meta, skip, detail, err = ru.runPre(ctx, s, row, meta)
+		if err != nil {
+			unlock()
+			return row, false, err
+		}
+		if skip {
+			unlock()
+			// Nothing was asked of Nova: the intent goes, as for a 409.
+			if derr := r.store.DropIntent(context.WithoutCancel(ctx), row.Row, SkipHookFailed+": "+detail); derr != nil {
+				return row, false, derr
+			}
+			res.ImageRow = 0
+			return row, false, ru.skip(ctx, s, res, SkipHookFailed, detail+"; on_failure: skip")
+		}
+	}
 	// The rate-limit token is taken before the attempt is recorded: a run stopped
 	// while queued for it (a drain, a second SIGTERM) has sent nothing, and an
 	// attempt on the row would make the resumed slot wait the whole wait_timeout for
 	// a stamped image that cannot exist instead of calling at once.
 	if err := ru.cloud.take(ctx); err != nil {
 		unlock()
+		thaw(PostNotRequested)
 		return row, false, err
 	}
 	if err := ctx.Err(); err != nil {
 		unlock()
+		thaw(PostNotRequested)
 		return row, false, err
 	}
 	row, err = r.store.BeginAttempt(ctx, row.Row, name, meta)
 	if err != nil {
 		unlock()
+		thaw(PostNotRequested)
 		return row, false, err
 	}
 	id, err := ru.cloud.inner.CreateImage(ctx, s.ID, name, meta)
@@ -1015,11 +1072,26 @@ func (ru *run) create(ctx context.Context, s cloud.Server, row store.Image, res 
 		bctx := context.WithoutCancel(ctx) // the id must be recorded once we have it
 		row, err = r.store.SetImageID(bctx, row.Row, id, false, "createImage returned image "+id)
 		if err != nil {
+			thaw(PostRequested)
 			return row, false, err
 		}
 		log.Info("image requested", "image_id", id, "image_name", row.Name)
+		if hk != nil {
+			seen, why := ru.awaitPoint(ctx, s, id, hk.preEnd)
+			result := PostRequested
+			if !seen {
+				result = PostPointNotSeen
+				r.downgrade(ctx, ru, row, why)
+			}
+			ru.runPost(ctx, hk, s.ID, row.Row, id, result)
+		}
 		return row, true, nil
 	}
+	if hk != nil {
+		// No image, or one whose making nobody watched: not application-consistent.
+		r.downgrade(ctx, ru, row, "createImage failed after the pre hook: "+cloud.Reason(err))
+	}
+	thaw(PostCreateFailed)
 	switch {
 	case errors.Is(err, cloud.ErrBusy):
 		// 409: Nova refused before making anything, so the intent can go and a later
@@ -1188,7 +1260,7 @@ func (ru *run) event(ctx context.Context, e store.Event) {
 func (ru *run) claim(row store.Image) bool {
 	ru.mu.Lock()
 	for _, c := range ru.claimed {
-		if c.Row == row.Row {
+		if c == row.Row {
 			// Ours already: a busy server's intent dropped and written again may get
 			// the same row id back.
 			ru.mu.Unlock()
@@ -1200,7 +1272,9 @@ func (ru *run) claim(row store.Image) bool {
 		return false
 	}
 	ru.mu.Lock()
-	ru.claimed = append(ru.claimed, row)
+	// The row id is all unclaim needs: not a copy of every field and of the decoded
+	// metadata per server for the whole run (3.7-4.8 MB of live heap at 10,000 servers).
+	ru.claimed = append(ru.claimed, row.Row)
 	ru.mu.Unlock()
 	return true
 }

@@ -66,6 +66,15 @@ func (r *Runner) unclaim(rows []store.Image) {
 	}
 }
 
+// unclaimRows is unclaim by row id.
+func (r *Runner) unclaimRows(ids []int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, id := range ids {
+		delete(r.waiting, id)
+	}
+}
+
 // wait polls until every row is good or failed, or ctx ends (the rows then stay
 // creating, and ResumeWaits picks them up after a restart). Polls are batched: one
 // ListImages by stamp per round covers every image of the scope, then GetSnapshot

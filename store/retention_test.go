@@ -84,3 +84,16 @@ func dump(rows []LineageRow) string {
 	}
 	return s
 }
+
+// TestReadPoolCacheSize: each read connection has a small page cache (the pool's
+// reads walk far more than any cache holds); the writer keeps SQLite's default.
+func TestReadPoolCacheSize(t *testing.T) {
+	f := newMetricsFixture(t)
+	var n int
+	if err := f.s.rdb.QueryRow("PRAGMA cache_size").Scan(&n); err != nil || n != -readCacheKiB {
+		t.Errorf("read connection cache_size = %d, %v; want %d", n, err, -readCacheKiB)
+	}
+	if err := f.s.db.QueryRow("PRAGMA cache_size").Scan(&n); err != nil || n != -2000 {
+		t.Errorf("write connection cache_size = %d, %v; want SQLite's -2000", n, err)
+	}
+}

@@ -144,9 +144,18 @@ func dsn(p string) string {
 // readDSN is the data source name of the read-only pool: mode=ro, so that a bug can
 // never write through it, and no journal-mode pragma (the writer set WAL, which is
 // persistent; a read-only connection could not set it).
+//
+// Each read connection's page cache is readCacheKiB, not SQLite's 2 MiB: the pool's
+// reads are per-policy counts from an index and walks of far more than any cache
+// holds (retention, reconcile), which the OS page cache serves just as well; four
+// full 2 MiB caches were resident memory for nothing.
 func readDSN(p string) string {
-	return "file:" + escapePath(p) + "?mode=ro&_query_only=1&_busy_timeout=" + strconv.Itoa(int(BusyTimeout/time.Millisecond))
+	return "file:" + escapePath(p) + "?mode=ro&_query_only=1&_cache_size=-" + strconv.Itoa(readCacheKiB) +
+		"&_busy_timeout=" + strconv.Itoa(int(BusyTimeout/time.Millisecond))
 }
+
+// readCacheKiB is the page cache of each read connection, in KiB.
+const readCacheKiB = 512
 
 func escapePath(p string) string {
 	return strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(p)

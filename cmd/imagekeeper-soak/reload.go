@@ -73,7 +73,7 @@ func (s *soak) renderConfig(state map[string]policyState) []byte {
 		if ps.Mode == "absent" {
 			continue
 		}
-		y := keepLastRE.ReplaceAllString(p.YAML, fmt.Sprintf("keep_last: %d", ps.KeepLast))
+		y := keepLastRE.ReplaceAllString(strings.ReplaceAll(p.YAML, "HOOKDIR", s.hookDir), fmt.Sprintf("keep_last: %d", ps.KeepLast))
 		if ps.Mode == "disabled" {
 			y = strings.Replace(y, "  - name: "+p.Name+"\n", "  - name: "+p.Name+"\n    enabled: false\n", 1)
 		}

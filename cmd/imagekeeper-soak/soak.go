@@ -48,6 +48,9 @@ var soakPolicies = []policyDef{
     image:
       name: '{{ .Server.Name | slug | trunc 40 }}-{{ .Slot.Format "20060102-150405" }}'
       wait_timeout: 20s
+      hooks:
+        pre: {command: [HOOKDIR/hook.sh, pre], timeout: 5s, on_failure: continue}
+        post: {command: [HOOKDIR/hook.sh, post], timeout: 5s}
     retention: {keep_last: 2, min_keep: 2, max_deletions_per_run: 20}
     verify: {cron: "@every 16s", flavor: m1.small, timeout: 15s}
 `},
@@ -103,6 +106,7 @@ type soak struct {
 	cfgEvents []cfgEvent
 	retags    []retag
 	reloads   int
+	hookDir   string // where the db policy's hook script and its log are
 }
 
 func (s *soak) intn(n int) int {
@@ -163,6 +167,18 @@ func (s *soak) run(ctx context.Context) (*result, error) {
 	}
 	s.dbPath = filepath.Join(o.Workdir, "lineage.db")
 	s.cfgPath = filepath.Join(o.Workdir, "soak.yaml")
+	// The db policy's hooks append "pre|post SERVER SLOT RESULT" to hooks.log; the
+	// check pairs them (every pre has exactly one post, kill -9 included).
+	hookDir := filepath.Join(o.Workdir, "hooks")
+	if err := os.MkdirAll(hookDir, 0o755); err != nil {
+		return nil, err
+	}
+	script := "#!/bin/sh\nprintf '%s %s %s %s\\n' \"$1\" \"$IMAGEKEEPER_SERVER_ID\" \"$IMAGEKEEPER_SLOT\" \"${IMAGEKEEPER_RESULT:--}\" >> " +
+		filepath.Join(hookDir, "hooks.log") + "\n"
+	if err := os.WriteFile(filepath.Join(hookDir, "hook.sh"), []byte(script), 0o755); err != nil {
+		return nil, err
+	}
+	s.hookDir = hookDir
 	if err := s.writeConfig(baseState(), "initial: "+describe(baseState())); err != nil {
 		return nil, err
 	}
