@@ -18,7 +18,7 @@ mkdir -p "$work"
 go build -o "$work/imagekeeper" ./cmd/imagekeeper
 go build -o "$work/imagekeeper-soak" ./cmd/imagekeeper-soak
 status=0
-timeout 280 "$work/imagekeeper-soak" -mode short -bin "$work/imagekeeper" -workdir "$work/run" \
+timeout 330 "$work/imagekeeper-soak" -mode short -bin "$work/imagekeeper" -workdir "$work/run" \
   -seed "${SOAK_SEED:-8}" -known "${SOAK_KNOWN:-}" || status=$?
 if [ "$status" -ne 0 ]; then
   echo "soak failed (exit $status); last lines of the daemon log:" >&2
