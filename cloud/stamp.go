@@ -15,6 +15,17 @@ const (
 	StampPolicy = "imagekeeper_policy" // policy name
 	StampServer = "imagekeeper_server" // source server id
 	StampSlot   = "imagekeeper_slot"   // the slot, RFC 3339 in UTC
+	// StampConsistency says how consistent the image is: ConsistencyApplication
+	// when the policy's pre hook succeeded before createImage, ConsistencyCrash
+	// when it failed (on_failure: continue). Absent on images of policies without
+	// hooks, which are crash-consistent. It is not part of the identity (StampOf).
+	StampConsistency = "imagekeeper_consistency"
+)
+
+// Values of StampConsistency.
+const (
+	ConsistencyApplication = "application"
+	ConsistencyCrash       = "crash"
 )
 
 // Stamp identifies who asked for an image and for which (policy, server, slot).

@@ -303,6 +303,9 @@ func (l *loader) compileImage(ri *rawImage, path string, p *Policy) *ImageSpec {
 		spec.WaitTimeout = wt
 	}
 	data := l.sampleData(p)
+	var hooksOK bool
+	spec.Hooks, hooksOK = l.compileHooks(&ri.Hooks, path+".hooks", data)
+	ok = ok && hooksOK
 	if !l.suppressed(path + ".name") {
 		if strings.TrimSpace(ri.Name) == "" {
 			l.errorf(path+".name", "is required: a template such as '{{ .Server.Name }}-{{ .Slot.Format \"20060102-1504\" }}'")
@@ -444,9 +447,11 @@ func policyVersion(p *Policy) string {
 		Metadata    map[string]string
 		WaitTimeout time.Duration
 		Retention   Retention
+		Hooks       *Hooks `json:",omitempty"`
 	}{
 		p.Name, p.Enabled, p.Select, p.Schedule.Spec, p.Schedule.Location.String(), p.Schedule.CatchUp,
 		p.Schedule.MaxLateness, p.Schedule.Spread, p.Image.Name, p.Image.Metadata, p.Image.WaitTimeout, p.Retention,
+		p.Image.Hooks,
 	}
 	b, err := json.Marshal(canon)
 	if err != nil {

@@ -402,6 +402,16 @@ type (
 		Name        string            `yaml:"name"`
 		Metadata    map[string]string `yaml:"metadata"`
 		WaitTimeout string            `yaml:"wait_timeout"`
+		Hooks       rawHooks          `yaml:"hooks"`
+	}
+	rawHooks struct {
+		Pre  rawHook `yaml:"pre"`
+		Post rawHook `yaml:"post"`
+	}
+	rawHook struct {
+		Command   []string `yaml:"command"`
+		Timeout   string   `yaml:"timeout"`
+		OnFailure string   `yaml:"on_failure"`
 	}
 	rawRetention struct {
 		KeepLast           *int   `yaml:"keep_last"`
@@ -444,6 +454,12 @@ type field struct {
 	schema
 }
 
+var hookSchema = schema{kind: kMapping, fields: []field{
+	{"command", schema{kind: kStringList}},
+	{"timeout", schema{kind: kString}},
+	{"on_failure", schema{kind: kString}},
+}}
+
 var policySchema = schema{kind: kMapping, fields: []field{
 	{"name", schema{kind: kString}},
 	{"enabled", schema{kind: kBool}},
@@ -464,6 +480,10 @@ var policySchema = schema{kind: kMapping, fields: []field{
 		{"name", schema{kind: kString}},
 		{"metadata", schema{kind: kStringMap}},
 		{"wait_timeout", schema{kind: kString}},
+		{"hooks", schema{kind: kMapping, fields: []field{
+			{"pre", hookSchema},
+			{"post", hookSchema},
+		}}},
 	}}},
 	{"retention", schema{kind: kMapping, fields: []field{
 		{"keep_last", schema{kind: kInt}},

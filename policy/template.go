@@ -36,6 +36,8 @@ type ImageSpec struct {
 	// WaitTimeout is how long an image and its volume snapshots may take to become
 	// usable before the image is recorded as failed.
 	WaitTimeout time.Duration
+	// Hooks are the commands run around the snapshot; nil when the policy has none.
+	Hooks *Hooks
 
 	name *ttemplate.Template
 	meta map[string]*ttemplate.Template

@@ -241,7 +241,7 @@ func (s *semaphore) removeLocked(key string, w *semWaiter) {
 }
 
 // keyedLocks holds one context-aware mutex per key (a server id, a policy name),
-// created on demand and dropped when nobody holds or waits for it.
+// and tells a holder that asked (lockYielding) when someone else starts waiting.
 type keyedLocks struct {
 	mu sync.Mutex
 	m  map[string]*keyedLock
@@ -249,11 +249,23 @@ type keyedLocks struct {
 
 type keyedLock struct {
 	ch   chan struct{}
-	refs int
+	refs int // the holder and the waiters
+	// wanted is closed when a caller queues behind the current holder; nil while
+	// nobody holds the lock.
+	wanted chan struct{}
 }
 
 // lock takes the key's lock; the returned func releases it.
 func (k *keyedLocks) lock(ctx context.Context, key string) (func(), error) {
+	unlock, _, err := k.lockYielding(ctx, key)
+	return unlock, err
+}
+
+// lockYielding takes the key's lock like lock, and also returns a channel that is
+// closed as soon as another caller waits for the same key. A holder doing work
+// that can be left for later (retention waiting for Cinder) watches it and lets
+// go, so that a backup run never queues behind it.
+func (k *keyedLocks) lockYielding(ctx context.Context, key string) (unlock func(), wanted <-chan struct{}, err error) {
 	k.mu.Lock()
 	if k.m == nil {
 		k.m = map[string]*keyedLock{}
@@ -264,6 +276,9 @@ func (k *keyedLocks) lock(ctx context.Context, key string) (func(), error) {
 		k.m[key] = l
 	}
 	l.refs++
+	if l.wanted != nil {
+		closeOnce(l.wanted)
+	}
 	k.mu.Unlock()
 	drop := func() {
 		k.mu.Lock()
@@ -275,10 +290,32 @@ func (k *keyedLocks) lock(ctx context.Context, key string) (func(), error) {
 	}
 	select {
 	case l.ch <- struct{}{}:
-		return func() { <-l.ch; drop() }, nil
 	case <-ctx.Done():
 		drop()
-		return nil, ctx.Err()
+		return nil, nil, ctx.Err()
+	}
+	k.mu.Lock()
+	w := make(chan struct{})
+	if l.refs > 1 {
+		close(w) // others queued while this caller waited
+	}
+	l.wanted = w
+	k.mu.Unlock()
+	return func() {
+		k.mu.Lock()
+		l.wanted = nil
+		k.mu.Unlock()
+		<-l.ch
+		drop()
+	}, w, nil
+}
+
+// closeOnce closes ch unless it is closed already; callers hold keyedLocks.mu.
+func closeOnce(ch chan struct{}) {
+	select {
+	case <-ch:
+	default:
+		close(ch)
 	}
 }
 

@@ -320,3 +320,45 @@ func TestNextPollBacksOffGently(t *testing.T) {
 		t.Errorf("waits %v never reach the maximum %v", got, DefaultMaxPollInterval)
 	}
 }
+
+// TestLockYieldingSaysWhenSomeoneWaits: the holder of a yielding lock learns when
+// another caller queues for the key, and only then.
+func TestLockYieldingSaysWhenSomeoneWaits(t *testing.T) {
+	var k keyedLocks
+	ctx := context.Background()
+	unlock, wanted, err := k.lockYielding(ctx, "db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _, err := k.lockYielding(ctx, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other()
+	select {
+	case <-wanted:
+		t.Fatal("wanted closed although nobody waits for this key")
+	default:
+	}
+	got := make(chan func(), 1)
+	go func() {
+		u, err := k.lock(ctx, "db")
+		if err != nil {
+			t.Error(err)
+		}
+		got <- u
+	}()
+	select {
+	case <-wanted:
+	case <-time.After(10 * time.Second):
+		t.Fatal("wanted not closed while another caller waits")
+	}
+	unlock()
+	u := <-got
+	u()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if _, ok := k.m["db"]; ok {
+		t.Error("the key's lock outlived its last holder")
+	}
+}

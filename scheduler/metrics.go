@@ -40,7 +40,23 @@ const (
 	SkipLocked = "locked"
 	// SkipInFlight is a server whose image for an earlier slot is still being made.
 	SkipInFlight = "in_flight"
+	// SkipHookFailed is a server whose pre hook failed under on_failure: skip.
+	SkipHookFailed = "hook_failed"
 )
+
+// Label values of imagekeeper_hook_runs_total{hook,result}.
+const (
+	HookPre  = "pre"
+	HookPost = "post"
+	// HookOK: the command exited 0 within its timeout.
+	HookOK = "ok"
+	// HookFailed: it could not start or exited non-zero.
+	HookFailed = "failed"
+	// HookTimeout: it outlived its timeout and its process group was killed.
+	HookTimeout = "timeout"
+)
+
+var hookResults = []string{HookOK, HookFailed, HookTimeout}
 
 // Label values of imagekeeper_images_deleted_total{result} and
 // imagekeeper_snapshots_deleted_total{result}.
@@ -74,7 +90,7 @@ const labelOther = "other"
 var (
 	slotOutcomes  = []string{OutcomeRan, OutcomeCaughtUp, OutcomeMissed, OutcomeSkippedOverlap, OutcomeFailed, OutcomeEmpty}
 	createResults = []string{CreateGood, CreateFailed, CreateLateGood}
-	skipReasons   = []string{SkipErrorState, SkipBusy, SkipLocked, SkipInFlight}
+	skipReasons   = []string{SkipErrorState, SkipBusy, SkipLocked, SkipInFlight, SkipHookFailed}
 	imageDeletes  = []string{DeleteDeleted, DeleteAlreadyGone, DeleteProtected, DeleteFailed}
 	snapDeletes   = []string{DeleteDeleted, DeleteAlreadyGone, DeleteInUse, DeleteFailed}
 	imageStates   = []string{StateGood, StateCreating, StateFailed, StateDeleting, StateKeptProtected}
@@ -134,6 +150,8 @@ type Metrics struct {
 	cloudUp          prometheus.Gauge
 	foreignStamped   prometheus.Gauge
 	buildInfo        *prometheus.GaugeVec
+	hookRuns         *prometheus.CounterVec
+	hookDuration     *prometheus.HistogramVec
 
 	// periods caches the schedule period per policy name, keyed by policy version,
 	// because computing it walks a week of cron slots.
@@ -164,7 +182,7 @@ func (m *Metrics) policyVecs() []interface {
 		m.slots, m.imagesCreated, m.serversSkipped, m.createDuration, m.imagesDeleted,
 		m.verifications, m.lastVerified, m.verifyPeriod, m.lastVerifyOK,
 		m.snapshotsDeleted, m.images, m.lastSuccess, m.nextSlot, m.newestGoodAge,
-		m.schedulePeriod, m.serversSelected, m.serversNoGood, m.emptySince,
+		m.schedulePeriod, m.serversSelected, m.serversNoGood, m.emptySince, m.hookRuns, m.hookDuration,
 	}
 }
 
@@ -344,6 +362,16 @@ func NewMetrics(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		Namespace: ns, Name: "last_verify_success",
 		Help: "1 when the policy's last restore drill booted its image, 0 when it failed or timed out.",
 	}, []string{"policy"})
+	m.hookRuns = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Name: "hook_runs_total",
+		Help: "Application-consistency hook runs (image.hooks) by hook (pre, post) and result (ok, failed, timeout).",
+	}, []string{"policy", "hook", "result"})
+	m.hookDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: ns, Name: "hook_duration_seconds",
+		Help:    "Run time of application-consistency hooks, by hook (pre, post).",
+		Buckets: []float64{0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600},
+	}, []string{"policy", "hook"})
+	reg.MustRegister(m.hookRuns, m.hookDuration)
 	reg.MustRegister(m.verifications, m.lastVerified, m.verifyDuration, m.verifyPeriod, m.lastVerifyOK)
 	reg.MustRegister(m.slots, m.imagesCreated, m.serversSkipped, m.createDuration, m.imagesDeleted,
 		m.snapshotsDeleted, m.images, m.leftover, m.lastSuccess, m.nextSlot, m.newestGoodAge,
@@ -410,6 +438,14 @@ func (m *Metrics) initLocked(policy string) {
 		m.images.WithLabelValues(policy, s)
 	}
 	m.serversNoGood.WithLabelValues(policy)
+}
+
+// HookRan counts one hook run of the policy and observes its duration.
+func (m *Metrics) HookRan(policy, hook, result string, d time.Duration) {
+	m.withPolicy(policy, func() {
+		m.hookRuns.WithLabelValues(policy, hook, known(result, hookResults)).Inc()
+		m.hookDuration.WithLabelValues(policy, hook).Observe(d.Seconds())
+	})
 }
 
 // RemovePolicy deletes every series of the policy, for a reload that removed it.

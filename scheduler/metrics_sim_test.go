@@ -151,10 +151,12 @@ imagekeeper_servers_selected{policy="web"} 6
 # TYPE imagekeeper_servers_skipped_total counter
 imagekeeper_servers_skipped_total{policy="idle",reason="busy"} 0
 imagekeeper_servers_skipped_total{policy="idle",reason="error_state"} 0
+imagekeeper_servers_skipped_total{policy="idle",reason="hook_failed"} 0
 imagekeeper_servers_skipped_total{policy="idle",reason="in_flight"} 0
 imagekeeper_servers_skipped_total{policy="idle",reason="locked"} 0
 imagekeeper_servers_skipped_total{policy="web",reason="busy"} 1
 imagekeeper_servers_skipped_total{policy="web",reason="error_state"} 2
+imagekeeper_servers_skipped_total{policy="web",reason="hook_failed"} 0
 imagekeeper_servers_skipped_total{policy="web",reason="in_flight"} 0
 imagekeeper_servers_skipped_total{policy="web",reason="locked"} 0
 # HELP imagekeeper_servers_without_good_image Live servers of the policy that have no good image.

@@ -117,6 +117,7 @@ imagekeeper_servers_selected{policy="web"} 3
 # TYPE imagekeeper_servers_skipped_total counter
 imagekeeper_servers_skipped_total{policy="web",reason="busy"} 0
 imagekeeper_servers_skipped_total{policy="web",reason="error_state"} 1
+imagekeeper_servers_skipped_total{policy="web",reason="hook_failed"} 0
 imagekeeper_servers_skipped_total{policy="web",reason="in_flight"} 0
 imagekeeper_servers_skipped_total{policy="web",reason="locked"} 0
 # HELP imagekeeper_slots_total Scheduled slots by outcome (ran, caught_up, missed, skipped_overlap, failed, empty).

@@ -75,6 +75,11 @@ type PruneOptions struct {
 
 	// hooks lets tests stop a deletion at its crash points.
 	hooks pruneHooks
+	// yield, when set, is closed once a backup run of the policy waits for the
+	// policy lock this prune holds: the prune then stops waiting for Cinder (the
+	// journal leaves the snapshots to the next prune), so retention never delays a
+	// backup.
+	yield <-chan struct{}
 }
 
 // pruneHooks are the crash points of the deletion journal, for tests. A hook that

@@ -117,6 +117,20 @@ func (pr *pruner) deleteSnapshots(ctx context.Context, it *PruneItem, row store.
 	// when a test's clock does not move.
 	interval := pr.r.opts.PollInterval
 	var waited time.Duration
+	// A backup run waiting for the policy lock ends the wait, in-flight reads
+	// included: the snapshots stay deleting in the journal for the next prune.
+	wctx, stopWaiting := context.WithCancel(ctx)
+	defer stopWaiting()
+	if pr.opts.yield != nil {
+		go func() {
+			select {
+			case <-pr.opts.yield:
+				stopWaiting()
+			case <-wctx.Done():
+			}
+		}()
+	}
+	ctx = wctx
 	for len(watching) > 0 && waited < pr.opts.SnapshotWait {
 		if err := pr.r.sleep(ctx, interval); err != nil {
 			break

@@ -852,3 +852,74 @@ func TestPruneCountsDeletionsInMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestRetentionYieldsThePolicyLockToABackupRun: retention waiting for Cinder to
+// finish a snapshot deletion holds the policy's lock, which a backup run of the
+// policy needs too. Found by the soak: a Cinder read that hung kept a daily-style
+// run queued behind retention for over a minute. Retention must let go at once
+// and leave the snapshot to the journal, never delay a backup.
+func TestRetentionYieldsThePolicyLockToABackupRun(t *testing.T) {
+	h := newPruneHarness(t, "      keep_last: 1")
+	h.server("db", 1)
+	h.slots(2)
+
+	hung := make(chan struct{})
+	var once sync.Once
+	opts := PruneOptions{}
+	opts.hooks.afterSnapshotDelete = func(int64, string) error {
+		// From now on every Cinder read hangs, as in the soak.
+		once.Do(func() {
+			h.sim.SetFault(simcloud.Fault{Op: "volume.snapshots.get", Hang: true})
+			close(hung)
+		})
+		return nil
+	}
+	type result struct {
+		rep *PruneReport
+		err error
+	}
+	done := make(chan result, 1)
+	rt := NewRetention(h.r, policy.NewCoordinator(h.cfg), RetentionOptions{})
+	go func() {
+		rep, err := rt.Prune(context.Background(), h.p.Name, opts)
+		done <- result{rep, err}
+	}()
+	select {
+	case <-hung:
+	case r := <-done:
+		t.Fatalf("prune ended before it deleted a snapshot: %+v, %v", r.rep, r.err)
+	}
+
+	// The backup run asks for the policy lock while retention waits for Cinder.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	unlock, err := h.r.LockPolicy(ctx, h.p.Name)
+	if err != nil {
+		t.Fatalf("a backup run could not take the policy lock while retention waited for Cinder: %v", err)
+	}
+	unlock()
+
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("prune: %v", r.err)
+	}
+	if got := countActions(t, r.rep, false); got[PrunePending] != 1 {
+		t.Errorf("prune that yielded: actions %v, want the image pending (its snapshot left to the journal)", got)
+	}
+	deleting := h.rows(store.ImageDeleting)
+	if len(deleting) != 1 {
+		t.Fatalf("%d rows deleting after the yielded prune, want 1", len(deleting))
+	}
+
+	// The next prune finishes the journal once Cinder answers again.
+	h.sim.ClearFaults()
+	h.clock.Add(time.Minute)
+	h.prune(PruneOptions{})
+	if n := len(h.rows(store.ImageDeleting)); n != 0 {
+		t.Errorf("%d rows still deleting after the next prune", n)
+	}
+	if n := len(h.rows(store.ImageDeleted)); n != 1 {
+		t.Errorf("%d rows deleted, want 1", n)
+	}
+	h.checkDeletedGone()
+}

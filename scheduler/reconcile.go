@@ -588,12 +588,19 @@ func isFailedAction(a string) bool {
 }
 
 func (r *Runner) withPolicyLock(ctx context.Context, name string, f func() error) error {
-	unlock, err := r.LockPolicy(ctx, name)
+	return r.withPolicyLockYielding(ctx, name, func(<-chan struct{}) error { return f() })
+}
+
+// withPolicyLockYielding runs f holding the policy's lock; wanted is closed once
+// anything else (a backup run) waits for that lock, so that f can leave slow work
+// for later.
+func (r *Runner) withPolicyLockYielding(ctx context.Context, name string, f func(wanted <-chan struct{}) error) error {
+	unlock, wanted, err := r.pols.lockYielding(ctx, name)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	return f()
+	return f(wanted)
 }
 
 // adopt records a stamped image as the image of its intent row. A requested row
@@ -655,7 +662,7 @@ func (r *Runner) cleanGoneImage(ctx context.Context, cfg *policy.Config, rowID i
 		}
 	}
 	var action string
-	err = r.withPolicyLock(ctx, cur.Policy, func() error {
+	err = r.withPolicyLockYielding(ctx, cur.Policy, func(wanted <-chan struct{}) error {
 		bctx := context.WithoutCancel(ctx)
 		cur, err := r.store.Image(ctx, rowID)
 		if err != nil {
@@ -670,7 +677,7 @@ func (r *Runner) cleanGoneImage(ctx context.Context, cfg *policy.Config, rowID i
 			action = "left: row is " + string(cur.State)
 			return nil
 		}
-		pr := &pruner{r: r, p: p, opts: PruneOptions{SnapshotWait: DefaultSnapshotWait}, cl: r.Cloud(), st: r.store,
+		pr := &pruner{r: r, p: p, opts: PruneOptions{SnapshotWait: DefaultSnapshotWait, yield: wanted}, cl: r.Cloud(), st: r.store,
 			log: r.log.With("policy", cur.Policy), now: r.store.Now()}
 		it := &PruneItem{Reasons: []string{"reconcile: image gone from the cloud; deleting the snapshots left behind"}}
 		row := store.LineageRow{Row: cur.Row, ImageID: cur.ImageID, Policy: cur.Policy, ServerID: cur.ServerID, Slot: cur.Slot,

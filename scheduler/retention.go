@@ -56,11 +56,12 @@ func NewRetention(r *Runner, cfgs *policy.Coordinator, opts RetentionOptions) *R
 // did. When the policy is absent from or disabled in the config in force once its
 // lock is held, nothing is deleted and the report's Inactive says why.
 func (rt *Retention) Prune(ctx context.Context, name string, opts PruneOptions) (*PruneReport, error) {
-	unlock, err := rt.r.LockPolicy(ctx, name)
+	unlock, wanted, err := rt.r.pols.lockYielding(ctx, name)
 	if err != nil {
 		return nil, fmt.Errorf("prune %s: %w", name, err)
 	}
 	defer unlock()
+	opts.yield = wanted
 	p, ok := rt.cfgs.Policy(name)
 	if !ok {
 		why := "the policy is not in the config in force: a removed policy's images are never deleted"

@@ -1012,21 +1012,53 @@ func (ru *run) create(ctx context.Context, s cloud.Server, row store.Image, res 
 	if err != nil {
 		return row, false, err
 	}
+	// The pre hook runs just before createImage, under the server's lock and the
+	// worker slot the caller holds (hooks count against limits.concurrency). From
+	// the moment it starts a post is owed: thaw runs it on every path below that
+	// does not end in an accepted createImage.
+	var hk *openHook
+	thaw := func(result string) {
+		if hk != nil {
+			ru.runPost(ctx, hk, s.ID, row.Row, "", result)
+			hk = nil
+		}
+	}
+	if ru.p.Image.Hooks != nil {
+		var skip bool
+		var detail string
+		hk, meta, skip, detail, err = ru.runPre(ctx, s, row, meta)
+		if err != nil {
+			unlock()
+			return row, false, err
+		}
+		if skip {
+			unlock()
+			// Nothing was asked of Nova: the intent goes, as for a 409.
+			if derr := r.store.DropIntent(context.WithoutCancel(ctx), row.Row, SkipHookFailed+": "+detail); derr != nil {
+				return row, false, derr
+			}
+			res.ImageRow = 0
+			return row, false, ru.skip(ctx, s, res, SkipHookFailed, detail+"; on_failure: skip")
+		}
+	}
 	// The rate-limit token is taken before the attempt is recorded: a run stopped
 	// while queued for it (a drain, a second SIGTERM) has sent nothing, and an
 	// attempt on the row would make the resumed slot wait the whole wait_timeout for
 	// a stamped image that cannot exist instead of calling at once.
 	if err := ru.cloud.take(ctx); err != nil {
 		unlock()
+		thaw(PostNotRequested)
 		return row, false, err
 	}
 	if err := ctx.Err(); err != nil {
 		unlock()
+		thaw(PostNotRequested)
 		return row, false, err
 	}
 	row, err = r.store.BeginAttempt(ctx, row.Row, name, meta)
 	if err != nil {
 		unlock()
+		thaw(PostNotRequested)
 		return row, false, err
 	}
 	id, err := ru.cloud.inner.CreateImage(ctx, s.ID, name, meta)
@@ -1040,11 +1072,26 @@ func (ru *run) create(ctx context.Context, s cloud.Server, row store.Image, res 
 		bctx := context.WithoutCancel(ctx) // the id must be recorded once we have it
 		row, err = r.store.SetImageID(bctx, row.Row, id, false, "createImage returned image "+id)
 		if err != nil {
+			thaw(PostRequested)
 			return row, false, err
 		}
 		log.Info("image requested", "image_id", id, "image_name", row.Name)
+		if hk != nil {
+			seen, why := ru.awaitPoint(ctx, s, id, hk.preEnd)
+			result := PostRequested
+			if !seen {
+				result = PostPointNotSeen
+				r.downgrade(ctx, ru, row, why)
+			}
+			ru.runPost(ctx, hk, s.ID, row.Row, id, result)
+		}
 		return row, true, nil
 	}
+	if hk != nil {
+		// No image, or one whose making nobody watched: not application-consistent.
+		r.downgrade(ctx, ru, row, "createImage failed after the pre hook: "+cloud.Reason(err))
+	}
+	thaw(PostCreateFailed)
 	switch {
 	case errors.Is(err, cloud.ErrBusy):
 		// 409: Nova refused before making anything, so the intent can go and a later

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -145,8 +146,11 @@ type result struct {
 	// in error (it would count towards min_keep); inFlight: a createImage of a server
 	// while the policy's earlier image of it was in flight (within wait_timeout).
 	failedRule, hollowGood, inFlight int
-	lateGood, hollowed               int
-	details                          []string
+	// hookUnpaired: a (server, slot) of the hooked policy whose pre and post hook
+	// runs differ in number: every pre must have exactly one post.
+	hookUnpaired, hookPres int
+	lateGood, hollowed     int
+	details                []string
 }
 
 func (r *result) violate(counter *int, format string, args ...any) {
@@ -158,7 +162,7 @@ func (r *result) violate(counter *int, format string, args ...any) {
 
 func (r *result) violations() int {
 	return r.duplicates + r.untracked + r.leftovers + r.wrongDeletions + r.noOutcome + r.missingSlots + r.lost +
-		r.failedRule + r.hollowGood + r.inFlight + r.drillLeftovers
+		r.failedRule + r.hollowGood + r.inFlight + r.drillLeftovers + r.hookUnpaired
 }
 
 // failing counts the violations that fail the soak: all but the kinds named in
@@ -172,7 +176,7 @@ func (r *result) failing(known string) int {
 	for name, v := range map[string]int{"duplicates": r.duplicates, "untracked": r.untracked, "leftovers": r.leftovers,
 		"wrong_deletions": r.wrongDeletions, "no_outcome": r.noOutcome, "missing_slots": r.missingSlots, "lost": r.lost,
 		"failed_rule": r.failedRule, "hollow_good": r.hollowGood, "in_flight": r.inFlight,
-		"drill_leftovers": r.drillLeftovers} {
+		"drill_leftovers": r.drillLeftovers, "hook_unpaired": r.hookUnpaired} {
 		if !skip[name] {
 			n += v
 		}
@@ -185,9 +189,9 @@ func (r *result) line() string {
 	for _, n := range r.drills {
 		drills += n
 	}
-	return fmt.Sprintf("soak: slots=%d kills=%d faults=%d images=%d duplicates=%d untracked=%d leftovers=%d wrong_deletions=%d no_outcome=%d missing_slots=%d lost=%d failed_rule=%d hollow_good=%d in_flight=%d late_good=%d hollowed=%d drills=%d drill_leftovers=%d",
+	return fmt.Sprintf("soak: slots=%d kills=%d faults=%d images=%d duplicates=%d untracked=%d leftovers=%d wrong_deletions=%d no_outcome=%d missing_slots=%d lost=%d failed_rule=%d hollow_good=%d in_flight=%d late_good=%d hollowed=%d drills=%d drill_leftovers=%d hook_pres=%d hook_unpaired=%d",
 		r.slots, r.kills, r.faults, r.images, r.duplicates, r.untracked, r.leftovers, r.wrongDeletions, r.noOutcome, r.missingSlots, r.lost,
-		r.failedRule, r.hollowGood, r.inFlight, r.lateGood, r.hollowed, drills, r.drillLeftovers)
+		r.failedRule, r.hollowGood, r.inFlight, r.lateGood, r.hollowed, drills, r.drillLeftovers, r.hookPres, r.hookUnpaired)
 }
 
 func (r *result) report(s *soak) string {
@@ -267,6 +271,9 @@ func (s *soak) check(ctx context.Context) (*result, error) {
 	for _, v := range st.Volumes {
 		r.violate(&r.drillLeftovers, "drill_leftovers: volume %s made from snapshot %s is still there (%s, server %q)",
 			v.ID, v.SnapshotID, v.Status, v.ServerID)
+	}
+	if err := r.checkHooks(filepath.Join(s.opts.Workdir, "hooks", "hooks.log")); err != nil {
+		return nil, err
 	}
 	for _, n := range s.faults {
 		r.faults += n
@@ -552,4 +559,45 @@ func (s *soak) check(ctx context.Context) (*result, error) {
 		}
 	}
 	return r, nil
+}
+
+// checkHooks pairs the hook runs the db policy's script logged: for every (server,
+// slot) as many posts as pres (one each, and a kill -9 between them is made up for
+// by the next start).
+func (r *result) checkHooks(path string) error {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read the hooks log: %w", err)
+	}
+	pre, post := map[string]int{}, map[string]int{}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			continue
+		}
+		key := f[1] + " " + f[2]
+		switch f[0] {
+		case "pre":
+			pre[key]++
+			r.hookPres++
+		case "post":
+			post[key]++
+		}
+	}
+	keys := map[string]bool{}
+	for k := range pre {
+		keys[k] = true
+	}
+	for k := range post {
+		keys[k] = true
+	}
+	for k := range keys {
+		if pre[k] != post[k] {
+			r.violate(&r.hookUnpaired, "hook_unpaired: server and slot %s: %d pre, %d post hook runs", k, pre[k], post[k])
+		}
+	}
+	return nil
 }

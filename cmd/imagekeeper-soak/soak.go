@@ -46,6 +46,9 @@ var soakPolicies = []policyDef{
     image:
       name: '{{ .Server.Name | slug | trunc 40 }}-{{ .Slot.Format "20060102-150405" }}'
       wait_timeout: 20s
+      hooks:
+        pre: {command: [HOOKDIR/hook.sh, pre], timeout: 5s, on_failure: continue}
+        post: {command: [HOOKDIR/hook.sh, post], timeout: 5s}
     retention: {keep_last: 2, min_keep: 2, max_deletions_per_run: 20}
     verify: {cron: "@every 16s", flavor: m1.small, timeout: 15s}
 `},
@@ -156,8 +159,19 @@ func (s *soak) run(ctx context.Context) (*result, error) {
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "# written by imagekeeper-soak (seed %d)\ncloud: simcloud\nstate: %s\nlisten: %s\n", o.Seed, s.dbPath, s.listen)
 	cfg.WriteString("allow_sub_minute: true\nlimits: {concurrency: 8, requests_per_second: 200}\npolicies:")
+	// The db policy's hooks append "pre|post SERVER SLOT RESULT" to hooks.log; the
+	// check pairs them (every pre has exactly one post, kill -9 included).
+	hookDir := filepath.Join(o.Workdir, "hooks")
+	if err := os.MkdirAll(hookDir, 0o755); err != nil {
+		return nil, err
+	}
+	script := "#!/bin/sh\nprintf '%s %s %s %s\\n' \"$1\" \"$IMAGEKEEPER_SERVER_ID\" \"$IMAGEKEEPER_SLOT\" \"${IMAGEKEEPER_RESULT:--}\" >> " +
+		filepath.Join(hookDir, "hooks.log") + "\n"
+	if err := os.WriteFile(filepath.Join(hookDir, "hook.sh"), []byte(script), 0o755); err != nil {
+		return nil, err
+	}
 	for _, p := range soakPolicies {
-		cfg.WriteString(p.YAML)
+		cfg.WriteString(strings.ReplaceAll(p.YAML, "HOOKDIR", hookDir))
 	}
 	if err := os.WriteFile(s.cfgPath, []byte(cfg.String()), 0o644); err != nil {
 		return nil, err

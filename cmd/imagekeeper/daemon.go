@@ -227,6 +227,11 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		}
 		return withExitCode(code, err) // it names the file (FILE:LINE:COL for each problem)
 	}
+	// A hook whose program is missing would turn every image of its policy into a
+	// skip (or a crash-consistent image): refuse to start instead.
+	if errs := cfg.CheckHooks(); len(errs) > 0 {
+		return withExitCode(exitFailure, fmt.Errorf("%s: %w", d.ConfigPath, errors.Join(errs...)))
+	}
 	watch := newFileWatch(d.ConfigPath)
 	statePath := firstNonEmpty(d.StatePath, cfg.State)
 	if statePath == "" {
@@ -258,6 +263,13 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		}
 	}
 	metrics := scheduler.NewMetrics(reg, scheduler.BuildInfo{Version: buildVersion(), Revision: buildRevision()})
+	// Before anything else, the cloud included: a previous process killed between a
+	// pre and its post hook left an application frozen; thaw it now.
+	if n, err := scheduler.RunOwedPostHooks(ctx, st, log, metrics); err != nil {
+		return withExitCode(exitFailure, err)
+	} else if n > 0 {
+		log.Warn("ran post hooks a previous process owed", "count", n)
+	}
 
 	health := newCloudHealth(time.Now, metrics.SetCloudUp)
 	// connected is the cloud client once it authenticated; nil before.
@@ -598,6 +610,11 @@ func (d *Daemon) reload(cfgs *policy.Coordinator, boot *policy.Config, m *schedu
 		if c.was != c.now {
 			log.Warn("reload: "+c.name+" changed; it takes effect on restart", "was", c.was, "now", c.now)
 		}
+	}
+	for _, herr := range cfg.CheckHooks() {
+		// The reload is applied (the rest of it is valid); the hook fails when it runs
+		// and its policy's on_failure decides, until the file is fixed.
+		log.Error("reload: a hook command cannot run", "err", herr)
 	}
 	log.Info("config reloaded", "why", why, "config_version", cfg.Version, "previous_config_version", old.Version,
 		"policies", len(cfg.Policies))

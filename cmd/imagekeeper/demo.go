@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -105,8 +106,18 @@ func demo(ctx context.Context, out io.Writer, log *slog.Logger, statePath, liste
 	if err := os.WriteFile(cloudsPath, sim.CloudsYAML("demo"), 0o600); err != nil {
 		return fmt.Errorf("write clouds.yaml: %w", err)
 	}
+	// The db policy's hooks: the script and the file it writes live in dir.
+	hooksDir := filepath.Join(dir, "hooks")
+	if err := os.MkdirAll(hooksDir, 0o755); err != nil {
+		return fmt.Errorf("hooks dir: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(hooksDir, "timestamp.sh"), examples.TimestampHook, 0o755); err != nil {
+		return fmt.Errorf("write demo hook: %w", err)
+	}
+	hookLog := filepath.Join(hooksDir, "db-hooks.log")
 	configPath := filepath.Join(dir, "imagekeeper.yaml")
-	if err := os.WriteFile(configPath, examples.Demo, 0o644); err != nil {
+	demoPolicy := bytes.ReplaceAll(examples.Demo, []byte(examples.DemoDir+"/hooks/"), []byte(hooksDir+"/"))
+	if err := os.WriteFile(configPath, demoPolicy, 0o644); err != nil {
 		return fmt.Errorf("write demo policy: %w", err)
 	}
 	if statePath == "" {
@@ -124,6 +135,8 @@ func demo(ctx context.Context, out io.Writer, log *slog.Logger, statePath, liste
 	w.say("policies (examples/demo.yaml): web every 10s keeping the last 3 images, db every 15s keeping the last 2.")
 	w.say("restore drills (verify:): every minute for web, every 2 minutes for db, a drill server boots the newest")
 	w.say("  good image, is checked ACTIVE with \"login:\" on its console, and is deleted with its volumes.")
+	w.say("hooks (image.hooks): db runs examples/hooks/timestamp.sh before each createImage and after the snapshot's")
+	w.say("  point in time; it appends to %s, printed when the demo stops.", hookLog)
 
 	d := &Daemon{
 		ConfigPath:         configPath,
@@ -151,6 +164,12 @@ func demo(ctx context.Context, out io.Writer, log *slog.Logger, statePath, liste
 	w.stop()
 	if err != nil {
 		return err
+	}
+	if b, err := os.ReadFile(hookLog); err == nil {
+		w.say("the db policy's hooks ran %d times (%s):", bytes.Count(b, []byte("\n")), hookLog)
+		for _, line := range lastLines(string(b), 6) {
+			w.say("  %s", line)
+		}
 	}
 	w.say("stopped cleanly.")
 	return nil
@@ -398,4 +417,13 @@ func drillDetail(msg string) string {
 		msg = msg[i+2:]
 	}
 	return strings.TrimPrefix(msg, "booted: ")
+}
+
+// lastLines returns the last n non-empty lines of s.
+func lastLines(s string, n int) []string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return lines
 }

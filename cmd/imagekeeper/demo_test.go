@@ -117,6 +117,13 @@ func TestDemoAsAUserRunsIt(t *testing.T) {
 	if !strings.Contains(text, "] deleted image web-") || !strings.Contains(text, "retention kept the newest 3") {
 		t.Errorf("no pruning within 40 s:\n%s", text)
 	}
+	// The db policy's hooks (examples/hooks/timestamp.sh) ran around its snapshots:
+	// a pre and a post, the post after an image was requested.
+	if !strings.Contains(text, "the db policy's hooks ran") ||
+		!regexp.MustCompile(`(?m) pre server=db-\d `).MatchString(text) ||
+		!regexp.MustCompile(`(?m) post server=db-\d .* image=\S+ result=requested$`).MatchString(text) {
+		t.Errorf("no pre/post hook lines from the demo's db policy:\n%s", text)
+	}
 	if !strings.Contains(text, "stopped cleanly.") {
 		t.Errorf("no clean stop:\n%s", text)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/imagekeeper/imagekeeper/cloud"
 	"github.com/imagekeeper/imagekeeper/store"
 )
 
@@ -48,17 +49,20 @@ no policy file with --state, and works while the daemon runs.`,
 
 // imageJSON is one image in `images -o json` and `why -o json`.
 type imageJSON struct {
-	ImageID       string            `json:"image_id"`
-	Name          string            `json:"name"`
-	Policy        string            `json:"policy"`
-	ServerID      string            `json:"server_id"`
-	ServerName    string            `json:"server_name"`
-	AZ            string            `json:"availability_zone"`
-	VolumeBacked  bool              `json:"volume_backed"`
-	Slot          time.Time         `json:"slot"`
-	State         string            `json:"state"`
-	Reason        string            `json:"reason,omitempty"`
-	Adopted       bool              `json:"adopted"`
+	ImageID      string    `json:"image_id"`
+	Name         string    `json:"name"`
+	Policy       string    `json:"policy"`
+	ServerID     string    `json:"server_id"`
+	ServerName   string    `json:"server_name"`
+	AZ           string    `json:"availability_zone"`
+	VolumeBacked bool      `json:"volume_backed"`
+	Slot         time.Time `json:"slot"`
+	State        string    `json:"state"`
+	Reason       string    `json:"reason,omitempty"`
+	Adopted      bool      `json:"adopted"`
+	// Consistency is application (the policy's pre hook ran before createImage and
+	// its post after the snapshot's point in time) or crash.
+	Consistency   string            `json:"consistency"`
 	Attempts      int               `json:"attempts"`
 	SizeBytes     int64             `json:"size_bytes"`
 	Snapshots     int               `json:"snapshots"`
@@ -79,7 +83,7 @@ func toImageJSON(im store.Image, snapshots int) imageJSON {
 	return imageJSON{
 		ImageID: im.ImageID, Name: im.Name, Policy: im.Policy, ServerID: im.ServerID, ServerName: im.ServerName,
 		AZ: im.AZ, VolumeBacked: im.VolumeBacked, Slot: im.Slot, State: string(im.State), Reason: im.Reason,
-		Adopted: im.Adopted, Attempts: im.Attempts, SizeBytes: im.SizeBytes, Snapshots: snapshots,
+		Adopted: im.Adopted, Consistency: consistencyOf(im), Attempts: im.Attempts, SizeBytes: im.SizeBytes, Snapshots: snapshots,
 		PolicyVersion: im.PolicyVersion, ConfigVersion: im.ConfigVersion, RequestedAt: im.RequestedAt,
 		ActiveAt: optTime(im.ActiveAt), FailedAt: optTime(im.FailedAt), DeleteReason: im.DeleteReason, DeletedAt: optTime(im.DeletedAt),
 		Metadata: im.Metadata,
@@ -138,14 +142,14 @@ func runImages(ctx context.Context, m *Main, o *imagesOptions) error {
 		fmt.Fprintln(m.Stdout, "no images")
 		return nil
 	}
-	t := newTable(m.Stdout, "IMAGE ID", "POLICY", "SERVER", "SLOT", "STATE", "SIZE", "SNAPSHOTS", "VERIFIED", "NAME", "REASON")
+	t := newTable(m.Stdout, "IMAGE ID", "POLICY", "SERVER", "SLOT", "STATE", "SIZE", "SNAPSHOTS", "CONSISTENCY", "VERIFIED", "NAME", "REASON")
 	for i, im := range ims {
 		snaps := "-"
 		if im.VolumeBacked {
 			snaps = fmt.Sprint(counts[i])
 		}
 		t.row(orDash(im.ImageID), im.Policy, cmp.Or(im.ServerName, im.ServerID), im.Slot.UTC().Format(time.RFC3339),
-			im.State, humanBytes(im.SizeBytes), snaps, verifiedCell(verified[im.Row]), im.Name, orDash(oneLine(cmp.Or(im.DeleteReason, im.Reason), 60)))
+			im.State, humanBytes(im.SizeBytes), snaps, consistencyOf(im), verifiedCell(verified[im.Row]), im.Name, orDash(oneLine(cmp.Or(im.DeleteReason, im.Reason), 60)))
 	}
 	return t.flush()
 }
@@ -185,6 +189,12 @@ func oneLine(s string, n int) string {
 		return string(r[:n-1]) + "…"
 	}
 	return s
+}
+
+// consistencyOf is the image's imagekeeper_consistency: application or crash (an
+// image of a policy without hooks is crash-consistent).
+func consistencyOf(im store.Image) string {
+	return cmp.Or(im.Metadata[cloud.StampConsistency], cloud.ConsistencyCrash)
 }
 
 // verifiedCell is the VERIFIED column: the last drill's result and time, "-" when

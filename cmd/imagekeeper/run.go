@@ -100,6 +100,15 @@ func runBackup(ctx context.Context, m *Main, o *runOptions) error {
 		}
 	}
 	runner := wired.runner(scheduler.RunnerOptions{PollInterval: m.PollInterval, MaxPollInterval: 4 * m.PollInterval})
+	if wired.daemon == nil {
+		// A one-shot run killed between a pre and its post hook left an application
+		// frozen (the daemon does this at its start): thaw it before anything else.
+		if n, err := runner.RunOwedPostHooks(ctx); err != nil {
+			return withExitCode(exitFailure, err)
+		} else if n > 0 {
+			fmt.Fprintf(out, "ran %d post hook(s) an interrupted earlier run owed\n", n)
+		}
+	}
 	stopTicker := o.tickProgress(ctx, out, wired, p, slot, &done)
 	rep, runErr := runner.RunSlotWith(ctx, cfg.Version, p, slot, scheduler.TriggerManual,
 		scheduler.RunSlotOptions{Servers: servers, Progress: progress, SkipRetention: true})

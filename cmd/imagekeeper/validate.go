@@ -88,6 +88,11 @@ func runValidate(ctx context.Context, m *Main, o *validateOptions) error {
 	case err != nil:
 		return withExitCode(exitUsage, err)
 	}
+	// Hook programs are checked on this host: the daemon refuses to start where
+	// they are missing; validate may run elsewhere (CI), so it only warns.
+	for _, herr := range cfg.CheckHooks() {
+		fmt.Fprintln(m.Stderr, "warning: "+herr.Error())
+	}
 	now := m.now()
 	selected := map[string]int{}
 	warnings := map[string]string{}

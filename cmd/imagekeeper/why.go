@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/imagekeeper/imagekeeper/cloud"
 	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/store"
 )
@@ -152,6 +153,14 @@ func runWhy(ctx context.Context, m *Main, o *whyOptions, imageID string) error {
 	}
 	if !im.DeletedAt.IsZero() {
 		fmt.Fprintf(w, "  deleted:   %s\n", fmtWhen(im.DeletedAt))
+	}
+	switch c := consistencyOf(im); {
+	case c == cloud.ConsistencyApplication:
+		fmt.Fprintf(w, "  consistent: application (the pre hook succeeded before createImage; the post ran after the snapshot's point in time)\n")
+	case im.Metadata[cloud.StampConsistency] == cloud.ConsistencyCrash:
+		fmt.Fprintf(w, "  consistent: crash (the policy has hooks, but the pre hook failed or the post ran before the point in time: see the events)\n")
+	default:
+		fmt.Fprintf(w, "  consistent: crash (the policy had no hooks)\n")
 	}
 	fmt.Fprintf(w, "  size:      %s (%d bytes)\n", humanBytes(im.SizeBytes), im.SizeBytes)
 	fmt.Fprintf(w, "  owner:     %s\n", im.Owner)
