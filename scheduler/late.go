@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"time"
 
 	"github.com/imagekeeper/imagekeeper/cloud"
@@ -94,25 +93,7 @@ func (r *Runner) checkLate(ctx context.Context, policyName string) (pending int,
 	}
 	rows = r.claim(rows)
 	defer r.unclaim(rows)
-	type key struct {
-		policy string
-		slot   time.Time
-	}
-	groups := map[key][]store.Image{}
-	var keys []key
-	for _, im := range rows {
-		k := key{im.Policy, im.Slot}
-		if _, ok := groups[k]; !ok {
-			keys = append(keys, k)
-		}
-		groups[k] = append(groups[k], im)
-	}
-	sort.Slice(keys, func(i, j int) bool {
-		if keys[i].policy != keys[j].policy {
-			return keys[i].policy < keys[j].policy
-		}
-		return keys[i].slot.Before(keys[j].slot)
-	})
+	keys, groups := groupBySlot(rows)
 	var errs []error
 	for _, k := range keys {
 		n, err := r.promoteLate(ctx, k.policy, k.slot, groups[k], nil)

@@ -379,19 +379,7 @@ func (r *Runner) ResumeWaits(ctx context.Context, cfgs *policy.Coordinator) erro
 	}
 	rows = r.claim(rows)
 	defer r.unclaim(rows)
-	type key struct {
-		policy string
-		slot   time.Time
-	}
-	groups := map[key][]store.Image{}
-	var keys []key
-	for _, im := range rows {
-		k := key{im.Policy, im.Slot}
-		if _, ok := groups[k]; !ok {
-			keys = append(keys, k)
-		}
-		groups[k] = append(groups[k], im)
-	}
+	keys, groups := groupBySlot(rows)
 	var wg sync.WaitGroup
 	errs := make([]error, len(keys))
 	for i, k := range keys {
@@ -436,4 +424,31 @@ func plural(n int, one, many string) string {
 		return "1 " + one
 	}
 	return fmt.Sprintf("%d %s", n, many)
+}
+
+// slotKey names the batch of one policy's slot: the images a single Glance listing
+// by stamp serves while they are waited for.
+type slotKey struct {
+	policy string
+	slot   time.Time
+}
+
+// groupBySlot groups rows into batches by (policy, slot), in policy then slot order.
+func groupBySlot(rows []store.Image) ([]slotKey, map[slotKey][]store.Image) {
+	groups := map[slotKey][]store.Image{}
+	var keys []slotKey
+	for _, im := range rows {
+		k := slotKey{im.Policy, im.Slot}
+		if _, ok := groups[k]; !ok {
+			keys = append(keys, k)
+		}
+		groups[k] = append(groups[k], im)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].policy != keys[j].policy {
+			return keys[i].policy < keys[j].policy
+		}
+		return keys[i].slot.Before(keys[j].slot)
+	})
+	return keys, groups
 }
