@@ -73,6 +73,12 @@ type PruneOptions struct {
 	// SnapshotWait overrides DefaultSnapshotWait.
 	SnapshotWait time.Duration
 
+	// InForce, when set, is asked before each deletion starts: false means the
+	// config the prune decided by was replaced (a reload), and the prune stops
+	// there; what it had not started is left as it is, for a prune that decides by
+	// the config now in force. Deletions already started finish.
+	InForce func() bool
+
 	// hooks lets tests stop a deletion at its crash points.
 	hooks pruneHooks
 	// yield, when set, is closed once a backup run of the policy waits for the
@@ -131,8 +137,11 @@ type PruneReport struct {
 	// Inactive says why nothing was decided: the policy is absent from, or disabled
 	// in, the config in force when retention ran. Empty for a prune that decided.
 	Inactive string
-	Started  time.Time
-	Finished time.Time
+	// Superseded is set when a reload replaced the config this prune decided by
+	// before it had started every deletion (see PruneOptions.InForce).
+	Superseded bool
+	Started    time.Time
+	Finished   time.Time
 	// Servers counts the servers with images under the policy; ServersGone those of
 	// them that no longer exist or no longer match the selector.
 	Servers     int

@@ -25,6 +25,13 @@ func (pr *pruner) execute(ctx context.Context, rep *PruneReport, cands []candida
 		if err != nil {
 			break // ctx ended: the rest stays as it is and resumes next time
 		}
+		// Waiting for a worker can take a while: a reload in the meantime may keep
+		// what this plan would delete (a raised keep_last, a removed policy).
+		if pr.opts.InForce != nil && !pr.opts.InForce() {
+			release()
+			rep.Superseded = true
+			break
+		}
 		wg.Add(1)
 		go func(c candidate) {
 			defer wg.Done()

@@ -923,3 +923,27 @@ func TestRetentionYieldsThePolicyLockToABackupRun(t *testing.T) {
 	}
 	h.checkDeletedGone()
 }
+
+// TestPruneStopsWhenReloadSupersedesItsConfig checks that a prune whose config was
+// replaced by a reload before a deletion started does not start it: the deletions
+// the old config decided are left for a prune by the new one (issue 11; the soak's
+// kept_by_config saw a removed policy's images deleted 1.4 s after the reload).
+func TestPruneStopsWhenReloadSupersedesItsConfig(t *testing.T) {
+	h := newPruneHarness(t, "      keep_last: 1")
+	h.server("app", 0)
+	h.server("db", 1)
+	h.slots(3)
+	h.sim.ResetRequests()
+	calls := 0
+	rep := h.prune(PruneOptions{InForce: func() bool { calls++; return calls == 1 }})
+	if !rep.Superseded {
+		t.Error("the report does not say the prune was superseded")
+	}
+	if n := h.sim.Requests()["image.delete"]; n != 1 {
+		t.Fatalf("%d image deletes after the reload superseded the prune at its second deletion, want 1 (the one started before)", n)
+	}
+	rep = h.prune(PruneOptions{})
+	if rep.Superseded || h.sim.Requests()["image.delete"] != 4 {
+		t.Fatalf("the next prune: superseded %v, %d image deletes in all, want 4", rep.Superseded, h.sim.Requests()["image.delete"])
+	}
+}

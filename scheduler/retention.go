@@ -62,6 +62,7 @@ func (rt *Retention) Prune(ctx context.Context, name string, opts PruneOptions) 
 	}
 	defer unlock()
 	opts.yield = wanted
+	gen := rt.cfgs.Generation()
 	p, ok := rt.cfgs.Policy(name)
 	if !ok {
 		why := "the policy is not in the config in force: a removed policy's images are never deleted"
@@ -71,6 +72,11 @@ func (rt *Retention) Prune(ctx context.Context, name string, opts PruneOptions) 
 		now := rt.r.store.Now()
 		return &PruneReport{Policy: name, DryRun: opts.DryRun, Inactive: why, Started: now, Finished: now,
 			Counts: map[PruneAction]int{}}, nil
+	}
+	// Decided by the config of this generation; a reload before a deletion starts
+	// stops the prune (work prunes again by the new config).
+	if opts.InForce == nil {
+		opts.InForce = func() bool { return rt.cfgs.Generation() == gen }
 	}
 	return rt.r.prune(ctx, p, opts)
 }
@@ -113,6 +119,12 @@ func (rt *Retention) work(ctx context.Context, name string) error {
 			}
 		case rep.Inactive != "":
 			rt.log.Info("retention skipped: "+rep.Inactive, "policy", name)
+		case rep.Superseded:
+			// A reload replaced the config it decided by: decide again by the new one.
+			rt.log.Info("retention stopped by a reload; deciding again by the config now in force", "policy", name)
+			rt.mu.Lock()
+			rt.due[name] = true
+			rt.mu.Unlock()
 		default:
 			rt.log.Debug("retention done", "policy", name, "deleted", rep.Counts[PruneDeleted],
 				"pending", rep.Counts[PrunePending], "deferred", rep.Counts[PruneDeferred],
