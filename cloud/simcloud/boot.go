@@ -272,15 +272,8 @@ func imageSnapshots(props map[string]string) []bdmSnapshot {
 // block_device_mapping_v2 with snapshot sources (openstack server create
 // --snapshot) is accepted too.
 func (s *Sim) createServerHTTP(q *req) {
-	raw, err := readBody(q)
-	if err != nil {
-		s.novaFault(q, http.StatusBadRequest, "Malformed request body", nil)
-		return
-	}
-	v, err := decodeOrdered(raw)
-	body, isObj := v.(object)
-	if err != nil || !isObj {
-		s.novaFault(q, http.StatusBadRequest, "Malformed request body", nil)
+	body, ok := s.readNovaObject(q)
+	if !ok {
 		return
 	}
 	br, msg := parseBoot(q, body)

@@ -747,15 +747,28 @@ func validName(s string) bool {
 	return true
 }
 
-func (s *Sim) serverAction(q *req, id string) {
+// readNovaObject reads a request body that must be a JSON object, keeping its key
+// order; otherwise it answers Nova's 400 and ok is false.
+func (s *Sim) readNovaObject(q *req) (body object, ok bool) {
 	raw, err := readBody(q)
-	if err != nil {
+	if err == nil {
+		var v any
+		v, err = decodeOrdered(raw)
+		body, ok = v.(object)
+	}
+	if err != nil || !ok {
 		s.novaFault(q, http.StatusBadRequest, "Malformed request body", nil)
+		return nil, false
+	}
+	return body, true
+}
+
+func (s *Sim) serverAction(q *req, id string) {
+	body, ok := s.readNovaObject(q)
+	if !ok {
 		return
 	}
-	v, err := decodeOrdered(raw)
-	body, isObj := v.(object)
-	if err != nil || !isObj || len(body) == 0 {
+	if len(body) == 0 {
 		s.novaFault(q, http.StatusBadRequest, "Malformed request body", nil)
 		return
 	}
