@@ -12,7 +12,7 @@ import (
 )
 
 // busyRunner is a Runner of the harness that looks at busy servers again quickly.
-func busyRunner(h *runHarness) *Runner {
+func busyRunner(h *harness) *Runner {
 	return h.runner(func(o *RunnerOptions) { o.BusyRetryInterval = 20 * time.Millisecond })
 }
 
@@ -20,7 +20,7 @@ func busyRunner(h *runHarness) *Runner {
 // (task_state image_uploading) when the slot starts is looked at again with backoff
 // and imaged once the task ends, in the same slot, instead of losing the slot.
 func TestBusyServerRetriedWithinSlot(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{})
+	h := newHarness(t)
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}, TaskState: "image_uploading"})
 	go func() {
 		time.Sleep(300 * time.Millisecond)
@@ -42,7 +42,7 @@ func TestBusyServerRetriedWithinSlot(t *testing.T) {
 // TestBusy409RetriedWithinSlot: createImage answered 409 twice (a task appeared
 // after the listing) and is tried again within the slot.
 func TestBusy409RetriedWithinSlot(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{})
+	h := newHarness(t)
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
 	h.sim.SetFault(simcloud.Fault{Op: "compute.createImage", ErrorStatus: 409, Count: 2})
 	slot := time.Now().UTC().Truncate(time.Second)
@@ -62,7 +62,7 @@ func TestBusy409RetriedWithinSlot(t *testing.T) {
 // TestBusyUntilMaxLatenessIsSkipped: a server busy for good is skipped busy once
 // the slot's max_lateness has passed, not looked at forever.
 func TestBusyUntilMaxLatenessIsSkipped(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{})
+	h := newHarness(t)
 	h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}, TaskState: "resize_migrating"})
 	// A scheduled slot long past: its max_lateness (one day) is over.
 	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerScheduled)
@@ -77,7 +77,7 @@ func TestBusyUntilMaxLatenessIsSkipped(t *testing.T) {
 // TestLockedServerIsSkippedLocked: Nova's locked server is skipped with reason
 // locked, and createImage is not called.
 func TestLockedServerIsSkippedLocked(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{})
+	h := newHarness(t)
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}, Locked: true})
 	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg.Version, h.p, time.Now().UTC().Truncate(time.Second), TriggerManual)
 	if err != nil {
@@ -95,7 +95,7 @@ func TestLockedServerIsSkippedLocked(t *testing.T) {
 // being made (its run stopped mid-wait, within wait_timeout): the next slot does
 // not start a second image of it, and says in_flight.
 func TestInFlightServerIsSkipped(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{waitTimeout: "1h"})
+	h := newHarness(t, withWaitTimeout("1h"))
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
 	ctx := context.Background()
 	crashing := h.runner(func(o *RunnerOptions) {
@@ -119,7 +119,7 @@ func TestInFlightServerIsSkipped(t *testing.T) {
 // fails with no image id. The periodic reconcile (no --fix) adopts the stamped
 // image into it, and the next wait settles it good, instead of leaking it.
 func TestReconcileAdoptsLeakedUnknownOutcome(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{waitTimeout: "400ms"})
+	h := newHarness(t, withWaitTimeout("400ms"))
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
 	h.sim.SetFault(simcloud.Fault{Op: "compute.createImage", ErrorStatus: 500, After: true, Count: 1})
 	h.sim.SetFault(simcloud.Fault{Op: "image.list", ErrorStatus: 403})
@@ -154,7 +154,7 @@ func TestReconcileAdoptsLeakedUnknownOutcome(t *testing.T) {
 // createImage sent, is resumed while an earlier slot's image of the server is in
 // flight: no second image starts, and the empty intent is dropped.
 func TestInFlightAppliesToResumedIntent(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{waitTimeout: "1h"})
+	h := newHarness(t, withWaitTimeout("1h"))
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
 	ctx := context.Background()
 	later := h.slot.Add(24 * time.Hour)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/imagekeeper/imagekeeper/policy"
+	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
 
 // memLedger is an in-memory Ledger.
@@ -138,19 +139,6 @@ func (f *fakeRuns) none(t *testing.T) {
 	}
 }
 
-// fakeClock is a settable clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
-
 func everyPolicy(name string, every time.Duration, catchUp policy.CatchUp, maxLate time.Duration) *policy.Policy {
 	return &policy.Policy{
 		Name: name, Enabled: true, Version: name + "-v1",
@@ -164,16 +152,18 @@ func config(ps ...*policy.Policy) *policy.Config { return &policy.Config{Version
 // base is a slot-aligned instant for 10 s schedules.
 var base = time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
 
-type harness struct {
+// tickHarness is a Scheduler ticked by hand on a manual clock, over fake runs and an
+// in-memory ledger: the Scheduler's tests need no cloud and no store (harness_test.go).
+type tickHarness struct {
 	s      *Scheduler
-	clock  *fakeClock
+	clock  *storetest.Clock
 	ledger *memLedger
 	runs   *fakeRuns
 }
 
-func newHarness(t *testing.T) *harness {
+func newTickHarness(t *testing.T) *tickHarness {
 	t.Helper()
-	h := &harness{clock: &fakeClock{t: base}, ledger: newMemLedger()}
+	h := &tickHarness{clock: storetest.NewClock(base), ledger: newMemLedger()}
 	h.runs = newFakeRuns(h.ledger)
 	h.s = New(Options{RunSlot: h.runs.run, Ledger: h.ledger, Now: h.clock.Now, Manual: true,
 		LateGrace: 5 * time.Second})
@@ -186,15 +176,15 @@ func newHarness(t *testing.T) *harness {
 }
 
 // tick moves the clock and ticks.
-func (h *harness) tick(d time.Duration) time.Time {
-	now := h.clock.Now().Add(d)
-	h.clock.Set(now)
+func (h *tickHarness) tick(d time.Duration) time.Time {
+	h.clock.Advance(d)
+	now := h.clock.Now()
 	h.s.Tick(now)
 	return now
 }
 
 // settle waits until no run is in flight and the ledger writes are done.
-func (h *harness) settle(t *testing.T) {
+func (h *tickHarness) settle(t *testing.T) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for h.s.InFlight() > 0 {
@@ -209,7 +199,7 @@ func (h *harness) settle(t *testing.T) {
 func equal(a, b []string) bool { return fmt.Sprint(a) == fmt.Sprint(b) }
 
 func TestTickRunsEverySlotOnce(t *testing.T) {
-	h := newHarness(t)
+	h := newTickHarness(t)
 	if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute))); err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +224,7 @@ func TestTickRunsEverySlotOnce(t *testing.T) {
 }
 
 func TestOverlapIsRecordedSkipped(t *testing.T) {
-	h := newHarness(t)
+	h := newTickHarness(t)
 	if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute))); err != nil {
 		t.Fatal(err)
 	}
@@ -261,7 +251,7 @@ func TestOverlapIsRecordedSkipped(t *testing.T) {
 }
 
 func TestLateTimerRecordsMissedSlots(t *testing.T) {
-	h := newHarness(t)
+	h := newTickHarness(t)
 	if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpNone, time.Minute))); err != nil {
 		t.Fatal(err)
 	}
@@ -308,7 +298,7 @@ func TestStartCatchUp(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := newHarness(t)
+			h := newTickHarness(t)
 			if tt.history {
 				h.ledger.set("p", last, OutcomeRan)
 			}
@@ -336,7 +326,7 @@ func TestStartCatchUp(t *testing.T) {
 }
 
 func TestStartBoundsMissedRows(t *testing.T) {
-	h := newHarness(t)
+	h := newTickHarness(t)
 	h.s.opts.MaxMissedRows = 3
 	h.ledger.set("p", base.Add(-time.Hour), OutcomeRan)
 	h.clock.Set(base.Add(time.Second))
@@ -352,7 +342,7 @@ func TestStartBoundsMissedRows(t *testing.T) {
 }
 
 func TestDisabledPolicyTakesNoSlots(t *testing.T) {
-	h := newHarness(t)
+	h := newTickHarness(t)
 	off := everyPolicy("off", 10*time.Second, policy.CatchUpLatest, time.Hour)
 	off.Enabled = false
 	h.ledger.set("off", base.Add(-time.Minute), OutcomeRan)
@@ -369,7 +359,7 @@ func TestDisabledPolicyTakesNoSlots(t *testing.T) {
 }
 
 func TestSwapAddsRemovesAndChanges(t *testing.T) {
-	h := newHarness(t)
+	h := newTickHarness(t)
 	a := everyPolicy("a", 10*time.Second, policy.CatchUpLatest, time.Minute)
 	b := everyPolicy("b", 10*time.Second, policy.CatchUpLatest, time.Minute)
 	if err := h.s.Start(context.Background(), config(a, b)); err != nil {
@@ -421,7 +411,7 @@ func TestSwapAddsRemovesAndChanges(t *testing.T) {
 }
 
 func TestSwapTakesDueSlotOfOldSchedule(t *testing.T) {
-	h := newHarness(t)
+	h := newTickHarness(t)
 	if err := h.s.Start(context.Background(), config(everyPolicy("a", 10*time.Second, policy.CatchUpLatest, time.Minute))); err != nil {
 		t.Fatal(err)
 	}
@@ -437,7 +427,7 @@ func TestSwapTakesDueSlotOfOldSchedule(t *testing.T) {
 }
 
 func TestPanickingRunIsFailedAndPolicyGoesOn(t *testing.T) {
-	h := newHarness(t)
+	h := newTickHarness(t)
 	if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute))); err != nil {
 		t.Fatal(err)
 	}
@@ -460,7 +450,7 @@ func TestPanickingRunIsFailedAndPolicyGoesOn(t *testing.T) {
 
 func TestDrain(t *testing.T) {
 	t.Run("clean", func(t *testing.T) {
-		h := newHarness(t)
+		h := newTickHarness(t)
 		if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute))); err != nil {
 			t.Fatal(err)
 		}
@@ -482,7 +472,7 @@ func TestDrain(t *testing.T) {
 		}
 	})
 	t.Run("deadline cancels runs", func(t *testing.T) {
-		h := newHarness(t)
+		h := newTickHarness(t)
 		if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute))); err != nil {
 			t.Fatal(err)
 		}
@@ -504,7 +494,7 @@ func TestDrain(t *testing.T) {
 }
 
 func TestStartFailsWhenLedgerFails(t *testing.T) {
-	h := newHarness(t)
+	h := newTickHarness(t)
 	h.ledger.fail = errors.New("disk on fire")
 	err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute)))
 	if err == nil || !errors.Is(err, h.ledger.fail) {
