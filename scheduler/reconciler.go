@@ -609,14 +609,7 @@ func isFailedAction(a string) bool {
 // onlyLeaked restricts it to a failed row that had a createImage sent (its outcome
 // was unknown): the periodic reconcile adopts those without --fix.
 func (rc *Reconciler) adopt(ctx context.Context, cfg *policy.Config, f *DriftFinding, onlyLeaked bool) string {
-	var p *policy.Policy
-	if cfg != nil {
-		for _, q := range cfg.Policies {
-			if q.Name == f.Policy {
-				p = q
-			}
-		}
-	}
+	p := cfg.Policy(f.Policy)
 	var action string
 	err := rc.sh.withPolicyLock(ctx, f.Policy, func() error {
 		cur, err := rc.sh.store.Image(ctx, f.ImageRow)
@@ -652,13 +645,9 @@ func (rc *Reconciler) cleanGoneImage(ctx context.Context, cfg *policy.Config, ro
 	if err != nil {
 		return actionOf(err, "")
 	}
-	p := &policy.Policy{Name: cur.Policy}
-	if cfg != nil {
-		for _, q := range cfg.Policies {
-			if q.Name == cur.Policy {
-				p = q
-			}
-		}
+	p := cfg.Policy(cur.Policy)
+	if p == nil {
+		p = &policy.Policy{Name: cur.Policy}
 	}
 	var action string
 	err = rc.sh.withPolicyLockYielding(ctx, cur.Policy, func(wanted <-chan struct{}) error {

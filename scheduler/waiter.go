@@ -361,7 +361,7 @@ func (w *waiter) resume(ctx context.Context, cfgs *policy.Coordinator) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(keys))
 	for i, k := range keys {
-		p := cfgs.Current().Find(k.policy)
+		p := cfgs.Current().Policy(k.policy)
 		sc := waitScope{
 			policy: k.policy, slot: k.slot, timeout: w.sh.waitTimeout(p), p: p, cloud: w.sh.Cloud(), pollFirst: true,
 			log: w.sh.log.With("policy", k.policy, "slot", StampSlot(k.slot)),
