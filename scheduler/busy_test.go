@@ -13,7 +13,7 @@ import (
 
 // busyRunner is a Runner of the harness that looks at busy servers again quickly.
 func busyRunner(h *harness) *Runner {
-	return h.runner(func(o *RunnerOptions) { o.BusyRetryInterval = 20 * time.Millisecond })
+	return h.runner(func(o *runnerOptions) { o.BusyRetryInterval = 20 * time.Millisecond })
 }
 
 // TestBusyServerRetriedWithinSlot: a server busy with someone else's snapshot
@@ -83,7 +83,7 @@ func TestServerSkipped(t *testing.T) {
 			run: func(h *harness) (time.Time, Trigger) { return time.Now().UTC().Truncate(time.Second), TriggerManual }},
 		{name: "in flight", opts: []harnessOption{withWaitTimeout("1h")}, reason: SkipInFlight, createCalls: 1,
 			run: func(h *harness) (time.Time, Trigger) {
-				crashing := h.runner(func(o *RunnerOptions) {
+				crashing := h.runner(func(o *runnerOptions) {
 					o.hooks.beforePoll = func(int) error { return errors.New("stop") }
 				})
 				_, _ = crashing.RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerManual)
@@ -129,7 +129,7 @@ func TestReconcileAdoptsLeakedUnknownOutcome(t *testing.T) {
 		t.Fatalf("after the lost answer: %+v (%v), want failed without an image id", row, err)
 	}
 	h.sim.ClearFaults()
-	if _, err := r.Reconcile(ctx, h.cfg, false); err != nil {
+	if _, err := NewReconciler(r.sh).Reconcile(ctx, h.cfg, false); err != nil {
 		t.Fatal(err)
 	}
 	row, _ = h.store.ImageByKey(ctx, "web", id, h.slot)
@@ -154,9 +154,9 @@ func TestInFlightAppliesToResumedIntent(t *testing.T) {
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
 	ctx := context.Background()
 	later := h.slot.Add(24 * time.Hour)
-	afterIntent := h.runner(func(o *RunnerOptions) { o.hooks.afterIntent = func(string) error { return errors.New("stop") } })
+	afterIntent := h.runner(func(o *runnerOptions) { o.hooks.afterIntent = func(string) error { return errors.New("stop") } })
 	_, _ = afterIntent.RunSlot(ctx, h.cfg.Version, h.p, later, TriggerManual)
-	midWait := h.runner(func(o *RunnerOptions) { o.hooks.beforePoll = func(int) error { return errors.New("stop") } })
+	midWait := h.runner(func(o *runnerOptions) { o.hooks.beforePoll = func(int) error { return errors.New("stop") } })
 	_, _ = midWait.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerManual)
 	rep, err := busyRunner(h).RunSlot(ctx, h.cfg.Version, h.p, later, TriggerManual)
 	if err != nil {

@@ -219,9 +219,9 @@ func startSim(t testing.TB, o simcloud.Options, now func() time.Time, a openstac
 
 // runner returns a Runner on the scene, changed by mod: on the manual clock it polls
 // every 10 s of that clock (up to a minute), on real time every 10 ms (up to 40 ms).
-func (h *harness) runner(mod func(*RunnerOptions)) *Runner {
-	o := RunnerOptions{Cloud: h.cloud, Store: h.store, Limits: h.cfg.Limits, PollInterval: 10 * time.Millisecond,
-		MaxPollInterval: 40 * time.Millisecond}
+func (h *harness) runner(mod func(*runnerOptions)) *Runner {
+	o := runnerOptions{SharedOptions: SharedOptions{Cloud: h.cloud, Store: h.store, Limits: h.cfg.Limits,
+		PollInterval: 10 * time.Millisecond, MaxPollInterval: 40 * time.Millisecond}}
 	if h.clock != nil {
 		o.Now, o.Sleep = h.clock.Now, h.clock.Sleep
 		o.PollInterval, o.MaxPollInterval = 10*time.Second, time.Minute
@@ -229,7 +229,14 @@ func (h *harness) runner(mod func(*RunnerOptions)) *Runner {
 	if mod != nil {
 		mod(&o)
 	}
-	return NewRunner(o)
+	return NewRunner(NewShared(o.SharedOptions), o.RunnerOptions)
+}
+
+// runnerOptions are a test's options of a Runner and of the Shared it runs on, in
+// one struct so that a test's mod can set either.
+type runnerOptions struct {
+	SharedOptions
+	RunnerOptions
 }
 
 // addServers adds n tagged servers, every other one volume-backed (1 or 2 volumes).
@@ -351,7 +358,7 @@ func (h *harness) slots(days int) {
 
 func (h *harness) prune(opts PruneOptions) *PruneReport {
 	h.t.Helper()
-	rep, err := NewRetention(h.r, policy.NewCoordinator(h.cfg), RetentionOptions{}).Prune(context.Background(), h.p.Name, opts)
+	rep, err := NewRetention(h.r.sh, policy.NewCoordinator(h.cfg), RetentionOptions{}).Prune(context.Background(), h.p.Name, opts)
 	if err != nil {
 		h.t.Fatalf("prune: %v", err)
 	}

@@ -78,7 +78,7 @@ func TestSlotRecordedBeforeWaitingForThePolicy(t *testing.T) {
 	defer cancel()
 	h := newHarness(t, fakeCloudScene("10m"))
 	r := h.runner(nil)
-	unlock, err := r.LockPolicy(ctx, "web")
+	unlock, err := r.sh.LockPolicy(ctx, "web")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -72,7 +72,7 @@ func TestMetricsAfterScriptedRun(t *testing.T) {
 	for _, p := range cfg.Policies {
 		m.InitPolicy(p.Name)
 	}
-	r := h.runner(func(o *RunnerOptions) { o.Metrics = m })
+	r := h.runner(func(o *runnerOptions) { o.Metrics = m })
 	web := cfg.Policies[0]
 
 	slot1 := time.Now().UTC().Truncate(time.Hour).Add(-time.Hour)
@@ -84,7 +84,7 @@ func TestMetricsAfterScriptedRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := NewRetention(r, policy.NewCoordinator(cfg), RetentionOptions{}).Prune(ctx, web.Name, PruneOptions{SnapshotWait: 5 * time.Second}); err != nil {
+	if _, err := NewRetention(r.sh, policy.NewCoordinator(cfg), RetentionOptions{}).Prune(ctx, web.Name, PruneOptions{SnapshotWait: 5 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Refresh(ctx, st, cfg, time.Now()); err != nil {

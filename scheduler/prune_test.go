@@ -481,7 +481,7 @@ func TestPruneSkipsPolicyNotInForce(t *testing.T) {
 	off.Enabled = false
 	disabled.Policies = []*policy.Policy{&off}
 	cfgs := policy.NewCoordinator(h.cfg)
-	ret := NewRetention(h.r, cfgs, RetentionOptions{})
+	ret := NewRetention(h.r.sh, cfgs, RetentionOptions{})
 	for _, tc := range []struct {
 		name string
 		cfg  *policy.Config
@@ -654,8 +654,7 @@ func TestPruneCountsDeletionsInMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg, BuildInfo{Version: "test"})
 	m.InitPolicy(h.p.Name)
-	h.r = NewRunner(RunnerOptions{Cloud: h.cloud, Store: h.store, Limits: h.cfg.Limits, Now: h.clock.Now, Sleep: h.clock.Sleep,
-		PollInterval: 10 * time.Second, MaxPollInterval: time.Minute, Metrics: m})
+	h.r = h.runner(func(o *runnerOptions) { o.Metrics = m })
 	h.prune(PruneOptions{})
 	for _, tc := range []struct {
 		vec  *prometheus.CounterVec
@@ -693,7 +692,7 @@ func TestRetentionYieldsThePolicyLockToABackupRun(t *testing.T) {
 		err error
 	}
 	done := make(chan result, 1)
-	rt := NewRetention(h.r, policy.NewCoordinator(h.cfg), RetentionOptions{})
+	rt := NewRetention(h.r.sh, policy.NewCoordinator(h.cfg), RetentionOptions{})
 	go func() {
 		rep, err := rt.Prune(context.Background(), h.p.Name, opts)
 		done <- result{rep, err}
@@ -707,7 +706,7 @@ func TestRetentionYieldsThePolicyLockToABackupRun(t *testing.T) {
 	// The backup run asks for the policy lock while retention waits for Cinder.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	unlock, err := h.r.LockPolicy(ctx, h.p.Name)
+	unlock, err := h.r.sh.LockPolicy(ctx, h.p.Name)
 	if err != nil {
 		t.Fatalf("a backup run could not take the policy lock while retention waited for Cinder: %v", err)
 	}

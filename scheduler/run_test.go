@@ -37,7 +37,7 @@ func TestRunSlotFiftyServers(t *testing.T) {
 	var mu sync.Mutex
 	var events []ProgressEvent
 	metrics := NewMetrics(prometheus.NewRegistry(), BuildInfo{Version: "test"})
-	r := h.runner(func(o *RunnerOptions) {
+	r := h.runner(func(o *runnerOptions) {
 		o.Progress = func(e ProgressEvent) { mu.Lock(); events = append(events, e); mu.Unlock() }
 		o.Metrics = metrics
 	})
@@ -174,7 +174,7 @@ func TestCrashPoints(t *testing.T) {
 			h := newHarness(t)
 			ids := h.addServers(6)
 			ctx := context.Background()
-			crashing := h.runner(func(o *RunnerOptions) { o.hooks = tc.hooks })
+			crashing := h.runner(func(o *runnerOptions) { o.hooks = tc.hooks })
 			if _, err := crashing.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerScheduled); err != nil && !errors.Is(err, errAbandoned) {
 				t.Logf("crashed run: %v", err)
 			}
@@ -354,7 +354,7 @@ func Test429Storm(t *testing.T) {
 		h := newHarness(t, withAdapter(func(o *openstack.Options) { o.MaxRetries = 1 }))
 		ok := h.sim.AddServer(simcloud.ServerSpec{Name: "a", Tags: []string{"backup=daily"}})
 		h.sim.SetFault(simcloud.Fault{Op: "compute.createImage", Status429RetryAfter: time.Millisecond, Count: 2})
-		rep, err := h.runner(func(o *RunnerOptions) { o.Limits.Concurrency = 1 }).RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerScheduled)
+		rep, err := h.runner(func(o *runnerOptions) { o.Limits.Concurrency = 1 }).RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerScheduled)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -408,7 +408,7 @@ func TestSpreadDelaysScheduledRuns(t *testing.T) {
 	now := h.slot // the run starts exactly at the slot
 	var mu sync.Mutex
 	slept := map[time.Duration]bool{}
-	r := h.runner(func(o *RunnerOptions) {
+	r := h.runner(func(o *runnerOptions) {
 		o.Now = func() time.Time { return now }
 		o.Sleep = func(ctx context.Context, d time.Duration) error {
 			mu.Lock()
@@ -437,7 +437,7 @@ func TestResumeFailsIntentWithoutImage(t *testing.T) {
 	h := newHarness(t, withWaitTimeout("300ms"))
 	ids := h.addServers(2)
 	ctx := context.Background()
-	crashing := h.runner(func(o *RunnerOptions) {
+	crashing := h.runner(func(o *runnerOptions) {
 		o.hooks.afterIntent = func(string) error { return errors.New("crash") }
 	})
 	_, _ = crashing.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerScheduled)
@@ -479,7 +479,7 @@ func TestStopWhileQueuedRecordsNoAttempt(t *testing.T) {
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	queued := h.runner(func(o *RunnerOptions) {
+	queued := h.runner(func(o *runnerOptions) {
 		// One call a second: ListServers takes the only token, createImage queues.
 		o.Limits = policy.Limits{RequestsPerSecond: 1, Concurrency: 2}
 		o.Sleep = func(ctx context.Context, d time.Duration) error {
@@ -577,7 +577,7 @@ func TestRerunDoesNotCallAgainWhileFirstCallMayBeInFlight(t *testing.T) {
 	id := h.fake.AddServer(cloudtest.ServerSpec{Name: "db", Tags: []string{"backup=daily"}, Volumes: 1})
 	ctx, cancel := context.WithCancel(context.Background())
 	cl := &inflightCloud{Cloud: h.fake, fake: h.fake, onFirst: cancel}
-	if _, err := h.runner(func(o *RunnerOptions) { o.Cloud = cl }).RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerManual); err == nil {
+	if _, err := h.runner(func(o *runnerOptions) { o.Cloud = cl }).RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerManual); err == nil {
 		t.Fatal("the stopped run reported no error")
 	}
 	row, err := h.store.ImageByKey(context.Background(), "web", id, h.slot)
@@ -591,7 +591,7 @@ func TestRerunDoesNotCallAgainWhileFirstCallMayBeInFlight(t *testing.T) {
 	// The re-run, a minute later; Nova finishes the first request while it waits.
 	h.clock.Advance(time.Minute)
 	polls := 0
-	r := h.runner(func(o *RunnerOptions) {
+	r := h.runner(func(o *runnerOptions) {
 		o.Cloud = cl
 		o.Sleep = func(ctx context.Context, d time.Duration) error {
 			polls++
@@ -632,7 +632,7 @@ func TestRerunDoesNotCallAgainWhileFirstCallMayBeInFlight(t *testing.T) {
 func TestLaterRunSettlesRowsLeftInProgress(t *testing.T) {
 	h := newHarness(t, fakeCloudScene("1h"))
 	id := h.fake.AddServer(cloudtest.ServerSpec{Name: "db", Tags: []string{"backup=daily"}, Volumes: 1})
-	stopped := h.runner(func(o *RunnerOptions) {
+	stopped := h.runner(func(o *runnerOptions) {
 		o.hooks.beforePoll = func(int) error { return errors.New("stopped") }
 	})
 	if _, err := stopped.RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerManual); err != nil && !errors.Is(err, errAbandoned) {
