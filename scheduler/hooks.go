@@ -57,10 +57,7 @@ func (ru *run) hookEnvFor(s cloud.Server) map[string]string {
 
 // hookData is the template data of a server's hook commands: the same as its image name's.
 func (ru *run) hookData(s cloud.Server) policy.TemplateData {
-	loc := time.UTC
-	if ru.p.Schedule != nil && ru.p.Schedule.Location != nil {
-		loc = ru.p.Schedule.Location
-	}
+	loc := ru.p.Location()
 	return policy.TemplateData{
 		Server: policy.ServerInfo{ID: s.ID, Name: s.Name, AZ: s.AvailabilityZone, Tags: s.Tags, Metadata: s.Metadata},
 		Policy: policy.PolicyInfo{Name: ru.p.Name},
