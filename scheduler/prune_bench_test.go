@@ -110,7 +110,7 @@ func BenchmarkPrunePlan(b *testing.B) {
 
 // loadRows bulk-inserts the lineage in one transaction, bypassing the store's
 // one-row-at-a-time API (a million intents would take minutes).
-func loadRows(b *testing.B, path, owner string, servers, perServer int, now time.Time) {
+func loadRows(b testing.TB, path, owner string, servers, perServer int, now time.Time) {
 	b.Helper()
 	db, err := sql.Open("sqlite3", "file:"+path+"?_journal_mode=WAL&_foreign_keys=1&_busy_timeout=10000")
 	if err != nil {
