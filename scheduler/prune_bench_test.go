@@ -60,8 +60,8 @@ func BenchmarkPrunePlan(b *testing.B) {
 			return cloud.Image{}, fmt.Errorf("bench: %w", cloud.ErrNotFound)
 		},
 	}
-	r := NewRunner(RunnerOptions{Cloud: mock, Store: st, Limits: policy.Limits{RequestsPerSecond: 1000},
-		Now: func() time.Time { return now }})
+	r := NewRunner(NewShared(SharedOptions{Cloud: mock, Store: st, Limits: policy.Limits{RequestsPerSecond: 1000},
+		Now: func() time.Time { return now }}), RunnerOptions{})
 
 	runtime.GC()
 	var peak atomic.Uint64
@@ -83,7 +83,7 @@ func BenchmarkPrunePlan(b *testing.B) {
 			}
 		}
 	}()
-	ret := NewRetention(r, policy.NewCoordinator(cfg), RetentionOptions{})
+	ret := NewRetention(r.sh, policy.NewCoordinator(cfg), RetentionOptions{})
 	b.ReportAllocs()
 	b.ResetTimer()
 	var rep *PruneReport

@@ -67,7 +67,7 @@ func (pr *pruner) plan(ctx context.Context) (*prunePlan, error) {
 	live := map[string]bool{}
 	if len(serverIDs) > 0 {
 		// Inside a worker slot, like a backup run's listing.
-		release, err := pr.r.AcquireWorker(ctx, pr.p.Name)
+		release, err := pr.sh.AcquireWorker(ctx, pr.p.Name)
 		if err != nil {
 			return nil, err
 		}
@@ -423,7 +423,7 @@ func (pr *pruner) candidateItem(row store.LineageRow, reasons []string) PruneIte
 // shown. The candidates returned are valid until the next call.
 func (pr *pruner) decideServer(rows []store.LineageRow, gone bool, count map[PruneAction]int) (items []PruneItem, cands []candRef) {
 	ret := pr.p.Retention
-	wait := pr.r.waitTimeout(pr.p)
+	wait := pr.sh.waitTimeout(pr.p)
 	input := pr.retainIn[:0]
 	defer func() { pr.retainIn = input[:0] }()
 	cands = pr.candBuf[:0]
@@ -601,11 +601,11 @@ func (pr *pruner) inspect(ctx context.Context, row store.LineageRow) inspection 
 	return inspection{img: img, protected: img.Protected}
 }
 
-// inspectAll inspects the candidates, as many at once as the Runner has workers.
+// inspectAll inspects the candidates, as many at once as Shared has workers.
 func (pr *pruner) inspectAll(ctx context.Context, cands []candidate) {
 	var wg sync.WaitGroup
 	for i := range cands {
-		release, err := pr.r.AcquireWorker(ctx, pr.p.Name)
+		release, err := pr.sh.AcquireWorker(ctx, pr.p.Name)
 		if err != nil {
 			// ctx ended: nothing is deleted, the rest waits for a later prune.
 			for j := i; j < len(cands); j++ {

@@ -83,9 +83,9 @@ func TestPrunePlanOverManyBatchesMatchesTheFullReport(t *testing.T) {
 			return cloud.Image{}, fmt.Errorf("test: %w", cloud.ErrNotFound)
 		},
 	}
-	r := NewRunner(RunnerOptions{Cloud: mock, Store: st, Limits: policy.Limits{RequestsPerSecond: 100000},
-		Now: func() time.Time { return now }})
-	ret := NewRetention(r, policy.NewCoordinator(cfg), RetentionOptions{})
+	r := NewRunner(NewShared(SharedOptions{Cloud: mock, Store: st, Limits: policy.Limits{RequestsPerSecond: 100000},
+		Now: func() time.Time { return now }}), RunnerOptions{})
+	ret := NewRetention(r.sh, policy.NewCoordinator(cfg), RetentionOptions{})
 	full, err := ret.Prune(ctx, "nightly", PruneOptions{DryRun: true, Full: true})
 	if err != nil {
 		t.Fatal(err)
