@@ -56,10 +56,7 @@ func (sr *slotRun) hookEnvFor(s cloud.Server) map[string]string {
 
 // hookData is the template data of a server's hook commands: the same as its image name's.
 func (sr *slotRun) hookData(s cloud.Server) policy.TemplateData {
-	loc := time.UTC
-	if sr.p.Schedule != nil && sr.p.Schedule.Location != nil {
-		loc = sr.p.Schedule.Location
-	}
+	loc := sr.p.Location()
 	return policy.TemplateData{
 		Server: policy.ServerInfo{ID: s.ID, Name: s.Name, AZ: s.AvailabilityZone, Tags: s.Tags, Metadata: s.Metadata},
 		Policy: policy.PolicyInfo{Name: sr.p.Name},
@@ -107,7 +104,7 @@ func (sr *slotRun) runPre(ctx context.Context, s cloud.Server, row store.Image, 
 				sr.runPost(ctx, hk, s.ID, row.Row, "", PostNotRequested)
 				return nil, meta, true, detail, nil
 			}
-			sr.event(ctx, store.Event{Kind: store.EventImageNote, ServerID: s.ID, ImageRow: row.Row,
+			sr.recordEvent(ctx, store.Event{Kind: store.EventImageNote, ServerID: s.ID, ImageRow: row.Row,
 				Message: detail + "; on_failure: continue, so the image is crash-consistent"})
 			return hk, meta, false, "", nil
 		}
@@ -131,7 +128,7 @@ func (sr *slotRun) hookDone(ctx context.Context, serverID string, imageRow int64
 	if res.Result != HookOK {
 		kind = store.EventHookFailed
 	}
-	sr.event(ctx, store.Event{Kind: kind, ServerID: serverID, ImageRow: imageRow, ImageID: imageID,
+	sr.recordEvent(ctx, store.Event{Kind: kind, ServerID: serverID, ImageRow: imageRow, ImageID: imageID,
 		Message: hook + " hook " + res.summary()})
 	log := sr.log.With("server_id", serverID, "hook", hook, "result", res.Result, "exit_code", res.ExitCode,
 		"duration", res.Duration.Round(time.Millisecond).String())
