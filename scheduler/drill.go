@@ -345,7 +345,7 @@ func (r *Runner) cleanDrill(ctx context.Context, cl cloud.Cloud, d store.Drill) 
 			return err
 		}
 	}
-	return r.store.DrillCleaned(ctx, d)
+	return r.store.MarkDrillCleaned(ctx, d)
 }
 
 // deleteDrillVolume deletes a volume a drill server was given, retrying while it

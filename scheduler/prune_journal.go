@@ -176,7 +176,7 @@ func (pr *pruner) deleteImage(ctx context.Context, it *PruneItem, row store.Line
 			pr.r.metrics.ImageDeleted(policyName, DeleteFailed)
 			return pr.defer_(ctx, it, row, "delete image: "+cloud.Reason(err))
 		default:
-			pr.r.metrics.ImageDeleted(policyName, DeleteDeleted)
+			pr.r.metrics.ImageDeleted(policyName, DeleteConfirmed)
 		}
 		if h := pr.opts.hooks.afterImageDelete; h != nil && h(row.Row) != nil {
 			return errPruneAbandoned

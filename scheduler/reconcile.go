@@ -486,7 +486,7 @@ func (r *Runner) fixDuplicate(ctx context.Context, f *DriftFinding, dup cloud.Im
 			r.metrics.ImageDeleted(f.Policy, DeleteFailed)
 			return err
 		default:
-			r.metrics.ImageDeleted(f.Policy, DeleteDeleted)
+			r.metrics.ImageDeleted(f.Policy, DeleteConfirmed)
 		}
 		action = "deleted: the newer image of a slot whose createImage outcome was unknown"
 		_, err = r.store.AddEvent(context.WithoutCancel(ctx), store.Event{Kind: EventDuplicateDeleted, Policy: cur.Policy,
@@ -701,7 +701,7 @@ func (r *Runner) cleanGoneImage(ctx context.Context, cfg *policy.Config, rowID i
 // is not waited for (the next reconcile sees whether it went).
 func (r *Runner) deleteLeftover(ctx context.Context, cl cloud.Cloud, f *DriftFinding) string {
 	err := cl.DeleteSnapshot(ctx, f.SnapshotID)
-	result := DeleteDeleted
+	result := DeleteConfirmed
 	switch {
 	case errors.Is(err, cloud.ErrNotFound):
 		result, err = DeleteAlreadyGone, nil
