@@ -373,7 +373,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		// full refresh per run would be quadratic.
 		Done: func(ctx context.Context, name string) {
 			// A policy removed meanwhile keeps its images in the store, not in the metrics.
-			p := cfgs.Current().Find(name)
+			p := cfgs.Current().Policy(name)
 			if p == nil {
 				return
 			}
