@@ -349,14 +349,16 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	// in the background under the scheduler's drain and decides by the config in
 	// force when it gets the policy's lock, never by the one the run started with.
 	var retention *scheduler.Retention
-	runner := scheduler.NewRunner(scheduler.RunnerOptions{
+	shared := scheduler.NewShared(scheduler.SharedOptions{
 		Cloud:        wc,
 		Store:        st,
 		Limits:       cfg.Limits,
 		Logger:       log,
 		Metrics:      metrics,
 		PollInterval: d.RunnerPollInterval,
-		Settled:      func(name string) { retention.Request(name) },
+	})
+	runner := scheduler.NewRunner(shared, scheduler.RunnerOptions{
+		Settled: func(name string) { retention.Request(name) },
 	})
 	sched := scheduler.New(scheduler.Options{
 		RunSlot: scheduler.RunnerSlots(runner),
@@ -365,7 +367,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		Metrics: metrics,
 		Logger:  log,
 	})
-	retention = scheduler.NewRetention(runner, cfgs, scheduler.RetentionOptions{
+	retention = scheduler.NewRetention(shared, cfgs, scheduler.RetentionOptions{
 		Go: sched.Go,
 		// The recovery-point gauges move with every run; the periodic refresh alone
 		// would lag a short schedule by up to its interval. Only this policy's gauges
@@ -384,7 +386,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	})
 	// A reload is one Apply: the limits, the schedules and the metrics follow it
 	// here; retention and resumed work ask cfgs when they decide.
-	cfgs.Subscribe(func(cfg *policy.Config) { runner.SetLimits(cfg.Limits) })
+	cfgs.Subscribe(func(cfg *policy.Config) { shared.SetLimits(cfg.Limits) })
 	cfgs.Subscribe(sched.Swap)
 	cfgs.Subscribe(func(cfg *policy.Config) {
 		metrics.ConfigReloaded(true, time.Now())
@@ -407,7 +409,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	// gives up on them, as the scheduler's runs do.
 	ctlCtx, ctlCancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer ctlCancel()
-	env := &daemonEnv{config: cfgs.Current, cfgs: cfgs, store: st, cloud: wc, runner: runner,
+	env := &daemonEnv{config: cfgs.Current, cfgs: cfgs, store: st, cloud: wc, shared: shared, runner: runner,
 		version: buildVersion(), revision: buildRevision(), started: time.Now()}
 	ctl, err := startControl(ctlCtx, controlSocketPath(statePath), log, func(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		cm := &Main{Stdin: strings.NewReader(""), Stdout: stdout, Stderr: stderr, Getenv: d.Getenv,
@@ -439,7 +441,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		defer cancel()
 		stop := context.AfterFunc(runCtx, cancel)
 		defer stop()
-		return runner.WatchDrills(ctx, cfgs.Current, scheduler.DrillLoopOptions{CleanupInterval: d.DrillCleanupInterval})
+		return scheduler.NewDriller(shared).WatchDrills(ctx, cfgs.Current, scheduler.DrillLoopOptions{CleanupInterval: d.DrillCleanupInterval})
 	})
 	d.audit(st, log, eventDaemonStarted, fmt.Sprintf("pid %d, config %s version %s, %d policies",
 		os.Getpid(), d.ConfigPath, cfg.Version, len(cfg.Policies)))
@@ -477,7 +479,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		defer wdWG.Done()
 		// Images failed by wait_timeout are watched through their late window and
 		// promoted to good if they complete (image_late_good).
-		_ = runner.WatchLate(wdCtx)
+		_ = scheduler.NewLateWatcher(shared).WatchLate(wdCtx)
 	}()
 
 	wdWG.Add(1)
@@ -495,7 +497,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 				return
 			case <-t.C:
 			}
-			d.reconcile(wdCtx, runner, cfgs.Current(), log)
+			d.reconcile(wdCtx, scheduler.NewReconciler(shared), cfgs.Current(), log)
 			if err := metrics.RefreshLeftover(wdCtx, st); err != nil && wdCtx.Err() == nil {
 				log.Warn("refresh leftover snapshot gauge", "err", err)
 			}
@@ -810,8 +812,8 @@ func compactLineage(ctx context.Context, st *store.Store, cfg *policy.Config, lo
 }
 
 // reconcile runs one reconcile pass without fix and logs what it found.
-func (d *Daemon) reconcile(ctx context.Context, runner *scheduler.Runner, cfg *policy.Config, log *slog.Logger) {
-	rep, err := runner.Reconcile(ctx, cfg, false)
+func (d *Daemon) reconcile(ctx context.Context, rc *scheduler.Reconciler, cfg *policy.Config, log *slog.Logger) {
+	rep, err := rc.Reconcile(ctx, cfg, false)
 	if err != nil {
 		if ctx.Err() == nil {
 			log.Warn("reconcile", "err", err)
@@ -832,13 +834,13 @@ func (d *Daemon) reconcile(ctx context.Context, runner *scheduler.Runner, cfg *p
 	} else {
 		log.Debug("reconcile: cloud and lineage agree", attrs...)
 	}
-	d.checkForeignStamps(ctx, runner, cfg, log)
+	d.checkForeignStamps(ctx, rc, cfg, log)
 }
 
 // checkForeignStamps warns about images that carry our policy names but another
 // owner id: nothing of ours sees them again, and a lost lineage is the usual cause.
-func (d *Daemon) checkForeignStamps(ctx context.Context, runner *scheduler.Runner, cfg *policy.Config, log *slog.Logger) {
-	byOwner, err := runner.ForeignStamps(ctx, cfg)
+func (d *Daemon) checkForeignStamps(ctx context.Context, rc *scheduler.Reconciler, cfg *policy.Config, log *slog.Logger) {
+	byOwner, err := rc.ForeignStamps(ctx, cfg)
 	if err != nil {
 		if ctx.Err() == nil {
 			log.Warn("look for images of our policies stamped by another owner", "err", err)
