@@ -8,12 +8,10 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -101,15 +99,13 @@ func runDaemon(ctx context.Context, m *Main, o *daemonOptions) error {
 			return usageError("%v", err)
 		}
 	}
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 	d := &Daemon{
 		ConfigPath:   o.config,
 		DrainTimeout: o.drain,
 		Logger:       o.log,
 		Getenv:       m.Getenv,
-		Signals:      sigs,
+		Reload:       m.reloads(),
+		Abort:        m.Abort,
 		PprofListen:  o.pprof,
 		// The soak runs it every few seconds, so that hollow and late images are
 		// settled within a sub-minute schedule.
@@ -119,7 +115,8 @@ func runDaemon(ctx context.Context, m *Main, o *daemonOptions) error {
 }
 
 // Daemon is `imagekeeper daemon` as a value: tests and the demo run it in-process
-// with a temp database, a simulated cloud and signals sent through a channel.
+// with a temp database and a simulated cloud. It knows no signals: cancelling Run's
+// context stops it (main cancels it on SIGTERM/SIGINT), a value on Reload reloads.
 type Daemon struct {
 	// ConfigPath is the policy file.
 	ConfigPath string
@@ -130,9 +127,12 @@ type Daemon struct {
 	Logger *slog.Logger
 	// Getenv reads NOTIFY_SOCKET and WATCHDOG_USEC; nil means os.Getenv.
 	Getenv func(string) string
-	// Signals delivers SIGHUP (reload) and SIGINT/SIGTERM (drain; a second one stops
-	// waiting). Cancelling Run's context drains as SIGTERM does.
-	Signals <-chan os.Signal
+	// Reload delivers reload requests (main sends one per SIGHUP); nil means none
+	// come, and the policy file's watcher alone reloads.
+	Reload <-chan struct{}
+	// Abort, once closed, ends a drain at once: in-flight runs are cancelled instead
+	// of awaited (main closes it on a second SIGTERM/SIGINT). Nil means never.
+	Abort <-chan struct{}
 	// StatePath and Listen, when set, override the policy file's state and listen.
 	StatePath, Listen string
 	// PprofListen, when set, serves net/http/pprof there (loopback only; off by
@@ -524,15 +524,11 @@ loop:
 	for {
 		select {
 		case <-ctx.Done():
-			reason = "context cancelled"
+			reason = whyStopped(ctx)
 			break loop
-		case sig := <-d.Signals:
-			if sig == syscall.SIGHUP {
-				reload("SIGHUP")
-				continue
-			}
-			reason = "signal " + sig.String()
-			break loop
+		case <-d.Reload:
+			// Named for what sends it in production, as the audit always said.
+			reload("SIGHUP")
 		case <-tick.C:
 			lastLoop.Store(time.Now().UnixNano())
 			if watch.changed() {
@@ -551,18 +547,11 @@ loop:
 	dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 	defer cancel()
 	go func() {
-		for {
-			select {
-			case <-dctx.Done():
-				return
-			case sig := <-d.Signals:
-				if sig == syscall.SIGHUP {
-					continue
-				}
-				log.Warn("second signal: not waiting for in-flight runs any longer", "signal", sig.String())
-				cancel()
-				return
-			}
+		select {
+		case <-dctx.Done():
+		case <-d.Abort:
+			log.Warn("second signal: not waiting for in-flight runs any longer")
+			cancel()
 		}
 	}()
 	ctl.StopAccepting()
@@ -668,13 +657,9 @@ func (d *Daemon) connect(ctx context.Context, cfg *policy.Config, log *slog.Logg
 			case <-tick.C:
 				alive()
 			case <-ctx.Done():
-				return "context cancelled"
-			case sig := <-d.Signals:
-				if sig == syscall.SIGHUP {
-					log.Info("SIGHUP before the cloud answered: a changed policy file is applied once the schedules start")
-					continue
-				}
-				return "signal " + sig.String()
+				return whyStopped(ctx)
+			case <-d.Reload:
+				log.Info("SIGHUP before the cloud answered: a changed policy file is applied once the schedules start")
 			}
 		}
 	}
@@ -710,6 +695,15 @@ func (d *Daemon) connect(ctx context.Context, cfg *policy.Config, log *slog.Logg
 		}
 		delay = min(2*delay, maxDelay)
 	}
+}
+
+// whyStopped says why ctx ended, for the log and the audit: the signal main
+// cancelled it with ("signal terminated"), or "context cancelled".
+func whyStopped(ctx context.Context) string {
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause.Error()
+	}
+	return "context cancelled"
 }
 
 func orDefault(d, def time.Duration) time.Duration {

@@ -110,12 +110,14 @@ func (e *env) start(opts ...daemonOpt) *running {
 	r := &running{sigs: make(chan os.Signal, 4), done: make(chan error, 1), reloaded: make(chan error, 16),
 		logs: &syncBuffer{}}
 	started := make(chan struct{})
+	ctx, reload, abort := signalled(e.t, r.sigs)
 	r.d = &Daemon{
 		ConfigPath:         e.config,
 		DrainTimeout:       30 * time.Second,
 		Logger:             slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Getenv:             func(string) string { return "" },
-		Signals:            r.sigs,
+		Reload:             reload,
+		Abort:              abort,
 		WatchInterval:      50 * time.Millisecond,
 		RunnerPollInterval: 50 * time.Millisecond,
 		NewCloud: func(ctx context.Context, cfg *policy.Config, log *slog.Logger, observe func(openstack.Request)) (cloud.Cloud, error) {
@@ -132,7 +134,7 @@ func (e *env) start(opts ...daemonOpt) *running {
 	for _, o := range opts {
 		o(r.d)
 	}
-	go func() { r.done <- r.d.Run(context.Background()) }()
+	go func() { r.done <- r.d.Run(ctx) }()
 	select {
 	case <-started:
 	case err := <-r.done:
@@ -156,6 +158,16 @@ func (e *env) start(opts ...daemonOpt) *running {
 		}
 	})
 	return r
+}
+
+// signalled passes the signals a test sends on sigs through main's forwardSignals
+// and returns what they become: Run's context and the daemon's Reload and Abort.
+func signalled(t *testing.T, sigs chan os.Signal) (ctx context.Context, reload, abort <-chan struct{}) {
+	ctx, stop := context.WithCancelCause(context.Background())
+	rl, ab := make(chan struct{}, 1), make(chan struct{})
+	go forwardSignals(sigs, stop, rl, ab)
+	t.Cleanup(func() { close(sigs) }) // after the daemon's: nothing sends any more
+	return ctx, rl, ab
 }
 
 // stop sends SIGTERM and returns Run's error.
