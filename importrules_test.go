@@ -16,6 +16,7 @@ const module = "github.com/imagekeeper/imagekeeper"
 var allowedImports = map[string][]string{
 	"policy":          {"gopkg.in/yaml.v3", "github.com/robfig/cron/v3"},
 	"store":           {"github.com/mattn/go-sqlite3"},
+	"store/storetest": {module + "/store", "github.com/mattn/go-sqlite3"},
 	"cloud":           {},
 	"cloud/simcloud":  {},
 	"cloud/cloudtest": {module + "/cloud"},

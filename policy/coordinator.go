@@ -64,30 +64,10 @@ func (c *Coordinator) Generation() uint64 {
 func (c *Coordinator) Policy(name string) (p *Policy, ok bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	if c.cfg == nil {
-		return nil, false
-	}
-	for _, q := range c.cfg.Policies {
-		if q != nil && q.Name == name && q.Enabled {
-			return q, true
-		}
+	if p := c.cfg.Policy(name); p != nil && p.Enabled {
+		return p, true
 	}
 	return nil, false
-}
-
-// Find returns the config's policy called name, enabled or not; nil when there is
-// none (or c is nil). What acts on a policy's images asks Coordinator.Policy
-// instead, which also requires it enabled.
-func (c *Config) Find(name string) *Policy {
-	if c == nil {
-		return nil
-	}
-	for _, p := range c.Policies {
-		if p != nil && p.Name == name {
-			return p
-		}
-	}
-	return nil
 }
 
 // Apply makes cfg the config in force and hands it to every subscriber, in the

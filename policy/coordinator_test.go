@@ -35,6 +35,26 @@ func TestCoordinatorPolicyAndApply(t *testing.T) {
 	}
 }
 
+// TestConfigPolicy checks the lookup by name: disabled policies are found too, a
+// missing name and a nil config give nil.
+func TestConfigPolicy(t *testing.T) {
+	on := &Policy{Name: "on", Enabled: true}
+	off := &Policy{Name: "off"}
+	cfg := &Config{Policies: []*Policy{on, nil, off}}
+	if got := cfg.Policy("on"); got != on {
+		t.Errorf("Policy(on) = %v", got)
+	}
+	if got := cfg.Policy("off"); got != off {
+		t.Errorf("Policy(off) = %v; a disabled policy is still the config's", got)
+	}
+	if got := cfg.Policy("missing"); got != nil {
+		t.Errorf("Policy(missing) = %v", got)
+	}
+	if got := (*Config)(nil).Policy("on"); got != nil {
+		t.Errorf("nil config: Policy(on) = %v", got)
+	}
+}
+
 // TestCoordinatorConcurrent runs readers against Apply under -race.
 func TestCoordinatorConcurrent(t *testing.T) {
 	c := NewCoordinator(&Config{Policies: []*Policy{{Name: "p", Enabled: true}}})

@@ -34,6 +34,22 @@ type Config struct {
 	Policies []*Policy
 }
 
+// Policy returns the config's policy called name, enabled or not; nil when there
+// is none (or c is nil: a command read with --state alone has no config). Names
+// are unique in a loaded file, so the first match is the only one. What acts on a
+// policy's images asks Coordinator.Policy instead, which also requires it enabled.
+func (c *Config) Policy(name string) *Policy {
+	if c == nil {
+		return nil
+	}
+	for _, p := range c.Policies {
+		if p != nil && p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
 // Limits bound the daemon's load on the cloud.
 type Limits struct {
 	// Concurrency is the most createImage/wait/delete workers at once.

@@ -231,12 +231,9 @@ func (s *Scheduler) fire(name string) {
 	if s.stopped || s.cfg == nil {
 		return
 	}
-	for _, p := range s.cfg.Policies {
-		if p.Name == name {
-			if _, ok := s.pols[name]; ok {
-				s.settleLocked(p, now, s.liveRules(p))
-			}
-			return
+	if p := s.cfg.Policy(name); p != nil {
+		if _, ok := s.pols[name]; ok {
+			s.settleLocked(p, now, s.liveRules(p))
 		}
 	}
 }

@@ -47,7 +47,7 @@ func (r *Runner) ResumeInterruptedSlots(ctx context.Context, cfgs *policy.Coordi
 			break
 		}
 		cfg := cfgs.Current()
-		p := cfg.Find(sl.Policy)
+		p := cfg.Policy(sl.Policy)
 		reason := ""
 		switch {
 		case sl.Trigger == store.TriggerManual:

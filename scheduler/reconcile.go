@@ -610,14 +610,7 @@ func (r *Runner) withPolicyLockYielding(ctx context.Context, name string, f func
 // onlyLeaked restricts it to a failed row that had a createImage sent (its outcome
 // was unknown): the periodic reconcile adopts those without --fix.
 func (r *Runner) adopt(ctx context.Context, cfg *policy.Config, f *DriftFinding, onlyLeaked bool) string {
-	var p *policy.Policy
-	if cfg != nil {
-		for _, q := range cfg.Policies {
-			if q.Name == f.Policy {
-				p = q
-			}
-		}
-	}
+	p := cfg.Policy(f.Policy)
 	var action string
 	err := r.withPolicyLock(ctx, f.Policy, func() error {
 		cur, err := r.store.Image(ctx, f.ImageRow)
@@ -653,13 +646,9 @@ func (r *Runner) cleanGoneImage(ctx context.Context, cfg *policy.Config, rowID i
 	if err != nil {
 		return actionOf(err, "")
 	}
-	p := &policy.Policy{Name: cur.Policy}
-	if cfg != nil {
-		for _, q := range cfg.Policies {
-			if q.Name == cur.Policy {
-				p = q
-			}
-		}
+	p := cfg.Policy(cur.Policy)
+	if p == nil {
+		p = &policy.Policy{Name: cur.Policy}
 	}
 	var action string
 	err = r.withPolicyLockYielding(ctx, cur.Policy, func(wanted <-chan struct{}) error {

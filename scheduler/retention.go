@@ -66,7 +66,7 @@ func (rt *Retention) Prune(ctx context.Context, name string, opts PruneOptions) 
 	p, ok := rt.cfgs.Policy(name)
 	if !ok {
 		why := "the policy is not in the config in force: a removed policy's images are never deleted"
-		if rt.cfgs.Current().Find(name) != nil {
+		if rt.cfgs.Current().Policy(name) != nil {
 			why = "the policy is disabled: a disabled policy's images are never deleted"
 		}
 		now := rt.r.store.Now()

@@ -383,7 +383,7 @@ func (r *Runner) ResumeWaits(ctx context.Context, cfgs *policy.Coordinator) erro
 	var wg sync.WaitGroup
 	errs := make([]error, len(keys))
 	for i, k := range keys {
-		p := cfgs.Current().Find(k.policy)
+		p := cfgs.Current().Policy(k.policy)
 		sc := waitScope{
 			policy: k.policy, slot: k.slot, timeout: r.waitTimeout(p), p: p, cloud: r.Cloud(), pollFirst: true,
 			log: r.log.With("policy", k.policy, "slot", StampSlot(k.slot)),

@@ -4,23 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/imagekeeper/imagekeeper/store"
+	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
 
-// journalStore opens a fresh store on a fixed clock that the test can move.
-func journalStore(t *testing.T) (*store.Store, *time.Time) {
+// journalStore opens a fresh store on a fixed clock.
+func journalStore(t *testing.T) *store.Store {
 	t.Helper()
-	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
-	s, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "lineage.db"), store.Options{Now: func() time.Time { return now }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s, &now
+	return storetest.MustOpen(t, storetest.NewClock(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)))
 }
 
 // goodImage makes a good row for (policy, server, slot) with the given snapshots,
@@ -50,7 +44,7 @@ func goodImage(t *testing.T, s *store.Store, policy, server string, slot time.Ti
 }
 
 func TestDeletionJournalHappyPath(t *testing.T) {
-	s, _ := journalStore(t)
+	s := journalStore(t)
 	ctx := context.Background()
 	slot := time.Date(2026, 11, 24, 2, 30, 0, 0, time.UTC)
 	im := goodImage(t, s, "daily", "srv-1", slot, "snap-a", "snap-b")
@@ -112,7 +106,7 @@ func TestDeletionJournalHappyPath(t *testing.T) {
 }
 
 func TestBeginDeletionRefusesRowsInFlight(t *testing.T) {
-	s, _ := journalStore(t)
+	s := journalStore(t)
 	ctx := context.Background()
 	im, _, err := s.RecordIntent(ctx, store.Intent{Policy: "p", ServerID: "s", Slot: time.Unix(1e9, 0), Name: "n"})
 	if err != nil {
@@ -124,7 +118,7 @@ func TestBeginDeletionRefusesRowsInFlight(t *testing.T) {
 }
 
 func TestProtectedKeepAndRelease(t *testing.T) {
-	s, _ := journalStore(t)
+	s := journalStore(t)
 	ctx := context.Background()
 	good := goodImage(t, s, "p", "srv-good", time.Unix(1e9, 0))
 	failed, _, err := s.RecordIntent(ctx, store.Intent{Policy: "p", ServerID: "srv-failed", Slot: time.Unix(1e9, 0), Name: "n"})
@@ -173,7 +167,7 @@ func TestProtectedKeepAndRelease(t *testing.T) {
 }
 
 func TestMarkGone(t *testing.T) {
-	s, _ := journalStore(t)
+	s := journalStore(t)
 	ctx := context.Background()
 	im := goodImage(t, s, "p", "srv", time.Unix(1e9, 0), "snap-1")
 	got, err := s.MarkGone(ctx, im.Row, "image gone from the cloud")
@@ -208,7 +202,7 @@ func TestMarkGone(t *testing.T) {
 }
 
 func TestLineageMatchesImages(t *testing.T) {
-	s, _ := journalStore(t)
+	s := journalStore(t)
 	ctx := context.Background()
 	base := time.Date(2028, 2, 29, 2, 30, 0, 123456789, time.FixedZone("CST", 8*3600))
 	for i := range 5 {

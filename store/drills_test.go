@@ -2,11 +2,11 @@ package store_test
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/imagekeeper/imagekeeper/store"
+	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
 
 // TestDrillJournal: a drill's result lands on its image row; an interrupted
@@ -14,11 +14,7 @@ import (
 // last result.
 func TestDrillJournal(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "l.db"), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := storetest.MustOpen(t, nil)
 	row, _, err := st.RecordIntent(ctx, store.Intent{Name: "n", Policy: "web", ServerID: "s1", Slot: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)})
 	if err != nil {
 		t.Fatal(err)

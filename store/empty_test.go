@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/imagekeeper/imagekeeper/store"
+	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
 
 // TestSlotOutcomeEmpty: the schema accepts the empty outcome (the 0001 CHECK refused
@@ -14,11 +15,11 @@ import (
 func TestSlotOutcomeEmpty(t *testing.T) {
 	ctx := context.Background()
 	c := newClock()
-	s := mustOpen(t, "", c)
+	s := storetest.MustOpen(t, c)
 	base := time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC)
 	finish := func(i int, outcome string, selected int) {
 		t.Helper()
-		c.Add(time.Minute)
+		c.Advance(time.Minute)
 		sl, err := s.StartSlot(ctx, store.Slot{Policy: "p", Slot: base.Add(time.Duration(i) * time.Hour), Trigger: store.TriggerScheduled})
 		if err != nil {
 			t.Fatal(err)

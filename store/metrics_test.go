@@ -19,6 +19,10 @@ type metricsFixture struct {
 	rows  int
 }
 
+// newMetricsFixture opens the internal tests' store. It cannot use
+// storetest.MustOpen: storetest imports store, so package store's own (internal)
+// tests importing it would be an import cycle; this and plan_test.go's Open are the
+// two store.Open boilerplates left for that reason.
 func newMetricsFixture(t *testing.T) *metricsFixture {
 	t.Helper()
 	f := &metricsFixture{t: t, clock: time.Date(2026, 11, 22, 2, 30, 0, 0, time.UTC)}

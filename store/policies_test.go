@@ -7,12 +7,13 @@ import (
 	"time"
 
 	"github.com/imagekeeper/imagekeeper/store"
+	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
 
 // TestPolicies checks that the lineage lists the policies it has slots or images
 // of, once each, sorted.
 func TestPolicies(t *testing.T) {
-	s := mustOpen(t, "", newClock())
+	s := storetest.MustOpen(t, newClock())
 	ctx := context.Background()
 	if got, err := s.Policies(ctx); err != nil || len(got) != 0 {
 		t.Fatalf("empty lineage: %v, %v", got, err)

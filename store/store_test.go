@@ -15,51 +15,18 @@ import (
 	_ "github.com/mattn/go-sqlite3"
 
 	"github.com/imagekeeper/imagekeeper/store"
+	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
 
-// clock is a settable test clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-func newClock() *clock {
-	return &clock{t: time.Date(2026, 11, 24, 2, 30, 0, 0, time.FixedZone("CST", 8*3600))}
-}
-
-// mustOpen opens a store in a temp dir and closes it when the test ends.
-func mustOpen(tb testing.TB, path string, c *clock) *store.Store {
-	tb.Helper()
-	if path == "" {
-		path = filepath.Join(tb.TempDir(), "lineage.db")
-	}
-	opts := store.Options{}
-	if c != nil {
-		opts.Now = c.Now
-	}
-	s, err := store.Open(context.Background(), path, opts)
-	if err != nil {
-		tb.Fatalf("open store: %v", err)
-	}
-	tb.Cleanup(func() { s.Close() })
-	return s
+// newClock is the store tests' clock, in a zone other than UTC so that a
+// timestamp written without converting to UTC shows.
+func newClock() *storetest.Clock {
+	return storetest.NewClock(time.Date(2026, 11, 24, 2, 30, 0, 0, time.FixedZone("CST", 8*3600)))
 }
 
 func TestOpenCreatesPrivateFileWithWALAndMigrations(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "lineage.db")
-	s := mustOpen(t, path, nil)
+	s := storetest.MustOpenAt(t, path, nil)
 	ctx := context.Background()
 
 	fi, err := os.Stat(path)
@@ -109,10 +76,7 @@ func TestReopenKeepsOwnerAndData(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "lineage.db")
 	ctx := context.Background()
 	c := newClock()
-	s, err := store.Open(ctx, path, store.Options{Now: c.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := storetest.MustOpenAt(t, path, c)
 	owner := s.Owner()
 	slot := time.Date(2026, 11, 24, 2, 30, 0, 0, time.UTC)
 	if _, _, err := s.RecordIntent(ctx, store.Intent{Policy: "p", ServerID: "srv", Slot: slot, Name: "n"}); err != nil {
@@ -121,7 +85,7 @@ func TestReopenKeepsOwnerAndData(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s2 := mustOpen(t, path, c)
+	s2 := storetest.MustOpenAt(t, path, c)
 	if s2.Owner() != owner {
 		t.Errorf("owner changed on reopen: %q -> %q", owner, s2.Owner())
 	}
@@ -141,11 +105,7 @@ func TestReopenKeepsOwnerAndData(t *testing.T) {
 func TestFutureSchemaIsRefused(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "lineage.db")
 	ctx := context.Background()
-	s, err := store.Open(ctx, path, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Close()
+	storetest.MustOpenAt(t, path, nil).Close()
 	db, err := sql.Open("sqlite3", "file:"+path)
 	if err != nil {
 		t.Fatal(err)
@@ -168,7 +128,7 @@ func TestFutureSchemaIsRefused(t *testing.T) {
 }
 
 func TestIntentIsIdempotentPerPolicyServerSlot(t *testing.T) {
-	s := mustOpen(t, "", newClock())
+	s := storetest.MustOpen(t, newClock())
 	ctx := context.Background()
 	slot := time.Date(2026, 11, 24, 2, 30, 0, 0, time.UTC)
 	in := store.Intent{Policy: "web", ServerID: "srv-1", Slot: slot, Name: "web-1-a",
@@ -205,7 +165,7 @@ func TestIntentIsIdempotentPerPolicyServerSlot(t *testing.T) {
 
 func TestImageLifecycleAndEvents(t *testing.T) {
 	c := newClock()
-	s := mustOpen(t, "", c)
+	s := storetest.MustOpen(t, c)
 	ctx := context.Background()
 	slot := time.Date(2026, 11, 24, 2, 30, 0, 0, time.UTC)
 	sl, err := s.StartSlot(ctx, store.Slot{Policy: "web", Slot: slot, Trigger: store.TriggerScheduled, PolicyVersion: "v1"})
@@ -222,7 +182,7 @@ func TestImageLifecycleAndEvents(t *testing.T) {
 	if _, err := s.BeginAttempt(ctx, im.Row, "n", nil); err != nil {
 		t.Fatal(err)
 	}
-	c.Add(time.Second)
+	c.Advance(time.Second)
 	if im, err = s.SetImageID(ctx, im.Row, "img-1", false, "createImage returned img-1"); err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +211,7 @@ func TestImageLifecycleAndEvents(t *testing.T) {
 	if _, err := s.UpdateSnapshot(ctx, "snap-2", store.SnapshotUpdate{State: store.SnapshotAvailable}); err != nil {
 		t.Fatal(err)
 	}
-	c.Add(time.Second)
+	c.Advance(time.Second)
 	im, err = s.MarkGood(ctx, im.Row, store.Good{SizeBytes: 0, AZ: "az-1"})
 	if err != nil {
 		t.Fatal(err)
@@ -296,7 +256,7 @@ func TestImageLifecycleAndEvents(t *testing.T) {
 }
 
 func TestDropIntentOnlyForIDlessRequested(t *testing.T) {
-	s := mustOpen(t, "", newClock())
+	s := storetest.MustOpen(t, newClock())
 	ctx := context.Background()
 	slot := time.Date(2026, 11, 24, 2, 30, 0, 0, time.UTC)
 	a, _, _ := s.RecordIntent(ctx, store.Intent{Policy: "p", ServerID: "a", Slot: slot, Name: "a"})
@@ -325,7 +285,7 @@ func TestDropIntentOnlyForIDlessRequested(t *testing.T) {
 
 func TestEventsAreAppendOnly(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "lineage.db")
-	s := mustOpen(t, path, nil)
+	s := storetest.MustOpenAt(t, path, nil)
 	if _, err := s.AddEvent(context.Background(), store.Event{Kind: "k", Message: "m"}); err != nil {
 		t.Fatal(err)
 	}
@@ -344,7 +304,7 @@ func TestEventsAreAppendOnly(t *testing.T) {
 
 func TestSlotsRerunAndRecord(t *testing.T) {
 	c := newClock()
-	s := mustOpen(t, "", c)
+	s := storetest.MustOpen(t, c)
 	ctx := context.Background()
 	t1 := time.Date(2026, 11, 24, 2, 0, 0, 0, time.UTC)
 	t2 := t1.Add(time.Hour)
@@ -396,8 +356,8 @@ func TestSlotsRerunAndRecord(t *testing.T) {
 func TestConcurrentWriters(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "lineage.db")
 	c := newClock()
-	s1 := mustOpen(t, path, c)
-	s2 := mustOpen(t, path, c)
+	s1 := storetest.MustOpenAt(t, path, c)
+	s2 := storetest.MustOpenAt(t, path, c)
 	ctx := context.Background()
 	slot := time.Date(2026, 11, 24, 2, 30, 0, 0, time.UTC)
 	const servers, writers = 20, 8
@@ -456,7 +416,7 @@ func TestConcurrentWriters(t *testing.T) {
 }
 
 func TestImagesFilter(t *testing.T) {
-	s := mustOpen(t, "", newClock())
+	s := storetest.MustOpen(t, newClock())
 	ctx := context.Background()
 	slot := time.Date(2026, 11, 24, 2, 30, 0, 0, time.UTC)
 	for i, srv := range []string{"a", "b", "c"} {

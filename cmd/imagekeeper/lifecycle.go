@@ -404,7 +404,7 @@ func (r *daemonRun) wire(raw cloud.Cloud) {
 		// full refresh per run would be quadratic.
 		Done: func(ctx context.Context, name string) {
 			// A policy removed meanwhile keeps its images in the store, not in the metrics.
-			p := r.cfgs.Current().Find(name)
+			p := r.cfgs.Current().Policy(name)
 			if p == nil {
 				return
 			}

@@ -118,7 +118,7 @@ func runStatus(ctx context.Context, m *Main, o *statusOptions) error {
 		if err != nil {
 			return err
 		}
-		if p := wired.cfg.Find(name); p != nil && p.Schedule != nil {
+		if p := wired.cfg.Policy(name); p != nil && p.Schedule != nil {
 			out.loc[name] = p.Schedule.Location
 		}
 		out.Policies = append(out.Policies, ps)
@@ -155,7 +155,7 @@ func statusPolicies(ctx context.Context, st *store.Store, cfg *policy.Config) ([
 // policyStatus is one policy's line of status.
 func policyStatus(ctx context.Context, st *store.Store, cfg *policy.Config, name string, now time.Time) (statusPolicyJSON, error) {
 	ps := statusPolicyJSON{Policy: name, WithoutGood: []statusServerJSON{}}
-	if p := cfg.Find(name); p != nil {
+	if p := cfg.Policy(name); p != nil {
 		ps.InConfig, ps.Enabled = true, p.Enabled
 		if p.Enabled && p.Schedule != nil {
 			ps.NextSlot = optTime(p.Schedule.Next(now).UTC())

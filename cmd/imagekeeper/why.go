@@ -11,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/imagekeeper/imagekeeper/cloud"
-	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/store"
 )
 
@@ -129,14 +128,9 @@ func runWhy(ctx context.Context, m *Main, o *whyOptions, imageID string) error {
 	}
 	fmt.Fprintf(w, "  server:    %s (%s), %s, availability zone %s\n", orDash(im.ServerName), im.ServerID, backing, orDash(im.AZ))
 	slot := im.Slot.UTC().Format(time.RFC3339)
-	var policies []*policy.Policy
-	if cfg != nil { // nil when read with --state and no valid policy file
-		policies = cfg.Policies
-	}
-	for _, p := range policies {
-		if p.Name == im.Policy && p.Schedule != nil && p.Schedule.Location != nil && p.Schedule.Location != time.UTC {
-			slot += " (" + im.Slot.In(p.Schedule.Location).Format("2006-01-02 15:04 MST") + ")"
-		}
+	// cfg is nil when read with --state and no valid policy file; Policy is nil-safe.
+	if p := cfg.Policy(im.Policy); p != nil && p.Schedule != nil && p.Schedule.Location != nil && p.Schedule.Location != time.UTC {
+		slot += " (" + im.Slot.In(p.Schedule.Location).Format("2006-01-02 15:04 MST") + ")"
 	}
 	fmt.Fprintf(w, "  slot:      %s\n", slot)
 	how := "returned by createImage"

@@ -279,11 +279,11 @@ func wireConfigError(m *Main, path string, err error) error {
 // wirePolicy finds a policy by name; an unknown name is a usage error that lists
 // the names the file has.
 func wirePolicy(cfg *policy.Config, name string) (*policy.Policy, error) {
+	if p := cfg.Policy(name); p != nil {
+		return p, nil
+	}
 	var names []string
 	for _, p := range cfg.Policies {
-		if p.Name == name {
-			return p, nil
-		}
 		names = append(names, p.Name)
 	}
 	sort.Strings(names)
