@@ -13,7 +13,7 @@ import (
 
 // busyRunner is a Runner of the harness that looks at busy servers again quickly.
 func busyRunner(h *runHarness) *Runner {
-	return h.runner(func(o *RunnerOptions) { o.BusyRetryInterval = 20 * time.Millisecond })
+	return h.runner(func(o *runnerOptions) { o.BusyRetryInterval = 20 * time.Millisecond })
 }
 
 // TestBusyServerRetriedWithinSlot: a server busy with someone else's snapshot
@@ -98,7 +98,7 @@ func TestInFlightServerIsSkipped(t *testing.T) {
 	h := newRunHarness(t, runHarnessOptions{waitTimeout: "1h"})
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
 	ctx := context.Background()
-	crashing := h.runner(func(o *RunnerOptions) {
+	crashing := h.runner(func(o *runnerOptions) {
 		o.hooks.beforePoll = func(int) error { return errors.New("stop") }
 	})
 	_, _ = crashing.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerManual)
@@ -133,7 +133,7 @@ func TestReconcileAdoptsLeakedUnknownOutcome(t *testing.T) {
 		t.Fatalf("after the lost answer: %+v (%v), want failed without an image id", row, err)
 	}
 	h.sim.ClearFaults()
-	if _, err := r.Reconcile(ctx, h.cfg, false); err != nil {
+	if _, err := NewReconciler(r.sh).Reconcile(ctx, h.cfg, false); err != nil {
 		t.Fatal(err)
 	}
 	row, _ = h.store.ImageByKey(ctx, "web", id, h.slot)
@@ -158,9 +158,9 @@ func TestInFlightAppliesToResumedIntent(t *testing.T) {
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
 	ctx := context.Background()
 	later := h.slot.Add(24 * time.Hour)
-	afterIntent := h.runner(func(o *RunnerOptions) { o.hooks.afterIntent = func(string) error { return errors.New("stop") } })
+	afterIntent := h.runner(func(o *runnerOptions) { o.hooks.afterIntent = func(string) error { return errors.New("stop") } })
 	_, _ = afterIntent.RunSlot(ctx, h.cfg.Version, h.p, later, TriggerManual)
-	midWait := h.runner(func(o *RunnerOptions) { o.hooks.beforePoll = func(int) error { return errors.New("stop") } })
+	midWait := h.runner(func(o *runnerOptions) { o.hooks.beforePoll = func(int) error { return errors.New("stop") } })
 	_, _ = midWait.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerManual)
 	rep, err := busyRunner(h).RunSlot(ctx, h.cfg.Version, h.p, later, TriggerManual)
 	if err != nil {

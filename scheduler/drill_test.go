@@ -56,7 +56,7 @@ func leftovers(h *runHarness) (servers []string, volumes []simcloud.VolumeState)
 func TestDrillVerifiesRotatesAndCleansUp(t *testing.T) {
 	h, p := drillHarness(t, policy.Verify{ConsoleMarker: "login:"})
 	m, _ := newTestMetrics(t)
-	r := h.runner(func(o *RunnerOptions) { o.Metrics = m })
+	r := NewDriller(h.runner(func(o *runnerOptions) { o.Metrics = m }).sh)
 	ctx := context.Background()
 	drilled := map[string]int{}
 	for round := 0; round < 2; round++ {
@@ -104,7 +104,7 @@ func TestDrillVerifiesRotatesAndCleansUp(t *testing.T) {
 
 func TestDrillFailuresAreRecorded(t *testing.T) {
 	h, p := drillHarness(t, policy.Verify{Sample: 1})
-	r := h.runner(nil)
+	r := NewDriller(h.runner(nil).sh)
 	ctx := context.Background()
 
 	const fault = "No valid host was found. There are not enough hosts available."
@@ -160,8 +160,8 @@ func TestDrillCrashLeavesNothing(t *testing.T) {
 	h, p := drillHarness(t, policy.Verify{Sample: 4})
 	ctx := context.Background()
 	errKilled := errors.New("killed")
-	crashing := h.runner(nil)
-	crashing.drillHooks.afterBoot = func(string) error { return errKilled }
+	crashing := NewDriller(h.runner(nil).sh)
+	crashing.hooks.afterBoot = func(string) error { return errKilled }
 	if _, err := crashing.Drill(ctx, p); !errors.Is(err, errKilled) {
 		t.Fatalf("crashing drill: %v", err)
 	}
@@ -184,7 +184,7 @@ func TestDrillCrashLeavesNothing(t *testing.T) {
 	foreign := h.sim.AddServer(simcloud.ServerSpec{Name: "someone-else",
 		Metadata: map[string]string{DrillStampKey: "notinthejournal", cloud.StampOwner: h.store.Owner()}})
 
-	fresh := h.runner(nil)
+	fresh := NewDriller(h.runner(nil).sh)
 	n, err := fresh.CleanupDrills(ctx)
 	if err != nil || n != 2 {
 		t.Fatalf("CleanupDrills = %d, %v; want both drills finished", n, err)
@@ -206,7 +206,7 @@ func TestDrillLostBootAnswer(t *testing.T) {
 	h, p := drillHarness(t, policy.Verify{Sample: 1})
 	ctx := context.Background()
 	h.sim.SetFault(simcloud.Fault{Op: "compute.servers.create", ErrorStatus: 503, Count: 1, After: true})
-	rep, err := h.runner(nil).Drill(ctx, p)
+	rep, err := NewDriller(h.runner(nil).sh).Drill(ctx, p)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,7 +20,7 @@ func TestReconcileDuplicate(t *testing.T) {
 	// The first createImage (server order: by id) answers 500 after making the image.
 	h.sim.SetFault(simcloud.Fault{Op: "compute.createImage", ErrorStatus: 500, After: true, Count: 1})
 	ctx := context.Background()
-	r := h.runner(func(o *RunnerOptions) { o.Limits.Concurrency = 1 })
+	r := h.runner(func(o *runnerOptions) { o.Limits.Concurrency = 1 })
 	if rep, err := r.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerManual); err != nil || rep.Counts.Good != 2 {
 		t.Fatalf("slot: %+v %v", rep, err)
 	}
@@ -46,14 +46,14 @@ func TestReconcileDuplicate(t *testing.T) {
 	}
 	newer, older, plainDup := dup(lost, time.Minute), dup(lost, -time.Minute), dup(plain, time.Minute)
 
-	rep, err := r.Reconcile(ctx, h.cfg, false)
+	rep, err := NewReconciler(r.sh).Reconcile(ctx, h.cfg, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if rep.Counts[DriftCategory("duplicate")] != 3 || rep.Counts[DriftInherited] != 0 {
 		t.Fatalf("counts %v, want duplicate 3 and no stamped_inherited", rep.Counts)
 	}
-	if _, err := r.Reconcile(ctx, h.cfg, true); err != nil {
+	if _, err := NewReconciler(r.sh).Reconcile(ctx, h.cfg, true); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := h.sim.Image(newer); ok {

@@ -45,7 +45,7 @@ func TestEmptySelectionIsNotASuccess(t *testing.T) {
 	ids := h.addServers(2)
 	metrics := NewMetrics(prometheus.NewRegistry(), BuildInfo{Version: "test"})
 	var logs lockedBuffer
-	r := h.runner(func(o *RunnerOptions) {
+	r := h.runner(func(o *runnerOptions) {
 		o.Metrics = metrics
 		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	})

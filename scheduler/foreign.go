@@ -16,16 +16,16 @@ import (
 // `imagekeeper recover --owner ID`. Another installation in the same project with
 // the same policy names shows here too. It also records the total in the
 // imagekeeper_foreign_stamped_images gauge.
-func (r *Runner) ForeignStamps(ctx context.Context, cfg *policy.Config) (map[string]int, error) {
+func (rc *Reconciler) ForeignStamps(ctx context.Context, cfg *policy.Config) (map[string]int, error) {
 	if cfg == nil {
 		return nil, nil
 	}
-	own := r.store.Owner()
+	own := rc.sh.store.Owner()
 	byOwner := map[string]int{}
 	seen := map[string]bool{}
 	total := 0
 	for _, p := range cfg.Policies {
-		images, err := r.Cloud().ListImages(ctx, map[string]string{cloud.StampPolicy: p.Name})
+		images, err := rc.sh.Cloud().ListImages(ctx, map[string]string{cloud.StampPolicy: p.Name})
 		if err != nil {
 			return nil, fmt.Errorf("list images stamped with policy %s: %w", p.Name, err)
 		}
@@ -39,7 +39,7 @@ func (r *Runner) ForeignStamps(ctx context.Context, cfg *policy.Config) (map[str
 			total++
 		}
 	}
-	r.metrics.SetForeignStamped(total)
+	rc.sh.metrics.SetForeignStamped(total)
 	return byOwner, nil
 }
 

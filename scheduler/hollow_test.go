@@ -27,7 +27,7 @@ func TestHollowImageStopsCounting(t *testing.T) {
 	if len(snaps) != 2 || !h.sim.DeleteSnapshotDirect(snaps[0].SnapshotID) {
 		t.Fatalf("snapshots of the newest image: %+v", snaps)
 	}
-	if _, err := h.r.Reconcile(ctx, h.cfg, false); err != nil {
+	if _, err := NewReconciler(h.r.sh).Reconcile(ctx, h.cfg, false); err != nil {
 		t.Fatal(err)
 	}
 	row, err := h.store.Image(ctx, newest.Row)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"time"
@@ -46,27 +45,27 @@ type openHook struct {
 }
 
 // hookEnvFor is the environment both hooks of a server get.
-func (ru *run) hookEnvFor(s cloud.Server) map[string]string {
+func (sr *slotRun) hookEnvFor(s cloud.Server) map[string]string {
 	return map[string]string{
-		"IMAGEKEEPER_POLICY":      ru.p.Name,
+		"IMAGEKEEPER_POLICY":      sr.p.Name,
 		"IMAGEKEEPER_SERVER_ID":   s.ID,
 		"IMAGEKEEPER_SERVER_NAME": s.Name,
-		"IMAGEKEEPER_SLOT":        StampSlot(ru.slot),
+		"IMAGEKEEPER_SLOT":        StampSlot(sr.slot),
 	}
 }
 
 // hookData is the template data of a server's hook commands: the same as its image name's.
-func (ru *run) hookData(s cloud.Server) policy.TemplateData {
+func (sr *slotRun) hookData(s cloud.Server) policy.TemplateData {
 	loc := time.UTC
-	if ru.p.Schedule != nil && ru.p.Schedule.Location != nil {
-		loc = ru.p.Schedule.Location
+	if sr.p.Schedule != nil && sr.p.Schedule.Location != nil {
+		loc = sr.p.Schedule.Location
 	}
 	return policy.TemplateData{
 		Server: policy.ServerInfo{ID: s.ID, Name: s.Name, AZ: s.AvailabilityZone, Tags: s.Tags, Metadata: s.Metadata},
-		Policy: policy.PolicyInfo{Name: ru.p.Name},
-		Slot:   ru.slot.In(loc),
-		Now:    ru.r.now().In(loc),
-		RunID:  ru.runID,
+		Policy: policy.PolicyInfo{Name: sr.p.Name},
+		Slot:   sr.slot.In(loc),
+		Now:    sr.sh.now().In(loc),
+		RunID:  sr.runID,
 	}
 }
 
@@ -75,28 +74,28 @@ func (ru *run) hookData(s cloud.Server) policy.TemplateData {
 // the image's consistency, and skip when pre failed under on_failure: skip, in
 // which case the post has already run. A non-nil error means pre did not run and
 // nothing is owed.
-func (ru *run) runPre(ctx context.Context, s cloud.Server, row store.Image, meta map[string]string) (
+func (sr *slotRun) runPre(ctx context.Context, s cloud.Server, row store.Image, meta map[string]string) (
 	*openHook, map[string]string, bool, string, error) {
-	hooks := ru.p.Image.Hooks
-	data := ru.hookData(s)
+	hooks := sr.p.Image.Hooks
+	data := sr.hookData(s)
 	preArgv, err := hooks.Pre.Argv(data)
 	if err == nil {
 		var postArgv []string
 		postArgv, err = hooks.Post.Argv(data)
 		if err == nil {
-			env := ru.hookEnvFor(s)
+			env := sr.hookEnvFor(s)
 			var j store.HookRun
 			// The journal row comes first: a process killed while pre runs still owes a post.
-			j, err = ru.r.store.StartHook(context.WithoutCancel(ctx), store.HookRun{Policy: ru.p.Name, ServerID: s.ID,
-				ServerName: s.Name, Slot: ru.slot, ImageRow: row.Row, PostArgv: postArgv, PostEnv: env,
+			j, err = sr.sh.store.StartHook(context.WithoutCancel(ctx), store.HookRun{Policy: sr.p.Name, ServerID: s.ID,
+				ServerName: s.Name, Slot: sr.slot, ImageRow: row.Row, PostArgv: postArgv, PostEnv: env,
 				PostTimeout: hooks.Post.Timeout})
 			if err != nil {
 				return nil, meta, false, "", err
 			}
 			hk := &openHook{journal: j, env: env}
 			hk.pre = runHookCommand(ctx, preArgv, env, hooks.Pre.Timeout)
-			hk.preEnd = ru.r.now()
-			ru.hookDone(ctx, s.ID, row.Row, "", HookPre, hk.pre)
+			hk.preEnd = sr.sh.now()
+			sr.hookDone(ctx, s.ID, row.Row, "", HookPre, hk.pre)
 			meta = maps.Clone(meta)
 			if hk.pre.Result == HookOK {
 				meta[cloud.StampConsistency] = cloud.ConsistencyApplication
@@ -105,10 +104,10 @@ func (ru *run) runPre(ctx context.Context, s cloud.Server, row store.Image, meta
 			meta[cloud.StampConsistency] = cloud.ConsistencyCrash
 			detail := "pre hook " + hk.pre.summary()
 			if hooks.Pre.OnFailure == policy.OnFailureSkip {
-				ru.runPost(ctx, hk, s.ID, row.Row, "", PostNotRequested)
+				sr.runPost(ctx, hk, s.ID, row.Row, "", PostNotRequested)
 				return nil, meta, true, detail, nil
 			}
-			ru.event(ctx, store.Event{Kind: store.EventImageNote, ServerID: s.ID, ImageRow: row.Row,
+			sr.event(ctx, store.Event{Kind: store.EventImageNote, ServerID: s.ID, ImageRow: row.Row,
 				Message: detail + "; on_failure: continue, so the image is crash-consistent"})
 			return hk, meta, false, "", nil
 		}
@@ -116,7 +115,7 @@ func (ru *run) runPre(ctx context.Context, s cloud.Server, row store.Image, meta
 	// A command that does not render for this server (a template error) is a failed
 	// pre that never started: nothing was frozen, so no post is owed.
 	res := hookResult{Result: HookFailed, Err: err.Error(), ExitCode: -1}
-	ru.hookDone(ctx, s.ID, row.Row, "", HookPre, res)
+	sr.hookDone(ctx, s.ID, row.Row, "", HookPre, res)
 	meta = maps.Clone(meta)
 	meta[cloud.StampConsistency] = cloud.ConsistencyCrash
 	if hooks.Pre.OnFailure == policy.OnFailureSkip {
@@ -126,15 +125,15 @@ func (ru *run) runPre(ctx context.Context, s cloud.Server, row store.Image, meta
 }
 
 // hookDone records one hook run: event, metrics, log (its output at debug level).
-func (ru *run) hookDone(ctx context.Context, serverID string, imageRow int64, imageID, hook string, res hookResult) {
-	ru.r.metrics.HookRan(ru.p.Name, hook, res.Result, res.Duration)
+func (sr *slotRun) hookDone(ctx context.Context, serverID string, imageRow int64, imageID, hook string, res hookResult) {
+	sr.sh.metrics.HookRan(sr.p.Name, hook, res.Result, res.Duration)
 	kind := store.EventHookRan
 	if res.Result != HookOK {
 		kind = store.EventHookFailed
 	}
-	ru.event(ctx, store.Event{Kind: kind, ServerID: serverID, ImageRow: imageRow, ImageID: imageID,
+	sr.event(ctx, store.Event{Kind: kind, ServerID: serverID, ImageRow: imageRow, ImageID: imageID,
 		Message: hook + " hook " + res.summary()})
-	log := ru.log.With("server_id", serverID, "hook", hook, "result", res.Result, "exit_code", res.ExitCode,
+	log := sr.log.With("server_id", serverID, "hook", hook, "result", res.Result, "exit_code", res.ExitCode,
 		"duration", res.Duration.Round(time.Millisecond).String())
 	if res.Result != HookOK {
 		log.Warn("hook failed", "err", res.Err)
@@ -146,24 +145,24 @@ func (ru *run) hookDone(ctx context.Context, serverID string, imageRow int64, im
 
 // runPost runs the owed post hook and closes the journal row. A stopping daemon
 // does not stop it: a frozen application must never stay frozen because of us.
-func (ru *run) runPost(ctx context.Context, hk *openHook, serverID string, imageRow int64, imageID, result string) {
+func (sr *slotRun) runPost(ctx context.Context, hk *openHook, serverID string, imageRow int64, imageID, result string) {
 	bctx := context.WithoutCancel(ctx)
 	env := maps.Clone(hk.env)
 	env["IMAGEKEEPER_IMAGE_ID"] = imageID
 	env["IMAGEKEEPER_RESULT"] = result
 	res := runHookCommand(bctx, hk.journal.PostArgv, env, hk.journal.PostTimeout)
-	ru.hookDone(ctx, serverID, imageRow, imageID, HookPost, res)
-	if err := ru.r.store.FinishHook(bctx, hk.journal.ID, res.Result); err != nil {
-		ru.log.Error("close hook journal row; the next start runs this post again", "server_id", serverID, "err", err)
+	sr.hookDone(ctx, serverID, imageRow, imageID, HookPost, res)
+	if err := sr.sh.store.FinishHook(bctx, hk.journal.ID, res.Result); err != nil {
+		sr.log.Error("close hook journal row; the next start runs this post again", "server_id", serverID, "err", err)
 	}
 }
 
 // awaitPoint waits until the snapshot's point in time of image id of server s has
 // been taken, at most until policy.MaxFrozen after pre ended. seen is false when it
 // was not seen (deadline, or ctx done: a drain thaws at once).
-func (ru *run) awaitPoint(ctx context.Context, s cloud.Server, imageID string, preEnd time.Time) (seen bool, why string) {
-	r := ru.r
-	interval := min(r.opts.PollInterval, time.Second)
+func (sr *slotRun) awaitPoint(ctx context.Context, s cloud.Server, imageID string, preEnd time.Time) (seen bool, why string) {
+	sh := sr.sh
+	interval := min(sh.opts.PollInterval, time.Second)
 	deadline := preEnd.Add(policy.MaxFrozen)
 	for {
 		if ctx.Err() != nil {
@@ -172,18 +171,18 @@ func (ru *run) awaitPoint(ctx context.Context, s cloud.Server, imageID string, p
 		if s.VolumeBacked {
 			// Nova's API creates every Cinder snapshot (status creating: the point in
 			// time is taken) before it records the Glance image with the mapping.
-			if ok, err := ru.snapshotsExist(ctx, imageID); err == nil && ok {
+			if ok, err := sr.snapshotsExist(ctx, imageID); err == nil && ok {
 				return true, ""
 			}
-		} else if srv, err := ru.cloud.GetServer(ctx, s.ID); err == nil && !snapshotPointStates[srv.TaskState] {
+		} else if srv, err := sr.cloud.GetServer(ctx, s.ID); err == nil && !snapshotPointStates[srv.TaskState] {
 			return true, ""
 		} else if errors.Is(err, cloud.ErrNotFound) {
 			return false, "the server is gone"
 		}
-		if !r.now().Before(deadline) {
+		if !sh.now().Before(deadline) {
 			return false, fmt.Sprintf("the snapshot's point in time was not seen within %s of the pre hook", policy.MaxFrozen)
 		}
-		if err := r.sleep(ctx, interval); err != nil {
+		if err := sh.sleep(ctx, interval); err != nil {
 			return false, "the run stopped before the snapshot's point in time was seen"
 		}
 	}
@@ -191,13 +190,13 @@ func (ru *run) awaitPoint(ctx context.Context, s cloud.Server, imageID string, p
 
 // snapshotsExist reports whether the image names its volume snapshots and every
 // one of them exists in Cinder.
-func (ru *run) snapshotsExist(ctx context.Context, imageID string) (bool, error) {
-	img, err := ru.cloud.GetImage(ctx, imageID)
+func (sr *slotRun) snapshotsExist(ctx context.Context, imageID string) (bool, error) {
+	img, err := sr.cloud.GetImage(ctx, imageID)
 	if err != nil || len(img.Snapshots) == 0 {
 		return false, err
 	}
 	for _, ref := range img.Snapshots {
-		sn, err := ru.cloud.GetSnapshot(ctx, ref.SnapshotID)
+		sn, err := sr.cloud.GetSnapshot(ctx, ref.SnapshotID)
 		if err != nil || sn.Status == cloud.SnapshotError {
 			return false, err
 		}
@@ -209,46 +208,46 @@ func (ru *run) snapshotsExist(ctx context.Context, imageID string) (bool, error)
 // and never followed with a post (it was killed between them), before anything
 // else happens at start. It returns how many ran.
 func (r *Runner) RunOwedPostHooks(ctx context.Context) (int, error) {
-	return RunOwedPostHooks(ctx, r.store, r.log, r.metrics)
+	return RunOwedPostHooks(ctx, r.sh.store, r.sh.log, r.sh.metrics)
 }
 
 // RunOwedPostHooks is Runner.RunOwedPostHooks for a process that has no cloud yet:
 // the daemon calls it right after opening the lineage, before it connects (a
 // frozen application must not wait for Keystone). metrics may be nil.
 func RunOwedPostHooks(ctx context.Context, st *store.Store, log *slog.Logger, metrics *Metrics) (int, error) {
-	if log == nil {
-		log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	r := &Runner{store: st, log: log, metrics: metrics, now: time.Now}
-	open, err := r.store.OpenHooks(ctx)
+	// A post hook needs no cloud: the shared resources here are the lineage, the
+	// logger and the metrics.
+	sh := NewShared(SharedOptions{Store: st, Logger: log, Metrics: metrics})
+	open, err := st.OpenHooks(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("owed post hooks: %w", err)
 	}
 	for _, j := range open {
-		ru := &run{r: r, p: &policy.Policy{Name: j.Policy}, slot: j.Slot,
-			log: r.log.With("policy", j.Policy, "slot", StampSlot(j.Slot))}
-		ru.log.Warn("a previous process was stopped between a pre and its post hook; running the post now",
+		sr := &slotRun{sh: sh, p: &policy.Policy{Name: j.Policy}, slot: j.Slot,
+			log: sh.log.With("policy", j.Policy, "slot", StampSlot(j.Slot))}
+		sr.log.Warn("a previous process was stopped between a pre and its post hook; running the post now",
 			"server_id", j.ServerID, "journal_row", j.ID)
 		imageID := ""
 		if j.ImageRow != 0 {
-			if im, err := r.store.Image(ctx, j.ImageRow); err == nil {
+			if im, err := st.Image(ctx, j.ImageRow); err == nil {
 				imageID = im.ImageID
-				r.downgrade(ctx, ru, im, "the process died between the pre and the post hook")
+				sr.recordCrashConsistent(ctx, im, "the process died between the pre and the post hook")
 			}
 		}
-		ru.runPost(ctx, &openHook{journal: j, env: j.PostEnv}, j.ServerID, j.ImageRow, imageID, PostInterrupted)
+		sr.runPost(ctx, &openHook{journal: j, env: j.PostEnv}, j.ServerID, j.ImageRow, imageID, PostInterrupted)
 	}
 	return len(open), nil
 }
 
-// downgrade records in the lineage that an image asked for as application-consistent
-// is crash-consistent after all (post ran before its point in time was seen).
-func (r *Runner) downgrade(ctx context.Context, ru *run, im store.Image, why string) {
+// recordCrashConsistent records in the lineage that an image asked for as
+// application-consistent is crash-consistent after all (post ran before its point
+// in time was seen).
+func (sr *slotRun) recordCrashConsistent(ctx context.Context, im store.Image, why string) {
 	if im.Metadata[cloud.StampConsistency] != cloud.ConsistencyApplication {
 		return
 	}
-	if err := r.store.SetConsistency(context.WithoutCancel(ctx), im.Row, cloud.ConsistencyCrash,
+	if err := sr.sh.store.SetConsistency(context.WithoutCancel(ctx), im.Row, cloud.ConsistencyCrash,
 		"recorded crash-consistent: "+why); err != nil {
-		ru.log.Error("record crash consistency", "image_row", im.Row, "err", err)
+		sr.log.Error("record crash consistency", "image_row", im.Row, "err", err)
 	}
 }

@@ -162,8 +162,8 @@ func newHookHarness(t *testing.T, preBody, postBody, preTimeout, onFailure strin
 	return &hookHarness{runHarness: h, log: lg, metrics: NewMetrics(prometheus.NewRegistry(), BuildInfo{}), p: cfg.Policies[0]}
 }
 
-func (h *hookHarness) run(t *testing.T, mod func(*RunnerOptions)) (*SlotReport, error) {
-	r := h.runner(func(o *RunnerOptions) {
+func (h *hookHarness) run(t *testing.T, mod func(*runnerOptions)) (*SlotReport, error) {
+	r := h.runner(func(o *runnerOptions) {
 		o.Metrics = h.metrics
 		if mod != nil {
 			mod(o)
@@ -415,7 +415,7 @@ func TestHooksDrain(t *testing.T) {
 	h.sim.AddServer(simcloud.ServerSpec{Name: "db-1", Tags: []string{"backup=daily"}})
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cloud = cancelAfterCreate{Cloud: h.cloud, cancel: cancel}
-	r := h.runner(func(o *RunnerOptions) { o.Metrics = h.metrics })
+	r := h.runner(func(o *runnerOptions) { o.Metrics = h.metrics })
 	_, err := r.RunSlot(ctx, "v1", h.p, h.slot, TriggerScheduled)
 	if !errors.Is(err, context.Canceled) {
 		t.Logf("run: %v", err)
@@ -450,7 +450,7 @@ func (c cancelAfterCreate) CreateImage(ctx context.Context, s, n string, md map[
 func TestHooksKilledBetween(t *testing.T) {
 	h := newHookHarness(t, "", "", "5s", "skip", simcloud.Options{})
 	h.sim.AddServer(simcloud.ServerSpec{Name: "db-1", Tags: []string{"backup=daily"}})
-	_, _ = h.run(t, func(o *RunnerOptions) {
+	_, _ = h.run(t, func(o *runnerOptions) {
 		o.hooks.afterCreate = func(string, string) error { return errors.New("kill -9") }
 	})
 	if index(h.log.lines(t), "post db-1") >= 0 {

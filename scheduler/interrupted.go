@@ -14,7 +14,7 @@ import (
 // or crashed mid-run, so nothing recorded their outcome. Call it before the
 // scheduler starts, while no run of this process can be running.
 func (r *Runner) InterruptedSlots(ctx context.Context) ([]store.Slot, error) {
-	slots, err := r.store.Slots(ctx, store.SlotFilter{Outcome: store.OutcomeRunning})
+	slots, err := r.sh.store.Slots(ctx, store.SlotFilter{Outcome: store.OutcomeRunning})
 	if err != nil {
 		return nil, fmt.Errorf("interrupted slots: %w", err)
 	}
@@ -56,19 +56,19 @@ func (r *Runner) ResumeInterruptedSlots(ctx context.Context, cfgs *policy.Coordi
 			reason = "interrupted, and the policy is no longer in the file"
 		case !p.Enabled:
 			reason = "interrupted, and the policy is now disabled"
-		case p.Schedule != nil && p.Schedule.MaxLateness > 0 && r.now().Sub(sl.Slot) > p.Schedule.MaxLateness:
+		case p.Schedule != nil && p.Schedule.MaxLateness > 0 && r.sh.now().Sub(sl.Slot) > p.Schedule.MaxLateness:
 			reason = fmt.Sprintf("interrupted, and now later than max_lateness %s: not resumed", p.Schedule.MaxLateness)
 		}
 		if reason != "" {
-			if err := r.store.FinishSlot(ctx, sl.ID, store.OutcomeFailed, reason, sl.Counts); err != nil {
+			if err := r.sh.store.FinishSlot(ctx, sl.ID, store.OutcomeFailed, reason, sl.Counts); err != nil {
 				fail(fmt.Errorf("finish interrupted slot %s %s: %w", sl.Policy, StampSlot(sl.Slot), err))
 				continue
 			}
-			r.metrics.SlotOutcome(sl.Policy, store.OutcomeFailed)
-			r.log.Warn("interrupted slot not resumed", "policy", sl.Policy, "slot", StampSlot(sl.Slot), "reason", reason)
+			r.sh.metrics.SlotOutcome(sl.Policy, store.OutcomeFailed)
+			r.sh.log.Warn("interrupted slot not resumed", "policy", sl.Policy, "slot", StampSlot(sl.Slot), "reason", reason)
 			continue
 		}
-		r.log.Info("resuming interrupted slot", "policy", sl.Policy, "slot", StampSlot(sl.Slot))
+		r.sh.log.Info("resuming interrupted slot", "policy", sl.Policy, "slot", StampSlot(sl.Slot))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -82,4 +82,14 @@ func (r *Runner) ResumeInterruptedSlots(ctx context.Context, cfgs *policy.Coordi
 		fail(err)
 	}
 	return errors.Join(errs...)
+}
+
+// ResumeWaits picks up the images a previous process left creating (or requested,
+// with an unknown outcome) and waits for them, in batches by (policy, slot). Each
+// batch takes its policy's wait_timeout from the config in force when it starts; a
+// policy no longer there is waited for with DefaultWaitTimeout. It returns when
+// every such image is good or failed, or ctx ends. Call it after
+// ResumeInterruptedSlots, so that each re-run claims and waits for its own images.
+func (r *Runner) ResumeWaits(ctx context.Context, cfgs *policy.Coordinator) error {
+	return r.w.resume(ctx, cfgs)
 }

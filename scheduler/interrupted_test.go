@@ -78,7 +78,7 @@ func TestSlotRecordedBeforeWaitingForThePolicy(t *testing.T) {
 	defer cancel()
 	e := newReviewEnv(t, "10m")
 	r := e.runner(e.fake, nil)
-	unlock, err := r.LockPolicy(ctx, "web")
+	unlock, err := r.sh.LockPolicy(ctx, "web")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,7 +32,7 @@ type inventory struct {
 
 type inventoryEntry struct {
 	done    chan struct{}
-	at      time.Time // when the listing started, by the Runner's clock
+	at      time.Time // when the listing started, by the Shared clock
 	servers []cloud.Server
 	err     error
 }
@@ -67,7 +67,7 @@ func (inv *inventory) prefetch(ctx context.Context, slot, now time.Time, list fu
 // make fills e with a listing and tells its waiters.
 func (inv *inventory) make(ctx context.Context, e *inventoryEntry, now time.Time, list func(context.Context) ([]cloud.Server, error)) {
 	e.servers, e.err = list(ctx)
-	e.at = now // the Runner's clock, which the expiry compares with
+	e.at = now // the Shared clock, which the expiry compares with
 	close(e.done)
 }
 

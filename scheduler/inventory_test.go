@@ -106,7 +106,7 @@ func TestPrepareSlotListsBeforeTheRuns(t *testing.T) {
 	h := newRunHarness(t, runHarnessOptions{})
 	h.addServers(3)
 	var n atomic.Int32
-	r := h.runner(func(o *RunnerOptions) { o.Cloud = countingLister{Cloud: o.Cloud, n: &n} })
+	r := h.runner(func(o *runnerOptions) { o.Cloud = countingLister{Cloud: o.Cloud, n: &n} })
 	r.PrepareSlot(h.p, h.slot)
 	r.PrepareSlot(h.p, h.slot)
 	rep, err := r.RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerManual)

@@ -54,7 +54,7 @@ func TestLateImageIsKeptThenPromoted(t *testing.T) {
 	}
 	// The images complete; reconcile (the daemon runs it every 15 minutes) promotes them.
 	h.clock.Add(2 * time.Hour)
-	rep, err := h.r.Reconcile(ctx, h.cfg, false)
+	rep, err := NewReconciler(h.r.sh).Reconcile(ctx, h.cfg, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestWatchLatePromotes(t *testing.T) {
 	h.addServers(2)
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg, testBuild)
-	r := h.runner(func(o *RunnerOptions) { o.Metrics = m })
+	r := h.runner(func(o *runnerOptions) { o.Metrics = m })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	rep, err := r.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerManual)
@@ -129,7 +129,7 @@ func TestWatchLatePromotes(t *testing.T) {
 		t.Fatalf("slot: %+v %v, want 2 failed by wait_timeout", rep.Counts, err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- r.WatchLate(ctx) }()
+	go func() { done <- NewLateWatcher(r.sh).WatchLate(ctx) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		rows, err := h.store.Images(ctx, store.ImageFilter{Policy: h.p.Name, States: []store.ImageState{store.ImageGood}})

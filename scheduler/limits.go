@@ -15,7 +15,7 @@ import (
 	"github.com/imagekeeper/imagekeeper/cloud"
 )
 
-// sleepCtx waits for d or until ctx is done. It is the default Sleep of a Runner;
+// sleepCtx waits for d or until ctx is done. It is the default Sleep of Shared;
 // tests inject their own so that nothing real waits.
 func sleepCtx(ctx context.Context, d time.Duration) error {
 	if d <= 0 {
@@ -32,7 +32,7 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 }
 
 // tokenBucket limits the rate of cloud calls: rate tokens a second, at most burst
-// saved up. It is a golang.org/x/time/rate Limiter driven by the Runner's clock and
+// saved up. It is a golang.org/x/time/rate Limiter driven by the Shared clock and
 // sleep (tests inject a fake clock), doing what Limiter.Wait does: reserve a token
 // (waiting callers are served in arrival order, without a background goroutine),
 // fail at once when the context's deadline comes before the token would, sleep
@@ -338,8 +338,8 @@ type callCounter struct {
 	total atomic.Int64
 }
 
-// limitedCloud is the cloud as a Runner uses it: every call first takes a token from
-// the Runner's shared bucket, and is counted for the run that makes it.
+// limitedCloud is the cloud as the components use it: every call first takes a token from
+// the Shared bucket, and is counted for the run that makes it.
 type limitedCloud struct {
 	inner   cloud.Cloud
 	bucket  *tokenBucket

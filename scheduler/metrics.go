@@ -632,7 +632,7 @@ func (m *Metrics) SetCloudUp(up bool) {
 }
 
 // SetForeignStamped records how many images carry one of our policy names with
-// another owner id (see Runner.ForeignStamps).
+// another owner id (see Reconciler.ForeignStamps).
 func (m *Metrics) SetForeignStamped(n int) {
 	if m == nil {
 		return

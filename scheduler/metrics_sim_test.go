@@ -90,8 +90,8 @@ func TestMetricsAfterScriptedRun(t *testing.T) {
 	for _, p := range cfg.Policies {
 		m.InitPolicy(p.Name)
 	}
-	r := NewRunner(RunnerOptions{Cloud: cl, Store: st, Limits: cfg.Limits, Metrics: m,
-		PollInterval: 10 * time.Millisecond, MaxPollInterval: 40 * time.Millisecond})
+	r := NewRunner(NewShared(SharedOptions{Cloud: cl, Store: st, Limits: cfg.Limits, Metrics: m,
+		PollInterval: 10 * time.Millisecond, MaxPollInterval: 40 * time.Millisecond}), RunnerOptions{})
 	web := cfg.Policies[0]
 
 	slot1 := time.Now().UTC().Truncate(time.Hour).Add(-time.Hour)
@@ -103,7 +103,7 @@ func TestMetricsAfterScriptedRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := NewRetention(r, policy.NewCoordinator(cfg), RetentionOptions{}).Prune(ctx, web.Name, PruneOptions{SnapshotWait: 5 * time.Second}); err != nil {
+	if _, err := NewRetention(r.sh, policy.NewCoordinator(cfg), RetentionOptions{}).Prune(ctx, web.Name, PruneOptions{SnapshotWait: 5 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Refresh(ctx, st, cfg, time.Now()); err != nil {

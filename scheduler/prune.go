@@ -172,22 +172,28 @@ type PruneReport struct {
 // had it once the lock was taken. The error is non-nil only when the prune could
 // not decide (the lineage or the server list could not be read); per-image
 // failures are in the report and retried later.
-func (r *Runner) prune(ctx context.Context, p *policy.Policy, opts PruneOptions) (*PruneReport, error) {
-	pr := &pruner{r: r, p: p, opts: opts, cl: r.Cloud(), st: r.store,
-		log: r.log.With("policy", p.Name), now: r.store.Now()}
-	if pr.opts.SnapshotWait <= 0 {
-		pr.opts.SnapshotWait = DefaultSnapshotWait
-	}
-	rep, err := pr.run(ctx)
+func prune(ctx context.Context, sh *Shared, p *policy.Policy, opts PruneOptions) (*PruneReport, error) {
+	rep, err := newPruner(sh, p, opts).run(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("prune %s: %w", p.Name, err)
 	}
 	return rep, nil
 }
 
+// newPruner returns a prune of p with opts on the shared resources; Retention and
+// the Reconciler (for the snapshots of an image gone from the cloud) make theirs
+// with it.
+func newPruner(sh *Shared, p *policy.Policy, opts PruneOptions) *pruner {
+	if opts.SnapshotWait <= 0 {
+		opts.SnapshotWait = DefaultSnapshotWait
+	}
+	return &pruner{sh: sh, p: p, opts: opts, cl: sh.Cloud(), st: sh.store,
+		log: sh.log.With("policy", p.Name), now: sh.store.Now()}
+}
+
 // pruner is one prune in progress.
 type pruner struct {
-	r    *Runner
+	sh   *Shared
 	p    *policy.Policy
 	opts PruneOptions
 	cl   cloud.Cloud
@@ -221,6 +227,6 @@ func (pr *pruner) run(ctx context.Context) (*PruneReport, error) {
 			}
 		}
 	}
-	rep.Finished = pr.r.store.Now()
+	rep.Finished = pr.sh.store.Now()
 	return rep, ctx.Err()
 }

@@ -60,8 +60,8 @@ func BenchmarkPrunePlan(b *testing.B) {
 			return cloud.Image{}, fmt.Errorf("bench: %w", cloud.ErrNotFound)
 		},
 	}
-	r := NewRunner(RunnerOptions{Cloud: mock, Store: st, Limits: policy.Limits{RequestsPerSecond: 1000},
-		Now: func() time.Time { return now }})
+	r := NewRunner(NewShared(SharedOptions{Cloud: mock, Store: st, Limits: policy.Limits{RequestsPerSecond: 1000},
+		Now: func() time.Time { return now }}), RunnerOptions{})
 
 	runtime.GC()
 	var peak atomic.Uint64
@@ -83,7 +83,7 @@ func BenchmarkPrunePlan(b *testing.B) {
 			}
 		}
 	}()
-	ret := NewRetention(r, policy.NewCoordinator(cfg), RetentionOptions{})
+	ret := NewRetention(r.sh, policy.NewCoordinator(cfg), RetentionOptions{})
 	b.ReportAllocs()
 	b.ResetTimer()
 	var rep *PruneReport
@@ -110,7 +110,7 @@ func BenchmarkPrunePlan(b *testing.B) {
 
 // loadRows bulk-inserts the lineage in one transaction, bypassing the store's
 // one-row-at-a-time API (a million intents would take minutes).
-func loadRows(b *testing.B, path, owner string, servers, perServer int, now time.Time) {
+func loadRows(b testing.TB, path, owner string, servers, perServer int, now time.Time) {
 	b.Helper()
 	db, err := sql.Open("sqlite3", "file:"+path+"?_journal_mode=WAL&_foreign_keys=1&_busy_timeout=10000")
 	if err != nil {

@@ -17,11 +17,11 @@ import (
 // wherever an earlier attempt left it.
 
 // execute carries out the plan: the journal of each candidate, bounded by the
-// Runner's worker slots.
+// Shared worker slots.
 func (pr *pruner) execute(ctx context.Context, rep *PruneReport, cands []candidate) {
 	var wg sync.WaitGroup
 	for _, c := range cands {
-		release, err := pr.r.AcquireWorker(ctx, pr.p.Name)
+		release, err := pr.sh.AcquireWorker(ctx, pr.p.Name)
 		if err != nil {
 			break // ctx ended: the rest stays as it is and resumes next time
 		}
@@ -169,14 +169,14 @@ func (pr *pruner) deleteImage(ctx context.Context, it *PruneItem, row store.Line
 		err := pr.cl.DeleteImage(ctx, row.ImageID)
 		switch {
 		case errors.Is(err, cloud.ErrNotFound):
-			pr.r.metrics.ImageDeleted(policyName, DeleteAlreadyGone)
+			pr.sh.metrics.ImageDeleted(policyName, DeleteAlreadyGone)
 		case errors.Is(err, cloud.ErrProtected):
 			return pr.protected(ctx, it, row, "Glance refused: "+cloud.Reason(err), log)
 		case err != nil:
-			pr.r.metrics.ImageDeleted(policyName, DeleteFailed)
+			pr.sh.metrics.ImageDeleted(policyName, DeleteFailed)
 			return pr.defer_(ctx, it, row, "delete image: "+cloud.Reason(err))
 		default:
-			pr.r.metrics.ImageDeleted(policyName, DeleteDeleted)
+			pr.sh.metrics.ImageDeleted(policyName, DeleteDeleted)
 		}
 		if h := pr.opts.hooks.afterImageDelete; h != nil && h(row.Row) != nil {
 			return errPruneAbandoned
@@ -274,7 +274,7 @@ func (pr *pruner) protected(ctx context.Context, it *PruneItem, row store.Lineag
 // recordProtected keeps a protected image, which the item already shows, and
 // schedules its recheck.
 func (pr *pruner) recordProtected(ctx context.Context, it *PruneItem, row store.LineageRow, why string, log *slog.Logger) error {
-	pr.r.metrics.ImageDeleted(pr.p.Name, DeleteProtected)
+	pr.sh.metrics.ImageDeleted(pr.p.Name, DeleteProtected)
 	next := pr.now.Add(ProtectedRecheck)
 	if _, err := pr.st.KeepProtected(context.WithoutCancel(ctx), row.Row, why, next); err != nil {
 		return err

@@ -32,8 +32,9 @@ type candidate struct {
 }
 
 // pruneBatch is how many servers' rows one lineage query reads: memory stays
-// bounded by it, and the store's one connection is free between batches.
-const pruneBatch = 256
+// bounded by it (each of the pruneReaders holds two batches: 128 servers of 100
+// rows is 4 MB of rows).
+const pruneBatch = 128
 
 var pruneStates = []store.ImageState{store.ImageRequested, store.ImageCreating, store.ImageGood, store.ImageFailed,
 	store.ImageDeleting, store.ImageKeptProtected}
@@ -66,7 +67,7 @@ func (pr *pruner) plan(ctx context.Context) (*prunePlan, error) {
 	live := map[string]bool{}
 	if len(serverIDs) > 0 {
 		// Inside a worker slot, like a backup run's listing.
-		release, err := pr.r.AcquireWorker(ctx, pr.p.Name)
+		release, err := pr.sh.AcquireWorker(ctx, pr.p.Name)
 		if err != nil {
 			return nil, err
 		}
@@ -213,49 +214,90 @@ type rowBatch struct {
 	done func()
 }
 
-// readBatches reads the policy's rows pruneBatch servers at a time, one batch
-// ahead of the caller: the store walks the next batch while the plan decides this
-// one (two cores do both at once). Two row buffers go round; memory stays bounded by
-// them. The channel closes after the last batch or the first error; stop ends the
-// reading early and returns once the reader has.
+// pruneReaders is how many lineage queries a plan runs at once, each on its own
+// connection of the store's read pool. SQLite's walk of the index is most of a
+// plan's CPU and runs on one core per query: two readers and the deciding goroutine
+// keep two cores busy.
+const pruneReaders = 2
+
+// readBatches reads the policy's rows pruneBatch servers at a time on pruneReaders
+// connections (batch i on reader i mod pruneReaders), ahead of the caller: the
+// store walks the next batches while the plan decides this one. The caller gets
+// the batches in server order, as one reader would give them. Each reader has two
+// row buffers that go round; memory stays bounded by them. The channel closes after
+// the last batch or the first error; stop ends the reading early and returns once
+// every reader has.
 func (pr *pruner) readBatches(ctx context.Context, serverIDs []string) (<-chan rowBatch, func()) {
 	ctx, cancel := context.WithCancel(ctx)
-	out := make(chan rowBatch, 1)
-	free := make(chan []store.LineageRow, 2)
-	free <- nil
-	free <- nil
+	n := (len(serverIDs) + pruneBatch - 1) / pruneBatch
+	lanes := make([]chan rowBatch, pruneReaders)
+	var wg sync.WaitGroup
+	for k := range lanes {
+		lane := make(chan rowBatch, 1)
+		lanes[k] = lane
+		free := make(chan []store.LineageRow, 2)
+		free <- nil
+		free <- nil
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(lane)
+			for i := k; i < n; i += pruneReaders {
+				batch := serverIDs[i*pruneBatch : min((i+1)*pruneBatch, len(serverIDs))]
+				var rows []store.LineageRow
+				select {
+				case rows = <-free:
+				case <-ctx.Done():
+					return
+				}
+				var err error
+				if pr.opts.Full {
+					rows, err = pr.st.AppendLineage(ctx, rows[:0], pr.p.Name, batch, pruneStates)
+				} else {
+					// Only the rows something happens to are shown: read what retention
+					// needs, packed, and the names of the shown rows afterwards.
+					rows, err = pr.st.AppendRetentionRows(ctx, rows[:0], pr.p.Name, batch, pruneStates)
+				}
+				select {
+				case lane <- rowBatch{rows: rows, err: err, done: func() { free <- rows }}:
+				case <-ctx.Done():
+					return
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	out := make(chan rowBatch)
 	go func() {
 		defer close(out)
-		for b := 0; b < len(serverIDs); b += pruneBatch {
-			batch := serverIDs[b:min(b+pruneBatch, len(serverIDs))]
-			var rows []store.LineageRow
+		for i := range n {
+			var rb rowBatch
+			var ok bool
 			select {
-			case rows = <-free:
+			case rb, ok = <-lanes[i%pruneReaders]:
 			case <-ctx.Done():
 				return
 			}
-			var err error
-			if pr.opts.Full {
-				rows, err = pr.st.AppendLineage(ctx, rows[:0], pr.p.Name, batch, pruneStates)
-			} else {
-				// Only the rows something happens to are shown: read what retention
-				// needs, packed, and the names of the shown rows afterwards.
-				rows, err = pr.st.AppendRetentionRows(ctx, rows[:0], pr.p.Name, batch, pruneStates)
+			if !ok {
+				return // the lane's reader stopped
 			}
 			select {
-			case out <- rowBatch{rows: rows, err: err, done: func() { free <- rows }}:
+			case out <- rb:
 			case <-ctx.Done():
 				return
 			}
-			if err != nil {
+			if rb.err != nil {
 				return
 			}
 		}
 	}()
 	return out, func() {
 		cancel()
-		for range out { // wait for the reader: it may be in a query
+		for range out { // wait for the merge
 		}
+		wg.Wait() // and for the readers: they may be in a query
 	}
 }
 
@@ -389,7 +431,7 @@ func (pr *pruner) candidateItem(row store.LineageRow, reasons []string) PruneIte
 // shown. The candidates returned are valid until the next call.
 func (pr *pruner) decideServer(rows []store.LineageRow, gone bool, count map[PruneAction]int) (items []PruneItem, cands []candRef) {
 	ret := pr.p.Retention
-	wait := pr.r.waitTimeout(pr.p)
+	wait := pr.sh.waitTimeout(pr.p)
 	input := pr.retainIn[:0]
 	defer func() { pr.retainIn = input[:0] }()
 	cands = pr.candBuf[:0]
@@ -567,11 +609,11 @@ func (pr *pruner) inspect(ctx context.Context, row store.LineageRow) inspection 
 	return inspection{img: img, protected: img.Protected}
 }
 
-// inspectAll inspects the candidates, as many at once as the Runner has workers.
+// inspectAll inspects the candidates, as many at once as Shared has workers.
 func (pr *pruner) inspectAll(ctx context.Context, cands []candidate) {
 	var wg sync.WaitGroup
 	for i := range cands {
-		release, err := pr.r.AcquireWorker(ctx, pr.p.Name)
+		release, err := pr.sh.AcquireWorker(ctx, pr.p.Name)
 		if err != nil {
 			// ctx ended: nothing is deleted, the rest waits for a later prune.
 			for j := i; j < len(cands); j++ {

@@ -54,7 +54,7 @@ func (pr *pruner) deleteSnapshots(ctx context.Context, it *PruneItem, row store.
 		cur, err := pr.cl.GetSnapshot(ctx, sn.SnapshotID)
 		switch {
 		case errors.Is(err, cloud.ErrNotFound):
-			pr.r.metrics.SnapshotDeleted(policyName, alreadyGoneOr(sn))
+			pr.sh.metrics.SnapshotDeleted(policyName, alreadyGoneOr(sn))
 			record(sn, store.SnapshotStep{State: store.SnapshotDeleted, Reason: "gone (Cinder 404)"})
 			continue
 		case err != nil:
@@ -69,7 +69,7 @@ func (pr *pruner) deleteSnapshots(ctx context.Context, it *PruneItem, row store.
 			watching = append(watching, &watch{sn: sn, requested: true})
 			continue
 		case cloud.SnapshotErrorDeleting:
-			pr.r.metrics.SnapshotDeleted(policyName, DeleteFailed)
+			pr.sh.metrics.SnapshotDeleted(policyName, DeleteFailed)
 			at := retryAt(sn.DeleteAttempts + 1)
 			record(sn, store.SnapshotStep{State: store.SnapshotErrorDeleting, Reason: "Cinder error_deleting: needs an operator (os-reset_status)",
 				NextAttempt: at})
@@ -86,11 +86,11 @@ func (pr *pruner) deleteSnapshots(ctx context.Context, it *PruneItem, row store.
 		derr := pr.cl.DeleteSnapshot(ctx, sn.SnapshotID)
 		switch {
 		case errors.Is(derr, cloud.ErrNotFound):
-			pr.r.metrics.SnapshotDeleted(policyName, DeleteAlreadyGone)
+			pr.sh.metrics.SnapshotDeleted(policyName, DeleteAlreadyGone)
 			record(sn, store.SnapshotStep{State: store.SnapshotDeleted, Reason: "gone (Cinder 404)", Attempt: true})
 			continue
 		case errors.Is(derr, cloud.ErrInUse):
-			pr.r.metrics.SnapshotDeleted(policyName, DeleteInUse)
+			pr.sh.metrics.SnapshotDeleted(policyName, DeleteInUse)
 			at := retryAt(sn.DeleteAttempts + 1)
 			record(sn, store.SnapshotStep{State: store.SnapshotKeptInUse, Attempt: true,
 				Reason: "Cinder refused: " + cloud.Reason(derr), NextAttempt: at})
@@ -98,7 +98,7 @@ func (pr *pruner) deleteSnapshots(ctx context.Context, it *PruneItem, row store.
 			later(at)
 			continue
 		case derr != nil:
-			pr.r.metrics.SnapshotDeleted(policyName, DeleteFailed)
+			pr.sh.metrics.SnapshotDeleted(policyName, DeleteFailed)
 			at := retryAt(sn.DeleteAttempts + 1)
 			record(sn, store.SnapshotStep{Attempt: true, Reason: "delete snapshot: " + cloud.Reason(derr), NextAttempt: at})
 			later(at)
@@ -115,7 +115,7 @@ func (pr *pruner) deleteSnapshots(ctx context.Context, it *PruneItem, row store.
 	// depends on it: Cinder's SnapshotIsBusy), or error_deleting.
 	// The wait is bounded by the time slept, not by the clock, so that it ends even
 	// when a test's clock does not move.
-	interval := pr.r.opts.PollInterval
+	interval := pr.sh.opts.PollInterval
 	var waited time.Duration
 	// A backup run waiting for the policy lock ends the wait, in-flight reads
 	// included: the snapshots stay deleting in the journal for the next prune.
@@ -132,22 +132,22 @@ func (pr *pruner) deleteSnapshots(ctx context.Context, it *PruneItem, row store.
 	}
 	ctx = wctx
 	for len(watching) > 0 && waited < pr.opts.SnapshotWait {
-		if err := pr.r.sleep(ctx, interval); err != nil {
+		if err := pr.sh.sleep(ctx, interval); err != nil {
 			break
 		}
 		waited += interval
-		interval = nextPoll(interval, pr.r.opts.MaxPollInterval)
+		interval = nextPoll(interval, pr.sh.opts.MaxPollInterval)
 		var still []*watch
 		for _, w := range watching {
 			cur, err := pr.cl.GetSnapshot(ctx, w.sn.SnapshotID)
 			switch {
 			case errors.Is(err, cloud.ErrNotFound):
-				pr.r.metrics.SnapshotDeleted(policyName, DeleteDeleted)
+				pr.sh.metrics.SnapshotDeleted(policyName, DeleteDeleted)
 				record(w.sn, store.SnapshotStep{State: store.SnapshotDeleted, Reason: "gone (Cinder 404)"})
 			case err != nil:
 				still = append(still, w)
 			case cur.Status == cloud.SnapshotAvailable:
-				pr.r.metrics.SnapshotDeleted(policyName, DeleteInUse)
+				pr.sh.metrics.SnapshotDeleted(policyName, DeleteInUse)
 				// The request was counted when it was made.
 				at := retryAt(w.sn.DeleteAttempts)
 				record(w.sn, store.SnapshotStep{State: store.SnapshotKeptInUse,
@@ -155,7 +155,7 @@ func (pr *pruner) deleteSnapshots(ctx context.Context, it *PruneItem, row store.
 				log.Info("snapshot kept: in use", "snapshot_id", w.sn.SnapshotID)
 				later(at)
 			case cur.Status == cloud.SnapshotErrorDeleting:
-				pr.r.metrics.SnapshotDeleted(policyName, DeleteFailed)
+				pr.sh.metrics.SnapshotDeleted(policyName, DeleteFailed)
 				at := retryAt(w.sn.DeleteAttempts)
 				record(w.sn, store.SnapshotStep{State: store.SnapshotErrorDeleting,
 					Reason: "Cinder error_deleting: needs an operator (os-reset_status)", NextAttempt: at})

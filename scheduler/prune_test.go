@@ -121,8 +121,8 @@ func newPruneHarnessWith(t *testing.T, retention string, mod func(*simcloud.Opti
 	}
 	t.Cleanup(func() { st.Close() })
 	h := &pruneHarness{t: t, clock: clock, sim: sim, cloud: cl, store: st, cfg: cfg, p: cfg.Policies[0]}
-	h.r = NewRunner(RunnerOptions{Cloud: cl, Store: st, Limits: cfg.Limits, Now: clock.Now, Sleep: clock.Sleep,
-		PollInterval: 10 * time.Second, MaxPollInterval: time.Minute})
+	h.r = NewRunner(NewShared(SharedOptions{Cloud: cl, Store: st, Limits: cfg.Limits, Now: clock.Now, Sleep: clock.Sleep,
+		PollInterval: 10 * time.Second, MaxPollInterval: time.Minute}), RunnerOptions{})
 	return h
 }
 
@@ -152,7 +152,7 @@ func (h *pruneHarness) slots(days int) {
 
 func (h *pruneHarness) prune(opts PruneOptions) *PruneReport {
 	h.t.Helper()
-	rep, err := NewRetention(h.r, policy.NewCoordinator(h.cfg), RetentionOptions{}).Prune(context.Background(), h.p.Name, opts)
+	rep, err := NewRetention(h.r.sh, policy.NewCoordinator(h.cfg), RetentionOptions{}).Prune(context.Background(), h.p.Name, opts)
 	if err != nil {
 		h.t.Fatalf("prune: %v", err)
 	}
@@ -667,7 +667,7 @@ func TestPruneSkipsPolicyNotInForce(t *testing.T) {
 	off.Enabled = false
 	disabled.Policies = []*policy.Policy{&off}
 	cfgs := policy.NewCoordinator(h.cfg)
-	ret := NewRetention(h.r, cfgs, RetentionOptions{})
+	ret := NewRetention(h.r.sh, cfgs, RetentionOptions{})
 	for _, tc := range []struct {
 		name string
 		cfg  *policy.Config
@@ -840,8 +840,8 @@ func TestPruneCountsDeletionsInMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg, BuildInfo{Version: "test"})
 	m.InitPolicy(h.p.Name)
-	h.r = NewRunner(RunnerOptions{Cloud: h.cloud, Store: h.store, Limits: h.cfg.Limits, Now: h.clock.Now, Sleep: h.clock.Sleep,
-		PollInterval: 10 * time.Second, MaxPollInterval: time.Minute, Metrics: m})
+	h.r = NewRunner(NewShared(SharedOptions{Cloud: h.cloud, Store: h.store, Limits: h.cfg.Limits, Now: h.clock.Now, Sleep: h.clock.Sleep,
+		PollInterval: 10 * time.Second, MaxPollInterval: time.Minute, Metrics: m}), RunnerOptions{})
 	h.prune(PruneOptions{})
 	for _, tc := range []struct {
 		vec  *prometheus.CounterVec
@@ -879,7 +879,7 @@ func TestRetentionYieldsThePolicyLockToABackupRun(t *testing.T) {
 		err error
 	}
 	done := make(chan result, 1)
-	rt := NewRetention(h.r, policy.NewCoordinator(h.cfg), RetentionOptions{})
+	rt := NewRetention(h.r.sh, policy.NewCoordinator(h.cfg), RetentionOptions{})
 	go func() {
 		rep, err := rt.Prune(context.Background(), h.p.Name, opts)
 		done <- result{rep, err}
@@ -893,7 +893,7 @@ func TestRetentionYieldsThePolicyLockToABackupRun(t *testing.T) {
 	// The backup run asks for the policy lock while retention waits for Cinder.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	unlock, err := h.r.LockPolicy(ctx, h.p.Name)
+	unlock, err := h.r.sh.LockPolicy(ctx, h.p.Name)
 	if err != nil {
 		t.Fatalf("a backup run could not take the policy lock while retention waited for Cinder: %v", err)
 	}

@@ -74,8 +74,8 @@ func BenchmarkReconcileMillion(b *testing.B) {
 		ListImagesFunc:    func(context.Context, map[string]string) ([]cloud.Image, error) { return images, nil },
 		ListSnapshotsFunc: func(context.Context) ([]cloud.Snapshot, error) { return nil, nil },
 	}
-	r := NewRunner(RunnerOptions{Cloud: mock, Store: st, Limits: policy.Limits{RequestsPerSecond: 1000},
-		Now: func() time.Time { return now }})
+	r := NewRunner(NewShared(SharedOptions{Cloud: mock, Store: st, Limits: policy.Limits{RequestsPerSecond: 1000},
+		Now: func() time.Time { return now }}), RunnerOptions{})
 
 	var mu sync.Mutex
 	var longest time.Duration
@@ -105,7 +105,7 @@ func BenchmarkReconcileMillion(b *testing.B) {
 	b.ResetTimer()
 	var rep *ReconcileReport
 	for b.Loop() {
-		if rep, err = r.Reconcile(ctx, nil, false); err != nil {
+		if rep, err = NewReconciler(r.sh).Reconcile(ctx, nil, false); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -99,7 +99,7 @@ func TestReconcileReportsAndFixesEachCategory(t *testing.T) {
 	sc := arrangeDrift(t, h)
 	ctx := context.Background()
 
-	rep, err := h.r.Reconcile(ctx, h.cfg, false)
+	rep, err := NewReconciler(h.r.sh).Reconcile(ctx, h.cfg, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +134,7 @@ func TestReconcileReportsAndFixesEachCategory(t *testing.T) {
 		t.Errorf("without fix the intent row adopted %s", row.ImageID)
 	}
 
-	rep, err = h.r.Reconcile(ctx, h.cfg, true)
+	rep, err = NewReconciler(h.r.sh).Reconcile(ctx, h.cfg, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +169,7 @@ func TestReconcileReportsAndFixesEachCategory(t *testing.T) {
 	}
 
 	// Afterwards only what must stay reported remains.
-	rep, err = h.r.Reconcile(ctx, h.cfg, true)
+	rep, err = NewReconciler(h.r.sh).Reconcile(ctx, h.cfg, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +196,7 @@ func TestReconcilePreviewChangesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	rep, err := h.r.ReconcilePreview(ctx, h.cfg)
+	rep, err := NewReconciler(h.r.sh).ReconcilePreview(ctx, h.cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +251,7 @@ func TestReconcilePreviewLeakNeedsNoFix(t *testing.T) {
 	if _, err := h.store.MarkFailed(ctx, sc.adoptRow, "createImage outcome unknown; image never located"); err != nil {
 		t.Fatal(err)
 	}
-	rep, err := h.r.ReconcilePreview(ctx, h.cfg)
+	rep, err := NewReconciler(h.r.sh).ReconcilePreview(ctx, h.cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,7 +268,7 @@ func TestReconcilePreviewLeakNeedsNoFix(t *testing.T) {
 		t.Fatalf("the preview did not report the leaked image %s: %+v", sc.adoptImage, rep.Findings)
 	}
 	// And the daemon's reconcile (no --fix) does adopt it, as the preview says.
-	if _, err := h.r.Reconcile(ctx, h.cfg, false); err != nil {
+	if _, err := NewReconciler(h.r.sh).Reconcile(ctx, h.cfg, false); err != nil {
 		t.Fatal(err)
 	}
 	if row, _ := h.store.Image(ctx, sc.adoptRow); row.ImageID != sc.adoptImage {

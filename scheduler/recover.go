@@ -45,9 +45,9 @@ type RecoverReport struct {
 // (instance_uuid names another server), or whose (policy, server, slot) already has
 // a row are skipped and reported. Request times are Glance's creation times, so
 // recovery points keep their real age. Set the store's owner first.
-func (r *Runner) Recover(ctx context.Context, cfg *policy.Config) (*RecoverReport, error) {
-	owner := r.store.Owner()
-	images, err := r.Cloud().ListImages(ctx, map[string]string{cloud.StampOwner: owner})
+func (rc *Reconciler) Recover(ctx context.Context, cfg *policy.Config) (*RecoverReport, error) {
+	owner := rc.sh.store.Owner()
+	images, err := rc.sh.Cloud().ListImages(ctx, map[string]string{cloud.StampOwner: owner})
 	if err != nil {
 		return nil, fmt.Errorf("recover: list images stamped by %s: %w", owner, err)
 	}
@@ -76,7 +76,7 @@ func (r *Runner) Recover(ctx context.Context, cfg *policy.Config) (*RecoverRepor
 			continue
 		}
 		ri.Slot = slot
-		row, created, err := r.store.RecoverImage(ctx, store.Recovered{Policy: stamp.Policy, ServerID: stamp.Server,
+		row, created, err := rc.sh.store.RecoverImage(ctx, store.Recovered{Policy: stamp.Policy, ServerID: stamp.Server,
 			Slot: slot, Name: im.Name, ImageID: im.ID, VolumeBacked: len(im.Snapshots) > 0, CreatedAt: im.CreatedAt,
 			Metadata: stamp.Properties()})
 		if err != nil {
@@ -93,12 +93,12 @@ func (r *Runner) Recover(ctx context.Context, cfg *policy.Config) (*RecoverRepor
 	// Settle what was recovered from Glance and Cinder. The rows' request times are
 	// the images' creation times, so their wait deadlines are long past: one poll
 	// each decides good or failed.
-	if err := r.ResumeWaits(ctx, policy.NewCoordinator(cfg)); err != nil {
+	if err := rc.w.resume(ctx, policy.NewCoordinator(cfg)); err != nil {
 		return rep, fmt.Errorf("recover: settle the recovered images: %w", err)
 	}
 	for i := range rep.Recovered {
 		ri := &rep.Recovered[i]
-		row, err := r.store.Image(ctx, ri.Row)
+		row, err := rc.sh.store.Image(ctx, ri.Row)
 		if err != nil {
 			return rep, fmt.Errorf("recover: %w", err)
 		}

@@ -16,7 +16,7 @@ import (
 // run started with reaches it, so a reload while a slot is in flight (raised
 // keep_last, a renamed, disabled or removed policy) is always honoured.
 type Retention struct {
-	r    *Runner
+	sh   *Shared
 	cfgs *policy.Coordinator
 	log  *slog.Logger
 	opts RetentionOptions
@@ -42,21 +42,22 @@ type RetentionOptions struct {
 	Done func(ctx context.Context, policy string)
 }
 
-// NewRetention returns the retention of r's policies as cfgs has them.
-func NewRetention(r *Runner, cfgs *policy.Coordinator, opts RetentionOptions) *Retention {
+// NewRetention returns the retention of the policies cfgs has, pruning on the
+// process's shared resources (their policy locks keep it apart from backup runs).
+func NewRetention(sh *Shared, cfgs *policy.Coordinator, opts RetentionOptions) *Retention {
 	if opts.Go == nil {
 		opts.Go = func(_ string, fn func(context.Context) error) {
 			go func() { _ = fn(context.Background()) }()
 		}
 	}
-	return &Retention{r: r, cfgs: cfgs, log: r.log, opts: opts, due: map[string]bool{}, active: map[string]bool{}}
+	return &Retention{sh: sh, cfgs: cfgs, log: sh.log, opts: opts, due: map[string]bool{}, active: map[string]bool{}}
 }
 
 // Prune applies the named policy's retention now and returns what it decided and
 // did. When the policy is absent from or disabled in the config in force once its
 // lock is held, nothing is deleted and the report's Inactive says why.
 func (rt *Retention) Prune(ctx context.Context, name string, opts PruneOptions) (*PruneReport, error) {
-	unlock, wanted, err := rt.r.pols.lockYielding(ctx, name)
+	unlock, wanted, err := rt.sh.pols.lockYielding(ctx, name)
 	if err != nil {
 		return nil, fmt.Errorf("prune %s: %w", name, err)
 	}
@@ -69,7 +70,7 @@ func (rt *Retention) Prune(ctx context.Context, name string, opts PruneOptions) 
 		if rt.cfgs.Current().Policy(name) != nil {
 			why = "the policy is disabled: a disabled policy's images are never deleted"
 		}
-		now := rt.r.store.Now()
+		now := rt.sh.store.Now()
 		return &PruneReport{Policy: name, DryRun: opts.DryRun, Inactive: why, Started: now, Finished: now,
 			Counts: map[PruneAction]int{}}, nil
 	}
@@ -78,7 +79,7 @@ func (rt *Retention) Prune(ctx context.Context, name string, opts PruneOptions) 
 	if opts.InForce == nil {
 		opts.InForce = func() bool { return rt.cfgs.Generation() == gen }
 	}
-	return rt.r.prune(ctx, p, opts)
+	return prune(ctx, rt.sh, p, opts)
 }
 
 // Request marks the named policy's retention due and returns at once; a background

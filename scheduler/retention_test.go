@@ -21,9 +21,9 @@ func TestRetentionRequestMergesAndDecidesLate(t *testing.T) {
 	h.slots(3)
 	cfgs := policy.NewCoordinator(h.cfg)
 	done := make(chan string, 10)
-	ret := NewRetention(h.r, cfgs, RetentionOptions{Done: func(_ context.Context, name string) { done <- name }})
+	ret := NewRetention(h.r.sh, cfgs, RetentionOptions{Done: func(_ context.Context, name string) { done <- name }})
 
-	unlock, err := h.r.LockPolicy(context.Background(), h.p.Name)
+	unlock, err := h.r.sh.LockPolicy(context.Background(), h.p.Name)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -63,17 +63,17 @@ func newReviewEnv(t *testing.T, waitTimeout string) *reviewEnv {
 	return &reviewEnv{clock: clock, fake: fake, store: st, cfg: cfg, p: cfg.Policies[0], slot: slot}
 }
 
-func (e *reviewEnv) runner(cl cloud.Cloud, mod func(*RunnerOptions)) *Runner {
-	o := RunnerOptions{Cloud: cl, Store: e.store, Limits: e.cfg.Limits, Now: e.clock.Now,
+func (e *reviewEnv) runner(cl cloud.Cloud, mod func(*runnerOptions)) *Runner {
+	o := runnerOptions{SharedOptions: SharedOptions{Cloud: cl, Store: e.store, Limits: e.cfg.Limits, Now: e.clock.Now,
 		PollInterval: 10 * time.Second, MaxPollInterval: time.Minute,
 		Sleep: func(ctx context.Context, d time.Duration) error {
 			e.clock.Advance(d)
 			return ctx.Err()
-		}}
+		}}}
 	if mod != nil {
 		mod(&o)
 	}
-	return NewRunner(o)
+	return o.runner()
 }
 
 // inflightCloud models a createImage request that Nova is still working on when
@@ -154,7 +154,7 @@ func TestRerunDoesNotCallAgainWhileFirstCallMayBeInFlight(t *testing.T) {
 	// The re-run, a minute later; Nova finishes the first request while it waits.
 	e.clock.Advance(time.Minute)
 	polls := 0
-	r := e.runner(cl, func(o *RunnerOptions) {
+	r := e.runner(cl, func(o *runnerOptions) {
 		o.Sleep = func(ctx context.Context, d time.Duration) error {
 			polls++
 			if polls == 2 {
@@ -238,7 +238,7 @@ func TestPruneProtectedImageGoneIsNotGood(t *testing.T) {
 func TestLaterRunSettlesRowsLeftInProgress(t *testing.T) {
 	e := newReviewEnv(t, "1h")
 	id := e.fake.AddServer(cloudtest.ServerSpec{Name: "db", Tags: []string{"backup=daily"}, Volumes: 1})
-	stopped := e.runner(e.fake, func(o *RunnerOptions) {
+	stopped := e.runner(e.fake, func(o *runnerOptions) {
 		o.hooks.beforePoll = func(int) error { return errors.New("stopped") }
 	})
 	if _, err := stopped.RunSlot(context.Background(), e.cfg.Version, e.p, e.slot, TriggerManual); err != nil && !errors.Is(err, errAbandoned) {

@@ -43,7 +43,7 @@ func BenchmarkRunSlot1000(b *testing.B) {
 		// Authenticate before the clock starts, then put latency on every call.
 		h.sim.SetFault(simcloud.Fault{Op: "*", Latency: latency})
 		h.sim.ResetRequests()
-		r := h.runner(func(o *RunnerOptions) {
+		r := h.runner(func(o *runnerOptions) {
 			o.Limits = policy.Limits{Concurrency: concurrency}
 			o.PollInterval, o.MaxPollInterval = poll, 2*poll
 			if os.Getenv("BENCH_DEBUG") != "" {

@@ -111,13 +111,25 @@ func newRunHarness(t testing.TB, o runHarnessOptions) *runHarness {
 }
 
 // runner returns a Runner on the harness with fast polling.
-func (h *runHarness) runner(mod func(*RunnerOptions)) *Runner {
-	o := RunnerOptions{Cloud: h.cloud, Store: h.store, Limits: h.cfg.Limits, PollInterval: 10 * time.Millisecond,
-		MaxPollInterval: 40 * time.Millisecond}
+func (h *runHarness) runner(mod func(*runnerOptions)) *Runner {
+	o := runnerOptions{SharedOptions: SharedOptions{Cloud: h.cloud, Store: h.store, Limits: h.cfg.Limits,
+		PollInterval: 10 * time.Millisecond, MaxPollInterval: 40 * time.Millisecond}}
 	if mod != nil {
 		mod(&o)
 	}
-	return NewRunner(o)
+	return o.runner()
+}
+
+// runnerOptions are a test's options of a Runner and of the Shared it runs on, in
+// one struct so that a test's mod can set either.
+type runnerOptions struct {
+	SharedOptions
+	RunnerOptions
+}
+
+// runner returns a Runner with o on resources of its own.
+func (o runnerOptions) runner() *Runner {
+	return NewRunner(NewShared(o.SharedOptions), o.RunnerOptions)
 }
 
 // addServers adds n tagged servers, every other one volume-backed (1 or 2 volumes).
@@ -230,7 +242,7 @@ func TestRunSlotFiftyServers(t *testing.T) {
 	var mu sync.Mutex
 	var events []ProgressEvent
 	metrics := NewMetrics(prometheus.NewRegistry(), BuildInfo{Version: "test"})
-	r := h.runner(func(o *RunnerOptions) {
+	r := h.runner(func(o *runnerOptions) {
 		o.Progress = func(e ProgressEvent) { mu.Lock(); events = append(events, e); mu.Unlock() }
 		o.Metrics = metrics
 	})
@@ -367,7 +379,7 @@ func TestCrashPoints(t *testing.T) {
 			h := newRunHarness(t, runHarnessOptions{})
 			ids := h.addServers(6)
 			ctx := context.Background()
-			crashing := h.runner(func(o *RunnerOptions) { o.hooks = tc.hooks })
+			crashing := h.runner(func(o *runnerOptions) { o.hooks = tc.hooks })
 			if _, err := crashing.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerScheduled); err != nil && !errors.Is(err, errAbandoned) {
 				t.Logf("crashed run: %v", err)
 			}
@@ -547,7 +559,7 @@ func Test429Storm(t *testing.T) {
 		h := newRunHarness(t, runHarnessOptions{maxRetries: 1})
 		ok := h.sim.AddServer(simcloud.ServerSpec{Name: "a", Tags: []string{"backup=daily"}})
 		h.sim.SetFault(simcloud.Fault{Op: "compute.createImage", Status429RetryAfter: time.Millisecond, Count: 2})
-		rep, err := h.runner(func(o *RunnerOptions) { o.Limits.Concurrency = 1 }).RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerScheduled)
+		rep, err := h.runner(func(o *runnerOptions) { o.Limits.Concurrency = 1 }).RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerScheduled)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -601,7 +613,7 @@ func TestSpreadDelaysScheduledRuns(t *testing.T) {
 	now := h.slot // the run starts exactly at the slot
 	var mu sync.Mutex
 	slept := map[time.Duration]bool{}
-	r := h.runner(func(o *RunnerOptions) {
+	r := h.runner(func(o *runnerOptions) {
 		o.Now = func() time.Time { return now }
 		o.Sleep = func(ctx context.Context, d time.Duration) error {
 			mu.Lock()
@@ -630,7 +642,7 @@ func TestResumeFailsIntentWithoutImage(t *testing.T) {
 	h := newRunHarness(t, runHarnessOptions{waitTimeout: "300ms"})
 	ids := h.addServers(2)
 	ctx := context.Background()
-	crashing := h.runner(func(o *RunnerOptions) {
+	crashing := h.runner(func(o *runnerOptions) {
 		o.hooks.afterIntent = func(string) error { return errors.New("crash") }
 	})
 	_, _ = crashing.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerScheduled)
@@ -672,7 +684,7 @@ func TestStopWhileQueuedRecordsNoAttempt(t *testing.T) {
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	queued := h.runner(func(o *RunnerOptions) {
+	queued := h.runner(func(o *runnerOptions) {
 		// One call a second: ListServers takes the only token, createImage queues.
 		o.Limits = policy.Limits{RequestsPerSecond: 1, Concurrency: 2}
 		o.Sleep = func(ctx context.Context, d time.Duration) error {

@@ -42,7 +42,8 @@ func TestAppendRetentionRowsMatchesLineage(t *testing.T) {
 	f.slot("db", day(23, 4, 0), OutcomeRan, 1, 0)
 
 	servers := []string{"a", "b", "c", "zz"}
-	for _, states := range [][]ImageState{nil, {ImageGood, ImageFailed, ImageDeleting, ImageRequested}} {
+	allButDeleted := []ImageState{ImageRequested, ImageCreating, ImageGood, ImageFailed, ImageDeleting, ImageKeptProtected}
+	for _, states := range [][]ImageState{nil, {ImageGood, ImageFailed, ImageDeleting, ImageRequested}, allButDeleted} {
 		want, err := f.s.AppendLineage(ctx, nil, "web", servers, states)
 		if err != nil {
 			t.Fatal(err)
@@ -70,6 +71,31 @@ func TestAppendRetentionRowsMatchesLineage(t *testing.T) {
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("states %v:\n got %s\nwant %s", states, dump(got), dump(want))
 		}
+	}
+	// The servers, by the skip scan and by DISTINCT over every row.
+	var distinct []string
+	if err := func() error {
+		rs, err := f.s.db.QueryContext(ctx, `SELECT DISTINCT server_id FROM images WHERE policy = 'web' ORDER BY server_id`)
+		if err != nil {
+			return err
+		}
+		defer rs.Close()
+		for rs.Next() {
+			var id string
+			if err := rs.Scan(&id); err != nil {
+				return err
+			}
+			distinct = append(distinct, id)
+		}
+		return rs.Err()
+	}(); err != nil {
+		t.Fatal(err)
+	}
+	if srv, err := f.s.LineageServers(ctx, "web"); err != nil || !reflect.DeepEqual(srv, distinct) || len(srv) != 3 {
+		t.Errorf("LineageServers(web) = %v, %v; DISTINCT gives %v", srv, err, distinct)
+	}
+	if srv, err := f.s.LineageServers(ctx, "none"); err != nil || len(srv) != 0 {
+		t.Errorf("LineageServers(none) = %v, %v; want none", srv, err)
 	}
 	full, err := f.s.LineageRows(ctx, []int64{rows[2], rows[0]})
 	if err != nil || len(full) != 2 || full[0].Row != rows[0] || full[1].Owner != "someone-else" || full[0].Name == "" {

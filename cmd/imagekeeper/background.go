@@ -44,7 +44,7 @@ func (r *daemonRun) reconcileLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		reconcile(ctx, r.runner, r.cfgs.Current(), r.log)
+		reconcile(ctx, scheduler.NewReconciler(r.shared), r.cfgs.Current(), r.log)
 		if err := r.metrics.RefreshLeftover(ctx, r.st); err != nil && ctx.Err() == nil {
 			r.log.Warn("refresh leftover snapshot gauge", "err", err)
 		}
@@ -70,8 +70,8 @@ func compactLineage(ctx context.Context, st *store.Store, cfg *policy.Config, lo
 }
 
 // reconcile runs one reconcile pass without fix and logs what it found.
-func reconcile(ctx context.Context, runner *scheduler.Runner, cfg *policy.Config, log *slog.Logger) {
-	rep, err := runner.Reconcile(ctx, cfg, false)
+func reconcile(ctx context.Context, rc *scheduler.Reconciler, cfg *policy.Config, log *slog.Logger) {
+	rep, err := rc.Reconcile(ctx, cfg, false)
 	if err != nil {
 		if ctx.Err() == nil {
 			log.Warn("reconcile", "err", err)
@@ -92,13 +92,13 @@ func reconcile(ctx context.Context, runner *scheduler.Runner, cfg *policy.Config
 	} else {
 		log.Debug("reconcile: cloud and lineage agree", attrs...)
 	}
-	checkForeignStamps(ctx, runner, cfg, log)
+	checkForeignStamps(ctx, rc, cfg, log)
 }
 
 // checkForeignStamps warns about images that carry our policy names but another
 // owner id: nothing of ours sees them again, and a lost lineage is the usual cause.
-func checkForeignStamps(ctx context.Context, runner *scheduler.Runner, cfg *policy.Config, log *slog.Logger) {
-	byOwner, err := runner.ForeignStamps(ctx, cfg)
+func checkForeignStamps(ctx context.Context, rc *scheduler.Reconciler, cfg *policy.Config, log *slog.Logger) {
+	byOwner, err := rc.ForeignStamps(ctx, cfg)
 	if err != nil {
 		if ctx.Err() == nil {
 			log.Warn("look for images of our policies stamped by another owner", "err", err)

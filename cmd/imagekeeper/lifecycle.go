@@ -89,6 +89,7 @@ type daemonRun struct {
 
 	// connect and wire
 	connected atomic.Pointer[healthCloud] // nil until the cloud answered
+	shared    *scheduler.Shared
 	runner    *scheduler.Runner
 	sched     *scheduler.Scheduler
 
@@ -380,14 +381,16 @@ func (r *daemonRun) wire(raw cloud.Cloud) {
 	// in the background under the scheduler's drain and decides by the config in
 	// force when it gets the policy's lock, never by the one the run started with.
 	var retention *scheduler.Retention
-	r.runner = scheduler.NewRunner(scheduler.RunnerOptions{
+	r.shared = scheduler.NewShared(scheduler.SharedOptions{
 		Cloud:        wc,
 		Store:        r.st,
 		Limits:       r.boot.Limits,
 		Logger:       r.log,
 		Metrics:      r.metrics,
 		PollInterval: r.d.RunnerPollInterval,
-		Settled:      func(name string) { retention.Request(name) },
+	})
+	r.runner = scheduler.NewRunner(r.shared, scheduler.RunnerOptions{
+		Settled: func(name string) { retention.Request(name) },
 	})
 	r.sched = scheduler.New(scheduler.Options{
 		RunSlot: scheduler.RunnerSlots(r.runner),
@@ -396,7 +399,7 @@ func (r *daemonRun) wire(raw cloud.Cloud) {
 		Metrics: r.metrics,
 		Logger:  r.log,
 	})
-	retention = scheduler.NewRetention(r.runner, r.cfgs, scheduler.RetentionOptions{
+	retention = scheduler.NewRetention(r.shared, r.cfgs, scheduler.RetentionOptions{
 		Go: r.sched.Go,
 		// The recovery-point gauges move with every run; the periodic refresh alone
 		// would lag a short schedule by up to its interval. Only this policy's gauges
@@ -415,7 +418,7 @@ func (r *daemonRun) wire(raw cloud.Cloud) {
 	})
 	// A reload is one Apply: the limits, the schedules and the metrics follow it
 	// here; retention and resumed work ask cfgs when they decide.
-	r.cfgs.Subscribe(func(cfg *policy.Config) { r.runner.SetLimits(cfg.Limits) })
+	r.cfgs.Subscribe(func(cfg *policy.Config) { r.shared.SetLimits(cfg.Limits) })
 	r.cfgs.Subscribe(r.sched.Swap)
 	r.cfgs.Subscribe(func(cfg *policy.Config) {
 		r.metrics.ConfigReloaded(true, time.Now())
@@ -468,7 +471,7 @@ func (r *daemonRun) start(ctx context.Context) error {
 	r.goBackground(func(ctx context.Context) {
 		// Images failed by wait_timeout are watched through their late window and
 		// promoted to good if they complete (image_late_good).
-		_ = r.runner.WatchLate(ctx)
+		_ = scheduler.NewLateWatcher(r.shared).WatchLate(ctx)
 	})
 	r.goBackground(r.reconcileLoop)
 	return nil
@@ -479,7 +482,7 @@ func (r *daemonRun) start(ctx context.Context) error {
 // only when the drain gives up on them, as the scheduler's runs do.
 func (r *daemonRun) startControl(ctx context.Context) error {
 	ctlCtx, ctlCancel := context.WithCancel(ctx)
-	env := &daemonEnv{config: r.cfgs.Current, cfgs: r.cfgs, store: r.st, cloud: r.connected.Load(), runner: r.runner,
+	env := &daemonEnv{config: r.cfgs.Current, cfgs: r.cfgs, store: r.st, cloud: r.connected.Load(), shared: r.shared, runner: r.runner,
 		version: buildVersion(), revision: buildRevision(), started: time.Now()}
 	ctl, err := startControl(ctlCtx, controlSocketPath(r.statePath), r.log, func(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		cm := &Main{Stdin: strings.NewReader(""), Stdout: stdout, Stderr: stderr, Getenv: r.d.Getenv,
@@ -511,7 +514,7 @@ func (r *daemonRun) startDrills(ctx context.Context) {
 		defer cancel()
 		stop := context.AfterFunc(runCtx, cancel)
 		defer stop()
-		return r.runner.WatchDrills(ctx, r.cfgs.Current, scheduler.DrillLoopOptions{CleanupInterval: r.d.DrillCleanupInterval})
+		return scheduler.NewDriller(r.shared).WatchDrills(ctx, r.cfgs.Current, scheduler.DrillLoopOptions{CleanupInterval: r.d.DrillCleanupInterval})
 	})
 }
 

@@ -117,9 +117,9 @@ func runPlan(ctx context.Context, m *Main, o *planOptions) error {
 	}
 	st := wired.store
 	now := m.now()
-	var runner *scheduler.Runner
+	var shared *scheduler.Shared
 	if st != nil {
-		runner = wired.runner(scheduler.RunnerOptions{Now: m.now})
+		shared = wired.shared(scheduler.SharedOptions{Now: m.now})
 	}
 
 	var plans []planPolicyJSON
@@ -169,8 +169,8 @@ func runPlan(ctx context.Context, m *Main, o *planOptions) error {
 		}
 
 		existing := map[string][]scheduler.SimImage{}
-		if runner != nil {
-			rep, err := scheduler.NewRetention(runner, wired.configs(), scheduler.RetentionOptions{}).
+		if shared != nil {
+			rep, err := scheduler.NewRetention(shared, wired.configs(), scheduler.RetentionOptions{}).
 				Prune(ctx, p.Name, scheduler.PruneOptions{DryRun: true, Full: true})
 			if err != nil {
 				return withExitCode(exitFailure, err)

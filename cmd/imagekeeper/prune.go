@@ -111,11 +111,11 @@ func runPrune(ctx context.Context, m *Main, o *pruneOptions) error {
 		return err
 	}
 	defer wired.close()
-	runner := wired.runner(scheduler.RunnerOptions{PollInterval: m.PollInterval, MaxPollInterval: 4 * m.PollInterval})
+	shared := wired.shared(scheduler.SharedOptions{PollInterval: m.PollInterval, MaxPollInterval: 4 * m.PollInterval})
 
 	// Retention asks the file's config for each policy by name, as the daemon's asks
 	// the config in force: a disabled policy is reported, not pruned.
-	retention := scheduler.NewRetention(runner, wired.configs(), scheduler.RetentionOptions{})
+	retention := scheduler.NewRetention(shared, wired.configs(), scheduler.RetentionOptions{})
 	var reports []*scheduler.PruneReport
 	var failures []string
 	for _, p := range wired.policies {

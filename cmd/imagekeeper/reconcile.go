@@ -76,11 +76,11 @@ func runReconcile(ctx context.Context, m *Main, o *reconcileOptions) error {
 		return err
 	}
 	defer wired.close()
-	runner := wired.runner(scheduler.RunnerOptions{PollInterval: m.PollInterval, MaxPollInterval: 4 * m.PollInterval})
-	reconcile := runner.ReconcilePreview
+	rc := scheduler.NewReconciler(wired.shared(scheduler.SharedOptions{PollInterval: m.PollInterval, MaxPollInterval: 4 * m.PollInterval}))
+	reconcile := rc.ReconcilePreview
 	if o.fix {
 		reconcile = func(ctx context.Context, cfg *policy.Config) (*scheduler.ReconcileReport, error) {
-			return runner.Reconcile(ctx, cfg, true)
+			return rc.Reconcile(ctx, cfg, true)
 		}
 	}
 	rep, err := reconcile(ctx, wired.cfg)

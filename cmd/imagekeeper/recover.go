@@ -79,8 +79,7 @@ func runRecover(ctx context.Context, m *Main, o *recoverOptions) error {
 	if wired.cloud, err = wireCloud(ctx, wired.cfg, o.log, nil); err != nil {
 		return withExitCode(exitFailure, err)
 	}
-	runner := wired.runner(scheduler.RunnerOptions{PollInterval: m.PollInterval, MaxPollInterval: 4 * m.PollInterval})
-	rep, err := runner.Recover(ctx, wired.cfg)
+	rep, err := scheduler.NewReconciler(wired.shared(scheduler.SharedOptions{PollInterval: m.PollInterval, MaxPollInterval: 4 * m.PollInterval})).Recover(ctx, wired.cfg)
 	if rep != nil {
 		printRecover(m, rep)
 	}

@@ -99,7 +99,8 @@ func runBackup(ctx context.Context, m *Main, o *runOptions) error {
 			printProgress(out, e)
 		}
 	}
-	runner := wired.runner(scheduler.RunnerOptions{PollInterval: m.PollInterval, MaxPollInterval: 4 * m.PollInterval})
+	shared := wired.shared(scheduler.SharedOptions{PollInterval: m.PollInterval, MaxPollInterval: 4 * m.PollInterval})
+	runner := wired.runner(shared)
 	if wired.daemon == nil {
 		// A one-shot run killed between a pre and its post hook left an application
 		// frozen (the daemon does this at its start): thaw it before anything else.
@@ -120,7 +121,7 @@ func runBackup(ctx context.Context, m *Main, o *runOptions) error {
 	// crontab of `imagekeeper run` keeps the same promises; it asks the file's
 	// config for the policy by name, as the daemon's retention asks the one in force.
 	if !o.noPrune && runErr == nil && rep != nil && rep.Outcome != store.OutcomeFailed {
-		prep, err := scheduler.NewRetention(runner, wired.configs(), scheduler.RetentionOptions{}).
+		prep, err := scheduler.NewRetention(shared, wired.configs(), scheduler.RetentionOptions{}).
 			Prune(ctx, p.Name, scheduler.PruneOptions{})
 		if prep != nil {
 			fmt.Fprintln(out, "retention: "+pruneSummary(prep))

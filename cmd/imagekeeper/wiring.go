@@ -37,14 +37,16 @@ type wiring struct {
 }
 
 // daemonEnv is what a command run through the control socket borrows from the
-// daemon: its current config, lineage, cloud and runner (with the per-policy and
-// per-server locks every run, prune and reconcile of the daemon takes).
+// daemon: its current config, lineage, cloud, shared resources (with the per-policy
+// and per-server locks every run, prune and reconcile of the daemon takes) and
+// backup runner.
 type daemonEnv struct {
 	config func() *policy.Config
 	// cfgs owns the daemon's config in force: retention asks it by name.
 	cfgs   *policy.Coordinator
 	store  *store.Store
 	cloud  cloud.Cloud
+	shared *scheduler.Shared
 	runner *scheduler.Runner
 	// version and revision are the daemon's build; started is when it started.
 	version, revision string
@@ -234,18 +236,27 @@ func (w *wiring) configs() *policy.Coordinator {
 	return policy.NewCoordinator(w.cfg)
 }
 
-// runner returns a backup runner on the wired cloud and lineage with the policy
-// file's limits; o sets the rest. Its log lines name the command that made them.
+// shared returns the shared resources on the wired cloud and lineage with the
+// policy file's limits; o sets the rest. Their log lines name the command that made
+// them.
 //
-// Inside the daemon it is the daemon's runner, whatever o says: its locks are what
+// Inside the daemon they are the daemon's, whatever o says: their locks are what
 // keep this command apart from the daemon's own runs, prunes and reconciles.
-func (w *wiring) runner(o scheduler.RunnerOptions) *scheduler.Runner {
+func (w *wiring) shared(o scheduler.SharedOptions) *scheduler.Shared {
 	if w.daemon != nil {
-		return w.daemon.runner
+		return w.daemon.shared
 	}
 	o.Cloud, o.Store, o.Limits = w.cloud, w.store, w.cfg.Limits
 	o.Logger = w.log.With("command", w.command)
-	return scheduler.NewRunner(o)
+	return scheduler.NewShared(o)
+}
+
+// runner returns a backup runner on sh; inside the daemon, the daemon's runner.
+func (w *wiring) runner(sh *scheduler.Shared) *scheduler.Runner {
+	if w.daemon != nil {
+		return w.daemon.runner
+	}
+	return scheduler.NewRunner(sh, scheduler.RunnerOptions{})
 }
 
 // wireConfig loads the policy file for a command that does work. Every validation

@@ -42,37 +42,15 @@ type waitItem struct {
 	recorded  map[string]bool
 }
 
-// claim marks rows as watched by this Runner and returns the ones it got; rows that
-// another wait of this Runner already watches are left to it.
-func (r *Runner) claim(rows []store.Image) []store.Image {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var mine []store.Image
-	for _, im := range rows {
-		if r.waiting[im.Row] {
-			continue
-		}
-		r.waiting[im.Row] = true
-		mine = append(mine, im)
-	}
-	return mine
-}
-
-func (r *Runner) unclaim(rows []store.Image) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, im := range rows {
-		delete(r.waiting, im.Row)
-	}
-}
-
-// unclaimRows is unclaim by row id.
-func (r *Runner) unclaimRows(ids []int64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, id := range ids {
-		delete(r.waiting, id)
-	}
+// waiter waits for images to become good or failed, and records what it learns.
+// The backup Runner waits for the images of its slots with it, resumes the waits
+// a previous process left, and settles rows left in progress; the LateWatcher
+// checks snapshots with it; Recover settles recovered rows with it.
+type waiter struct {
+	sh *Shared
+	// beforePoll, when set, is called before each poll round: a test's crash
+	// point (RunnerOptions' hooks).
+	beforePoll func(round int) error
 }
 
 // wait polls until every row is good or failed, or ctx ends (the rows then stay
@@ -80,27 +58,27 @@ func (r *Runner) unclaimRows(ids []int64) {
 // ListImages by stamp per round covers every image of the scope, then GetSnapshot
 // for each volume snapshot not yet seen available; the interval grows from
 // PollInterval up to MaxPollInterval (nextPoll).
-func (r *Runner) wait(ctx context.Context, sc waitScope, rows []store.Image) error {
+func (w *waiter) wait(ctx context.Context, sc waitScope, rows []store.Image) error {
 	items := make([]*waitItem, 0, len(rows))
 	for _, im := range rows {
 		items = append(items, &waitItem{row: im, available: map[string]bool{}, recorded: map[string]bool{}})
 	}
 	sort.Slice(items, func(i, j int) bool { return items[i].row.ServerID < items[j].row.ServerID })
-	interval := r.opts.PollInterval
+	interval := w.sh.opts.PollInterval
 	for round := 0; len(items) > 0; round++ {
 		if round > 0 || !sc.pollFirst {
-			if err := r.sleep(ctx, min(interval, r.untilFirstDeadline(sc, items))); err != nil {
+			if err := w.sh.sleep(ctx, min(interval, w.untilFirstDeadline(sc, items))); err != nil {
 				return err
 			}
-			interval = nextPoll(interval, r.opts.MaxPollInterval)
+			interval = nextPoll(interval, w.sh.opts.MaxPollInterval)
 		}
-		if h := r.opts.hooks.beforePoll; h != nil {
+		if h := w.beforePoll; h != nil {
 			if err := h(round); err != nil {
 				return errAbandoned
 			}
 		}
 		var err error
-		items, err = r.poll(ctx, sc, items)
+		items, err = w.poll(ctx, sc, items)
 		if err != nil {
 			return err
 		}
@@ -119,9 +97,9 @@ func nextPoll(d, most time.Duration) time.Duration {
 // wait_timeout, plus a little so that the next poll finds it late. The backed-off
 // interval may be minutes: without this bound a timed-out image would be noticed
 // that much later, and a shutdown or a resumed slot would wait for nothing.
-func (r *Runner) untilFirstDeadline(sc waitScope, items []*waitItem) time.Duration {
+func (w *waiter) untilFirstDeadline(sc waitScope, items []*waitItem) time.Duration {
 	first := time.Duration(math.MaxInt64)
-	now := r.now()
+	now := w.sh.now()
 	for _, it := range items {
 		if d := it.row.RequestedAt.Add(sc.timeout).Sub(now); d < first {
 			first = d
@@ -131,8 +109,8 @@ func (r *Runner) untilFirstDeadline(sc waitScope, items []*waitItem) time.Durati
 }
 
 // poll makes one round over the items and returns those still pending.
-func (r *Runner) poll(ctx context.Context, sc waitScope, items []*waitItem) ([]*waitItem, error) {
-	owner := r.store.Owner()
+func (w *waiter) poll(ctx context.Context, sc waitScope, items []*waitItem) ([]*waitItem, error) {
+	owner := w.sh.store.Owner()
 	slotStamp := StampSlot(sc.slot)
 	listed, listErr := sc.cloud.ListImages(ctx, map[string]string{
 		cloud.StampOwner: owner, cloud.StampPolicy: sc.policy, cloud.StampSlot: slotStamp,
@@ -150,7 +128,7 @@ func (r *Runner) poll(ctx context.Context, sc waitScope, items []*waitItem) ([]*
 	}
 	var pending []*waitItem
 	for _, it := range items {
-		settled, err := r.check(ctx, sc, it, listed, byID, listErr)
+		settled, err := w.check(ctx, sc, it, listed, byID, listErr)
 		if err != nil {
 			if ctx.Err() != nil {
 				return append(pending, it), ctx.Err()
@@ -170,9 +148,9 @@ func (r *Runner) poll(ctx context.Context, sc waitScope, items []*waitItem) ([]*
 
 // check looks at one image and records what it learned. settled is true when the
 // row reached good or failed.
-func (r *Runner) check(ctx context.Context, sc waitScope, it *waitItem, listed []cloud.Image, byID map[string]cloud.Image,
+func (w *waiter) check(ctx context.Context, sc waitScope, it *waitItem, listed []cloud.Image, byID map[string]cloud.Image,
 	listErr error) (settled bool, err error) {
-	st := r.store
+	st := w.sh.store
 	bctx := context.WithoutCancel(ctx)
 	// RequestedAt comes from the store's clock, so the deadline is judged by it too.
 	now := st.Now()
@@ -186,7 +164,7 @@ func (r *Runner) check(ctx context.Context, sc waitScope, it *waitItem, listed [
 			if !late {
 				return false, nil
 			}
-			return true, r.fail(bctx, sc, it, "createImage outcome unknown and no image with our stamp appeared within wait_timeout "+sc.timeout.String())
+			return true, w.fail(bctx, sc, it, "createImage outcome unknown and no image with our stamp appeared within wait_timeout "+sc.timeout.String())
 		}
 		row, err := st.SetImageID(bctx, it.row.Row, img.ID, true,
 			fmt.Sprintf("adopted image %s found by its stamp while waiting (the createImage outcome was unknown)", img.ID))
@@ -203,10 +181,10 @@ func (r *Runner) check(ctx context.Context, sc waitScope, it *waitItem, listed [
 		got, err := sc.cloud.GetImage(ctx, it.row.ImageID)
 		switch {
 		case errors.Is(err, cloud.ErrNotFound):
-			return true, r.fail(bctx, sc, it, fmt.Sprintf("image %s vanished while waiting (Glance 404): Nova deletes the image when the snapshot fails", it.row.ImageID))
+			return true, w.fail(bctx, sc, it, fmt.Sprintf("image %s vanished while waiting (Glance 404): Nova deletes the image when the snapshot fails", it.row.ImageID))
 		case err != nil:
 			if late {
-				return true, r.timedOut(bctx, sc, it, fmt.Sprintf("not confirmed good within wait_timeout %s: %s", sc.timeout, cloud.Reason(err)))
+				return true, w.timedOut(bctx, sc, it, fmt.Sprintf("not confirmed good within wait_timeout %s: %s", sc.timeout, cloud.Reason(err)))
 			}
 			return false, nil
 		}
@@ -232,16 +210,16 @@ func (r *Runner) check(ctx context.Context, sc waitScope, it *waitItem, listed [
 
 	switch img.Status {
 	case cloud.ImageKilled:
-		return true, r.fail(bctx, sc, it, fmt.Sprintf("image %s is killed (Glance: error during upload)", img.ID))
+		return true, w.fail(bctx, sc, it, fmt.Sprintf("image %s is killed (Glance: error during upload)", img.ID))
 	case cloud.ImageDeleted, "pending_delete", "deactivated":
-		return true, r.fail(bctx, sc, it, fmt.Sprintf("image %s is %s while waiting", img.ID, img.Status))
+		return true, w.fail(bctx, sc, it, fmt.Sprintf("image %s is %s while waiting", img.ID, img.Status))
 	case cloud.ImageActive:
-		done, failure, err := r.checkSnapshots(ctx, sc, it, img)
+		done, failure, err := w.checkSnapshots(ctx, sc, it, img)
 		if err != nil {
 			return false, err
 		}
 		if failure != "" {
-			return true, r.fail(bctx, sc, it, failure)
+			return true, w.fail(bctx, sc, it, failure)
 		}
 		if done {
 			row, err := st.MarkGood(bctx, it.row.Row, store.Good{SizeBytes: img.Size,
@@ -251,7 +229,7 @@ func (r *Runner) check(ctx context.Context, sc waitScope, it *waitItem, listed [
 			}
 			it.row = row
 			d := row.ActiveAt.Sub(row.RequestedAt)
-			r.metrics.ImageCreated(sc.policy, CreateGood, d)
+			w.sh.metrics.ImageCreated(sc.policy, CreateGood, d)
 			sc.log.Info("image good", "server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name, "duration", d.Round(time.Millisecond).String())
 			if sc.done != nil {
 				sc.done(row, ServerGood, "", d)
@@ -270,15 +248,15 @@ func (r *Runner) check(ctx context.Context, sc waitScope, it *waitItem, listed [
 		if len(img.Snapshots) > 0 {
 			msg += fmt.Sprintf(", %d of %d volume snapshots available", avail, len(img.Snapshots))
 		}
-		return true, r.timedOut(bctx, sc, it, msg)
+		return true, w.timedOut(bctx, sc, it, msg)
 	}
 	return false, nil
 }
 
 // checkSnapshots fetches each of an active image's volume snapshots not yet seen
 // available. done is true when all are available; failure is set when one failed.
-func (r *Runner) checkSnapshots(ctx context.Context, sc waitScope, it *waitItem, img cloud.Image) (done bool, failure string, err error) {
-	st := r.store
+func (w *waiter) checkSnapshots(ctx context.Context, sc waitScope, it *waitItem, img cloud.Image) (done bool, failure string, err error) {
+	st := w.sh.store
 	bctx := context.WithoutCancel(ctx)
 	done = true
 	for _, ref := range img.Snapshots {
@@ -333,16 +311,16 @@ func (r *Runner) checkSnapshots(ctx context.Context, sc waitScope, it *waitItem,
 }
 
 // fail marks a waited-for row failed.
-func (r *Runner) fail(ctx context.Context, sc waitScope, it *waitItem, reason string) error {
-	row, err := r.store.MarkFailed(ctx, it.row.Row, reason)
+func (w *waiter) fail(ctx context.Context, sc waitScope, it *waitItem, reason string) error {
+	row, err := w.sh.store.MarkFailed(ctx, it.row.Row, reason)
 	if err != nil {
 		return err
 	}
 	it.row = row
-	r.metrics.ImageCreated(sc.policy, CreateFailed, 0)
+	w.sh.metrics.ImageCreated(sc.policy, CreateFailed, 0)
 	sc.log.Warn("image failed", "server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name, "reason", reason)
 	if sc.done != nil {
-		sc.done(row, ServerFailed, reason, r.store.Now().Sub(row.RequestedAt))
+		sc.done(row, ServerFailed, reason, w.sh.store.Now().Sub(row.RequestedAt))
 	}
 	return nil
 }
@@ -350,49 +328,49 @@ func (r *Runner) fail(ctx context.Context, sc waitScope, it *waitItem, reason st
 // timedOut marks a waited-for row failed by wait_timeout: the slot reports it failed
 // (alerts fire), and the late watch keeps looking at the image until its late window
 // closes, promoting it to good if it completes.
-func (r *Runner) timedOut(ctx context.Context, sc waitScope, it *waitItem, reason string) error {
+func (w *waiter) timedOut(ctx context.Context, sc waitScope, it *waitItem, reason string) error {
 	until := lateUntil(sc.p, it.row, sc.timeout)
-	row, err := r.store.MarkTimedOut(ctx, it.row.Row, reason, until)
+	row, err := w.sh.store.MarkTimedOut(ctx, it.row.Row, reason, until)
 	if err != nil {
 		return err
 	}
 	it.row = row
-	r.metrics.ImageCreated(sc.policy, CreateFailed, 0)
+	w.sh.metrics.ImageCreated(sc.policy, CreateFailed, 0)
 	sc.log.Warn("image failed: not good within wait_timeout; watched until its late window closes", "server_id", row.ServerID,
 		"server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name, "reason", reason, "late_until", until.Format(time.RFC3339))
 	if sc.done != nil {
-		sc.done(row, ServerFailed, reason, r.store.Now().Sub(row.RequestedAt))
+		sc.done(row, ServerFailed, reason, w.sh.store.Now().Sub(row.RequestedAt))
 	}
-	r.wakeLate()
+	w.sh.wakeLate()
 	return nil
 }
 
-// ResumeWaits picks up the images a previous process left creating (or requested,
+// resume picks up the images a previous process left creating (or requested,
 // with an unknown outcome) and waits for them, in batches by (policy, slot). Each
 // batch takes its policy's wait_timeout from the config in force when it starts; a
 // policy no longer there is waited for with DefaultWaitTimeout. It returns when
 // every such image is good or failed, or ctx ends.
-func (r *Runner) ResumeWaits(ctx context.Context, cfgs *policy.Coordinator) error {
-	rows, err := r.store.Images(ctx, store.ImageFilter{States: []store.ImageState{store.ImageCreating, store.ImageRequested}})
+func (w *waiter) resume(ctx context.Context, cfgs *policy.Coordinator) error {
+	rows, err := w.sh.store.Images(ctx, store.ImageFilter{States: []store.ImageState{store.ImageCreating, store.ImageRequested}})
 	if err != nil {
 		return fmt.Errorf("resume waits: %w", err)
 	}
-	rows = r.claim(rows)
-	defer r.unclaim(rows)
+	rows = w.sh.claim(rows)
+	defer w.sh.unclaim(rows)
 	keys, groups := groupBySlot(rows)
 	var wg sync.WaitGroup
 	errs := make([]error, len(keys))
 	for i, k := range keys {
 		p := cfgs.Current().Policy(k.policy)
 		sc := waitScope{
-			policy: k.policy, slot: k.slot, timeout: r.waitTimeout(p), p: p, cloud: r.Cloud(), pollFirst: true,
-			log: r.log.With("policy", k.policy, "slot", StampSlot(k.slot)),
+			policy: k.policy, slot: k.slot, timeout: w.sh.waitTimeout(p), p: p, cloud: w.sh.Cloud(), pollFirst: true,
+			log: w.sh.log.With("policy", k.policy, "slot", StampSlot(k.slot)),
 		}
 		sc.log.Info("resuming wait", "images", len(groups[k]))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = r.wait(ctx, sc, groups[k])
+			errs[i] = w.wait(ctx, sc, groups[k])
 		}()
 	}
 	wg.Wait()

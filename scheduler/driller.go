@@ -63,33 +63,48 @@ type drillHooks struct {
 	afterBoot func(drillServerID string) error
 }
 
+// Driller runs the restore drills: it boots a server from a policy's newest good
+// images, checks that it comes up, and deletes what it made. Its drills take
+// worker slots and the request rate from Shared like any other work.
+type Driller struct {
+	sh *Shared
+	// active holds the journal rows of the drills this Driller is running, which
+	// CleanupDrills leaves alone.
+	mu     sync.Mutex
+	active map[int64]bool
+	hooks  drillHooks
+}
+
+// NewDriller returns the restore drills on the process's shared resources.
+func NewDriller(sh *Shared) *Driller { return &Driller{sh: sh, active: map[int64]bool{}} }
+
 // Drill runs one restore drill of p now: it picks p.Verify.Sample servers with a
 // good image, the least recently drilled first, boots each server's newest good
 // image, waits for ACTIVE (and the console marker), records the result on the
 // image row, and deletes the drill server and every volume it was given. A drill
 // takes a worker slot and the shared request rate like a backup run, and skips a
 // server whose backup is in flight.
-func (r *Runner) Drill(ctx context.Context, p *policy.Policy) (*DrillReport, error) {
+func (dr *Driller) Drill(ctx context.Context, p *policy.Policy) (*DrillReport, error) {
 	if p.Verify == nil {
 		return nil, fmt.Errorf("policy %s has no verify block", p.Name)
 	}
 	rep := &DrillReport{Policy: p.Name}
-	release, err := r.AcquireWorker(ctx, p.Name)
+	release, err := dr.sh.AcquireWorker(ctx, p.Name)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	picks, skipped, err := r.drillCandidates(ctx, p)
+	picks, skipped, err := dr.drillCandidates(ctx, p)
 	if err != nil {
 		return nil, err
 	}
 	rep.Skipped = skipped
 	if len(picks) == 0 {
-		r.log.Info("restore drill: no server has a good image to drill", "policy", p.Name)
+		dr.sh.log.Info("restore drill: no server has a good image to drill", "policy", p.Name)
 		return rep, nil
 	}
 	for _, im := range picks {
-		res, err := r.drillOne(ctx, p, im)
+		res, err := dr.drillOne(ctx, p, im)
 		if err != nil {
 			return rep, err
 		}
@@ -100,8 +115,8 @@ func (r *Runner) Drill(ctx context.Context, p *policy.Policy) (*DrillReport, err
 
 // drillCandidates returns the newest good image of up to Sample servers, the least
 // recently drilled servers first; servers with an image in flight are skipped.
-func (r *Runner) drillCandidates(ctx context.Context, p *policy.Policy) (picks []store.Image, skipped []string, err error) {
-	rows, err := r.store.Images(ctx, store.ImageFilter{Policy: p.Name,
+func (dr *Driller) drillCandidates(ctx context.Context, p *policy.Policy) (picks []store.Image, skipped []string, err error) {
+	rows, err := dr.sh.store.Images(ctx, store.ImageFilter{Policy: p.Name,
 		States: []store.ImageState{store.ImageGood, store.ImageRequested, store.ImageCreating}})
 	if err != nil {
 		return nil, nil, fmt.Errorf("drill %s: %w", p.Name, err)
@@ -117,7 +132,7 @@ func (r *Runner) drillCandidates(ctx context.Context, p *policy.Policy) (picks [
 			newest[im.ServerID] = im
 		}
 	}
-	last, err := r.store.LastDrilledServers(ctx, p.Name)
+	last, err := dr.sh.store.LastDrilledServers(ctx, p.Name)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -150,28 +165,28 @@ func newDrillToken() string {
 }
 
 // drillOne drills one image: journal row, boot, wait, result, cleanup.
-func (r *Runner) drillOne(ctx context.Context, p *policy.Policy, im store.Image) (DrillResult, error) {
+func (dr *Driller) drillOne(ctx context.Context, p *policy.Policy, im store.Image) (DrillResult, error) {
 	v := p.Verify
-	cl := r.Cloud()
+	cl := dr.sh.Cloud()
 	res := DrillResult{Policy: p.Name, ServerID: im.ServerID, ServerName: im.ServerName, ImageID: im.ImageID}
-	log := r.log.With("policy", p.Name, "server_id", im.ServerID, "image_id", im.ImageID)
-	d, err := r.store.StartDrill(ctx, store.Drill{Policy: p.Name, ServerID: im.ServerID, ImageRow: im.Row,
+	log := dr.sh.log.With("policy", p.Name, "server_id", im.ServerID, "image_id", im.ImageID)
+	d, err := dr.sh.store.StartDrill(ctx, store.Drill{Policy: p.Name, ServerID: im.ServerID, ImageRow: im.Row,
 		ImageID: im.ImageID, Token: newDrillToken()})
 	if err != nil {
 		return res, err
 	}
-	r.drillMu.Lock()
-	r.drillsActive[d.ID] = true
-	r.drillMu.Unlock()
+	dr.mu.Lock()
+	dr.active[d.ID] = true
+	dr.mu.Unlock()
 	defer func() {
-		r.drillMu.Lock()
-		delete(r.drillsActive, d.ID)
-		r.drillMu.Unlock()
+		dr.mu.Lock()
+		delete(dr.active, d.ID)
+		dr.mu.Unlock()
 	}()
-	start := r.now()
+	start := dr.sh.now()
 	name := "imagekeeper-drill-" + truncateName(orName(im.ServerName, im.ServerID), 40) + "-" + d.Token[:8]
 	id, err := cl.CreateServer(ctx, cloud.BootRequest{Name: name, ImageID: im.ImageID, Flavor: v.Flavor, Network: v.Network,
-		AvailabilityZone: im.AZ, Metadata: map[string]string{DrillStampKey: d.Token, cloud.StampOwner: r.store.Owner()}})
+		AvailabilityZone: im.AZ, Metadata: map[string]string{DrillStampKey: d.Token, cloud.StampOwner: dr.sh.store.Owner()}})
 	if err != nil {
 		if ctx.Err() != nil {
 			return res, ctx.Err()
@@ -185,33 +200,33 @@ func (r *Runner) drillOne(ctx context.Context, p *policy.Policy, im store.Image)
 		}
 	} else {
 		res.DrillServerID, d.DrillServerID = id, id
-		if err := r.store.SetDrillServer(ctx, d.ID, id, nil); err != nil {
+		if err := dr.sh.store.SetDrillServer(ctx, d.ID, id, nil); err != nil {
 			return res, err
 		}
-		if h := r.drillHooks.afterBoot; h != nil {
+		if h := dr.hooks.afterBoot; h != nil {
 			if herr := h(id); herr != nil {
 				return res, herr
 			}
 		}
-		res.Result, res.Detail = r.awaitDrill(ctx, cl, &d, v, log)
+		res.Result, res.Detail = dr.awaitDrill(ctx, cl, &d, v, log)
 		if ctx.Err() != nil {
 			// Stopped (a drain): no verdict on the image; the cleanup below still runs.
 			res.Result = ""
 		}
 	}
-	res.Duration = r.now().Sub(start)
+	res.Duration = dr.sh.now().Sub(start)
 	bctx := context.WithoutCancel(ctx)
 	if res.Result != "" {
-		if err := r.store.FinishDrill(bctx, d, res.Result, res.Detail); err != nil {
+		if err := dr.sh.store.FinishDrill(bctx, d, res.Result, res.Detail); err != nil {
 			return res, err
 		}
-		r.metrics.DrillResult(p.Name, res.Result, res.Duration, r.now())
+		dr.sh.metrics.DrillResult(p.Name, res.Result, res.Duration, dr.sh.now())
 		log.Info("restore drill", "result", res.Result, "detail", res.Detail, "drill_server_id", res.DrillServerID,
 			"duration", res.Duration.Round(time.Millisecond))
 	}
 	cctx, cancel := context.WithTimeout(bctx, drillGoneTimeout)
 	defer cancel()
-	if err := r.cleanDrill(cctx, cl, d); err != nil {
+	if err := dr.cleanDrill(cctx, cl, d); err != nil {
 		res.CleanupError = err.Error()
 		log.Warn("restore drill: cleanup incomplete, the periodic cleanup will retry", "drill_server_id", res.DrillServerID, "err", err)
 	}
@@ -245,9 +260,9 @@ func drillRefusal(err error) string {
 
 // awaitDrill waits for the drill server to be ACTIVE (and to print the console
 // marker) within v.Timeout, recording its volumes as they appear.
-func (r *Runner) awaitDrill(ctx context.Context, cl cloud.Cloud, d *store.Drill, v *policy.Verify, log *slog.Logger) (result, detail string) {
-	deadline := r.now().Add(v.Timeout)
-	interval := r.opts.PollInterval
+func (dr *Driller) awaitDrill(ctx context.Context, cl cloud.Cloud, d *store.Drill, v *policy.Verify, log *slog.Logger) (result, detail string) {
+	deadline := dr.sh.now().Add(v.Timeout)
+	interval := dr.sh.opts.PollInterval
 	active := false
 	for {
 		if !active {
@@ -256,7 +271,7 @@ func (r *Runner) awaitDrill(ctx context.Context, cl cloud.Cloud, d *store.Drill,
 			case err == nil:
 				if len(s.VolumeIDs) > 0 && !slices.Equal(s.VolumeIDs, d.VolumeIDs) {
 					d.VolumeIDs = append([]string(nil), s.VolumeIDs...)
-					if err := r.store.SetDrillServer(context.WithoutCancel(ctx), d.ID, d.DrillServerID, d.VolumeIDs); err != nil {
+					if err := dr.sh.store.SetDrillServer(context.WithoutCancel(ctx), d.ID, d.DrillServerID, d.VolumeIDs); err != nil {
 						log.Warn("restore drill: record volumes", "err", err)
 					}
 				}
@@ -287,25 +302,25 @@ func (r *Runner) awaitDrill(ctx context.Context, cl cloud.Cloud, d *store.Drill,
 				return store.VerifyOK, fmt.Sprintf("ACTIVE, console shows %q", v.ConsoleMarker)
 			}
 		}
-		if !r.now().Before(deadline) {
+		if !dr.sh.now().Before(deadline) {
 			if active {
 				return store.VerifyTimeout, fmt.Sprintf("ACTIVE, but the console did not show %q within %s", v.ConsoleMarker, v.Timeout)
 			}
 			return store.VerifyTimeout, fmt.Sprintf("not ACTIVE within %s", v.Timeout)
 		}
-		if err := r.sleep(ctx, min(interval, time.Until(deadline)+time.Millisecond)); err != nil {
+		if err := dr.sh.sleep(ctx, min(interval, time.Until(deadline)+time.Millisecond)); err != nil {
 			return store.VerifyFailed, err.Error()
 		}
-		interval = nextPoll(interval, r.opts.MaxPollInterval)
+		interval = nextPoll(interval, dr.sh.opts.MaxPollInterval)
 	}
 }
 
 // cleanDrill deletes a drill's server (found by its token when its id was never
 // recorded) and every volume it was given, waits until they are gone, and marks
 // the journal row done.
-func (r *Runner) cleanDrill(ctx context.Context, cl cloud.Cloud, d store.Drill) error {
+func (dr *Driller) cleanDrill(ctx context.Context, cl cloud.Cloud, d store.Drill) error {
 	if d.DrillServerID == "" {
-		found, err := r.findDrillServer(ctx, cl, d.Token)
+		found, err := dr.findDrillServer(ctx, cl, d.Token)
 		if err != nil {
 			return err
 		}
@@ -315,9 +330,9 @@ func (r *Runner) cleanDrill(ctx context.Context, cl cloud.Cloud, d store.Drill) 
 		s, err := cl.GetServer(ctx, d.DrillServerID)
 		switch {
 		case err == nil:
-			if s.Metadata[DrillStampKey] != d.Token || s.Metadata[cloud.StampOwner] != r.store.Owner() {
+			if s.Metadata[DrillStampKey] != d.Token || s.Metadata[cloud.StampOwner] != dr.sh.store.Owner() {
 				// Never anything else: the id does not carry this drill's stamp.
-				return fmt.Errorf("server %s does not carry drill token %s of owner %s: not deleting it", s.ID, d.Token, r.store.Owner())
+				return fmt.Errorf("server %s does not carry drill token %s of owner %s: not deleting it", s.ID, d.Token, dr.sh.store.Owner())
 			}
 			for _, vid := range s.VolumeIDs {
 				if !slices.Contains(d.VolumeIDs, vid) {
@@ -326,13 +341,13 @@ func (r *Runner) cleanDrill(ctx context.Context, cl cloud.Cloud, d store.Drill) 
 			}
 			// The volumes are journaled before the server goes: once it is gone
 			// nothing else names them.
-			if err := r.store.SetDrillServer(ctx, d.ID, d.DrillServerID, d.VolumeIDs); err != nil {
+			if err := dr.sh.store.SetDrillServer(ctx, d.ID, d.DrillServerID, d.VolumeIDs); err != nil {
 				return err
 			}
 			if err := cl.DeleteServer(ctx, d.DrillServerID); err != nil && !errors.Is(err, cloud.ErrNotFound) {
 				return fmt.Errorf("delete drill server %s: %w", d.DrillServerID, err)
 			}
-			if err := r.waitGone(ctx, func() error { _, err := cl.GetServer(ctx, d.DrillServerID); return err }); err != nil {
+			if err := dr.waitGone(ctx, func() error { _, err := cl.GetServer(ctx, d.DrillServerID); return err }); err != nil {
 				return fmt.Errorf("drill server %s: %w", d.DrillServerID, err)
 			}
 		case errors.Is(err, cloud.ErrNotFound):
@@ -341,17 +356,17 @@ func (r *Runner) cleanDrill(ctx context.Context, cl cloud.Cloud, d store.Drill) 
 		}
 	}
 	for _, vid := range d.VolumeIDs {
-		if err := r.deleteDrillVolume(ctx, cl, vid); err != nil {
+		if err := dr.deleteDrillVolume(ctx, cl, vid); err != nil {
 			return err
 		}
 	}
-	return r.store.DrillCleaned(ctx, d)
+	return dr.sh.store.DrillCleaned(ctx, d)
 }
 
 // deleteDrillVolume deletes a volume a drill server was given, retrying while it
 // is still detaching, and waits until it is gone.
-func (r *Runner) deleteDrillVolume(ctx context.Context, cl cloud.Cloud, id string) error {
-	interval := r.opts.PollInterval
+func (dr *Driller) deleteDrillVolume(ctx context.Context, cl cloud.Cloud, id string) error {
+	interval := dr.sh.opts.PollInterval
 	for {
 		err := cl.DeleteVolume(ctx, id)
 		if err == nil || errors.Is(err, cloud.ErrNotFound) {
@@ -363,20 +378,20 @@ func (r *Runner) deleteDrillVolume(ctx context.Context, cl cloud.Cloud, id strin
 		if v, gerr := cl.GetVolume(ctx, id); gerr == nil && v.Status == cloud.VolumeDeleting {
 			break
 		}
-		if serr := r.sleep(ctx, interval); serr != nil {
+		if serr := dr.sh.sleep(ctx, interval); serr != nil {
 			return fmt.Errorf("delete drill volume %s: %w (last: %v)", id, serr, err)
 		}
-		interval = nextPoll(interval, r.opts.MaxPollInterval)
+		interval = nextPoll(interval, dr.sh.opts.MaxPollInterval)
 	}
-	if err := r.waitGone(ctx, func() error { _, err := cl.GetVolume(ctx, id); return err }); err != nil {
+	if err := dr.waitGone(ctx, func() error { _, err := cl.GetVolume(ctx, id); return err }); err != nil {
 		return fmt.Errorf("drill volume %s: %w", id, err)
 	}
 	return nil
 }
 
 // waitGone polls get until it answers ErrNotFound.
-func (r *Runner) waitGone(ctx context.Context, get func() error) error {
-	interval := r.opts.PollInterval
+func (dr *Driller) waitGone(ctx context.Context, get func() error) error {
+	interval := dr.sh.opts.PollInterval
 	for {
 		err := get()
 		if errors.Is(err, cloud.ErrNotFound) {
@@ -385,22 +400,22 @@ func (r *Runner) waitGone(ctx context.Context, get func() error) error {
 		if err != nil && !cloud.Retryable(err) {
 			return err
 		}
-		if serr := r.sleep(ctx, interval); serr != nil {
+		if serr := dr.sh.sleep(ctx, interval); serr != nil {
 			return fmt.Errorf("still there: %w", serr)
 		}
-		interval = nextPoll(interval, r.opts.MaxPollInterval)
+		interval = nextPoll(interval, dr.sh.opts.MaxPollInterval)
 	}
 }
 
 // findDrillServer looks for the server carrying a drill's token (a boot whose
 // answer was lost, or a crash before its id was recorded); "" when there is none.
-func (r *Runner) findDrillServer(ctx context.Context, cl cloud.Cloud, token string) (string, error) {
+func (dr *Driller) findDrillServer(ctx context.Context, cl cloud.Cloud, token string) (string, error) {
 	list, err := cl.ListServers(ctx, cloud.Selector{})
 	if err != nil {
 		return "", fmt.Errorf("look for drill server %s: %w", token, err)
 	}
 	for _, s := range list {
-		if s.Metadata[DrillStampKey] == token && s.Metadata[cloud.StampOwner] == r.store.Owner() {
+		if s.Metadata[DrillStampKey] == token && s.Metadata[cloud.StampOwner] == dr.sh.store.Owner() {
 			return s.ID, nil
 		}
 	}
@@ -411,31 +426,31 @@ func (r *Runner) findDrillServer(ctx context.Context, cl cloud.Cloud, token stri
 // the drill servers and volumes a crash, a drain or a failed deletion left behind.
 // It deletes only what the journal names (servers by id or by their token), never
 // anything else. It returns how many drills it finished.
-func (r *Runner) CleanupDrills(ctx context.Context) (int, error) {
-	open, err := r.store.OpenDrills(ctx)
+func (dr *Driller) CleanupDrills(ctx context.Context) (int, error) {
+	open, err := dr.sh.store.OpenDrills(ctx)
 	if err != nil {
 		return 0, err
 	}
 	n := 0
 	var errs []error
 	for _, d := range open {
-		r.drillMu.Lock()
-		active := r.drillsActive[d.ID]
-		r.drillMu.Unlock()
+		dr.mu.Lock()
+		active := dr.active[d.ID]
+		dr.mu.Unlock()
 		if active {
 			continue // a drill of this process is still at work on it
 		}
 		// Read again: a drill of this process may have finished since the list.
-		if cur, err := r.store.DrillByToken(ctx, d.Token); err != nil || cur.State == store.DrillDone {
+		if cur, err := dr.sh.store.DrillByToken(ctx, d.Token); err != nil || cur.State == store.DrillDone {
 			continue
 		} else {
 			d = cur
 		}
-		if err := r.cleanDrill(ctx, r.Cloud(), d); err != nil {
+		if err := dr.cleanDrill(ctx, dr.sh.Cloud(), d); err != nil {
 			errs = append(errs, fmt.Errorf("drill %s: %w", d.Token, err))
 			continue
 		}
-		r.log.Info("restore drill: cleaned up leftovers", "policy", d.Policy, "drill_server_id", d.DrillServerID,
+		dr.sh.log.Info("restore drill: cleaned up leftovers", "policy", d.Policy, "drill_server_id", d.DrillServerID,
 			"volumes", len(d.VolumeIDs))
 		n++
 	}
@@ -455,14 +470,14 @@ type DrillLoopOptions struct {
 // until ctx ends, and cleans up leftover drills at start and every
 // CleanupInterval. A policy's drill never overlaps its previous one: a drill due
 // while the last still runs is skipped.
-func (r *Runner) WatchDrills(ctx context.Context, current func() *policy.Config, o DrillLoopOptions) error {
+func (dr *Driller) WatchDrills(ctx context.Context, current func() *policy.Config, o DrillLoopOptions) error {
 	if o.CleanupInterval <= 0 {
 		o.CleanupInterval = DefaultDrillCleanupInterval
 	}
-	if _, err := r.CleanupDrills(ctx); err != nil && ctx.Err() == nil {
-		r.log.Warn("restore drill cleanup", "err", err)
+	if _, err := dr.CleanupDrills(ctx); err != nil && ctx.Err() == nil {
+		dr.sh.log.Warn("restore drill cleanup", "err", err)
 	}
-	nextCleanup := r.now().Add(o.CleanupInterval)
+	nextCleanup := dr.sh.now().Add(o.CleanupInterval)
 	next := map[string]time.Time{}
 	sched := map[string]*policy.Schedule{}
 	running := map[string]bool{}
@@ -470,7 +485,7 @@ func (r *Runner) WatchDrills(ctx context.Context, current func() *policy.Config,
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
-		now := r.now()
+		now := dr.sh.now()
 		wake := nextCleanup
 		cfg := current()
 		seen := map[string]bool{}
@@ -492,15 +507,15 @@ func (r *Runner) WatchDrills(ctx context.Context, current func() *policy.Config,
 					}
 					mu.Unlock()
 					if busy {
-						r.log.Warn("restore drill still running at its next time: skipped", "policy", p.Name)
+						dr.sh.log.Warn("restore drill still running at its next time: skipped", "policy", p.Name)
 					} else {
 						wg.Add(1)
 						go func(p *policy.Policy) {
 							defer wg.Done()
 							defer func() { mu.Lock(); delete(running, p.Name); mu.Unlock() }()
-							rep, err := r.Drill(ctx, p)
+							rep, err := dr.Drill(ctx, p)
 							if err != nil && ctx.Err() == nil {
-								r.log.Error("restore drill failed to run", "policy", p.Name, "err", err)
+								dr.sh.log.Error("restore drill failed to run", "policy", p.Name, "err", err)
 							}
 							if rep != nil && o.Done != nil {
 								o.Done(rep)
@@ -521,8 +536,8 @@ func (r *Runner) WatchDrills(ctx context.Context, current func() *policy.Config,
 		}
 		if !now.Before(nextCleanup) {
 			nextCleanup = now.Add(o.CleanupInterval)
-			if _, err := r.CleanupDrills(ctx); err != nil && ctx.Err() == nil {
-				r.log.Warn("restore drill cleanup", "err", err)
+			if _, err := dr.CleanupDrills(ctx); err != nil && ctx.Err() == nil {
+				dr.sh.log.Warn("restore drill cleanup", "err", err)
 			}
 			if nextCleanup.Before(wake) {
 				wake = nextCleanup
@@ -530,8 +545,8 @@ func (r *Runner) WatchDrills(ctx context.Context, current func() *policy.Config,
 		}
 		// Wake at the next drill or cleanup, and at least every few seconds so that a
 		// reloaded config is picked up.
-		d := min(wake.Sub(r.now()), 5*time.Second)
-		if err := r.sleep(ctx, max(d, 10*time.Millisecond)); err != nil {
+		d := min(wake.Sub(dr.sh.now()), 5*time.Second)
+		if err := dr.sh.sleep(ctx, max(d, 10*time.Millisecond)); err != nil {
 			return nil
 		}
 	}

@@ -87,21 +87,36 @@ type ReconcileReport struct {
 	Fixed  map[DriftCategory]int
 }
 
+// Reconciler diffs the cloud against the lineage and repairs what it can prove
+// (Reconcile), rebuilds a lost lineage from the stamps (Recover), and counts the
+// images of other owners (ForeignStamps). Its fixes take the policy's lock from
+// Shared, so they never overlap a backup run or a prune of the policy.
+type Reconciler struct {
+	sh   *Shared
+	late *LateWatcher
+	w    *waiter
+}
+
+// NewReconciler returns the reconciler on the process's shared resources.
+func NewReconciler(sh *Shared) *Reconciler {
+	return &Reconciler{sh: sh, late: NewLateWatcher(sh), w: &waiter{sh: sh}}
+}
+
 // Reconcile diffs the cloud's images stamped with our owner, and the volume
 // snapshots behind them, against the lineage, and reports every difference by
 // category. With fix it adopts what can be proven ours, marks rows whose image is
 // gone, and deletes leftover snapshots; leftovers of images recorded deleted are
 // deleted even without fix (the journal meant them gone). Images it cannot prove
 // ours are never touched.
-func (r *Runner) Reconcile(ctx context.Context, cfg *policy.Config, fix bool) (*ReconcileReport, error) {
-	return r.reconcile(ctx, cfg, fix, false)
+func (rc *Reconciler) Reconcile(ctx context.Context, cfg *policy.Config, fix bool) (*ReconcileReport, error) {
+	return rc.reconcile(ctx, cfg, fix, false)
 }
 
 // ReconcilePreview finds what Reconcile would, changes nothing in the cloud or the
 // lineage, and says in each finding's Action what Reconcile would do about it
 // (with fix, when it needs fix): what `imagekeeper reconcile` without --fix shows.
-func (r *Runner) ReconcilePreview(ctx context.Context, cfg *policy.Config) (*ReconcileReport, error) {
-	return r.reconcile(ctx, cfg, false, true)
+func (rc *Reconciler) ReconcilePreview(ctx context.Context, cfg *policy.Config) (*ReconcileReport, error) {
+	return rc.reconcile(ctx, cfg, false, true)
 }
 
 // Actions of ReconcilePreview.
@@ -118,9 +133,9 @@ const (
 	previewDuplicate = "would delete if newer and an attempt's outcome was unknown (--fix)"
 )
 
-func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportOnly bool) (*ReconcileReport, error) {
-	st := r.store
-	cl := r.Cloud()
+func (rc *Reconciler) reconcile(ctx context.Context, cfg *policy.Config, fix, reportOnly bool) (*ReconcileReport, error) {
+	st := rc.sh.store
+	cl := rc.sh.Cloud()
 	owner := st.Owner()
 	rep := &ReconcileReport{Fix: fix, ReportOnly: reportOnly, Started: st.Now(), Counts: map[DriftCategory]int{}, Fixed: map[DriftCategory]int{}}
 
@@ -195,7 +210,7 @@ func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportO
 		rows, err := st.Lineage(ctx, store.ImageFilter{Policy: k.policy, ServerID: k.server, Slot: time.Unix(k.slot, 0), Limit: 1})
 		if err != nil || len(rows) == 0 {
 			if err != nil {
-				r.log.Warn("reconcile: look up a stamp's intent row", "policy", k.policy, "server_id", k.server, "err", err)
+				rc.sh.log.Warn("reconcile: look up a stamp's intent row", "policy", k.policy, "server_id", k.server, "err", err)
 			}
 			return store.LineageRow{}, false
 		}
@@ -302,7 +317,7 @@ func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportO
 		}
 		if _, err := cl.GetImage(ctx, row.ImageID); !errors.Is(err, cloud.ErrNotFound) {
 			if err != nil {
-				r.log.Warn("reconcile: confirm image gone", "policy", row.Policy, "image_id", row.ImageID, "err", err)
+				rc.sh.log.Warn("reconcile: confirm image gone", "policy", row.Policy, "image_id", row.ImageID, "err", err)
 			}
 			continue
 		}
@@ -361,15 +376,15 @@ func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportO
 		f := &rep.Findings[i]
 		switch {
 		case always[i]:
-			f.Action = r.deleteLeftover(ctx, cl, f)
+			f.Action = rc.deleteLeftover(ctx, cl, f)
 		case hollow[i].detail != "":
 			// Always, like a gone image: a good row that cannot boot would count towards
 			// min_keep and the keep rules in place of a real backup.
-			err := r.withPolicyLock(ctx, f.Policy, func() error { return r.markHollow(bctx, f.ImageRow, hollow[i]) })
+			err := rc.sh.withPolicyLock(ctx, f.Policy, func() error { return rc.markHollow(bctx, f.ImageRow, hollow[i]) })
 			f.Action = actionOf(err, "marked failed (hollow)")
 		case f.Category == DriftLateGood:
 			var promoted bool
-			err := r.withPolicyLock(ctx, f.Policy, func() error {
+			err := rc.sh.withPolicyLock(ctx, f.Policy, func() error {
 				cur, err := st.Image(ctx, f.ImageRow)
 				if err != nil {
 					return err
@@ -377,7 +392,7 @@ func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportO
 				if cur.State != store.ImageFailed || cur.Failure != store.FailureTimeout {
 					return nil
 				}
-				if _, err := r.promoteLate(ctx, cur.Policy, cur.Slot, []store.Image{cur}, []cloud.Image{late[i]}); err != nil {
+				if _, err := rc.late.promoteLate(ctx, cur.Policy, cur.Slot, []store.Image{cur}, []cloud.Image{late[i]}); err != nil {
 					return err
 				}
 				now, err := st.Image(ctx, f.ImageRow)
@@ -392,7 +407,7 @@ func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportO
 			// Marking is always safe (it deletes nothing) and always needed: a row
 			// that says good for an image Glance no longer has would count towards
 			// min_keep and the keep rules in place of a real backup.
-			err := r.withPolicyLock(ctx, f.Policy, func() error {
+			err := rc.sh.withPolicyLock(ctx, f.Policy, func() error {
 				_, err := st.MarkGone(bctx, f.ImageRow, "image gone from the cloud (found by reconcile): no longer a backup")
 				return err
 			})
@@ -408,12 +423,12 @@ func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportO
 		// an unknown outcome and failed because its stamped image was never located.
 		// No prune may delete it (it has no id) and nothing else would ever find it.
 		f := &rep.Findings[i]
-		f.Action = r.adopt(ctx, cfg, f, !fix)
+		f.Action = rc.adopt(ctx, cfg, f, !fix)
 	}
 	if fix && !reportOnly {
 		for i, im := range dupes {
 			f := &rep.Findings[i]
-			f.Action = r.fixDuplicate(ctx, f, im, inCloud)
+			f.Action = rc.fixDuplicate(ctx, f, im, inCloud)
 		}
 	}
 	if fix {
@@ -423,7 +438,7 @@ func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportO
 		}
 		sort.Slice(rowsDone, func(i, j int) bool { return rowsDone[i] < rowsDone[j] })
 		for _, rowID := range rowsDone {
-			action := r.cleanGoneImage(ctx, cfg, rowID)
+			action := rc.cleanGoneImage(ctx, cfg, rowID)
 			for _, i := range leftoverRows[rowID] {
 				rep.Findings[i].Action = action
 			}
@@ -446,16 +461,16 @@ func (r *Runner) reconcile(ctx context.Context, cfg *policy.Config, fix, reportO
 // server, when it is newer than the row's image and the lineage shows a
 // createImage with an unknown outcome for the row (adopted, called twice, or noted
 // unknown): then it is the orphan of that call. Anything else is kept and reported.
-func (r *Runner) fixDuplicate(ctx context.Context, f *DriftFinding, dup cloud.Image, inCloud map[string]cloud.Image) string {
+func (rc *Reconciler) fixDuplicate(ctx context.Context, f *DriftFinding, dup cloud.Image, inCloud map[string]cloud.Image) string {
 	var action string
-	err := r.withPolicyLock(ctx, f.Policy, func() error {
-		cur, err := r.store.Image(ctx, f.ImageRow)
+	err := rc.sh.withPolicyLock(ctx, f.Policy, func() error {
+		cur, err := rc.sh.store.Image(ctx, f.ImageRow)
 		if err != nil {
 			return err
 		}
 		unknown := cur.Adopted || cur.Attempts > 1
 		if !unknown {
-			evs, err := r.store.Events(ctx, store.EventFilter{ImageRow: cur.Row, Kind: store.EventImageNote})
+			evs, err := rc.sh.store.Events(ctx, store.EventFilter{ImageRow: cur.Row, Kind: store.EventImageNote})
 			if err != nil {
 				return err
 			}
@@ -478,18 +493,18 @@ func (r *Runner) fixDuplicate(ctx context.Context, f *DriftFinding, dup cloud.Im
 			action = "kept: it has volume snapshots or is protected; delete it by hand"
 			return nil
 		}
-		err = r.Cloud().DeleteImage(ctx, dup.ID)
+		err = rc.sh.Cloud().DeleteImage(ctx, dup.ID)
 		switch {
 		case errors.Is(err, cloud.ErrNotFound):
-			r.metrics.ImageDeleted(f.Policy, DeleteAlreadyGone)
+			rc.sh.metrics.ImageDeleted(f.Policy, DeleteAlreadyGone)
 		case err != nil:
-			r.metrics.ImageDeleted(f.Policy, DeleteFailed)
+			rc.sh.metrics.ImageDeleted(f.Policy, DeleteFailed)
 			return err
 		default:
-			r.metrics.ImageDeleted(f.Policy, DeleteDeleted)
+			rc.sh.metrics.ImageDeleted(f.Policy, DeleteDeleted)
 		}
 		action = "deleted: the newer image of a slot whose createImage outcome was unknown"
-		_, err = r.store.AddEvent(context.WithoutCancel(ctx), store.Event{Kind: EventDuplicateDeleted, Policy: cur.Policy,
+		_, err = rc.sh.store.AddEvent(context.WithoutCancel(ctx), store.Event{Kind: EventDuplicateDeleted, Policy: cur.Policy,
 			ServerID: cur.ServerID, ImageRow: cur.Row, ImageID: dup.ID, Slot: cur.Slot,
 			Message: fmt.Sprintf("reconcile --fix: deleted duplicate image %s of this slot (the row keeps %s)", dup.ID, cur.ImageID)})
 		return err
@@ -512,7 +527,7 @@ type hollowFix struct {
 
 // markHollow records the real state of each bad snapshot of a good row, so that
 // `why` shows it, and marks the row failed (hollow).
-func (r *Runner) markHollow(ctx context.Context, row int64, fx hollowFix) error {
+func (rc *Reconciler) markHollow(ctx context.Context, row int64, fx hollowFix) error {
 	ids := make([]string, 0, len(fx.states))
 	for id := range fx.states {
 		ids = append(ids, id)
@@ -523,11 +538,11 @@ func (r *Runner) markHollow(ctx context.Context, row int64, fx hollowFix) error 
 		if st := fx.states[id]; st != "" {
 			u = store.SnapshotUpdate{State: store.SnapshotError, Reason: "Cinder says " + st + " (found by reconcile)"}
 		}
-		if _, err := r.store.UpdateSnapshot(ctx, id, u); err != nil && !errors.Is(err, store.ErrNotFound) {
+		if _, err := rc.sh.store.UpdateSnapshot(ctx, id, u); err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
 	}
-	_, err := r.store.MarkHollow(ctx, row, fx.detail)
+	_, err := rc.sh.store.MarkHollow(ctx, row, fx.detail)
 	return err
 }
 
@@ -587,33 +602,17 @@ func isFailedAction(a string) bool {
 	return len(a) >= len(actionFailedPrefix) && a[:len(actionFailedPrefix)] == actionFailedPrefix
 }
 
-func (r *Runner) withPolicyLock(ctx context.Context, name string, f func() error) error {
-	return r.withPolicyLockYielding(ctx, name, func(<-chan struct{}) error { return f() })
-}
-
-// withPolicyLockYielding runs f holding the policy's lock; wanted is closed once
-// anything else (a backup run) waits for that lock, so that f can leave slow work
-// for later.
-func (r *Runner) withPolicyLockYielding(ctx context.Context, name string, f func(wanted <-chan struct{}) error) error {
-	unlock, wanted, err := r.pols.lockYielding(ctx, name)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	return f(wanted)
-}
-
 // adopt records a stamped image as the image of its intent row. A requested row
 // younger than its wait timeout may belong to a run still in flight (in another
 // process): it is left alone.
 //
 // onlyLeaked restricts it to a failed row that had a createImage sent (its outcome
 // was unknown): the periodic reconcile adopts those without --fix.
-func (r *Runner) adopt(ctx context.Context, cfg *policy.Config, f *DriftFinding, onlyLeaked bool) string {
+func (rc *Reconciler) adopt(ctx context.Context, cfg *policy.Config, f *DriftFinding, onlyLeaked bool) string {
 	p := cfg.Policy(f.Policy)
 	var action string
-	err := r.withPolicyLock(ctx, f.Policy, func() error {
-		cur, err := r.store.Image(ctx, f.ImageRow)
+	err := rc.sh.withPolicyLock(ctx, f.Policy, func() error {
+		cur, err := rc.sh.store.Image(ctx, f.ImageRow)
 		if err != nil {
 			return err
 		}
@@ -624,11 +623,11 @@ func (r *Runner) adopt(ctx context.Context, cfg *policy.Config, f *DriftFinding,
 		if onlyLeaked && (cur.State != store.ImageFailed || cur.Attempts == 0) {
 			return nil // left to reconcile --fix
 		}
-		if cur.State == store.ImageRequested && r.store.Now().Sub(cur.RequestedAt) < r.waitTimeout(p) {
+		if cur.State == store.ImageRequested && rc.sh.store.Now().Sub(cur.RequestedAt) < rc.sh.waitTimeout(p) {
 			action = "not adopted: the intent is younger than wait_timeout (a run may still be making it)"
 			return nil
 		}
-		_, err = r.store.SetImageID(context.WithoutCancel(ctx), f.ImageRow, f.ImageID, true,
+		_, err = rc.sh.store.SetImageID(context.WithoutCancel(ctx), f.ImageRow, f.ImageID, true,
 			fmt.Sprintf("adopted by reconcile: image %s carries this row's stamp", f.ImageID))
 		action = "adopted (creating: the next wait settles it)"
 		return err
@@ -641,8 +640,8 @@ func (r *Runner) adopt(ctx context.Context, cfg *policy.Config, f *DriftFinding,
 
 // cleanGoneImage runs the deletion journal for a row whose image is gone from the
 // cloud, which deletes the snapshots behind it and marks the row deleted.
-func (r *Runner) cleanGoneImage(ctx context.Context, cfg *policy.Config, rowID int64) string {
-	cur, err := r.store.Image(ctx, rowID)
+func (rc *Reconciler) cleanGoneImage(ctx context.Context, cfg *policy.Config, rowID int64) string {
+	cur, err := rc.sh.store.Image(ctx, rowID)
 	if err != nil {
 		return actionOf(err, "")
 	}
@@ -651,14 +650,14 @@ func (r *Runner) cleanGoneImage(ctx context.Context, cfg *policy.Config, rowID i
 		p = &policy.Policy{Name: cur.Policy}
 	}
 	var action string
-	err = r.withPolicyLockYielding(ctx, cur.Policy, func(wanted <-chan struct{}) error {
+	err = rc.sh.withPolicyLockYielding(ctx, cur.Policy, func(wanted <-chan struct{}) error {
 		bctx := context.WithoutCancel(ctx)
-		cur, err := r.store.Image(ctx, rowID)
+		cur, err := rc.sh.store.Image(ctx, rowID)
 		if err != nil {
 			return err
 		}
 		if cur.State == store.ImageGood || cur.State == store.ImageKeptProtected {
-			if cur, err = r.store.MarkGone(bctx, rowID, "image gone from the cloud (found by reconcile): no longer a backup"); err != nil {
+			if cur, err = rc.sh.store.MarkGone(bctx, rowID, "image gone from the cloud (found by reconcile): no longer a backup"); err != nil {
 				return err
 			}
 		}
@@ -666,8 +665,7 @@ func (r *Runner) cleanGoneImage(ctx context.Context, cfg *policy.Config, rowID i
 			action = "left: row is " + string(cur.State)
 			return nil
 		}
-		pr := &pruner{r: r, p: p, opts: PruneOptions{SnapshotWait: DefaultSnapshotWait, yield: wanted}, cl: r.Cloud(), st: r.store,
-			log: r.log.With("policy", cur.Policy), now: r.store.Now()}
+		pr := newPruner(rc.sh, p, PruneOptions{yield: wanted})
 		it := &PruneItem{Reasons: []string{"reconcile: image gone from the cloud; deleting the snapshots left behind"}}
 		row := store.LineageRow{Row: cur.Row, ImageID: cur.ImageID, Policy: cur.Policy, ServerID: cur.ServerID, Slot: cur.Slot,
 			Owner: cur.Owner, State: cur.State}
@@ -688,21 +686,21 @@ func (r *Runner) cleanGoneImage(ctx context.Context, cfg *policy.Config, rowID i
 
 // deleteLeftover deletes a snapshot whose image the journal recorded deleted; it
 // is not waited for (the next reconcile sees whether it went).
-func (r *Runner) deleteLeftover(ctx context.Context, cl cloud.Cloud, f *DriftFinding) string {
+func (rc *Reconciler) deleteLeftover(ctx context.Context, cl cloud.Cloud, f *DriftFinding) string {
 	err := cl.DeleteSnapshot(ctx, f.SnapshotID)
 	result := DeleteDeleted
 	switch {
 	case errors.Is(err, cloud.ErrNotFound):
 		result, err = DeleteAlreadyGone, nil
 	case errors.Is(err, cloud.ErrInUse):
-		r.metrics.SnapshotDeleted(f.Policy, DeleteInUse)
+		rc.sh.metrics.SnapshotDeleted(f.Policy, DeleteInUse)
 		return "kept: in use: " + cloud.Reason(err)
 	case err != nil:
-		r.metrics.SnapshotDeleted(f.Policy, DeleteFailed)
+		rc.sh.metrics.SnapshotDeleted(f.Policy, DeleteFailed)
 		return actionOf(err, "")
 	}
-	r.metrics.SnapshotDeleted(f.Policy, result)
-	_, _ = r.store.AddEvent(context.WithoutCancel(ctx), store.Event{Kind: store.EventSnapshotDeleteStep, Policy: f.Policy,
+	rc.sh.metrics.SnapshotDeleted(f.Policy, result)
+	_, _ = rc.sh.store.AddEvent(context.WithoutCancel(ctx), store.Event{Kind: store.EventSnapshotDeleteStep, Policy: f.Policy,
 		ServerID: f.ServerID, ImageRow: f.ImageRow, ImageID: f.ImageID, SnapshotID: f.SnapshotID,
 		Message: "reconcile: leftover of an image recorded deleted; delete requested"})
 	return "delete requested"

@@ -36,28 +36,33 @@ func lateUntil(p *policy.Policy, im store.Image, timeout time.Duration) time.Tim
 	return end
 }
 
-// wakeLate tells the late watch that a row entered its late window.
-func (r *Runner) wakeLate() {
-	select {
-	case r.lateWake <- struct{}{}:
-	default:
-	}
+// LateWatcher watches the images that failed by wait_timeout until their late
+// window closes, and promotes each that completes to good. The daemon runs its
+// WatchLate; a backup run and reconcile look at one policy's or slot's late images
+// with it too (checkLate, promoteLate), so that a process without the watch still
+// promotes them.
+type LateWatcher struct {
+	sh *Shared
+	w  *waiter
 }
+
+// NewLateWatcher returns the late watch on the process's shared resources.
+func NewLateWatcher(sh *Shared) *LateWatcher { return &LateWatcher{sh: sh, w: &waiter{sh: sh}} }
 
 // WatchLate watches images that failed by wait_timeout until their late window
 // closes, and promotes each that completes to good (image_late_good). Polls are
 // batched like a wait's, one stamp listing per (policy, slot); the interval backs
 // off from PollInterval to LateMaxPollInterval, and starts again from PollInterval
 // when a new image times out. It returns when ctx ends.
-func (r *Runner) WatchLate(ctx context.Context) error {
-	interval := r.opts.PollInterval
+func (lw *LateWatcher) WatchLate(ctx context.Context) error {
+	interval := lw.sh.opts.PollInterval
 	for {
-		pending, err := r.checkLate(ctx, "")
+		pending, err := lw.checkLate(ctx, "")
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if err != nil {
-			r.log.Warn("late watch", "err", err)
+			lw.sh.log.Warn("late watch", "err", err)
 		}
 		wait := LateMaxPollInterval
 		if pending > 0 {
@@ -67,36 +72,36 @@ func (r *Runner) WatchLate(ctx context.Context) error {
 		wctx, cancel := context.WithCancel(ctx)
 		go func() {
 			select {
-			case <-r.lateWake:
+			case <-lw.sh.lateWake:
 				cancel()
 			case <-wctx.Done():
 			}
 		}()
-		err = r.sleep(wctx, wait)
+		err = lw.sh.sleep(wctx, wait)
 		woken := wctx.Err() != nil && ctx.Err() == nil
 		cancel()
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if woken || err != nil {
-			interval = r.opts.PollInterval
+			interval = lw.sh.opts.PollInterval
 		}
 	}
 }
 
 // checkLate makes one round over the rows of policyName ("" for all) in their late
 // window, and returns how many are still watched.
-func (r *Runner) checkLate(ctx context.Context, policyName string) (pending int, err error) {
-	rows, err := r.store.LateWatched(ctx, policyName, r.store.Now())
+func (lw *LateWatcher) checkLate(ctx context.Context, policyName string) (pending int, err error) {
+	rows, err := lw.sh.store.LateWatched(ctx, policyName, lw.sh.store.Now())
 	if err != nil {
 		return 0, err
 	}
-	rows = r.claim(rows)
-	defer r.unclaim(rows)
+	rows = lw.sh.claim(rows)
+	defer lw.sh.unclaim(rows)
 	keys, groups := groupBySlot(rows)
 	var errs []error
 	for _, k := range keys {
-		n, err := r.promoteLate(ctx, k.policy, k.slot, groups[k], nil)
+		n, err := lw.promoteLate(ctx, k.policy, k.slot, groups[k], nil)
 		pending += n
 		if err != nil {
 			errs = append(errs, err)
@@ -112,12 +117,12 @@ func (r *Runner) checkLate(ctx context.Context, policyName string) (pending int,
 // promotes each whose image is active with every volume snapshot available. listed
 // is what a caller already listed (reconcile); nil lists by stamp. pending counts the
 // rows still not settled.
-func (r *Runner) promoteLate(ctx context.Context, policyName string, slot time.Time, rows []store.Image,
+func (lw *LateWatcher) promoteLate(ctx context.Context, policyName string, slot time.Time, rows []store.Image,
 	listed []cloud.Image) (pending int, err error) {
-	cl := r.Cloud()
-	log := r.log.With("policy", policyName, "slot", StampSlot(slot))
+	cl := lw.sh.Cloud()
+	log := lw.sh.log.With("policy", policyName, "slot", StampSlot(slot))
 	if listed == nil {
-		listed, err = cl.ListImages(ctx, map[string]string{cloud.StampOwner: r.store.Owner(), cloud.StampPolicy: policyName,
+		listed, err = cl.ListImages(ctx, map[string]string{cloud.StampOwner: lw.sh.store.Owner(), cloud.StampPolicy: policyName,
 			cloud.StampSlot: StampSlot(slot)})
 		if err != nil {
 			return len(rows), fmt.Errorf("late watch of %s: list images: %w", policyName, err)
@@ -136,7 +141,7 @@ func (r *Runner) promoteLate(ctx context.Context, policyName string, slot time.T
 			got, gerr := cl.GetImage(ctx, row.ImageID)
 			switch {
 			case errors.Is(gerr, cloud.ErrNotFound):
-				_, err := r.store.EndLateWatch(bctx, row.Row, fmt.Sprintf("%s; image %s is gone (Glance 404): late watch over", row.Reason, row.ImageID))
+				_, err := lw.sh.store.EndLateWatch(bctx, row.Row, fmt.Sprintf("%s; image %s is gone (Glance 404): late watch over", row.Reason, row.ImageID))
 				errs = append(errs, err)
 				continue
 			case gerr != nil:
@@ -147,7 +152,7 @@ func (r *Runner) promoteLate(ctx context.Context, policyName string, slot time.T
 		}
 		switch img.Status {
 		case cloud.ImageKilled, cloud.ImageDeleted, "pending_delete", "deactivated":
-			_, err := r.store.EndLateWatch(bctx, row.Row, fmt.Sprintf("%s; image %s is %s: late watch over", row.Reason, row.ImageID, img.Status))
+			_, err := lw.sh.store.EndLateWatch(bctx, row.Row, fmt.Sprintf("%s; image %s is %s: late watch over", row.Reason, row.ImageID, img.Status))
 			errs = append(errs, err)
 			continue
 		case cloud.ImageActive:
@@ -161,30 +166,30 @@ func (r *Runner) promoteLate(ctx context.Context, policyName string, slot time.T
 			fresh = append(fresh, store.Snapshot{SnapshotID: ref.SnapshotID, DeviceName: ref.DeviceName, BootIndex: ref.BootIndex})
 		}
 		if len(fresh) > 0 {
-			if err := r.store.AddSnapshots(bctx, row.Row, fresh); err != nil {
+			if err := lw.sh.store.AddSnapshots(bctx, row.Row, fresh); err != nil {
 				errs = append(errs, err)
 				pending++
 				continue
 			}
 		}
-		done, failure, err := r.checkSnapshots(ctx, sc, it, img)
+		done, failure, err := lw.w.checkSnapshots(ctx, sc, it, img)
 		switch {
 		case err != nil:
 			errs = append(errs, err)
 			pending++
 		case failure != "":
-			_, err := r.store.EndLateWatch(bctx, row.Row, row.Reason+"; "+failure+": late watch over")
+			_, err := lw.sh.store.EndLateWatch(bctx, row.Row, row.Reason+"; "+failure+": late watch over")
 			errs = append(errs, err)
 		case !done:
 			pending++
 		default:
-			good, err := r.store.MarkLateGood(bctx, row.Row, store.Good{SizeBytes: img.Size,
+			good, err := lw.sh.store.MarkLateGood(bctx, row.Row, store.Good{SizeBytes: img.Size,
 				Message: fmt.Sprintf("image %s completed after wait_timeout: active, %d volume snapshots available", img.ID, len(img.Snapshots))})
 			if err != nil {
 				errs = append(errs, err)
 				continue
 			}
-			r.metrics.ImageCreated(policyName, CreateLateGood, -1)
+			lw.sh.metrics.ImageCreated(policyName, CreateLateGood, -1)
 			log.Info("image good after wait_timeout", "server_id", good.ServerID, "server_name", good.ServerName, "image_id", good.ImageID, "image_name", good.Name,
 				"after", good.ActiveAt.Sub(good.RequestedAt).Round(time.Second).String())
 		}
