@@ -107,7 +107,7 @@ func (sr *slotRun) runPre(ctx context.Context, s cloud.Server, row store.Image, 
 				sr.runPost(ctx, hk, s.ID, row.Row, "", PostNotRequested)
 				return nil, meta, true, detail, nil
 			}
-			sr.event(ctx, store.Event{Kind: store.EventImageNote, ServerID: s.ID, ImageRow: row.Row,
+			sr.recordEvent(ctx, store.Event{Kind: store.EventImageNote, ServerID: s.ID, ImageRow: row.Row,
 				Message: detail + "; on_failure: continue, so the image is crash-consistent"})
 			return hk, meta, false, "", nil
 		}
@@ -131,7 +131,7 @@ func (sr *slotRun) hookDone(ctx context.Context, serverID string, imageRow int64
 	if res.Result != HookOK {
 		kind = store.EventHookFailed
 	}
-	sr.event(ctx, store.Event{Kind: kind, ServerID: serverID, ImageRow: imageRow, ImageID: imageID,
+	sr.recordEvent(ctx, store.Event{Kind: kind, ServerID: serverID, ImageRow: imageRow, ImageID: imageID,
 		Message: hook + " hook " + res.summary()})
 	log := sr.log.With("server_id", serverID, "hook", hook, "result", res.Result, "exit_code", res.ExitCode,
 		"duration", res.Duration.Round(time.Millisecond).String())

@@ -37,7 +37,7 @@ func (pr *pruner) execute(ctx context.Context, rep *PruneReport, cands []candida
 			defer wg.Done()
 			defer release()
 			// Each goroutine writes only its own item.
-			pr.journal(ctx, &rep.Items[c.idx], c)
+			pr.deleteThroughJournal(ctx, &rep.Items[c.idx], c)
 		}(c)
 	}
 	wg.Wait()
@@ -99,17 +99,17 @@ func backoff(base, most time.Duration, attempt int) time.Duration {
 	return min(d, most)
 }
 
-// planAndJournal plans and carries out the deletion of one row outside a prune
+// planAndDelete plans and carries out the deletion of one row outside a prune
 // (reconcile cleaning up after an image gone from the cloud).
-func (pr *pruner) planAndJournal(ctx context.Context, it *PruneItem, row store.LineageRow) {
+func (pr *pruner) planAndDelete(ctx context.Context, it *PruneItem, row store.LineageRow) {
 	c := candidate{row: row, it: *it, insp: pr.inspect(ctx, row)}
 	pr.planAction(it, c, row.State == store.ImageDeleting)
-	pr.journal(ctx, it, c)
+	pr.deleteThroughJournal(ctx, it, c)
 }
 
-// journal deletes one image through the journal, from wherever a previous attempt
+// deleteThroughJournal deletes one image through the journal, from wherever a previous attempt
 // left it, and records the outcome in it.
-func (pr *pruner) journal(ctx context.Context, it *PruneItem, c candidate) {
+func (pr *pruner) deleteThroughJournal(ctx context.Context, it *PruneItem, c candidate) {
 	row := c.row
 	log := pr.log.With("server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name)
 	err := pr.deleteImage(ctx, it, row, c.insp, strings.Join(c.it.Reasons, "; "), log)
@@ -171,10 +171,10 @@ func (pr *pruner) deleteImage(ctx context.Context, it *PruneItem, row store.Line
 		case errors.Is(err, cloud.ErrNotFound):
 			pr.sh.metrics.ImageDeleted(policyName, DeleteAlreadyGone)
 		case errors.Is(err, cloud.ErrProtected):
-			return pr.protected(ctx, it, row, "Glance refused: "+cloud.Reason(err), log)
+			return pr.keepProtected(ctx, it, row, "Glance refused: "+cloud.Reason(err), log)
 		case err != nil:
 			pr.sh.metrics.ImageDeleted(policyName, DeleteFailed)
-			return pr.defer_(ctx, it, row, "delete image: "+cloud.Reason(err))
+			return pr.retryLater(ctx, it, row, "delete image: "+cloud.Reason(err))
 		default:
 			pr.sh.metrics.ImageDeleted(policyName, DeleteDeleted)
 		}
@@ -187,7 +187,7 @@ func (pr *pruner) deleteImage(ctx context.Context, it *PruneItem, row store.Line
 			if err != nil {
 				why = "confirm image gone: " + cloud.Reason(err)
 			}
-			return pr.defer_(ctx, it, row, why)
+			return pr.retryLater(ctx, it, row, why)
 		}
 		log.Info("image gone")
 	}
@@ -264,8 +264,8 @@ func (pr *pruner) recordRefusal(ctx context.Context, it *PruneItem, row store.Li
 	return err
 }
 
-// protected records an image Glance refused to delete (found while deleting).
-func (pr *pruner) protected(ctx context.Context, it *PruneItem, row store.LineageRow, why string, log *slog.Logger) error {
+// keepProtected records an image Glance refused to delete (found while deleting).
+func (pr *pruner) keepProtected(ctx context.Context, it *PruneItem, row store.LineageRow, why string, log *slog.Logger) error {
 	it.Keep, it.Action = true, PruneProtected
 	it.Reasons = append(it.Reasons, "kept: "+why)
 	return pr.recordProtected(ctx, it, row, why, log)
@@ -284,8 +284,8 @@ func (pr *pruner) recordProtected(ctx context.Context, it *PruneItem, row store.
 	return nil
 }
 
-// defer_ records a step that did not complete; the journal resumes after a backoff.
-func (pr *pruner) defer_(ctx context.Context, it *PruneItem, row store.LineageRow, why string) error {
+// retryLater records a step that did not complete; the journal resumes after a backoff.
+func (pr *pruner) retryLater(ctx context.Context, it *PruneItem, row store.LineageRow, why string) error {
 	if row.State != store.ImageDeleting {
 		// Nothing was started: the next prune decides again.
 		it.Action = PrunePending

@@ -256,7 +256,7 @@ func (pr *pruner) readBatches(ctx context.Context, serverIDs []string) (<-chan r
 				} else {
 					// Only the rows something happens to are shown: read what retention
 					// needs, packed, and the names of the shown rows afterwards.
-					rows, err = pr.st.AppendRetentionRows(ctx, rows[:0], pr.p.Name, batch, pruneStates)
+					rows, err = pr.st.AppendRetentionRows(ctx, rows[:0], pr.p.Name, batch)
 				}
 				select {
 				case lane <- rowBatch{rows: rows, err: err, done: func() { free <- rows }}:

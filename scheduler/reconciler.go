@@ -423,7 +423,7 @@ func (rc *Reconciler) reconcile(ctx context.Context, cfg *policy.Config, fix, re
 		// an unknown outcome and failed because its stamped image was never located.
 		// No prune may delete it (it has no id) and nothing else would ever find it.
 		f := &rep.Findings[i]
-		f.Action = rc.adopt(ctx, cfg, f, !fix)
+		f.Action = rc.adoptIntoRow(ctx, cfg, f, !fix)
 	}
 	if fix && !reportOnly {
 		for i, im := range dupes {
@@ -602,13 +602,13 @@ func isFailedAction(a string) bool {
 	return len(a) >= len(actionFailedPrefix) && a[:len(actionFailedPrefix)] == actionFailedPrefix
 }
 
-// adopt records a stamped image as the image of its intent row. A requested row
+// adoptIntoRow records a stamped image as the image of its intent row. A requested row
 // younger than its wait timeout may belong to a run still in flight (in another
 // process): it is left alone.
 //
 // onlyLeaked restricts it to a failed row that had a createImage sent (its outcome
 // was unknown): the periodic reconcile adopts those without --fix.
-func (rc *Reconciler) adopt(ctx context.Context, cfg *policy.Config, f *DriftFinding, onlyLeaked bool) string {
+func (rc *Reconciler) adoptIntoRow(ctx context.Context, cfg *policy.Config, f *DriftFinding, onlyLeaked bool) string {
 	p := cfg.Policy(f.Policy)
 	var action string
 	err := rc.sh.withPolicyLock(ctx, f.Policy, func() error {
@@ -669,7 +669,7 @@ func (rc *Reconciler) cleanGoneImage(ctx context.Context, cfg *policy.Config, ro
 		it := &PruneItem{Reasons: []string{"reconcile: image gone from the cloud; deleting the snapshots left behind"}}
 		row := store.LineageRow{Row: cur.Row, ImageID: cur.ImageID, Policy: cur.Policy, ServerID: cur.ServerID, Slot: cur.Slot,
 			Owner: cur.Owner, State: cur.State}
-		pr.planAndJournal(ctx, it, row)
+		pr.planAndDelete(ctx, it, row)
 		switch it.Action {
 		case PruneDeleted:
 			action = "deleted (journal)"

@@ -229,7 +229,7 @@ func (r *Runner) RunSlotWith(ctx context.Context, cfgVersion string, p *policy.P
 	if err != nil {
 		return nil, fmt.Errorf("run slot of %s: %w", p.Name, err)
 	}
-	rep, err := r.runSlot(ctx, cfgVersion, p, slot, trigger, sl, started, o)
+	rep, err := r.runSlotLocked(ctx, cfgVersion, p, slot, trigger, sl, started, o)
 	unlock()
 	if err != nil || r.opts.Settled == nil || o.SkipRetention || rep == nil || rep.Outcome == store.OutcomeFailed {
 		return rep, err
@@ -239,7 +239,7 @@ func (r *Runner) RunSlotWith(ctx context.Context, cfgVersion string, p *policy.P
 	return rep, nil
 }
 
-func (r *Runner) runSlot(ctx context.Context, cfgVersion string, p *policy.Policy, slot time.Time, trigger Trigger,
+func (r *Runner) runSlotLocked(ctx context.Context, cfgVersion string, p *policy.Policy, slot time.Time, trigger Trigger,
 	sl store.Slot, started time.Time, o RunSlotOptions) (*SlotReport, error) {
 	sr := &slotRun{
 		sh: r.sh, opts: r.opts, w: r.w, cfgVersion: cfgVersion, p: p, slot: slot, trigger: trigger, slotID: sl.ID, runID: newRunID(), call: o,

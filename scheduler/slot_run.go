@@ -61,7 +61,7 @@ func (sr *slotRun) execute(ctx context.Context) error {
 		selected, err = selectServers(servers, sel)
 	}
 	if err != nil {
-		sr.event(ctx, store.Event{Kind: "list_failed", Message: "list servers: " + cloud.Reason(err)})
+		sr.recordEvent(ctx, store.Event{Kind: "list_failed", Message: "list servers: " + cloud.Reason(err)})
 		return err // the cloud's error names the call: "list servers: ..."
 	}
 	if len(sr.call.Servers) > 0 {
@@ -82,7 +82,7 @@ func (sr *slotRun) execute(ctx context.Context) error {
 			"select", DescribeSelector(sel))
 	}
 	sr.noteLeavers(ctx, selected)
-	sr.progress(ServerResult{})
+	sr.reportStart(ServerResult{})
 
 	existing, err := sh.store.Images(ctx, store.ImageFilter{Policy: p.Name, Slot: sr.slot})
 	if err != nil {
@@ -127,7 +127,7 @@ func (sr *slotRun) execute(ctx context.Context) error {
 	}
 	do := func(s cloud.Server, held bool) {
 		row, has := rows[s.ID]
-		im, wait, err := sr.server(ctx, s, row, has, held)
+		im, wait, err := sr.imageServer(ctx, s, row, has, held)
 		if busy := (busyError{}); errors.As(err, &busy) {
 			// Looked at again later, on a goroutine of its own: its backoff must
 			// not hold a worker slot (the retry takes one when it calls again).
@@ -233,7 +233,7 @@ func (sr *slotRun) noteLeavers(ctx context.Context, selected []cloud.Server) {
 			rp.NewestGood.UTC().Format(time.RFC3339)
 		sr.log.Warn("a server with good images left the policy's selection", "server_id", rp.ServerID,
 			"newest_good", rp.NewestGood.UTC().Format(time.RFC3339), "select", DescribeSelector(CloudSelector(p.Select)))
-		sr.event(ctx, store.Event{Kind: store.EventServerLeft, ServerID: rp.ServerID, Message: msg})
+		sr.recordEvent(ctx, store.Event{Kind: store.EventServerLeft, ServerID: rp.ServerID, Message: msg})
 	}
 }
 
@@ -266,7 +266,7 @@ func (sr *slotRun) render(s cloud.Server) (string, map[string]string, error) {
 
 // skip records a server that is not imaged, with its reason.
 func (sr *slotRun) skip(ctx context.Context, s cloud.Server, res ServerResult, reason, detail string) error {
-	sr.event(ctx, store.Event{Kind: store.EventServerSkipped, ServerID: s.ID, Message: reason + ": " + detail})
+	sr.recordEvent(ctx, store.Event{Kind: store.EventServerSkipped, ServerID: s.ID, Message: reason + ": " + detail})
 	sr.sh.metrics.ServerSkipped(sr.p.Name, reason)
 	sr.log.Info("server skipped", "server_id", s.ID, "server_name", s.Name, "reason", reason, "detail", detail)
 	res.Outcome, res.Reason = ServerSkipped, reason
@@ -287,8 +287,8 @@ func (sr *slotRun) failRow(ctx context.Context, row store.Image, res ServerResul
 	return nil
 }
 
-// event appends an audit event about this run's slot.
-func (sr *slotRun) event(ctx context.Context, e store.Event) {
+// recordEvent appends an audit event about this run's slot.
+func (sr *slotRun) recordEvent(ctx context.Context, e store.Event) {
 	e.Policy, e.Slot, e.SlotID = sr.p.Name, sr.slot, sr.slotID
 	if _, err := sr.sh.store.AddEvent(context.WithoutCancel(ctx), e); err != nil {
 		sr.log.Error("record event", "kind", e.Kind, "err", err)
@@ -346,8 +346,8 @@ func (sr *slotRun) report(res ServerResult) {
 	}
 }
 
-// progress reports the start of the run (selection done).
-func (sr *slotRun) progress(res ServerResult) {
+// reportStart reports the start of the run (selection done).
+func (sr *slotRun) reportStart(res ServerResult) {
 	sr.mu.Lock()
 	defer sr.mu.Unlock()
 	sr.report(res)

@@ -28,7 +28,7 @@ const (
 	MaxBusyRetry             = 6 * time.Hour
 )
 
-// busyError is a server found busy: serverRetryingBusy retries it or skips it.
+// busyError is a server found busy: retryBusy retries it or skips it.
 type busyError struct {
 	res    ServerResult
 	detail string
@@ -45,8 +45,8 @@ func (sr *slotRun) busyDeadline() time.Time {
 	return sr.slot.Add(bound)
 }
 
-// retryBusy is called when server found s busy: it waits with backoff, reads the
-// server again and runs server again, while it is busy and busyDeadline has not
+// retryBusy is called when imageServer found s busy: it waits with backoff, reads the
+// server again and runs imageServer again, while it is busy and busyDeadline has not
 // passed; then the server is skipped busy.
 func (sr *slotRun) retryBusy(ctx context.Context, s cloud.Server, busy busyError) (store.Image, bool, error) {
 	sh := sr.sh
@@ -79,16 +79,16 @@ func (sr *slotRun) retryBusy(ctx context.Context, s cloud.Server, busy busyError
 			return im, false, err
 		}
 		var wait bool
-		im, wait, err = sr.server(ctx, s, row, has, false)
+		im, wait, err = sr.imageServer(ctx, s, row, has, false)
 		if !errors.As(err, &busy) {
 			return im, wait, err
 		}
 	}
 }
 
-// inFlight says why an earlier slot's image of the server under this policy is
+// earlierImageInFlight says why an earlier slot's image of the server under this policy is
 // still being made ("" when none is): a second createImage must not start then.
-func (sr *slotRun) inFlight(ctx context.Context, serverID string) (string, error) {
+func (sr *slotRun) earlierImageInFlight(ctx context.Context, serverID string) (string, error) {
 	rows, err := sr.sh.store.Images(ctx, store.ImageFilter{Policy: sr.p.Name, ServerID: serverID,
 		States: []store.ImageState{store.ImageRequested, store.ImageCreating}})
 	if err != nil {
@@ -109,12 +109,12 @@ func (sr *slotRun) inFlight(ctx context.Context, serverID string) (string, error
 // errAbandoned marks a server whose work a test hook stopped, as a crash would.
 var errAbandoned = errors.New("abandoned at a crash point")
 
-// server handles one selected server: the existing row, the skips, the intent, the
+// imageServer takes one selected server: the existing row, the skips, the intent, the
 // call. It returns the row to wait for when wait is true.
 //
 // held says the caller already holds a worker slot for it (execute without a
-// spread window); otherwise server takes one once the server's offset is due.
-func (sr *slotRun) server(ctx context.Context, s cloud.Server, row store.Image, has, held bool) (im store.Image, wait bool, err error) {
+// spread window); otherwise imageServer takes one once the server's offset is due.
+func (sr *slotRun) imageServer(ctx context.Context, s cloud.Server, row store.Image, has, held bool) (im store.Image, wait bool, err error) {
 	sh, p := sr.sh, sr.p
 	log := sr.log.With("server_id", s.ID, "server_name", s.Name)
 	res := ServerResult{ServerID: s.ID, ServerName: s.Name, Existing: has}
@@ -154,7 +154,7 @@ func (sr *slotRun) server(ctx context.Context, s cloud.Server, row store.Image, 
 		}
 		// requested, or failed before any image existed: the outcome of an earlier
 		// call may be unknown, so look for our stamped image before calling again.
-		adopted, found, err := sr.adopt(ctx, row, "row for this slot had no image id")
+		adopted, found, err := sr.adoptStamped(ctx, row, "row for this slot had no image id")
 		if err != nil {
 			return row, false, sr.failRow(ctx, row, res, "look for stamped image: "+cloud.Reason(err))
 		}
@@ -175,7 +175,7 @@ func (sr *slotRun) server(ctx context.Context, s cloud.Server, row store.Image, 
 	// snapshot too, so it is looked for before busy.
 	// A row of this slot that reached here has no createImage sent yet (or a known
 	// failure without an image), so the check applies to it as to a new server.
-	inFlight, err := sr.inFlight(ctx, s.ID)
+	inFlight, err := sr.earlierImageInFlight(ctx, s.ID)
 	if err != nil {
 		return row, false, err
 	}
@@ -222,7 +222,7 @@ func (sr *slotRun) server(ctx context.Context, s cloud.Server, row store.Image, 
 		if has {
 			return row, false, sr.failRow(ctx, row, res, err.Error())
 		}
-		sr.event(ctx, store.Event{Kind: store.EventImageFailed, ServerID: s.ID, Message: err.Error()})
+		sr.recordEvent(ctx, store.Event{Kind: store.EventImageFailed, ServerID: s.ID, Message: err.Error()})
 		res.Outcome, res.Reason = ServerFailed, err.Error()
 		sh.metrics.ImageCreated(p.Name, CreateFailed, 0)
 		sr.finish(res)
@@ -265,11 +265,11 @@ func (sr *slotRun) server(ctx context.Context, s cloud.Server, row store.Image, 
 			return row, false, errAbandoned
 		}
 	}
-	return sr.create(ctx, s, row, res, name, meta, log)
+	return sr.requestImage(ctx, s, row, res, name, meta, log)
 }
 
-// create makes the createImage call for a row that has no image yet.
-func (sr *slotRun) create(ctx context.Context, s cloud.Server, row store.Image, res ServerResult, name string,
+// requestImage makes the createImage call for a row that has no image yet.
+func (sr *slotRun) requestImage(ctx context.Context, s cloud.Server, row store.Image, res ServerResult, name string,
 	meta map[string]string, log *slog.Logger) (store.Image, bool, error) {
 	sh := sr.sh
 	unlock, err := sh.servers.lock(ctx, s.ID)
@@ -378,7 +378,7 @@ func (sr *slotRun) create(ctx context.Context, s cloud.Server, row store.Image, 
 			"createImage outcome unknown ("+cloud.Reason(err)+"); looking for our stamped image"); nerr != nil {
 			return row, false, nerr
 		}
-		adopted, found, aerr := sr.adopt(ctx, row, "createImage outcome unknown")
+		adopted, found, aerr := sr.adoptStamped(ctx, row, "createImage outcome unknown")
 		if aerr == nil && found {
 			return adopted, true, nil
 		}
@@ -403,9 +403,9 @@ func isTransport(err error) bool {
 	return true
 }
 
-// adopt looks for our stamped image of the row's (policy, server, slot) and records
+// adoptStamped looks for our stamped image of the row's (policy, server, slot) and records
 // it. found is false when there is none.
-func (sr *slotRun) adopt(ctx context.Context, row store.Image, why string) (store.Image, bool, error) {
+func (sr *slotRun) adoptStamped(ctx context.Context, row store.Image, why string) (store.Image, bool, error) {
 	sh := sr.sh
 	stamp := cloud.Stamp{Owner: sh.store.Owner(), Policy: row.Policy, Server: row.ServerID, Slot: StampSlot(row.Slot)}
 	images, err := sr.cloud.ListImages(ctx, stamp.Properties())

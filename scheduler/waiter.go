@@ -184,7 +184,7 @@ func (w *waiter) check(ctx context.Context, sc waitScope, it *waitItem, listed [
 			return true, w.fail(bctx, sc, it, fmt.Sprintf("image %s vanished while waiting (Glance 404): Nova deletes the image when the snapshot fails", it.row.ImageID))
 		case err != nil:
 			if late {
-				return true, w.timedOut(bctx, sc, it, fmt.Sprintf("not confirmed good within wait_timeout %s: %s", sc.timeout, cloud.Reason(err)))
+				return true, w.failTimedOut(bctx, sc, it, fmt.Sprintf("not confirmed good within wait_timeout %s: %s", sc.timeout, cloud.Reason(err)))
 			}
 			return false, nil
 		}
@@ -248,7 +248,7 @@ func (w *waiter) check(ctx context.Context, sc waitScope, it *waitItem, listed [
 		if len(img.Snapshots) > 0 {
 			msg += fmt.Sprintf(", %d of %d volume snapshots available", avail, len(img.Snapshots))
 		}
-		return true, w.timedOut(bctx, sc, it, msg)
+		return true, w.failTimedOut(bctx, sc, it, msg)
 	}
 	return false, nil
 }
@@ -325,10 +325,10 @@ func (w *waiter) fail(ctx context.Context, sc waitScope, it *waitItem, reason st
 	return nil
 }
 
-// timedOut marks a waited-for row failed by wait_timeout: the slot reports it failed
+// failTimedOut marks a waited-for row failed by wait_timeout: the slot reports it failed
 // (alerts fire), and the late watch keeps looking at the image until its late window
 // closes, promoting it to good if it completes.
-func (w *waiter) timedOut(ctx context.Context, sc waitScope, it *waitItem, reason string) error {
+func (w *waiter) failTimedOut(ctx context.Context, sc waitScope, it *waitItem, reason string) error {
 	until := lateUntil(sc.p, it.row, sc.timeout)
 	row, err := w.sh.store.MarkTimedOut(ctx, it.row.Row, reason, until)
 	if err != nil {
