@@ -328,14 +328,6 @@ func retainServer(images []policy.RetentionImage, ret policy.Retention, loc *tim
 	return ds
 }
 
-// policyLocation is the zone a policy's calendar rules count in.
-func policyLocation(p *policy.Policy) *time.Location {
-	if p.Schedule != nil && p.Schedule.Location != nil {
-		return p.Schedule.Location
-	}
-	return time.UTC
-}
-
 // completeShown fills in what the packed rows (AppendRetentionRows) leave out, for
 // the rows shown only: one lookup for them. Every item gets its image and server
 // names, and its image id when the packed row had none (a plain good row); every
@@ -451,7 +443,7 @@ func (pr *pruner) decideServer(rows []store.LineageRow, gone bool, count map[Pru
 		input = append(input, policy.RetentionImage{ID: retentionKey(i), Time: row.Slot, Status: st, FailReason: row.Reason,
 			RequestedAt: row.RequestedAt, FailedAt: row.FailedAt, LateUntil: row.LateUntil, WaitTimeout: wait})
 	}
-	decisions := retainServer(input, ret, policyLocation(pr.p), pr.now, gone)
+	decisions := retainServer(input, ret, pr.p.Location(), pr.now, gone)
 	minKeep := max(ret.MinKeep, 1)
 	if count == nil {
 		items = make([]PruneItem, 0, len(rows))

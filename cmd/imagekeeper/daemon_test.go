@@ -205,7 +205,7 @@ func slotsOf(t *testing.T, st *store.Store, p string) []store.Slot {
 	return sl // newest first
 }
 
-func countOutcome(sl []store.Slot, outcomes ...string) int {
+func countOutcome(sl []store.Slot, outcomes ...store.SlotOutcome) int {
 	n := 0
 	for _, s := range sl {
 		for _, o := range outcomes {
@@ -602,11 +602,11 @@ func TestDaemonCatchUp(t *testing.T) {
 				t.Fatal(err)
 			}
 			st := openStore(t, e.state)
-			got := map[string]string{}
+			got := map[string]store.SlotOutcome{}
 			for _, s := range slotsOf(t, st, "hourly") {
 				got[s.Slot.UTC().Format("15:04")] = s.Outcome
 			}
-			want := map[string]string{
+			want := map[string]store.SlotOutcome{
 				latest.Add(-3 * time.Hour).Format("15:04"): store.OutcomeRan,
 				latest.Add(-2 * time.Hour).Format("15:04"): store.OutcomeMissed,
 				latest.Add(-1 * time.Hour).Format("15:04"): store.OutcomeMissed,
