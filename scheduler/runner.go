@@ -244,14 +244,14 @@ func (r *Runner) runSlotLocked(ctx context.Context, cfgVersion string, p *policy
 	sr := &slotRun{
 		sh: r.sh, opts: r.opts, w: r.w, cfgVersion: cfgVersion, p: p, slot: slot, trigger: trigger, slotID: sl.ID, runID: newRunID(), call: o,
 		calls:    &callCounter{},
-		log:      r.sh.log.With("policy", p.Name, "slot", StampSlot(slot)),
+		log:      r.sh.log.With(LogKeyPolicy, p.Name, LogKeySlot, StampSlot(slot)),
 		timeout:  r.sh.waitTimeout(p),
 		results:  map[string]*ServerResult{},
 		existing: map[string]bool{},
 	}
 	sr.cloud = r.sh.countedCloud(sr.calls)
 	rep := &SlotReport{Policy: p.Name, Slot: slot, SlotID: sl.ID, Trigger: trigger, Started: started}
-	sr.log.Info("slot run starting", "trigger", string(trigger), "run_id", sr.runID)
+	sr.log.Info("slot run starting", LogKeyTrigger, string(trigger), LogKeyRunID, sr.runID)
 
 	runErr := sr.execute(ctx)
 	if runErr == nil {
@@ -305,7 +305,7 @@ func (r *Runner) runSlotLocked(ctx context.Context, cfgVersion string, p *policy
 		return rep, fmt.Errorf("run slot %s of %s: %w", StampSlot(slot), p.Name, runErr)
 	}
 	if err := r.sh.store.FinishSlot(bctx, sl.ID, rep.Outcome, rep.Reason, rep.Counts); err != nil {
-		sr.log.Error("record slot outcome", "err", err)
+		sr.log.Error("record slot outcome", LogKeyErr, err)
 		if runErr == nil {
 			runErr = err
 		}
@@ -314,9 +314,9 @@ func (r *Runner) runSlotLocked(ctx context.Context, cfgVersion string, p *policy
 	if rep.OK() {
 		r.sh.metrics.SetLastSuccess(p.Name, rep.Finished)
 	}
-	sr.log.Info("slot run finished", "outcome", rep.Outcome, "selected", rep.Counts.Selected, "good", rep.Counts.Good,
+	sr.log.Info("slot run finished", LogKeyOutcome, rep.Outcome, "selected", rep.Counts.Selected, "good", rep.Counts.Good,
 		"failed", rep.Counts.Failed, "skipped", rep.Counts.Skipped, "cloud_calls", rep.CloudCalls,
-		"duration", rep.Finished.Sub(started).Round(time.Millisecond).String())
+		LogKeyDuration, rep.Finished.Sub(started).Round(time.Millisecond).String())
 	if runErr != nil {
 		return rep, fmt.Errorf("run slot %s of %s: %w", StampSlot(slot), p.Name, runErr)
 	}
@@ -333,12 +333,12 @@ func (r *Runner) settleStale(ctx context.Context, p *policy.Policy, current time
 	// Images of this policy in their late window get one look too, so that they are
 	// promoted where no daemon runs WatchLate (runs from the CLI).
 	if _, err := r.late.checkLate(ctx, p.Name); err != nil {
-		r.sh.log.Warn("look at images in their late window", "policy", p.Name, "err", err)
+		r.sh.log.Warn("look at images in their late window", LogKeyPolicy, p.Name, LogKeyErr, err)
 	}
 	rows, err := r.sh.store.Images(ctx, store.ImageFilter{Policy: p.Name,
 		States: []store.ImageState{store.ImageRequested, store.ImageCreating}})
 	if err != nil {
-		r.sh.log.Warn("look for images left in progress", "policy", p.Name, "err", err)
+		r.sh.log.Warn("look for images left in progress", LogKeyPolicy, p.Name, LogKeyErr, err)
 		return
 	}
 	timeout := r.sh.waitTimeout(p)
@@ -361,10 +361,10 @@ func (r *Runner) settleStale(ctx context.Context, p *policy.Policy, current time
 	}
 	for _, sl := range slots {
 		sc := waitScope{policy: p.Name, slot: sl, timeout: timeout, p: p, cloud: r.sh.Cloud(), pollFirst: true,
-			log: r.sh.log.With("policy", p.Name, "slot", StampSlot(sl))}
+			log: r.sh.log.With(LogKeyPolicy, p.Name, LogKeySlot, StampSlot(sl))}
 		sc.log.Info("settling images left in progress by an earlier run", "images", len(bySlot[sl]))
 		if err := r.w.wait(ctx, sc, bySlot[sl]); err != nil {
-			sc.log.Warn("settle images left in progress", "err", err)
+			sc.log.Warn("settle images left in progress", LogKeyErr, err)
 			return
 		}
 	}

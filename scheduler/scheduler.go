@@ -287,7 +287,7 @@ func (s *Scheduler) recordLocked(name string, records []slotRecord) {
 		defer s.wg.Done()
 		defer s.recWG.Done()
 		for _, rec := range records {
-			lg := s.log.With("policy", name, "slot", rec.slot, "outcome", rec.outcome)
+			lg := s.log.With(LogKeyPolicy, name, LogKeySlot, rec.slot, LogKeyOutcome, rec.outcome)
 			if rec.outcome == OutcomeSkippedOverlap {
 				lg.Warn("slot skipped: " + rec.reason)
 			} else {
@@ -299,7 +299,7 @@ func (s *Scheduler) recordLocked(name string, records []slotRecord) {
 			err := s.opts.Ledger.RecordSlot(ctx, name, rec.slot, rec.outcome, rec.reason)
 			cancel()
 			if err != nil {
-				lg.Error("record slot outcome", "err", err)
+				lg.Error("record slot outcome", LogKeyErr, err)
 				continue
 			}
 			for range rec.count {
@@ -319,7 +319,7 @@ func (s *Scheduler) dispatchLocked(cfgVersion string, p *policy.Policy, slot tim
 	s.running[p.Name] = true
 	s.inFlight++
 	s.wg.Add(1)
-	lg := s.log.With("policy", p.Name, "slot", slot)
+	lg := s.log.With(LogKeyPolicy, p.Name, LogKeySlot, slot)
 	if catchUp {
 		lg.Info("catching up a missed slot")
 	} else {
@@ -339,13 +339,13 @@ func (s *Scheduler) dispatchLocked(cfgVersion string, p *policy.Policy, slot tim
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
 				if err := s.opts.Ledger.RecordSlot(ctx, p.Name, slot, OutcomeFailed, fmt.Sprintf("panic: %v", v)); err != nil {
-					lg.Error("record slot outcome", "err", err)
+					lg.Error("record slot outcome", LogKeyErr, err)
 				}
 				s.opts.Metrics.SlotOutcome(p.Name, OutcomeFailed)
 			}
 		}()
 		if err := s.opts.RunSlot(s.runCtx, cfgVersion, p, slot, catchUp); err != nil {
-			lg.Error("slot run failed", "err", err)
+			lg.Error("slot run failed", LogKeyErr, err)
 		}
 	}()
 }
@@ -432,7 +432,7 @@ func (s *Scheduler) Swap(cfg *policy.Config) {
 		}
 		s.removeLocked(name, ps)
 		s.opts.Metrics.RemovePolicy(name)
-		s.log.Info("policy no longer scheduled; its images are kept", "policy", name)
+		s.log.Info("policy no longer scheduled; its images are kept", LogKeyPolicy, name)
 	}
 	for _, p := range cfg.Policies {
 		if next[p.Name] == nil {
@@ -442,7 +442,7 @@ func (s *Scheduler) Swap(cfg *policy.Config) {
 		switch {
 		case !ok:
 			s.addLocked(p, now)
-			s.log.Info("policy scheduled", "policy", p.Name, "next_slot", p.Schedule.Next(now))
+			s.log.Info("policy scheduled", LogKeyPolicy, p.Name, "next_slot", p.Schedule.Next(now))
 		case ps.schedKey != scheduleKey(p.Schedule):
 			// A slot of the old schedule that is due but whose timer has not fired yet
 			// still belongs to the old version; take it before switching.
@@ -454,10 +454,10 @@ func (s *Scheduler) Swap(cfg *policy.Config) {
 			if ps.watermark.After(nps.watermark) {
 				nps.watermark = ps.watermark
 			}
-			s.log.Info("policy schedule changed", "policy", p.Name, "next_slot", p.Schedule.Next(now))
+			s.log.Info("policy schedule changed", LogKeyPolicy, p.Name, "next_slot", p.Schedule.Next(now))
 		default:
 			if old := oldByName[p.Name]; old != nil && old.Version != p.Version {
-				s.log.Info("policy changed; takes effect from its next slot", "policy", p.Name)
+				s.log.Info("policy changed; takes effect from its next slot", LogKeyPolicy, p.Name)
 			}
 			s.opts.Metrics.SetNextSlot(p.Name, p.Schedule.Next(now))
 		}
@@ -491,7 +491,7 @@ func (s *Scheduler) Go(name string, fn func(ctx context.Context) error) {
 			}
 		}()
 		if err := fn(s.runCtx); err != nil {
-			s.log.Error(name+" failed", "err", err)
+			s.log.Error(name+" failed", LogKeyErr, err)
 		}
 	}()
 }

@@ -62,7 +62,7 @@ func (sr *slotRun) retryBusy(ctx context.Context, s cloud.Server, busy busyError
 			}
 			return im, false, sr.skip(ctx, s, busy.res, SkipBusy, detail)
 		}
-		sr.log.Info("server busy; looking again later", "server_id", s.ID, "detail", busy.detail, "in", min(interval, left).String())
+		sr.log.Info("server busy; looking again later", LogKeyServerID, s.ID, LogKeyDetail, busy.detail, "in", min(interval, left).String())
 		if err := sh.sleep(ctx, min(interval, left)); err != nil {
 			return im, false, err
 		}
@@ -116,7 +116,7 @@ var errAbandoned = errors.New("abandoned at a crash point")
 // spread window); otherwise imageServer takes one once the server's offset is due.
 func (sr *slotRun) imageServer(ctx context.Context, s cloud.Server, row store.Image, has, held bool) (im store.Image, wait bool, err error) {
 	sh, p := sr.sh, sr.p
-	log := sr.log.With("server_id", s.ID, "server_name", s.Name)
+	log := sr.log.With(LogKeyServerID, s.ID, LogKeyServerName, s.Name)
 	res := ServerResult{ServerID: s.ID, ServerName: s.Name, Existing: has}
 	if has {
 		if !sr.claim(row) {
@@ -248,7 +248,7 @@ func (sr *slotRun) imageServer(ctx context.Context, s cloud.Server, row store.Im
 		if !created {
 			// Another process wrote the row between our read and now: it owns the call.
 			res.Existing = true
-			sr.log.Info("slot row appeared concurrently; not calling again", "server_id", s.ID, "server_name", s.Name)
+			sr.log.Info("slot row appeared concurrently; not calling again", LogKeyServerID, s.ID, LogKeyServerName, s.Name)
 			if row.State == store.ImageCreating {
 				return row, true, nil
 			}
@@ -339,7 +339,7 @@ func (sr *slotRun) requestImage(ctx context.Context, s cloud.Server, row store.I
 			thaw(PostRequested)
 			return row, false, err
 		}
-		log.Info("image requested", "image_id", id, "image_name", row.Name)
+		log.Info("image requested", LogKeyImageID, id, LogKeyImageName, row.Name)
 		if hk != nil {
 			seen, why := sr.awaitPoint(ctx, s, id, hk.preEnd)
 			result := PostRequested
@@ -424,7 +424,7 @@ func (sr *slotRun) adoptStamped(ctx context.Context, row store.Image, why string
 	if err != nil {
 		return row, false, err
 	}
-	sr.log.Info("image adopted", "server_id", row.ServerID, "server_name", row.ServerName, "image_id", img.ID, "image_name", img.Name)
+	sr.log.Info("image adopted", LogKeyServerID, row.ServerID, LogKeyServerName, row.ServerName, LogKeyImageID, img.ID, LogKeyImageName, img.Name)
 	return adopted, true, nil
 }
 
