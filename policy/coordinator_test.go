@@ -3,6 +3,7 @@ package policy
 import (
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestCoordinatorPolicyAndApply(t *testing.T) {
@@ -52,6 +53,16 @@ func TestConfigPolicy(t *testing.T) {
 	}
 	if got := (*Config)(nil).Policy("on"); got != nil {
 		t.Errorf("nil config: Policy(on) = %v", got)
+	}
+}
+
+// TestPolicyLocationDefault checks the UTC default of a policy without a schedule
+// or zone (one built by hand).
+func TestPolicyLocationDefault(t *testing.T) {
+	for _, p := range []*Policy{{Name: "bare"}, {Name: "no zone", Schedule: &Schedule{}}} {
+		if got := p.Location(); got != time.UTC {
+			t.Errorf("%s: Location() = %v, want UTC", p.Name, got)
+		}
 	}
 }
 

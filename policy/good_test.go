@@ -111,6 +111,9 @@ func TestGoodAnchors(t *testing.T) {
 	if a.Schedule.Location.String() != "America/New_York" {
 		t.Errorf("a zone = %v, want defaults.timezone", a.Schedule.Location)
 	}
+	if a.Location() != a.Schedule.Location {
+		t.Errorf("a.Location() = %v, want its schedule's %v", a.Location(), a.Schedule.Location)
+	}
 	if b.Schedule.Every != 6*time.Hour || b.Schedule.MaxLateness != 6*time.Hour || b.Schedule.Spread != time.Hour {
 		t.Errorf("b schedule = %+v", b.Schedule)
 	}

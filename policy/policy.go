@@ -73,6 +73,16 @@ type Policy struct {
 	Version string
 }
 
+// Location is the time zone the policy's slots, templates and calendar retention
+// rules count in: its schedule's, UTC when there is none (a Policy built by hand in
+// a test). Load always sets one.
+func (p *Policy) Location() *time.Location {
+	if p.Schedule == nil {
+		return time.UTC
+	}
+	return p.Schedule.loc()
+}
+
 // Selector picks servers by Nova tags and availability zone.
 type Selector struct {
 	Tags              []string

@@ -56,10 +56,7 @@ func (sr *slotRun) hookEnvFor(s cloud.Server) map[string]string {
 
 // hookData is the template data of a server's hook commands: the same as its image name's.
 func (sr *slotRun) hookData(s cloud.Server) policy.TemplateData {
-	loc := time.UTC
-	if sr.p.Schedule != nil && sr.p.Schedule.Location != nil {
-		loc = sr.p.Schedule.Location
-	}
+	loc := sr.p.Location()
 	return policy.TemplateData{
 		Server: policy.ServerInfo{ID: s.ID, Name: s.Name, AZ: s.AvailabilityZone, Tags: s.Tags, Metadata: s.Metadata},
 		Policy: policy.PolicyInfo{Name: sr.p.Name},

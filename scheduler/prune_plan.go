@@ -256,7 +256,7 @@ func (pr *pruner) readBatches(ctx context.Context, serverIDs []string) (<-chan r
 				} else {
 					// Only the rows something happens to are shown: read what retention
 					// needs, packed, and the names of the shown rows afterwards.
-					rows, err = pr.st.AppendRetentionRows(ctx, rows[:0], pr.p.Name, batch, pruneStates)
+					rows, err = pr.st.AppendRetentionRows(ctx, rows[:0], pr.p.Name, batch)
 				}
 				select {
 				case lane <- rowBatch{rows: rows, err: err, done: func() { free <- rows }}:
@@ -326,14 +326,6 @@ func retainServer(images []policy.RetentionImage, ret policy.Retention, loc *tim
 		}
 	}
 	return ds
-}
-
-// policyLocation is the zone a policy's calendar rules count in.
-func policyLocation(p *policy.Policy) *time.Location {
-	if p.Schedule != nil && p.Schedule.Location != nil {
-		return p.Schedule.Location
-	}
-	return time.UTC
 }
 
 // completeShown fills in what the packed rows (AppendRetentionRows) leave out, for
@@ -451,7 +443,7 @@ func (pr *pruner) decideServer(rows []store.LineageRow, gone bool, count map[Pru
 		input = append(input, policy.RetentionImage{ID: retentionKey(i), Time: row.Slot, Status: st, FailReason: row.Reason,
 			RequestedAt: row.RequestedAt, FailedAt: row.FailedAt, LateUntil: row.LateUntil, WaitTimeout: wait})
 	}
-	decisions := retainServer(input, ret, policyLocation(pr.p), pr.now, gone)
+	decisions := retainServer(input, ret, pr.p.Location(), pr.now, gone)
 	minKeep := max(ret.MinKeep, 1)
 	if count == nil {
 		items = make([]PruneItem, 0, len(rows))

@@ -58,7 +58,7 @@ func SimulateRetention(p *policy.Policy, servers []SimServer, existing map[strin
 	if p == nil || p.Schedule == nil {
 		return nil, nil, errors.New("simulate retention: policy without schedule")
 	}
-	loc := policyLocation(p)
+	loc := p.Location()
 	held := map[string][]SimImage{}
 	for sid, ims := range existing {
 		for _, im := range ims {

@@ -240,10 +240,7 @@ func (sr *slotRun) noteLeavers(ctx context.Context, selected []cloud.Server) {
 // render makes the image name and metadata of server s, stamp included.
 func (sr *slotRun) render(s cloud.Server) (string, map[string]string, error) {
 	p := sr.p
-	loc := time.UTC
-	if p.Schedule != nil && p.Schedule.Location != nil {
-		loc = p.Schedule.Location
-	}
+	loc := p.Location()
 	name, meta, err := p.Image.Render(policy.TemplateData{
 		Server: policy.ServerInfo{ID: s.ID, Name: s.Name, AZ: s.AvailabilityZone, Tags: s.Tags, Metadata: s.Metadata},
 		Policy: policy.PolicyInfo{Name: p.Name},

@@ -11,105 +11,167 @@ import (
 	"time"
 )
 
-// retentionRowsQuery reads, per server, what retention decides on in three
-// aggregates: the row ids and slots of every row (comma-separated; neither holds a
-// comma), and a packed record of each row that is not a plain good row of this
-// installation. A plain good row (state good, our owner, no reason, no failure) is
-// all a million-row lineage is made of, and retention needs nothing of it but its
-// slot (its state is good: every other row has a record, so no aggregate of the
-// states is read); a || concatenation per row is what SQLite spent its time on, and
-// group_concat of a bare column appends to one growing buffer. Each record is
+// Retention planning reads every row of a policy but the deleted ones, a million
+// at scale, nearly all of them plain good rows: state good, no reason, no failure.
+// Of a plain good row retention needs the row id, the slot and the owner; of any
+// other row, every field it decides on. Two partial indexes (migration 0009) hold
+// the two kinds apart, so that no query compares columns per row to tell them
+// apart, and each kind has its own query:
+//
+// retentionGoodQuery aggregates the ids and slots of the plain good rows per server
+// and owner (comma-separated; neither holds a comma). group_concat of a bare column
+// appends to one growing buffer; a || concatenation per row is what SQLite spent
+// its time on before.
+//
+// retentionOtherQuery packs each other row into one record, and a server's records
+// into one string. Each record is
 //
 //	id,state,slot,requested_at,failed_at,next_attempt_at,late_until,failure,image_id,owner,len,why
 //
 // where owner is empty when it is this installation's (?1), why is the delete
 // reason of a deleting row and the reason of any other, and len is why's length in
 // bytes: why comes last and is cut by length, so it may hold anything. Every other
-// field is an enum, a fixed-width timestamp, an id or hex: no commas. The
-// aggregates see the rows in the same order (one step each per row); which order
-// that is, is not relied on: the caller sorts each server's rows. The index is named:
-// the planner, without statistics, would take the UNIQUE autoindex, which holds
-// neither the state nor the owner, and seek the table for every row.
+// field is an enum, a fixed-width timestamp, an id or hex: no commas.
 //
-// The states are filtered by what is left out (notStates): retention reads every
-// state but deleted, and one <> per row costs SQLite less than an IN of six.
-func retentionRowsQuery(servers, notStates int) string {
-	q := `SELECT server_id, group_concat(id), group_concat(slot),
-			ifnull(group_concat(CASE WHEN state <> 'good' OR owner <> ?1 OR reason <> '' OR failure <> '' THEN
-				id || ',' || state || ',' || slot || ',' || requested_at || ',' ||
-				ifnull(failed_at, '') || ',' || ifnull(next_attempt_at, '') || ',' || ifnull(late_until, '') || ',' ||
-				failure || ',' || ifnull(image_id, '') || ',' ||
-				iif(owner = ?1, '', owner) || ',' || length(CAST(why AS BLOB)) || ',' || why END, ''), '')
+// The indexes are named: a partial index is used only when the query's WHERE
+// repeats its condition, and the planner, without statistics, might take another.
+// Which order the aggregates see the rows in is not relied on: each server's rows
+// are sorted in Go, where they almost always arrive sorted.
+func retentionGoodQuery(servers int) string {
+	return `SELECT server_id, owner, group_concat(id), group_concat(slot)
+		FROM images INDEXED BY images_retention_good
+		WHERE policy = ? AND server_id IN (` + inMarks(servers) + `) AND state = 'good' AND reason = '' AND failure = ''
+		GROUP BY server_id, owner ORDER BY server_id, owner`
+}
+
+func retentionOtherQuery(servers int) string {
+	return `SELECT server_id, group_concat(id || ',' || state || ',' || slot || ',' || requested_at || ',' ||
+			ifnull(failed_at, '') || ',' || ifnull(next_attempt_at, '') || ',' || ifnull(late_until, '') || ',' ||
+			failure || ',' || ifnull(image_id, '') || ',' ||
+			iif(owner = ?1, '', owner) || ',' || length(CAST(why AS BLOB)) || ',' || why, '')
 		FROM (SELECT id, server_id, state, slot, requested_at, failed_at, next_attempt_at, late_until, failure, image_id, owner,
-				reason, CASE state WHEN 'deleting' THEN delete_reason ELSE reason END AS why
-			FROM images INDEXED BY images_retention WHERE policy = ?2 AND server_id IN (` + inMarks(servers) + `)`
-	for range notStates {
-		q += ` AND state <> ?`
-	}
-	return q + `) GROUP BY server_id ORDER BY server_id`
+				CASE state WHEN 'deleting' THEN delete_reason ELSE reason END AS why
+			FROM images INDEXED BY images_retention_other
+			WHERE policy = ?2 AND server_id IN (` + inMarks(servers) + `)
+				AND state <> 'deleted' AND (state <> 'good' OR reason <> '' OR failure <> ''))
+		GROUP BY server_id ORDER BY server_id`
 }
 
 // AppendRetentionRows appends to dst the rows of policy for the given servers in
-// the given states (all when none), ordered by server, newest slot first (then by
-// row id), like AppendLineage; but it fills only what retention decides on. A
-// plain good row (this installation's, no reason, no failure) has Row, Policy,
-// ServerID, Slot, Owner and State; any other row also has ImageID, Reason (the
-// failure's), DeleteReason (a deleting row's), RequestedAt, FailedAt,
-// NextAttemptAt, LateUntil and Failure. Name, ServerName, VolumeBacked and
-// ActiveAt stay zero, and so does a plain good row's ImageID: a caller that shows
-// or deletes rows reads them in full for the few it shows (LineageRows).
-func (s *Store) AppendRetentionRows(ctx context.Context, dst []LineageRow, policy string, serverIDs []string, states []ImageState) ([]LineageRow, error) {
+// every state but deleted, ordered by server, newest slot first (then by row id),
+// like AppendLineage; but it fills only what retention decides on. A plain good
+// row (no reason, no failure) has Row, Policy, ServerID, Slot, Owner and State; any
+// other row also has ImageID, Reason (the failure's), DeleteReason (a deleting
+// row's), RequestedAt, FailedAt, NextAttemptAt, LateUntil and Failure. Name,
+// ServerName, VolumeBacked and ActiveAt stay zero, and so does a plain good row's
+// ImageID: a caller that shows or deletes rows reads them in full for the few it
+// shows (LineageRows).
+func (s *Store) AppendRetentionRows(ctx context.Context, dst []LineageRow, policy string, serverIDs []string) ([]LineageRow, error) {
 	if len(serverIDs) == 0 {
 		return dst, nil
 	}
-	var notStates []ImageState
-	if len(states) > 0 {
-		for _, st := range ImageStates {
-			if !slices.Contains(states, st) {
-				notStates = append(notStates, st)
-			}
-		}
-	}
-	args := make([]any, 0, 2+len(serverIDs)+len(notStates))
-	args = append(args, s.owner, policy)
-	for _, id := range serverIDs {
-		args = append(args, id)
-	}
-	for _, st := range notStates {
-		args = append(args, string(st))
-	}
-	rows, err := s.reader().QueryContext(ctx, retentionRowsQuery(len(serverIDs), len(notStates)), args...)
-	if err != nil {
-		return dst, fmt.Errorf("list retention rows of %s: %w", policy, err)
-	}
-	defer rows.Close()
 	u := unpacker{s: s, policy: policy, stateOf: map[string]ImageState{}, slots: map[string]time.Time{}}
 	for _, st := range ImageStates {
 		u.stateOf[string(st)] = st
 	}
-	for rows.Next() {
-		var server, ids, slots, records string
-		if err := rows.Scan(&server, &ids, &slots, &records); err != nil {
-			return dst, fmt.Errorf("scan retention rows of %s: %w", policy, err)
-		}
-		if dst, err = u.unpack(dst, server, ids, slots, records); err != nil {
-			return dst, fmt.Errorf("retention rows of %s, server %s: %w", policy, server, err)
-		}
+	args := make([]any, 0, 2+len(serverIDs))
+	args = append(args, s.owner, policy)
+	for _, id := range serverIDs {
+		args = append(args, id)
 	}
-	if err := rows.Err(); err != nil {
+	// The other rows first: few, held per server until that server's good rows.
+	var others []serverRecords
+	err := s.queryRows(ctx, retentionOtherQuery(len(serverIDs)), args, func(rows *sql.Rows) error {
+		var sr serverRecords
+		if err := rows.Scan(&sr.server, &sr.records); err != nil {
+			return err
+		}
+		others = append(others, sr)
+		return nil
+	})
+	if err != nil {
+		return dst, fmt.Errorf("list retention rows of %s: %w", policy, err)
+	}
+	cur, first := "", len(dst)
+	// next ends the current server and appends the servers with other rows only
+	// that sort before server ("" for all that are left).
+	next := func(server string) error {
+		if cur != "" {
+			dst = u.finish(dst, first)
+		}
+		for len(others) > 0 && (server == "" || others[0].server < server) {
+			first = len(dst)
+			if err := u.startServer(others[0].records, others[0].server); err != nil {
+				return fmt.Errorf("retention rows of %s, server %s: %w", policy, others[0].server, err)
+			}
+			others = others[1:]
+			dst = u.finish(dst, first)
+		}
+		cur, first = server, len(dst)
+		if server != "" && len(others) > 0 && others[0].server == server {
+			if err := u.startServer(others[0].records, server); err != nil {
+				return fmt.Errorf("retention rows of %s, server %s: %w", policy, server, err)
+			}
+			others = others[1:]
+		}
+		return nil
+	}
+	err = s.queryRows(ctx, retentionGoodQuery(len(serverIDs)), args[1:], func(rows *sql.Rows) error {
+		var server, owner, ids, slots string
+		if err := rows.Scan(&server, &owner, &ids, &slots); err != nil {
+			return err
+		}
+		if server != cur {
+			if err := next(server); err != nil {
+				return err
+			}
+		}
+		var err error
+		if dst, err = u.good(dst, server, owner, ids, slots); err != nil {
+			return fmt.Errorf("retention rows of %s, server %s: %w", policy, server, err)
+		}
+		return nil
+	})
+	if err == nil {
+		err = next("")
+	}
+	if err != nil {
 		return dst, fmt.Errorf("list retention rows of %s: %w", policy, err)
 	}
 	return dst, nil
 }
 
-// unpacker parses retentionRowsQuery's results. Strings are slices of the scanned
-// ones (no copies); the states and the owner are the shared constants.
+// queryRows runs q on the read pool and calls each for every row.
+func (s *Store) queryRows(ctx context.Context, q string, args []any, each func(*sql.Rows) error) error {
+	rows, err := s.reader().QueryContext(ctx, q, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := each(rows); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// serverRecords is one server's packed other rows (retentionOtherQuery).
+type serverRecords struct {
+	server, records string
+}
+
+// unpacker parses the retention queries' results. Strings are slices of the
+// scanned ones (no copies); the states and this installation's owner are the
+// shared constants.
 type unpacker struct {
 	s       *Store
 	policy  string
 	stateOf map[string]ImageState
 	// slots caches parsed slot instants: a policy's servers share its slots.
 	slots map[string]time.Time
+	// recs are the current server's other rows not yet appended, newest first.
+	recs []LineageRow
 }
 
 // nextField cuts the text before the next comma of *list (or all of it).
@@ -123,30 +185,44 @@ func nextField(list *string) string {
 	return v
 }
 
-// unpack appends one server's rows, newest slot first.
-func (u *unpacker) unpack(dst []LineageRow, server, ids, slots, records string) ([]LineageRow, error) {
-	first := len(dst)
-	var rec LineageRow
-	haveRec := false
+// newestFirst is the order of a server's rows: newest slot first, then by row id.
+func newestFirst(a, b LineageRow) int {
+	if c := b.Slot.Compare(a.Slot); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Row, b.Row)
+}
+
+// startServer parses a server's packed other rows into u.recs, newest first.
+func (u *unpacker) startServer(records, server string) error {
+	u.recs = u.recs[:0]
+	for records != "" {
+		var rec LineageRow
+		var err error
+		if rec, records, err = u.record(records, server); err != nil {
+			return err
+		}
+		u.recs = append(u.recs, rec)
+	}
+	if !slices.IsSortedFunc(u.recs, newestFirst) {
+		slices.SortFunc(u.recs, newestFirst)
+	}
+	return nil
+}
+
+// good appends one owner's plain good rows of a server, each after the server's
+// other rows that are newer.
+func (u *unpacker) good(dst []LineageRow, server, owner, ids, slots string) ([]LineageRow, error) {
+	if owner == u.s.owner {
+		owner = u.s.owner // the shared string, not a copy per server
+	}
 	for ids != "" {
 		id, err := strconv.ParseInt(nextField(&ids), 10, 64)
 		if err != nil {
 			return dst, fmt.Errorf("bad row id: %w", err)
 		}
-		if !haveRec && records != "" {
-			if rec, records, err = u.record(records, server); err != nil {
-				return dst, err
-			}
-			haveRec = true
-		}
 		slot := nextField(&slots)
-		if haveRec && rec.Row == id {
-			dst = append(dst, rec)
-			haveRec = false
-			continue
-		}
-		// No record: a plain good row.
-		r := LineageRow{Row: id, Policy: u.policy, ServerID: server, Owner: u.s.owner, State: ImageGood}
+		r := LineageRow{Row: id, Policy: u.policy, ServerID: server, Owner: owner, State: ImageGood}
 		var ok bool
 		if r.Slot, ok = u.slots[slot]; !ok {
 			if r.Slot, err = packedTime(slot); err != nil {
@@ -154,22 +230,28 @@ func (u *unpacker) unpack(dst []LineageRow, server, ids, slots, records string) 
 			}
 			u.slots[slot] = r.Slot
 		}
+		for len(u.recs) > 0 && newestFirst(u.recs[0], r) < 0 {
+			dst = append(dst, u.recs[0])
+			u.recs = u.recs[1:]
+		}
 		dst = append(dst, r)
 	}
-	if haveRec || records != "" {
-		return dst, fmt.Errorf("record of row %d matches no row id", rec.Row)
-	}
-	rs := dst[first:]
-	newestFirst := func(a, b LineageRow) int {
-		if c := b.Slot.Compare(a.Slot); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.Row, b.Row)
-	}
-	if !slices.IsSortedFunc(rs, newestFirst) {
-		slices.SortFunc(rs, newestFirst)
+	if slots != "" {
+		return dst, fmt.Errorf("%d more slots than row ids", strings.Count(slots, ",")+1)
 	}
 	return dst, nil
+}
+
+// finish appends the current server's other rows left and makes sure the server's
+// rows (from first on) are newest first: they are, unless the server has good rows
+// of more than one owner.
+func (u *unpacker) finish(dst []LineageRow, first int) []LineageRow {
+	dst = append(dst, u.recs...)
+	u.recs = u.recs[:0]
+	if rs := dst[first:]; !slices.IsSortedFunc(rs, newestFirst) {
+		slices.SortFunc(rs, newestFirst)
+	}
+	return dst
 }
 
 // record parses the first packed record of records and returns the rest.

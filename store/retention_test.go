@@ -12,7 +12,9 @@ import (
 // the plain one, field by field, on rows that stress the packing: reasons holding
 // commas, digits and newlines, a foreign owner, a deleting row's delete reason,
 // rows without an image id or a failure time, a good row with a reason next to
-// plain good rows (whose packed form is their slot and state only).
+// plain good rows (whose packed form is their slot and owner only), other rows
+// between plain good rows, good rows of two owners on one server, a server with no
+// good row.
 func TestAppendRetentionRowsMatchesLineage(t *testing.T) {
 	ctx := context.Background()
 	f := newMetricsFixture(t)
@@ -25,6 +27,13 @@ func TestAppendRetentionRowsMatchesLineage(t *testing.T) {
 			rows = append(rows, f.image(sl, srv, "good", sl.Slot))
 		}
 	}
+	// Plain good rows older than the others (which then sort between two plain
+	// rows of their server), and a server with no good row.
+	s0 := f.slot("web", day(21, 2, 30), OutcomeRan, 4, 1)
+	for _, srv := range []string{"a", "b", "c"} {
+		f.image(s0, srv, "good", s0.Slot)
+	}
+	f.image(s0, "d", "failed", s0.Slot)
 	exec := func(q string, args ...any) {
 		t.Helper()
 		if _, err := f.s.db.Exec(q, args...); err != nil {
@@ -41,22 +50,22 @@ func TestAppendRetentionRowsMatchesLineage(t *testing.T) {
 	exec(`UPDATE images SET reason = 'adopted, 2 snapshots' WHERE id = ?`, rows[5])
 	f.slot("db", day(23, 4, 0), OutcomeRan, 1, 0)
 
-	servers := []string{"a", "b", "c", "zz"}
+	servers := []string{"a", "b", "c", "d", "zz"}
 	allButDeleted := []ImageState{ImageRequested, ImageCreating, ImageGood, ImageFailed, ImageDeleting, ImageKeptProtected}
-	for _, states := range [][]ImageState{nil, {ImageGood, ImageFailed, ImageDeleting, ImageRequested}, allButDeleted} {
-		want, err := f.s.AppendLineage(ctx, nil, "web", servers, states)
+	for _, only := range [][]string{servers, {"b"}, {"c", "zz"}, {"d"}} {
+		want, err := f.s.AppendLineage(ctx, nil, "web", only, allButDeleted)
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := f.s.AppendRetentionRows(ctx, nil, "web", servers, states)
+		got, err := f.s.AppendRetentionRows(ctx, nil, "web", only)
 		if err != nil {
 			t.Fatal(err)
 		}
 		// The packed rows leave out what only a report shows, and a plain good
-		// row all but its slot and state.
+		// row all but its slot, state and owner.
 		for i := range want {
 			want[i].Name, want[i].ServerName, want[i].VolumeBacked, want[i].ActiveAt = "", "", false, time.Time{}
-			if w := want[i]; w.State == ImageGood && w.Owner == f.s.Owner() && w.Reason == "" && w.Failure == "" {
+			if w := want[i]; w.State == ImageGood && w.Reason == "" && w.Failure == "" {
 				want[i] = LineageRow{Row: w.Row, Policy: w.Policy, ServerID: w.ServerID, Slot: w.Slot, Owner: w.Owner, State: w.State}
 			}
 			if want[i].State == ImageDeleting {
@@ -65,11 +74,11 @@ func TestAppendRetentionRowsMatchesLineage(t *testing.T) {
 				want[i].DeleteReason = ""
 			}
 		}
-		if len(got) < 8 {
-			t.Errorf("states %v: %d rows, want at least 8", states, len(got))
+		if len(only) == len(servers) && len(got) != 12 {
+			t.Errorf("%d rows, want 12", len(got))
 		}
 		if !reflect.DeepEqual(got, want) {
-			t.Errorf("states %v:\n got %s\nwant %s", states, dump(got), dump(want))
+			t.Errorf("servers %v:\n got %s\nwant %s", only, dump(got), dump(want))
 		}
 	}
 	// The servers, by the skip scan and by DISTINCT over every row.
@@ -91,7 +100,7 @@ func TestAppendRetentionRowsMatchesLineage(t *testing.T) {
 	}(); err != nil {
 		t.Fatal(err)
 	}
-	if srv, err := f.s.LineageServers(ctx, "web"); err != nil || !reflect.DeepEqual(srv, distinct) || len(srv) != 3 {
+	if srv, err := f.s.LineageServers(ctx, "web"); err != nil || !reflect.DeepEqual(srv, distinct) || len(srv) != 4 {
 		t.Errorf("LineageServers(web) = %v, %v; DISTINCT gives %v", srv, err, distinct)
 	}
 	if srv, err := f.s.LineageServers(ctx, "none"); err != nil || len(srv) != 0 {

@@ -129,8 +129,8 @@ func runWhy(ctx context.Context, m *Main, o *whyOptions, imageID string) error {
 	fmt.Fprintf(w, "  server:    %s (%s), %s, availability zone %s\n", orDash(im.ServerName), im.ServerID, backing, orDash(im.AZ))
 	slot := im.Slot.UTC().Format(time.RFC3339)
 	// cfg is nil when read with --state and no valid policy file; Policy is nil-safe.
-	if p := cfg.Policy(im.Policy); p != nil && p.Schedule != nil && p.Schedule.Location != nil && p.Schedule.Location != time.UTC {
-		slot += " (" + im.Slot.In(p.Schedule.Location).Format("2006-01-02 15:04 MST") + ")"
+	if p := cfg.Policy(im.Policy); p != nil && p.Location() != time.UTC {
+		slot += " (" + im.Slot.In(p.Location()).Format("2006-01-02 15:04 MST") + ")"
 	}
 	fmt.Fprintf(w, "  slot:      %s\n", slot)
 	how := "returned by createImage"
