@@ -16,8 +16,13 @@ import (
 // The image journal of a prune: carry out the plan, one image at a time, from
 // wherever an earlier attempt left it.
 
-// execute carries out the plan: the journal of each candidate, bounded by the
-// Shared worker slots.
+// execute is the prune loop: it carries out the plan, candidate by candidate in
+// the plan's order (oldest first), each through deleteThroughJournal on a
+// goroutine of its own holding one of the Shared worker slots. It stops starting
+// new deletions when ctx ends (what is not started stays as it is, and a started
+// journal resumes next time), or when the config the plan was decided by is no
+// longer in force (InForce, asked after each wait for a worker: the report is then
+// Superseded). Deletions already started run to their end.
 func (pr *pruner) execute(ctx context.Context, rep *PruneReport, cands []candidate) {
 	var wg sync.WaitGroup
 	for _, c := range cands {
@@ -129,8 +134,18 @@ func (pr *pruner) deleteThroughJournal(ctx context.Context, it *PruneItem, c can
 	}
 }
 
-// deleteImage carries out the plan for one image from wherever a previous attempt
-// left it; reason is retention's, recorded when the journal opens.
+// deleteImage is the image journal: it carries out the plan for one image from
+// wherever a previous attempt left it; reason is retention's, recorded when the
+// journal opens. Each step is recorded before the next starts, so that a crash
+// anywhere resumes at that step:
+//  1. a refusal or a wait the plan found is recorded, and nothing more;
+//  2. the row becomes deleting (BeginDeletion), unless it already is;
+//  3. the snapshots the image names are recorded, then the image is deleted and
+//     confirmed gone (a protected image is kept_protected; a failed or unconfirmed
+//     delete is retried after a backoff);
+//  4. the volume snapshots behind it are deleted (prune_snapshots.go); any not yet
+//     gone defer the row to a later prune;
+//  5. only then is the row marked deleted.
 func (pr *pruner) deleteImage(ctx context.Context, it *PruneItem, row store.LineageRow, insp inspection, reason string,
 	log *slog.Logger) error {
 	bctx := context.WithoutCancel(ctx)

@@ -239,6 +239,20 @@ func (r *Runner) RunSlotWith(ctx context.Context, cfgVersion string, p *policy.P
 	return rep, nil
 }
 
+// runSlotLocked is the slot run proper, under the policy's lock and on the slot
+// row sl that RunSlotWith recorded. It makes a slotRun and executes it (select,
+// image each server, wait), then settles rows earlier runs left in progress, and
+// records the outcome:
+//   - the report counts every selected server once, by its final result;
+//   - a run that selected nothing is empty, not ran: it protected nothing;
+//   - a run stopped by a shutdown (ctx done, not manual) leaves the slot running,
+//     so that the next start resumes it, rather than failed while its images
+//     usually turn good;
+//   - otherwise the outcome is written even when ctx was cancelled (on a detached
+//     context with its own timeout), with the metrics and the last success.
+//
+// The error is the run's (listing, store, cancellation), or the store's failure to
+// record the outcome; failed images are in the report only.
 func (r *Runner) runSlotLocked(ctx context.Context, cfgVersion string, p *policy.Policy, slot time.Time, trigger Trigger,
 	sl store.Slot, started time.Time, o RunSlotOptions) (*SlotReport, error) {
 	sr := &slotRun{

@@ -49,7 +49,15 @@ type slotRun struct {
 	left []string
 }
 
-// execute selects the servers, makes the images and waits for them.
+// execute selects the servers, makes the images and waits for them. It reads the
+// slot instant's inventory and the slot's existing rows once, then starts each
+// server's imageServer: in spread-offset order on at most Concurrency goroutines
+// that sleep until each server is due, or, without a spread, one goroutine per
+// server once the run holds a worker slot for it. A busy server is retried on a
+// goroutine of its own that holds no worker slot while it backs off. The rows that
+// need waiting are waited for in one batch (one stamp listing per poll round);
+// when the run stops early they are reported waiting. The error is the first
+// that stopped a server's work, test crash points aside.
 func (sr *slotRun) execute(ctx context.Context) error {
 	sh, p := sr.sh, sr.p
 	sel := CloudSelector(p.Select)

@@ -109,8 +109,17 @@ func (sr *slotRun) earlierImageInFlight(ctx context.Context, serverID string) (s
 // errAbandoned marks a server whose work a test hook stopped, as a crash would.
 var errAbandoned = errors.New("abandoned at a crash point")
 
-// imageServer takes one selected server: the existing row, the skips, the intent, the
-// call. It returns the row to wait for when wait is true.
+// imageServer takes one selected server through its states for the slot, and
+// returns the row to wait for when wait is true. In order:
+//   - a row this slot already has is claimed and decides alone when it can: good,
+//     creating (wait), deleted or failed with an image (done); a requested row, or
+//     one failed before any image, is first looked for by its stamp, since an
+//     earlier call's outcome may be unknown;
+//   - an earlier slot's image still being made, an ERROR or locked server, a task
+//     in progress (busyError: retryBusy looks again) skip it;
+//   - it waits for the server's offset in the spread window and a worker slot;
+//   - it renders the name and metadata, writes the intent row, and calls
+//     requestImage.
 //
 // held says the caller already holds a worker slot for it (execute without a
 // spread window); otherwise imageServer takes one once the server's offset is due.
