@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/imagekeeper/imagekeeper/policy"
+	"github.com/imagekeeper/imagekeeper/store"
 )
 
 // TestTickAcrossDST drives the scheduler minute by minute through both 2026 DST
@@ -92,7 +93,7 @@ func TestTickAcrossDST(t *testing.T) {
 				}
 			}
 			for _, line := range h.ledger.ledger("p") {
-				if len(line) > 9 && line[9:] != OutcomeRan {
+				if len(line) > 9 && line[9:] != string(store.OutcomeRan) {
 					t.Errorf("ledger row %q: every slot should have run", line)
 				}
 			}

@@ -10,16 +10,19 @@ import (
 	"time"
 
 	"github.com/imagekeeper/imagekeeper/policy"
+	"github.com/imagekeeper/imagekeeper/store"
 )
 
 // memLedger is an in-memory Ledger.
 type memLedger struct {
 	mu    sync.Mutex
-	slots map[string]map[time.Time]string // policy -> slot -> outcome
+	slots map[string]map[time.Time]store.SlotOutcome // policy -> slot -> outcome
 	fail  error
 }
 
-func newMemLedger() *memLedger { return &memLedger{slots: map[string]map[time.Time]string{}} }
+func newMemLedger() *memLedger {
+	return &memLedger{slots: map[string]map[time.Time]store.SlotOutcome{}}
+}
 
 func (l *memLedger) LastSlot(_ context.Context, p string) (time.Time, bool, error) {
 	l.mu.Lock()
@@ -36,16 +39,16 @@ func (l *memLedger) LastSlot(_ context.Context, p string) (time.Time, bool, erro
 	return last, !last.IsZero(), nil
 }
 
-func (l *memLedger) RecordSlot(_ context.Context, p string, slot time.Time, outcome, _ string) error {
+func (l *memLedger) RecordSlot(_ context.Context, p string, slot time.Time, outcome store.SlotOutcome, _ string) error {
 	l.set(p, slot, outcome)
 	return nil
 }
 
-func (l *memLedger) set(p string, slot time.Time, outcome string) {
+func (l *memLedger) set(p string, slot time.Time, outcome store.SlotOutcome) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.slots[p] == nil {
-		l.slots[p] = map[time.Time]string{}
+		l.slots[p] = map[time.Time]store.SlotOutcome{}
 	}
 	l.slots[p][slot.UTC()] = outcome
 }
@@ -56,7 +59,7 @@ func (l *memLedger) ledger(p string) []string {
 	defer l.mu.Unlock()
 	var out []string
 	for s, o := range l.slots[p] {
-		out = append(out, s.UTC().Format("15:04:05")+" "+o)
+		out = append(out, s.UTC().Format("15:04:05")+" "+string(o))
 	}
 	sort.Strings(out)
 	return out
@@ -86,9 +89,9 @@ func newFakeRuns(l *memLedger) *fakeRuns {
 }
 
 func (f *fakeRuns) run(ctx context.Context, _ string, p *policy.Policy, slot time.Time, catchUp bool) error {
-	outcome := OutcomeRan
+	outcome := store.OutcomeRan
 	if catchUp {
-		outcome = OutcomeCaughtUp
+		outcome = store.OutcomeCaughtUp
 	}
 	f.ledger.set(p.Name, slot, "running")
 	f.calls <- runCall{p.Name, p.Version, slot, catchUp}
@@ -310,7 +313,7 @@ func TestStartCatchUp(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t)
 			if tt.history {
-				h.ledger.set("p", last, OutcomeRan)
+				h.ledger.set("p", last, store.OutcomeRan)
 			}
 			h.clock.Set(base.Add(3 * time.Second))
 			if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, tt.catchUp, tt.maxLate))); err != nil {
@@ -338,7 +341,7 @@ func TestStartCatchUp(t *testing.T) {
 func TestStartBoundsMissedRows(t *testing.T) {
 	h := newHarness(t)
 	h.s.opts.MaxMissedRows = 3
-	h.ledger.set("p", base.Add(-time.Hour), OutcomeRan)
+	h.ledger.set("p", base.Add(-time.Hour), store.OutcomeRan)
 	h.clock.Set(base.Add(time.Second))
 	if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpNone, 0))); err != nil {
 		t.Fatal(err)
@@ -355,7 +358,7 @@ func TestDisabledPolicyTakesNoSlots(t *testing.T) {
 	h := newHarness(t)
 	off := everyPolicy("off", 10*time.Second, policy.CatchUpLatest, time.Hour)
 	off.Enabled = false
-	h.ledger.set("off", base.Add(-time.Minute), OutcomeRan)
+	h.ledger.set("off", base.Add(-time.Minute), store.OutcomeRan)
 	if err := h.s.Start(context.Background(), config(off)); err != nil {
 		t.Fatal(err)
 	}

@@ -360,7 +360,7 @@ func (dr *Driller) cleanDrill(ctx context.Context, cl cloud.Cloud, d store.Drill
 			return err
 		}
 	}
-	return dr.sh.store.DrillCleaned(ctx, d)
+	return dr.sh.store.MarkDrillCleaned(ctx, d)
 }
 
 // deleteDrillVolume deletes a volume a drill server was given, retrying while it

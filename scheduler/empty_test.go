@@ -102,7 +102,7 @@ func TestEmptySelectionIsNotASuccess(t *testing.T) {
 	if got := lastSuccess(); got != okBefore {
 		t.Fatalf("last_success moved from %v to %v on empty slots", okBefore, got)
 	}
-	if got := testutil.ToFloat64(metrics.slots.WithLabelValues("web", OutcomeEmpty)); got != 2 {
+	if got := testutil.ToFloat64(metrics.slots.WithLabelValues("web", string(store.OutcomeEmpty))); got != 2 {
 		t.Fatalf("slots_total{outcome=empty} = %v, want 2", got)
 	}
 	if got, want := testutil.ToFloat64(metrics.emptySince.WithLabelValues("web")), float64(h.slot.Add(72*time.Hour).Unix()); got != want {
@@ -143,7 +143,7 @@ func TestEmptySelectionSurvivesARestart(t *testing.T) {
 	}
 	defer st.Close()
 	d1 := time.Date(2026, 11, 23, 2, 30, 0, 0, time.UTC)
-	for i, outcome := range []string{store.OutcomeRan, store.OutcomeEmpty, store.OutcomeEmpty} {
+	for i, outcome := range []store.SlotOutcome{store.OutcomeRan, store.OutcomeEmpty, store.OutcomeEmpty} {
 		sl, err := st.StartSlot(ctx, store.Slot{Policy: "web", Slot: d1.AddDate(0, 0, i), Trigger: store.TriggerScheduled})
 		if err != nil {
 			t.Fatal(err)

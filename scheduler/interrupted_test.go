@@ -40,7 +40,10 @@ func TestResumeInterruptedSlots(t *testing.T) {
 	if err := r.ResumeInterruptedSlots(ctx, policy.NewCoordinator(e.cfg), interrupted); err != nil {
 		t.Fatal(err)
 	}
-	want := map[int64]struct{ outcome, reason string }{
+	want := map[int64]struct {
+		outcome store.SlotOutcome
+		reason  string
+	}{
 		recent.ID:  {store.OutcomeRan, ""},
 		manual.ID:  {store.OutcomeFailed, "manual run"},
 		removed.ID: {store.OutcomeFailed, "no longer in the file"},

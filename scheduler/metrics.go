@@ -7,18 +7,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-)
 
-// Label values of imagekeeper_slots_total{outcome}. They match the slot outcomes the
-// store records.
-const (
-	OutcomeRan            = "ran"
-	OutcomeCaughtUp       = "caught_up"
-	OutcomeMissed         = "missed"
-	OutcomeSkippedOverlap = "skipped_overlap"
-	OutcomeFailed         = "failed"
-	// OutcomeEmpty is a slot whose policy selected no server; not a success.
-	OutcomeEmpty = "empty"
+	"github.com/imagekeeper/imagekeeper/store"
 )
 
 // Label values of imagekeeper_images_created_total{result}.
@@ -61,8 +51,8 @@ var hookResults = []string{HookOK, HookFailed, HookTimeout}
 // Label values of imagekeeper_images_deleted_total{result} and
 // imagekeeper_snapshots_deleted_total{result}.
 const (
-	// DeleteDeleted is a resource we deleted and saw gone.
-	DeleteDeleted = "deleted"
+	// DeleteConfirmed is a resource we deleted and saw gone (label value "deleted").
+	DeleteConfirmed = "deleted"
 	// DeleteAlreadyGone is a resource that was gone (404) before we deleted it.
 	DeleteAlreadyGone = "already_gone"
 	// DeleteProtected is an image Glance refused to delete because it is protected (403).
@@ -73,27 +63,20 @@ const (
 	DeleteFailed = "failed"
 )
 
-// Label values of imagekeeper_images{state}: the store's image states that are
-// still in the cloud (requested counts as creating).
-const (
-	StateGood          = "good"
-	StateCreating      = "creating"
-	StateFailed        = "failed"
-	StateDeleting      = "deleting"
-	StateKeptProtected = "kept_protected"
-)
-
 // labelOther replaces a label value outside the known set, so that a caller's typo
 // or an unexpected string can never grow the number of series without bound.
 const labelOther = "other"
 
 var (
-	slotOutcomes  = []string{OutcomeRan, OutcomeCaughtUp, OutcomeMissed, OutcomeSkippedOverlap, OutcomeFailed, OutcomeEmpty}
+	// The label values of imagekeeper_slots_total{outcome} are the store's final
+	// slot outcomes, and those of imagekeeper_images{state} its image states that
+	// are still in the cloud (requested counts as creating).
+	slotOutcomes  = store.FinalOutcomes
 	createResults = []string{CreateGood, CreateFailed, CreateLateGood}
 	skipReasons   = []string{SkipErrorState, SkipBusy, SkipLocked, SkipInFlight, SkipHookFailed}
-	imageDeletes  = []string{DeleteDeleted, DeleteAlreadyGone, DeleteProtected, DeleteFailed}
-	snapDeletes   = []string{DeleteDeleted, DeleteAlreadyGone, DeleteInUse, DeleteFailed}
-	imageStates   = []string{StateGood, StateCreating, StateFailed, StateDeleting, StateKeptProtected}
+	imageDeletes  = []string{DeleteConfirmed, DeleteAlreadyGone, DeleteProtected, DeleteFailed}
+	snapDeletes   = []string{DeleteConfirmed, DeleteAlreadyGone, DeleteInUse, DeleteFailed}
+	imageStates   = []store.ImageState{store.ImageGood, store.ImageCreating, store.ImageFailed, store.ImageDeleting, store.ImageKeptProtected}
 )
 
 // ImageCreateBuckets are the upper bounds of imagekeeper_image_create_duration_seconds:
@@ -392,10 +375,10 @@ func orUnknown(s string) string {
 }
 
 // known returns v if it is in set, else labelOther.
-func known(v string, set []string) string {
+func known[T ~string](v T, set []T) string {
 	for _, s := range set {
 		if v == s {
-			return v
+			return string(v)
 		}
 	}
 	return labelOther
@@ -419,7 +402,7 @@ func (m *Metrics) initLocked(policy string) {
 	}
 	m.policies[policy] = true
 	for _, o := range slotOutcomes {
-		m.slots.WithLabelValues(policy, o)
+		m.slots.WithLabelValues(policy, string(o))
 	}
 	for _, r := range createResults {
 		m.imagesCreated.WithLabelValues(policy, r)
@@ -435,7 +418,7 @@ func (m *Metrics) initLocked(policy string) {
 	}
 	m.createDuration.WithLabelValues(policy)
 	for _, s := range imageStates {
-		m.images.WithLabelValues(policy, s)
+		m.images.WithLabelValues(policy, string(s))
 	}
 	m.serversNoGood.WithLabelValues(policy)
 }
@@ -486,7 +469,7 @@ func (m *Metrics) withPolicy(policy string, f func()) {
 
 // SlotOutcome counts one slot of the policy with its outcome (ran, caught_up,
 // missed, skipped_overlap, failed).
-func (m *Metrics) SlotOutcome(policy, outcome string) {
+func (m *Metrics) SlotOutcome(policy string, outcome store.SlotOutcome) {
 	m.withPolicy(policy, func() {
 		m.slots.WithLabelValues(policy, known(outcome, slotOutcomes)).Inc()
 	})

@@ -136,16 +136,16 @@ func (m *Metrics) refreshPolicy(ctx context.Context, st *store.Store, p *policy.
 	if counts, err := st.ImageCountsOfPolicy(ctx, p.Name); err != nil {
 		errs = append(errs, err)
 	} else {
-		byState := map[string]int{}
+		byState := map[store.ImageState]int{}
 		for state, n := range counts {
-			if state == "requested" {
-				state = StateCreating // the intent row of an image being requested
+			if state == store.ImageRequested {
+				state = store.ImageCreating // the intent row of an image being requested
 			}
 			byState[state] += n
 		}
 		m.withPolicy(p.Name, func() {
 			for _, state := range imageStates {
-				m.images.WithLabelValues(p.Name, state).Set(float64(byState[state]))
+				m.images.WithLabelValues(p.Name, string(state)).Set(float64(byState[state]))
 			}
 		})
 	}

@@ -7,6 +7,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/imagekeeper/imagekeeper/store"
 )
 
 var testBuild = BuildInfo{Version: "1.2.3", Revision: "abc123", GoVersion: "go1.26.8"}
@@ -22,12 +24,12 @@ func TestMetricsNilReceiver(t *testing.T) {
 	// Every method must be callable on nil: callers never check.
 	m.InitPolicy("p")
 	m.RemovePolicy("p")
-	m.SlotOutcome("p", OutcomeRan)
+	m.SlotOutcome("p", store.OutcomeRan)
 	m.ImageCreated("p", CreateGood, time.Second)
 	m.ServerSkipped("p", SkipBusy)
 	m.ServersSelected("p", 3)
-	m.ImageDeleted("p", DeleteDeleted)
-	m.SnapshotDeleted("p", DeleteDeleted)
+	m.ImageDeleted("p", DeleteConfirmed)
+	m.SnapshotDeleted("p", DeleteConfirmed)
 	m.SetNextSlot("p", time.Unix(1, 0))
 	m.SetLastSuccess("p", time.Unix(1, 0))
 	m.ObserveCloudRequest("compute", "create_image", 202, time.Second)
@@ -47,13 +49,13 @@ func TestMetricsScriptedSequence(t *testing.T) {
 	m.ImageCreated("web", CreateGood, 90*time.Second)
 	m.ImageCreated("web", CreateGood, 2*time.Hour)
 	m.ImageCreated("web", CreateFailed, 5*time.Hour) // failed: counted, not observed
-	m.SlotOutcome("web", OutcomeRan)
+	m.SlotOutcome("web", store.OutcomeRan)
 	m.SetLastSuccess("web", t0.Add(2*time.Hour))
 	m.SetLastSuccess("web", t0.Add(time.Hour)) // older: ignored
 	m.SetNextSlot("web", t0.Add(24*time.Hour))
-	m.ImageDeleted("web", DeleteDeleted)
+	m.ImageDeleted("web", DeleteConfirmed)
 	m.ImageDeleted("web", DeleteProtected)
-	m.SnapshotDeleted("web", DeleteDeleted)
+	m.SnapshotDeleted("web", DeleteConfirmed)
 	m.SnapshotDeleted("web", DeleteInUse)
 	m.SlotOutcome("web", "bogus") // bounded: becomes "other"
 	m.ObserveCloudRequest("compute", "create_image", 202, 300*time.Millisecond)
@@ -209,7 +211,7 @@ func TestMetricsInitAndRemovePolicy(t *testing.T) {
 	}
 
 	// A run of the removed policy that finishes late must not bring it back.
-	m.SlotOutcome("a", OutcomeRan)
+	m.SlotOutcome("a", store.OutcomeRan)
 	m.ImageCreated("a", CreateGood, time.Minute)
 	if got := count("imagekeeper_slots_total"); got != len(slotOutcomes) {
 		t.Errorf("slots series = %d after a late call for a removed policy, want %d", got, len(slotOutcomes))
@@ -217,14 +219,14 @@ func TestMetricsInitAndRemovePolicy(t *testing.T) {
 
 	// Re-adding starts from zero, and a policy never initialised gets all its series.
 	m.InitPolicy("a")
-	m.SlotOutcome("c", OutcomeMissed)
+	m.SlotOutcome("c", store.OutcomeMissed)
 	if got := count("imagekeeper_slots_total"); got != 3*len(slotOutcomes) {
 		t.Errorf("slots series = %d, want %d", got, 3*len(slotOutcomes))
 	}
-	if v := testutil.ToFloat64(m.slots.WithLabelValues("a", OutcomeRan)); v != 0 {
+	if v := testutil.ToFloat64(m.slots.WithLabelValues("a", string(store.OutcomeRan))); v != 0 {
 		t.Errorf("re-added policy a: ran = %v, want 0", v)
 	}
-	if v := testutil.ToFloat64(m.slots.WithLabelValues("c", OutcomeMissed)); v != 1 {
+	if v := testutil.ToFloat64(m.slots.WithLabelValues("c", string(store.OutcomeMissed))); v != 1 {
 		t.Errorf("policy c: missed = %v, want 1", v)
 	}
 	// The last-success memory went with the removal: an earlier time is accepted again.

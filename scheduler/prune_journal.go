@@ -191,7 +191,7 @@ func (pr *pruner) deleteImage(ctx context.Context, it *PruneItem, row store.Line
 			pr.sh.metrics.ImageDeleted(policyName, DeleteFailed)
 			return pr.retryLater(ctx, it, row, "delete image: "+cloud.Reason(err))
 		default:
-			pr.sh.metrics.ImageDeleted(policyName, DeleteDeleted)
+			pr.sh.metrics.ImageDeleted(policyName, DeleteConfirmed)
 		}
 		if h := pr.opts.hooks.afterImageDelete; h != nil && h(row.Row) != nil {
 			return errPruneAbandoned

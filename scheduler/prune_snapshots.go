@@ -142,7 +142,7 @@ func (pr *pruner) deleteSnapshots(ctx context.Context, it *PruneItem, row store.
 			cur, err := pr.cl.GetSnapshot(ctx, w.sn.SnapshotID)
 			switch {
 			case errors.Is(err, cloud.ErrNotFound):
-				pr.sh.metrics.SnapshotDeleted(policyName, DeleteDeleted)
+				pr.sh.metrics.SnapshotDeleted(policyName, DeleteConfirmed)
 				record(w.sn, store.SnapshotStep{State: store.SnapshotDeleted, Reason: "gone (Cinder 404)"})
 			case err != nil:
 				still = append(still, w)
@@ -179,7 +179,7 @@ func (pr *pruner) deleteSnapshots(ctx context.Context, it *PruneItem, row store.
 // journal had asked for its deletion before, already_gone otherwise.
 func alreadyGoneOr(sn store.Snapshot) string {
 	if sn.DeleteAttempts > 0 || sn.State == store.SnapshotDeleting {
-		return DeleteDeleted
+		return DeleteConfirmed
 	}
 	return DeleteAlreadyGone
 }

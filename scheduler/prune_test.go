@@ -847,7 +847,7 @@ func TestPruneCountsDeletionsInMetrics(t *testing.T) {
 		vec  *prometheus.CounterVec
 		want float64
 	}{{m.imagesDeleted, 2}, {m.snapshotsDeleted, 2}} {
-		if got := testutil.ToFloat64(tc.vec.WithLabelValues(h.p.Name, DeleteDeleted)); got != tc.want {
+		if got := testutil.ToFloat64(tc.vec.WithLabelValues(h.p.Name, DeleteConfirmed)); got != tc.want {
 			t.Errorf("deleted counter = %v, want %v", got, tc.want)
 		}
 	}

@@ -501,7 +501,7 @@ func (rc *Reconciler) fixDuplicate(ctx context.Context, f *DriftFinding, dup clo
 			rc.sh.metrics.ImageDeleted(f.Policy, DeleteFailed)
 			return err
 		default:
-			rc.sh.metrics.ImageDeleted(f.Policy, DeleteDeleted)
+			rc.sh.metrics.ImageDeleted(f.Policy, DeleteConfirmed)
 		}
 		action = "deleted: the newer image of a slot whose createImage outcome was unknown"
 		_, err = rc.sh.store.AddEvent(context.WithoutCancel(ctx), store.Event{Kind: EventDuplicateDeleted, Policy: cur.Policy,
@@ -688,7 +688,7 @@ func (rc *Reconciler) cleanGoneImage(ctx context.Context, cfg *policy.Config, ro
 // is not waited for (the next reconcile sees whether it went).
 func (rc *Reconciler) deleteLeftover(ctx context.Context, cl cloud.Cloud, f *DriftFinding) string {
 	err := cl.DeleteSnapshot(ctx, f.SnapshotID)
-	result := DeleteDeleted
+	result := DeleteConfirmed
 	switch {
 	case errors.Is(err, cloud.ErrNotFound):
 		result, err = DeleteAlreadyGone, nil

@@ -328,7 +328,7 @@ func TestRunSlotFiftyServers(t *testing.T) {
 		{"images created failed", testutil.ToFloat64(metrics.imagesCreated.WithLabelValues("web", CreateFailed)), 0},
 		{"skipped error_state", testutil.ToFloat64(metrics.serversSkipped.WithLabelValues("web", SkipErrorState)), 2},
 		{"skipped busy", testutil.ToFloat64(metrics.serversSkipped.WithLabelValues("web", SkipBusy)), 1},
-		{"slots ran", testutil.ToFloat64(metrics.slots.WithLabelValues("web", OutcomeRan)), 1},
+		{"slots ran", testutil.ToFloat64(metrics.slots.WithLabelValues("web", string(store.OutcomeRan))), 1},
 		{"servers selected", testutil.ToFloat64(metrics.serversSelected.WithLabelValues("web")), 50},
 	} {
 		if c.got != c.want {

@@ -67,7 +67,7 @@ type SlotReport struct {
 	Slot     time.Time
 	SlotID   int64
 	Trigger  Trigger
-	Outcome  string // ran, caught_up, empty or failed
+	Outcome  store.SlotOutcome // ran, caught_up, empty or failed
 	Reason   string
 	Started  time.Time
 	Finished time.Time

@@ -12,6 +12,7 @@ import (
 	"github.com/robfig/cron/v3"
 
 	"github.com/imagekeeper/imagekeeper/policy"
+	"github.com/imagekeeper/imagekeeper/store"
 )
 
 // SlotFunc runs one slot of policy p, taken from the config of version cfgVersion.
@@ -40,7 +41,7 @@ type Ledger interface {
 	LastSlot(ctx context.Context, policy string) (slot time.Time, ok bool, err error)
 	// RecordSlot writes the outcome of a slot the scheduler did not hand to SlotFunc
 	// (missed, skipped_overlap), or failed for a run that panicked.
-	RecordSlot(ctx context.Context, policy string, slot time.Time, outcome, reason string) error
+	RecordSlot(ctx context.Context, policy string, slot time.Time, outcome store.SlotOutcome, reason string) error
 }
 
 // slotMetrics is the part of *Metrics the scheduler feeds. Every method of *Metrics
@@ -48,7 +49,7 @@ type Ledger interface {
 type slotMetrics interface {
 	InitPolicy(policy string)
 	RemovePolicy(policy string)
-	SlotOutcome(policy, outcome string)
+	SlotOutcome(policy string, outcome store.SlotOutcome)
 	SetNextSlot(policy string, t time.Time)
 }
 
@@ -259,7 +260,7 @@ func (s *Scheduler) settleLocked(p *policy.Policy, now time.Time, r planRules) {
 	records := plan.records
 	if !plan.run.IsZero() {
 		if s.running[p.Name] {
-			records = append(records, slotRecord{slot: plan.run, outcome: OutcomeSkippedOverlap, count: 1,
+			records = append(records, slotRecord{slot: plan.run, outcome: store.OutcomeSkippedOverlap, count: 1,
 				reason: "the previous run of this policy was still going"})
 		} else {
 			s.dispatchLocked(s.cfg.Version, p, plan.run, plan.catchUp)
@@ -288,10 +289,10 @@ func (s *Scheduler) recordLocked(name string, records []slotRecord) {
 		defer s.recWG.Done()
 		for _, rec := range records {
 			lg := s.log.With(LogKeyPolicy, name, LogKeySlot, rec.slot, LogKeyOutcome, rec.outcome)
-			if rec.outcome == OutcomeSkippedOverlap {
+			if rec.outcome == store.OutcomeSkippedOverlap {
 				lg.Warn("slot skipped: " + rec.reason)
 			} else {
-				lg.Warn("slot " + rec.outcome + ": " + rec.reason)
+				lg.Warn("slot " + string(rec.outcome) + ": " + rec.reason)
 			}
 			// Writes use a context of their own: a drain that gives up cancels runs,
 			// but an outcome that is already decided should still reach the ledger.
@@ -338,10 +339,10 @@ func (s *Scheduler) dispatchLocked(cfgVersion string, p *policy.Policy, slot tim
 				lg.Error("run panicked", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
-				if err := s.opts.Ledger.RecordSlot(ctx, p.Name, slot, OutcomeFailed, fmt.Sprintf("panic: %v", v)); err != nil {
+				if err := s.opts.Ledger.RecordSlot(ctx, p.Name, slot, store.OutcomeFailed, fmt.Sprintf("panic: %v", v)); err != nil {
 					lg.Error("record slot outcome", LogKeyErr, err)
 				}
-				s.opts.Metrics.SlotOutcome(p.Name, OutcomeFailed)
+				s.opts.Metrics.SlotOutcome(p.Name, store.OutcomeFailed)
 			}
 		}()
 		if err := s.opts.RunSlot(s.runCtx, cfgVersion, p, slot, catchUp); err != nil {
@@ -540,10 +541,10 @@ func (s *Scheduler) Drain(ctx context.Context, grace time.Duration) error {
 // noMetrics stands in when no metrics are wanted.
 type noMetrics struct{}
 
-func (noMetrics) InitPolicy(string)             {}
-func (noMetrics) RemovePolicy(string)           {}
-func (noMetrics) SlotOutcome(string, string)    {}
-func (noMetrics) SetNextSlot(string, time.Time) {}
+func (noMetrics) InitPolicy(string)                     {}
+func (noMetrics) RemovePolicy(string)                   {}
+func (noMetrics) SlotOutcome(string, store.SlotOutcome) {}
+func (noMetrics) SetNextSlot(string, time.Time)         {}
 
 // cronSchedule hands robfig our schedule, so every slot time (and its DST handling)
 // is ours, not robfig's.

@@ -82,7 +82,7 @@ func dueSlots(s slotClock, after, now time.Time, maxRows int) pendingSlots {
 // slotRecord is one outcome the scheduler writes to the ledger.
 type slotRecord struct {
 	slot    time.Time
-	outcome string
+	outcome store.SlotOutcome
 	reason  string
 	// count is how many slots this record stands for in the metrics (1, or more for
 	// the summary row).
@@ -122,7 +122,7 @@ func planSlots(s slotClock, after, now time.Time, r planRules) slotPlan {
 		return plan
 	}
 	for i, x := range due.earlier {
-		rec := slotRecord{slot: x, outcome: OutcomeMissed, reason: r.missedReason, count: 1}
+		rec := slotRecord{slot: x, outcome: store.OutcomeMissed, reason: r.missedReason, count: 1}
 		if i == 0 && due.older > 0 {
 			more := fmt.Sprintf("%d", due.older)
 			if due.olderAtLeast {
@@ -139,10 +139,10 @@ func planSlots(s slotClock, after, now time.Time, r planRules) slotPlan {
 	case late <= r.grace:
 		plan.run = due.latest
 	case !r.catchUpLatest:
-		plan.records = append(plan.records, slotRecord{slot: due.latest, outcome: OutcomeMissed, count: 1,
+		plan.records = append(plan.records, slotRecord{slot: due.latest, outcome: store.OutcomeMissed, count: 1,
 			reason: fmt.Sprintf("%s (late by %s; catch_up is none)", r.missedReason, late.Round(time.Second))})
 	case r.maxLateness > 0 && late > r.maxLateness:
-		plan.records = append(plan.records, slotRecord{slot: due.latest, outcome: OutcomeMissed, count: 1,
+		plan.records = append(plan.records, slotRecord{slot: due.latest, outcome: store.OutcomeMissed, count: 1,
 			reason: fmt.Sprintf("%s (late by %s, beyond max_lateness %s)", r.missedReason,
 				late.Round(time.Second), r.maxLateness)})
 	default:
@@ -171,8 +171,8 @@ func (l storeLedger) LastSlot(ctx context.Context, policy string) (time.Time, bo
 
 // RecordSlot implements Ledger. A failed outcome is for a run that panicked: its row
 // exists (RunSlot started it), so it is finished rather than recorded.
-func (l storeLedger) RecordSlot(ctx context.Context, policy string, slot time.Time, outcome, reason string) error {
-	if outcome == OutcomeFailed {
+func (l storeLedger) RecordSlot(ctx context.Context, policy string, slot time.Time, outcome store.SlotOutcome, reason string) error {
+	if outcome == store.OutcomeFailed {
 		sl, err := l.st.SlotByKey(ctx, policy, slot)
 		if err == nil {
 			return l.st.FinishSlot(ctx, sl.ID, outcome, reason, sl.Counts)

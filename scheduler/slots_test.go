@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/imagekeeper/imagekeeper/store"
 )
 
 // everyClock is a fixed-interval schedule aligned to the epoch, the shape of an
@@ -123,7 +125,7 @@ func TestPlanSlots(t *testing.T) {
 				t.Fatalf("records = %+v, want missed %v", plan.records, tt.wantMissed)
 			}
 			for i, r := range plan.records {
-				if r.outcome != OutcomeMissed || !r.slot.Equal(tt.wantMissed[i]) || r.count != 1 {
+				if r.outcome != store.OutcomeMissed || !r.slot.Equal(tt.wantMissed[i]) || r.count != 1 {
 					t.Errorf("record %d = %+v, want missed %v", i, r, tt.wantMissed[i])
 				}
 			}

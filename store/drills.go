@@ -128,10 +128,10 @@ func (s *Store) FinishDrill(ctx context.Context, d Drill, result, detail string)
 	return nil
 }
 
-// DrillCleaned marks a drill done: its server and volumes are gone. A drill that
+// MarkDrillCleaned marks a drill done: its server and volumes are gone. A drill that
 // never got a result (a crash, a shutdown) is recorded interrupted on its journal
 // row only: it says nothing about the image.
-func (s *Store) DrillCleaned(ctx context.Context, d Drill) error {
+func (s *Store) MarkDrillCleaned(ctx context.Context, d Drill) error {
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `UPDATE drills SET state = ?, finished_at = ?,
 			result = CASE result WHEN '' THEN 'interrupted' ELSE result END,

@@ -33,7 +33,7 @@ func TestDrillJournal(t *testing.T) {
 	if err != nil || len(open) != 1 || open[0].State != store.DrillCleaning || open[0].DrillServerID != "srv" || len(open[0].VolumeIDs) != 2 {
 		t.Fatalf("open drills after the result = %+v %v", open, err)
 	}
-	if err := st.DrillCleaned(ctx, open[0]); err != nil {
+	if err := st.MarkDrillCleaned(ctx, open[0]); err != nil {
 		t.Fatal(err)
 	}
 	v, err := st.Verification(ctx, row.Row)
@@ -45,7 +45,7 @@ func TestDrillJournal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.DrillCleaned(ctx, d2); err != nil {
+	if err := st.MarkDrillCleaned(ctx, d2); err != nil {
 		t.Fatal(err)
 	}
 	got, err := st.DrillByToken(ctx, "t2")

@@ -17,7 +17,7 @@ func TestSlotOutcomeEmpty(t *testing.T) {
 	c := newClock()
 	s := storetest.MustOpen(t, c)
 	base := time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC)
-	finish := func(i int, outcome string, selected int) {
+	finish := func(i int, outcome store.SlotOutcome, selected int) {
 		t.Helper()
 		c.Advance(time.Minute)
 		sl, err := s.StartSlot(ctx, store.Slot{Policy: "p", Slot: base.Add(time.Duration(i) * time.Hour), Trigger: store.TriggerScheduled})

@@ -20,13 +20,13 @@ const countImagesOfPolicy = `SELECT state, COUNT(*) FROM images WHERE policy = ?
 // out deleted images (they are history, not inventory). It reads only the policy's
 // part of an index, so the gauges of one policy cost the same whatever the size of
 // the other policies' lineage.
-func (s *Store) ImageCountsOfPolicy(ctx context.Context, policy string) (map[string]int, error) {
+func (s *Store) ImageCountsOfPolicy(ctx context.Context, policy string) (map[ImageState]int, error) {
 	rows, err := s.reader().QueryContext(ctx, countImagesOfPolicy, policy)
 	if err != nil {
 		return nil, fmt.Errorf("count images of %s by state: %w", policy, err)
 	}
 	defer rows.Close()
-	out := map[string]int{}
+	out := map[ImageState]int{}
 	for rows.Next() {
 		var state string
 		var n int
@@ -34,7 +34,7 @@ func (s *Store) ImageCountsOfPolicy(ctx context.Context, policy string) (map[str
 			return nil, fmt.Errorf("count images of %s by state: %w", policy, err)
 		}
 		if ImageState(state) != ImageDeleted {
-			out[state] = n
+			out[ImageState(state)] = n
 		}
 	}
 	if err := rows.Err(); err != nil {

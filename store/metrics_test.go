@@ -37,7 +37,7 @@ func newMetricsFixture(t *testing.T) *metricsFixture {
 
 // slot runs one slot at instant at: started at at, finished a minute later, with
 // good images of every selected server except failed ones.
-func (f *metricsFixture) slot(policy string, at time.Time, outcome string, selected, failed int) Slot {
+func (f *metricsFixture) slot(policy string, at time.Time, outcome SlotOutcome, selected, failed int) Slot {
 	f.t.Helper()
 	ctx := context.Background()
 	f.clock = at
@@ -129,7 +129,7 @@ func TestMetricsQueries(t *testing.T) {
 	f.image(db, "x", "good", day(23, 4, 0)) // an image but no completed slot: no live servers
 
 	t.Run("ImageCountsOfPolicy", func(t *testing.T) {
-		want := map[string]map[string]int{
+		want := map[string]map[ImageState]int{
 			"web":  {"good": 4, "failed": 1, "requested": 1, "creating": 1, "deleting": 1, "kept_protected": 1},
 			"db":   {"good": 1},
 			"nope": {},

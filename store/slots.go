@@ -9,19 +9,36 @@ import (
 	"time"
 )
 
+// SlotOutcome is what became of one slot of a policy: the persisted slots.outcome
+// (0001's CHECK lists the values, 0003 adds empty) and the label value of
+// imagekeeper_slots_total{outcome}. This is the one definition of the vocabulary.
+type SlotOutcome string
+
 // Slot outcomes. OutcomeRunning is the outcome of a slot whose run has started and
-// not finished (or whose process died mid-run).
+// not finished (or whose process died mid-run); every other one is final until a
+// re-run of the same slot (StartSlot) makes it running again.
 const (
-	OutcomeRunning        = "running"
-	OutcomeRan            = "ran"
-	OutcomeCaughtUp       = "caught_up"
-	OutcomeMissed         = "missed"
-	OutcomeSkippedOverlap = "skipped_overlap"
-	OutcomeFailed         = "failed"
+	OutcomeRunning SlotOutcome = "running"
+	// OutcomeRan: the run finished (FinishSlot); its counts say how it went.
+	OutcomeRan SlotOutcome = "ran"
+	// OutcomeCaughtUp: a run of a slot that was due while the daemon was down.
+	OutcomeCaughtUp SlotOutcome = "caught_up"
+	// OutcomeMissed: a slot that did not run (RecordSlot), past max_lateness or
+	// with catch_up off.
+	OutcomeMissed SlotOutcome = "missed"
+	// OutcomeSkippedOverlap: a slot that did not run because the previous run of
+	// the policy was still going (RecordSlot).
+	OutcomeSkippedOverlap SlotOutcome = "skipped_overlap"
+	// OutcomeFailed: the run failed as a whole (listing, panic, interrupted).
+	OutcomeFailed SlotOutcome = "failed"
 	// OutcomeEmpty is a slot whose policy selected no server: nothing failed, and
 	// nothing was protected either. It is not a success.
-	OutcomeEmpty = "empty"
+	OutcomeEmpty SlotOutcome = "empty"
 )
+
+// FinalOutcomes lists the outcomes a slot can end with (all but running), in the
+// order above: the label values of imagekeeper_slots_total{outcome}.
+var FinalOutcomes = []SlotOutcome{OutcomeRan, OutcomeCaughtUp, OutcomeMissed, OutcomeSkippedOverlap, OutcomeFailed, OutcomeEmpty}
 
 // Slot triggers: why a slot ran.
 const (
@@ -56,7 +73,7 @@ type Slot struct {
 	ConfigVersion string
 	StartedAt     time.Time
 	FinishedAt    time.Time
-	Outcome       string
+	Outcome       SlotOutcome
 	Reason        string
 	// Runs counts the runs of this slot (a manual re-run of a slot adds one).
 	Runs   int
@@ -126,12 +143,12 @@ func (s *Store) StartSlot(ctx context.Context, sl Slot) (Slot, error) {
 }
 
 // FinishSlot records the outcome, reason and counts of a slot run.
-func (s *Store) FinishSlot(ctx context.Context, id int64, outcome, reason string, c SlotCounts) error {
+func (s *Store) FinishSlot(ctx context.Context, id int64, outcome SlotOutcome, reason string, c SlotCounts) error {
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE slots SET finished_at = ?, outcome = ?, reason = ?,
 				selected = ?, good = ?, failed = ?, skipped = ?, existing = ?
 			WHERE id = ?`,
-			s.stamp(), outcome, reason, c.Selected, c.Good, c.Failed, c.Skipped, c.Existing, id)
+			s.stamp(), string(outcome), reason, c.Selected, c.Good, c.Failed, c.Skipped, c.Existing, id)
 		if err != nil {
 			return err
 		}
@@ -181,7 +198,7 @@ func (s *Store) RecordSlot(ctx context.Context, sl Slot) (Slot, error) {
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (policy, slot) DO UPDATE SET finished_at = excluded.finished_at,
 				outcome = excluded.outcome, reason = excluded.reason`,
-			sl.Policy, fmtTime(sl.Slot), fmtTime(sl.Due), sl.Trigger, sl.PolicyVersion, sl.ConfigVersion, now, sl.Outcome, sl.Reason)
+			sl.Policy, fmtTime(sl.Slot), fmtTime(sl.Due), sl.Trigger, sl.PolicyVersion, sl.ConfigVersion, now, string(sl.Outcome), sl.Reason)
 		if err != nil {
 			return err
 		}
@@ -190,7 +207,7 @@ func (s *Store) RecordSlot(ctx context.Context, sl Slot) (Slot, error) {
 		if err != nil {
 			return err
 		}
-		msg := sl.Outcome
+		msg := string(sl.Outcome)
 		if sl.Reason != "" {
 			msg += ": " + sl.Reason
 		}
@@ -207,7 +224,7 @@ func (s *Store) RecordSlot(ctx context.Context, sl Slot) (Slot, error) {
 type SlotFilter struct {
 	Policy string
 	// Outcome, when set, keeps only slots with this outcome (e.g. OutcomeRunning).
-	Outcome string
+	Outcome SlotOutcome
 	// Since and Until bound the slot instant (inclusive).
 	Since, Until time.Time
 	// Limit caps the result to the newest Limit slots.
@@ -222,7 +239,7 @@ func (s *Store) Slots(ctx context.Context, f SlotFilter) ([]Slot, error) {
 		where, args = append(where, "policy = ?"), append(args, f.Policy)
 	}
 	if f.Outcome != "" {
-		where, args = append(where, "outcome = ?"), append(args, f.Outcome)
+		where, args = append(where, "outcome = ?"), append(args, string(f.Outcome))
 	}
 	if !f.Since.IsZero() {
 		where, args = append(where, "slot >= ?"), append(args, fmtTime(f.Since))

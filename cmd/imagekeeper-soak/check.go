@@ -561,7 +561,7 @@ func (s *soak) check(ctx context.Context) (*result, error) {
 	byPolicy := map[string][]store.Slot{}
 	for _, sl := range l.slots {
 		r.slots++
-		r.outcomes[sl.Outcome]++
+		r.outcomes[string(sl.Outcome)]++
 		if sl.Outcome == store.OutcomeRunning || sl.Outcome == "" {
 			r.violate(&r.noOutcome, "no outcome: slot %s %s is %q after the daemon stopped (started %s)",
 				sl.Policy, sl.Slot.Format(time.RFC3339), sl.Outcome, sl.StartedAt.Format(time.RFC3339))

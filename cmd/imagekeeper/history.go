@@ -74,7 +74,7 @@ func runHistory(ctx context.Context, m *Main, o *historyOptions) error {
 	if o.json() {
 		out := make([]slotJSON, 0, len(slots))
 		for _, s := range slots {
-			j := slotJSON{Policy: s.Policy, Slot: s.Slot, Trigger: s.Trigger, Outcome: s.Outcome, Reason: s.Reason,
+			j := slotJSON{Policy: s.Policy, Slot: s.Slot, Trigger: s.Trigger, Outcome: string(s.Outcome), Reason: s.Reason,
 				Runs: s.Runs, Selected: s.Counts.Selected, Good: s.Counts.Good, Failed: s.Counts.Failed,
 				Skipped: s.Counts.Skipped, Existing: s.Counts.Existing, PolicyVersion: s.PolicyVersion,
 				StartedAt: optTime(s.StartedAt), FinishedAt: optTime(s.FinishedAt)}

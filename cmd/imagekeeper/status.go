@@ -167,7 +167,7 @@ func policyStatus(ctx context.Context, st *store.Store, cfg *policy.Config, name
 	}
 	if len(slots) > 0 {
 		s := slots[0]
-		ps.LastSlot, ps.LastTrigger, ps.LastOutcome, ps.LastReason = optTime(s.Slot.UTC()), s.Trigger, s.Outcome, s.Reason
+		ps.LastSlot, ps.LastTrigger, ps.LastOutcome, ps.LastReason = optTime(s.Slot.UTC()), s.Trigger, string(s.Outcome), s.Reason
 	}
 	points, err := st.NewestGoodPerServer(ctx, name)
 	if err != nil {
