@@ -140,8 +140,13 @@ func fail(op Op, id string, status int, kind error, reason string) error {
 	return &cloud.Error{Op: strings.ReplaceAll(string(op), "_", " "), ID: id, Status: status, Kind: kind, Reason: reason}
 }
 
-// begin counts a request and applies a pending fault; the lock is held.
-func (f *Fake) begin(op Op) (*Fault, error) {
+// begin starts a call of op, as every method does, with the lock held: a
+// cancelled ctx is refused before anything is counted (the call reaches no
+// cloud); otherwise it counts the request and applies a pending fault.
+func (f *Fake) begin(ctx context.Context, op Op) (*Fault, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	f.requests[op]++
 	for i, ft := range f.faults {
 		if ft.Op != op {
@@ -390,12 +395,9 @@ func (s *fakeServer) view() cloud.Server {
 
 // ListServers implements cloud.Cloud.
 func (f *Fake) ListServers(ctx context.Context, sel cloud.Selector) ([]cloud.Server, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, err := f.begin(OpListServers); err != nil {
+	if _, err := f.begin(ctx, OpListServers); err != nil {
 		return nil, err
 	}
 	var out []cloud.Server
@@ -410,12 +412,9 @@ func (f *Fake) ListServers(ctx context.Context, sel cloud.Selector) ([]cloud.Ser
 
 // GetServer implements cloud.Cloud.
 func (f *Fake) GetServer(ctx context.Context, id string) (cloud.Server, error) {
-	if err := ctx.Err(); err != nil {
-		return cloud.Server{}, err
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, err := f.begin(OpGetServer); err != nil {
+	if _, err := f.begin(ctx, OpGetServer); err != nil {
 		return cloud.Server{}, err
 	}
 	s := f.server(id)
@@ -429,13 +428,14 @@ var metadataKey = regexp.MustCompile(`^[a-zA-Z0-9-_:. ]{1,255}$`)
 
 // CreateImage implements cloud.Cloud.
 func (f *Fake) CreateImage(ctx context.Context, serverID, name string, metadata map[string]string) (string, error) {
+	// Checked before creates is counted, which begin's own check comes too late for.
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.creates[serverID]++
-	ft, err := f.begin(OpCreateImage)
+	ft, err := f.begin(ctx, OpCreateImage)
 	if err != nil {
 		return "", err
 	}
@@ -533,12 +533,9 @@ func validateCreateImage(name string, metadata map[string]string) string {
 
 // GetImage implements cloud.Cloud.
 func (f *Fake) GetImage(ctx context.Context, id string) (cloud.Image, error) {
-	if err := ctx.Err(); err != nil {
-		return cloud.Image{}, err
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, err := f.begin(OpGetImage); err != nil {
+	if _, err := f.begin(ctx, OpGetImage); err != nil {
 		return cloud.Image{}, err
 	}
 	im := f.image(id)
@@ -550,12 +547,9 @@ func (f *Fake) GetImage(ctx context.Context, id string) (cloud.Image, error) {
 
 // ListImages implements cloud.Cloud.
 func (f *Fake) ListImages(ctx context.Context, properties map[string]string) ([]cloud.Image, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, err := f.begin(OpListImages); err != nil {
+	if _, err := f.begin(ctx, OpListImages); err != nil {
 		return nil, err
 	}
 	ids := make([]string, 0, len(f.images))
@@ -585,12 +579,9 @@ func (f *Fake) ListImages(ctx context.Context, properties map[string]string) ([]
 
 // DeleteImage implements cloud.Cloud.
 func (f *Fake) DeleteImage(ctx context.Context, id string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, err := f.begin(OpDeleteImage); err != nil {
+	if _, err := f.begin(ctx, OpDeleteImage); err != nil {
 		return err
 	}
 	im := f.image(id)
@@ -606,12 +597,9 @@ func (f *Fake) DeleteImage(ctx context.Context, id string) error {
 
 // GetSnapshot implements cloud.Cloud.
 func (f *Fake) GetSnapshot(ctx context.Context, id string) (cloud.Snapshot, error) {
-	if err := ctx.Err(); err != nil {
-		return cloud.Snapshot{}, err
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, err := f.begin(OpGetSnapshot); err != nil {
+	if _, err := f.begin(ctx, OpGetSnapshot); err != nil {
 		return cloud.Snapshot{}, err
 	}
 	s := f.snapshot(id)
@@ -623,12 +611,9 @@ func (f *Fake) GetSnapshot(ctx context.Context, id string) (cloud.Snapshot, erro
 
 // ListSnapshots implements cloud.Cloud.
 func (f *Fake) ListSnapshots(ctx context.Context) ([]cloud.Snapshot, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, err := f.begin(OpListSnapshots); err != nil {
+	if _, err := f.begin(ctx, OpListSnapshots); err != nil {
 		return nil, err
 	}
 	ids := make([]string, 0, len(f.snapshots))
@@ -647,12 +632,9 @@ func (f *Fake) ListSnapshots(ctx context.Context) ([]cloud.Snapshot, error) {
 
 // DeleteSnapshot implements cloud.Cloud.
 func (f *Fake) DeleteSnapshot(ctx context.Context, id string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, err := f.begin(OpDeleteSnapshot); err != nil {
+	if _, err := f.begin(ctx, OpDeleteSnapshot); err != nil {
 		return err
 	}
 	s := f.snapshot(id)

@@ -102,12 +102,9 @@ func (f *Fake) VolumesFromSnapshots() []cloud.Volume {
 // volume per snapshot, attached, that depends on the snapshot; a snapshot that is
 // not available makes the build fail, as Nova's block device preparation does.
 func (f *Fake) CreateServer(ctx context.Context, req cloud.BootRequest) (string, error) {
-	if err := ctx.Err(); err != nil {
-		return "", err
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, err := f.begin(OpCreateServer); err != nil {
+	if _, err := f.begin(ctx, OpCreateServer); err != nil {
 		return "", err
 	}
 	if msg := validateCreateImage(req.Name, req.Metadata); msg != "" {
@@ -174,12 +171,9 @@ func (f *Fake) CreateServer(ctx context.Context, req cloud.BootRequest) (string,
 // DeleteServer implements cloud.Cloud: the server is gone at once and its volumes
 // are detached and left available (delete_on_termination false).
 func (f *Fake) DeleteServer(ctx context.Context, id string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, err := f.begin(OpDeleteServer); err != nil {
+	if _, err := f.begin(ctx, OpDeleteServer); err != nil {
 		return err
 	}
 	s := f.server(id)
@@ -213,12 +207,9 @@ var fakeConsole = []string{
 // ConsoleOutput implements cloud.Cloud: a server still building has none yet
 // (Nova's 409 "not ready").
 func (f *Fake) ConsoleOutput(ctx context.Context, id string, lines int) (string, error) {
-	if err := ctx.Err(); err != nil {
-		return "", err
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, err := f.begin(OpConsoleOutput); err != nil {
+	if _, err := f.begin(ctx, OpConsoleOutput); err != nil {
 		return "", err
 	}
 	s := f.server(id)
@@ -240,12 +231,9 @@ func (f *Fake) ConsoleOutput(ctx context.Context, id string, lines int) (string,
 
 // GetVolume implements cloud.Cloud.
 func (f *Fake) GetVolume(ctx context.Context, id string) (cloud.Volume, error) {
-	if err := ctx.Err(); err != nil {
-		return cloud.Volume{}, err
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, err := f.begin(OpGetVolume); err != nil {
+	if _, err := f.begin(ctx, OpGetVolume); err != nil {
 		return cloud.Volume{}, err
 	}
 	v := f.volume(id)
@@ -258,12 +246,9 @@ func (f *Fake) GetVolume(ctx context.Context, id string) (cloud.Volume, error) {
 // DeleteVolume implements cloud.Cloud: Cinder refuses an attached volume (400)
 // and deletes an available one asynchronously.
 func (f *Fake) DeleteVolume(ctx context.Context, id string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, err := f.begin(OpDeleteVolume); err != nil {
+	if _, err := f.begin(ctx, OpDeleteVolume); err != nil {
 		return err
 	}
 	v := f.volume(id)

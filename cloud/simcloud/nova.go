@@ -685,16 +685,12 @@ func validateCreateImage(body object) string {
 		}
 		if len(extras) > 0 {
 			sort.Strings(extras)
-			reprs := make([]string, len(extras))
-			for i, e := range extras {
-				reprs[i] = pyStr(e)
-			}
 			verb := "does"
 			if len(extras) > 1 {
 				verb = "do"
 			}
 			return field("metadata", md, fmt.Sprintf("%s %s not match any of the regexes: %s",
-				strings.Join(reprs, ", "), verb, pyStr(metadataKeyRe.String())))
+				pyStrs(extras), verb, pyStr(metadataKeyRe.String())))
 		}
 	}
 	if _, ok := obj.get("name"); !ok {
@@ -723,15 +719,11 @@ func additional(extras []string) string {
 	if len(extras) == 0 {
 		return ""
 	}
-	reprs := make([]string, len(extras))
-	for i, e := range extras {
-		reprs[i] = pyStr(e)
-	}
 	verb := "was"
 	if len(extras) > 1 {
 		verb = "were"
 	}
-	return fmt.Sprintf("Additional properties are not allowed (%s %s unexpected)", strings.Join(reprs, ", "), verb)
+	return fmt.Sprintf("Additional properties are not allowed (%s %s unexpected)", pyStrs(extras), verb)
 }
 
 // validName is Nova's "name" format: printable, no leading or trailing whitespace.

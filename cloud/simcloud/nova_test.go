@@ -355,6 +355,10 @@ func TestCreateImageErrors(t *testing.T) {
 			`Invalid input for field/attribute k. Value: ` + long + `. '` + long + `' is too long`},
 		{"extra key", `{"createImage": {"name": "x", "foo": 1}}`,
 			`Invalid input for field/attribute createImage. Value: {'name': 'x', 'foo': 1}. Additional properties are not allowed ('foo' was unexpected)`},
+		{"two slash keys", `{"createImage": {"name": "x", "metadata": {"z/1": "p", "a/2": "q"}}}`,
+			`Invalid input for field/attribute metadata. Value: {'z/1': 'p', 'a/2': 'q'}. 'a/2', 'z/1' do not match any of the regexes: '^[a-zA-Z0-9-_:. ]{1,255}$'`},
+		{"two extra keys", `{"createImage": {"name": "x", "foo": 1, "bar": 2}}`,
+			`Invalid input for field/attribute createImage. Value: {'name': 'x', 'foo': 1, 'bar': 2}. Additional properties are not allowed ('foo', 'bar' were unexpected)`},
 		{"malformed", `{"createImage": `, `Malformed request body`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

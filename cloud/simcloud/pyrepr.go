@@ -132,6 +132,16 @@ func pyStrValue(v any) string {
 	return pyRepr(v)
 }
 
+// pyStrs is ", ".join(repr(s) for s in names): how jsonschema lists the keys
+// an error is about.
+func pyStrs(names []string) string {
+	reprs := make([]string, len(names))
+	for i, s := range names {
+		reprs[i] = pyStr(s)
+	}
+	return strings.Join(reprs, ", ")
+}
+
 // pyStr is Python 3's repr of a str.
 func pyStr(s string) string {
 	quote := byte('\'')
