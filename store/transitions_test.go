@@ -583,6 +583,80 @@ func TestSnapshotDeletionSteps(t *testing.T) {
 	})
 }
 
+// creationStates are the snapshot states a wait (UpdateSnapshot) records while an
+// image is being made.
+var creationStates = []store.SnapshotState{store.SnapshotCreating, store.SnapshotAvailable, store.SnapshotError,
+	store.SnapshotMissing}
+
+// TestSnapshotCreationUpdates runs UpdateSnapshot, the waits' write, between every
+// pair of creation states (and "" for a poll that learned no state). It has no
+// refusal: it records what Cinder says. An event is written only when the state
+// changes, and available_at is stamped the first time the snapshot is available.
+func TestSnapshotCreationUpdates(t *testing.T) {
+	clock := storetest.NewClock(transitionSlot.Add(time.Minute))
+	s := storetest.MustOpen(t, clock)
+	ctx := context.Background()
+	for _, from := range creationStates {
+		for _, to := range append([]store.SnapshotState{""}, creationStates...) {
+			want := to
+			if to == "" {
+				want = from
+			}
+			name := string(to)
+			if to == "" {
+				name = "poll"
+			}
+			t.Run(string(from)+"/UpdateSnapshot("+name+")/to_"+string(want), func(t *testing.T) {
+				im := creating(t, s, fmt.Sprintf("update-%s-%s", from, name))
+				id := fmt.Sprintf("snap-%d", im.Row)
+				if err := s.AddSnapshots(ctx, im.Row, []store.Snapshot{{SnapshotID: id, State: from}}); err != nil {
+					t.Fatal(err)
+				}
+				before := must(s.SnapshotByID(ctx, id))(t)
+				evBefore := rowEvents(t, s, im.Row)
+				clock.Advance(time.Second)
+				got, err := s.UpdateSnapshot(ctx, id, store.SnapshotUpdate{State: to, VolumeID: "vol-1", SizeGB: 3})
+				if err != nil {
+					t.Fatal(err)
+				}
+				stored := must(s.SnapshotByID(ctx, id))(t)
+				if got.State != want || !reflect.DeepEqual(got, stored) || got.VolumeID != "vol-1" || got.SizeGB != 3 {
+					t.Errorf("returned %+v\nstored   %+v\nwant state %s, volume vol-1, 3 GB", got, stored, want)
+				}
+				switch {
+				case from == store.SnapshotAvailable && !got.AvailableAt.Equal(before.AvailableAt):
+					t.Errorf("available_at moved from %v to %v", before.AvailableAt, got.AvailableAt)
+				case from != store.SnapshotAvailable && (want == store.SnapshotAvailable) != !got.AvailableAt.IsZero():
+					t.Errorf("available_at = %v after a step to %s", got.AvailableAt, want)
+				}
+				evAfter := rowEvents(t, s, im.Row)
+				if wantEvents := len(evBefore) + map[bool]int{true: 1}[want != from]; len(evAfter) != wantEvents ||
+					(want != from && evAfter[len(evAfter)-1] != store.EventSnapshotState) {
+					t.Errorf("events %v after %v: want %d, the last %s", evAfter, evBefore, wantEvents, store.EventSnapshotState)
+				}
+			})
+		}
+	}
+	t.Run("missing/UpdateSnapshot", func(t *testing.T) {
+		if _, err := s.UpdateSnapshot(ctx, "no-such-snapshot", store.SnapshotUpdate{State: store.SnapshotAvailable}); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("err = %v, want ErrNotFound", err)
+		}
+	})
+	t.Run("available/UpdateSnapshot(unchanged)/no_write", func(t *testing.T) {
+		im := creating(t, s, "update-unchanged")
+		id := fmt.Sprintf("snap-%d", im.Row)
+		if err := s.AddSnapshots(ctx, im.Row, []store.Snapshot{{SnapshotID: id, State: store.SnapshotAvailable, VolumeID: "v"}}); err != nil {
+			t.Fatal(err)
+		}
+		before := must(s.SnapshotByID(ctx, id))(t)
+		clock.Advance(time.Second)
+		got, err := s.UpdateSnapshot(ctx, id, store.SnapshotUpdate{State: store.SnapshotAvailable, VolumeID: "v"})
+		if err != nil || !reflect.DeepEqual(got, before) {
+			t.Fatalf("a poll that learned nothing new: %+v, %v; want the row unchanged %+v", got, err, before)
+		}
+	})
+}
+
 // slotFixture is a named starting point of the slot ledger.
 type slotFixture struct {
 	name string
