@@ -30,6 +30,7 @@ func benchScale(ctx context.Context, args []string) error {
 	conc := fs.Int("concurrency", 16, "limits.concurrency")
 	rps := fs.Float64("rps", 1000, "limits.requests_per_second")
 	profile := fs.String("profile", "", "write a 15 s CPU profile of the daemon, taken from the slot instant, to this file (the binary must have --pprof)")
+	heap := fs.String("heap", "", "write a heap profile of the daemon taken 15 s after the slot instant to this file, its MemStats to FILE.txt and its /proc status to FILE.status (the binary must have --pprof)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -106,7 +107,7 @@ func benchScale(ctx context.Context, args []string) error {
 	defer logf.Close()
 	dargs := []string{"daemon", "--config", cfg, "--drain-timeout", "5s"}
 	var pprofAddr string
-	if *profile != "" {
+	if *profile != "" || *heap != "" {
 		if pprofAddr, err = freePort(); err != nil {
 			return err
 		}
@@ -142,6 +143,12 @@ func benchScale(ctx context.Context, args []string) error {
 	cpuDue := procCPU(pid)
 	if *profile != "" {
 		go fetchProfile(pprofAddr, *profile)
+	}
+	if *heap != "" {
+		go func() {
+			time.Sleep(time.Until(due.Add(15 * time.Second)))
+			fetchHeap(pprofAddr, pid, *heap)
+		}()
 	}
 
 	// Wait for every policy's first createImage after due (at most 5 minutes).
@@ -280,6 +287,33 @@ func fetchProfile(addr, path string) {
 	defer f.Close()
 	if _, err := io.Copy(f, resp.Body); err != nil {
 		fmt.Fprintf(os.Stderr, "profile: %v\n", err)
+	}
+}
+
+// fetchHeap saves the daemon's heap profile (as of its last GC) to path, the
+// runtime's MemStats (the text form's trailer) to path.txt and /proc/PID/status
+// (RssAnon against RssFile) to path.status, all at one instant: what the RSS is made
+// of while a slot is in flight.
+func fetchHeap(addr string, pid int, path string) {
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err := os.WriteFile(path+".status", status, 0o644); err != nil {
+		fmt.Fprintf(os.Stderr, "heap: %v\n", err)
+	}
+	hc := &http.Client{Timeout: time.Minute}
+	for file, query := range map[string]string{path: "", path + ".txt": "?debug=1"} {
+		resp, err := hc.Get("http://" + addr + "/debug/pprof/heap" + query)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "heap: %v\n", err)
+			return
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil {
+			err = os.WriteFile(file, body, 0o644)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "heap: %v\n", err)
+		}
 	}
 }
 

@@ -23,7 +23,7 @@ const LateMaxPollInterval = 10 * time.Minute
 // lateUntil is the end of the late window of row under p (nil: a policy no longer
 // in the config): the later of wait_timeout plus MinLateWindow after the request,
 // and the policy's next slot after the row's plus one period.
-func lateUntil(p *policy.Policy, im store.Image, timeout time.Duration) time.Time {
+func lateUntil(p *policy.Policy, im waitRow, timeout time.Duration) time.Time {
 	end := im.RequestedAt.Add(timeout + MinLateWindow)
 	if p != nil && p.Schedule != nil {
 		next := p.Schedule.Next(im.Slot)
@@ -160,7 +160,7 @@ func (lw *LateWatcher) promoteLate(ctx context.Context, policyName string, slot 
 			pending++
 			continue
 		}
-		it := &waitItem{row: row, available: map[string]bool{}, recorded: map[string]bool{}}
+		it := &waitItem{row: waitRowOf(row)}
 		var fresh []store.Snapshot
 		for _, ref := range img.Snapshots {
 			fresh = append(fresh, store.Snapshot{SnapshotID: ref.SnapshotID, DeviceName: ref.DeviceName, BootIndex: ref.BootIndex})

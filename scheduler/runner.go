@@ -363,7 +363,7 @@ func (r *Runner) settleStale(ctx context.Context, p *policy.Policy, current time
 		sc := waitScope{policy: p.Name, slot: sl, timeout: timeout, p: p, cloud: r.sh.Cloud(), pollFirst: true,
 			log: r.sh.log.With("policy", p.Name, "slot", StampSlot(sl))}
 		sc.log.Info("settling images left in progress by an earlier run", "images", len(bySlot[sl]))
-		if err := r.w.wait(ctx, sc, bySlot[sl]); err != nil {
+		if err := r.w.wait(ctx, sc, waitRows(bySlot[sl])); err != nil {
 			sc.log.Warn("settle images left in progress", "err", err)
 			return
 		}

@@ -110,7 +110,7 @@ func (sr *slotRun) execute(ctx context.Context) error {
 	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	var toWait []store.Image
+	var toWait []waitRow
 	var firstErr error
 	record := func(im store.Image, wait bool, err error) {
 		mu.Lock()
@@ -119,10 +119,10 @@ func (sr *slotRun) execute(ctx context.Context) error {
 			firstErr = err
 		}
 		if wait {
-			// The wait never reads an image's metadata: a decoded map per image in
-			// flight was a third of the live heap at 10,000 servers.
-			im.Metadata = nil
-			toWait = append(toWait, im)
+			// Only what the wait reads: a full store.Image per image in flight (its
+			// decoded metadata was a third of the live heap at 10,000 servers) grew
+			// the heap with every image.
+			toWait = append(toWait, waitRowOf(im))
 		}
 	}
 	do := func(s cloud.Server, held bool) {
@@ -351,7 +351,7 @@ func (sr *slotRun) reportStart(res ServerResult) {
 }
 
 // markWaiting reports the servers still being waited on when the run stops early.
-func (sr *slotRun) markWaiting(rows []store.Image) {
+func (sr *slotRun) markWaiting(rows []waitRow) {
 	for _, im := range rows {
 		sr.mu.Lock()
 		_, done := sr.results[im.ServerID]

@@ -33,11 +33,43 @@ type waitScope struct {
 	pollFirst bool
 }
 
+// waitRow is what a wait reads of a lineage row. Every image in flight has one,
+// twice (the run's list and the wait's item): a full store.Image (~560 bytes and a
+// dozen strings of its own) per image was most of what grew with the images in
+// flight at 10,000 servers.
+type waitRow struct {
+	Row         int64
+	ImageID     string
+	Name        string
+	Policy      string
+	ServerID    string
+	ServerName  string
+	Adopted     bool
+	Slot        time.Time
+	RequestedAt time.Time
+}
+
+// waitRowOf is the part of im a wait reads.
+func waitRowOf(im store.Image) waitRow {
+	return waitRow{Row: im.Row, ImageID: im.ImageID, Name: im.Name, Policy: im.Policy, ServerID: im.ServerID,
+		ServerName: im.ServerName, Adopted: im.Adopted, Slot: im.Slot, RequestedAt: im.RequestedAt}
+}
+
+// waitRows is waitRowOf of each of rows.
+func waitRows(rows []store.Image) []waitRow {
+	out := make([]waitRow, len(rows))
+	for i, im := range rows {
+		out[i] = waitRowOf(im)
+	}
+	return out
+}
+
 // waitItem is one image being waited for.
 type waitItem struct {
-	row store.Image
+	row waitRow
 	// available remembers snapshots already seen available, so that each is fetched
-	// until it is, and no longer.
+	// until it is, and no longer; recorded, the snapshots already in the lineage.
+	// Both are made on first use: most images have no volume snapshot.
 	available map[string]bool
 	recorded  map[string]bool
 }
@@ -58,10 +90,10 @@ type waiter struct {
 // ListImages by stamp per round covers every image of the scope, then GetSnapshot
 // for each volume snapshot not yet seen available; the interval grows from
 // PollInterval up to MaxPollInterval (nextPoll).
-func (w *waiter) wait(ctx context.Context, sc waitScope, rows []store.Image) error {
+func (w *waiter) wait(ctx context.Context, sc waitScope, rows []waitRow) error {
 	items := make([]*waitItem, 0, len(rows))
-	for _, im := range rows {
-		items = append(items, &waitItem{row: im, available: map[string]bool{}, recorded: map[string]bool{}})
+	for _, row := range rows {
+		items = append(items, &waitItem{row: row})
 	}
 	sort.Slice(items, func(i, j int) bool { return items[i].row.ServerID < items[j].row.ServerID })
 	interval := w.sh.opts.PollInterval
@@ -171,7 +203,7 @@ func (w *waiter) check(ctx context.Context, sc waitScope, it *waitItem, listed [
 		if err != nil {
 			return false, err
 		}
-		it.row = row
+		it.row = waitRowOf(row)
 	}
 
 	img, ok := byID[it.row.ImageID]
@@ -203,6 +235,9 @@ func (w *waiter) check(ctx context.Context, sc waitScope, it *waitItem, listed [
 		if err := st.AddSnapshots(bctx, it.row.Row, fresh); err != nil {
 			return false, err
 		}
+		if it.recorded == nil {
+			it.recorded = map[string]bool{}
+		}
 		for _, sn := range fresh {
 			it.recorded[sn.SnapshotID] = true
 		}
@@ -227,7 +262,6 @@ func (w *waiter) check(ctx context.Context, sc waitScope, it *waitItem, listed [
 			if err != nil {
 				return false, err
 			}
-			it.row = row
 			d := row.ActiveAt.Sub(row.RequestedAt)
 			w.sh.metrics.ImageCreated(sc.policy, CreateGood, d)
 			sc.log.Info("image good", "server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name, "duration", d.Round(time.Millisecond).String())
@@ -295,6 +329,9 @@ func (w *waiter) checkSnapshots(ctx context.Context, sc waitScope, it *waitItem,
 		}
 		switch u.State {
 		case store.SnapshotAvailable:
+			if it.available == nil {
+				it.available = map[string]bool{}
+			}
 			it.available[ref.SnapshotID] = true
 		case store.SnapshotError, store.SnapshotMissing:
 			// Keep going: the lineage should know every snapshot's state, not just the
@@ -316,7 +353,6 @@ func (w *waiter) fail(ctx context.Context, sc waitScope, it *waitItem, reason st
 	if err != nil {
 		return err
 	}
-	it.row = row
 	w.sh.metrics.ImageCreated(sc.policy, CreateFailed, 0)
 	sc.log.Warn("image failed", "server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name, "reason", reason)
 	if sc.done != nil {
@@ -334,7 +370,6 @@ func (w *waiter) failTimedOut(ctx context.Context, sc waitScope, it *waitItem, r
 	if err != nil {
 		return err
 	}
-	it.row = row
 	w.sh.metrics.ImageCreated(sc.policy, CreateFailed, 0)
 	sc.log.Warn("image failed: not good within wait_timeout; watched until its late window closes", "server_id", row.ServerID,
 		"server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name, "reason", reason, "late_until", until.Format(time.RFC3339))
@@ -370,7 +405,7 @@ func (w *waiter) resume(ctx context.Context, cfgs *policy.Coordinator) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = w.wait(ctx, sc, groups[k])
+			errs[i] = w.wait(ctx, sc, waitRows(groups[k]))
 		}()
 	}
 	wg.Wait()

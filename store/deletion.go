@@ -167,9 +167,21 @@ func (s *Store) AppendLineage(ctx context.Context, dst []LineageRow, policy stri
 		}
 		q.WriteString(")")
 	}
-	// The order of the (policy, server_id, slot DESC) index: no sort step.
-	q.WriteString(" ORDER BY policy, server_id, slot DESC, id")
-	return s.scanLineage(ctx, dst, q.String(), args...)
+	// The order of the UNIQUE (policy, server_id, slot) index: no sort step, and no
+	// index of its own to keep up on every write. A server's rows are then reversed
+	// to newest first (its slots are unique: no ties).
+	q.WriteString(" ORDER BY policy, server_id, slot")
+	first := len(dst)
+	dst, err := s.scanLineage(ctx, dst, q.String(), args...)
+	for lo := first; lo < len(dst); {
+		hi := lo + 1
+		for hi < len(dst) && dst[hi].ServerID == dst[lo].ServerID {
+			hi++
+		}
+		slices.Reverse(dst[lo:hi])
+		lo = hi
+	}
+	return dst, err
 }
 
 // parseLean is parseTime with a fast path for the stored fixed-width form, which is

@@ -113,6 +113,10 @@ func (h *cloudHealth) check(ctx context.Context, stale time.Duration, probe func
 	return fmt.Errorf("down since %s: %s", since.UTC().Format(time.RFC3339), reason)
 }
 
+// probeImageID is an image id no cloud has: asking for it costs one cheap GET whose
+// 404 proves the cloud answers.
+const probeImageID = "00000000-0000-0000-0000-000000000000"
+
 // healthCloud records the result of every call in a cloudHealth.
 type healthCloud struct {
 	cloud.Cloud

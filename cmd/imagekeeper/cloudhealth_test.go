@@ -102,6 +102,7 @@ func TestDaemonStartsWithoutTheCloud(t *testing.T) {
 
 	r := &running{sigs: make(chan os.Signal, 4), done: make(chan error, 1), logs: &syncBuffer{}}
 	started := make(chan *store.Store, 1)
+	ctx, reload, abort := signalled(t, r.sigs)
 	d := &Daemon{
 		ConfigPath:   e.config,
 		DrainTimeout: 30 * time.Second,
@@ -112,7 +113,8 @@ func TestDaemonStartsWithoutTheCloud(t *testing.T) {
 			}
 			return ""
 		},
-		Signals:            r.sigs,
+		Reload:             reload,
+		Abort:              abort,
 		Listen:             addr,
 		WatchInterval:      50 * time.Millisecond,
 		RunnerPollInterval: 50 * time.Millisecond,
@@ -125,7 +127,7 @@ func TestDaemonStartsWithoutTheCloud(t *testing.T) {
 		},
 		Started: func(_ string, st *store.Store) { started <- st },
 	}
-	go func() { r.done <- d.Run(context.Background()) }()
+	go func() { r.done <- d.Run(ctx) }()
 	t.Cleanup(func() {
 		r.sigs <- syscall.SIGTERM
 		select {
@@ -202,10 +204,11 @@ func TestDaemonStopsWhileWaitingForTheCloud(t *testing.T) {
 	e.sim.Close() // nothing listens at the auth URL any more: connection refused
 	listening := make(chan string, 1)
 	sigs := make(chan os.Signal, 1)
+	ctx, reload, abort := signalled(t, sigs)
 	logs := &syncBuffer{}
 	d := &Daemon{
 		ConfigPath: e.config, Logger: slog.New(slog.NewTextHandler(logs, nil)),
-		Getenv: func(string) string { return "" }, Signals: sigs, WatchInterval: 50 * time.Millisecond,
+		Getenv: func(string) string { return "" }, Reload: reload, Abort: abort, WatchInterval: 50 * time.Millisecond,
 		ConnectBackoff: 50 * time.Millisecond, ConnectMaxBackoff: 100 * time.Millisecond,
 		NewCloud: func(ctx context.Context, cfg *policy.Config, log *slog.Logger, observe func(openstack.Request)) (cloud.Cloud, error) {
 			return openstack.New(ctx, openstack.Options{CloudName: cfg.Cloud, Observe: observe, Logger: log,
@@ -214,7 +217,7 @@ func TestDaemonStopsWhileWaitingForTheCloud(t *testing.T) {
 		Listening: func(addr string) { listening <- addr },
 	}
 	done := make(chan error, 1)
-	go func() { done <- d.Run(context.Background()) }()
+	go func() { done <- d.Run(ctx) }()
 	var addr string
 	select {
 	case addr = <-listening:

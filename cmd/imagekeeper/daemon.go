@@ -2,30 +2,18 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
-	"fmt"
-	"io"
-	"io/fs"
 	"log/slog"
-	"os"
-	"os/signal"
-	"path/filepath"
-	"strings"
-	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/imagekeeper/imagekeeper/cloud"
 	"github.com/imagekeeper/imagekeeper/cloud/openstack"
 	"github.com/imagekeeper/imagekeeper/policy"
-	"github.com/imagekeeper/imagekeeper/scheduler"
 	"github.com/imagekeeper/imagekeeper/store"
 )
 
@@ -102,15 +90,13 @@ func runDaemon(ctx context.Context, m *Main, o *daemonOptions) error {
 			return usageError("%v", err)
 		}
 	}
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 	d := &Daemon{
 		ConfigPath:   o.config,
 		DrainTimeout: o.drain,
 		Logger:       o.log,
 		Getenv:       m.Getenv,
-		Signals:      sigs,
+		Reload:       m.reloads(),
+		Abort:        m.Abort,
 		PprofListen:  o.pprof,
 		// The soak runs it every few seconds, so that hollow and late images are
 		// settled within a sub-minute schedule.
@@ -120,7 +106,8 @@ func runDaemon(ctx context.Context, m *Main, o *daemonOptions) error {
 }
 
 // Daemon is `imagekeeper daemon` as a value: tests and the demo run it in-process
-// with a temp database, a simulated cloud and signals sent through a channel.
+// with a temp database and a simulated cloud. It knows no signals: cancelling Run's
+// context stops it (main cancels it on SIGTERM/SIGINT), a value on Reload reloads.
 type Daemon struct {
 	// ConfigPath is the policy file.
 	ConfigPath string
@@ -131,9 +118,12 @@ type Daemon struct {
 	Logger *slog.Logger
 	// Getenv reads NOTIFY_SOCKET and WATCHDOG_USEC; nil means os.Getenv.
 	Getenv func(string) string
-	// Signals delivers SIGHUP (reload) and SIGINT/SIGTERM (drain; a second one stops
-	// waiting). Cancelling Run's context drains as SIGTERM does.
-	Signals <-chan os.Signal
+	// Reload delivers reload requests (main sends one per SIGHUP); nil means none
+	// come, and the policy file's watcher alone reloads.
+	Reload <-chan struct{}
+	// Abort, once closed, ends a drain at once: in-flight runs are cancelled instead
+	// of awaited (main closes it on a second SIGTERM/SIGINT). Nil means never.
+	Abort <-chan struct{}
 	// StatePath and Listen, when set, override the policy file's state and listen.
 	StatePath, Listen string
 	// PprofListen, when set, serves net/http/pprof there (loopback only; off by
@@ -189,446 +179,29 @@ func (d *Daemon) currentVersion() string {
 	return ""
 }
 
-// Run runs the daemon until it is told to stop and has drained. It returns nil after
-// a clean drain.
-func (d *Daemon) Run(ctx context.Context) (err error) {
-	log := d.Logger
-	if log == nil {
-		log = discardLogger()
-	}
-	if d.Getenv == nil {
-		d.Getenv = os.Getenv
-	}
-	drainTimeout := orDefault(d.DrainTimeout, defaultDrainTimeout)
-	watchEvery := orDefault(d.WatchInterval, defaultWatchInterval)
-	notify := newNotifier(d.Getenv, os.Getpid())
-
-	memLimit := setMemoryLimit(d.Getenv)
-	if d.PprofListen != "" {
-		ps, err := startPprof(d.PprofListen, log)
-		if err != nil {
-			return withExitCode(exitFailure, err)
-		}
-		defer ps.Close()
-	}
-
-	// cfgs owns the config in force from here on: the scheduler, the limits, the
-	// metrics and retention ask it or subscribe to it, and a reload is one Apply. cfg
-	// is the boot config: only what is wired once (state, listen, cloud) reads it.
-	cfgs := policy.NewCoordinator(nil)
-	cfg, err := cfgs.Load(d.ConfigPath)
-	if err != nil {
-		// Not logged as well: the error is printed once, by main, as every
-		// command's is. A file that is not there or not readable is the caller's mistake (exit 2,
-		// as for every command); one that does not validate is exit 1.
-		code := exitFailure
-		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
-			code = exitUsage
-		}
-		return withExitCode(code, err) // it names the file (FILE:LINE:COL for each problem)
-	}
-	// A hook whose program is missing would turn every image of its policy into a
-	// skip (or a crash-consistent image): refuse to start instead.
-	if errs := cfg.CheckHooks(); len(errs) > 0 {
-		return withExitCode(exitFailure, fmt.Errorf("%s: %w", d.ConfigPath, errors.Join(errs...)))
-	}
-	watch := newFileWatch(d.ConfigPath)
-	statePath := firstNonEmpty(d.StatePath, cfg.State)
-	if statePath == "" {
-		return withExitCode(exitFailure, fmt.Errorf("%s: no state database (set state:)", d.ConfigPath))
-	}
-	if err := os.MkdirAll(filepath.Dir(statePath), 0o750); err != nil {
-		return withExitCode(exitFailure, fmt.Errorf("state directory: %w", err))
-	}
-	lock, err := acquireLock(statePath)
-	if err != nil {
-		return withExitCode(exitFailure, err)
-	}
-	defer lock.Release()
-
-	st, err := store.Open(ctx, statePath, store.Options{})
-	if err != nil {
-		return withExitCode(exitFailure, fmt.Errorf("open state %s: %w", statePath, err))
-	}
-	defer st.Close()
-
-	reg := d.Registry
-	if reg == nil {
-		reg = prometheus.NewRegistry()
-	}
-	for _, c := range []prometheus.Collector{collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
-		if err := reg.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
-			return fmt.Errorf("register collector: %w", err)
-		}
-	}
-	metrics := scheduler.NewMetrics(reg, scheduler.BuildInfo{Version: buildVersion(), Revision: buildRevision()})
-	// Before anything else, the cloud included: a previous process killed between a
-	// pre and its post hook left an application frozen; thaw it now.
-	if n, err := scheduler.RunOwedPostHooks(ctx, st, log, metrics); err != nil {
-		return withExitCode(exitFailure, err)
-	} else if n > 0 {
-		log.Warn("ran post hooks a previous process owed", "count", n)
-	}
-
-	health := newCloudHealth(time.Now, metrics.SetCloudUp)
-	// connected is the cloud client once it authenticated; nil before.
-	var connected atomic.Pointer[healthCloud]
-	freshness := orDefault(d.CloudFreshness, defaultCloudFreshness)
-	checks := []readinessCheck{
-		{"config", func(context.Context) error {
-			if cfgs.Current() == nil {
-				return errors.New("not loaded")
-			}
-			return nil
-		}},
-		{"store", func(ctx context.Context) error {
-			_, err := st.SchemaVersion(ctx)
-			return err
-		}},
-		{"cloud", func(ctx context.Context) error {
-			var probe func(context.Context) error
-			if c := connected.Load(); c != nil {
-				probe = func(ctx context.Context) error { _, err := c.Cloud.GetImage(ctx, probeImageID); return err }
-			}
-			return health.check(ctx, freshness, probe)
-		}},
-	}
-	// Serve before connecting: with Keystone down at boot the daemon still shows
-	// /metrics (imagekeeper_cloud_up 0) and a /readyz that names the cloud.
-	srv, err := startHTTP(firstNonEmpty(d.Listen, cfg.Listen, defaultListen), reg, checks, log)
-	if err != nil {
-		return withExitCode(exitFailure, err)
-	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if serr := srv.Shutdown(sctx); serr != nil {
-			log.Warn("http shutdown", "err", serr)
-		}
-	}()
-	if d.Listening != nil {
-		d.Listening(srv.Addr())
-	}
-	log.Info("imagekeeper daemon starting", "config", d.ConfigPath, "state", statePath, "listen", srv.Addr(),
-		"owner", st.Owner())
-	// READY=1 means "serving", not "the cloud answers": systemd would otherwise
-	// restart a daemon whose cloud is down, which helps nothing and hides the cause.
-	// /readyz says whether the cloud answers.
-	if err := notify.Ready(); err != nil {
-		log.Warn("sd_notify", "err", err)
-	}
-	var lastLoop atomic.Int64
-	lastLoop.Store(time.Now().UnixNano())
-	wdCtx, stopWatchdog := context.WithCancel(context.Background())
-	var wdWG sync.WaitGroup
-	wdWG.Add(1)
-	go func() {
-		defer wdWG.Done()
-		// The main loop ticks every watchEvery; a loop silent for far longer is hung.
-		notify.runWatchdog(wdCtx, func() bool {
-			return time.Since(time.Unix(0, lastLoop.Load())) < 3*watchEvery+time.Minute
-		})
-	}()
-	defer func() { stopWatchdog(); wdWG.Wait() }()
-
-	raw, stopReason := d.connect(ctx, cfg, log, health, func(r openstack.Request) {
-		metrics.ObserveCloudRequest(r.Service, r.Operation, r.Status, r.Duration)
-	}, func() { lastLoop.Store(time.Now().UnixNano()) })
-	if raw == nil {
-		_ = notify.Stopping()
-		d.audit(st, log, eventDaemonStopped, "stopped ("+stopReason+") before the cloud answered")
-		log.Info("stopped before the cloud answered", "reason", stopReason)
-		return nil
-	}
-	wc := &healthCloud{Cloud: raw, h: health}
-	health.set(true, "") // connecting authenticated and read the catalog: the cloud answered
-	connected.Store(wc)
-
-	// Retention is requested after every settled run of a policy, by name; it runs
-	// in the background under the scheduler's drain and decides by the config in
-	// force when it gets the policy's lock, never by the one the run started with.
-	var retention *scheduler.Retention
-	shared := scheduler.NewShared(scheduler.SharedOptions{
-		Cloud:        wc,
-		Store:        st,
-		Limits:       cfg.Limits,
-		Logger:       log,
-		Metrics:      metrics,
-		PollInterval: d.RunnerPollInterval,
-	})
-	runner := scheduler.NewRunner(shared, scheduler.RunnerOptions{
-		Settled: func(name string) { retention.Request(name) },
-	})
-	sched := scheduler.New(scheduler.Options{
-		RunSlot: scheduler.RunnerSlots(runner),
-		Prepare: runner.PrepareSlot,
-		Ledger:  scheduler.StoreLedger(st),
-		Metrics: metrics,
-		Logger:  log,
-	})
-	retention = scheduler.NewRetention(shared, cfgs, scheduler.RetentionOptions{
-		Go: sched.Go,
-		// The recovery-point gauges move with every run; the periodic refresh alone
-		// would lag a short schedule by up to its interval. Only this policy's gauges
-		// (and the global ones) are recomputed: with many policies due at once, a
-		// full refresh per run would be quadratic.
-		Done: func(ctx context.Context, name string) {
-			// A policy removed meanwhile keeps its images in the store, not in the metrics.
-			p := cfgs.Current().Policy(name)
-			if p == nil {
-				return
-			}
-			if err := metrics.RefreshPolicy(ctx, st, p, time.Now()); err != nil && ctx.Err() == nil {
-				log.Warn("refresh metrics after run", "policy", name, "err", err)
-			}
-		},
-	})
-	// A reload is one Apply: the limits, the schedules and the metrics follow it
-	// here; retention and resumed work ask cfgs when they decide.
-	cfgs.Subscribe(func(cfg *policy.Config) { shared.SetLimits(cfg.Limits) })
-	cfgs.Subscribe(sched.Swap)
-	cfgs.Subscribe(func(cfg *policy.Config) {
-		metrics.ConfigReloaded(true, time.Now())
-		metrics.RefreshPeriods(cfg, time.Now())
-	})
-
-	// Read before the scheduler starts: every slot still running now was left so by
-	// a previous process (the lock rules out another daemon).
-	interrupted, err := runner.InterruptedSlots(ctx)
-	if err != nil {
-		return withExitCode(exitFailure, err)
-	}
-	if err := sched.Start(ctx, cfg); err != nil {
-		return withExitCode(exitFailure, err)
-	}
-	d.cfgs.Store(cfgs)
-
-	// The control socket: run, prune, reconcile and status of a client run here, on
-	// this config, lineage, cloud and runner. Their context ends only when the drain
-	// gives up on them, as the scheduler's runs do.
-	ctlCtx, ctlCancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer ctlCancel()
-	env := &daemonEnv{config: cfgs.Current, cfgs: cfgs, store: st, cloud: wc, shared: shared, runner: runner,
-		version: buildVersion(), revision: buildRevision(), started: time.Now()}
-	ctl, err := startControl(ctlCtx, controlSocketPath(statePath), log, func(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-		cm := &Main{Stdin: strings.NewReader(""), Stdout: stdout, Stderr: stderr, Getenv: d.Getenv,
-			ProgressEvery: d.ProgressEvery, daemon: env}
-		return cm.Run(ctx, args)
-	})
-	if err != nil {
-		return withExitCode(exitFailure, err)
-	}
-	defer ctl.StopAccepting()
-	metrics.ConfigReloaded(true, time.Now())
-	sched.Go("resume", func(ctx context.Context) error {
-		// Interrupted slots first: each re-run claims and waits for its own images,
-		// so that the slot's outcome reflects them; ResumeWaits then takes the rest.
-		// Both ask cfgs as they go: a reload while they wait counts.
-		serr := runner.ResumeInterruptedSlots(ctx, cfgs, interrupted)
-		return errors.Join(serr, runner.ResumeWaits(ctx, cfgs))
-	})
-	// Restore drills (verify: blocks) run on their schedules; leftovers of drills a
-	// crash or a drain interrupted are deleted at start and periodically.
-	initDrillMetrics(ctx, st, metrics, cfg, log)
-	cfgs.Subscribe(func(cfg *policy.Config) { initDrillMetrics(ctx, st, metrics, cfg, log) })
-	// A shutdown stops them at once (drillsStop, before the drain): a drill is not
-	// worth waiting for, but the drill in flight still deletes what it booted.
-	drillsCtx, drillsStop := context.WithCancel(ctx)
-	defer drillsStop()
-	sched.Go("drills", func(runCtx context.Context) error {
-		ctx, cancel := context.WithCancel(drillsCtx)
-		defer cancel()
-		stop := context.AfterFunc(runCtx, cancel)
-		defer stop()
-		return scheduler.NewDriller(shared).WatchDrills(ctx, cfgs.Current, scheduler.DrillLoopOptions{CleanupInterval: d.DrillCleanupInterval})
-	})
-	d.audit(st, log, eventDaemonStarted, fmt.Sprintf("pid %d, config %s version %s, %d policies",
-		os.Getpid(), d.ConfigPath, cfg.Version, len(cfg.Policies)))
-	log.Info("imagekeeper daemon serving", "config", d.ConfigPath, "state", statePath, "listen", srv.Addr(), "control_socket", ctl.path,
-		"policies", len(cfg.Policies), "config_version", cfg.Version, "memory_limit_mib", memLimit>>20, "owner", st.Owner())
-	if d.Started != nil {
-		d.Started(srv.Addr(), st)
-	}
-	wdWG.Add(1)
-	go func() {
-		defer wdWG.Done()
-		// The gauges derived from the store are computed once, off the main loop
-		// (readiness does not wait for a big lineage); runs and reconciles keep them
-		// current after that. The loop only recomputes schedule periods that went
-		// stale (a reload, a day old), which reads no store. It stops before the
-		// store closes.
-		if err := metrics.Refresh(wdCtx, st, cfgs.Current(), time.Now()); err != nil && wdCtx.Err() == nil {
-			log.Warn("refresh metrics", "err", err)
-		}
-		compactLineage(wdCtx, st, sched.Config(), log)
-		t := time.NewTicker(defaultRefreshInterval)
-		defer t.Stop()
-		for {
-			metrics.RefreshPeriods(cfgs.Current(), time.Now())
-			select {
-			case <-wdCtx.Done():
-				return
-			case <-t.C:
-			}
-		}
-	}()
-
-	wdWG.Add(1)
-	go func() {
-		defer wdWG.Done()
-		// Images failed by wait_timeout are watched through their late window and
-		// promoted to good if they complete (image_late_good).
-		_ = scheduler.NewLateWatcher(shared).WatchLate(wdCtx)
-	}()
-
-	wdWG.Add(1)
-	go func() {
-		defer wdWG.Done()
-		// The periodic reconcile reports drift, marks rows whose image is gone or
-		// hollow (so they stop counting as backups), promotes late-good images and
-		// deletes the leftover snapshots of images the journal recorded deleted; it
-		// touches nothing it cannot prove ours.
-		t := time.NewTicker(orDefault(d.ReconcileInterval, defaultReconcileInterval))
-		defer t.Stop()
-		for {
-			select {
-			case <-wdCtx.Done():
-				return
-			case <-t.C:
-			}
-			d.reconcile(wdCtx, scheduler.NewReconciler(shared), cfgs.Current(), log)
-			if err := metrics.RefreshLeftover(wdCtx, st); err != nil && wdCtx.Err() == nil {
-				log.Warn("refresh leftover snapshot gauge", "err", err)
-			}
-			compactLineage(wdCtx, st, sched.Config(), log)
-		}
-	}()
-
-	reload := func(why string) {
-		_ = notify.Reloading()
-		defer func() { _ = notify.Ready() }()
-		rerr := d.reload(cfgs, cfg, metrics, log, why)
-		if rerr != nil {
-			d.audit(st, log, eventConfigReload, "failed ("+why+"); kept the running config: "+rerr.Error())
-		} else {
-			cur := cfgs.Current()
-			d.audit(st, log, eventConfigReload, fmt.Sprintf("%s: version %s, %d policies", why, cur.Version, len(cur.Policies)))
-		}
-		if d.Reloaded != nil {
-			d.Reloaded(rerr)
-		}
-	}
-
-	tick := time.NewTicker(watchEvery)
-	defer tick.Stop()
-	reason := ""
-loop:
-	for {
-		select {
-		case <-ctx.Done():
-			reason = "context cancelled"
-			break loop
-		case sig := <-d.Signals:
-			if sig == syscall.SIGHUP {
-				reload("SIGHUP")
-				continue
-			}
-			reason = "signal " + sig.String()
-			break loop
-		case <-tick.C:
-			lastLoop.Store(time.Now().UnixNano())
-			if watch.changed() {
-				reload("policy file changed")
-			}
-		}
-	}
-
-	// Drain: no new slots, in-flight runs finish within the timeout, a second signal
-	// stops waiting. Images still being waited on stay "creating" in the store and
-	// the next start resumes them.
-	log.Info("stopping: draining in-flight runs", "reason", reason, "in_flight", sched.InFlight(),
-		"drain_timeout", drainTimeout)
-	_ = notify.Stopping()
-	srv.Draining()
-	dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
-	defer cancel()
-	go func() {
-		for {
-			select {
-			case <-dctx.Done():
-				return
-			case sig := <-d.Signals:
-				if sig == syscall.SIGHUP {
-					continue
-				}
-				log.Warn("second signal: not waiting for in-flight runs any longer", "signal", sig.String())
-				cancel()
-				return
-			}
-		}
-	}()
-	ctl.StopAccepting()
-	drillsStop()
-	derr := sched.Drain(dctx, cancelGrace)
-	if !ctl.Wait(dctx) {
-		log.Warn("control socket: commands still running at the end of the drain; cancelling them")
-		ctlCancel()
-		gctx, gcancel := context.WithTimeout(context.Background(), cancelGrace)
-		ctl.Wait(gctx)
-		gcancel()
-	}
-	cancel()
-	if derr != nil {
-		d.audit(st, log, eventDaemonStopped, "stopped ("+reason+") before in-flight runs finished; waits resume on the next start")
-	} else {
-		d.audit(st, log, eventDaemonStopped, "stopped ("+reason+") after a clean drain")
-	}
-	if d.BeforeClose != nil {
-		d.BeforeClose()
-	}
-	if derr != nil {
-		return withExitCode(exitFailure, derr)
-	}
-	log.Info("stopped after a clean drain")
-	return nil
-}
-
-// reload parses, validates and compiles the policy file off to the side and applies
-// it to the config owner, which hands it to the scheduler and the limits; retention
-// and the metrics ask the owner when they decide. On any error nothing changes.
-func (d *Daemon) reload(cfgs *policy.Coordinator, boot *policy.Config, m *scheduler.Metrics, log *slog.Logger, why string) error {
-	old := cfgs.Current()
-	cfg, err := cfgs.Load(d.ConfigPath)
-	if err != nil {
-		logConfigErrors(log, "reload failed; keeping the running config", err)
-		m.ConfigReloaded(false, time.Now())
+// Run runs the daemon until ctx ends and it has drained; it returns nil after a
+// clean drain. It reads as the phases of lifecycle.go: every phase pushes the closer
+// of what it opens onto one cleanup stack, unwound here last, so that a failure
+// half-way closes exactly what was opened, newest first.
+func (d *Daemon) Run(ctx context.Context) error {
+	r := d.newRun()
+	defer r.cleanup.unwind()
+	// The phases before serve do their I/O on a context that the stop does not
+	// cancel: a stop while the daemon opens its lineage takes effect at the wait for
+	// the cloud, after READY, with an audit line, not as a failed read.
+	life := context.WithoutCancel(ctx)
+	if err := r.open(life); err != nil {
 		return err
 	}
-	// These are wired once at start; changing them needs a restart.
-	for _, c := range []struct{ name, was, now string }{
-		{"state", boot.State, cfg.State}, {"listen", boot.Listen, cfg.Listen}, {"cloud", boot.Cloud, cfg.Cloud},
-	} {
-		if c.was != c.now {
-			log.Warn("reload: "+c.name+" changed; it takes effect on restart", "was", c.was, "now", c.now)
-		}
+	c, reason := r.connect(ctx)
+	if c == nil {
+		return r.stoppedBeforeCloud(reason)
 	}
-	for _, herr := range cfg.CheckHooks() {
-		// The reload is applied (the rest of it is valid); the hook fails when it runs
-		// and its policy's on_failure decides, until the file is fixed.
-		log.Error("reload: a hook command cannot run", "err", herr)
+	r.wire(c)
+	if err := r.start(life); err != nil {
+		return err
 	}
-	log.Info("config reloaded", "why", why, "config_version", cfg.Version, "previous_config_version", old.Version,
-		"policies", len(cfg.Policies))
-	return nil
-}
-
-func (d *Daemon) audit(st *store.Store, log *slog.Logger, kind, msg string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := st.AddEvent(ctx, store.Event{Kind: kind, Message: msg}); err != nil {
-		log.Warn("record daemon event", "kind", kind, "err", err)
-	}
+	return r.stop(r.serve(ctx))
 }
 
 // logConfigErrors logs every policy error on a line of its own, as validate prints
@@ -644,138 +217,15 @@ func logConfigErrors(log *slog.Logger, msg string, err error) {
 	log.Error(msg, "err", err)
 }
 
-// fileWatch notices a change of the policy file's content by polling, so it needs no
-// inotify dependency and sees edits through symlinks (a config-map style swap) too.
-// A changed mtime or size makes it read and hash the file at once; every hashEvery
-// polls it hashes anyway, because a same-size edit within the file system's mtime
-// granularity changes neither. The hash decides: a touch is not a reload.
-type fileWatch struct {
-	path  string
-	polls int
-	mtime time.Time
-	size  int64
-	// seen is the content the last read found; applied the content last reported
-	// as a change. They differ while an edit settles.
-	seen, applied [sha256.Size]byte
-}
-
-// hashEvery is how many polls may trust an unchanged stat.
-const hashEvery = 10
-
-func newFileWatch(path string) *fileWatch {
-	w := &fileWatch{path: path}
-	if fi, err := os.Stat(path); err == nil {
-		if data, err := os.ReadFile(path); err == nil {
-			w.mtime, w.size = fi.ModTime(), fi.Size()
-			w.seen = sha256.Sum256(data)
-			w.applied = w.seen
-		}
+// whyStopped says why ctx ended, for the log and the audit: the cause it was
+// cancelled with (main gives the signal, "signal terminated"), else "context
+// cancelled".
+func whyStopped(ctx context.Context) string {
+	cause := context.Cause(ctx)
+	if cause == nil || errors.Is(cause, context.Canceled) || errors.Is(cause, context.DeadlineExceeded) {
+		return "context cancelled"
 	}
-	return w
-}
-
-// changed reports whether the content differs from what it last reported. New
-// content counts only once a later poll finds it unchanged: editors and
-// os.WriteFile truncate before they write, and a poll between the two must not
-// reload a half-written file (which would fail, or worse, succeed with less).
-func (w *fileWatch) changed() bool {
-	fi, err := os.Stat(w.path)
-	if err != nil {
-		// A file mid-replace may be missing for an instant; the next poll sees it.
-		return false
-	}
-	w.polls++
-	if !fi.ModTime().Equal(w.mtime) || fi.Size() != w.size || w.polls%hashEvery == 0 {
-		data, err := os.ReadFile(w.path)
-		if err != nil {
-			return false
-		}
-		w.mtime, w.size = fi.ModTime(), fi.Size()
-		if sum := sha256.Sum256(data); sum != w.seen {
-			w.seen = sum
-			return false
-		}
-	}
-	if w.seen == w.applied {
-		return false
-	}
-	w.applied = w.seen
-	return true
-}
-
-// probeImageID is an image id no cloud has: asking for it costs one cheap GET whose
-// 404 proves the cloud answers.
-const probeImageID = "00000000-0000-0000-0000-000000000000"
-
-// connect builds the cloud client, retrying with backoff until the cloud answers
-// or the daemon is told to stop. A daemon that exited when Keystone is down at boot
-// would leave no metrics and no hint of the cause; this one serves meanwhile, and
-// its /readyz and imagekeeper_cloud_up name the cloud. alive is called while it
-// waits, for the watchdog. It returns the client, or nil and why it stopped.
-func (d *Daemon) connect(ctx context.Context, cfg *policy.Config, log *slog.Logger, health *cloudHealth,
-	observe func(openstack.Request), alive func()) (cloud.Cloud, string) {
-	newCloud := d.NewCloud
-	if newCloud == nil {
-		newCloud = wireCloud
-	}
-	delay := orDefault(d.ConnectBackoff, defaultConnectBackoff)
-	maxDelay := orDefault(d.ConnectMaxBackoff, defaultConnectMaxBackoff)
-	tick := time.NewTicker(orDefault(d.WatchInterval, defaultWatchInterval))
-	defer tick.Stop()
-	// wait returns "" once done is closed or after is ready, else why the daemon
-	// must stop.
-	wait := func(done <-chan struct{}, after <-chan time.Time) string {
-		for {
-			select {
-			case <-done:
-				return ""
-			case <-after:
-				return ""
-			case <-tick.C:
-				alive()
-			case <-ctx.Done():
-				return "context cancelled"
-			case sig := <-d.Signals:
-				if sig == syscall.SIGHUP {
-					log.Info("SIGHUP before the cloud answered: a changed policy file is applied once the schedules start")
-					continue
-				}
-				return "signal " + sig.String()
-			}
-		}
-	}
-	for attempt := 1; ; attempt++ {
-		actx, cancel := context.WithCancel(ctx)
-		done := make(chan struct{})
-		var c cloud.Cloud
-		var err error
-		go func() {
-			defer close(done)
-			c, err = newCloud(actx, cfg, log, observe)
-		}()
-		stop := wait(done, nil)
-		cancel()
-		<-done
-		if stop != "" {
-			return nil, stop
-		}
-		if err == nil {
-			if attempt > 1 {
-				log.Info("connected to the cloud", "attempt", attempt)
-			}
-			return c, ""
-		}
-		health.fail(err.Error())
-		log.Error("cannot connect to the cloud; serving /metrics and retrying", "err", err, "attempt", attempt,
-			"retry_in", delay.String())
-		timer := time.NewTimer(delay)
-		stop = wait(nil, timer.C)
-		timer.Stop()
-		if stop != "" {
-			return nil, stop
-		}
-		delay = min(2*delay, maxDelay)
-	}
+	return cause.Error()
 }
 
 func orDefault(d, def time.Duration) time.Duration {
@@ -792,95 +242,4 @@ func firstNonEmpty(ss ...string) string {
 		}
 	}
 	return ""
-}
-
-// compactLineage moves the deleted images older than lineage_retention to the
-// archive, in short transactions that never hold the writer for long. It runs
-// once at start and after every periodic reconcile.
-func compactLineage(ctx context.Context, st *store.Store, cfg *policy.Config, log *slog.Logger) {
-	if cfg == nil || cfg.LineageRetention <= 0 {
-		return
-	}
-	moved, err := st.CompactLineage(ctx, time.Now().Add(-cfg.LineageRetention))
-	if err != nil && ctx.Err() == nil {
-		log.Warn("compact the lineage", "err", err, "moved", moved)
-		return
-	}
-	if moved > 0 {
-		log.Info("deleted images moved to the lineage archive", "moved", moved, "lineage_retention", cfg.LineageRetention.String())
-	}
-}
-
-// reconcile runs one reconcile pass without fix and logs what it found.
-func (d *Daemon) reconcile(ctx context.Context, rc *scheduler.Reconciler, cfg *policy.Config, log *slog.Logger) {
-	rep, err := rc.Reconcile(ctx, cfg, false)
-	if err != nil {
-		if ctx.Err() == nil {
-			log.Warn("reconcile", "err", err)
-		}
-		return
-	}
-	attrs := []any{"cloud_images", rep.CloudImages}
-	drift := 0
-	for cat, n := range rep.Counts {
-		attrs = append(attrs, string(cat), n)
-		drift += n
-	}
-	for cat, n := range rep.Fixed {
-		attrs = append(attrs, "fixed_"+string(cat), n)
-	}
-	if drift > 0 {
-		log.Warn("reconcile found drift between the cloud and the lineage; see `imagekeeper reconcile`", attrs...)
-	} else {
-		log.Debug("reconcile: cloud and lineage agree", attrs...)
-	}
-	d.checkForeignStamps(ctx, rc, cfg, log)
-}
-
-// checkForeignStamps warns about images that carry our policy names but another
-// owner id: nothing of ours sees them again, and a lost lineage is the usual cause.
-func (d *Daemon) checkForeignStamps(ctx context.Context, rc *scheduler.Reconciler, cfg *policy.Config, log *slog.Logger) {
-	byOwner, err := rc.ForeignStamps(ctx, cfg)
-	if err != nil {
-		if ctx.Err() == nil {
-			log.Warn("look for images of our policies stamped by another owner", "err", err)
-		}
-		return
-	}
-	for _, owner := range scheduler.Owners(byOwner) {
-		log.Warn("images of this config's policies carry another owner id: nothing prunes or reports them; if the "+
-			"lineage was lost, stop the daemon and run `imagekeeper recover --owner "+owner+"`",
-			"foreign_owner", owner, "images", byOwner[owner])
-	}
-}
-
-// initDrillMetrics exports the drill series of every policy with a verify block,
-// the last successful drill's time read from the lineage.
-func initDrillMetrics(ctx context.Context, st *store.Store, m *scheduler.Metrics, cfg *policy.Config, log *slog.Logger) {
-	okAt, last, err := st.LastVerified(ctx)
-	if err != nil {
-		log.Warn("read last restore drills", "err", err)
-	}
-	for _, p := range cfg.Policies {
-		if p.Verify == nil {
-			continue
-		}
-		m.InitDrills(p.Name, drillPeriod(p.Verify.Schedule))
-		m.SetLastVerified(p.Name, okAt[p.Name])
-		m.SetLastVerifyResult(p.Name, last[p.Name])
-	}
-}
-
-// drillPeriod is the longest gap between drills over the coming week, as the
-// schedule period gauge is for slots.
-func drillPeriod(s *policy.Schedule) time.Duration {
-	var longest time.Duration
-	t := s.Next(time.Now())
-	end := t.Add(7 * 24 * time.Hour)
-	for i := 0; i < 10000 && t.Before(end); i++ {
-		n := s.Next(t)
-		longest = max(longest, n.Sub(t))
-		t = n
-	}
-	return longest
 }

@@ -110,12 +110,14 @@ func (e *env) start(opts ...daemonOpt) *running {
 	r := &running{sigs: make(chan os.Signal, 4), done: make(chan error, 1), reloaded: make(chan error, 16),
 		logs: &syncBuffer{}}
 	started := make(chan struct{})
+	ctx, reload, abort := signalled(e.t, r.sigs)
 	r.d = &Daemon{
 		ConfigPath:         e.config,
 		DrainTimeout:       30 * time.Second,
 		Logger:             slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Getenv:             func(string) string { return "" },
-		Signals:            r.sigs,
+		Reload:             reload,
+		Abort:              abort,
 		WatchInterval:      50 * time.Millisecond,
 		RunnerPollInterval: 50 * time.Millisecond,
 		NewCloud: func(ctx context.Context, cfg *policy.Config, log *slog.Logger, observe func(openstack.Request)) (cloud.Cloud, error) {
@@ -132,7 +134,7 @@ func (e *env) start(opts ...daemonOpt) *running {
 	for _, o := range opts {
 		o(r.d)
 	}
-	go func() { r.done <- r.d.Run(context.Background()) }()
+	go func() { r.done <- r.d.Run(ctx) }()
 	select {
 	case <-started:
 	case err := <-r.done:
@@ -156,6 +158,16 @@ func (e *env) start(opts ...daemonOpt) *running {
 		}
 	})
 	return r
+}
+
+// signalled passes the signals a test sends on sigs through main's forwardSignals
+// and returns what they become: Run's context and the daemon's Reload and Abort.
+func signalled(t *testing.T, sigs chan os.Signal) (ctx context.Context, reload, abort <-chan struct{}) {
+	ctx, stop := context.WithCancelCause(context.Background())
+	rl, ab := make(chan struct{}, 1), make(chan struct{})
+	go forwardSignals(sigs, stop, rl, ab)
+	t.Cleanup(func() { close(sigs) }) // after the daemon's: nothing sends any more
+	return ctx, rl, ab
 }
 
 // stop sends SIGTERM and returns Run's error.
@@ -722,69 +734,6 @@ func TestDaemonFlags(t *testing.T) {
 	// A file that is not there is a usage error (exit 2), as for every command.
 	if code != exitUsage || !strings.Contains(stderr.String(), "missing.yaml") {
 		t.Fatalf("missing config: exit %d, stderr %q", code, stderr.String())
-	}
-}
-
-func TestFileWatch(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "f.yaml")
-	if err := os.WriteFile(path, []byte("a"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	w := newFileWatch(path)
-	if w.changed() {
-		t.Fatal("unchanged file reported changed")
-	}
-	// Same size, same mtime: only the periodic hash notices.
-	fi, _ := os.Stat(path)
-	if err := os.WriteFile(path, []byte("b"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chtimes(path, fi.ModTime(), fi.ModTime()); err != nil {
-		t.Fatal(err)
-	}
-	seen := false
-	for range hashEvery {
-		if w.changed() {
-			seen = true
-			break
-		}
-	}
-	if !seen {
-		t.Fatal("a same-size edit with the same mtime went unnoticed")
-	}
-	// A touch without an edit is not a change.
-	later := fi.ModTime().Add(time.Minute)
-	if err := os.Chtimes(path, later, later); err != nil {
-		t.Fatal(err)
-	}
-	if w.changed() {
-		t.Fatal("a touch was reported as a change")
-	}
-	if err := os.WriteFile(path, []byte("longer"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if w.changed() {
-		t.Fatal("an edit was reported before it settled for one poll")
-	}
-	if !w.changed() {
-		t.Fatal("an edit went unnoticed")
-	}
-	// A write caught half-way (truncated, then filled) is reported once, with the
-	// final content, not once per intermediate state.
-	if err := os.WriteFile(path, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if w.changed() {
-		t.Fatal("a truncated file was reported before it settled")
-	}
-	if err := os.WriteFile(path, []byte("final content"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if w.changed() {
-		t.Fatal("content still being written was reported")
-	}
-	if !w.changed() || w.changed() {
-		t.Fatal("the settled edit must be reported exactly once")
 	}
 }
 

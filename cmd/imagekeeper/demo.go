@@ -7,11 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/gophercloud/gophercloud/v2/openstack/config/clouds"
@@ -75,14 +73,12 @@ var demoServers = []simcloud.ServerSpec{
 // runDemo runs `imagekeeper demo`: the daemon against a simulated cloud, told in
 // plain words, so that a newcomer sees a whole lifecycle within a minute.
 func runDemo(ctx context.Context, m *Main, o *demoOptions) error {
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
-	return demo(ctx, m.Stdout, o.log, o.state, o.listen, sigs)
+	return demo(ctx, m.Stdout, o.log, o.state, o.listen, m.reloads(), m.Abort)
 }
 
-// demo runs the simulator and the daemon until a signal or ctx stops it.
-func demo(ctx context.Context, out io.Writer, log *slog.Logger, statePath, listen string, sigs <-chan os.Signal) error {
+// demo runs the simulator and the daemon until ctx ends; reload and abort are the
+// daemon's Reload and Abort.
+func demo(ctx context.Context, out io.Writer, log *slog.Logger, statePath, listen string, reload, abort <-chan struct{}) error {
 	sim := simcloud.New(simcloud.Options{
 		Seed:               1,
 		ImageBuildTime:     3 * time.Second,
@@ -144,7 +140,8 @@ func demo(ctx context.Context, out io.Writer, log *slog.Logger, statePath, liste
 		Listen:             listen,
 		DrainTimeout:       30 * time.Second,
 		Logger:             log,
-		Signals:            sigs,
+		Reload:             reload,
+		Abort:              abort,
 		RunnerPollInterval: 500 * time.Millisecond,
 		NewCloud: func(ctx context.Context, cfg *policy.Config, log *slog.Logger, observe func(openstack.Request)) (cloud.Cloud, error) {
 			return openstack.New(ctx, openstack.Options{

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 	"unicode"
@@ -49,6 +50,15 @@ type Main struct {
 	// zero means the scheduler's default.
 	SnapshotWait time.Duration
 
+	// Reloads, when set, returns the channel of reload requests; the commands that
+	// reload (daemon, demo) call it. main sends one request per SIGHUP without ever
+	// blocking, so that requests arriving while one is pending make one reload, and
+	// catches SIGHUP only once a command asked: for the others it keeps its default.
+	Reloads func() <-chan struct{}
+	// Abort is closed when a stopping command should stop waiting for the work in
+	// flight (main closes it on a second SIGTERM/SIGINT); nil means never.
+	Abort <-chan struct{}
+
 	// daemon is set on the Main the daemon runs a control-socket command with.
 	daemon *daemonEnv
 }
@@ -83,6 +93,14 @@ func withExitCode(code int, err error) error {
 // errSilent is returned by commands that have already printed everything the user
 // needs (for example every validation error) and only want the exit code.
 var errSilent = errors.New("silent")
+
+// reloads returns the channel of reload requests, nil when none come.
+func (m *Main) reloads() <-chan struct{} {
+	if m.Reloads == nil {
+		return nil
+	}
+	return m.Reloads()
+}
 
 // now reads m's clock.
 func (m *Main) now() time.Time {
@@ -229,15 +247,47 @@ func lowercaseSummaries(c *cobra.Command) {
 	}
 }
 
-func main() {
-	// The daemon installs its own signal handling (reload, drain, second signal); for
-	// every other command the first SIGINT/SIGTERM cancels the context.
-	ctx := context.Background()
-	stop := func() {}
-	if len(os.Args) < 2 || (os.Args[1] != "daemon" && os.Args[1] != "demo") {
-		ctx, stop = signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+// forwardSignals turns the signals on sigs into values until sigs is closed: this is
+// the one place that knows about signals. The first SIGINT/SIGTERM cancels the
+// commands' context through stop, with the signal as its cause; a later one closes
+// abort. SIGHUP sends a reload request unless one is already pending (reload has
+// one slot): a burst of them is one reload, and the sender never blocks.
+func forwardSignals(sigs <-chan os.Signal, stop context.CancelCauseFunc, reload chan<- struct{}, abort chan<- struct{}) {
+	stopped, aborted := false, false
+	for sig := range sigs {
+		switch {
+		case sig == syscall.SIGHUP:
+			select {
+			case reload <- struct{}{}:
+			default: // one is pending: it reads the file as it is now
+			}
+		case !stopped:
+			stopped = true
+			stop(fmt.Errorf("signal %s", sig))
+		case !aborted:
+			aborted = true
+			close(abort)
+		}
 	}
-	code := NewMain().Run(ctx, os.Args[1:])
-	stop()
+}
+
+func main() {
+	// Signals become values here and only here: the commands see a context that
+	// SIGINT/SIGTERM cancel, an abort channel a second one closes, and reload
+	// requests, one per SIGHUP.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	ctx, stop := context.WithCancelCause(context.Background())
+	reload, abort := make(chan struct{}, 1), make(chan struct{})
+	go forwardSignals(sigs, stop, reload, abort)
+	var hup sync.Once
+	m := NewMain()
+	m.Reloads = func() <-chan struct{} {
+		hup.Do(func() { signal.Notify(sigs, syscall.SIGHUP) })
+		return reload
+	}
+	m.Abort = abort
+	code := m.Run(ctx, os.Args[1:])
+	signal.Stop(sigs)
 	os.Exit(code)
 }

@@ -8,10 +8,9 @@
 --   installation is told apart by the key, not by a comparison per row);
 --   images_retention_other holds every other row that is not deleted, with every
 --   column retention reads (covering: no table seek for a failed row).
--- A full report (store.AppendLineage) still reads the rows in (policy, server_id,
--- slot DESC) order without a sort: images_policy_server_slot is that order again.
+-- A full report (store.AppendLineage) reads the rows in the UNIQUE (policy,
+-- server_id, slot) order and reverses each server's in Go: no index of its own.
 DROP INDEX images_retention;
-CREATE INDEX images_policy_server_slot ON images (policy, server_id, slot DESC);
 CREATE INDEX images_retention_good ON images (policy, server_id, owner, slot DESC)
     WHERE state = 'good' AND reason = '' AND failure = '';
 CREATE INDEX images_retention_other ON images (policy, server_id, slot DESC, state, requested_at, failed_at,
