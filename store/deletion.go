@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -335,21 +334,13 @@ type SnapshotStep struct {
 // when the state changes, when a delete request was made, or when the reason
 // changes, so that a snapshot polled every cycle does not flood the audit.
 func (s *Store) RecordSnapshotStep(ctx context.Context, snapshotID string, st SnapshotStep) (Snapshot, error) {
-	var out Snapshot
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		cur, err := scanSnapshot(tx.QueryRowContext(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE snapshot_id = ?`, snapshotID))
-		if errors.Is(err, sql.ErrNoRows) {
-			return ErrNotFound
-		}
-		if err != nil {
-			return err
-		}
+	out, err := s.writeSnapshot(ctx, snapshotID, EventSnapshotDeleteStep, func(tx *sql.Tx, cur Snapshot) (string, error) {
 		state := cur.State
 		if st.State != "" {
 			state = st.State
 		}
 		if cur.State == SnapshotDeleted && state != SnapshotDeleted {
-			return fmt.Errorf("%w: snapshot %s is deleted", ErrConflict, snapshotID)
+			return "", fmt.Errorf("%w: snapshot %s is deleted", ErrConflict, snapshotID)
 		}
 		now := s.stamp()
 		deletingAt, deletedAt := fmtTime(cur.DeletingAt), fmtTime(cur.DeletedAt)
@@ -373,18 +364,10 @@ func (s *Store) RecordSnapshotStep(ctx context.Context, snapshotID string, st Sn
 		if _, err := tx.ExecContext(ctx, `UPDATE snapshots SET state = ?, reason = ?, deleting_at = ?, deleted_at = ?,
 				delete_attempts = ?, next_attempt_at = ?, last_error = ?, updated_at = ? WHERE id = ?`,
 			string(state), st.Reason, deletingAt, deletedAt, attempts, fmtTime(st.NextAttempt), lastErr, now, cur.Row); err != nil {
-			return err
-		}
-		out, err = scanSnapshot(tx.QueryRowContext(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE id = ?`, cur.Row))
-		if err != nil {
-			return err
+			return "", err
 		}
 		if state == cur.State && !st.Attempt && st.Reason == cur.Reason {
-			return nil
-		}
-		im, err := scanImage(tx.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ?`, cur.ImageRow))
-		if err != nil {
-			return err
+			return "", nil
 		}
 		msg := fmt.Sprintf("volume snapshot %s: %s -> %s", snapshotID, cur.State, state)
 		if st.Attempt {
@@ -393,9 +376,7 @@ func (s *Store) RecordSnapshotStep(ctx context.Context, snapshotID string, st Sn
 		if st.Reason != "" {
 			msg += ": " + st.Reason
 		}
-		_, err = s.insertEvent(ctx, tx, Event{Kind: EventSnapshotDeleteStep, Policy: im.Policy, ServerID: im.ServerID,
-			ImageRow: im.Row, ImageID: im.ImageID, SnapshotID: snapshotID, Slot: im.Slot, SlotID: im.SlotID, Message: msg})
-		return err
+		return msg, nil
 	})
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("record deletion step of snapshot %s: %w", snapshotID, err)

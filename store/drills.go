@@ -175,51 +175,18 @@ func scanDrill(sc interface{ Scan(...any) error }) (Drill, error) {
 // OpenDrills returns the drills whose server or volumes may still exist (not
 // done), oldest first.
 func (s *Store) OpenDrills(ctx context.Context) ([]Drill, error) {
-	rows, err := s.reader().QueryContext(ctx, `SELECT `+drillColumns+` FROM drills WHERE state != 'done' ORDER BY id`)
-	if err != nil {
-		return nil, fmt.Errorf("open drills: %w", err)
-	}
-	defer rows.Close()
-	var out []Drill
-	for rows.Next() {
-		d, err := scanDrill(rows)
-		if err != nil {
-			return nil, fmt.Errorf("open drills: %w", err)
-		}
-		out = append(out, d)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.reader(), "open drills", scanDrill, `SELECT `+drillColumns+` FROM drills WHERE state != 'done' ORDER BY id`)
 }
 
 // Drills returns every drill of the journal, oldest first.
 func (s *Store) Drills(ctx context.Context) ([]Drill, error) {
-	rows, err := s.reader().QueryContext(ctx, `SELECT `+drillColumns+` FROM drills ORDER BY id`)
-	if err != nil {
-		return nil, fmt.Errorf("drills: %w", err)
-	}
-	defer rows.Close()
-	var out []Drill
-	for rows.Next() {
-		d, err := scanDrill(rows)
-		if err != nil {
-			return nil, fmt.Errorf("drills: %w", err)
-		}
-		out = append(out, d)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.reader(), "drills", scanDrill, `SELECT `+drillColumns+` FROM drills ORDER BY id`)
 }
 
 // DrillByToken returns the journal row of a drill token: a server carrying our
 // drill metadata is deleted only when its token is in the journal.
 func (s *Store) DrillByToken(ctx context.Context, token string) (Drill, error) {
-	d, err := scanDrill(s.reader().QueryRowContext(ctx, `SELECT `+drillColumns+` FROM drills WHERE token = ?`, token))
-	if errors.Is(err, sql.ErrNoRows) {
-		return Drill{}, fmt.Errorf("drill %s: %w", token, ErrNotFound)
-	}
-	if err != nil {
-		return Drill{}, fmt.Errorf("drill %s: %w", token, err)
-	}
-	return d, nil
+	return queryOne(ctx, s.reader(), "drill "+token, scanDrill, `SELECT `+drillColumns+` FROM drills WHERE token = ?`, token)
 }
 
 // LastDrilledServers returns, for a policy, when each server was last drilled

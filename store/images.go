@@ -191,17 +191,10 @@ func (s *Store) RecordIntent(ctx context.Context, in Intent) (im Image, created 
 		if err != nil {
 			return err
 		}
-		row, err := res.LastInsertId()
-		if err != nil {
-			return err
-		}
-		if _, err := s.insertEvent(ctx, tx, Event{Kind: EventImageRequested, Policy: in.Policy, ServerID: in.ServerID,
-			ImageRow: row, Slot: in.Slot, SlotID: in.SlotID,
-			Message: fmt.Sprintf("intent recorded: image %q of server %s (policy version %s)", in.Name, orDash(in.ServerName), orDash(in.PolicyVersion))}); err != nil {
-			return err
-		}
-		im, err = scanImage(tx.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ?`, row))
-		created = true
+		im, err = s.insertedImage(ctx, tx, res, Event{Kind: EventImageRequested, Policy: in.Policy, ServerID: in.ServerID,
+			Slot: in.Slot, SlotID: in.SlotID,
+			Message: fmt.Sprintf("intent recorded: image %q of server %s (policy version %s)", in.Name, orDash(in.ServerName), orDash(in.PolicyVersion))})
+		created = err == nil
 		return err
 	})
 	if err != nil {
@@ -211,7 +204,8 @@ func (s *Store) RecordIntent(ctx context.Context, in Intent) (im Image, created 
 }
 
 // transition applies an UPDATE to one image row when its state is one of from, and
-// appends ev (filled with the row's identity) in the same transaction. It returns
+// appends an event of ev's Kind and Message, carrying the row's identity, in the
+// same transaction. It returns
 // ErrConflict, naming the actual state, when the row is in no state of from.
 func (s *Store) transition(ctx context.Context, row int64, from []ImageState, ev Event, set string, args ...any) (Image, error) {
 	return s.transitionChecked(ctx, row, from, nil, ev, set, args...)
@@ -223,10 +217,7 @@ func (s *Store) transitionChecked(ctx context.Context, row int64, from []ImageSt
 	ev Event, set string, args ...any) (Image, error) {
 	var out Image
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		cur, err := scanImage(tx.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ?`, row))
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("image row %d: %w", row, ErrNotFound)
-		}
+		cur, err := imageInTx(ctx, tx, row)
 		if err != nil {
 			return err
 		}
@@ -248,12 +239,10 @@ func (s *Store) transitionChecked(ctx context.Context, row int64, from []ImageSt
 		if _, err := tx.ExecContext(ctx, `UPDATE images SET `+set+`, updated_at = ? WHERE id = ?`, all...); err != nil {
 			return err
 		}
-		out, err = scanImage(tx.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ?`, row))
-		if err != nil {
+		if out, err = imageInTx(ctx, tx, row); err != nil {
 			return err
 		}
-		ev.Policy, ev.ServerID, ev.ImageRow, ev.ImageID, ev.Slot, ev.SlotID = out.Policy, out.ServerID, out.Row, out.ImageID, out.Slot, out.SlotID
-		_, err = s.insertEvent(ctx, tx, ev)
+		_, err = s.insertEvent(ctx, tx, eventOf(out, ev.Kind, "", ev.Message))
 		return err
 	})
 	return out, err
@@ -315,6 +304,17 @@ type Good struct {
 	Message string
 }
 
+// orDefaults fills what g leaves zero: ActiveAt with now, Message with message.
+func (g Good) orDefaults(now time.Time, message string) Good {
+	if g.ActiveAt.IsZero() {
+		g.ActiveAt = now
+	}
+	if g.Message == "" {
+		g.Message = message
+	}
+	return g
+}
+
 // snapshotsAllIn returns a transition check that refuses (ErrConflict, naming the
 // first offender) while any snapshot recorded for the image row is not in state.
 // It guards both ends of an image's life: good needs every snapshot available,
@@ -338,17 +338,10 @@ func snapshotsAllIn(ctx context.Context, row int64, state SnapshotState) func(*s
 // recorded for the image is not available: a good image is a complete backup.
 func (s *Store) MarkGood(ctx context.Context, row int64, g Good) (Image, error) {
 	allAvailable := snapshotsAllIn(ctx, row, SnapshotAvailable)
-	at := g.ActiveAt
-	if at.IsZero() {
-		at = s.now()
-	}
-	msg := g.Message
-	if msg == "" {
-		msg = "image active and every volume snapshot available"
-	}
-	im, err := s.transitionChecked(ctx, row, []ImageState{ImageCreating}, allAvailable, Event{Kind: EventImageGood, Message: msg},
+	g = g.orDefaults(s.now(), "image active and every volume snapshot available")
+	im, err := s.transitionChecked(ctx, row, []ImageState{ImageCreating}, allAvailable, Event{Kind: EventImageGood, Message: g.Message},
 		`state = 'good', reason = '', size_bytes = ?, availability_zone = CASE WHEN ? = '' THEN availability_zone ELSE ? END,
-		active_at = ?`, g.SizeBytes, g.AZ, g.AZ, fmtTime(at))
+		active_at = ?`, g.SizeBytes, g.AZ, g.AZ, fmtTime(g.ActiveAt))
 	if err != nil {
 		return Image{}, fmt.Errorf("mark image row %d good: %w", row, err)
 	}
@@ -388,18 +381,11 @@ func (s *Store) MarkLateGood(ctx context.Context, row int64, g Good) (Image, err
 		}
 		return allAvailable(tx, cur)
 	}
-	at := g.ActiveAt
-	if at.IsZero() {
-		at = s.now()
-	}
-	msg := g.Message
-	if msg == "" {
-		msg = "image completed after wait_timeout: active and every volume snapshot available"
-	}
-	im, err := s.transitionChecked(ctx, row, []ImageState{ImageFailed}, check, Event{Kind: EventImageLateGood, Message: msg},
+	g = g.orDefaults(s.now(), "image completed after wait_timeout: active and every volume snapshot available")
+	im, err := s.transitionChecked(ctx, row, []ImageState{ImageFailed}, check, Event{Kind: EventImageLateGood, Message: g.Message},
 		`state = 'good', reason = '', failure = '', late_until = NULL, failed_at = NULL, size_bytes = ?,
 		availability_zone = CASE WHEN ? = '' THEN availability_zone ELSE ? END, active_at = ?`,
-		g.SizeBytes, g.AZ, g.AZ, fmtTime(at))
+		g.SizeBytes, g.AZ, g.AZ, fmtTime(g.ActiveAt))
 	if err != nil {
 		return Image{}, fmt.Errorf("mark image row %d late good: %w", row, err)
 	}
@@ -460,10 +446,7 @@ func (s *Store) NoteImage(ctx context.Context, row int64, kind, reason string) (
 // of the same slot may try again. The audit keeps the event with the reason.
 func (s *Store) DropIntent(ctx context.Context, row int64, reason string) error {
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		cur, err := scanImage(tx.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ?`, row))
-		if errors.Is(err, sql.ErrNoRows) {
-			return ErrNotFound
-		}
+		cur, err := imageInTx(ctx, tx, row)
 		if err != nil {
 			return err
 		}
@@ -480,8 +463,7 @@ func (s *Store) DropIntent(ctx context.Context, row int64, reason string) error 
 		if _, err := tx.ExecContext(ctx, `DELETE FROM images WHERE id = ?`, row); err != nil {
 			return err
 		}
-		_, err = s.insertEvent(ctx, tx, Event{Kind: EventIntentDropped, Policy: cur.Policy, ServerID: cur.ServerID,
-			ImageRow: row, Slot: cur.Slot, SlotID: cur.SlotID, Message: reason})
+		_, err = s.insertEvent(ctx, tx, eventOf(cur, EventIntentDropped, "", reason))
 		return err
 	})
 	if err != nil {
@@ -492,39 +474,20 @@ func (s *Store) DropIntent(ctx context.Context, row int64, reason string) error 
 
 // Image returns one lineage row by its row id, ErrNotFound if there is none.
 func (s *Store) Image(ctx context.Context, row int64) (Image, error) {
-	im, err := scanImage(s.reader().QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ?`, row))
-	if errors.Is(err, sql.ErrNoRows) {
-		return Image{}, fmt.Errorf("image row %d: %w", row, ErrNotFound)
-	}
-	if err != nil {
-		return Image{}, fmt.Errorf("read image row %d: %w", row, err)
-	}
-	return im, nil
+	return queryOne(ctx, s.reader(), fmt.Sprintf("image row %d", row), scanImage,
+		`SELECT `+imageColumns+` FROM images WHERE id = ?`, row)
 }
 
 // ImageByID returns the lineage row of a Glance image id, ErrNotFound if there is none.
 func (s *Store) ImageByID(ctx context.Context, imageID string) (Image, error) {
-	im, err := scanImage(s.reader().QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE image_id = ?`, imageID))
-	if errors.Is(err, sql.ErrNoRows) {
-		return Image{}, fmt.Errorf("image %s: %w", imageID, ErrNotFound)
-	}
-	if err != nil {
-		return Image{}, fmt.Errorf("read image %s: %w", imageID, err)
-	}
-	return im, nil
+	return queryOne(ctx, s.reader(), "image "+imageID, scanImage,
+		`SELECT `+imageColumns+` FROM images WHERE image_id = ?`, imageID)
 }
 
 // ImageByKey returns the lineage row of (policy, server, slot), ErrNotFound if none.
 func (s *Store) ImageByKey(ctx context.Context, policy, serverID string, slot time.Time) (Image, error) {
-	im, err := scanImage(s.reader().QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images
-		WHERE policy = ? AND server_id = ? AND slot = ?`, policy, serverID, fmtTime(slot)))
-	if errors.Is(err, sql.ErrNoRows) {
-		return Image{}, fmt.Errorf("image %s/%s/%s: %w", policy, serverID, slot.UTC().Format(time.RFC3339), ErrNotFound)
-	}
-	if err != nil {
-		return Image{}, fmt.Errorf("read image %s/%s: %w", policy, serverID, err)
-	}
-	return im, nil
+	return queryOne(ctx, s.reader(), fmt.Sprintf("image %s/%s/%s", policy, serverID, slot.UTC().Format(time.RFC3339)), scanImage,
+		`SELECT `+imageColumns+` FROM images WHERE policy = ? AND server_id = ? AND slot = ?`, policy, serverID, fmtTime(slot))
 }
 
 // ImageFilter selects lineage rows; zero fields do not filter.
@@ -588,6 +551,55 @@ func (f ImageFilter) query(columns string) (string, []any) {
 
 func (s *Store) queryImages(ctx context.Context, q string, args ...any) ([]Image, error) {
 	return queryAll(ctx, s.reader(), "images", scanImage, q, args...)
+}
+
+// queryOne runs a query for one row and scans it with scan; what names the row in
+// errors, which wrap ErrNotFound when there is none.
+func queryOne[T any](ctx context.Context, db *sql.DB, what string, scan func(interface{ Scan(...any) error }) (T, error),
+	q string, args ...any) (T, error) {
+	v, err := scan(db.QueryRowContext(ctx, q, args...))
+	if errors.Is(err, sql.ErrNoRows) {
+		var zero T
+		return zero, fmt.Errorf("%s: %w", what, ErrNotFound)
+	}
+	if err != nil {
+		var zero T
+		return zero, fmt.Errorf("read %s: %w", what, err)
+	}
+	return v, nil
+}
+
+// imageInTx reads image row inside tx: the current row a write decides on, or the
+// row it has just written. A missing row is ErrNotFound, naming the row.
+func imageInTx(ctx context.Context, tx *sql.Tx, row int64) (Image, error) {
+	im, err := scanImage(tx.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ?`, row))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Image{}, fmt.Errorf("image row %d: %w", row, ErrNotFound)
+	}
+	return im, err
+}
+
+// insertedImage completes the insert of a new image row (res): it appends ev
+// about the row (ImageRow filled in) and reads the row back, in the same
+// transaction.
+func (s *Store) insertedImage(ctx context.Context, tx *sql.Tx, res sql.Result, ev Event) (Image, error) {
+	row, err := res.LastInsertId()
+	if err != nil {
+		return Image{}, err
+	}
+	ev.ImageRow = row
+	if _, err := s.insertEvent(ctx, tx, ev); err != nil {
+		return Image{}, err
+	}
+	return imageInTx(ctx, tx, row)
+}
+
+// eventOf is an audit event of kind about image row im, and about one of its
+// snapshots when snapshotID is set, carrying the row's identity (policy, server,
+// image id, slot) so that the audit can be read by any of them.
+func eventOf(im Image, kind, snapshotID, message string) Event {
+	return Event{Kind: kind, Policy: im.Policy, ServerID: im.ServerID, ImageRow: im.Row, ImageID: im.ImageID,
+		SnapshotID: snapshotID, Slot: im.Slot, SlotID: im.SlotID, Message: message}
 }
 
 // queryAll runs a query and scans every row with scan; what names the rows in

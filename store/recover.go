@@ -110,18 +110,11 @@ func (s *Store) RecoverImage(ctx context.Context, r Recovered) (im Image, create
 		if err != nil {
 			return err
 		}
-		row, err := res.LastInsertId()
-		if err != nil {
-			return err
-		}
-		if _, err := s.insertEvent(ctx, tx, Event{Kind: EventImageRecovered, Policy: r.Policy, ServerID: r.ServerID,
-			ImageRow: row, ImageID: r.ImageID, Slot: r.Slot,
+		im, err = s.insertedImage(ctx, tx, res, Event{Kind: EventImageRecovered, Policy: r.Policy, ServerID: r.ServerID,
+			ImageID: r.ImageID, Slot: r.Slot,
 			Message: fmt.Sprintf("recovered from the cloud's stamp (owner %s): image %s of server %s, slot %s; its state comes from Glance and Cinder",
-				s.owner, r.ImageID, r.ServerID, r.Slot.UTC().Format(time.RFC3339))}); err != nil {
-			return err
-		}
-		im, err = scanImage(tx.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ?`, row))
-		created = true
+				s.owner, r.ImageID, r.ServerID, r.Slot.UTC().Format(time.RFC3339))})
+		created = err == nil
 		return err
 	})
 	if err != nil {

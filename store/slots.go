@@ -260,15 +260,8 @@ func (s *Store) Slots(ctx context.Context, f SlotFilter) ([]Slot, error) {
 
 // SlotByKey returns the slot row of (policy, slot), ErrNotFound if there is none.
 func (s *Store) SlotByKey(ctx context.Context, policy string, slot time.Time) (Slot, error) {
-	sl, err := scanSlot(s.reader().QueryRowContext(ctx, `SELECT `+slotColumns+` FROM slots WHERE policy = ? AND slot = ?`,
-		policy, fmtTime(slot)))
-	if errors.Is(err, sql.ErrNoRows) {
-		return Slot{}, fmt.Errorf("slot %s %s: %w", policy, slot.UTC().Format(time.RFC3339), ErrNotFound)
-	}
-	if err != nil {
-		return Slot{}, fmt.Errorf("read slot %s %s: %w", policy, slot.UTC().Format(time.RFC3339), err)
-	}
-	return sl, nil
+	return queryOne(ctx, s.reader(), fmt.Sprintf("slot %s %s", policy, slot.UTC().Format(time.RFC3339)), scanSlot,
+		`SELECT `+slotColumns+` FROM slots WHERE policy = ? AND slot = ?`, policy, fmtTime(slot))
 }
 
 // LastSlot returns the policy's newest recorded slot of the schedule (whatever its
@@ -277,15 +270,8 @@ func (s *Store) SlotByKey(ctx context.Context, policy string, slot time.Time) (S
 // current minute) do not count: one made during the downtime would otherwise hide
 // the scheduled slots before it, neither caught up nor recorded as missed.
 func (s *Store) LastSlot(ctx context.Context, policy string) (Slot, error) {
-	sl, err := scanSlot(s.reader().QueryRowContext(ctx, `SELECT `+slotColumns+` FROM slots WHERE policy = ?
-		AND trigger != '`+TriggerManual+`' ORDER BY slot DESC LIMIT 1`, policy))
-	if errors.Is(err, sql.ErrNoRows) {
-		return Slot{}, fmt.Errorf("last slot of %s: %w", policy, ErrNotFound)
-	}
-	if err != nil {
-		return Slot{}, fmt.Errorf("read last slot of %s: %w", policy, err)
-	}
-	return sl, nil
+	return queryOne(ctx, s.reader(), "last slot of "+policy, scanSlot, `SELECT `+slotColumns+` FROM slots WHERE policy = ?
+		AND trigger != '`+TriggerManual+`' ORDER BY slot DESC LIMIT 1`, policy)
 }
 
 func orDash(s string) string {

@@ -92,10 +92,7 @@ func scanSnapshot(sc interface{ Scan(...any) error }) (Snapshot, error) {
 // exactly one image).
 func (s *Store) AddSnapshots(ctx context.Context, imageRow int64, snaps []Snapshot) error {
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		im, err := scanImage(tx.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ?`, imageRow))
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("image row %d: %w", imageRow, ErrNotFound)
-		}
+		im, err := imageInTx(ctx, tx, imageRow)
 		if err != nil {
 			return err
 		}
@@ -137,9 +134,7 @@ func (s *Store) AddSnapshots(ctx context.Context, imageRow int64, snaps []Snapsh
 			// Cinder does (UpdateSnapshot's event).
 			msg := fmt.Sprintf("volume snapshot %s%s (%s) named by block_device_mapping: %s",
 				sn.SnapshotID, ofVolume(sn.VolumeID), orDash(sn.DeviceName), state)
-			if _, err := s.insertEvent(ctx, tx, Event{Kind: EventSnapshotAdded, Policy: im.Policy, ServerID: im.ServerID,
-				ImageRow: imageRow, ImageID: im.ImageID, SnapshotID: sn.SnapshotID, Slot: im.Slot, SlotID: im.SlotID,
-				Message: msg}); err != nil {
+			if _, err := s.insertEvent(ctx, tx, eventOf(im, EventSnapshotAdded, sn.SnapshotID, msg)); err != nil {
 				return err
 			}
 		}
@@ -164,15 +159,7 @@ type SnapshotUpdate struct {
 // event is written only when the state changes, so that polling does not flood the
 // audit.
 func (s *Store) UpdateSnapshot(ctx context.Context, snapshotID string, u SnapshotUpdate) (Snapshot, error) {
-	var out Snapshot
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		cur, err := scanSnapshot(tx.QueryRowContext(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE snapshot_id = ?`, snapshotID))
-		if errors.Is(err, sql.ErrNoRows) {
-			return ErrNotFound
-		}
-		if err != nil {
-			return err
-		}
+	out, err := s.writeSnapshot(ctx, snapshotID, EventSnapshotState, func(tx *sql.Tx, cur Snapshot) (string, error) {
 		state := cur.State
 		if u.State != "" {
 			state = u.State
@@ -188,8 +175,7 @@ func (s *Store) UpdateSnapshot(ctx context.Context, snapshotID string, u Snapsho
 			reason = u.Reason
 		}
 		if state == cur.State && volume == cur.VolumeID && size == cur.SizeGB && reason == cur.Reason {
-			out = cur
-			return nil
+			return "", errUnchanged
 		}
 		now := s.stamp()
 		avail := fmtTime(cur.AvailableAt)
@@ -199,31 +185,65 @@ func (s *Store) UpdateSnapshot(ctx context.Context, snapshotID string, u Snapsho
 		if _, err := tx.ExecContext(ctx, `UPDATE snapshots SET state = ?, volume_id = ?, size_gb = ?, reason = ?,
 				available_at = ?, updated_at = ? WHERE id = ?`,
 			string(state), volume, size, reason, avail, now, cur.Row); err != nil {
-			return err
-		}
-		out, err = scanSnapshot(tx.QueryRowContext(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE id = ?`, cur.Row))
-		if err != nil {
-			return err
+			return "", err
 		}
 		if state == cur.State {
-			return nil
-		}
-		im, err := scanImage(tx.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ?`, cur.ImageRow))
-		if err != nil {
-			return err
+			return "", nil
 		}
 		msg := fmt.Sprintf("volume snapshot %s%s: %s -> %s", snapshotID, ofVolume(volume), cur.State, state)
 		if reason != "" {
 			msg += ": " + reason
 		}
-		_, err = s.insertEvent(ctx, tx, Event{Kind: EventSnapshotState, Policy: im.Policy, ServerID: im.ServerID,
-			ImageRow: im.Row, ImageID: im.ImageID, SnapshotID: snapshotID, Slot: im.Slot, SlotID: im.SlotID, Message: msg})
-		return err
+		return msg, nil
 	})
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("update snapshot %s: %w", snapshotID, err)
 	}
 	return out, nil
+}
+
+// errUnchanged is what a writeSnapshot write returns when it wrote nothing: the
+// row read is the answer, without reading it again.
+var errUnchanged = errors.New("unchanged")
+
+// writeSnapshot is the frame of every write to one snapshot row. In one
+// transaction it reads the row of snapshotID (ErrNotFound, which the caller names,
+// when there is none), lets write decide and update it, reads it back, and when
+// write returns a message appends an event of kind carrying the identity of the
+// snapshot's image row.
+func (s *Store) writeSnapshot(ctx context.Context, snapshotID, kind string,
+	write func(tx *sql.Tx, cur Snapshot) (message string, err error)) (Snapshot, error) {
+	var out Snapshot
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		cur, err := scanSnapshot(tx.QueryRowContext(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE snapshot_id = ?`, snapshotID))
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		msg, err := write(tx, cur)
+		if errors.Is(err, errUnchanged) {
+			out = cur
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if out, err = scanSnapshot(tx.QueryRowContext(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE id = ?`, cur.Row)); err != nil {
+			return err
+		}
+		if msg == "" {
+			return nil
+		}
+		im, err := imageInTx(ctx, tx, cur.ImageRow)
+		if err != nil {
+			return err
+		}
+		_, err = s.insertEvent(ctx, tx, eventOf(im, kind, snapshotID, msg))
+		return err
+	})
+	return out, err
 }
 
 // Snapshots returns the snapshots recorded for an image row, in block_device_mapping
@@ -253,14 +273,8 @@ func (s *Store) SnapshotsByState(ctx context.Context, states ...SnapshotState) (
 
 // SnapshotByID returns one snapshot row by its Cinder id, ErrNotFound if none.
 func (s *Store) SnapshotByID(ctx context.Context, snapshotID string) (Snapshot, error) {
-	sn, err := scanSnapshot(s.reader().QueryRowContext(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE snapshot_id = ?`, snapshotID))
-	if errors.Is(err, sql.ErrNoRows) {
-		return Snapshot{}, fmt.Errorf("snapshot %s: %w", snapshotID, ErrNotFound)
-	}
-	if err != nil {
-		return Snapshot{}, fmt.Errorf("read snapshot %s: %w", snapshotID, err)
-	}
-	return sn, nil
+	return queryOne(ctx, s.reader(), "snapshot "+snapshotID, scanSnapshot,
+		`SELECT `+snapshotColumns+` FROM snapshots WHERE snapshot_id = ?`, snapshotID)
 }
 
 func (s *Store) querySnapshots(ctx context.Context, q string, args ...any) ([]Snapshot, error) {
