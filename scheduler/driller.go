@@ -100,7 +100,7 @@ func (dr *Driller) Drill(ctx context.Context, p *policy.Policy) (*DrillReport, e
 	}
 	rep.Skipped = skipped
 	if len(picks) == 0 {
-		dr.sh.log.Info("restore drill: no server has a good image to drill", "policy", p.Name)
+		dr.sh.log.Info("restore drill: no server has a good image to drill", LogKeyPolicy, p.Name)
 		return rep, nil
 	}
 	for _, im := range picks {
@@ -169,7 +169,7 @@ func (dr *Driller) drillOne(ctx context.Context, p *policy.Policy, im store.Imag
 	v := p.Verify
 	cl := dr.sh.Cloud()
 	res := DrillResult{Policy: p.Name, ServerID: im.ServerID, ServerName: im.ServerName, ImageID: im.ImageID}
-	log := dr.sh.log.With("policy", p.Name, "server_id", im.ServerID, "image_id", im.ImageID)
+	log := dr.sh.log.With(LogKeyPolicy, p.Name, LogKeyServerID, im.ServerID, LogKeyImageID, im.ImageID)
 	d, err := dr.sh.store.StartDrill(ctx, store.Drill{Policy: p.Name, ServerID: im.ServerID, ImageRow: im.Row,
 		ImageID: im.ImageID, Token: newDrillToken()})
 	if err != nil {
@@ -196,7 +196,7 @@ func (dr *Driller) drillOne(ctx context.Context, p *policy.Policy, im store.Imag
 			// The cloud did not answer: no verdict on the image. A server may exist
 			// all the same; the cleanup finds it by its token.
 			res.Result, res.Detail = "", "no answer to the boot request: "+cloud.Reason(err)
-			log.Warn("restore drill: no verdict", "detail", res.Detail)
+			log.Warn("restore drill: no verdict", LogKeyDetail, res.Detail)
 		}
 	} else {
 		res.DrillServerID, d.DrillServerID = id, id
@@ -221,14 +221,14 @@ func (dr *Driller) drillOne(ctx context.Context, p *policy.Policy, im store.Imag
 			return res, err
 		}
 		dr.sh.metrics.DrillResult(p.Name, res.Result, res.Duration, dr.sh.now())
-		log.Info("restore drill", "result", res.Result, "detail", res.Detail, "drill_server_id", res.DrillServerID,
-			"duration", res.Duration.Round(time.Millisecond))
+		log.Info("restore drill", LogKeyResult, res.Result, LogKeyDetail, res.Detail, LogKeyDrillServerID, res.DrillServerID,
+			LogKeyDuration, res.Duration.Round(time.Millisecond))
 	}
 	cctx, cancel := context.WithTimeout(bctx, drillGoneTimeout)
 	defer cancel()
 	if err := dr.cleanDrill(cctx, cl, d); err != nil {
 		res.CleanupError = err.Error()
-		log.Warn("restore drill: cleanup incomplete, the periodic cleanup will retry", "drill_server_id", res.DrillServerID, "err", err)
+		log.Warn("restore drill: cleanup incomplete, the periodic cleanup will retry", LogKeyDrillServerID, res.DrillServerID, LogKeyErr, err)
 	}
 	if ctx.Err() != nil {
 		return res, ctx.Err()
@@ -272,7 +272,7 @@ func (dr *Driller) awaitDrill(ctx context.Context, cl cloud.Cloud, d *store.Dril
 				if len(s.VolumeIDs) > 0 && !slices.Equal(s.VolumeIDs, d.VolumeIDs) {
 					d.VolumeIDs = append([]string(nil), s.VolumeIDs...)
 					if err := dr.sh.store.SetDrillServer(context.WithoutCancel(ctx), d.ID, d.DrillServerID, d.VolumeIDs); err != nil {
-						log.Warn("restore drill: record volumes", "err", err)
+						log.Warn("restore drill: record volumes", LogKeyErr, err)
 					}
 				}
 				switch s.Status {
@@ -293,7 +293,7 @@ func (dr *Driller) awaitDrill(ctx context.Context, cl cloud.Cloud, d *store.Dril
 			case ctx.Err() != nil:
 				return store.VerifyFailed, ctx.Err().Error()
 			case !cloud.Retryable(err):
-				log.Warn("restore drill: get server", "err", err)
+				log.Warn("restore drill: get server", LogKeyErr, err)
 			}
 		}
 		if active {
@@ -450,7 +450,7 @@ func (dr *Driller) CleanupDrills(ctx context.Context) (int, error) {
 			errs = append(errs, fmt.Errorf("drill %s: %w", d.Token, err))
 			continue
 		}
-		dr.sh.log.Info("restore drill: cleaned up leftovers", "policy", d.Policy, "drill_server_id", d.DrillServerID,
+		dr.sh.log.Info("restore drill: cleaned up leftovers", LogKeyPolicy, d.Policy, LogKeyDrillServerID, d.DrillServerID,
 			"volumes", len(d.VolumeIDs))
 		n++
 	}
@@ -475,7 +475,7 @@ func (dr *Driller) WatchDrills(ctx context.Context, current func() *policy.Confi
 		o.CleanupInterval = DefaultDrillCleanupInterval
 	}
 	if _, err := dr.CleanupDrills(ctx); err != nil && ctx.Err() == nil {
-		dr.sh.log.Warn("restore drill cleanup", "err", err)
+		dr.sh.log.Warn("restore drill cleanup", LogKeyErr, err)
 	}
 	nextCleanup := dr.sh.now().Add(o.CleanupInterval)
 	next := map[string]time.Time{}
@@ -507,7 +507,7 @@ func (dr *Driller) WatchDrills(ctx context.Context, current func() *policy.Confi
 					}
 					mu.Unlock()
 					if busy {
-						dr.sh.log.Warn("restore drill still running at its next time: skipped", "policy", p.Name)
+						dr.sh.log.Warn("restore drill still running at its next time: skipped", LogKeyPolicy, p.Name)
 					} else {
 						wg.Add(1)
 						go func(p *policy.Policy) {
@@ -515,7 +515,7 @@ func (dr *Driller) WatchDrills(ctx context.Context, current func() *policy.Confi
 							defer func() { mu.Lock(); delete(running, p.Name); mu.Unlock() }()
 							rep, err := dr.Drill(ctx, p)
 							if err != nil && ctx.Err() == nil {
-								dr.sh.log.Error("restore drill failed to run", "policy", p.Name, "err", err)
+								dr.sh.log.Error("restore drill failed to run", LogKeyPolicy, p.Name, LogKeyErr, err)
 							}
 							if rep != nil && o.Done != nil {
 								o.Done(rep)
@@ -537,7 +537,7 @@ func (dr *Driller) WatchDrills(ctx context.Context, current func() *policy.Confi
 		if !now.Before(nextCleanup) {
 			nextCleanup = now.Add(o.CleanupInterval)
 			if _, err := dr.CleanupDrills(ctx); err != nil && ctx.Err() == nil {
-				dr.sh.log.Warn("restore drill cleanup", "err", err)
+				dr.sh.log.Warn("restore drill cleanup", LogKeyErr, err)
 			}
 			if nextCleanup.Before(wake) {
 				wake = nextCleanup

@@ -130,10 +130,10 @@ func (sr *slotRun) hookDone(ctx context.Context, serverID string, imageRow int64
 	}
 	sr.recordEvent(ctx, store.Event{Kind: kind, ServerID: serverID, ImageRow: imageRow, ImageID: imageID,
 		Message: hook + " hook " + res.summary()})
-	log := sr.log.With("server_id", serverID, "hook", hook, "result", res.Result, "exit_code", res.ExitCode,
-		"duration", res.Duration.Round(time.Millisecond).String())
+	log := sr.log.With(LogKeyServerID, serverID, LogKeyHook, hook, LogKeyResult, res.Result, "exit_code", res.ExitCode,
+		LogKeyDuration, res.Duration.Round(time.Millisecond).String())
 	if res.Result != HookOK {
-		log.Warn("hook failed", "err", res.Err)
+		log.Warn("hook failed", LogKeyErr, res.Err)
 	} else {
 		log.Info("hook ran")
 	}
@@ -150,7 +150,7 @@ func (sr *slotRun) runPost(ctx context.Context, hk *openHook, serverID string, i
 	res := runHookCommand(bctx, hk.journal.PostArgv, env, hk.journal.PostTimeout)
 	sr.hookDone(ctx, serverID, imageRow, imageID, HookPost, res)
 	if err := sr.sh.store.FinishHook(bctx, hk.journal.ID, res.Result); err != nil {
-		sr.log.Error("close hook journal row; the next start runs this post again", "server_id", serverID, "err", err)
+		sr.log.Error("close hook journal row; the next start runs this post again", LogKeyServerID, serverID, LogKeyErr, err)
 	}
 }
 
@@ -221,9 +221,9 @@ func RunOwedPostHooks(ctx context.Context, st *store.Store, log *slog.Logger, me
 	}
 	for _, j := range open {
 		sr := &slotRun{sh: sh, p: &policy.Policy{Name: j.Policy}, slot: j.Slot,
-			log: sh.log.With("policy", j.Policy, "slot", StampSlot(j.Slot))}
+			log: sh.log.With(LogKeyPolicy, j.Policy, LogKeySlot, StampSlot(j.Slot))}
 		sr.log.Warn("a previous process was stopped between a pre and its post hook; running the post now",
-			"server_id", j.ServerID, "journal_row", j.ID)
+			LogKeyServerID, j.ServerID, LogKeyJournalRow, j.ID)
 		imageID := ""
 		if j.ImageRow != 0 {
 			if im, err := st.Image(ctx, j.ImageRow); err == nil {
@@ -245,6 +245,6 @@ func (sr *slotRun) recordCrashConsistent(ctx context.Context, im store.Image, wh
 	}
 	if err := sr.sh.store.SetConsistency(context.WithoutCancel(ctx), im.Row, cloud.ConsistencyCrash,
 		"recorded crash-consistent: "+why); err != nil {
-		sr.log.Error("record crash consistency", "image_row", im.Row, "err", err)
+		sr.log.Error("record crash consistency", LogKeyImageRow, im.Row, LogKeyErr, err)
 	}
 }

@@ -65,10 +65,10 @@ func (r *Runner) ResumeInterruptedSlots(ctx context.Context, cfgs *policy.Coordi
 				continue
 			}
 			r.sh.metrics.SlotOutcome(sl.Policy, store.OutcomeFailed)
-			r.sh.log.Warn("interrupted slot not resumed", "policy", sl.Policy, "slot", StampSlot(sl.Slot), "reason", reason)
+			r.sh.log.Warn("interrupted slot not resumed", LogKeyPolicy, sl.Policy, LogKeySlot, StampSlot(sl.Slot), LogKeyReason, reason)
 			continue
 		}
-		r.sh.log.Info("resuming interrupted slot", "policy", sl.Policy, "slot", StampSlot(sl.Slot))
+		r.sh.log.Info("resuming interrupted slot", LogKeyPolicy, sl.Policy, LogKeySlot, StampSlot(sl.Slot))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

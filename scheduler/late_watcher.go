@@ -62,7 +62,7 @@ func (lw *LateWatcher) WatchLate(ctx context.Context) error {
 			return ctx.Err()
 		}
 		if err != nil {
-			lw.sh.log.Warn("late watch", "err", err)
+			lw.sh.log.Warn("late watch", LogKeyErr, err)
 		}
 		wait := LateMaxPollInterval
 		if pending > 0 {
@@ -120,7 +120,7 @@ func (lw *LateWatcher) checkLate(ctx context.Context, policyName string) (pendin
 func (lw *LateWatcher) promoteLate(ctx context.Context, policyName string, slot time.Time, rows []store.Image,
 	listed []cloud.Image) (pending int, err error) {
 	cl := lw.sh.Cloud()
-	log := lw.sh.log.With("policy", policyName, "slot", StampSlot(slot))
+	log := lw.sh.log.With(LogKeyPolicy, policyName, LogKeySlot, StampSlot(slot))
 	if listed == nil {
 		listed, err = cl.ListImages(ctx, map[string]string{cloud.StampOwner: lw.sh.store.Owner(), cloud.StampPolicy: policyName,
 			cloud.StampSlot: StampSlot(slot)})
@@ -190,7 +190,7 @@ func (lw *LateWatcher) promoteLate(ctx context.Context, policyName string, slot 
 				continue
 			}
 			lw.sh.metrics.ImageCreated(policyName, CreateLateGood, -1)
-			log.Info("image good after wait_timeout", "server_id", good.ServerID, "server_name", good.ServerName, "image_id", good.ImageID, "image_name", good.Name,
+			log.Info("image good after wait_timeout", LogKeyServerID, good.ServerID, LogKeyServerName, good.ServerName, LogKeyImageID, good.ImageID, LogKeyImageName, good.Name,
 				"after", good.ActiveAt.Sub(good.RequestedAt).Round(time.Second).String())
 		}
 	}

@@ -188,7 +188,7 @@ func newPruner(sh *Shared, p *policy.Policy, opts PruneOptions) *pruner {
 		opts.SnapshotWait = DefaultSnapshotWait
 	}
 	return &pruner{sh: sh, p: p, opts: opts, cl: sh.Cloud(), st: sh.store,
-		log: sh.log.With("policy", p.Name), now: sh.store.Now()}
+		log: sh.log.With(LogKeyPolicy, p.Name), now: sh.store.Now()}
 }
 
 // pruner is one prune in progress.

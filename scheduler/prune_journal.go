@@ -16,8 +16,13 @@ import (
 // The image journal of a prune: carry out the plan, one image at a time, from
 // wherever an earlier attempt left it.
 
-// execute carries out the plan: the journal of each candidate, bounded by the
-// Shared worker slots.
+// execute is the prune loop: it carries out the plan, candidate by candidate in
+// the plan's order (oldest first), each through deleteThroughJournal on a
+// goroutine of its own holding one of the Shared worker slots. It stops starting
+// new deletions when ctx ends (what is not started stays as it is, and a started
+// journal resumes next time), or when the config the plan was decided by is no
+// longer in force (InForce, asked after each wait for a worker: the report is then
+// Superseded). Deletions already started run to their end.
 func (pr *pruner) execute(ctx context.Context, rep *PruneReport, cands []candidate) {
 	var wg sync.WaitGroup
 	for _, c := range cands {
@@ -45,7 +50,7 @@ func (pr *pruner) execute(ctx context.Context, rep *PruneReport, cands []candida
 
 // recheckProtected looks again at a kept_protected image whose recheck is due.
 func (pr *pruner) recheckProtected(ctx context.Context, row store.LineageRow) store.LineageRow {
-	log := pr.log.With("server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name)
+	log := pr.log.With(LogKeyServerID, row.ServerID, LogKeyServerName, row.ServerName, LogKeyImageID, row.ImageID, LogKeyImageName, row.Name)
 	img, err := pr.cl.GetImage(ctx, row.ImageID)
 	var msg string
 	switch {
@@ -55,24 +60,24 @@ func (pr *pruner) recheckProtected(ctx context.Context, row store.LineageRow) st
 		im, err := pr.st.MarkGone(context.WithoutCancel(ctx), row.Row,
 			"protected image is gone from Glance (found at its recheck): no longer a backup")
 		if err != nil {
-			log.Warn("record protected image gone", "err", err)
+			log.Warn("record protected image gone", LogKeyErr, err)
 			return row
 		}
 		log.Info("protected image gone from Glance")
 		row.State, row.Reason, row.FailedAt, row.NextAttemptAt = im.State, im.Reason, im.FailedAt, time.Time{}
 		return row
 	case err != nil:
-		log.Warn("recheck protected image", "err", err)
+		log.Warn("recheck protected image", LogKeyErr, err)
 		return row
 	case img.Protected:
 		im, err := pr.st.Image(ctx, row.Row)
 		if err != nil {
-			log.Warn("recheck protected image", "err", err)
+			log.Warn("recheck protected image", LogKeyErr, err)
 			return row
 		}
 		next := pr.now.Add(backoff(ProtectedRecheck, ProtectedRecheckMax, im.DeleteAttempts+1))
 		if _, err := pr.st.KeepProtected(context.WithoutCancel(ctx), row.Row, "image is still protected", next); err != nil {
-			log.Warn("record protected image", "err", err)
+			log.Warn("record protected image", LogKeyErr, err)
 			return row
 		}
 		row.NextAttemptAt = next
@@ -82,10 +87,10 @@ func (pr *pruner) recheckProtected(ctx context.Context, row store.LineageRow) st
 	}
 	im, err := pr.st.ReleaseProtected(context.WithoutCancel(ctx), row.Row, msg)
 	if err != nil {
-		log.Warn("release protected image", "err", err)
+		log.Warn("release protected image", LogKeyErr, err)
 		return row
 	}
-	log.Info("protected image released", "reason", msg)
+	log.Info("protected image released", LogKeyReason, msg)
 	row.State, row.NextAttemptAt = im.State, time.Time{}
 	return row
 }
@@ -111,7 +116,7 @@ func (pr *pruner) planAndDelete(ctx context.Context, it *PruneItem, row store.Li
 // left it, and records the outcome in it.
 func (pr *pruner) deleteThroughJournal(ctx context.Context, it *PruneItem, c candidate) {
 	row := c.row
-	log := pr.log.With("server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name)
+	log := pr.log.With(LogKeyServerID, row.ServerID, LogKeyServerName, row.ServerName, LogKeyImageID, row.ImageID, LogKeyImageName, row.Name)
 	err := pr.deleteImage(ctx, it, row, c.insp, strings.Join(c.it.Reasons, "; "), log)
 	switch {
 	case err == nil:
@@ -123,14 +128,24 @@ func (pr *pruner) deleteThroughJournal(ctx context.Context, it *PruneItem, c can
 			it.Action = PrunePending
 		}
 	default:
-		log.Warn("delete image", "err", err)
+		log.Warn("delete image", LogKeyErr, err)
 		it.Action = PrunePending
 		it.Reasons = append(it.Reasons, "error: "+err.Error())
 	}
 }
 
-// deleteImage carries out the plan for one image from wherever a previous attempt
-// left it; reason is retention's, recorded when the journal opens.
+// deleteImage is the image journal: it carries out the plan for one image from
+// wherever a previous attempt left it; reason is retention's, recorded when the
+// journal opens. Each step is recorded before the next starts, so that a crash
+// anywhere resumes at that step:
+//  1. a refusal or a wait the plan found is recorded, and nothing more;
+//  2. the row becomes deleting (BeginDeletion), unless it already is;
+//  3. the snapshots the image names are recorded, then the image is deleted and
+//     confirmed gone (a protected image is kept_protected; a failed or unconfirmed
+//     delete is retried after a backoff);
+//  4. the volume snapshots behind it are deleted (prune_snapshots.go); any not yet
+//     gone defer the row to a later prune;
+//  5. only then is the row marked deleted.
 func (pr *pruner) deleteImage(ctx context.Context, it *PruneItem, row store.LineageRow, insp inspection, reason string,
 	log *slog.Logger) error {
 	bctx := context.WithoutCancel(ctx)
@@ -151,7 +166,7 @@ func (pr *pruner) deleteImage(ctx context.Context, it *PruneItem, row store.Line
 			return err
 		}
 		row.State = store.ImageDeleting
-		log.Info("deleting image", "reason", reason)
+		log.Info("deleting image", LogKeyReason, reason)
 		if h := pr.opts.hooks.afterBegin; h != nil && h(row.Row) != nil {
 			return errPruneAbandoned
 		}
@@ -252,7 +267,7 @@ func (pr *pruner) recordSnapshots(ctx context.Context, row store.LineageRow, img
 // is.
 func (pr *pruner) recordRefusal(ctx context.Context, it *PruneItem, row store.LineageRow, why string, log *slog.Logger) error {
 	bctx := context.WithoutCancel(ctx)
-	log.Warn("deletion refused", "reason", why)
+	log.Warn("deletion refused", LogKeyReason, why)
 	if row.State == store.ImageDeleting {
 		next := pr.now.Add(RetryBackoffMax)
 		it.NextAttempt = next
@@ -279,7 +294,7 @@ func (pr *pruner) recordProtected(ctx context.Context, it *PruneItem, row store.
 	if _, err := pr.st.KeepProtected(context.WithoutCancel(ctx), row.Row, why, next); err != nil {
 		return err
 	}
-	log.Info("image kept: protected", "reason", why)
+	log.Info("image kept: protected", LogKeyReason, why)
 	it.Keep, it.Action, it.NextAttempt = true, PruneProtected, next
 	return nil
 }

@@ -17,7 +17,7 @@ import (
 // yet and the earliest moment to look at them again.
 func (pr *pruner) deleteSnapshots(ctx context.Context, it *PruneItem, row store.LineageRow, snaps []store.Snapshot) (pending int, next time.Time, err error) {
 	bctx := context.WithoutCancel(ctx)
-	log := pr.log.With("server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name)
+	log := pr.log.With(LogKeyServerID, row.ServerID, LogKeyServerName, row.ServerName, LogKeyImageID, row.ImageID, LogKeyImageName, row.Name)
 	policyName := pr.p.Name
 	type watch struct {
 		sn        store.Snapshot
@@ -34,7 +34,7 @@ func (pr *pruner) deleteSnapshots(ctx context.Context, it *PruneItem, row store.
 	record := func(sn store.Snapshot, step store.SnapshotStep) store.Snapshot {
 		got, err := pr.st.RecordSnapshotStep(bctx, sn.SnapshotID, step)
 		if err != nil {
-			log.Warn("record snapshot step", "snapshot_id", sn.SnapshotID, "err", err)
+			log.Warn("record snapshot step", LogKeySnapshotID, sn.SnapshotID, LogKeyErr, err)
 			return sn
 		}
 		return got
@@ -94,7 +94,7 @@ func (pr *pruner) deleteSnapshots(ctx context.Context, it *PruneItem, row store.
 			at := retryAt(sn.DeleteAttempts + 1)
 			record(sn, store.SnapshotStep{State: store.SnapshotKeptInUse, Attempt: true,
 				Reason: "Cinder refused: " + cloud.Reason(derr), NextAttempt: at})
-			log.Info("snapshot kept: in use", "snapshot_id", sn.SnapshotID, "reason", cloud.Reason(derr))
+			log.Info("snapshot kept: in use", LogKeySnapshotID, sn.SnapshotID, LogKeyReason, cloud.Reason(derr))
 			later(at)
 			continue
 		case derr != nil:
@@ -152,7 +152,7 @@ func (pr *pruner) deleteSnapshots(ctx context.Context, it *PruneItem, row store.
 				at := retryAt(w.sn.DeleteAttempts)
 				record(w.sn, store.SnapshotStep{State: store.SnapshotKeptInUse,
 					Reason: "back to available after delete: a volume depends on it", NextAttempt: at})
-				log.Info("snapshot kept: in use", "snapshot_id", w.sn.SnapshotID)
+				log.Info("snapshot kept: in use", LogKeySnapshotID, w.sn.SnapshotID)
 				later(at)
 			case cur.Status == cloud.SnapshotErrorDeleting:
 				pr.sh.metrics.SnapshotDeleted(policyName, DeleteFailed)

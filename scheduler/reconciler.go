@@ -210,7 +210,7 @@ func (rc *Reconciler) reconcile(ctx context.Context, cfg *policy.Config, fix, re
 		rows, err := st.Lineage(ctx, store.ImageFilter{Policy: k.policy, ServerID: k.server, Slot: time.Unix(k.slot, 0), Limit: 1})
 		if err != nil || len(rows) == 0 {
 			if err != nil {
-				rc.sh.log.Warn("reconcile: look up a stamp's intent row", "policy", k.policy, "server_id", k.server, "err", err)
+				rc.sh.log.Warn("reconcile: look up a stamp's intent row", LogKeyPolicy, k.policy, LogKeyServerID, k.server, LogKeyErr, err)
 			}
 			return store.LineageRow{}, false
 		}
@@ -317,7 +317,7 @@ func (rc *Reconciler) reconcile(ctx context.Context, cfg *policy.Config, fix, re
 		}
 		if _, err := cl.GetImage(ctx, row.ImageID); !errors.Is(err, cloud.ErrNotFound) {
 			if err != nil {
-				rc.sh.log.Warn("reconcile: confirm image gone", "policy", row.Policy, "image_id", row.ImageID, "err", err)
+				rc.sh.log.Warn("reconcile: confirm image gone", LogKeyPolicy, row.Policy, LogKeyImageID, row.ImageID, LogKeyErr, err)
 			}
 			continue
 		}

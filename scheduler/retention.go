@@ -116,18 +116,18 @@ func (rt *Retention) work(ctx context.Context, name string) error {
 		switch {
 		case err != nil:
 			if ctx.Err() == nil {
-				rt.log.Warn("retention failed; the next run of the policy asks again", "policy", name, "err", err)
+				rt.log.Warn("retention failed; the next run of the policy asks again", LogKeyPolicy, name, LogKeyErr, err)
 			}
 		case rep.Inactive != "":
-			rt.log.Info("retention skipped: "+rep.Inactive, "policy", name)
+			rt.log.Info("retention skipped: "+rep.Inactive, LogKeyPolicy, name)
 		case rep.Superseded:
 			// A reload replaced the config it decided by: decide again by the new one.
-			rt.log.Info("retention stopped by a reload; deciding again by the config now in force", "policy", name)
+			rt.log.Info("retention stopped by a reload; deciding again by the config now in force", LogKeyPolicy, name)
 			rt.mu.Lock()
 			rt.due[name] = true
 			rt.mu.Unlock()
 		default:
-			rt.log.Debug("retention done", "policy", name, "deleted", rep.Counts[PruneDeleted],
+			rt.log.Debug("retention done", LogKeyPolicy, name, "deleted", rep.Counts[PruneDeleted],
 				"pending", rep.Counts[PrunePending], "deferred", rep.Counts[PruneDeferred],
 				"refused", rep.Counts[PruneRefused])
 		}

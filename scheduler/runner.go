@@ -239,19 +239,33 @@ func (r *Runner) RunSlotWith(ctx context.Context, cfgVersion string, p *policy.P
 	return rep, nil
 }
 
+// runSlotLocked is the slot run proper, under the policy's lock and on the slot
+// row sl that RunSlotWith recorded. It makes a slotRun and executes it (select,
+// image each server, wait), then settles rows earlier runs left in progress, and
+// records the outcome:
+//   - the report counts every selected server once, by its final result;
+//   - a run that selected nothing is empty, not ran: it protected nothing;
+//   - a run stopped by a shutdown (ctx done, not manual) leaves the slot running,
+//     so that the next start resumes it, rather than failed while its images
+//     usually turn good;
+//   - otherwise the outcome is written even when ctx was cancelled (on a detached
+//     context with its own timeout), with the metrics and the last success.
+//
+// The error is the run's (listing, store, cancellation), or the store's failure to
+// record the outcome; failed images are in the report only.
 func (r *Runner) runSlotLocked(ctx context.Context, cfgVersion string, p *policy.Policy, slot time.Time, trigger Trigger,
 	sl store.Slot, started time.Time, o RunSlotOptions) (*SlotReport, error) {
 	sr := &slotRun{
 		sh: r.sh, opts: r.opts, w: r.w, cfgVersion: cfgVersion, p: p, slot: slot, trigger: trigger, slotID: sl.ID, runID: newRunID(), call: o,
 		calls:    &callCounter{},
-		log:      r.sh.log.With("policy", p.Name, "slot", StampSlot(slot)),
+		log:      r.sh.log.With(LogKeyPolicy, p.Name, LogKeySlot, StampSlot(slot)),
 		timeout:  r.sh.waitTimeout(p),
 		results:  map[string]*ServerResult{},
 		existing: map[string]bool{},
 	}
 	sr.cloud = r.sh.countedCloud(sr.calls)
 	rep := &SlotReport{Policy: p.Name, Slot: slot, SlotID: sl.ID, Trigger: trigger, Started: started}
-	sr.log.Info("slot run starting", "trigger", string(trigger), "run_id", sr.runID)
+	sr.log.Info("slot run starting", LogKeyTrigger, string(trigger), LogKeyRunID, sr.runID)
 
 	runErr := sr.execute(ctx)
 	if runErr == nil {
@@ -305,7 +319,7 @@ func (r *Runner) runSlotLocked(ctx context.Context, cfgVersion string, p *policy
 		return rep, fmt.Errorf("run slot %s of %s: %w", StampSlot(slot), p.Name, runErr)
 	}
 	if err := r.sh.store.FinishSlot(bctx, sl.ID, rep.Outcome, rep.Reason, rep.Counts); err != nil {
-		sr.log.Error("record slot outcome", "err", err)
+		sr.log.Error("record slot outcome", LogKeyErr, err)
 		if runErr == nil {
 			runErr = err
 		}
@@ -314,9 +328,9 @@ func (r *Runner) runSlotLocked(ctx context.Context, cfgVersion string, p *policy
 	if rep.OK() {
 		r.sh.metrics.SetLastSuccess(p.Name, rep.Finished)
 	}
-	sr.log.Info("slot run finished", "outcome", rep.Outcome, "selected", rep.Counts.Selected, "good", rep.Counts.Good,
+	sr.log.Info("slot run finished", LogKeyOutcome, rep.Outcome, "selected", rep.Counts.Selected, "good", rep.Counts.Good,
 		"failed", rep.Counts.Failed, "skipped", rep.Counts.Skipped, "cloud_calls", rep.CloudCalls,
-		"duration", rep.Finished.Sub(started).Round(time.Millisecond).String())
+		LogKeyDuration, rep.Finished.Sub(started).Round(time.Millisecond).String())
 	if runErr != nil {
 		return rep, fmt.Errorf("run slot %s of %s: %w", StampSlot(slot), p.Name, runErr)
 	}
@@ -333,12 +347,12 @@ func (r *Runner) settleStale(ctx context.Context, p *policy.Policy, current time
 	// Images of this policy in their late window get one look too, so that they are
 	// promoted where no daemon runs WatchLate (runs from the CLI).
 	if _, err := r.late.checkLate(ctx, p.Name); err != nil {
-		r.sh.log.Warn("look at images in their late window", "policy", p.Name, "err", err)
+		r.sh.log.Warn("look at images in their late window", LogKeyPolicy, p.Name, LogKeyErr, err)
 	}
 	rows, err := r.sh.store.Images(ctx, store.ImageFilter{Policy: p.Name,
 		States: []store.ImageState{store.ImageRequested, store.ImageCreating}})
 	if err != nil {
-		r.sh.log.Warn("look for images left in progress", "policy", p.Name, "err", err)
+		r.sh.log.Warn("look for images left in progress", LogKeyPolicy, p.Name, LogKeyErr, err)
 		return
 	}
 	timeout := r.sh.waitTimeout(p)
@@ -361,10 +375,10 @@ func (r *Runner) settleStale(ctx context.Context, p *policy.Policy, current time
 	}
 	for _, sl := range slots {
 		sc := waitScope{policy: p.Name, slot: sl, timeout: timeout, p: p, cloud: r.sh.Cloud(), pollFirst: true,
-			log: r.sh.log.With("policy", p.Name, "slot", StampSlot(sl))}
+			log: r.sh.log.With(LogKeyPolicy, p.Name, LogKeySlot, StampSlot(sl))}
 		sc.log.Info("settling images left in progress by an earlier run", "images", len(bySlot[sl]))
 		if err := r.w.wait(ctx, sc, waitRows(bySlot[sl])); err != nil {
-			sc.log.Warn("settle images left in progress", "err", err)
+			sc.log.Warn("settle images left in progress", LogKeyErr, err)
 			return
 		}
 	}

@@ -288,7 +288,7 @@ func (s *Scheduler) recordLocked(name string, records []slotRecord) {
 		defer s.wg.Done()
 		defer s.recWG.Done()
 		for _, rec := range records {
-			lg := s.log.With("policy", name, "slot", rec.slot, "outcome", rec.outcome)
+			lg := s.log.With(LogKeyPolicy, name, LogKeySlot, rec.slot, LogKeyOutcome, rec.outcome)
 			if rec.outcome == store.OutcomeSkippedOverlap {
 				lg.Warn("slot skipped: " + rec.reason)
 			} else {
@@ -300,7 +300,7 @@ func (s *Scheduler) recordLocked(name string, records []slotRecord) {
 			err := s.opts.Ledger.RecordSlot(ctx, name, rec.slot, rec.outcome, rec.reason)
 			cancel()
 			if err != nil {
-				lg.Error("record slot outcome", "err", err)
+				lg.Error("record slot outcome", LogKeyErr, err)
 				continue
 			}
 			for range rec.count {
@@ -320,7 +320,7 @@ func (s *Scheduler) dispatchLocked(cfgVersion string, p *policy.Policy, slot tim
 	s.running[p.Name] = true
 	s.inFlight++
 	s.wg.Add(1)
-	lg := s.log.With("policy", p.Name, "slot", slot)
+	lg := s.log.With(LogKeyPolicy, p.Name, LogKeySlot, slot)
 	if catchUp {
 		lg.Info("catching up a missed slot")
 	} else {
@@ -340,13 +340,13 @@ func (s *Scheduler) dispatchLocked(cfgVersion string, p *policy.Policy, slot tim
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
 				if err := s.opts.Ledger.RecordSlot(ctx, p.Name, slot, store.OutcomeFailed, fmt.Sprintf("panic: %v", v)); err != nil {
-					lg.Error("record slot outcome", "err", err)
+					lg.Error("record slot outcome", LogKeyErr, err)
 				}
 				s.opts.Metrics.SlotOutcome(p.Name, store.OutcomeFailed)
 			}
 		}()
 		if err := s.opts.RunSlot(s.runCtx, cfgVersion, p, slot, catchUp); err != nil {
-			lg.Error("slot run failed", "err", err)
+			lg.Error("slot run failed", LogKeyErr, err)
 		}
 	}()
 }
@@ -433,7 +433,7 @@ func (s *Scheduler) Swap(cfg *policy.Config) {
 		}
 		s.removeLocked(name, ps)
 		s.opts.Metrics.RemovePolicy(name)
-		s.log.Info("policy no longer scheduled; its images are kept", "policy", name)
+		s.log.Info("policy no longer scheduled; its images are kept", LogKeyPolicy, name)
 	}
 	for _, p := range cfg.Policies {
 		if next[p.Name] == nil {
@@ -443,7 +443,7 @@ func (s *Scheduler) Swap(cfg *policy.Config) {
 		switch {
 		case !ok:
 			s.addLocked(p, now)
-			s.log.Info("policy scheduled", "policy", p.Name, "next_slot", p.Schedule.Next(now))
+			s.log.Info("policy scheduled", LogKeyPolicy, p.Name, "next_slot", p.Schedule.Next(now))
 		case ps.schedKey != scheduleKey(p.Schedule):
 			// A slot of the old schedule that is due but whose timer has not fired yet
 			// still belongs to the old version; take it before switching.
@@ -455,10 +455,10 @@ func (s *Scheduler) Swap(cfg *policy.Config) {
 			if ps.watermark.After(nps.watermark) {
 				nps.watermark = ps.watermark
 			}
-			s.log.Info("policy schedule changed", "policy", p.Name, "next_slot", p.Schedule.Next(now))
+			s.log.Info("policy schedule changed", LogKeyPolicy, p.Name, "next_slot", p.Schedule.Next(now))
 		default:
 			if old := oldByName[p.Name]; old != nil && old.Version != p.Version {
-				s.log.Info("policy changed; takes effect from its next slot", "policy", p.Name)
+				s.log.Info("policy changed; takes effect from its next slot", LogKeyPolicy, p.Name)
 			}
 			s.opts.Metrics.SetNextSlot(p.Name, p.Schedule.Next(now))
 		}
@@ -492,7 +492,7 @@ func (s *Scheduler) Go(name string, fn func(ctx context.Context) error) {
 			}
 		}()
 		if err := fn(s.runCtx); err != nil {
-			s.log.Error(name+" failed", "err", err)
+			s.log.Error(name+" failed", LogKeyErr, err)
 		}
 	}()
 }

@@ -49,7 +49,15 @@ type slotRun struct {
 	left []string
 }
 
-// execute selects the servers, makes the images and waits for them.
+// execute selects the servers, makes the images and waits for them. It reads the
+// slot instant's inventory and the slot's existing rows once, then starts each
+// server's imageServer: in spread-offset order on at most Concurrency goroutines
+// that sleep until each server is due, or, without a spread, one goroutine per
+// server once the run holds a worker slot for it. A busy server is retried on a
+// goroutine of its own that holds no worker slot while it backs off. The rows that
+// need waiting are waited for in one batch (one stamp listing per poll round);
+// when the run stops early they are reported waiting. The error is the first
+// that stopped a server's work, test crash points aside.
 func (sr *slotRun) execute(ctx context.Context) error {
 	sh, p := sr.sh, sr.p
 	sel := CloudSelector(p.Select)
@@ -197,7 +205,7 @@ func (sr *slotRun) noteLeavers(ctx context.Context, selected []cloud.Server) {
 	sh, p := sr.sh, sr.p
 	recent, err := sh.store.Slots(ctx, store.SlotFilter{Policy: p.Name, Limit: 20})
 	if err != nil {
-		sr.log.Warn("look for servers that left the selection", "err", err)
+		sr.log.Warn("look for servers that left the selection", LogKeyErr, err)
 		return
 	}
 	prevEmpty := true
@@ -216,7 +224,7 @@ func (sr *slotRun) noteLeavers(ctx context.Context, selected []cloud.Server) {
 	}
 	live, err := sh.store.NewestGoodPerServer(ctx, p.Name)
 	if err != nil {
-		sr.log.Warn("look for servers that left the selection", "err", err)
+		sr.log.Warn("look for servers that left the selection", LogKeyErr, err)
 		return
 	}
 	now := make(map[string]bool, len(selected))
@@ -231,7 +239,7 @@ func (sr *slotRun) noteLeavers(ctx context.Context, selected []cloud.Server) {
 		msg := "server " + rp.ServerID + " has good images but is no longer selected (select: " +
 			DescribeSelector(CloudSelector(p.Select)) + "); it gets no new images; newest good image requested " +
 			rp.NewestGood.UTC().Format(time.RFC3339)
-		sr.log.Warn("a server with good images left the policy's selection", "server_id", rp.ServerID,
+		sr.log.Warn("a server with good images left the policy's selection", LogKeyServerID, rp.ServerID,
 			"newest_good", rp.NewestGood.UTC().Format(time.RFC3339), "select", DescribeSelector(CloudSelector(p.Select)))
 		sr.recordEvent(ctx, store.Event{Kind: store.EventServerLeft, ServerID: rp.ServerID, Message: msg})
 	}
@@ -265,7 +273,7 @@ func (sr *slotRun) render(s cloud.Server) (string, map[string]string, error) {
 func (sr *slotRun) skip(ctx context.Context, s cloud.Server, res ServerResult, reason, detail string) error {
 	sr.recordEvent(ctx, store.Event{Kind: store.EventServerSkipped, ServerID: s.ID, Message: reason + ": " + detail})
 	sr.sh.metrics.ServerSkipped(sr.p.Name, reason)
-	sr.log.Info("server skipped", "server_id", s.ID, "server_name", s.Name, "reason", reason, "detail", detail)
+	sr.log.Info("server skipped", LogKeyServerID, s.ID, LogKeyServerName, s.Name, LogKeyReason, reason, LogKeyDetail, detail)
 	res.Outcome, res.Reason = ServerSkipped, reason
 	sr.finish(res)
 	return nil
@@ -278,7 +286,7 @@ func (sr *slotRun) failRow(ctx context.Context, row store.Image, res ServerResul
 		return err
 	}
 	sr.sh.metrics.ImageCreated(sr.p.Name, CreateFailed, 0)
-	sr.log.Warn("image failed", "server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name, "reason", reason)
+	sr.log.Warn("image failed", LogKeyServerID, row.ServerID, LogKeyServerName, row.ServerName, LogKeyImageID, row.ImageID, LogKeyImageName, row.Name, LogKeyReason, reason)
 	res.Outcome, res.Reason, res.ImageRow, res.ImageID = ServerFailed, reason, im.Row, im.ImageID
 	sr.finish(res)
 	return nil
@@ -288,7 +296,7 @@ func (sr *slotRun) failRow(ctx context.Context, row store.Image, res ServerResul
 func (sr *slotRun) recordEvent(ctx context.Context, e store.Event) {
 	e.Policy, e.Slot, e.SlotID = sr.p.Name, sr.slot, sr.slotID
 	if _, err := sr.sh.store.AddEvent(context.WithoutCancel(ctx), e); err != nil {
-		sr.log.Error("record event", "kind", e.Kind, "err", err)
+		sr.log.Error("record event", "kind", e.Kind, LogKeyErr, err)
 	}
 }
 

@@ -62,7 +62,7 @@ func (sr *slotRun) retryBusy(ctx context.Context, s cloud.Server, busy busyError
 			}
 			return im, false, sr.skip(ctx, s, busy.res, SkipBusy, detail)
 		}
-		sr.log.Info("server busy; looking again later", "server_id", s.ID, "detail", busy.detail, "in", min(interval, left).String())
+		sr.log.Info("server busy; looking again later", LogKeyServerID, s.ID, LogKeyDetail, busy.detail, "in", min(interval, left).String())
 		if err := sh.sleep(ctx, min(interval, left)); err != nil {
 			return im, false, err
 		}
@@ -109,14 +109,23 @@ func (sr *slotRun) earlierImageInFlight(ctx context.Context, serverID string) (s
 // errAbandoned marks a server whose work a test hook stopped, as a crash would.
 var errAbandoned = errors.New("abandoned at a crash point")
 
-// imageServer takes one selected server: the existing row, the skips, the intent, the
-// call. It returns the row to wait for when wait is true.
+// imageServer takes one selected server through its states for the slot, and
+// returns the row to wait for when wait is true. In order:
+//   - a row this slot already has is claimed and decides alone when it can: good,
+//     creating (wait), deleted or failed with an image (done); a requested row, or
+//     one failed before any image, is first looked for by its stamp, since an
+//     earlier call's outcome may be unknown;
+//   - an earlier slot's image still being made, an ERROR or locked server, a task
+//     in progress (busyError: retryBusy looks again) skip it;
+//   - it waits for the server's offset in the spread window and a worker slot;
+//   - it renders the name and metadata, writes the intent row, and calls
+//     requestImage.
 //
 // held says the caller already holds a worker slot for it (execute without a
 // spread window); otherwise imageServer takes one once the server's offset is due.
 func (sr *slotRun) imageServer(ctx context.Context, s cloud.Server, row store.Image, has, held bool) (im store.Image, wait bool, err error) {
 	sh, p := sr.sh, sr.p
-	log := sr.log.With("server_id", s.ID, "server_name", s.Name)
+	log := sr.log.With(LogKeyServerID, s.ID, LogKeyServerName, s.Name)
 	res := ServerResult{ServerID: s.ID, ServerName: s.Name, Existing: has}
 	if has {
 		if !sr.claim(row) {
@@ -248,7 +257,7 @@ func (sr *slotRun) imageServer(ctx context.Context, s cloud.Server, row store.Im
 		if !created {
 			// Another process wrote the row between our read and now: it owns the call.
 			res.Existing = true
-			sr.log.Info("slot row appeared concurrently; not calling again", "server_id", s.ID, "server_name", s.Name)
+			sr.log.Info("slot row appeared concurrently; not calling again", LogKeyServerID, s.ID, LogKeyServerName, s.Name)
 			if row.State == store.ImageCreating {
 				return row, true, nil
 			}
@@ -339,7 +348,7 @@ func (sr *slotRun) requestImage(ctx context.Context, s cloud.Server, row store.I
 			thaw(PostRequested)
 			return row, false, err
 		}
-		log.Info("image requested", "image_id", id, "image_name", row.Name)
+		log.Info("image requested", LogKeyImageID, id, LogKeyImageName, row.Name)
 		if hk != nil {
 			seen, why := sr.awaitPoint(ctx, s, id, hk.preEnd)
 			result := PostRequested
@@ -424,7 +433,7 @@ func (sr *slotRun) adoptStamped(ctx context.Context, row store.Image, why string
 	if err != nil {
 		return row, false, err
 	}
-	sr.log.Info("image adopted", "server_id", row.ServerID, "server_name", row.ServerName, "image_id", img.ID, "image_name", img.Name)
+	sr.log.Info("image adopted", LogKeyServerID, row.ServerID, LogKeyServerName, row.ServerName, LogKeyImageID, img.ID, LogKeyImageName, img.Name)
 	return adopted, true, nil
 }
 

@@ -151,7 +151,7 @@ func (w *waiter) poll(ctx context.Context, sc waitScope, items []*waitItem) ([]*
 		return items, err
 	}
 	if listErr != nil {
-		sc.log.Warn("list images while waiting", "err", listErr)
+		sc.log.Warn("list images while waiting", LogKeyErr, listErr)
 	}
 	sc.log.Debug("wait: polled", "pending", len(items), "listed", len(listed))
 	byID := map[string]cloud.Image{}
@@ -167,7 +167,7 @@ func (w *waiter) poll(ctx context.Context, sc waitScope, items []*waitItem) ([]*
 			}
 			// A store error on one row must not stop the others; the row stays as it is
 			// in the store and a later resume retries it.
-			sc.log.Error("wait: record image state", "server_id", it.row.ServerID, "server_name", it.row.ServerName, "image_id", it.row.ImageID, "image_name", it.row.Name, "err", err)
+			sc.log.Error("wait: record image state", LogKeyServerID, it.row.ServerID, LogKeyServerName, it.row.ServerName, LogKeyImageID, it.row.ImageID, LogKeyImageName, it.row.Name, LogKeyErr, err)
 			continue
 		}
 		if !settled {
@@ -264,7 +264,7 @@ func (w *waiter) check(ctx context.Context, sc waitScope, it *waitItem, listed [
 			}
 			d := row.ActiveAt.Sub(row.RequestedAt)
 			w.sh.metrics.ImageCreated(sc.policy, CreateGood, d)
-			sc.log.Info("image good", "server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name, "duration", d.Round(time.Millisecond).String())
+			sc.log.Info("image good", LogKeyServerID, row.ServerID, LogKeyServerName, row.ServerName, LogKeyImageID, row.ImageID, LogKeyImageName, row.Name, LogKeyDuration, d.Round(time.Millisecond).String())
 			if sc.done != nil {
 				sc.done(row, ServerGood, "", d)
 			}
@@ -354,7 +354,7 @@ func (w *waiter) fail(ctx context.Context, sc waitScope, it *waitItem, reason st
 		return err
 	}
 	w.sh.metrics.ImageCreated(sc.policy, CreateFailed, 0)
-	sc.log.Warn("image failed", "server_id", row.ServerID, "server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name, "reason", reason)
+	sc.log.Warn("image failed", LogKeyServerID, row.ServerID, LogKeyServerName, row.ServerName, LogKeyImageID, row.ImageID, LogKeyImageName, row.Name, LogKeyReason, reason)
 	if sc.done != nil {
 		sc.done(row, ServerFailed, reason, w.sh.store.Now().Sub(row.RequestedAt))
 	}
@@ -371,8 +371,8 @@ func (w *waiter) failTimedOut(ctx context.Context, sc waitScope, it *waitItem, r
 		return err
 	}
 	w.sh.metrics.ImageCreated(sc.policy, CreateFailed, 0)
-	sc.log.Warn("image failed: not good within wait_timeout; watched until its late window closes", "server_id", row.ServerID,
-		"server_name", row.ServerName, "image_id", row.ImageID, "image_name", row.Name, "reason", reason, "late_until", until.Format(time.RFC3339))
+	sc.log.Warn("image failed: not good within wait_timeout; watched until its late window closes", LogKeyServerID, row.ServerID,
+		LogKeyServerName, row.ServerName, LogKeyImageID, row.ImageID, LogKeyImageName, row.Name, LogKeyReason, reason, "late_until", until.Format(time.RFC3339))
 	if sc.done != nil {
 		sc.done(row, ServerFailed, reason, w.sh.store.Now().Sub(row.RequestedAt))
 	}
@@ -399,7 +399,7 @@ func (w *waiter) resume(ctx context.Context, cfgs *policy.Coordinator) error {
 		p := cfgs.Current().Policy(k.policy)
 		sc := waitScope{
 			policy: k.policy, slot: k.slot, timeout: w.sh.waitTimeout(p), p: p, cloud: w.sh.Cloud(), pollFirst: true,
-			log: w.sh.log.With("policy", k.policy, "slot", StampSlot(k.slot)),
+			log: w.sh.log.With(LogKeyPolicy, k.policy, LogKeySlot, StampSlot(k.slot)),
 		}
 		sc.log.Info("resuming wait", "images", len(groups[k]))
 		wg.Add(1)

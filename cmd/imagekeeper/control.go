@@ -17,6 +17,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/imagekeeper/imagekeeper/scheduler"
 )
 
 // The control socket lets `imagekeeper run`, `prune`, `reconcile`, `status` and `restore` ask
@@ -122,7 +124,7 @@ func (s *controlServer) handle(conn net.Conn) {
 	exit := func(code int) { out.frame(controlFrame{Exit: &code}) }
 	line, err := bufio.NewReaderSize(io.LimitReader(conn, maxControlRequest), 4096).ReadBytes('\n')
 	if err != nil {
-		s.log.Warn("control socket: read request", logKeyErr, err)
+		s.log.Warn("control socket: read request", scheduler.LogKeyErr, err)
 		return
 	}
 	var req controlRequest
@@ -136,7 +138,7 @@ func (s *controlServer) handle(conn net.Conn) {
 		exit(exitUsage)
 		return
 	}
-	s.log.Info("control socket command", "command", req.Args[0], "args", req.Args[1:])
+	s.log.Info("control socket command", scheduler.LogKeyCommand, req.Args[0], "args", req.Args[1:])
 	code := s.run(s.ctx, req.Args, out.stream(false), out.stream(true))
 	exit(code)
 }

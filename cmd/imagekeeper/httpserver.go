@@ -13,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/imagekeeper/imagekeeper/scheduler"
 )
 
 // defaultListen is where /metrics, /healthz and /readyz are served when the policy
@@ -84,7 +86,7 @@ func startHTTP(addr string, reg *prometheus.Registry, checks []readinessCheck, l
 	go func() {
 		defer close(h.done)
 		if err := h.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("http server stopped", "err", err)
+			log.Error("http server stopped", scheduler.LogKeyErr, err)
 		}
 	}()
 	return h, nil

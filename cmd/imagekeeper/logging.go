@@ -8,17 +8,6 @@ import (
 	"github.com/spf13/pflag"
 )
 
-// Log attribute keys. Every subcommand and package logs with these exact keys so that
-// one query (`policy=web-daily`, `.image_id == "..."`) finds every line about a thing.
-const (
-	logKeyPolicy     = "policy"
-	logKeyServerID   = "server_id"
-	logKeyImageID    = "image_id"
-	logKeySlot       = "slot"
-	logKeySnapshotID = "snapshot_id"
-	logKeyErr        = "err"
-)
-
 // Accepted values of --log-format and --log-level.
 const (
 	logFormatText = "text"

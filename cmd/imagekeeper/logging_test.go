@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/imagekeeper/imagekeeper/cloud"
+	"github.com/imagekeeper/imagekeeper/scheduler"
 )
 
 func TestLogFlags(t *testing.T) {
@@ -51,7 +52,7 @@ func TestLogFlags(t *testing.T) {
 				t.Fatal(err)
 			}
 			log.Debug("dbg")
-			log.Info("inf", logKeyPolicy, "web")
+			log.Info("inf", scheduler.LogKeyPolicy, "web")
 			out := buf.String()
 			if got := strings.Contains(out, "dbg"); got != tt.debugOn {
 				t.Errorf("debug line present = %v, want %v:\n%s", got, tt.debugOn, out)
@@ -68,8 +69,8 @@ func TestLogFlags(t *testing.T) {
 			if isJSON != tt.wantJSON {
 				t.Fatalf("JSON = %v, want %v: %q", isJSON, tt.wantJSON, last)
 			}
-			if tt.wantJSON && rec[logKeyPolicy] != "web" {
-				t.Errorf("policy = %v, want web", rec[logKeyPolicy])
+			if tt.wantJSON && rec[scheduler.LogKeyPolicy] != "web" {
+				t.Errorf("policy = %v, want web", rec[scheduler.LogKeyPolicy])
 			}
 			if !tt.wantJSON && !strings.Contains(last, "policy=web") {
 				t.Errorf("text line lacks policy=web: %q", last)
@@ -109,7 +110,7 @@ func TestLoggerRedactsCredentials(t *testing.T) {
 	t.Run("neutral keys untouched", func(t *testing.T) {
 		var buf bytes.Buffer
 		log, _ := newLogger(&buf, logFormatText, "info")
-		log.Info("x", logKeyImageID, "img-1", logKeyServerID, "srv-1")
+		log.Info("x", scheduler.LogKeyImageID, "img-1", scheduler.LogKeyServerID, "srv-1")
 		if !strings.Contains(buf.String(), "image_id=img-1") || !strings.Contains(buf.String(), "server_id=srv-1") {
 			t.Errorf("ids redacted or missing: %s", buf.String())
 		}

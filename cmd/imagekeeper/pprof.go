@@ -11,6 +11,8 @@ import (
 	"runtime/debug"
 	"strconv"
 	"time"
+
+	"github.com/imagekeeper/imagekeeper/scheduler"
 )
 
 // defaultMemoryLimit is the Go runtime's soft memory limit the daemon sets when the
@@ -76,7 +78,7 @@ func startPprof(addr string, log *slog.Logger) (*pprofServer, error) {
 	p := &pprofServer{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}
 	go func() {
 		if err := p.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Warn("pprof server", "err", err)
+			log.Warn("pprof server", scheduler.LogKeyErr, err)
 		}
 	}()
 	log.Info("serving pprof profiles", "listen", ln.Addr().String())

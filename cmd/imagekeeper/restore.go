@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/imagekeeper/imagekeeper/cloud"
+	"github.com/imagekeeper/imagekeeper/scheduler"
 	"github.com/imagekeeper/imagekeeper/store"
 )
 
@@ -167,7 +168,7 @@ func runRestore(ctx context.Context, m *Main, o *restoreOptions, imageID string)
 			ev.Message = fmt.Sprintf("restore as %s: outcome unknown (%s); a server with metadata %s=%s may exist", o.name, cloud.Reason(err), restoreMetadataKey, imageID)
 		}
 		if _, aerr := st.AddEvent(ctx, ev); aerr != nil {
-			wired.log.Warn("record restore event", "image_id", imageID, "error", aerr)
+			wired.log.Warn("record restore event", scheduler.LogKeyImageID, imageID, "error", aerr)
 		}
 		return withExitCode(exitFailure, restoreError(err, o.name, imageID))
 	}
@@ -198,7 +199,7 @@ func runRestore(ctx context.Context, m *Main, o *restoreOptions, imageID string)
 			}
 			if _, aerr := st.AddEvent(ctx, store.Event{Kind: eventRestoreFailed, ImageRow: im.Row, ImageID: imageID,
 				Policy: im.Policy, ServerID: im.ServerID, Message: fmt.Sprintf("server %s: %v", id, err)}); aerr != nil {
-				wired.log.Warn("record restore event", "image_id", imageID, "error", aerr)
+				wired.log.Warn("record restore event", scheduler.LogKeyImageID, imageID, "error", aerr)
 			}
 			return withExitCode(exitFailure, fmt.Errorf("server %s: %w", id, err))
 		}

@@ -247,7 +247,7 @@ func (w *wiring) shared(o scheduler.SharedOptions) *scheduler.Shared {
 		return w.daemon.shared
 	}
 	o.Cloud, o.Store, o.Limits = w.cloud, w.store, w.cfg.Limits
-	o.Logger = w.log.With("command", w.command)
+	o.Logger = w.log.With(scheduler.LogKeyCommand, w.command)
 	return scheduler.NewShared(o)
 }
 
