@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/imagekeeper/imagekeeper/cloud"
@@ -230,6 +231,15 @@ const pruneReaders = 2
 func (pr *pruner) readBatches(ctx context.Context, serverIDs []string) (<-chan rowBatch, func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	n := (len(serverIDs) + pruneBatch - 1) / pruneBatch
+	// A buffer's first batch sizes it for the next: rows per server so far times a
+	// batch (growing 4 MB buffers by appending copied them over and over).
+	var rowsRead, serversRead atomic.Int64
+	sized := func(rows []store.LineageRow) []store.LineageRow {
+		if s := serversRead.Load(); rows == nil && s > 0 {
+			return make([]store.LineageRow, 0, rowsRead.Load()*pruneBatch/s+pruneBatch)
+		}
+		return rows[:0]
+	}
 	lanes := make([]chan rowBatch, pruneReaders)
 	var wg sync.WaitGroup
 	for k := range lanes {
@@ -252,12 +262,14 @@ func (pr *pruner) readBatches(ctx context.Context, serverIDs []string) (<-chan r
 				}
 				var err error
 				if pr.opts.Full {
-					rows, err = pr.st.AppendLineage(ctx, rows[:0], pr.p.Name, batch, pruneStates)
+					rows, err = pr.st.AppendLineage(ctx, sized(rows), pr.p.Name, batch, pruneStates)
 				} else {
 					// Only the rows something happens to are shown: read what retention
 					// needs, packed, and the names of the shown rows afterwards.
-					rows, err = pr.st.AppendRetentionRows(ctx, rows[:0], pr.p.Name, batch)
+					rows, err = pr.st.AppendRetentionRows(ctx, sized(rows), pr.p.Name, batch)
 				}
+				rowsRead.Add(int64(len(rows)))
+				serversRead.Add(int64(len(batch)))
 				select {
 				case lane <- rowBatch{rows: rows, err: err, done: func() { free <- rows }}:
 				case <-ctx.Done():

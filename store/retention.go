@@ -170,8 +170,11 @@ type unpacker struct {
 	stateOf map[string]ImageState
 	// slots caches parsed slot instants: a policy's servers share its slots.
 	slots map[string]time.Time
-	// recs are the current server's other rows not yet appended, newest first.
+	// recs[next:] are the current server's other rows not yet appended, newest
+	// first (an index, not recs = recs[1:], so that the buffer's capacity serves
+	// every server of the batch).
 	recs []LineageRow
+	next int
 }
 
 // nextField cuts the text before the next comma of *list (or all of it).
@@ -195,7 +198,7 @@ func newestFirst(a, b LineageRow) int {
 
 // startServer parses a server's packed other rows into u.recs, newest first.
 func (u *unpacker) startServer(records, server string) error {
-	u.recs = u.recs[:0]
+	u.recs, u.next = u.recs[:0], 0
 	for records != "" {
 		var rec LineageRow
 		var err error
@@ -230,9 +233,9 @@ func (u *unpacker) good(dst []LineageRow, server, owner, ids, slots string) ([]L
 			}
 			u.slots[slot] = r.Slot
 		}
-		for len(u.recs) > 0 && newestFirst(u.recs[0], r) < 0 {
-			dst = append(dst, u.recs[0])
-			u.recs = u.recs[1:]
+		for u.next < len(u.recs) && newestFirst(u.recs[u.next], r) < 0 {
+			dst = append(dst, u.recs[u.next])
+			u.next++
 		}
 		dst = append(dst, r)
 	}
@@ -246,8 +249,8 @@ func (u *unpacker) good(dst []LineageRow, server, owner, ids, slots string) ([]L
 // rows (from first on) are newest first: they are, unless the server has good rows
 // of more than one owner.
 func (u *unpacker) finish(dst []LineageRow, first int) []LineageRow {
-	dst = append(dst, u.recs...)
-	u.recs = u.recs[:0]
+	dst = append(dst, u.recs[u.next:]...)
+	u.recs, u.next = u.recs[:0], 0
 	if rs := dst[first:]; !slices.IsSortedFunc(rs, newestFirst) {
 		slices.SortFunc(rs, newestFirst)
 	}
