@@ -12,7 +12,7 @@ import (
 )
 
 // busyRunner is a Runner of the harness that looks at busy servers again quickly.
-func busyRunner(h *runHarness) *Runner {
+func busyRunner(h *harness) *Runner {
 	return h.runner(func(o *runnerOptions) { o.BusyRetryInterval = 20 * time.Millisecond })
 }
 
@@ -20,7 +20,7 @@ func busyRunner(h *runHarness) *Runner {
 // (task_state image_uploading) when the slot starts is looked at again with backoff
 // and imaged once the task ends, in the same slot, instead of losing the slot.
 func TestBusyServerRetriedWithinSlot(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{})
+	h := newHarness(t)
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}, TaskState: "image_uploading"})
 	go func() {
 		time.Sleep(300 * time.Millisecond)
@@ -42,7 +42,7 @@ func TestBusyServerRetriedWithinSlot(t *testing.T) {
 // TestBusy409RetriedWithinSlot: createImage answered 409 twice (a task appeared
 // after the listing) and is tried again within the slot.
 func TestBusy409RetriedWithinSlot(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{})
+	h := newHarness(t)
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
 	h.sim.SetFault(simcloud.Fault{Op: "compute.createImage", ErrorStatus: 409, Count: 2})
 	slot := time.Now().UTC().Truncate(time.Second)
@@ -59,58 +59,54 @@ func TestBusy409RetriedWithinSlot(t *testing.T) {
 	}
 }
 
-// TestBusyUntilMaxLatenessIsSkipped: a server busy for good is skipped busy once
-// the slot's max_lateness has passed, not looked at forever.
-func TestBusyUntilMaxLatenessIsSkipped(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{})
-	h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}, TaskState: "resize_migrating"})
-	// A scheduled slot long past: its max_lateness (one day) is over.
-	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerScheduled)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(rep.Servers) != 1 || rep.Servers[0].Outcome != ServerSkipped || rep.Servers[0].Reason != SkipBusy {
-		t.Fatalf("report %+v, want skipped busy", rep.Servers)
-	}
-}
-
-// TestLockedServerIsSkippedLocked: Nova's locked server is skipped with reason
-// locked, and createImage is not called.
-func TestLockedServerIsSkippedLocked(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{})
-	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}, Locked: true})
-	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg.Version, h.p, time.Now().UTC().Truncate(time.Second), TriggerManual)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(rep.Servers) != 1 || rep.Servers[0].Outcome != ServerSkipped || rep.Servers[0].Reason != SkipLocked {
-		t.Fatalf("report %+v, want skipped locked", rep.Servers)
-	}
-	if n := h.sim.CreateImageCalls(id); n != 0 {
-		t.Errorf("%d createImage calls on a locked server", n)
-	}
-}
-
-// TestInFlightServerIsSkipped: the image of an earlier slot of the server is still
-// being made (its run stopped mid-wait, within wait_timeout): the next slot does
-// not start a second image of it, and says in_flight.
-func TestInFlightServerIsSkipped(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{waitTimeout: "1h"})
-	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
-	ctx := context.Background()
-	crashing := h.runner(func(o *runnerOptions) {
-		o.hooks.beforePoll = func(int) error { return errors.New("stop") }
-	})
-	_, _ = crashing.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerManual)
-	rep, err := busyRunner(h).RunSlot(ctx, h.cfg.Version, h.p, h.slot.Add(24*time.Hour), TriggerManual)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(rep.Servers) != 1 || rep.Servers[0].Outcome != ServerSkipped || rep.Servers[0].Reason != SkipInFlight {
-		t.Fatalf("report %+v, want skipped in_flight", rep.Servers)
-	}
-	if n := h.sim.CreateImageCalls(id); n != 1 {
-		t.Errorf("%d createImage calls, want 1: a second image started while the first was being made", n)
+// TestServerSkipped: a server that must not be imaged now is skipped with the
+// reason that says why, and no second createImage goes to it.
+//   - busy past max_lateness: a server busy for good is skipped busy once the
+//     slot's max_lateness has passed, not looked at forever;
+//   - locked: Nova's locked server is skipped locked, and createImage is not called;
+//   - in flight: the image of an earlier slot of the server is still being made (its
+//     run stopped mid-wait, within wait_timeout): the next slot does not start a
+//     second image of it, and says in_flight.
+func TestServerSkipped(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		opts        []harnessOption
+		spec        simcloud.ServerSpec
+		run         func(h *harness) (time.Time, Trigger) // what happened before; the slot and trigger of the run under test
+		reason      string
+		createCalls int // createImage calls on the server at the end; -1: not checked
+	}{
+		{name: "busy past max_lateness", spec: simcloud.ServerSpec{TaskState: "resize_migrating"}, reason: SkipBusy, createCalls: -1,
+			// A scheduled slot long past: its max_lateness (one day) is over.
+			run: func(h *harness) (time.Time, Trigger) { return h.slot, TriggerScheduled }},
+		{name: "locked", spec: simcloud.ServerSpec{Locked: true}, reason: SkipLocked, createCalls: 0,
+			run: func(h *harness) (time.Time, Trigger) { return time.Now().UTC().Truncate(time.Second), TriggerManual }},
+		{name: "in flight", opts: []harnessOption{withWaitTimeout("1h")}, reason: SkipInFlight, createCalls: 1,
+			run: func(h *harness) (time.Time, Trigger) {
+				crashing := h.runner(func(o *runnerOptions) {
+					o.hooks.beforePoll = func(int) error { return errors.New("stop") }
+				})
+				_, _ = crashing.RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerManual)
+				return h.slot.Add(24 * time.Hour), TriggerManual
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, tc.opts...)
+			spec := tc.spec
+			spec.Name, spec.Tags = "w", []string{"backup=daily"}
+			id := h.sim.AddServer(spec)
+			slot, trigger := tc.run(h)
+			rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg.Version, h.p, slot, trigger)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rep.Servers) != 1 || rep.Servers[0].Outcome != ServerSkipped || rep.Servers[0].Reason != tc.reason {
+				t.Fatalf("report %+v, want skipped %s", rep.Servers, tc.reason)
+			}
+			if n := h.sim.CreateImageCalls(id); tc.createCalls >= 0 && n != tc.createCalls {
+				t.Errorf("%d createImage calls, want %d", n, tc.createCalls)
+			}
+		})
 	}
 }
 
@@ -119,7 +115,7 @@ func TestInFlightServerIsSkipped(t *testing.T) {
 // fails with no image id. The periodic reconcile (no --fix) adopts the stamped
 // image into it, and the next wait settles it good, instead of leaking it.
 func TestReconcileAdoptsLeakedUnknownOutcome(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{waitTimeout: "400ms"})
+	h := newHarness(t, withWaitTimeout("400ms"))
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
 	h.sim.SetFault(simcloud.Fault{Op: "compute.createImage", ErrorStatus: 500, After: true, Count: 1})
 	h.sim.SetFault(simcloud.Fault{Op: "image.list", ErrorStatus: 403})
@@ -154,7 +150,7 @@ func TestReconcileAdoptsLeakedUnknownOutcome(t *testing.T) {
 // createImage sent, is resumed while an earlier slot's image of the server is in
 // flight: no second image starts, and the empty intent is dropped.
 func TestInFlightAppliesToResumedIntent(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{waitTimeout: "1h"})
+	h := newHarness(t, withWaitTimeout("1h"))
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
 	ctx := context.Background()
 	later := h.slot.Add(24 * time.Hour)

@@ -39,7 +39,7 @@ func TestTickAcrossDST(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			h := newHarness(t)
+			h := newTickHarness(t)
 			h.clock.Set(tt.day.Add(-time.Minute))
 			if err := h.s.Start(context.Background(), cfg); err != nil {
 				t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/store"
+	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
 
 // memLedger is an in-memory Ledger.
@@ -141,19 +142,6 @@ func (f *fakeRuns) none(t *testing.T) {
 	}
 }
 
-// fakeClock is a settable clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
-
 func everyPolicy(name string, every time.Duration, catchUp policy.CatchUp, maxLate time.Duration) *policy.Policy {
 	return &policy.Policy{
 		Name: name, Enabled: true, Version: name + "-v1",
@@ -167,16 +155,18 @@ func config(ps ...*policy.Policy) *policy.Config { return &policy.Config{Version
 // base is a slot-aligned instant for 10 s schedules.
 var base = time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
 
-type harness struct {
+// tickHarness is a Scheduler ticked by hand on a manual clock, over fake runs and an
+// in-memory ledger: the Scheduler's tests need no cloud and no store (harness_test.go).
+type tickHarness struct {
 	s      *Scheduler
-	clock  *fakeClock
+	clock  *storetest.Clock
 	ledger *memLedger
 	runs   *fakeRuns
 }
 
-func newHarness(t *testing.T) *harness {
+func newTickHarness(t *testing.T) *tickHarness {
 	t.Helper()
-	h := &harness{clock: &fakeClock{t: base}, ledger: newMemLedger()}
+	h := &tickHarness{clock: storetest.NewClock(base), ledger: newMemLedger()}
 	h.runs = newFakeRuns(h.ledger)
 	h.s = New(Options{RunSlot: h.runs.run, Ledger: h.ledger, Now: h.clock.Now, Manual: true,
 		LateGrace: 5 * time.Second})
@@ -189,15 +179,15 @@ func newHarness(t *testing.T) *harness {
 }
 
 // tick moves the clock and ticks.
-func (h *harness) tick(d time.Duration) time.Time {
-	now := h.clock.Now().Add(d)
-	h.clock.Set(now)
+func (h *tickHarness) tick(d time.Duration) time.Time {
+	h.clock.Advance(d)
+	now := h.clock.Now()
 	h.s.Tick(now)
 	return now
 }
 
 // settle waits until no run is in flight and the ledger writes are done.
-func (h *harness) settle(t *testing.T) {
+func (h *tickHarness) settle(t *testing.T) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for h.s.InFlight() > 0 {
@@ -212,7 +202,7 @@ func (h *harness) settle(t *testing.T) {
 func equal(a, b []string) bool { return fmt.Sprint(a) == fmt.Sprint(b) }
 
 func TestTickRunsEverySlotOnce(t *testing.T) {
-	h := newHarness(t)
+	h := newTickHarness(t)
 	if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute))); err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +227,7 @@ func TestTickRunsEverySlotOnce(t *testing.T) {
 }
 
 func TestOverlapIsRecordedSkipped(t *testing.T) {
-	h := newHarness(t)
+	h := newTickHarness(t)
 	if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute))); err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +254,7 @@ func TestOverlapIsRecordedSkipped(t *testing.T) {
 }
 
 func TestLateTimerRecordsMissedSlots(t *testing.T) {
-	h := newHarness(t)
+	h := newTickHarness(t)
 	if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpNone, time.Minute))); err != nil {
 		t.Fatal(err)
 	}
@@ -311,7 +301,7 @@ func TestStartCatchUp(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := newHarness(t)
+			h := newTickHarness(t)
 			if tt.history {
 				h.ledger.set("p", last, store.OutcomeRan)
 			}
@@ -339,7 +329,7 @@ func TestStartCatchUp(t *testing.T) {
 }
 
 func TestStartBoundsMissedRows(t *testing.T) {
-	h := newHarness(t)
+	h := newTickHarness(t)
 	h.s.opts.MaxMissedRows = 3
 	h.ledger.set("p", base.Add(-time.Hour), store.OutcomeRan)
 	h.clock.Set(base.Add(time.Second))
@@ -355,7 +345,7 @@ func TestStartBoundsMissedRows(t *testing.T) {
 }
 
 func TestDisabledPolicyTakesNoSlots(t *testing.T) {
-	h := newHarness(t)
+	h := newTickHarness(t)
 	off := everyPolicy("off", 10*time.Second, policy.CatchUpLatest, time.Hour)
 	off.Enabled = false
 	h.ledger.set("off", base.Add(-time.Minute), store.OutcomeRan)
@@ -372,7 +362,7 @@ func TestDisabledPolicyTakesNoSlots(t *testing.T) {
 }
 
 func TestSwapAddsRemovesAndChanges(t *testing.T) {
-	h := newHarness(t)
+	h := newTickHarness(t)
 	a := everyPolicy("a", 10*time.Second, policy.CatchUpLatest, time.Minute)
 	b := everyPolicy("b", 10*time.Second, policy.CatchUpLatest, time.Minute)
 	if err := h.s.Start(context.Background(), config(a, b)); err != nil {
@@ -424,7 +414,7 @@ func TestSwapAddsRemovesAndChanges(t *testing.T) {
 }
 
 func TestSwapTakesDueSlotOfOldSchedule(t *testing.T) {
-	h := newHarness(t)
+	h := newTickHarness(t)
 	if err := h.s.Start(context.Background(), config(everyPolicy("a", 10*time.Second, policy.CatchUpLatest, time.Minute))); err != nil {
 		t.Fatal(err)
 	}
@@ -440,7 +430,7 @@ func TestSwapTakesDueSlotOfOldSchedule(t *testing.T) {
 }
 
 func TestPanickingRunIsFailedAndPolicyGoesOn(t *testing.T) {
-	h := newHarness(t)
+	h := newTickHarness(t)
 	if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute))); err != nil {
 		t.Fatal(err)
 	}
@@ -463,7 +453,7 @@ func TestPanickingRunIsFailedAndPolicyGoesOn(t *testing.T) {
 
 func TestDrain(t *testing.T) {
 	t.Run("clean", func(t *testing.T) {
-		h := newHarness(t)
+		h := newTickHarness(t)
 		if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute))); err != nil {
 			t.Fatal(err)
 		}
@@ -485,7 +475,7 @@ func TestDrain(t *testing.T) {
 		}
 	})
 	t.Run("deadline cancels runs", func(t *testing.T) {
-		h := newHarness(t)
+		h := newTickHarness(t)
 		if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute))); err != nil {
 			t.Fatal(err)
 		}
@@ -507,7 +497,7 @@ func TestDrain(t *testing.T) {
 }
 
 func TestStartFailsWhenLedgerFails(t *testing.T) {
-	h := newHarness(t)
+	h := newTickHarness(t)
 	h.ledger.fail = errors.New("disk on fire")
 	err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute)))
 	if err == nil || !errors.Is(err, h.ledger.fail) {

@@ -17,9 +17,11 @@ import (
 
 // drillHarness is a run harness whose four servers (two image-backed, two
 // volume-backed) have a good image each, and a policy with a verify block.
-func drillHarness(t *testing.T, v policy.Verify) (*runHarness, *policy.Policy) {
+func drillHarness(t *testing.T, v policy.Verify) (*harness, *policy.Policy) {
 	t.Helper()
-	h := newRunHarness(t, runHarnessOptions{sim: simcloud.Options{BootTime: 40 * time.Millisecond, SnapshotDeleteTime: 20 * time.Millisecond}})
+	h := newHarness(t, withSim(func(o *simcloud.Options) {
+		o.BootTime, o.SnapshotDeleteTime = 40*time.Millisecond, 20*time.Millisecond
+	}))
 	h.addServers(4)
 	rep, err := h.runner(nil).RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerManual)
 	if err != nil || !rep.OK() || len(rep.Servers) != 4 {
@@ -44,7 +46,7 @@ func drillHarness(t *testing.T, v policy.Verify) (*runHarness, *policy.Policy) {
 }
 
 // leftovers lists the drill servers and restored volumes in the simulator.
-func leftovers(h *runHarness) (servers []string, volumes []simcloud.VolumeState) {
+func leftovers(h *harness) (servers []string, volumes []simcloud.VolumeState) {
 	for _, s := range h.sim.Servers() {
 		if s.Metadata[DrillStampKey] != "" {
 			servers = append(servers, s.ID)
@@ -144,7 +146,7 @@ func TestDrillFailuresAreRecorded(t *testing.T) {
 }
 
 // imageRow finds the lineage row of a result's image.
-func (res DrillResult) imageRow(t *testing.T, h *runHarness) int64 {
+func (res DrillResult) imageRow(t *testing.T, h *harness) int64 {
 	t.Helper()
 	im, err := h.store.ImageByID(context.Background(), res.ImageID)
 	if err != nil {

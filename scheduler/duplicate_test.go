@@ -14,7 +14,7 @@ import (
 // newer one only where the lineage shows a createImage with an unknown outcome for
 // that slot; an older one, or one beside a row with a known outcome, is kept.
 func TestReconcileDuplicate(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{})
+	h := newHarness(t)
 	lost := h.sim.AddServer(simcloud.ServerSpec{Name: "lost", Tags: []string{"backup=daily"}})
 	plain := h.sim.AddServer(simcloud.ServerSpec{Name: "plain", Tags: []string{"backup=daily"}})
 	// The first createImage (server order: by id) answers 500 after making the image.

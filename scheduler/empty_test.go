@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/store"
+	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
 
 type lockedBuffer struct {
@@ -41,7 +41,7 @@ func (l *lockedBuffer) String() string {
 // (last_success stays) and starts imagekeeper_selection_empty_since_timestamp_seconds.
 // On the old code the empty slot was "ran" and counted as a success.
 func TestEmptySelectionIsNotASuccess(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{})
+	h := newHarness(t)
 	ids := h.addServers(2)
 	metrics := NewMetrics(prometheus.NewRegistry(), BuildInfo{Version: "test"})
 	var logs lockedBuffer
@@ -137,11 +137,7 @@ func TestEmptySelectionSurvivesARestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "lineage.db"), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := storetest.MustOpen(t, nil)
 	d1 := time.Date(2026, 11, 23, 2, 30, 0, 0, time.UTC)
 	for i, outcome := range []store.SlotOutcome{store.OutcomeRan, store.OutcomeEmpty, store.OutcomeEmpty} {
 		sl, err := st.StartSlot(ctx, store.Slot{Policy: "web", Slot: d1.AddDate(0, 0, i), Trigger: store.TriggerScheduled})

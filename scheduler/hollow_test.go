@@ -14,7 +14,7 @@ import (
 // image instead; after the grace retention deletes the hollow image and the
 // snapshots it has left, like any failed image.
 func TestHollowImageStopsCounting(t *testing.T) {
-	h := newPruneHarness(t, "      keep_last: 1")
+	h := newHarness(t, retentionScene("      keep_last: 1"))
 	h.server("db", 2)
 	h.slots(2)
 	ctx := context.Background()
@@ -47,7 +47,7 @@ func TestHollowImageStopsCounting(t *testing.T) {
 	if cur, _ := h.store.Image(ctx, older.Row); cur.State != store.ImageGood {
 		t.Errorf("the older, intact image was pruned (%s): the hollow one counted towards keep_last", cur.State)
 	}
-	h.clock.Add(2 * time.Hour)
+	h.clock.Advance(2 * time.Hour)
 	h.prune(PruneOptions{})
 	if cur, _ := h.store.Image(ctx, newest.Row); cur.State != store.ImageDeleted {
 		t.Errorf("after the grace the hollow row is %s, want deleted", cur.State)

@@ -17,7 +17,6 @@ import (
 
 	"github.com/imagekeeper/imagekeeper/cloud"
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
-	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/store"
 )
 
@@ -136,30 +135,32 @@ policies:
     retention: {keep_last: 3}
 `
 
+// hookHarness is the harness with a policy that has hooks, a log of what the hook
+// scripts and the cloud did, in order, and metrics.
 type hookHarness struct {
-	*runHarness
+	*harness
 	log     *hookLog
 	metrics *Metrics
-	p       *policy.Policy
 }
 
-// newHookHarness is a run harness whose policy has hooks: the pre script runs
-// preBody after logging, the post script postBody.
-func newHookHarness(t *testing.T, preBody, postBody, preTimeout, onFailure string, so simcloud.Options) *hookHarness {
-	h := newRunHarness(t, runHarnessOptions{sim: so})
+// newHookHarness is the harness (its simulator changed by sim, when not nil) whose
+// policy has hooks: the pre script runs preBody after logging, the post script
+// postBody.
+func newHookHarness(t *testing.T, preBody, postBody, preTimeout, onFailure string, sim func(*simcloud.Options)) *hookHarness {
 	dir := t.TempDir()
 	lg := &hookLog{path: filepath.Join(dir, "order.log")}
 	pre := hookScript(t, dir, "pre", lg.path, preBody)
 	post := hookScript(t, dir, "post", lg.path, postBody)
-	cfg, err := policy.Parse("hooks.yaml", []byte(fmt.Sprintf(hookPolicyYAML, pre, preTimeout, onFailure, post)))
-	if err != nil {
-		t.Fatalf("parse: %v", err)
+	opts := []harnessOption{withPolicy("hooks.yaml", fmt.Appendf(nil, hookPolicyYAML, pre, preTimeout, onFailure, post))}
+	if sim != nil {
+		opts = append(opts, withSim(sim))
 	}
-	if errs := cfg.CheckHooks(); len(errs) > 0 {
+	h := newHarness(t, opts...)
+	if errs := h.cfg.CheckHooks(); len(errs) > 0 {
 		t.Fatalf("check hooks: %v", errs)
 	}
 	h.cloud = recordingCloud{Cloud: h.cloud, log: lg}
-	return &hookHarness{runHarness: h, log: lg, metrics: NewMetrics(prometheus.NewRegistry(), BuildInfo{}), p: cfg.Policies[0]}
+	return &hookHarness{harness: h, log: lg, metrics: NewMetrics(prometheus.NewRegistry(), BuildInfo{})}
 }
 
 func (h *hookHarness) run(t *testing.T, mod func(*runnerOptions)) (*SlotReport, error) {
@@ -188,8 +189,9 @@ func (h *hookHarness) openHooks(t *testing.T) int {
 // time (the task state has left image_snapshot/image_snapshot_pending, or the
 // Cinder snapshots exist) and long before a slow upload makes the image active.
 func TestHooksOrder(t *testing.T) {
-	h := newHookHarness(t, "", "", "5s", "skip", simcloud.Options{ImageQueueTime: 400 * time.Millisecond,
-		ImageBuildTime: 1500 * time.Millisecond})
+	h := newHookHarness(t, "", "", "5s", "skip", func(o *simcloud.Options) {
+		o.ImageQueueTime, o.ImageBuildTime = 400*time.Millisecond, 1500*time.Millisecond
+	})
 	img := h.sim.AddServer(simcloud.ServerSpec{Name: "db-img", Tags: []string{"backup=daily"}})
 	vol := h.sim.AddServer(simcloud.ServerSpec{Name: "db-vol", Tags: []string{"backup=daily"}, Volumes: 2})
 	h.sim.SlowNextImage(img, 3*time.Second)
@@ -270,7 +272,7 @@ func mustImages(t *testing.T, st *store.Store, pol string) []store.Image {
 func TestHooksPreFails(t *testing.T) {
 	for _, mode := range []string{"skip", "continue"} {
 		t.Run(mode, func(t *testing.T) {
-			h := newHookHarness(t, "echo frozen-not; exit 3", "", "5s", mode, simcloud.Options{})
+			h := newHookHarness(t, "echo frozen-not; exit 3", "", "5s", mode, nil)
 			id := h.sim.AddServer(simcloud.ServerSpec{Name: "db-1", Tags: []string{"backup=daily"}})
 			rep, err := h.run(t, nil)
 			if err != nil {
@@ -319,7 +321,7 @@ func TestHooksPreFails(t *testing.T) {
 func TestHooksPreHangs(t *testing.T) {
 	dir := t.TempDir()
 	pidFile := filepath.Join(dir, "child.pid")
-	h := newHookHarness(t, "sleep 60 & echo $! > "+pidFile+"; sleep 60", "", "1s", "skip", simcloud.Options{})
+	h := newHookHarness(t, "sleep 60 & echo $! > "+pidFile+"; sleep 60", "", "1s", "skip", nil)
 	h.sim.AddServer(simcloud.ServerSpec{Name: "db-1", Tags: []string{"backup=daily"}})
 	start := time.Now()
 	rep, err := h.run(t, nil)
@@ -360,7 +362,7 @@ func TestHooksPreHangs(t *testing.T) {
 
 // TestHooksPostFails: a failing post is recorded and counted; the image is still good.
 func TestHooksPostFails(t *testing.T) {
-	h := newHookHarness(t, "", "echo cannot thaw >&2; exit 1", "5s", "skip", simcloud.Options{})
+	h := newHookHarness(t, "", "echo cannot thaw >&2; exit 1", "5s", "skip", nil)
 	h.sim.AddServer(simcloud.ServerSpec{Name: "db-1", Tags: []string{"backup=daily"}})
 	rep, err := h.run(t, nil)
 	if err != nil || !rep.OK() {
@@ -380,7 +382,7 @@ func TestHooksPostFails(t *testing.T) {
 
 // TestHooksCreateFails: createImage refused after pre: post runs at once.
 func TestHooksCreateFails(t *testing.T) {
-	h := newHookHarness(t, "", "", "5s", "skip", simcloud.Options{})
+	h := newHookHarness(t, "", "", "5s", "skip", nil)
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "db-1", Tags: []string{"backup=daily"}})
 	h.cloud = failCreate{Cloud: h.cloud}
 	rep, err := h.run(t, nil)
@@ -410,8 +412,9 @@ func (failCreate) CreateImage(context.Context, string, string, map[string]string
 // TestHooksDrain: the run is stopped (a drain) between pre and post: post runs at
 // once, and the image is recorded crash-consistent.
 func TestHooksDrain(t *testing.T) {
-	h := newHookHarness(t, "", "", "5s", "skip", simcloud.Options{ImageQueueTime: 30 * time.Second,
-		ImageBuildTime: 60 * time.Second})
+	h := newHookHarness(t, "", "", "5s", "skip", func(o *simcloud.Options) {
+		o.ImageQueueTime, o.ImageBuildTime = 30*time.Second, 60*time.Second
+	})
 	h.sim.AddServer(simcloud.ServerSpec{Name: "db-1", Tags: []string{"backup=daily"}})
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cloud = cancelAfterCreate{Cloud: h.cloud, cancel: cancel}
@@ -448,7 +451,7 @@ func (c cancelAfterCreate) CreateImage(ctx context.Context, s, n string, md map[
 // TestHooksKilledBetween: a process killed after pre and createImage, before post,
 // leaves an open journal row; the next start runs the post first.
 func TestHooksKilledBetween(t *testing.T) {
-	h := newHookHarness(t, "", "", "5s", "skip", simcloud.Options{})
+	h := newHookHarness(t, "", "", "5s", "skip", nil)
 	h.sim.AddServer(simcloud.ServerSpec{Name: "db-1", Tags: []string{"backup=daily"}})
 	_, _ = h.run(t, func(o *runnerOptions) {
 		o.hooks.afterCreate = func(string, string) error { return errors.New("kill -9") }
@@ -484,7 +487,7 @@ func TestHooksHostileName(t *testing.T) {
 	dir := t.TempDir()
 	marker := filepath.Join(dir, "pwned")
 	argsFile := filepath.Join(dir, "args")
-	h := newHookHarness(t, `printf '%s' "$1" > `+argsFile, "", "5s", "skip", simcloud.Options{})
+	h := newHookHarness(t, `printf '%s' "$1" > `+argsFile, "", "5s", "skip", nil)
 	name := "db; touch " + marker + " $(touch " + marker + ") `touch " + marker + "` | x && y > z"
 	h.sim.AddServer(simcloud.ServerSpec{Name: name, Tags: []string{"backup=daily"}})
 	if _, err := h.run(t, nil); err != nil {

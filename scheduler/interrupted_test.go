@@ -17,27 +17,27 @@ import (
 // max_lateness are recorded failed with their reason, and make no image.
 func TestResumeInterruptedSlots(t *testing.T) {
 	ctx := context.Background()
-	e := newReviewEnv(t, "10m")
-	srv := e.fake.AddServer(cloudtest.ServerSpec{Name: "web-1", Tags: []string{"backup=daily"}})
+	h := newHarness(t, fakeCloudScene("10m"))
+	srv := h.fake.AddServer(cloudtest.ServerSpec{Name: "web-1", Tags: []string{"backup=daily"}})
 	start := func(policy string, slot time.Time, trigger string) store.Slot {
 		t.Helper()
-		sl, err := e.store.StartSlot(ctx, store.Slot{Policy: policy, Slot: slot, Due: slot, Trigger: trigger})
+		sl, err := h.store.StartSlot(ctx, store.Slot{Policy: policy, Slot: slot, Due: slot, Trigger: trigger})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return sl
 	}
-	recent := start("web", e.slot, store.TriggerScheduled)
-	manual := start("web", e.slot.Add(-time.Hour), store.TriggerManual)
-	removed := start("gone", e.slot, store.TriggerScheduled)
-	tooLate := start("web", e.slot.Add(-48*time.Hour), store.TriggerScheduled)
+	recent := start("web", h.slot, store.TriggerScheduled)
+	manual := start("web", h.slot.Add(-time.Hour), store.TriggerManual)
+	removed := start("gone", h.slot, store.TriggerScheduled)
+	tooLate := start("web", h.slot.Add(-48*time.Hour), store.TriggerScheduled)
 
-	r := e.runner(e.fake, nil)
+	r := h.runner(nil)
 	interrupted, err := r.InterruptedSlots(ctx)
 	if err != nil || len(interrupted) != 4 {
 		t.Fatalf("InterruptedSlots = %d slots, %v; want 4", len(interrupted), err)
 	}
-	if err := r.ResumeInterruptedSlots(ctx, policy.NewCoordinator(e.cfg), interrupted); err != nil {
+	if err := r.ResumeInterruptedSlots(ctx, policy.NewCoordinator(h.cfg), interrupted); err != nil {
 		t.Fatal(err)
 	}
 	want := map[int64]struct {
@@ -51,7 +51,7 @@ func TestResumeInterruptedSlots(t *testing.T) {
 	}
 	for id, w := range want {
 		var got store.Slot
-		all, err := e.store.Slots(ctx, store.SlotFilter{})
+		all, err := h.store.Slots(ctx, store.SlotFilter{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -65,7 +65,7 @@ func TestResumeInterruptedSlots(t *testing.T) {
 				got.Policy, got.Slot, got.Trigger, got.Outcome, got.Reason, w.outcome, w.reason)
 		}
 	}
-	if n := e.fake.CreateImageCalls(srv); n != 1 {
+	if n := h.fake.CreateImageCalls(srv); n != 1 {
 		t.Errorf("createImage called %d times; only the resumed slot may ask, once", n)
 	}
 	if left, _ := r.InterruptedSlots(ctx); len(left) != 0 {
@@ -79,8 +79,8 @@ func TestResumeInterruptedSlots(t *testing.T) {
 func TestSlotRecordedBeforeWaitingForThePolicy(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	e := newReviewEnv(t, "10m")
-	r := e.runner(e.fake, nil)
+	h := newHarness(t, fakeCloudScene("10m"))
+	r := h.runner(nil)
 	unlock, err := r.sh.LockPolicy(ctx, "web")
 	if err != nil {
 		t.Fatal(err)
@@ -88,12 +88,12 @@ func TestSlotRecordedBeforeWaitingForThePolicy(t *testing.T) {
 	defer unlock()
 	done := make(chan error, 1)
 	go func() {
-		_, err := r.RunSlot(ctx, e.cfg.Version, e.p, e.slot, TriggerScheduled)
+		_, err := r.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerScheduled)
 		done <- err
 	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		sl, err := e.store.SlotByKey(context.Background(), "web", e.slot)
+		sl, err := h.store.SlotByKey(context.Background(), "web", h.slot)
 		if err == nil && sl.Outcome == store.OutcomeRunning {
 			break
 		}

@@ -103,7 +103,7 @@ func (c countingLister) ListServers(ctx context.Context, sel cloud.Selector) ([]
 // is the one its runs select from (no second listing), and preparing the slot again
 // lists nothing more.
 func TestPrepareSlotListsBeforeTheRuns(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{})
+	h := newHarness(t)
 	h.addServers(3)
 	var n atomic.Int32
 	r := h.runner(func(o *runnerOptions) { o.Cloud = countingLister{Cloud: o.Cloud, n: &n} })

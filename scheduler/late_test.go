@@ -14,10 +14,10 @@ import (
 
 // lateHarness is a prune harness whose images take three hours, past the policy's
 // wait_timeout of one hour: every image of a slot times out and completes later.
-func lateHarness(t *testing.T) (*pruneHarness, []string, time.Time) {
-	h := newPruneHarnessWith(t, "      keep_last: 1", func(o *simcloud.Options) {
+func lateHarness(t *testing.T) (*harness, []string, time.Time) {
+	h := newHarness(t, retentionScene("      keep_last: 1"), withSim(func(o *simcloud.Options) {
 		o.ImageBuildTime, o.SnapshotBuildTime = 3*time.Hour, 3*time.Hour
-	})
+	}))
 	ids := []string{h.server("img", 0), h.server("vol", 2)}
 	slot := h.clock.Now().Truncate(24*time.Hour).AddDate(0, 0, -1).Add(2*time.Hour + 30*time.Minute)
 	rep, err := h.r.RunSlot(context.Background(), h.cfg.Version, h.p, slot, TriggerManual)
@@ -42,7 +42,7 @@ func TestLateImageIsKeptThenPromoted(t *testing.T) {
 		}
 	}
 	// Past FailedGrace after the timeout, before the images complete.
-	h.clock.Add(90 * time.Minute)
+	h.clock.Advance(90 * time.Minute)
 	h.prune(PruneOptions{})
 	for _, row := range h.rows() {
 		if row.State != store.ImageFailed {
@@ -53,7 +53,7 @@ func TestLateImageIsKeptThenPromoted(t *testing.T) {
 		}
 	}
 	// The images complete; reconcile (the daemon runs it every 15 minutes) promotes them.
-	h.clock.Add(2 * time.Hour)
+	h.clock.Advance(2 * time.Hour)
 	rep, err := NewReconciler(h.r.sh).Reconcile(ctx, h.cfg, false)
 	if err != nil {
 		t.Fatal(err)
@@ -77,7 +77,7 @@ func TestLateImageIsKeptThenPromoted(t *testing.T) {
 // run looks at the images in their late window and promotes those that completed.
 func TestNextSlotPromotesLateImage(t *testing.T) {
 	h, _, slot := lateHarness(t)
-	h.clock.Add(3 * time.Hour)
+	h.clock.Advance(3 * time.Hour)
 	if _, err := h.r.RunSlot(context.Background(), h.cfg.Version, h.p, slot.AddDate(0, 0, 1), TriggerManual); err != nil {
 		t.Fatal(err)
 	}
@@ -95,14 +95,14 @@ func TestNextSlotPromotesLateImage(t *testing.T) {
 // TestPruneKeepsImageGlanceStillMakes: a failed image that Glance still shows saving
 // (a stuck upload) is never deleted by retention, even long after its late window.
 func TestPruneKeepsImageGlanceStillMakes(t *testing.T) {
-	h := newPruneHarness(t, "      keep_last: 1")
+	h := newHarness(t, retentionScene("      keep_last: 1"))
 	id := h.server("stuck", 0)
 	h.sim.StickNextImage(id)
 	slot := h.clock.Now().Truncate(24*time.Hour).AddDate(0, 0, -1).Add(2*time.Hour + 30*time.Minute)
 	if _, err := h.r.RunSlot(context.Background(), h.cfg.Version, h.p, slot, TriggerManual); err != nil {
 		t.Fatal(err)
 	}
-	h.clock.Add(5 * 24 * time.Hour)
+	h.clock.Advance(5 * 24 * time.Hour)
 	h.prune(PruneOptions{})
 	rows := h.rows()
 	if len(rows) != 1 || rows[0].State != store.ImageFailed {
@@ -116,8 +116,9 @@ func TestPruneKeepsImageGlanceStillMakes(t *testing.T) {
 // TestWatchLatePromotes: the daemon's late watch promotes an image that completes
 // after wait_timeout, and counts it in images_created_total{result="late_good"}.
 func TestWatchLatePromotes(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{waitTimeout: "300ms", sim: simcloud.Options{ImageBuildTime: 1200 * time.Millisecond,
-		SnapshotBuildTime: 1200 * time.Millisecond}})
+	h := newHarness(t, withWaitTimeout("300ms"), withSim(func(o *simcloud.Options) {
+		o.ImageBuildTime, o.SnapshotBuildTime = 1200*time.Millisecond, 1200*time.Millisecond
+	}))
 	h.addServers(2)
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg, testBuild)

@@ -7,31 +7,26 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
 
-// fakeTime is a clock whose sleeps advance it instead of waiting.
-type fakeTime struct {
+// sleepLog is the shared test clock with a log of the sleeps asked of it.
+type sleepLog struct {
+	*storetest.Clock
 	mu    sync.Mutex
-	now   time.Time
 	slept []time.Duration
 }
 
-func (f *fakeTime) Now() time.Time {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.now
-}
-
-func (f *fakeTime) Sleep(ctx context.Context, d time.Duration) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.slept = append(f.slept, d)
-	f.now = f.now.Add(d)
-	return ctx.Err()
+func (l *sleepLog) Sleep(ctx context.Context, d time.Duration) error {
+	l.mu.Lock()
+	l.slept = append(l.slept, d)
+	l.mu.Unlock()
+	return l.Clock.Sleep(ctx, d)
 }
 
 func TestTokenBucketPacesCalls(t *testing.T) {
-	ft := &fakeTime{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	ft := &sleepLog{Clock: storetest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))}
 	b := newTokenBucket(10, ft.Now, ft.Sleep)
 	ctx := context.Background()
 	start := ft.Now()
@@ -61,7 +56,7 @@ func TestTokenBucketPacesCalls(t *testing.T) {
 }
 
 func TestTokenBucketCancelled(t *testing.T) {
-	ft := &fakeTime{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	ft := &sleepLog{Clock: storetest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))}
 	b := newTokenBucket(1, ft.Now, sleepCtx)
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := b.Wait(ctx); err != nil { // the burst token
@@ -76,7 +71,7 @@ func TestTokenBucketCancelled(t *testing.T) {
 func TestTokenBucketHandsBackCancelledTokens(t *testing.T) {
 	// The fake clock starts at the real time: the deadline check compares the
 	// context's (real) deadline with the bucket's clock.
-	ft := &fakeTime{now: time.Now()}
+	ft := &sleepLog{Clock: storetest.NewClock(time.Now())}
 	cancelled := errors.New("cancelled")
 	failing := true
 	b := newTokenBucket(1, ft.Now, func(ctx context.Context, d time.Duration) error {
@@ -114,7 +109,7 @@ func TestTokenBucketHandsBackCancelledTokens(t *testing.T) {
 	}
 	// A reload to a higher rate applies to the next call.
 	b.setRate(100)
-	ft.now = ft.now.Add(time.Second)
+	ft.Advance(time.Second)
 	ft.slept = nil
 	for range 5 {
 		if err := b.Wait(ctx); err != nil {

@@ -3,7 +3,6 @@ package scheduler
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/store"
+	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
 
 const refreshConfig = `
@@ -39,20 +39,20 @@ policies:
 type lineage struct {
 	t     *testing.T
 	st    *store.Store
-	clock time.Time
+	clock *storetest.Clock
 	n     int
 }
 
 func (l *lineage) slot(policyName string, at time.Time, run func(sl store.Slot) store.SlotCounts) {
 	l.t.Helper()
 	ctx := context.Background()
-	l.clock = at
+	l.clock.Set(at)
 	sl, err := l.st.StartSlot(ctx, store.Slot{Policy: policyName, Slot: at, Trigger: store.TriggerScheduled})
 	if err != nil {
 		l.t.Fatal(err)
 	}
 	c := run(sl)
-	l.clock = l.clock.Add(time.Minute)
+	l.clock.Advance(time.Minute)
 	if err := l.st.FinishSlot(ctx, sl.ID, store.OutcomeRan, "", c); err != nil {
 		l.t.Fatal(err)
 	}
@@ -64,8 +64,8 @@ func (l *lineage) image(sl store.Slot, server string, good bool) time.Time {
 	l.t.Helper()
 	ctx := context.Background()
 	l.n++
-	l.clock = l.clock.Add(time.Second)
-	requested := l.clock
+	l.clock.Advance(time.Second)
+	requested := l.clock.Now()
 	im, _, err := l.st.RecordIntent(ctx, store.Intent{Policy: sl.Policy, ServerID: server, Slot: sl.Slot, SlotID: sl.ID,
 		Name: fmt.Sprintf("%s-%d", server, l.n)})
 	if err != nil {
@@ -74,7 +74,7 @@ func (l *lineage) image(sl store.Slot, server string, good bool) time.Time {
 	if _, err := l.st.SetImageID(ctx, im.Row, fmt.Sprintf("img-%d", l.n), false, ""); err != nil {
 		l.t.Fatal(err)
 	}
-	l.clock = l.clock.Add(time.Minute)
+	l.clock.Advance(time.Minute)
 	if good {
 		_, err = l.st.MarkGood(ctx, im.Row, store.Good{})
 	} else {
@@ -92,12 +92,8 @@ func TestMetricsRefresh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &lineage{t: t}
-	l.st, err = store.Open(ctx, filepath.Join(t.TempDir(), "lineage.db"), store.Options{Now: func() time.Time { return l.clock }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.st.Close()
+	clock := storetest.NewClock(time.Time{})
+	l := &lineage{t: t, st: storetest.MustOpen(t, clock), clock: clock}
 
 	// web: slot 1 images a and b; slot 2 images a again, b fails, c is skipped
 	// (ERROR). Worst recovery point: b's image of slot 1; c has none.
@@ -108,7 +104,7 @@ func TestMetricsRefresh(t *testing.T) {
 		bRequested = l.image(sl, "b", true)
 		return store.SlotCounts{Selected: 2, Good: 2}
 	})
-	webLastSuccess := l.clock // slot 2 has a failed image: not a success
+	webLastSuccess := l.clock.Now() // slot 2 has a failed image: not a success
 	l.slot("web", d1.Add(24*time.Hour), func(sl store.Slot) store.SlotCounts {
 		l.image(sl, "a", true)
 		l.image(sl, "b", false) // b's newest good image stays slot 1's

@@ -3,8 +3,6 @@ package scheduler
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +13,6 @@ import (
 	"github.com/imagekeeper/imagekeeper/cloud/openstack"
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
 	"github.com/imagekeeper/imagekeeper/policy"
-	"github.com/imagekeeper/imagekeeper/store"
 )
 
 const metricsSimPolicy = `cloud: sim
@@ -48,12 +45,21 @@ policies:
 // volume-backed one.
 func TestMetricsAfterScriptedRun(t *testing.T) {
 	ctx := context.Background()
-	sim := simcloud.New(simcloud.Options{Seed: 7, DeterministicIDs: true, ImageBuildTime: 80 * time.Millisecond,
-		SnapshotBuildTime: 40 * time.Millisecond, SnapshotDeleteTime: 20 * time.Millisecond})
-	if err := sim.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	defer sim.Close()
+	reg := prometheus.NewPedanticRegistry()
+	m := NewMetrics(reg, testBuild)
+	h := newHarness(t, withPolicy("metrics.yaml", []byte(metricsSimPolicy)),
+		withSim(func(o *simcloud.Options) {
+			*o = simcloud.Options{Seed: 7, ImageBuildTime: 80 * time.Millisecond,
+				SnapshotBuildTime: 40 * time.Millisecond, SnapshotDeleteTime: 20 * time.Millisecond}
+		}),
+		// The adapter's defaults, with the Observe hook feeding the cloud request
+		// metrics as the daemon wires it.
+		withAdapter(func(o *openstack.Options) {
+			*o = openstack.Options{Observe: func(r openstack.Request) {
+				m.ObserveCloudRequest(r.Service, r.Operation, r.Status, r.Duration)
+			}}
+		}))
+	sim, st, cfg := h.sim, h.store, h.cfg
 	tags := []string{"backup=metrics"}
 	for i := 1; i <= 3; i++ {
 		sim.AddServer(simcloud.ServerSpec{Name: fmt.Sprintf("web-%d", i), Tags: tags})
@@ -63,35 +69,10 @@ func TestMetricsAfterScriptedRun(t *testing.T) {
 	busy := sim.AddServer(simcloud.ServerSpec{Name: "busy", Tags: tags})
 	sim.SetServerTaskState(busy, "image_snapshot")
 
-	dir := t.TempDir()
-	cloudsPath := filepath.Join(dir, "clouds.yaml")
-	if err := os.WriteFile(cloudsPath, sim.CloudsYAML("sim"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("OS_CLIENT_CONFIG_FILE", cloudsPath)
-
-	reg := prometheus.NewPedanticRegistry()
-	m := NewMetrics(reg, testBuild)
-	cl, err := openstack.New(ctx, openstack.Options{CloudName: "sim", Observe: func(r openstack.Request) {
-		m.ObserveCloudRequest(r.Service, r.Operation, r.Status, r.Duration)
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := policy.Parse("metrics.yaml", []byte(metricsSimPolicy))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(ctx, filepath.Join(dir, "lineage.db"), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
 	for _, p := range cfg.Policies {
 		m.InitPolicy(p.Name)
 	}
-	r := NewRunner(NewShared(SharedOptions{Cloud: cl, Store: st, Limits: cfg.Limits, Metrics: m,
-		PollInterval: 10 * time.Millisecond, MaxPollInterval: 40 * time.Millisecond}), RunnerOptions{})
+	r := h.runner(func(o *runnerOptions) { o.Metrics = m })
 	web := cfg.Policies[0]
 
 	slot1 := time.Now().UTC().Truncate(time.Hour).Add(-time.Hour)

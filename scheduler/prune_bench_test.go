@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -14,7 +13,7 @@ import (
 	"github.com/imagekeeper/imagekeeper/cloud"
 	"github.com/imagekeeper/imagekeeper/cloud/cloudtest"
 	"github.com/imagekeeper/imagekeeper/policy"
-	"github.com/imagekeeper/imagekeeper/store"
+	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
 
 // BenchmarkPrunePlan measures retention planning over a million lineage rows
@@ -29,13 +28,10 @@ import (
 func BenchmarkPrunePlan(b *testing.B) {
 	const servers, perServer = 10_000, 100
 	ctx := context.Background()
-	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
-	path := filepath.Join(b.TempDir(), "lineage.db")
-	st, err := store.Open(ctx, path, store.Options{Now: func() time.Time { return now }})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
+	clock := storetest.NewClock(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
+	now := clock.Now()
+	st := storetest.MustOpen(b, clock)
+	path := st.Path()
 	loadRows(b, path, st.Owner(), servers, perServer, now)
 
 	cfg, err := policy.Parse("bench.yaml", []byte(`policies:
@@ -61,7 +57,7 @@ func BenchmarkPrunePlan(b *testing.B) {
 		},
 	}
 	r := NewRunner(NewShared(SharedOptions{Cloud: mock, Store: st, Limits: policy.Limits{RequestsPerSecond: 1000},
-		Now: func() time.Time { return now }}), RunnerOptions{})
+		Now: clock.Now}), RunnerOptions{})
 
 	runtime.GC()
 	var peak atomic.Uint64

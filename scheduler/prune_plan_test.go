@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"testing"
@@ -13,7 +12,7 @@ import (
 	"github.com/imagekeeper/imagekeeper/cloud"
 	"github.com/imagekeeper/imagekeeper/cloud/cloudtest"
 	"github.com/imagekeeper/imagekeeper/policy"
-	"github.com/imagekeeper/imagekeeper/store"
+	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
 
 // TestPrunePlanOverManyBatchesMatchesTheFullReport plans a lineage of more servers
@@ -29,13 +28,10 @@ func TestPrunePlanOverManyBatchesMatchesTheFullReport(t *testing.T) {
 	servers := 2*pruneReaders*pruneBatch + 17
 	const perServer = 12
 	ctx := context.Background()
-	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
-	path := filepath.Join(t.TempDir(), "lineage.db")
-	st, err := store.Open(ctx, path, store.Options{Now: func() time.Time { return now }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	clock := storetest.NewClock(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
+	now := clock.Now()
+	st := storetest.MustOpen(t, clock)
+	path := st.Path()
 	loadRows(t, path, st.Owner(), servers, perServer, now)
 	db, err := sql.Open("sqlite3", "file:"+path+"?_journal_mode=WAL&_busy_timeout=10000")
 	if err != nil {
@@ -84,7 +80,7 @@ func TestPrunePlanOverManyBatchesMatchesTheFullReport(t *testing.T) {
 		},
 	}
 	r := NewRunner(NewShared(SharedOptions{Cloud: mock, Store: st, Limits: policy.Limits{RequestsPerSecond: 100000},
-		Now: func() time.Time { return now }}), RunnerOptions{})
+		Now: clock.Now}), RunnerOptions{})
 	ret := NewRetention(r.sh, policy.NewCoordinator(cfg), RetentionOptions{})
 	full, err := ret.Prune(ctx, "nightly", PruneOptions{DryRun: true, Full: true})
 	if err != nil {

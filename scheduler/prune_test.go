@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"reflect"
 	"sort"
 	"strings"
@@ -17,194 +15,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/imagekeeper/imagekeeper/cloud"
-	"github.com/imagekeeper/imagekeeper/cloud/openstack"
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
 	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/store"
 )
-
-// prunePolicyYAML is the policy file of the prune tests: %s is the retention block.
-const prunePolicyYAML = `cloud: sim
-state: /unused/lineage.db
-limits: {concurrency: 4, requests_per_second: 1000}
-policies:
-  - name: nightly
-    select:
-      tags: [backup=nightly]
-    schedule:
-      cron: "30 2 * * *"
-      timezone: UTC
-    image:
-      name: '{{ .Server.Name }}-{{ .Slot.Format "20060102" }}'
-      wait_timeout: 1h
-    retention:
-%s
-`
-
-// pruneClock is the one clock of a prune test: the simulator, the store and the
-// Runner read it, and the Runner's Sleep moves it, so that nothing waits for real.
-type pruneClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *pruneClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *pruneClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-func (c *pruneClock) Sleep(ctx context.Context, d time.Duration) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	c.Add(d)
-	return nil
-}
-
-// pruneHarness is a simulated cloud over HTTP, our OpenStack adapter on it, a store
-// and a Runner, all on one fake clock.
-type pruneHarness struct {
-	t     *testing.T
-	clock *pruneClock
-	sim   *simcloud.Sim
-	cloud cloud.Cloud
-	store *store.Store
-	cfg   *policy.Config
-	p     *policy.Policy
-	r     *Runner
-}
-
-func newPruneHarness(t *testing.T, retention string) *pruneHarness {
-	return newPruneHarnessWith(t, retention, nil)
-}
-
-// newPruneHarnessWith is newPruneHarness with the simulator's options changed by mod.
-func newPruneHarnessWith(t *testing.T, retention string, mod func(*simcloud.Options)) *pruneHarness {
-	t.Helper()
-	clock := &pruneClock{t: time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)}
-	so := simcloud.Options{Seed: 7, DeterministicIDs: true, Now: clock.Now, ImageBuildTime: 2 * time.Minute,
-		SnapshotBuildTime: time.Minute, SnapshotDeleteTime: 30 * time.Second, TokenTTL: 1000 * time.Hour}
-	if mod != nil {
-		mod(&so)
-	}
-	sim := simcloud.New(so)
-	if err := sim.Start("127.0.0.1:0"); err != nil {
-		t.Fatalf("start simulator: %v", err)
-	}
-	t.Cleanup(func() { sim.Close() })
-	dir := t.TempDir()
-	cy := filepath.Join(dir, "clouds.yaml")
-	if err := os.WriteFile(cy, sim.CloudsYAML("sim"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("OS_CLIENT_CONFIG_FILE", cy)
-	ctx := context.Background()
-	cl, err := openstack.New(ctx, openstack.Options{CloudName: "sim", RetryBaseDelay: time.Millisecond, MaxRetries: -1,
-		RequestTimeout: 20 * time.Second})
-	if err != nil {
-		t.Fatalf("openstack.New on the simulator: %v", err)
-	}
-	cfg, err := policy.Parse("prune.yaml", fmt.Appendf(nil, prunePolicyYAML, retention))
-	if err != nil {
-		t.Fatalf("parse test policy: %v", err)
-	}
-	st, err := store.Open(ctx, filepath.Join(dir, "lineage.db"), store.Options{Now: clock.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	h := &pruneHarness{t: t, clock: clock, sim: sim, cloud: cl, store: st, cfg: cfg, p: cfg.Policies[0]}
-	h.r = NewRunner(NewShared(SharedOptions{Cloud: cl, Store: st, Limits: cfg.Limits, Now: clock.Now, Sleep: clock.Sleep,
-		PollInterval: 10 * time.Second, MaxPollInterval: time.Minute}), RunnerOptions{})
-	return h
-}
-
-// server adds a tagged server with n volumes (0: image-backed).
-func (h *pruneHarness) server(name string, volumes int) string {
-	return h.sim.AddServer(simcloud.ServerSpec{Name: name, Volumes: volumes, Tags: []string{"backup=nightly"}})
-}
-
-// slots runs the policy's slot on each of the days before the clock's day, oldest
-// first, and checks that every server got a good image.
-func (h *pruneHarness) slots(days int) {
-	h.t.Helper()
-	today := h.clock.Now().Truncate(24 * time.Hour)
-	for d := days; d >= 1; d-- {
-		slot := today.AddDate(0, 0, -d).Add(2*time.Hour + 30*time.Minute)
-		rep, err := h.r.RunSlot(context.Background(), h.cfg.Version, h.p, slot, TriggerManual)
-		if err != nil {
-			h.t.Fatalf("run slot %v: %v", slot, err)
-		}
-		for _, s := range rep.Servers {
-			if s.Outcome != ServerGood {
-				h.t.Fatalf("slot %v: server %s: %s (%s)", slot, s.ServerID, s.Outcome, s.Reason)
-			}
-		}
-	}
-}
-
-func (h *pruneHarness) prune(opts PruneOptions) *PruneReport {
-	h.t.Helper()
-	rep, err := NewRetention(h.r.sh, policy.NewCoordinator(h.cfg), RetentionOptions{}).Prune(context.Background(), h.p.Name, opts)
-	if err != nil {
-		h.t.Fatalf("prune: %v", err)
-	}
-	return rep
-}
-
-func (h *pruneHarness) rows(states ...store.ImageState) []store.Image {
-	h.t.Helper()
-	rows, err := h.store.Images(context.Background(), store.ImageFilter{Policy: h.p.Name, States: states})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return rows
-}
-
-func (h *pruneHarness) snapshotsOf(row int64) []store.Snapshot {
-	h.t.Helper()
-	s, err := h.store.Snapshots(context.Background(), row)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return s
-}
-
-// checkDeletedGone asserts that every deleted row's image and snapshots are gone
-// from the cloud, and every good row's are there.
-func (h *pruneHarness) checkDeletedGone() {
-	h.t.Helper()
-	for _, row := range h.rows() {
-		_, imageThere := h.sim.Image(row.ImageID)
-		switch row.State {
-		case store.ImageDeleted:
-			if imageThere {
-				h.t.Errorf("row %d deleted, image %s still in the cloud", row.Row, row.ImageID)
-			}
-			for _, sn := range h.snapshotsOf(row.Row) {
-				if _, ok := h.sim.Snapshot(sn.SnapshotID); ok || sn.State != store.SnapshotDeleted {
-					h.t.Errorf("row %d deleted, snapshot %s in cloud=%v, lineage %s", row.Row, sn.SnapshotID, ok, sn.State)
-				}
-			}
-		case store.ImageGood:
-			if !imageThere {
-				h.t.Errorf("row %d good, image %s not in the cloud", row.Row, row.ImageID)
-			}
-			for _, sn := range h.snapshotsOf(row.Row) {
-				if cs, ok := h.sim.Snapshot(sn.SnapshotID); !ok || cs.Status != cloud.SnapshotAvailable {
-					h.t.Errorf("row %d good, snapshot %s in cloud=%v status %s", row.Row, sn.SnapshotID, ok, cs.Status)
-				}
-			}
-		}
-	}
-}
 
 // countActions returns the report's counts, after checking that they agree with
 // its items (every image is listed in a full report; in a short one, the images
@@ -225,7 +39,7 @@ func countActions(t *testing.T, rep *PruneReport, full bool) map[PruneAction]int
 }
 
 func TestPruneDeletesImageAndVolumeBackedWithSnapshots(t *testing.T) {
-	h := newPruneHarness(t, "      keep_last: 2")
+	h := newHarness(t, retentionScene("      keep_last: 2"))
 	h.server("app", 0)
 	vol := h.server("db", 2)
 	h.slots(4)
@@ -283,7 +97,7 @@ func TestPruneDeletesImageAndVolumeBackedWithSnapshots(t *testing.T) {
 }
 
 func TestPruneDryRunChangesNothing(t *testing.T) {
-	h := newPruneHarness(t, "      keep_last: 1")
+	h := newHarness(t, retentionScene("      keep_last: 1"))
 	h.server("app", 0)
 	h.server("db", 1)
 	h.slots(3)
@@ -339,7 +153,7 @@ func TestPruneDryRunChangesNothing(t *testing.T) {
 }
 
 func TestPruneKeepsProtectedImageAndRechecksLater(t *testing.T) {
-	h := newPruneHarness(t, "      keep_last: 1")
+	h := newHarness(t, retentionScene("      keep_last: 1"))
 	h.server("db", 1)
 	h.slots(2)
 	old := h.rows(store.ImageGood)[0] // ordered by slot: the oldest
@@ -367,7 +181,7 @@ func TestPruneKeepsProtectedImageAndRechecksLater(t *testing.T) {
 	}
 
 	// Not retried every cycle: an hour later, no call about it at all.
-	h.clock.Add(time.Hour)
+	h.clock.Advance(time.Hour)
 	h.sim.ResetRequests()
 	rep = h.prune(PruneOptions{})
 	if got := countActions(t, rep, false); got[PruneProtected] != 1 {
@@ -379,7 +193,7 @@ func TestPruneKeepsProtectedImageAndRechecksLater(t *testing.T) {
 
 	// Once the recheck is due and someone unprotected it, it goes.
 	h.sim.SetImageProtected(old.ImageID, false)
-	h.clock.Add(ProtectedRecheck)
+	h.clock.Advance(ProtectedRecheck)
 	rep = h.prune(PruneOptions{})
 	if got := countActions(t, rep, false); got[PruneDeleted] != 1 {
 		t.Fatalf("prune after unprotect: actions = %v, want 1 deleted", got)
@@ -392,7 +206,7 @@ func TestPruneKeepsProtectedImageAndRechecksLater(t *testing.T) {
 // and agree with the real run on every other image. Before plan-then-execute, the
 // dry run never asked Glance and showed it as delete.
 func TestPruneDryRunShowsWhatTheRealRunDoes(t *testing.T) {
-	h := newPruneHarness(t, "      keep_last: 1")
+	h := newHarness(t, retentionScene("      keep_last: 1"))
 	h.server("db", 1)
 	h.server("app", 0)
 	h.slots(3)
@@ -444,7 +258,7 @@ func TestPruneDryRunShowsWhatTheRealRunDoes(t *testing.T) {
 }
 
 func TestPruneSnapshotInUseIsKeptAndRetriedWithBackoff(t *testing.T) {
-	h := newPruneHarness(t, "      keep_last: 1")
+	h := newHarness(t, retentionScene("      keep_last: 1"))
 	h.server("db", 2)
 	h.slots(2)
 	old := h.rows(store.ImageGood)[0]
@@ -481,7 +295,7 @@ func TestPruneSnapshotInUseIsKeptAndRetriedWithBackoff(t *testing.T) {
 
 	// Within the backoff: nothing is asked of Cinder.
 	h.sim.ResetRequests()
-	h.clock.Add(RetryBackoffBase / 2)
+	h.clock.Advance(RetryBackoffBase / 2)
 	rep = h.prune(PruneOptions{})
 	if got := countActions(t, rep, false); got[PrunePending] != 1 {
 		t.Fatalf("actions within backoff = %v", got)
@@ -491,7 +305,7 @@ func TestPruneSnapshotInUseIsKeptAndRetriedWithBackoff(t *testing.T) {
 	}
 
 	// After the backoff, still busy: kept again, with a longer wait.
-	h.clock.Add(RetryBackoffBase)
+	h.clock.Advance(RetryBackoffBase)
 	h.prune(PruneOptions{})
 	sn2, _ := h.store.SnapshotByID(context.Background(), busy)
 	if sn2.State != store.SnapshotKeptInUse || sn2.DeleteAttempts != 2 {
@@ -503,7 +317,7 @@ func TestPruneSnapshotInUseIsKeptAndRetriedWithBackoff(t *testing.T) {
 
 	// The volume goes away (here: the snapshot vanishes for good); the journal ends.
 	h.sim.DeleteSnapshotDirect(busy)
-	h.clock.Add(RetryBackoffMax)
+	h.clock.Advance(RetryBackoffMax)
 	rep = h.prune(PruneOptions{})
 	if got := countActions(t, rep, false); got[PruneDeleted] != 1 {
 		t.Fatalf("after the volume went: actions = %v, want 1 deleted", got)
@@ -529,7 +343,7 @@ func TestPruneResumesAfterCrashAtEachStep(t *testing.T) {
 		{"before mark deleted", func(k *pruneHooks) { k.beforeMarkDeleted = func(int64) error { return crash } }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := newPruneHarness(t, "      keep_last: 1")
+			h := newHarness(t, retentionScene("      keep_last: 1"))
 			h.server("db", 2)
 			h.slots(2)
 			old := h.rows(store.ImageGood)[0]
@@ -559,7 +373,7 @@ func TestPruneResumesAfterCrashAtEachStep(t *testing.T) {
 // our stamp on to any image made of it. That image has no lineage row, so no prune
 // may ever delete it, however its stamp reads.
 func TestPruneNeverTouchesInheritedStamp(t *testing.T) {
-	h := newPruneHarness(t, "      keep_last: 1")
+	h := newHarness(t, retentionScene("      keep_last: 1"))
 	h.server("app", 0)
 	h.slots(1)
 	ours := h.rows(store.ImageGood)[0]
@@ -570,7 +384,7 @@ func TestPruneNeverTouchesInheritedStamp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.clock.Add(time.Hour)
+	h.clock.Advance(time.Hour)
 	fi, ok := h.sim.Image(foreign)
 	if !ok {
 		t.Fatal("hand-made image missing")
@@ -581,7 +395,7 @@ func TestPruneNeverTouchesInheritedStamp(t *testing.T) {
 	// More of our own images, so that retention has work to do.
 	h.slots(3)
 	h.prune(PruneOptions{})
-	h.clock.Add(48 * time.Hour)
+	h.clock.Advance(48 * time.Hour)
 	h.prune(PruneOptions{})
 	if _, ok := h.sim.Image(foreign); !ok {
 		t.Fatal("the image with an inherited stamp was deleted")
@@ -592,7 +406,7 @@ func TestPruneNeverTouchesInheritedStamp(t *testing.T) {
 }
 
 func TestPruneHonoursMaxDeletionsPerRun(t *testing.T) {
-	h := newPruneHarness(t, "      keep_last: 1\n      max_deletions_per_run: 4")
+	h := newHarness(t, retentionScene("      keep_last: 1\n      max_deletions_per_run: 4"))
 	for i := range 3 {
 		h.server(fmt.Sprintf("app-%d", i), i%2)
 	}
@@ -631,7 +445,7 @@ func TestPruneWhenServerGone(t *testing.T) {
 		deleted int
 	}{{"keep", 0}, {"apply", 2}} {
 		t.Run(tc.mode, func(t *testing.T) {
-			h := newPruneHarness(t, "      keep_last: 1\n      when_server_gone: "+tc.mode)
+			h := newHarness(t, retentionScene("      keep_last: 1\n      when_server_gone: "+tc.mode))
 			id := h.server("app", 0)
 			h.slots(3)
 			h.sim.RemoveServer(id)
@@ -657,7 +471,7 @@ func TestPruneWhenServerGone(t *testing.T) {
 // TestPruneSkipsPolicyNotInForce: retention asks the config owner for the policy
 // once it holds the lock; a policy absent or disabled then deletes nothing.
 func TestPruneSkipsPolicyNotInForce(t *testing.T) {
-	h := newPruneHarness(t, "      keep_last: 1")
+	h := newHarness(t, retentionScene("      keep_last: 1"))
 	h.server("app", 0)
 	h.slots(3)
 	removed := *h.cfg
@@ -701,7 +515,7 @@ func TestPruneSkipsPolicyNotInForce(t *testing.T) {
 // TestPruneRefusesForeignStamp: a lineage row whose image id points at an image that
 // is not stamped for it (here: another installation's) is never deleted.
 func TestPruneRefusesForeignStamp(t *testing.T) {
-	h := newPruneHarness(t, "      keep_last: 1")
+	h := newHarness(t, retentionScene("      keep_last: 1"))
 	h.server("app", 0)
 	h.slots(2)
 	srvX := h.server("x", 0) // live, selected, with no image of our own yet
@@ -750,7 +564,7 @@ func TestPruneRefusesForeignStamp(t *testing.T) {
 // adapter's retries) leaves the journal open with a backoff; the next prune after it
 // finishes the job.
 func TestPruneDefersOnCloudErrorAndRetries(t *testing.T) {
-	h := newPruneHarness(t, "      keep_last: 1")
+	h := newHarness(t, retentionScene("      keep_last: 1"))
 	h.server("app", 0)
 	h.slots(2)
 	old := h.rows(store.ImageGood)[0]
@@ -766,7 +580,7 @@ func TestPruneDefersOnCloudErrorAndRetries(t *testing.T) {
 	if _, ok := h.sim.Image(old.ImageID); !ok {
 		t.Fatal("image gone although the delete failed")
 	}
-	h.clock.Add(RetryBackoffBase)
+	h.clock.Advance(RetryBackoffBase)
 	rep = h.prune(PruneOptions{})
 	if got := countActions(t, rep, false); got[PruneDeleted] != 1 {
 		t.Fatalf("retry: actions = %v, want 1 deleted", got)
@@ -779,7 +593,7 @@ func TestPruneDefersOnCloudErrorAndRetries(t *testing.T) {
 // journal deletes what is left of it (Nova already deleted the image; the error
 // snapshots stay behind in Cinder).
 func TestPruneCleansFailedImageAfterGrace(t *testing.T) {
-	h := newPruneHarness(t, "      keep_last: 3")
+	h := newHarness(t, retentionScene("      keep_last: 3"))
 	srv := h.server("db", 2)
 	h.slots(1)
 	h.sim.FailNextSnapshot(srv)
@@ -819,7 +633,7 @@ func TestPruneCleansFailedImageAfterGrace(t *testing.T) {
 		t.Fatalf("failed image within grace: reasons %q", reasons)
 	}
 
-	h.clock.Add(h.p.Image.WaitTimeout + policy.FailedGrace)
+	h.clock.Advance(h.p.Image.WaitTimeout + policy.FailedGrace)
 	rep2 = h.prune(PruneOptions{})
 	if got := countActions(t, rep2, false); got[PruneDeleted] != 1 || got[PruneKeep] != 1 {
 		t.Fatalf("after the grace: actions = %v, want the failed one deleted and the good one kept", got)
@@ -833,15 +647,14 @@ func TestPruneCleansFailedImageAfterGrace(t *testing.T) {
 }
 
 func TestPruneCountsDeletionsInMetrics(t *testing.T) {
-	h := newPruneHarness(t, "      keep_last: 1")
+	h := newHarness(t, retentionScene("      keep_last: 1"))
 	h.server("app", 0)
 	h.server("db", 2)
 	h.slots(2)
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg, BuildInfo{Version: "test"})
 	m.InitPolicy(h.p.Name)
-	h.r = NewRunner(NewShared(SharedOptions{Cloud: h.cloud, Store: h.store, Limits: h.cfg.Limits, Now: h.clock.Now, Sleep: h.clock.Sleep,
-		PollInterval: 10 * time.Second, MaxPollInterval: time.Minute, Metrics: m}), RunnerOptions{})
+	h.r = h.runner(func(o *runnerOptions) { o.Metrics = m })
 	h.prune(PruneOptions{})
 	for _, tc := range []struct {
 		vec  *prometheus.CounterVec
@@ -859,7 +672,7 @@ func TestPruneCountsDeletionsInMetrics(t *testing.T) {
 // run queued behind retention for over a minute. Retention must let go at once
 // and leave the snapshot to the journal, never delay a backup.
 func TestRetentionYieldsThePolicyLockToABackupRun(t *testing.T) {
-	h := newPruneHarness(t, "      keep_last: 1")
+	h := newHarness(t, retentionScene("      keep_last: 1"))
 	h.server("db", 1)
 	h.slots(2)
 
@@ -913,7 +726,7 @@ func TestRetentionYieldsThePolicyLockToABackupRun(t *testing.T) {
 
 	// The next prune finishes the journal once Cinder answers again.
 	h.sim.ClearFaults()
-	h.clock.Add(time.Minute)
+	h.clock.Advance(time.Minute)
 	h.prune(PruneOptions{})
 	if n := len(h.rows(store.ImageDeleting)); n != 0 {
 		t.Errorf("%d rows still deleting after the next prune", n)
@@ -929,7 +742,7 @@ func TestRetentionYieldsThePolicyLockToABackupRun(t *testing.T) {
 // the old config decided are left for a prune by the new one (issue 11; the soak's
 // kept_by_config saw a removed policy's images deleted 1.4 s after the reload).
 func TestPruneStopsWhenReloadSupersedesItsConfig(t *testing.T) {
-	h := newPruneHarness(t, "      keep_last: 1")
+	h := newHarness(t, retentionScene("      keep_last: 1"))
 	h.server("app", 0)
 	h.server("db", 1)
 	h.slots(3)
@@ -946,4 +759,48 @@ func TestPruneStopsWhenReloadSupersedesItsConfig(t *testing.T) {
 	if rep.Superseded || h.sim.Requests()["image.delete"] != 4 {
 		t.Fatalf("the next prune: superseded %v, %d image deletes in all, want 4", rep.Superseded, h.sim.Requests()["image.delete"])
 	}
+}
+
+// TestPruneProtectedImageGoneIsNotGood: a kept_protected image that is gone from
+// Glance when its recheck comes (someone unprotected and deleted it) must not go back
+// to good: a row recorded good whose image does not exist counts towards min_keep
+// and the keep rules in place of a real backup, and tells the gauges a server has a
+// backup it does not have. It becomes failed, so that the journal cleans the
+// snapshots left behind.
+func TestPruneProtectedImageGoneIsNotGood(t *testing.T) {
+	h := newHarness(t, retentionScene("      keep_last: 1"))
+	h.server("db", 1)
+	h.slots(2)
+	good := h.rows(store.ImageGood)
+	old, newest := good[0], good[1]
+	if !h.sim.SetImageProtected(old.ImageID, true) {
+		t.Fatal("cannot protect the image")
+	}
+	h.prune(PruneOptions{})
+	if row, _ := h.store.Image(context.Background(), old.Row); row.State != store.ImageKeptProtected {
+		t.Fatalf("old row is %s, want kept_protected", row.State)
+	}
+	// The newest image is deleted behind our back and reconcile --fix records it.
+	h.sim.DeleteImageDirect(newest.ImageID)
+	if _, err := h.store.MarkGone(context.Background(), newest.Row, "gone (test)"); err != nil {
+		t.Fatal(err)
+	}
+	// And so is the protected one.
+	h.sim.DeleteImageDirect(old.ImageID)
+	h.clock.Advance(ProtectedRecheck + time.Minute)
+	h.prune(PruneOptions{})
+	row, err := h.store.Image(context.Background(), old.Row)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if row.State == store.ImageGood {
+		t.Fatalf("row of image %s, gone from Glance, is recorded good", old.ImageID)
+	}
+	// Past the failed grace, the journal deletes the snapshots it left behind.
+	h.clock.Advance(time.Hour + policy.FailedGrace + time.Minute)
+	h.prune(PruneOptions{})
+	if row, _ := h.store.Image(context.Background(), old.Row); row.State != store.ImageDeleted {
+		t.Fatalf("old row is %s (%s), want deleted", row.State, row.LastError)
+	}
+	h.checkDeletedGone()
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"github.com/imagekeeper/imagekeeper/cloud/cloudtest"
 	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/store"
+	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
 
 // BenchmarkReconcileMillion measures a report-only reconcile over a lineage of a
@@ -25,13 +25,10 @@ import (
 func BenchmarkReconcileMillion(b *testing.B) {
 	const servers, perServer, live = 10_000, 100, 10
 	ctx := context.Background()
-	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
-	path := filepath.Join(b.TempDir(), "lineage.db")
-	st, err := store.Open(ctx, path, store.Options{Now: func() time.Time { return now }})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
+	clock := storetest.NewClock(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
+	now := clock.Now()
+	st := storetest.MustOpen(b, clock)
+	path := st.Path()
 	owner := st.Owner()
 	db, err := sql.Open("sqlite3", "file:"+path+"?_journal_mode=WAL&_foreign_keys=1&_busy_timeout=10000")
 	if err != nil {
@@ -75,7 +72,7 @@ func BenchmarkReconcileMillion(b *testing.B) {
 		ListSnapshotsFunc: func(context.Context) ([]cloud.Snapshot, error) { return nil, nil },
 	}
 	r := NewRunner(NewShared(SharedOptions{Cloud: mock, Store: st, Limits: policy.Limits{RequestsPerSecond: 1000},
-		Now: func() time.Time { return now }}), RunnerOptions{})
+		Now: clock.Now}), RunnerOptions{})
 
 	var mu sync.Mutex
 	var longest time.Duration

@@ -27,7 +27,7 @@ type reconcileScene struct {
 	appServer, dbServer, db2Serv string
 }
 
-func arrangeDrift(t *testing.T, h *pruneHarness) reconcileScene {
+func arrangeDrift(t *testing.T, h *harness) reconcileScene {
 	t.Helper()
 	ctx := context.Background()
 	var sc reconcileScene
@@ -82,7 +82,7 @@ func arrangeDrift(t *testing.T, h *pruneHarness) reconcileScene {
 	if sc.inheritedImage, err = h.cloud.CreateImage(ctx, clone, "by-hand", nil); err != nil {
 		t.Fatal(err)
 	}
-	h.clock.Add(2 * time.Hour) // past wait_timeout of the intent; the hand-made image is active
+	h.clock.Advance(2 * time.Hour) // past wait_timeout of the intent; the hand-made image is active
 	return sc
 }
 
@@ -95,7 +95,7 @@ func findingsBy(rep *ReconcileReport) map[DriftCategory][]DriftFinding {
 }
 
 func TestReconcileReportsAndFixesEachCategory(t *testing.T) {
-	h := newPruneHarness(t, "      keep_last: 2")
+	h := newHarness(t, retentionScene("      keep_last: 2"))
 	sc := arrangeDrift(t, h)
 	ctx := context.Background()
 
@@ -123,7 +123,7 @@ func TestReconcileReportsAndFixesEachCategory(t *testing.T) {
 			t.Errorf("without fix: %s %s%s acted %q", f.Category, f.ImageID, f.SnapshotID, f.Action)
 		}
 	}
-	h.clock.Add(time.Minute) // Cinder finishes the deletion
+	h.clock.Advance(time.Minute) // Cinder finishes the deletion
 	if _, ok := h.sim.Snapshot(sc.resurrectedSnap); ok {
 		t.Error("leftover of a deleted image still in Cinder")
 	}
@@ -184,7 +184,7 @@ func TestReconcileReportsAndFixesEachCategory(t *testing.T) {
 // TestReconcilePreviewChangesNothing checks that a preview finds what a reconcile
 // would, changes neither the cloud nor the lineage, and says what would be done.
 func TestReconcilePreviewChangesNothing(t *testing.T) {
-	h := newPruneHarness(t, "      keep_last: 2")
+	h := newHarness(t, retentionScene("      keep_last: 2"))
 	sc := arrangeDrift(t, h)
 	ctx := context.Background()
 	before, err := h.store.Lineage(ctx, store.ImageFilter{})
@@ -222,7 +222,7 @@ func TestReconcilePreviewChangesNothing(t *testing.T) {
 			t.Errorf("%s %s%s: action %q, want %q", f.Category, f.ImageID, f.SnapshotID, f.Action, action)
 		}
 	}
-	h.clock.Add(time.Minute)
+	h.clock.Advance(time.Minute)
 	if _, ok := h.sim.Snapshot(sc.resurrectedSnap); !ok {
 		t.Error("the preview deleted a leftover snapshot")
 	}
@@ -242,7 +242,7 @@ func TestReconcilePreviewChangesNothing(t *testing.T) {
 // unknown-outcome row (failed after a createImage was sent) does not claim it
 // needs --fix: the daemon's periodic reconcile adopts it without.
 func TestReconcilePreviewLeakNeedsNoFix(t *testing.T) {
-	h := newPruneHarness(t, "      keep_last: 2")
+	h := newHarness(t, retentionScene("      keep_last: 2"))
 	sc := arrangeDrift(t, h)
 	ctx := context.Background()
 	if _, err := h.store.BeginAttempt(ctx, sc.adoptRow, "app-lost", nil); err != nil {

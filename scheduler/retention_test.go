@@ -16,7 +16,7 @@ import (
 // once it holds the lock: keep_last raised by a reload in the meantime deletes
 // nothing that the new rule keeps.
 func TestRetentionRequestMergesAndDecidesLate(t *testing.T) {
-	h := newPruneHarness(t, "      keep_last: 1")
+	h := newHarness(t, retentionScene("      keep_last: 1"))
 	h.server("app", 0)
 	h.slots(3)
 	cfgs := policy.NewCoordinator(h.cfg)

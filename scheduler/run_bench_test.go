@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imagekeeper/imagekeeper/cloud/openstack"
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
 	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/store"
@@ -34,9 +35,9 @@ func BenchmarkRunSlot1000(b *testing.B) {
 	)
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		h := newRunHarness(b, runHarnessOptions{waitTimeout: "10m", pageSize: 1000, sim: simcloud.Options{
-			ImageBuildTime: build, SnapshotBuildTime: build, MaxLimit: 1000,
-		}})
+		h := newHarness(b, withWaitTimeout("10m"),
+			withAdapter(func(o *openstack.Options) { o.PageSize = 1000 }),
+			withSim(func(o *simcloud.Options) { o.ImageBuildTime, o.SnapshotBuildTime, o.MaxLimit = build, build, 1000 }))
 		for j := 0; j < servers; j++ {
 			h.sim.AddServer(simcloud.ServerSpec{Name: fmt.Sprintf("web-%04d", j), Tags: []string{"backup=daily"}})
 		}

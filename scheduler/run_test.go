@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -16,221 +13,19 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/imagekeeper/imagekeeper/cloud"
+	"github.com/imagekeeper/imagekeeper/cloud/cloudtest"
 	"github.com/imagekeeper/imagekeeper/cloud/openstack"
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
 	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/store"
 )
 
-// testPolicyYAML is the policy file of the run tests; %s is the wait_timeout.
-const testPolicyYAML = `cloud: sim
-state: /unused/lineage.db
-limits: {concurrency: 8, requests_per_second: 2000}
-policies:
-  - name: web
-    select:
-      tags: [backup=daily]
-      exclude_tags: [no-backup]
-    schedule:
-      cron: "30 2 * * *"
-      timezone: Asia/Shanghai
-      spread: 20m
-    image:
-      name: '{{ .Server.Name }}-{{ .Slot.Format "20060102-1504" }}'
-      metadata:
-        source: '{{ .Server.ID }}'
-      wait_timeout: %s
-    retention:
-      keep_last: 3
-`
-
-// harness is a simulated cloud over HTTP, our adapter on it, a temp-dir store and
-// a compiled policy.
-type runHarness struct {
-	t     testing.TB
-	sim   *simcloud.Sim
-	cloud cloud.Cloud
-	store *store.Store
-	cfg   *policy.Config
-	p     *policy.Policy
-	slot  time.Time
-	path  string
-}
-
-type runHarnessOptions struct {
-	waitTimeout string
-	sim         simcloud.Options
-	maxRetries  int // of the adapter; 0 for its default
-	pageSize    int // of the adapter; 0 leaves it to the cloud
-}
-
-func newRunHarness(t testing.TB, o runHarnessOptions) *runHarness {
-	t.Helper()
-	if o.waitTimeout == "" {
-		o.waitTimeout = "20s"
-	}
-	if o.sim.ImageBuildTime == 0 {
-		o.sim.ImageBuildTime = 100 * time.Millisecond
-	}
-	if o.sim.SnapshotBuildTime == 0 {
-		o.sim.SnapshotBuildTime = 60 * time.Millisecond
-	}
-	if o.sim.Seed == 0 {
-		o.sim.Seed = 42
-	}
-	o.sim.DeterministicIDs = true // ids of the seed alone: ties in listings break the same way every run
-	sim := simcloud.New(o.sim)
-	if err := sim.Start("127.0.0.1:0"); err != nil {
-		t.Fatalf("start simulator: %v", err)
-	}
-	t.Cleanup(func() { sim.Close() })
-	dir := t.TempDir()
-	cy := filepath.Join(dir, "clouds.yaml")
-	if err := os.WriteFile(cy, sim.CloudsYAML("sim"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("OS_CLIENT_CONFIG_FILE", cy)
-	ctx := context.Background()
-	cl, err := openstack.New(ctx, openstack.Options{CloudName: "sim", RetryBaseDelay: 5 * time.Millisecond, MaxRetries: o.maxRetries, PageSize: o.pageSize,
-		RequestTimeout: 20 * time.Second, CreateImageTimeout: 10 * time.Second})
-	if err != nil {
-		t.Fatalf("openstack.New on the simulator: %v", err)
-	}
-	cfg, err := policy.Parse("test.yaml", []byte(fmt.Sprintf(testPolicyYAML, o.waitTimeout)))
-	if err != nil {
-		t.Fatalf("parse test policy: %v", err)
-	}
-	path := filepath.Join(dir, "lineage.db")
-	st, err := store.Open(ctx, path, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return &runHarness{t: t, sim: sim, cloud: cl, store: st, cfg: cfg, p: cfg.Policies[0], path: path,
-		slot: time.Date(2026, 11, 24, 18, 30, 0, 0, time.UTC)}
-}
-
-// runner returns a Runner on the harness with fast polling.
-func (h *runHarness) runner(mod func(*runnerOptions)) *Runner {
-	o := runnerOptions{SharedOptions: SharedOptions{Cloud: h.cloud, Store: h.store, Limits: h.cfg.Limits,
-		PollInterval: 10 * time.Millisecond, MaxPollInterval: 40 * time.Millisecond}}
-	if mod != nil {
-		mod(&o)
-	}
-	return o.runner()
-}
-
-// runnerOptions are a test's options of a Runner and of the Shared it runs on, in
-// one struct so that a test's mod can set either.
-type runnerOptions struct {
-	SharedOptions
-	RunnerOptions
-}
-
-// runner returns a Runner with o on resources of its own.
-func (o runnerOptions) runner() *Runner {
-	return NewRunner(NewShared(o.SharedOptions), o.RunnerOptions)
-}
-
-// addServers adds n tagged servers, every other one volume-backed (1 or 2 volumes).
-func (h *runHarness) addServers(n int) []string {
-	var ids []string
-	for i := 0; i < n; i++ {
-		spec := simcloud.ServerSpec{Name: fmt.Sprintf("web-%02d", i), Tags: []string{"backup=daily"}, AZ: "az-" + fmt.Sprint(i%2+1)}
-		if i%2 == 1 {
-			spec.Volumes = 1 + i%4/3 // 1 or 2 volumes
-		}
-		ids = append(ids, h.sim.AddServer(spec))
-	}
-	return ids
-}
-
-// stampedImages returns the simulator's images stamped for the slot by server.
-func (h *runHarness) stampedImages() map[string][]simcloud.ImageState {
-	out := map[string][]simcloud.ImageState{}
-	for _, im := range h.sim.Images() {
-		st, ok := cloud.StampOf(im.Properties)
-		if !ok || st.Owner != h.store.Owner() || st.Slot != StampSlot(h.slot) {
-			continue
-		}
-		out[st.Server] = append(out[st.Server], im)
-	}
-	return out
-}
-
-// checkLineageMatchesCloud asserts that every good row is an active image in the
-// simulator whose snapshots are exactly the rows' snapshots, all available, with
-// the right volumes; and that no server has two images for the slot.
-func (h *runHarness) checkLineageMatchesCloud() {
-	t := h.t
-	t.Helper()
-	ctx := context.Background()
-	for server, ims := range h.stampedImages() {
-		if len(ims) > 1 {
-			t.Errorf("server %s has %d images for one slot", server, len(ims))
-		}
-	}
-	rows, err := h.store.Images(ctx, store.ImageFilter{Policy: h.p.Name, Slot: h.slot})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, row := range rows {
-		if row.State != store.ImageGood {
-			continue
-		}
-		im, ok := h.sim.Image(row.ImageID)
-		if !ok {
-			t.Errorf("row %d: good image %s is not in the cloud", row.Row, row.ImageID)
-			continue
-		}
-		if im.Status != "active" || im.ServerID != row.ServerID {
-			t.Errorf("row %d: good image %s is %s of server %s (want active of %s)", row.Row, im.ID, im.Status, im.ServerID, row.ServerID)
-		}
-		if im.Size != row.SizeBytes {
-			t.Errorf("row %d: size %d, cloud says %d", row.Row, row.SizeBytes, im.Size)
-		}
-		snaps, err := h.store.Snapshots(ctx, row.Row)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var got []string
-		for _, sn := range snaps {
-			got = append(got, sn.SnapshotID)
-			cs, ok := h.sim.Snapshot(sn.SnapshotID)
-			if !ok {
-				t.Errorf("snapshot %s of row %d is not in the cloud", sn.SnapshotID, row.Row)
-				continue
-			}
-			if cs.Status != "available" || sn.State != store.SnapshotAvailable || cs.VolumeID != sn.VolumeID || sn.VolumeID == "" {
-				t.Errorf("snapshot %s: lineage %s volume %q, cloud %s volume %q", sn.SnapshotID, sn.State, sn.VolumeID, cs.Status, cs.VolumeID)
-			}
-		}
-		want := append([]string(nil), im.SnapshotIDs...)
-		sort.Strings(got)
-		sort.Strings(want)
-		if strings.Join(got, ",") != strings.Join(want, ",") {
-			t.Errorf("row %d snapshots %v, cloud image names %v", row.Row, got, want)
-		}
-		if row.VolumeBacked != (len(want) > 0) {
-			t.Errorf("row %d: volume_backed=%v with %d snapshots", row.Row, row.VolumeBacked, len(want))
-		}
-	}
-}
-
-func (h *runHarness) totalCreateCalls(ids []string) int {
-	n := 0
-	for _, id := range ids {
-		n += h.sim.CreateImageCalls(id)
-	}
-	return n
-}
-
 // TestRunSlotFiftyServers is the acceptance run: 50 mixed servers, two in ERROR, one
 // busy: every eligible server gets exactly one good image, skips are recorded with
 // reasons, and the lineage matches the cloud. Running the same slot again makes no
 // new image.
 func TestRunSlotFiftyServers(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{})
+	h := newHarness(t)
 	ids := h.addServers(50)
 	h.sim.SetServerStatus(ids[3], "ERROR")
 	h.sim.SetServerStatus(ids[10], "ERROR")
@@ -376,7 +171,7 @@ func TestCrashPoints(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			h := newRunHarness(t, runHarnessOptions{})
+			h := newHarness(t)
 			ids := h.addServers(6)
 			ctx := context.Background()
 			crashing := h.runner(func(o *runnerOptions) { o.hooks = tc.hooks })
@@ -429,7 +224,7 @@ func TestCrashPoints(t *testing.T) {
 // TestUnknownOutcomeIsAdopted: createImage is processed but the answer is a 500 (an
 // unknown outcome): the stamped image is adopted, never asked for twice.
 func TestUnknownOutcomeIsAdopted(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{})
+	h := newHarness(t)
 	ids := h.addServers(4)
 	h.sim.SetFault(simcloud.Fault{Op: "compute.createImage", ErrorStatus: 500, After: true, Count: 2})
 	rep, err := h.runner(nil).RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerScheduled)
@@ -462,22 +257,22 @@ func TestFailures(t *testing.T) {
 	cases := []struct {
 		name    string
 		volumes int
-		arrange func(h *runHarness, id string)
+		arrange func(h *harness, id string)
 		reason  string
 		snap    store.SnapshotState // expected state of the row's snapshots, "" for none
 	}{
-		{name: "snapshot fails, image vanishes", arrange: func(h *runHarness, id string) { h.sim.FailNextSnapshot(id) },
+		{name: "snapshot fails, image vanishes", arrange: func(h *harness, id string) { h.sim.FailNextSnapshot(id) },
 			reason: "vanished while waiting (Glance 404)"},
-		{name: "volume-backed snapshot fails", volumes: 1, arrange: func(h *runHarness, id string) { h.sim.FailNextSnapshot(id) },
+		{name: "volume-backed snapshot fails", volumes: 1, arrange: func(h *harness, id string) { h.sim.FailNextSnapshot(id) },
 			reason: "vanished"},
-		{name: "stuck in saving past wait_timeout", arrange: func(h *runHarness, id string) { h.sim.StickNextImage(id) },
+		{name: "stuck in saving past wait_timeout", arrange: func(h *harness, id string) { h.sim.StickNextImage(id) },
 			reason: "not good within wait_timeout 1s: image"},
-		{name: "volume snapshot in error", volumes: 2, arrange: func(h *runHarness, id string) { h.sim.FailNextVolumeSnapshot(id) },
+		{name: "volume snapshot in error", volumes: 2, arrange: func(h *harness, id string) { h.sim.FailNextVolumeSnapshot(id) },
 			reason: "is error", snap: store.SnapshotError},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			h := newRunHarness(t, runHarnessOptions{waitTimeout: "1s"})
+			h := newHarness(t, withWaitTimeout("1s"))
 			good := h.sim.AddServer(simcloud.ServerSpec{Name: "ok", Tags: []string{"backup=daily"}, Volumes: tc.volumes})
 			bad := h.sim.AddServer(simcloud.ServerSpec{Name: "bad", Tags: []string{"backup=daily"}, Volumes: tc.volumes})
 			tc.arrange(h, bad)
@@ -536,7 +331,7 @@ func TestFailures(t *testing.T) {
 // adapter's retries fails with the reason, never recorded good.
 func Test429Storm(t *testing.T) {
 	t.Run("passing storm", func(t *testing.T) {
-		h := newRunHarness(t, runHarnessOptions{})
+		h := newHarness(t)
 		ids := h.addServers(8)
 		for _, op := range []string{"compute.createImage", "image.list", "image.get", "volume.snapshots.get"} {
 			h.sim.SetFault(simcloud.Fault{Op: op, Status429RetryAfter: time.Millisecond, ErrorRate: 0.5, Count: 3})
@@ -556,7 +351,7 @@ func Test429Storm(t *testing.T) {
 		h.checkLineageMatchesCloud()
 	})
 	t.Run("createImage throttled past retries", func(t *testing.T) {
-		h := newRunHarness(t, runHarnessOptions{maxRetries: 1})
+		h := newHarness(t, withAdapter(func(o *openstack.Options) { o.MaxRetries = 1 }))
 		ok := h.sim.AddServer(simcloud.ServerSpec{Name: "a", Tags: []string{"backup=daily"}})
 		h.sim.SetFault(simcloud.Fault{Op: "compute.createImage", Status429RetryAfter: time.Millisecond, Count: 2})
 		rep, err := h.runner(func(o *runnerOptions) { o.Limits.Concurrency = 1 }).RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerScheduled)
@@ -580,7 +375,7 @@ func Test429Storm(t *testing.T) {
 // listing): the server is skipped as busy, the intent row is dropped with an audit
 // event, and a later run of the slot images it.
 func TestBusyOnCreateIsASkip(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{})
+	h := newHarness(t)
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
 	h.sim.SetFault(simcloud.Fault{Op: "compute.createImage", ErrorStatus: 409, Count: 1})
 	ctx := context.Background()
@@ -608,7 +403,7 @@ func TestBusyOnCreateIsASkip(t *testing.T) {
 // TestSpreadDelaysScheduledRuns: a scheduled run starts each server at its stable
 // offset after the slot; a manual one does not wait.
 func TestSpreadDelaysScheduledRuns(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{})
+	h := newHarness(t)
 	ids := h.addServers(3)
 	now := h.slot // the run starts exactly at the slot
 	var mu sync.Mutex
@@ -639,7 +434,7 @@ func TestSpreadDelaysScheduledRuns(t *testing.T) {
 // and, once wait_timeout has passed, records the row failed with the reason (a
 // later run of that slot may then try again).
 func TestResumeFailsIntentWithoutImage(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{waitTimeout: "300ms"})
+	h := newHarness(t, withWaitTimeout("300ms"))
 	ids := h.addServers(2)
 	ctx := context.Background()
 	crashing := h.runner(func(o *runnerOptions) {
@@ -680,7 +475,7 @@ func TestResumeFailsIntentWithoutImage(t *testing.T) {
 // resumed slot calls createImage at once instead of waiting wait_timeout for a
 // stamped image that cannot exist and failing the server.
 func TestStopWhileQueuedRecordsNoAttempt(t *testing.T) {
-	h := newRunHarness(t, runHarnessOptions{waitTimeout: "15s"})
+	h := newHarness(t, withWaitTimeout("15s"))
 	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -715,5 +510,183 @@ func TestStopWhileQueuedRecordsNoAttempt(t *testing.T) {
 	// The old code waited the whole wait_timeout (15 s) here, then failed the server.
 	if d := time.Since(start); d > 7*time.Second {
 		t.Errorf("resumed slot took %v: it waited for an image that was never asked for", d)
+	}
+}
+
+// inflightCloud models a createImage request that Nova is still working on when
+// the client gives up: for a volume-backed server Nova snapshots every volume inside
+// the request and only then makes the Glance image, and it sets no task state, so a
+// second request is accepted. The first call returns an unknown outcome without an
+// image; finish makes the image the first request was making.
+type inflightCloud struct {
+	cloud.Cloud
+	fake *cloudtest.Fake
+
+	mu       sync.Mutex
+	calls    int
+	onFirst  func()
+	pending  func() // makes the first request's image
+	finished bool
+}
+
+func (c *inflightCloud) CreateImage(ctx context.Context, serverID, name string, metadata map[string]string) (string, error) {
+	c.mu.Lock()
+	c.calls++
+	first := c.calls == 1
+	c.mu.Unlock()
+	if !first {
+		return c.Cloud.CreateImage(ctx, serverID, name, metadata)
+	}
+	meta := map[string]string{}
+	for k, v := range metadata {
+		meta[k] = v
+	}
+	c.mu.Lock()
+	c.pending = func() { _, _ = c.fake.CreateImage(context.Background(), serverID, name, meta) }
+	c.mu.Unlock()
+	if c.onFirst != nil {
+		c.onFirst()
+	}
+	return "", &cloud.Error{Op: "create image", ID: serverID, Kind: cloud.ErrUnknownOutcome, Err: context.Canceled}
+}
+
+// finish lets Nova complete the first request (once).
+func (c *inflightCloud) finish() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pending != nil && !c.finished {
+		c.finished = true
+		c.pending()
+	}
+}
+
+func (c *inflightCloud) createCalls() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.calls
+}
+
+// TestRerunDoesNotCallAgainWhileFirstCallMayBeInFlight: a run is stopped while its
+// createImage request for a volume-backed server is in flight (the user hits ^C on
+// `imagekeeper run`, or a second process runs the same slot). A re-run of the slot
+// within wait_timeout finds no stamped image yet, because Nova makes the Glance image
+// only after it has snapshotted the volumes. It must wait for the stamp, not call
+// createImage again: a second call would make a second image for the slot.
+func TestRerunDoesNotCallAgainWhileFirstCallMayBeInFlight(t *testing.T) {
+	h := newHarness(t, fakeCloudScene("1h"))
+	id := h.fake.AddServer(cloudtest.ServerSpec{Name: "db", Tags: []string{"backup=daily"}, Volumes: 1})
+	ctx, cancel := context.WithCancel(context.Background())
+	cl := &inflightCloud{Cloud: h.fake, fake: h.fake, onFirst: cancel}
+	if _, err := h.runner(func(o *runnerOptions) { o.Cloud = cl }).RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerManual); err == nil {
+		t.Fatal("the stopped run reported no error")
+	}
+	row, err := h.store.ImageByKey(context.Background(), "web", id, h.slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if row.State != store.ImageRequested || row.Attempts != 1 {
+		t.Fatalf("after the stopped run the row is %s with %d attempts", row.State, row.Attempts)
+	}
+
+	// The re-run, a minute later; Nova finishes the first request while it waits.
+	h.clock.Advance(time.Minute)
+	polls := 0
+	r := h.runner(func(o *runnerOptions) {
+		o.Cloud = cl
+		o.Sleep = func(ctx context.Context, d time.Duration) error {
+			polls++
+			if polls == 2 {
+				cl.finish()
+			}
+			h.clock.Advance(d)
+			return ctx.Err()
+		}
+	})
+	rep, err := r.RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerManual)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.finish()
+	if n := cl.createCalls(); n != 1 {
+		t.Errorf("createImage called %d times for one slot, want 1", n)
+	}
+	stamped, err := h.fake.ListImages(context.Background(), cloud.Stamp{Owner: h.store.Owner(), Policy: "web",
+		Server: id, Slot: StampSlot(h.slot)}.Properties())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(stamped) != 1 {
+		t.Errorf("%d images carry the slot's stamp, want 1", len(stamped))
+	}
+	if len(rep.Servers) != 1 || rep.Servers[0].Outcome != ServerGood || !rep.Servers[0].Adopted {
+		t.Errorf("re-run report %+v", rep.Servers)
+	}
+}
+
+// TestLaterRunSettlesRowsLeftInProgress: a run stopped while it waited (^C on
+// `imagekeeper run` from a crontab, where no daemon ever resumes waits) leaves its
+// rows creating. Nothing else ever decides them: retention counts an in-progress row
+// neither as a backup nor as garbage, so the image (and, if it failed, the volume
+// snapshots behind it) would stay forever. The next run of the policy, once their
+// wait_timeout has passed, settles them.
+func TestLaterRunSettlesRowsLeftInProgress(t *testing.T) {
+	h := newHarness(t, fakeCloudScene("1h"))
+	id := h.fake.AddServer(cloudtest.ServerSpec{Name: "db", Tags: []string{"backup=daily"}, Volumes: 1})
+	stopped := h.runner(func(o *runnerOptions) {
+		o.hooks.beforePoll = func(int) error { return errors.New("stopped") }
+	})
+	if _, err := stopped.RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerManual); err != nil && !errors.Is(err, errAbandoned) {
+		t.Logf("stopped run: %v", err)
+	}
+	row, err := h.store.ImageByKey(context.Background(), "web", id, h.slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if row.State != store.ImageCreating {
+		t.Fatalf("after the stopped run the row is %s", row.State)
+	}
+	// The next day's run, long after wait_timeout; no ResumeWaits in between.
+	h.clock.Advance(24 * time.Hour)
+	next := h.slot.Add(24 * time.Hour)
+	if _, err := h.runner(nil).RunSlot(context.Background(), h.cfg.Version, h.p, next, TriggerManual); err != nil {
+		t.Fatal(err)
+	}
+	row, err = h.store.ImageByKey(context.Background(), "web", id, h.slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if row.State != store.ImageGood {
+		t.Errorf("row left creating by the stopped run is %s (%s) after a later run", row.State, row.Reason)
+	}
+}
+
+// TestPickStampedSkipsInheritedStamps checks that adoption never takes a snapshot of
+// another server that inherited our stamp (its instance_uuid names that server),
+// even when it is the oldest image carrying the stamp.
+func TestPickStampedSkipsInheritedStamps(t *testing.T) {
+	stamp := cloud.Stamp{Owner: "o", Policy: "p", Server: "srv-1", Slot: "2026-11-24T18:30:00Z"}
+	props := func(extra map[string]string) map[string]string {
+		m := stamp.Properties()
+		for k, v := range extra {
+			m[k] = v
+		}
+		return m
+	}
+	t0 := time.Date(2026, 11, 24, 18, 30, 0, 0, time.UTC)
+	images := []cloud.Image{
+		{ID: "inherited", CreatedAt: t0, Properties: props(map[string]string{"instance_uuid": "srv-2"})},
+		{ID: "ours", CreatedAt: t0.Add(time.Minute), Properties: props(map[string]string{"instance_uuid": "srv-1"})},
+		{ID: "volume-backed", CreatedAt: t0.Add(2 * time.Minute), Properties: props(nil)},
+	}
+	got, ok := pickStamped(images, stamp)
+	if !ok || got.ID != "ours" {
+		t.Fatalf("pickStamped = %q, %v; want ours", got.ID, ok)
+	}
+	got, ok = pickStamped(images[:1], stamp)
+	if ok {
+		t.Fatalf("pickStamped adopted the inherited image %q", got.ID)
+	}
+	if got, ok = pickStamped(images[2:], stamp); !ok || got.ID != "volume-backed" {
+		t.Fatalf("an image without instance_uuid (volume-backed) must be adoptable: %q, %v", got.ID, ok)
 	}
 }

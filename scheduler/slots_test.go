@@ -8,22 +8,23 @@ import (
 	"github.com/imagekeeper/imagekeeper/store"
 )
 
-// everyClock is a fixed-interval schedule aligned to the epoch, the shape of an
+// everySchedule is a fixed-interval schedule aligned to the epoch (not a clock: it
+// says which slots are due, the test says what time it is), the shape of an
 // @every policy, so the ledger rules can be tested without the policy package.
-type everyClock struct{ d time.Duration }
+type everySchedule struct{ d time.Duration }
 
-func (e everyClock) Next(t time.Time) time.Time {
+func (e everySchedule) Next(t time.Time) time.Time {
 	return t.Truncate(e.d).Add(e.d)
 }
 
-func (e everyClock) Latest(t time.Time) time.Time {
+func (e everySchedule) Latest(t time.Time) time.Time {
 	return t.Truncate(e.d)
 }
 
 var t0 = time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
 
 func TestDueSlotsNothingDue(t *testing.T) {
-	c := everyClock{time.Minute}
+	c := everySchedule{time.Minute}
 	p := dueSlots(c, t0, t0.Add(59*time.Second), 10)
 	if !p.latest.IsZero() || len(p.earlier) != 0 || p.older != 0 {
 		t.Fatalf("nothing should be due, got %+v", p)
@@ -36,7 +37,7 @@ func TestDueSlotsNothingDue(t *testing.T) {
 }
 
 func TestDueSlotsBoundsRows(t *testing.T) {
-	c := everyClock{time.Minute}
+	c := everySchedule{time.Minute}
 	// Down for 1000 minutes: 1000 slots are due, the latest plus 999 earlier ones.
 	now := t0.Add(1000*time.Minute + 30*time.Second)
 	p := dueSlots(c, t0, now, 5)
@@ -60,7 +61,7 @@ func TestDueSlotsBoundsRows(t *testing.T) {
 }
 
 func TestPlanSlots(t *testing.T) {
-	c := everyClock{10 * time.Minute}
+	c := everySchedule{10 * time.Minute}
 	rules := func(latest bool, maxLate, grace time.Duration) planRules {
 		return planRules{catchUpLatest: latest, maxLateness: maxLate, grace: grace,
 			missedReason: "down", maxRows: 100}

@@ -33,7 +33,7 @@ type imageFixture struct {
 	name string
 	// state is the state the fixture leaves the row in.
 	state store.ImageState
-	make  func(t *testing.T, s *store.Store, server string) store.Image
+	make  makeRow
 }
 
 // must takes a call's (value, error) and returns a function that fails the test
@@ -55,66 +55,52 @@ func intent(t *testing.T, s *store.Store, server string) store.Image {
 	return must(im, err)(t)
 }
 
-func creating(t *testing.T, s *store.Store, server string) store.Image {
-	t.Helper()
-	im := intent(t, s, server)
-	return must(s.SetImageID(context.Background(), im.Row, "image-"+server, false, "created"))(t)
+// makeRow is how a fixture makes its row; server keeps the rows of one store apart.
+type makeRow func(t *testing.T, s *store.Store, server string) store.Image
+
+// path makes a row by an intent and then the named operations of imageOps in turn:
+// a fixture is reached only by the transitions under test.
+func path(ops ...string) makeRow {
+	return func(t *testing.T, s *store.Store, server string) store.Image {
+		t.Helper()
+		im := intent(t, s, server)
+		for _, name := range ops {
+			i := slices.IndexFunc(imageOps, func(op imageOp) bool { return op.name == name })
+			if i < 0 {
+				t.Fatalf("no operation %s", name)
+			}
+			im = must(imageOps[i].do(context.Background(), s, im.Row))(t)
+		}
+		return im
+	}
 }
 
-func good(t *testing.T, s *store.Store, server string) store.Image {
-	t.Helper()
-	im := creating(t, s, server)
-	return must(s.MarkGood(context.Background(), im.Row, store.Good{SizeBytes: 1}))(t)
-}
-
-// late is the late window of a timed-out fixture: far ahead of the test clock.
+// late is the late window of a timed-out row and the next look at a protected
+// one: far ahead of the test clock.
 var late = transitionSlot.Add(24 * time.Hour)
+
+var (
+	creating = path("SetImageID")
+	good     = path("SetImageID", "MarkGood")
+)
 
 var imageFixtures = []imageFixture{
 	{"requested", store.ImageRequested, intent},
 	{"creating", store.ImageCreating, creating},
 	{"good", store.ImageGood, good},
-	{"failed", store.ImageFailed, func(t *testing.T, s *store.Store, server string) store.Image {
-		// Failed before Nova gave an id: a later attempt may call createImage again.
-		im := intent(t, s, server)
-		return must(s.MarkFailed(context.Background(), im.Row, "createImage refused"))(t)
-	}},
-	{"failed_with_id", store.ImageFailed, func(t *testing.T, s *store.Store, server string) store.Image {
-		im := creating(t, s, server)
-		return must(s.MarkFailed(context.Background(), im.Row, "image went to error"))(t)
-	}},
-	{"timed_out", store.ImageFailed, func(t *testing.T, s *store.Store, server string) store.Image {
-		im := creating(t, s, server)
-		return must(s.MarkTimedOut(context.Background(), im.Row, "not good within wait_timeout", late))(t)
-	}},
-	{"hollow", store.ImageFailed, func(t *testing.T, s *store.Store, server string) store.Image {
-		im := good(t, s, server)
-		return must(s.MarkHollow(context.Background(), im.Row, "snapshot gone"))(t)
-	}},
-	{"deleting", store.ImageDeleting, func(t *testing.T, s *store.Store, server string) store.Image {
-		im := good(t, s, server)
-		return must(s.BeginDeletion(context.Background(), im.Row, "no rule keeps it"))(t)
-	}},
-	{"kept_protected_good", store.ImageKeptProtected, func(t *testing.T, s *store.Store, server string) store.Image {
-		im := good(t, s, server)
-		must(s.BeginDeletion(context.Background(), im.Row, "no rule keeps it"))(t)
-		return must(s.KeepProtected(context.Background(), im.Row, "protected (HTTP 403)", late))(t)
-	}},
-	{"kept_protected_failed", store.ImageKeptProtected, func(t *testing.T, s *store.Store, server string) store.Image {
-		im := creating(t, s, server)
-		must(s.MarkFailed(context.Background(), im.Row, "image went to error"))(t)
-		must(s.BeginDeletion(context.Background(), im.Row, "failed"))(t)
-		return must(s.KeepProtected(context.Background(), im.Row, "protected (HTTP 403)", late))(t)
-	}},
-	{"deleted", store.ImageDeleted, func(t *testing.T, s *store.Store, server string) store.Image {
-		im := good(t, s, server)
-		must(s.BeginDeletion(context.Background(), im.Row, "no rule keeps it"))(t)
-		return must(s.MarkDeleted(context.Background(), im.Row, "gone"))(t)
-	}},
+	// Failed before Nova gave an id: a later attempt may call createImage again.
+	{"failed", store.ImageFailed, path("MarkFailed")},
+	{"failed_with_id", store.ImageFailed, path("SetImageID", "MarkFailed")},
+	{"timed_out", store.ImageFailed, path("SetImageID", "MarkTimedOut")},
+	{"hollow", store.ImageFailed, path("SetImageID", "MarkGood", "MarkHollow")},
+	{"deleting", store.ImageDeleting, path("SetImageID", "MarkGood", "BeginDeletion")},
+	{"kept_protected_good", store.ImageKeptProtected, path("SetImageID", "MarkGood", "BeginDeletion", "KeepProtected")},
+	{"kept_protected_failed", store.ImageKeptProtected, path("SetImageID", "MarkFailed", "BeginDeletion", "KeepProtected")},
+	{"deleted", store.ImageDeleted, path("SetImageID", "MarkGood", "BeginDeletion", "MarkDeleted")},
 }
 
 // fixture returns the maker of the named image fixture.
-func fixture(name string) func(t *testing.T, s *store.Store, server string) store.Image {
+func fixture(name string) makeRow {
 	for _, f := range imageFixtures {
 		if f.name == name {
 			return f.make
@@ -428,7 +414,7 @@ func TestImageTransitionGuards(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		// make builds the row; snap is the state of the one snapshot behind it.
-		make func(t *testing.T, s *store.Store, server string) store.Image
+		make makeRow
 		snap store.SnapshotState
 		op   func(row int64) (store.Image, error)
 		// want is the resulting state; "" for a refusal (ErrConflict).

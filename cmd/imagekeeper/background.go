@@ -16,7 +16,7 @@ import (
 // reload, a day old), which reads no store.
 func (r *daemonRun) refreshLoop(ctx context.Context) {
 	if err := r.metrics.Refresh(ctx, r.st, r.cfgs.Current(), time.Now()); err != nil && ctx.Err() == nil {
-		r.log.Warn("refresh metrics", "err", err)
+		r.log.Warn("refresh metrics", scheduler.LogKeyErr, err)
 	}
 	compactLineage(ctx, r.st, r.sched.Config(), r.log)
 	t := time.NewTicker(defaultRefreshInterval)
@@ -46,7 +46,7 @@ func (r *daemonRun) reconcileLoop(ctx context.Context) {
 		}
 		reconcile(ctx, scheduler.NewReconciler(r.shared), r.cfgs.Current(), r.log)
 		if err := r.metrics.RefreshLeftover(ctx, r.st); err != nil && ctx.Err() == nil {
-			r.log.Warn("refresh leftover snapshot gauge", "err", err)
+			r.log.Warn("refresh leftover snapshot gauge", scheduler.LogKeyErr, err)
 		}
 		compactLineage(ctx, r.st, r.sched.Config(), r.log)
 	}
@@ -61,7 +61,7 @@ func compactLineage(ctx context.Context, st *store.Store, cfg *policy.Config, lo
 	}
 	moved, err := st.CompactLineage(ctx, time.Now().Add(-cfg.LineageRetention))
 	if err != nil && ctx.Err() == nil {
-		log.Warn("compact the lineage", "err", err, "moved", moved)
+		log.Warn("compact the lineage", scheduler.LogKeyErr, err, "moved", moved)
 		return
 	}
 	if moved > 0 {
@@ -74,7 +74,7 @@ func reconcile(ctx context.Context, rc *scheduler.Reconciler, cfg *policy.Config
 	rep, err := rc.Reconcile(ctx, cfg, false)
 	if err != nil {
 		if ctx.Err() == nil {
-			log.Warn("reconcile", "err", err)
+			log.Warn("reconcile", scheduler.LogKeyErr, err)
 		}
 		return
 	}
@@ -101,7 +101,7 @@ func checkForeignStamps(ctx context.Context, rc *scheduler.Reconciler, cfg *poli
 	byOwner, err := rc.ForeignStamps(ctx, cfg)
 	if err != nil {
 		if ctx.Err() == nil {
-			log.Warn("look for images of our policies stamped by another owner", "err", err)
+			log.Warn("look for images of our policies stamped by another owner", scheduler.LogKeyErr, err)
 		}
 		return
 	}
@@ -117,7 +117,7 @@ func checkForeignStamps(ctx context.Context, rc *scheduler.Reconciler, cfg *poli
 func initDrillMetrics(ctx context.Context, st *store.Store, m *scheduler.Metrics, cfg *policy.Config, log *slog.Logger) {
 	okAt, last, err := st.LastVerified(ctx)
 	if err != nil {
-		log.Warn("read last restore drills", "err", err)
+		log.Warn("read last restore drills", scheduler.LogKeyErr, err)
 	}
 	for _, p := range cfg.Policies {
 		if p.Verify == nil {

@@ -1,96 +1,13 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
-	"time"
-
-	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
 )
-
-// This file holds the helpers every CLI test shares: running a command in-process
-// (with a test's own clock and intervals, as fields of Main), and starting a
-// simulated cloud the commands can reach.
-
-// cli runs imagekeeper in-process, as main does but with its own streams, and
-// returns the exit code, stdout and stderr.
-func cli(t *testing.T, args ...string) (code int, stdout, stderr string) {
-	t.Helper()
-	return cliOpts{}.cli(t, args...)
-}
-
-// cliOpts are the clock and intervals a test gives the commands it runs, as fields
-// of the Main they run on; the zero value means the real ones.
-type cliOpts struct {
-	now          func() time.Time
-	pollInterval time.Duration
-	snapshotWait time.Duration
-}
-
-// cli runs imagekeeper in-process with o's clock and intervals.
-func (o cliOpts) cli(t *testing.T, args ...string) (code int, stdout, stderr string) {
-	t.Helper()
-	var out, errb bytes.Buffer
-	m := &Main{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: os.Getenv,
-		Now: o.now, PollInterval: o.pollInterval, SnapshotWait: o.snapshotWait}
-	code = m.Run(context.Background(), args)
-	return code, out.String(), errb.String()
-}
-
-// startSim starts a simulator on loopback and points the OpenStack client at it:
-// a clouds.yaml with one cloud named "sim" in dir, named by OS_CLIENT_CONFIG_FILE.
-func startSim(t *testing.T, dir string, opts simcloud.Options) *simcloud.Sim {
-	t.Helper()
-	// These tests compare listings whose order breaks ties by id: keep the ids
-	// those of the seed alone.
-	opts.DeterministicIDs = true
-	sim := simcloud.New(opts)
-	if err := sim.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
-	cy := filepath.Join(dir, "clouds.yaml")
-	if err := os.WriteFile(cy, sim.CloudsYAML("sim"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("OS_CLIENT_CONFIG_FILE", cy)
-	return sim
-}
-
-// writeFile writes content to path and returns path.
-func writeFile(t *testing.T, path, content string) string {
-	t.Helper()
-	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-// syncBuffer collects what a command or process running in another goroutine
-// writes, while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // commandNames lists the commands of the tree, without cobra's help and
 // completion.

@@ -20,6 +20,7 @@ import (
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
 	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/store"
+	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
 
 // metricValue returns the value of one unlabelled series on /metrics, "" when absent.
@@ -244,11 +245,7 @@ func TestDaemonStopsWhileWaitingForTheCloud(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("daemon did not stop while waiting for the cloud\n%s", logs)
 	}
-	st, err := store.Open(context.Background(), e.state, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := storetest.MustOpenAt(t, e.state, nil)
 	evs, err := st.Events(context.Background(), store.EventFilter{Kind: eventDaemonStopped})
 	if err != nil || len(evs) != 1 || !strings.Contains(evs[0].Message, "before the cloud answered") {
 		t.Fatalf("stop events %+v, %v", evs, err)

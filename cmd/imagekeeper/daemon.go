@@ -14,6 +14,7 @@ import (
 	"github.com/imagekeeper/imagekeeper/cloud"
 	"github.com/imagekeeper/imagekeeper/cloud/openstack"
 	"github.com/imagekeeper/imagekeeper/policy"
+	"github.com/imagekeeper/imagekeeper/scheduler"
 	"github.com/imagekeeper/imagekeeper/store"
 )
 
@@ -210,11 +211,11 @@ func logConfigErrors(log *slog.Logger, msg string, err error) {
 	var pe policy.Errors
 	if errors.As(err, &pe) {
 		for _, e := range pe {
-			log.Error(msg, "err", e.Error())
+			log.Error(msg, scheduler.LogKeyErr, e.Error())
 		}
 		return
 	}
-	log.Error(msg, "err", err)
+	log.Error(msg, scheduler.LogKeyErr, err)
 }
 
 // whyStopped says why ctx ended, for the log and the audit: the cause it was

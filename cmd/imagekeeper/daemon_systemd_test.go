@@ -12,20 +12,6 @@ import (
 
 const unitPath = "../../systemd/imagekeeper.service"
 
-// systemdAnalyze returns the path of systemd-analyze, skipping the test when it is
-// missing unless the environment says real clients are required.
-func systemdAnalyze(t *testing.T) string {
-	t.Helper()
-	p, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		if os.Getenv("IMAGEKEEPER_REQUIRE_REAL_CLIENTS") == "1" {
-			t.Fatalf("systemd-analyze is required (IMAGEKEEPER_REQUIRE_REAL_CLIENTS=1): %v", err)
-		}
-		t.Skip("systemd-analyze not installed")
-	}
-	return p
-}
-
 // stagedUnit copies the unit into a temp dir with ExecStart pointing at an
 // executable that exists here (verify refuses a missing binary).
 func stagedUnit(t *testing.T) string {
@@ -94,7 +80,7 @@ func TestSystemdUnitDirectives(t *testing.T) {
 }
 
 func TestSystemdUnitVerifies(t *testing.T) {
-	sa := systemdAnalyze(t)
+	sa := requirePeer(t, "systemd-analyze", "systemd")
 	path := stagedUnit(t)
 	out, err := exec.Command(sa, "verify", path).CombinedOutput()
 	if err != nil {
@@ -109,7 +95,7 @@ func TestSystemdUnitVerifies(t *testing.T) {
 }
 
 func TestSystemdUnitExposure(t *testing.T) {
-	sa := systemdAnalyze(t)
+	sa := requirePeer(t, "systemd-analyze", "systemd")
 	path := stagedUnit(t)
 	out, err := exec.Command(sa, "security", "--offline=true", path).CombinedOutput()
 	if err != nil {

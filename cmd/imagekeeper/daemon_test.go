@@ -23,60 +23,8 @@ import (
 	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/scheduler"
 	"github.com/imagekeeper/imagekeeper/store"
+	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
-
-// env is one simulated cloud and a directory holding its clouds.yaml, the policy
-// file and the lineage database, shared by the daemons a test starts in turn.
-type env struct {
-	t      *testing.T
-	sim    *simcloud.Sim
-	dir    string
-	config string
-	state  string
-	clouds string
-}
-
-func newEnv(t *testing.T, simOpts simcloud.Options) *env {
-	t.Helper()
-	if simOpts.ImageBuildTime == 0 {
-		simOpts.ImageBuildTime = 200 * time.Millisecond
-	}
-	if simOpts.SnapshotBuildTime == 0 {
-		simOpts.SnapshotBuildTime = 100 * time.Millisecond
-	}
-	if simOpts.SnapshotDeleteTime == 0 {
-		simOpts.SnapshotDeleteTime = 50 * time.Millisecond
-	}
-	simOpts.DeterministicIDs = true // ids of the seed alone: ties in listings break the same way every run
-	sim := simcloud.New(simOpts)
-	if err := sim.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
-	dir := t.TempDir()
-	e := &env{t: t, sim: sim, dir: dir, config: filepath.Join(dir, "imagekeeper.yaml"),
-		state: filepath.Join(dir, "lineage.db"), clouds: filepath.Join(dir, "clouds.yaml")}
-	if err := os.WriteFile(e.clouds, sim.CloudsYAML("sim"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return e
-}
-
-// writeConfig writes a policy file with the given policies section.
-func (e *env) writeConfig(policies string) {
-	e.t.Helper()
-	doc := fmt.Sprintf("cloud: sim\nstate: %s\nlisten: 127.0.0.1:0\nallow_sub_minute: true\n"+
-		"limits: {concurrency: 4, requests_per_second: 200}\npolicies:\n%s", e.state, policies)
-	// Write to a temp file and rename, as editors and config managers do, so that the
-	// watcher never reads half a file.
-	tmp := e.config + ".tmp"
-	if err := os.WriteFile(tmp, []byte(doc), 0o644); err != nil {
-		e.t.Fatal(err)
-	}
-	if err := os.Rename(tmp, e.config); err != nil {
-		e.t.Fatal(err)
-	}
-}
 
 // policyYAML is one policy of the test config.
 func policyYAML(name, every, tag string, extra string) string {
@@ -271,7 +219,7 @@ func TestDaemonRunsSlotsAndServes(t *testing.T) {
 		t.Fatalf("clean drain returned %v\n%s", err, r.logs)
 	}
 
-	st := openStore(t, e.state)
+	st := storetest.MustOpenAt(t, e.state, nil)
 	for _, p := range []struct {
 		name string
 		step time.Duration
@@ -305,16 +253,6 @@ func TestDaemonRunsSlotsAndServes(t *testing.T) {
 			t.Errorf("the server in ERROR got image %s", im.ID)
 		}
 	}
-}
-
-func openStore(t *testing.T, path string) *store.Store {
-	t.Helper()
-	st, err := store.Open(context.Background(), path, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return st
 }
 
 // TestDaemonReload edits the policy file under a running daemon: a policy is added,
@@ -482,7 +420,7 @@ func TestDaemonDrainAndResume(t *testing.T) {
 	if !errors.Is(err, scheduler.ErrDrainInterrupted) {
 		t.Fatalf("drain past its timeout returned %v, want ErrDrainInterrupted", err)
 	}
-	st := openStore(t, e.state)
+	st := storetest.MustOpenAt(t, e.state, nil)
 	ims, err := st.Images(context.Background(), store.ImageFilter{Policy: "slow"})
 	if err != nil || len(ims) != 1 || ims[0].State != store.ImageCreating {
 		t.Fatalf("after an interrupted drain: %+v, %v; want one image still creating", ims, err)
@@ -556,11 +494,8 @@ func awayFromTheHour(t *testing.T) time.Time {
 // stopped after it would have left it.
 func seedLastSlot(t *testing.T, path, p string, slot time.Time) {
 	t.Helper()
-	st, err := store.Open(context.Background(), path, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := storetest.MustOpenAt(t, path, nil)
+	defer st.Close() // before the daemon the test starts opens it
 	sl, err := st.StartSlot(context.Background(), store.Slot{Policy: p, Slot: slot.UTC().Truncate(time.Second),
 		Trigger: store.TriggerScheduled})
 	if err != nil {
@@ -601,7 +536,7 @@ func TestDaemonCatchUp(t *testing.T) {
 			if err := r.stop(t); err != nil {
 				t.Fatal(err)
 			}
-			st := openStore(t, e.state)
+			st := storetest.MustOpenAt(t, e.state, nil)
 			got := map[string]store.SlotOutcome{}
 			for _, s := range slotsOf(t, st, "hourly") {
 				got[s.Slot.UTC().Format("15:04")] = s.Outcome

@@ -19,6 +19,7 @@ import (
 	"github.com/imagekeeper/imagekeeper/examples"
 	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/store"
+	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
 
 // TestDemoPolicyLoads keeps the embedded demo policy valid and fast.
@@ -137,11 +138,7 @@ func TestDemoAsAUserRunsIt(t *testing.T) {
 // an image-backed server, whatever count the runner's event message gives.
 func TestNarratorImageReady(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "lineage.db"), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := storetest.MustOpen(t, nil)
 	slot := time.Date(2026, 11, 24, 18, 30, 0, 0, time.UTC)
 	n := &narrator{out: io.Discard, st: st, serverName: func(id string) string { return "" }}
 	for i, tt := range []struct {

@@ -11,6 +11,7 @@ import (
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
 	"github.com/imagekeeper/imagekeeper/scheduler"
 	"github.com/imagekeeper/imagekeeper/store"
+	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
 
 // TestDaemonRunsRestoreDrills runs the daemon with verify: blocks against the
@@ -85,7 +86,7 @@ func TestDaemonRunsRestoreDrills(t *testing.T) {
 	if v := e.sim.Volumes(); len(v) != 0 {
 		t.Errorf("drill volumes left after the daemon stopped: %+v", v)
 	}
-	st := openStore(t, e.state)
+	st := storetest.MustOpenAt(t, e.state, nil)
 	if open, err := st.OpenDrills(ctx); err != nil || len(open) != 0 {
 		t.Errorf("drills not done after the daemon stopped: %+v %v", open, err)
 	}

@@ -13,7 +13,7 @@ import (
 // selects once it matches. The old plan printed "servers selected now: 0" and
 // nothing else; validate had no way to ask the cloud.
 func TestPlanAndCheckCloudWarnOfAnEmptySelection(t *testing.T) {
-	env := newCLIEnv(t)
+	env := newLineageEnv(t)
 	env.sim.AddServer(simcloud.ServerSpec{Name: "web-1", Tags: []string{"backup=dialy"}}) // the typo is on the server
 	const warning = "selects no server now (select: tags=[backup=daily]): every slot would be empty and back up nothing"
 

@@ -222,7 +222,7 @@ func (r *daemonRun) serveHTTP() error {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if serr := srv.Shutdown(sctx); serr != nil {
-			r.log.Warn("http shutdown", "err", serr)
+			r.log.Warn("http shutdown", scheduler.LogKeyErr, serr)
 		}
 	})
 	r.srv = srv
@@ -230,12 +230,12 @@ func (r *daemonRun) serveHTTP() error {
 		r.d.Listening(srv.Addr())
 	}
 	r.log.Info("imagekeeper daemon starting", "config", r.d.ConfigPath, "state", r.statePath, "listen", srv.Addr(),
-		"owner", r.st.Owner())
+		scheduler.LogKeyOwner, r.st.Owner())
 	// READY=1 means "serving", not "the cloud answers": systemd would otherwise
 	// restart a daemon whose cloud is down, which helps nothing and hides the cause.
 	// /readyz says whether the cloud answers.
 	if err := r.notify.Ready(); err != nil {
-		r.log.Warn("sd_notify", "err", err)
+		r.log.Warn("sd_notify", scheduler.LogKeyErr, err)
 	}
 	bg, stop := context.WithCancel(context.Background())
 	r.bg = bg
@@ -349,7 +349,7 @@ func (r *daemonRun) connect(ctx context.Context) (cloud.Cloud, string) {
 			return c, ""
 		}
 		r.health.fail(err.Error())
-		r.log.Error("cannot connect to the cloud; serving /metrics and retrying", "err", err, "attempt", attempt,
+		r.log.Error("cannot connect to the cloud; serving /metrics and retrying", scheduler.LogKeyErr, err, "attempt", attempt,
 			"retry_in", delay.String())
 		timer := time.NewTimer(delay)
 		stop = wait(nil, timer.C)
@@ -366,7 +366,7 @@ func (r *daemonRun) connect(ctx context.Context) (cloud.Cloud, string) {
 func (r *daemonRun) stoppedBeforeCloud(reason string) error {
 	_ = r.notify.Stopping()
 	r.audit(eventDaemonStopped, "stopped ("+reason+") before the cloud answered")
-	r.log.Info("stopped before the cloud answered", "reason", reason)
+	r.log.Info("stopped before the cloud answered", scheduler.LogKeyReason, reason)
 	return nil
 }
 
@@ -412,7 +412,7 @@ func (r *daemonRun) wire(raw cloud.Cloud) {
 				return
 			}
 			if err := r.metrics.RefreshPolicy(ctx, r.st, p, time.Now()); err != nil && ctx.Err() == nil {
-				r.log.Warn("refresh metrics after run", "policy", name, "err", err)
+				r.log.Warn("refresh metrics after run", scheduler.LogKeyPolicy, name, scheduler.LogKeyErr, err)
 			}
 		},
 	})
@@ -462,8 +462,8 @@ func (r *daemonRun) start(ctx context.Context) error {
 	r.audit(eventDaemonStarted, fmt.Sprintf("pid %d, config %s version %s, %d policies",
 		os.Getpid(), r.d.ConfigPath, cfg.Version, len(cfg.Policies)))
 	r.log.Info("imagekeeper daemon serving", "config", r.d.ConfigPath, "state", r.statePath, "listen", r.srv.Addr(),
-		"control_socket", r.ctl.path, "policies", len(cfg.Policies), "config_version", cfg.Version,
-		"memory_limit_mib", r.memLimit>>20, "owner", r.st.Owner())
+		"control_socket", r.ctl.path, "policies", len(cfg.Policies), scheduler.LogKeyConfigVersion, cfg.Version,
+		"memory_limit_mib", r.memLimit>>20, scheduler.LogKeyOwner, r.st.Owner())
 	if r.d.Started != nil {
 		r.d.Started(r.srv.Addr(), r.st)
 	}
@@ -565,9 +565,9 @@ func (r *daemonRun) reload(why string) {
 		for _, herr := range cfg.CheckHooks() {
 			// The reload is applied (the rest of it is valid); the hook fails when it runs
 			// and its policy's on_failure decides, until the file is fixed.
-			r.log.Error("reload: a hook command cannot run", "err", herr)
+			r.log.Error("reload: a hook command cannot run", scheduler.LogKeyErr, herr)
 		}
-		r.log.Info("config reloaded", "why", why, "config_version", cfg.Version, "previous_config_version", old.Version,
+		r.log.Info("config reloaded", "why", why, scheduler.LogKeyConfigVersion, cfg.Version, "previous_config_version", old.Version,
 			"policies", len(cfg.Policies))
 		r.audit(eventConfigReload, fmt.Sprintf("%s: version %s, %d policies", why, cfg.Version, len(cfg.Policies)))
 	}
@@ -582,7 +582,7 @@ func (r *daemonRun) reload(why string) {
 // a clean drain.
 func (r *daemonRun) stop(reason string) error {
 	drainTimeout := orDefault(r.d.DrainTimeout, defaultDrainTimeout)
-	r.log.Info("stopping: draining in-flight runs", "reason", reason, "in_flight", r.sched.InFlight(),
+	r.log.Info("stopping: draining in-flight runs", scheduler.LogKeyReason, reason, "in_flight", r.sched.InFlight(),
 		"drain_timeout", drainTimeout)
 	_ = r.notify.Stopping()
 	r.srv.Draining()
@@ -628,6 +628,6 @@ func (r *daemonRun) audit(kind, msg string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := r.st.AddEvent(ctx, store.Event{Kind: kind, Message: msg}); err != nil {
-		r.log.Warn("record daemon event", "kind", kind, "err", err)
+		r.log.Warn("record daemon event", "kind", kind, scheduler.LogKeyErr, err)
 	}
 }

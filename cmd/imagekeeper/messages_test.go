@@ -29,10 +29,10 @@ policies:
 // TestMessagesPointAtTheCause runs the mistakes an operator makes and checks that
 // each message names what to fix, once.
 func TestMessagesPointAtTheCause(t *testing.T) {
-	dir := t.TempDir()
-	sim := startSim(t, dir, simcloud.Options{ImageBuildTime: 20 * time.Millisecond})
+	e := newEnv(t, simcloud.Options{ImageBuildTime: 20 * time.Millisecond, SnapshotBuildTime: simcloud.DefaultSnapshotBuildTime,
+		SnapshotDeleteTime: simcloud.DefaultSnapshotDeleteTime}).forCommands()
+	sim, clouds := e.sim, e.clouds
 	sim.AddServer(simcloud.ServerSpec{Name: "web-1", Tags: []string{"backup=daily"}})
-	clouds := filepath.Join(dir, "clouds.yaml")
 	config := func(cloudLine, state string) string {
 		return writeFile(t, filepath.Join(t.TempDir(), "imagekeeper.yaml"), fmt.Sprintf(messagesConfig, cloudLine, state))
 	}

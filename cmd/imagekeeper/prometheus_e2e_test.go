@@ -34,20 +34,6 @@ var (
 	alertsTestPath = filepath.Join("..", "..", "examples", "prometheus", "alerts_test.yml")
 )
 
-// promRealPeer returns the path of a real peer program, or skips the test when it is
-// missing; with IMAGEKEEPER_REQUIRE_REAL_CLIENTS=1 (CI) a missing peer fails.
-func promRealPeer(t *testing.T, name string) string {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("IMAGEKEEPER_REQUIRE_REAL_CLIENTS") == "1" {
-			t.Fatalf("%s is required (IMAGEKEEPER_REQUIRE_REAL_CLIENTS=1): %v", name, err)
-		}
-		t.Skipf("%s not installed (apt-get install prometheus): %v", name, err)
-	}
-	return path
-}
-
 // grafanaDashboard is the part of the dashboard model the tests read.
 type grafanaDashboard struct {
 	SchemaVersion int    `json:"schemaVersion"`
@@ -334,7 +320,7 @@ func TestAlertRulesUseExportedMetrics(t *testing.T) {
 // TestPromtoolRules runs promtool's own checks on the alert rules and their unit
 // tests (.ci/run runs them too; here they also run under plain go test).
 func TestPromtoolRules(t *testing.T) {
-	promtool := promRealPeer(t, "promtool")
+	promtool := requirePeer(t, "promtool", "prometheus")
 	for _, args := range [][]string{
 		{"check", "rules", filepath.Base(alertsPath)},
 		{"test", "rules", filepath.Base(alertsTestPath)},
@@ -514,8 +500,8 @@ func promQuery(ctx context.Context, base, expr string) (samples, finite int, err
 // the rules load and evaluate without error, and that every PromQL expression of
 // the Grafana dashboard returns data, for all policies and for one.
 func TestPrometheusEndToEnd(t *testing.T) {
-	promBin := promRealPeer(t, "prometheus")
-	promtool := promRealPeer(t, "promtool")
+	promBin := requirePeer(t, "prometheus", "prometheus")
+	promtool := requirePeer(t, "promtool", "prometheus")
 	if testing.Short() {
 		t.Skip("end-to-end: builds the binary and runs a minute or two")
 	}

@@ -35,25 +35,21 @@ policies:
 // retentionEnv is a simulator on real time (short build and delete times), a
 // clouds.yaml and a policy file, with two days of images made by `run`.
 type retentionEnv struct {
-	cliOpts
-	sim    *simcloud.Sim
-	config string
-	state  string
-	app    string
-	db     string
+	*env
+	app string
+	db  string
 }
 
 func newRetentionEnv(t *testing.T) *retentionEnv {
 	t.Helper()
-	dir := t.TempDir()
-	sim := startSim(t, dir, simcloud.Options{Seed: 11, ImageBuildTime: 40 * time.Millisecond, SnapshotBuildTime: 30 * time.Millisecond,
-		SnapshotDeleteTime: 30 * time.Millisecond})
-	env := &retentionEnv{sim: sim, state: filepath.Join(dir, "lineage.db"), config: filepath.Join(dir, "imagekeeper.yaml")}
+	e := newEnv(t, simcloud.Options{Seed: 11, ImageBuildTime: 40 * time.Millisecond, SnapshotBuildTime: 30 * time.Millisecond,
+		SnapshotDeleteTime: 30 * time.Millisecond}).forCommands()
+	env := &retentionEnv{env: e}
 	// `run` prunes after its slot: while the history is made, keep all of it.
 	writeFile(t, env.config, fmt.Sprintf(retentionCLIConfig, env.state, 5))
 	tags := []string{"backup=nightly"}
-	env.app = sim.AddServer(simcloud.ServerSpec{Name: "app", Tags: tags})
-	env.db = sim.AddServer(simcloud.ServerSpec{Name: "db", Tags: tags, Volumes: 2})
+	env.app = e.sim.AddServer(simcloud.ServerSpec{Name: "app", Tags: tags})
+	env.db = e.sim.AddServer(simcloud.ServerSpec{Name: "db", Tags: tags, Volumes: 2})
 
 	env.pollInterval, env.snapshotWait = 10*time.Millisecond, 5*time.Second
 	// Two days of slots, fixed, and in the past of the real clock.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
 	"github.com/imagekeeper/imagekeeper/store"
+	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
 
 // TestRecoverRebuildsALostLineage makes images, deletes lineage.db, and rebuilds it
@@ -20,7 +21,7 @@ import (
 // refuses beside the daemon and into a non-empty database without --force. On the
 // old code a fresh database got a new owner id and the images were orphaned.
 func TestRecoverRebuildsALostLineage(t *testing.T) {
-	env := newCLIEnv(t)
+	env := newLineageEnv(t)
 	tags := []string{"backup=daily"}
 	web := env.sim.AddServer(simcloud.ServerSpec{Name: "web-1", Tags: tags})
 	db := env.sim.AddServer(simcloud.ServerSpec{Name: "db-1", Tags: tags, Volumes: 2})
@@ -28,10 +29,7 @@ func TestRecoverRebuildsALostLineage(t *testing.T) {
 		t.Fatalf("run: exit %d\n%s\n%s", code, out, errOut)
 	}
 	ctx := context.Background()
-	st, err := store.Open(ctx, env.state, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := storetest.MustOpenAt(t, env.state, nil)
 	owner := st.Owner()
 	before, err := st.Images(ctx, store.ImageFilter{})
 	st.Close()
@@ -75,10 +73,7 @@ func TestRecoverRebuildsALostLineage(t *testing.T) {
 		}
 	}
 
-	st, err = store.Open(ctx, env.state, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st = storetest.MustOpenAt(t, env.state, nil)
 	if st.Owner() != owner {
 		t.Errorf("owner after recovery %s, want %s", st.Owner(), owner)
 	}

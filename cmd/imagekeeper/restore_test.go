@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -12,31 +11,28 @@ import (
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
 )
 
-// restoreEnv is a simulator with servers whose images are in the lineage: web-1
-// (image-backed), db-1 (two volumes) and web-2, whose image failed.
+// restoreEnv is the lineage commands' scene with servers whose images are in the
+// lineage: web-1 (image-backed), db-1 (two volumes) and web-2, whose image failed.
 type restoreEnv struct {
-	*cliEnv
+	*env
 	images map[string]imageJSON // by server name
 }
 
 func newRestoreEnv(t *testing.T) *restoreEnv {
 	t.Helper()
-	dir := t.TempDir()
-	sim := startSim(t, dir, simcloud.Options{Seed: 7, ImageBuildTime: 80 * time.Millisecond,
-		SnapshotBuildTime: 50 * time.Millisecond, BootTime: 150 * time.Millisecond})
-	state := filepath.Join(dir, "lineage.db")
-	config := writeFile(t, filepath.Join(dir, "imagekeeper.yaml"), fmt.Sprintf(lineageCLIConfig, state))
-	opts := cliOpts{now: func() time.Time { return time.Date(2026, 11, 24, 18, 30, 42, 0, time.UTC) },
-		pollInterval: 20 * time.Millisecond}
+	e := newEnv(t, simcloud.Options{Seed: 7, ImageBuildTime: 80 * time.Millisecond, SnapshotBuildTime: 50 * time.Millisecond,
+		SnapshotDeleteTime: simcloud.DefaultSnapshotDeleteTime, BootTime: 150 * time.Millisecond}).forCommands()
+	writeFile(t, e.config, fmt.Sprintf(lineageCLIConfig, e.state))
+	e.now, e.pollInterval = lineageNow, 20*time.Millisecond
 	tags := []string{"backup=daily"}
-	sim.AddServer(simcloud.ServerSpec{Name: "web-1", Tags: tags, AZ: "az-1"})
-	sim.AddServer(simcloud.ServerSpec{Name: "db-1", Tags: tags, Volumes: 2})
-	web2 := sim.AddServer(simcloud.ServerSpec{Name: "web-2", Tags: tags})
-	sim.FailNextSnapshot(web2)
-	if code, out, errOut := opts.cli(t, "run", "--config", config, "--policy", "web"); code != 1 && code != 0 {
+	e.sim.AddServer(simcloud.ServerSpec{Name: "web-1", Tags: tags, AZ: "az-1"})
+	e.sim.AddServer(simcloud.ServerSpec{Name: "db-1", Tags: tags, Volumes: 2})
+	web2 := e.sim.AddServer(simcloud.ServerSpec{Name: "web-2", Tags: tags})
+	e.sim.FailNextSnapshot(web2)
+	if code, out, errOut := e.cli(t, "run", "--config", e.config, "--policy", "web"); code != 1 && code != 0 {
 		t.Fatalf("run: exit %d\n%s\n%s", code, out, errOut)
 	}
-	code, out, errOut := opts.cli(t, "images", "--config", config, "-o", "json")
+	code, out, errOut := e.cli(t, "images", "--config", e.config, "-o", "json")
 	if code != 0 {
 		t.Fatalf("images: exit %d\n%s", code, errOut)
 	}
@@ -44,25 +40,14 @@ func newRestoreEnv(t *testing.T) *restoreEnv {
 	if err := json.Unmarshal([]byte(out), &list); err != nil {
 		t.Fatalf("images -o json: %v\n%s", err, out)
 	}
-	e := &restoreEnv{cliEnv: &cliEnv{cliOpts: opts, sim: sim, config: config, state: state}, images: map[string]imageJSON{}}
+	re := &restoreEnv{env: e, images: map[string]imageJSON{}}
 	for _, im := range list {
-		e.images[im.ServerName] = im
+		re.images[im.ServerName] = im
 	}
-	if e.images["web-1"].State != "good" || e.images["db-1"].State != "good" || e.images["web-2"].State != "failed" {
+	if re.images["web-1"].State != "good" || re.images["db-1"].State != "good" || re.images["web-2"].State != "failed" {
 		t.Fatalf("lineage after the run: %+v", list)
 	}
-	return e
-}
-
-func (e *restoreEnv) serverNamed(t *testing.T, name string) simcloud.ServerState {
-	t.Helper()
-	for _, s := range e.sim.Servers() {
-		if s.Name == name {
-			return s
-		}
-	}
-	t.Fatalf("no server named %s in the cloud", name)
-	return simcloud.ServerState{}
+	return re
 }
 
 // TestRestoreBootsBothKinds restores an image-backed and a volume-backed image

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,49 +13,10 @@ import (
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
 )
 
-const lineageCLIConfig = `cloud: sim
-state: %s
-limits: {concurrency: 4, requests_per_second: 500}
-policies:
-  - name: web
-    select:
-      tags: [backup=daily]
-    schedule:
-      cron: "30 2 * * *"
-      timezone: Asia/Shanghai
-    image:
-      name: '{{ .Server.Name }}-{{ .Slot.Format "20060102-1504" }}'
-      metadata:
-        source: '{{ .Server.ID }}'
-      wait_timeout: 20s
-    retention:
-      keep_last: 3
-`
-
-// cliEnv is a simulator with a clouds.yaml and a config file pointing at it.
-type cliEnv struct {
-	cliOpts
-	sim    *simcloud.Sim
-	config string
-	state  string
-}
-
-func newCLIEnv(t *testing.T) *cliEnv {
-	t.Helper()
-	dir := t.TempDir()
-	sim := startSim(t, dir, simcloud.Options{Seed: 7, ImageBuildTime: 80 * time.Millisecond, SnapshotBuildTime: 50 * time.Millisecond})
-	state := filepath.Join(dir, "lineage.db")
-	config := writeFile(t, filepath.Join(dir, "imagekeeper.yaml"), fmt.Sprintf(lineageCLIConfig, state))
-	return &cliEnv{sim: sim, config: config, state: state, cliOpts: cliOpts{
-		now:          func() time.Time { return time.Date(2026, 11, 24, 18, 30, 42, 0, time.UTC) },
-		pollInterval: 10 * time.Millisecond,
-	}}
-}
-
 // TestLineageCommands runs run, images, history and why as a user would, against
 // the simulator over HTTP, and checks what they print.
 func TestLineageCommands(t *testing.T) {
-	env := newCLIEnv(t)
+	env := newLineageEnv(t)
 	tags := []string{"backup=daily"}
 	web1 := env.sim.AddServer(simcloud.ServerSpec{Name: "web-1", Tags: tags})
 	env.sim.AddServer(simcloud.ServerSpec{Name: "web-2", Tags: tags})
@@ -176,7 +136,7 @@ func TestLineageCommands(t *testing.T) {
 // TestRunExitCodes: a failed image makes run exit 1; a bad policy name or missing
 // flag is a usage error.
 func TestRunExitCodes(t *testing.T) {
-	env := newCLIEnv(t)
+	env := newLineageEnv(t)
 	bad := env.sim.AddServer(simcloud.ServerSpec{Name: "bad", Tags: []string{"backup=daily"}})
 	env.sim.AddServer(simcloud.ServerSpec{Name: "good", Tags: []string{"backup=daily"}})
 	env.sim.FailNextSnapshot(bad)
@@ -203,7 +163,7 @@ func TestRunExitCodes(t *testing.T) {
 // as the daemon does: with keep_last 3, the fourth slot deletes the oldest image of
 // each server and its volume snapshots, and --no-prune leaves everything in place.
 func TestRunPrunesAfterwards(t *testing.T) {
-	env := newCLIEnv(t)
+	env := newLineageEnv(t)
 	tags := []string{"backup=daily"}
 	env.sim.AddServer(simcloud.ServerSpec{Name: "web-1", Tags: tags})
 	env.sim.AddServer(simcloud.ServerSpec{Name: "db-1", Tags: tags, Volumes: 1})
@@ -247,7 +207,7 @@ func TestRunPrunesAfterwards(t *testing.T) {
 // holder), that prune --dry-run and the read commands still work, and that the
 // cloud was not asked for anything by the refused commands.
 func TestWritingCommandsRespectTheDatabaseLock(t *testing.T) {
-	env := newCLIEnv(t)
+	env := newLineageEnv(t)
 	env.sim.AddServer(simcloud.ServerSpec{Name: "web-1", Tags: []string{"backup=daily"}})
 	if code, out, errOut := env.cli(t, "run", "--config", env.config, "--policy", "web"); code != 0 {
 		t.Fatalf("run before the lock: exit %d\n%s\n%s", code, out, errOut)

@@ -20,13 +20,7 @@ import (
 // costs about 2.5 s of CPU, so the calls are few and the checks in between read
 // the simulator's /_sim/ state instead.
 func TestOpenstackClientAgainstSimcloud(t *testing.T) {
-	osc, err := exec.LookPath("openstack")
-	if err != nil {
-		if os.Getenv("IMAGEKEEPER_REQUIRE_REAL_CLIENTS") == "1" {
-			t.Fatalf("IMAGEKEEPER_REQUIRE_REAL_CLIENTS=1 but the openstack command is missing: %v", err)
-		}
-		t.Skip("openstack (python3-openstackclient) not installed")
-	}
+	osc := requirePeer(t, "openstack", "python3-openstackclient")
 	goTool, err := exec.LookPath("go")
 	if err != nil {
 		t.Fatalf("go tool: %v", err)

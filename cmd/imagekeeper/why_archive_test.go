@@ -9,13 +9,13 @@ import (
 	"time"
 
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
-	"github.com/imagekeeper/imagekeeper/store"
+	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
 
 // TestWhyAnswersForCompactedImages: once lineage_retention moved a deleted image's
 // row to the archive, `why` still explains it and says it was compacted.
 func TestWhyAnswersForCompactedImages(t *testing.T) {
-	env := newCLIEnv(t)
+	env := newLineageEnv(t)
 	env.sim.AddServer(simcloud.ServerSpec{Name: "web-1", Tags: []string{"backup=daily"}})
 	if code, out, errOut := env.cli(t, "run", "--config", env.config, "--policy", "web"); code != 0 {
 		t.Fatalf("run: exit %d\n%s\n%s", code, out, errOut)
@@ -37,10 +37,7 @@ func TestWhyAnswersForCompactedImages(t *testing.T) {
 	}
 	db.Close()
 	ctx := context.Background()
-	st, err := store.Open(ctx, env.state, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := storetest.MustOpenAt(t, env.state, nil)
 	moved, err := st.CompactLineage(ctx, time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC))
 	st.Close()
 	if err != nil || moved != 1 {
