@@ -123,6 +123,57 @@ func newLineageEnv(t *testing.T) *env {
 	return e
 }
 
+// retentionCLIConfig is the policy file of the retention commands' scene: %s is
+// the state path, %d keep_last.
+const retentionCLIConfig = `cloud: sim
+state: %s
+limits: {concurrency: 4, requests_per_second: 500}
+policies:
+  - name: nightly
+    select:
+      tags: [backup=nightly]
+    schedule:
+      cron: "30 2 * * *"
+      timezone: Asia/Shanghai
+    image:
+      name: '{{ .Server.Name }}-{{ .Slot.Format "0102" }}'
+      wait_timeout: 20s
+    retention:
+      keep_last: %d
+`
+
+// retentionEnv is a simulator on real time (short build and delete times), a
+// clouds.yaml and a policy file, with two days of images made by `run`.
+type retentionEnv struct {
+	*env
+	app string
+	db  string
+}
+
+func newRetentionEnv(t *testing.T) *retentionEnv {
+	t.Helper()
+	e := newEnv(t, simcloud.Options{Seed: 11, ImageBuildTime: 40 * time.Millisecond, SnapshotBuildTime: 30 * time.Millisecond,
+		SnapshotDeleteTime: 30 * time.Millisecond}).forCommands()
+	env := &retentionEnv{env: e}
+	// `run` prunes after its slot: while the history is made, keep all of it.
+	writeFile(t, env.config, fmt.Sprintf(retentionCLIConfig, env.state, 5))
+	tags := []string{"backup=nightly"}
+	env.app = e.sim.AddServer(simcloud.ServerSpec{Name: "app", Tags: tags})
+	env.db = e.sim.AddServer(simcloud.ServerSpec{Name: "db", Tags: tags, Volumes: 2})
+
+	env.pollInterval, env.snapshotWait = 10*time.Millisecond, 5*time.Second
+	// Two days of slots, fixed, and in the past of the real clock.
+	for _, day := range []int{19, 20} {
+		at := time.Date(2026, 11, day, 10, 0, 0, 0, time.UTC)
+		env.now = func() time.Time { return at }
+		if code, out, errOut := env.cli(t, "run", "--config", env.config, "--policy", "nightly", "--quiet"); code != 0 {
+			t.Fatalf("run: exit %d\n%s\n%s", code, out, errOut)
+		}
+	}
+	writeFile(t, env.config, fmt.Sprintf(retentionCLIConfig, env.state, 1))
+	return env
+}
+
 // serverNamed returns the simulator's server with that name.
 func (e *env) serverNamed(t *testing.T, name string) simcloud.ServerState {
 	t.Helper()

@@ -2,67 +2,14 @@ package main
 
 import (
 	"encoding/json"
-	"fmt"
-	"os"
-	"path/filepath"
 	"reflect"
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
 	"github.com/imagekeeper/imagekeeper/scheduler"
 )
-
-const retentionCLIConfig = `cloud: sim
-state: %s
-limits: {concurrency: 4, requests_per_second: 500}
-policies:
-  - name: nightly
-    select:
-      tags: [backup=nightly]
-    schedule:
-      cron: "30 2 * * *"
-      timezone: Asia/Shanghai
-    image:
-      name: '{{ .Server.Name }}-{{ .Slot.Format "0102" }}'
-      wait_timeout: 20s
-    retention:
-      keep_last: %d
-`
-
-// retentionEnv is a simulator on real time (short build and delete times), a
-// clouds.yaml and a policy file, with two days of images made by `run`.
-type retentionEnv struct {
-	*env
-	app string
-	db  string
-}
-
-func newRetentionEnv(t *testing.T) *retentionEnv {
-	t.Helper()
-	e := newEnv(t, simcloud.Options{Seed: 11, ImageBuildTime: 40 * time.Millisecond, SnapshotBuildTime: 30 * time.Millisecond,
-		SnapshotDeleteTime: 30 * time.Millisecond}).forCommands()
-	env := &retentionEnv{env: e}
-	// `run` prunes after its slot: while the history is made, keep all of it.
-	writeFile(t, env.config, fmt.Sprintf(retentionCLIConfig, env.state, 5))
-	tags := []string{"backup=nightly"}
-	env.app = e.sim.AddServer(simcloud.ServerSpec{Name: "app", Tags: tags})
-	env.db = e.sim.AddServer(simcloud.ServerSpec{Name: "db", Tags: tags, Volumes: 2})
-
-	env.pollInterval, env.snapshotWait = 10*time.Millisecond, 5*time.Second
-	// Two days of slots, fixed, and in the past of the real clock.
-	for _, day := range []int{19, 20} {
-		at := time.Date(2026, 11, day, 10, 0, 0, 0, time.UTC)
-		env.now = func() time.Time { return at }
-		if code, out, errOut := env.cli(t, "run", "--config", env.config, "--policy", "nightly", "--quiet"); code != 0 {
-			t.Fatalf("run: exit %d\n%s\n%s", code, out, errOut)
-		}
-	}
-	writeFile(t, env.config, fmt.Sprintf(retentionCLIConfig, env.state, 1))
-	return env
-}
 
 func TestPruneCommandDryRunThenDelete(t *testing.T) {
 	env := newRetentionEnv(t)
@@ -123,120 +70,6 @@ func TestPruneCommandDryRunThenDelete(t *testing.T) {
 	}
 }
 
-func TestReconcileCommand(t *testing.T) {
-	env := newRetentionEnv(t)
-	// The db server's older image vanishes behind our back: its row is known but
-	// gone, and its two volume snapshots are leftovers.
-	var dbOld string
-	for _, im := range env.sim.Images() {
-		if im.ServerID == env.db && (dbOld == "" || im.CreatedAt.Before(mustImage(t, env, dbOld).CreatedAt)) {
-			dbOld = im.ID
-		}
-	}
-	env.sim.DeleteImageDirect(dbOld)
-
-	code, out, errOut := env.cli(t, "reconcile", "--config", env.config)
-	if code != 0 {
-		t.Fatalf("reconcile: exit %d\n%s\n%s", code, out, errOut)
-	}
-	for _, re := range []string{
-		`(?m)^known_gone\s+nightly\s+\S+\s+` + regexp.QuoteMeta(dbOld) + `\s+-\s+lineage says good, Glance answers 404\s+would mark failed$`,
-		`(?m)^leftover_snapshot\s+nightly\s+.*\s+would delete \(--fix\)$`,
-		`(?m)^reconcile \(report only, nothing changed; --fix to act\): 3 stamped images, 4 snapshots in the cloud: stamped_unknown 0, stamped_inherited 0, known_gone 1, leftover_snapshot 2, hollow_image 0, late_good 0, duplicate 0$`,
-	} {
-		if !regexp.MustCompile(re).MatchString(out) {
-			t.Errorf("reconcile output does not match %s:\n%s", re, out)
-		}
-	}
-	if n := len(env.sim.Snapshots()); n != 4 {
-		t.Fatalf("reconcile without --fix deleted snapshots: %d left", n)
-	}
-	// Report only means the lineage too: the row of the gone image still says good.
-	if code, out, _ := env.cli(t, "images", "--config", env.config, "--image-state", "good", "-o", "json"); code != 0 || !strings.Contains(out, dbOld) {
-		t.Fatalf("reconcile without --fix changed the row of %s:\n%s", dbOld, out)
-	}
-
-	code, out, errOut = env.cli(t, "reconcile", "--config", env.config, "--fix", "-o", "json")
-	if code != 0 {
-		t.Fatalf("reconcile --fix: exit %d\n%s\n%s", code, out, errOut)
-	}
-	var rep reconcileJSON
-	if err := json.Unmarshal([]byte(out), &rep); err != nil {
-		t.Fatal(err)
-	}
-	if rep.Fixed["known_gone"] != 1 || rep.Fixed["leftover_snapshot"] != 2 || rep.ReportOnly {
-		t.Fatalf("fixed = %v\n%s", rep.Fixed, out)
-	}
-	if n := len(env.sim.Snapshots()); n != 2 {
-		t.Fatalf("after --fix %d snapshots left, want 2", n)
-	}
-	code, out, _ = env.cli(t, "reconcile", "--config", env.config)
-	if code != 0 || !strings.Contains(out, "known_gone 0, leftover_snapshot 0") {
-		t.Fatalf("reconcile after fix: exit %d\n%s", code, out)
-	}
-}
-
-func mustImage(t *testing.T, env *retentionEnv, id string) simcloud.ImageState {
-	t.Helper()
-	im, ok := env.sim.Image(id)
-	if !ok {
-		t.Fatalf("image %s missing", id)
-	}
-	return im
-}
-
-func TestPlanCommand(t *testing.T) {
-	env := newRetentionEnv(t)
-	env.now = func() time.Time { return time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC) }
-	images := env.sim.Images()
-	env.sim.AddServer(simcloud.ServerSpec{Name: "zz-broken", Tags: []string{"backup=nightly"}, Status: "ERROR"})
-
-	code, out, errOut := env.cli(t, "plan", "--config", env.config, "--horizon", "3d")
-	if code != 0 {
-		t.Fatalf("plan: exit %d\n%s\n%s", code, out, errOut)
-	}
-	for _, re := range []string{
-		`(?m)^policy nightly: schedule "30 2 \* \* \*" in Asia/Shanghai$`,
-		// 12:00 UTC is 20:00 in Shanghai: the next slot is 02:30 CST on Dec 2.
-		`(?m)^  next slots: 2026-12-02 02:30 CST, 2026-12-03 02:30 CST, 2026-12-04 02:30 CST, 2026-12-05 02:30 CST, 2026-12-06 02:30 CST$`,
-		`(?m)^  servers selected now: 3$`,
-		`(?m)^    app\s+\S+\s+app-1202$`,
-		`(?m)^    zz-broken\s+\S+\s+\(server in ERROR: skipped until it recovers\)$`,
-		`(?m)^  retention today: 4 images, 2 would be deleted$`,
-		`(?m)^  horizon 3d: 3 slots, 6 images created, 8 deleted$`,
-		// The first simulated prune drops both servers' remaining old images too.
-		`(?m)^    2026-12-02 02:30 CST  \+2  -4: `,
-		// Within a step deletions are listed by server id, which the simulator draws
-		// at random: either order.
-		`(?m)^    2026-12-04 02:30 CST  \+2  -2: (app-1203, db-1203|db-1203, app-1203)$`,
-		// The server in ERROR gets no image, so nothing of it shows at the end.
-		`(?m)^  images per server at the end: app 1, db 1$`,
-	} {
-		if !regexp.MustCompile(re).MatchString(out) {
-			t.Errorf("plan output does not match %s:\n%s", re, out)
-		}
-	}
-	if !reflect.DeepEqual(env.sim.Images(), images) {
-		t.Fatal("plan changed the cloud")
-	}
-
-	// Without a lineage, plan says so and creates no database.
-	dir := t.TempDir()
-	fresh := filepath.Join(dir, "none.db")
-	cfg2 := writeFile(t, filepath.Join(dir, "fresh.yaml"), fmt.Sprintf(retentionCLIConfig, fresh, 1))
-	code, out, _ = env.cli(t, "plan", "--config", cfg2, "-o", "json")
-	if code != 0 || !strings.Contains(out, "no lineage yet") {
-		t.Fatalf("plan without lineage: exit %d\n%s", code, out)
-	}
-	if _, err := os.Stat(fresh); !os.IsNotExist(err) {
-		t.Fatalf("plan created the database: %v", err)
-	}
-	if code, _, _ := env.cli(t, "plan", "--config", cfg2, "--horizon", "soon"); code != exitUsage {
-		t.Errorf("plan --horizon soon: exit %d, want %d", code, exitUsage)
-	}
-}
-
-// TestPruneSummaryWords checks the summary line counts in words, one and many.
 func TestPruneSummaryWords(t *testing.T) {
 	for _, tt := range []struct {
 		rep  scheduler.PruneReport

@@ -8,6 +8,7 @@ import (
 
 	"github.com/imagekeeper/imagekeeper/cloud"
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
+	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/store"
 )
 
@@ -274,4 +275,148 @@ func TestReconcilePreviewLeakNeedsNoFix(t *testing.T) {
 	if row, _ := h.store.Image(ctx, sc.adoptRow); row.ImageID != sc.adoptImage {
 		t.Errorf("reconcile without --fix did not adopt the leaked row: %+v", row)
 	}
+}
+
+// TestReconcileAdoptsLeakedUnknownOutcome: createImage's answer is lost (500 after
+// the image was made) and the image listing fails until wait_timeout, so the row
+// fails with no image id. The periodic reconcile (no --fix) adopts the stamped
+// image into it, and the next wait settles it good, instead of leaking it.
+func TestReconcileAdoptsLeakedUnknownOutcome(t *testing.T) {
+	h := newHarness(t, withWaitTimeout("400ms"))
+	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
+	h.sim.SetFault(simcloud.Fault{Op: "compute.createImage", ErrorStatus: 500, After: true, Count: 1})
+	h.sim.SetFault(simcloud.Fault{Op: "image.list", ErrorStatus: 403})
+	ctx := context.Background()
+	r := h.runner(nil)
+	if _, err := r.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerScheduled); err != nil {
+		t.Fatal(err)
+	}
+	row, err := h.store.ImageByKey(ctx, "web", id, h.slot)
+	if err != nil || row.State != store.ImageFailed || row.ImageID != "" {
+		t.Fatalf("after the lost answer: %+v (%v), want failed without an image id", row, err)
+	}
+	h.sim.ClearFaults()
+	if _, err := NewReconciler(r.sh).Reconcile(ctx, h.cfg, false); err != nil {
+		t.Fatal(err)
+	}
+	row, _ = h.store.ImageByKey(ctx, "web", id, h.slot)
+	stamped := h.stampedImages()[id]
+	if len(stamped) != 1 || row.ImageID != stamped[0].ID || !row.Adopted {
+		t.Fatalf("periodic reconcile left the leak: row %s image %q adopted=%v; stamped images %d",
+			row.State, row.ImageID, row.Adopted, len(stamped))
+	}
+	if err := r.ResumeWaits(ctx, policy.NewCoordinator(h.cfg)); err != nil {
+		t.Fatal(err)
+	}
+	if row, _ = h.store.ImageByKey(ctx, "web", id, h.slot); row.State != store.ImageGood {
+		t.Errorf("adopted row is %s (%s), want good", row.State, row.Reason)
+	}
+}
+
+// TestReconcileDuplicate: two images with our full stamp for one slot, made by the
+// same server, are reported duplicate (not stamped_inherited). --fix deletes the
+// newer one only where the lineage shows a createImage with an unknown outcome for
+// that slot; an older one, or one beside a row with a known outcome, is kept.
+func TestReconcileDuplicate(t *testing.T) {
+	h := newHarness(t)
+	lost := h.sim.AddServer(simcloud.ServerSpec{Name: "lost", Tags: []string{"backup=daily"}})
+	plain := h.sim.AddServer(simcloud.ServerSpec{Name: "plain", Tags: []string{"backup=daily"}})
+	// The first createImage (server order: by id) answers 500 after making the image.
+	h.sim.SetFault(simcloud.Fault{Op: "compute.createImage", ErrorStatus: 500, After: true, Count: 1})
+	ctx := context.Background()
+	r := h.runner(func(o *runnerOptions) { o.Limits.Concurrency = 1 })
+	if rep, err := r.RunSlot(ctx, h.cfg.Version, h.p, h.slot, TriggerManual); err != nil || rep.Counts.Good != 2 {
+		t.Fatalf("slot: %+v %v", rep, err)
+	}
+	rows := map[string]store.Image{}
+	for _, id := range []string{lost, plain} {
+		row, err := h.store.ImageByKey(ctx, "web", id, h.slot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows[id] = row
+	}
+	if rows[lost].Adopted == rows[plain].Adopted {
+		// The fault hit the other server: swap the names so that "lost" is the adopted one.
+		lost, plain = plain, lost
+	}
+	dup := func(server string, d time.Duration) string {
+		orig, ok := h.sim.Image(rows[server].ImageID)
+		if !ok || orig.Properties["instance_uuid"] != server {
+			t.Fatalf("image of %s: %+v", server, orig)
+		}
+		return h.sim.PutImage(simcloud.ImageState{Name: orig.Name, Status: "active", Size: orig.Size,
+			Properties: orig.Properties, CreatedAt: orig.CreatedAt.Add(d)})
+	}
+	newer, older, plainDup := dup(lost, time.Minute), dup(lost, -time.Minute), dup(plain, time.Minute)
+
+	rep, err := NewReconciler(r.sh).Reconcile(ctx, h.cfg, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Counts[DriftCategory("duplicate")] != 3 || rep.Counts[DriftInherited] != 0 {
+		t.Fatalf("counts %v, want duplicate 3 and no stamped_inherited", rep.Counts)
+	}
+	if _, err := NewReconciler(r.sh).Reconcile(ctx, h.cfg, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := h.sim.Image(newer); ok {
+		t.Errorf("newer duplicate of an unknown-outcome slot not deleted by --fix")
+	}
+	for name, id := range map[string]string{"older duplicate": older, "duplicate beside a known outcome": plainDup,
+		"lost's own image": rows[lost].ImageID, "plain's own image": rows[plain].ImageID} {
+		if _, ok := h.sim.Image(id); !ok {
+			t.Errorf("%s %s was deleted", name, id)
+		}
+	}
+}
+
+// TestHollowImageStopsCounting: a volume snapshot behind the newest good image is
+// deleted behind our back. The periodic reconcile (no --fix) marks the row failed
+// (hollow) and records the snapshot missing, so keep_last 1 keeps the older, intact
+// image instead; after the grace retention deletes the hollow image and the
+// snapshots it has left, like any failed image.
+func TestHollowImageStopsCounting(t *testing.T) {
+	h := newHarness(t, retentionScene("      keep_last: 1"))
+	h.server("db", 2)
+	h.slots(2)
+	ctx := context.Background()
+	good := h.rows(store.ImageGood)
+	if len(good) != 2 {
+		t.Fatalf("%d good rows, want 2", len(good))
+	}
+	older, newest := good[0], good[1]
+	snaps := h.snapshotsOf(newest.Row)
+	if len(snaps) != 2 || !h.sim.DeleteSnapshotDirect(snaps[0].SnapshotID) {
+		t.Fatalf("snapshots of the newest image: %+v", snaps)
+	}
+	if _, err := NewReconciler(h.r.sh).Reconcile(ctx, h.cfg, false); err != nil {
+		t.Fatal(err)
+	}
+	row, err := h.store.Image(ctx, newest.Row)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if row.State == store.ImageGood {
+		t.Fatalf("hollow image is still good after reconcile")
+	}
+	if row.Failure != store.FailureHollow {
+		t.Errorf("hollow row: %s failure %q (%s)", row.State, row.Failure, row.Reason)
+	}
+	if sn := h.snapshotsOf(newest.Row)[0]; sn.SnapshotID != snaps[0].SnapshotID || sn.State != store.SnapshotMissing {
+		t.Errorf("deleted snapshot %s: lineage says %s of %s, want missing", snaps[0].SnapshotID, sn.State, sn.SnapshotID)
+	}
+	h.prune(PruneOptions{})
+	if cur, _ := h.store.Image(ctx, older.Row); cur.State != store.ImageGood {
+		t.Errorf("the older, intact image was pruned (%s): the hollow one counted towards keep_last", cur.State)
+	}
+	h.clock.Advance(2 * time.Hour)
+	h.prune(PruneOptions{})
+	if cur, _ := h.store.Image(ctx, newest.Row); cur.State != store.ImageDeleted {
+		t.Errorf("after the grace the hollow row is %s, want deleted", cur.State)
+	}
+	if cur, _ := h.store.Image(ctx, older.Row); cur.State != store.ImageGood {
+		t.Errorf("older image %s after the hollow one was deleted", cur.State)
+	}
+	h.checkDeletedGone()
 }
