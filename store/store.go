@@ -91,8 +91,14 @@ type migration struct {
 }
 
 // loadMigrations reads the embedded migrations in version order.
-func loadMigrations() ([]migration, error) {
-	entries, err := fs.ReadDir(migrationFS, "migrations")
+func loadMigrations() ([]migration, error) { return parseMigrations(migrationFS) }
+
+// parseMigrations reads migrations/*.sql from fsys and checks that their versions
+// run 1, 2, 3... without a gap: a database records only its newest version, so a
+// migration numbered past a gap, or slotted into one later, would be applied to
+// some databases and silently skipped on others.
+func parseMigrations(fsys fs.FS) ([]migration, error) {
+	entries, err := fs.ReadDir(fsys, "migrations")
 	if err != nil {
 		return nil, fmt.Errorf("read embedded migrations: %w", err)
 	}
@@ -110,7 +116,7 @@ func loadMigrations() ([]migration, error) {
 		if err != nil || v <= 0 {
 			return nil, fmt.Errorf("migration %s: bad version %q", name, num)
 		}
-		body, err := fs.ReadFile(migrationFS, path.Join("migrations", name))
+		body, err := fs.ReadFile(fsys, path.Join("migrations", name))
 		if err != nil {
 			return nil, fmt.Errorf("read migration %s: %w", name, err)
 		}
@@ -120,6 +126,11 @@ func loadMigrations() ([]migration, error) {
 	for i := 1; i < len(ms); i++ {
 		if ms[i].version == ms[i-1].version {
 			return nil, fmt.Errorf("migrations %s and %s share version %d", ms[i-1].name, ms[i].name, ms[i].version)
+		}
+	}
+	for i, m := range ms {
+		if m.version != i+1 {
+			return nil, fmt.Errorf("migration %s: version %d where %d was due (versions must run 1, 2, 3... without a gap)", m.name, m.version, i+1)
 		}
 	}
 	return ms, nil
