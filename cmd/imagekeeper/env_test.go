@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -33,10 +35,27 @@ type env struct {
 	clouds  string
 }
 
+// envOption changes how newEnv serves its simulator.
+type envOption func(*envSetup)
+
+type envSetup struct {
+	front func(sim http.Handler) http.Handler // nil: the simulator listens itself
+}
+
+// behind serves the simulator through front (a recorder in front of it, say) on a
+// loopback test server, instead of on the simulator's own listener.
+func behind(front func(sim http.Handler) http.Handler) envOption {
+	return func(s *envSetup) { s.front = front }
+}
+
 // newEnv starts a simulator with simOpts; images it builds take 200 ms, snapshots
 // 100 ms and snapshot deletions 50 ms unless simOpts says otherwise.
-func newEnv(t *testing.T, simOpts simcloud.Options) *env {
+func newEnv(t *testing.T, simOpts simcloud.Options, opts ...envOption) *env {
 	t.Helper()
+	var s envSetup
+	for _, o := range opts {
+		o(&s)
+	}
 	if simOpts.ImageBuildTime == 0 {
 		simOpts.ImageBuildTime = 200 * time.Millisecond
 	}
@@ -48,10 +67,16 @@ func newEnv(t *testing.T, simOpts simcloud.Options) *env {
 	}
 	simOpts.DeterministicIDs = true // ids of the seed alone: ties in listings break the same way every run
 	sim := simcloud.New(simOpts)
-	if err := sim.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
+	if s.front != nil {
+		srv := httptest.NewServer(s.front(sim.Handler()))
+		t.Cleanup(srv.Close)
+		sim.SetBaseURL(srv.URL)
+	} else {
+		if err := sim.Start("127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { sim.Close() })
 	}
-	t.Cleanup(func() { sim.Close() })
 	dir := t.TempDir()
 	e := &env{t: t, sim: sim, dir: dir, config: filepath.Join(dir, "imagekeeper.yaml"),
 		state: filepath.Join(dir, "lineage.db"), clouds: filepath.Join(dir, "clouds.yaml")}

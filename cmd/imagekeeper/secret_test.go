@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -65,9 +64,10 @@ func (h *headerSpy) Write(b []byte) (int, error) {
 	return h.ResponseWriter.Write(b)
 }
 
-// secretFixture is a simulated cloud whose credentials are canaries, a clouds.yaml
-// with a password entry, an application-credential entry and one with a wrong
-// password, and a policy file per entry.
+// secretFixture is an env whose simulator's credentials are canaries, with a
+// recorder in front of it that collects the Keystone tokens it issues, a
+// clouds.yaml with a password entry, an application-credential entry and one with
+// a wrong password, and a policy file per entry.
 type secretFixture struct {
 	sim     *simcloud.Sim
 	tokens  *tokenRecorder
@@ -76,26 +76,23 @@ type secretFixture struct {
 
 func newSecretFixture(t *testing.T) *secretFixture {
 	t.Helper()
-	sim := simcloud.New(simcloud.Options{
+	rec := &tokenRecorder{}
+	e := newEnv(t, simcloud.Options{
 		Seed:                1,
-		DeterministicIDs:    true,
 		Password:            leakPassword,
 		AppCredentialSecret: leakAppCredSecret,
 		ImageBuildTime:      50 * time.Millisecond,
 		SnapshotBuildTime:   50 * time.Millisecond,
 		SnapshotDeleteTime:  10 * time.Millisecond,
-	})
-	rec := &tokenRecorder{next: sim.Handler()}
-	srv := httptest.NewServer(rec)
-	t.Cleanup(srv.Close)
-	sim.SetBaseURL(srv.URL)
+	}, behind(func(sim http.Handler) http.Handler { rec.next = sim; return rec }))
+	sim := e.sim
 	for i := 1; i <= 2; i++ {
 		sim.AddServer(simcloud.ServerSpec{Name: fmt.Sprintf("web-%d", i), Tags: []string{"backup=leak"}})
 	}
 	sim.AddServer(simcloud.ServerSpec{Name: "db-1", Tags: []string{"backup=leak"}, Volumes: 1})
 	sim.AddServer(simcloud.ServerSpec{Name: "broken", Tags: []string{"backup=leak"}, Status: "ERROR"})
 
-	dir := t.TempDir()
+	dir := e.dir
 	// One clouds.yaml with three entries: the simulator writes each; the wrong one
 	// is the password entry with another password.
 	pw := string(sim.CloudsYAML("leak-pw"))
@@ -107,11 +104,8 @@ func newSecretFixture(t *testing.T) *secretFixture {
 			t.Fatalf("clouds.yaml lacks the canary %q: the test would look for the wrong thing:\n%s", s, cloudsYAML)
 		}
 	}
-	cloudsPath := filepath.Join(dir, "clouds.yaml")
-	if err := os.WriteFile(cloudsPath, []byte(cloudsYAML), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("OS_CLIENT_CONFIG_FILE", cloudsPath)
+	writeFile(t, e.clouds, cloudsYAML)
+	e.forCommands()
 	t.Setenv("OS_CLOUD", "")
 
 	f := &secretFixture{sim: sim, tokens: rec, configs: map[string]string{}}
