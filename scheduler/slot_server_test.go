@@ -15,46 +15,57 @@ func busyRunner(h *harness) *Runner {
 	return h.runner(func(o *runnerOptions) { o.BusyRetryInterval = 20 * time.Millisecond })
 }
 
-// TestBusyServerRetriedWithinSlot: a server busy with someone else's snapshot
-// (task_state image_uploading) when the slot starts is looked at again with backoff
-// and imaged once the task ends, in the same slot, instead of losing the slot.
+// TestBusyServerRetriedWithinSlot: a server busy when its turn comes is looked at
+// again with backoff and imaged, in the same slot, instead of losing the slot:
+//   - task state: busy with someone else's snapshot (task_state image_uploading)
+//     when the slot starts, imaged once the task ends, with one createImage call;
+//   - 409: createImage answered 409 twice (a task appeared after the listing), tried
+//     again within the slot, and the row records one accepted attempt.
 func TestBusyServerRetriedWithinSlot(t *testing.T) {
-	h := newHarness(t)
-	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}, TaskState: "image_uploading"})
-	go func() {
-		time.Sleep(300 * time.Millisecond)
-		h.sim.SetServerTaskState(id, "")
-	}()
-	slot := time.Now().UTC().Truncate(time.Second)
-	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg.Version, h.p, slot, TriggerManual)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(rep.Servers) != 1 || rep.Servers[0].Outcome != ServerGood {
-		t.Fatalf("busy server: %+v, want good after its task ended", rep.Servers)
-	}
-	if n := h.sim.CreateImageCalls(id); n != 1 {
-		t.Errorf("%d createImage calls, want 1", n)
-	}
-}
-
-// TestBusy409RetriedWithinSlot: createImage answered 409 twice (a task appeared
-// after the listing) and is tried again within the slot.
-func TestBusy409RetriedWithinSlot(t *testing.T) {
-	h := newHarness(t)
-	id := h.sim.AddServer(simcloud.ServerSpec{Name: "w", Tags: []string{"backup=daily"}})
-	h.sim.SetFault(simcloud.Fault{Op: "compute.createImage", ErrorStatus: 409, Count: 2})
-	slot := time.Now().UTC().Truncate(time.Second)
-	rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg.Version, h.p, slot, TriggerManual)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(rep.Servers) != 1 || rep.Servers[0].Outcome != ServerGood {
-		t.Fatalf("server refused twice with 409: %+v, want good", rep.Servers)
-	}
-	row, err := h.store.ImageByKey(context.Background(), "web", id, slot)
-	if err != nil || row.State != store.ImageGood || row.Attempts != 1 {
-		t.Errorf("row %+v (%v): want good after 1 accepted attempt", row, err)
+	for _, tc := range []struct {
+		name  string
+		spec  simcloud.ServerSpec
+		busy  func(h *harness, id string)                               // makes the server busy
+		check func(t *testing.T, h *harness, id string, slot time.Time) // beyond the good outcome
+	}{
+		{name: "task state", spec: simcloud.ServerSpec{TaskState: "image_uploading"},
+			busy: func(h *harness, id string) {
+				go func() {
+					time.Sleep(300 * time.Millisecond)
+					h.sim.SetServerTaskState(id, "")
+				}()
+			},
+			check: func(t *testing.T, h *harness, id string, _ time.Time) {
+				if n := h.sim.CreateImageCalls(id); n != 1 {
+					t.Errorf("%d createImage calls, want 1", n)
+				}
+			}},
+		{name: "409", busy: func(h *harness, _ string) {
+			h.sim.SetFault(simcloud.Fault{Op: "compute.createImage", ErrorStatus: 409, Count: 2})
+		},
+			check: func(t *testing.T, h *harness, id string, slot time.Time) {
+				row, err := h.store.ImageByKey(context.Background(), "web", id, slot)
+				if err != nil || row.State != store.ImageGood || row.Attempts != 1 {
+					t.Errorf("row %+v (%v): want good after 1 accepted attempt", row, err)
+				}
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			spec := tc.spec
+			spec.Name, spec.Tags = "w", []string{"backup=daily"}
+			id := h.sim.AddServer(spec)
+			tc.busy(h, id)
+			slot := time.Now().UTC().Truncate(time.Second)
+			rep, err := busyRunner(h).RunSlot(context.Background(), h.cfg.Version, h.p, slot, TriggerManual)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rep.Servers) != 1 || rep.Servers[0].Outcome != ServerGood {
+				t.Fatalf("busy server: %+v, want good once it was free", rep.Servers)
+			}
+			tc.check(t, h, id, slot)
+		})
 	}
 }
 
