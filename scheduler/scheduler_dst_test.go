@@ -1,7 +1,6 @@
 package scheduler
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -41,9 +40,7 @@ func TestTickAcrossDST(t *testing.T) {
 			}
 			h := newTickHarness(t)
 			h.clock.Set(tt.day.Add(-time.Minute))
-			if err := h.s.Start(context.Background(), cfg); err != nil {
-				t.Fatal(err)
-			}
+			h.start(t, cfg)
 			var runs []time.Time
 			end := tt.day.AddDate(0, 0, 1)
 			for now := tt.day; now.Before(end); now = now.Add(time.Minute) {

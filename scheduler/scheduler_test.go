@@ -122,6 +122,13 @@ func (f *fakeRuns) blockPolicy(name string) chan struct{} {
 	return ch
 }
 
+// setPanicky makes the runs of policy p panic (or stop panicking).
+func (f *fakeRuns) setPanicky(p string, on bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.panicky[p] = on
+}
+
 func (f *fakeRuns) next(t *testing.T) runCall {
 	t.Helper()
 	select {
@@ -178,6 +185,14 @@ func newTickHarness(t *testing.T) *tickHarness {
 	return h
 }
 
+// start starts the Scheduler on cfg.
+func (h *tickHarness) start(t *testing.T, cfg *policy.Config) {
+	t.Helper()
+	if err := h.s.Start(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // tick moves the clock and ticks.
 func (h *tickHarness) tick(d time.Duration) time.Time {
 	h.clock.Advance(d)
@@ -203,9 +218,7 @@ func equal(a, b []string) bool { return fmt.Sprint(a) == fmt.Sprint(b) }
 
 func TestTickRunsEverySlotOnce(t *testing.T) {
 	h := newTickHarness(t)
-	if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute))); err != nil {
-		t.Fatal(err)
-	}
+	h.start(t, config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute)))
 	h.tick(time.Second) // 12:00:01: slot 12:00:00 is not after the start
 	h.runs.none(t)
 	h.tick(9 * time.Second) // 12:00:10
@@ -228,9 +241,7 @@ func TestTickRunsEverySlotOnce(t *testing.T) {
 
 func TestOverlapIsRecordedSkipped(t *testing.T) {
 	h := newTickHarness(t)
-	if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute))); err != nil {
-		t.Fatal(err)
-	}
+	h.start(t, config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute)))
 	release := h.runs.blockPolicy("p")
 	h.tick(10 * time.Second)
 	h.runs.next(t)
@@ -255,9 +266,7 @@ func TestOverlapIsRecordedSkipped(t *testing.T) {
 
 func TestLateTimerRecordsMissedSlots(t *testing.T) {
 	h := newTickHarness(t)
-	if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpNone, time.Minute))); err != nil {
-		t.Fatal(err)
-	}
+	h.start(t, config(everyPolicy("p", 10*time.Second, policy.CatchUpNone, time.Minute)))
 	// The host slept through 12:00:10 and 12:00:20 and woke at 12:00:31: 12:00:30 is
 	// within the 5 s grace and runs on time, the two before it are missed.
 	h.tick(31 * time.Second)
@@ -306,9 +315,7 @@ func TestStartCatchUp(t *testing.T) {
 				h.ledger.set("p", last, store.OutcomeRan)
 			}
 			h.clock.Set(base.Add(3 * time.Second))
-			if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, tt.catchUp, tt.maxLate))); err != nil {
-				t.Fatal(err)
-			}
+			h.start(t, config(everyPolicy("p", 10*time.Second, tt.catchUp, tt.maxLate)))
 			if tt.wantRun {
 				if c := h.runs.next(t); !c.slot.Equal(base) || !c.catchUp {
 					t.Fatalf("run %+v, want catch-up of 12:00:00", c)
@@ -333,9 +340,7 @@ func TestStartBoundsMissedRows(t *testing.T) {
 	h.s.opts.MaxMissedRows = 3
 	h.ledger.set("p", base.Add(-time.Hour), store.OutcomeRan)
 	h.clock.Set(base.Add(time.Second))
-	if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpNone, 0))); err != nil {
-		t.Fatal(err)
-	}
+	h.start(t, config(everyPolicy("p", 10*time.Second, policy.CatchUpNone, 0)))
 	h.settle(t)
 	// 360 slots in the hour: the 3 most recent before 12:00 and 12:00 itself are rows.
 	want := []string{"11:00:00 ran", "11:59:30 missed", "11:59:40 missed", "11:59:50 missed", "12:00:00 missed"}
@@ -349,9 +354,7 @@ func TestDisabledPolicyTakesNoSlots(t *testing.T) {
 	off := everyPolicy("off", 10*time.Second, policy.CatchUpLatest, time.Hour)
 	off.Enabled = false
 	h.ledger.set("off", base.Add(-time.Minute), store.OutcomeRan)
-	if err := h.s.Start(context.Background(), config(off)); err != nil {
-		t.Fatal(err)
-	}
+	h.start(t, config(off))
 	h.tick(10 * time.Second)
 	h.tick(10 * time.Second)
 	h.settle(t)
@@ -365,9 +368,7 @@ func TestSwapAddsRemovesAndChanges(t *testing.T) {
 	h := newTickHarness(t)
 	a := everyPolicy("a", 10*time.Second, policy.CatchUpLatest, time.Minute)
 	b := everyPolicy("b", 10*time.Second, policy.CatchUpLatest, time.Minute)
-	if err := h.s.Start(context.Background(), config(a, b)); err != nil {
-		t.Fatal(err)
-	}
+	h.start(t, config(a, b))
 	releaseA := h.runs.blockPolicy("a")
 	h.tick(10 * time.Second) // 12:00:10: both run; a blocks
 	got := map[string]runCall{}
@@ -415,9 +416,7 @@ func TestSwapAddsRemovesAndChanges(t *testing.T) {
 
 func TestSwapTakesDueSlotOfOldSchedule(t *testing.T) {
 	h := newTickHarness(t)
-	if err := h.s.Start(context.Background(), config(everyPolicy("a", 10*time.Second, policy.CatchUpLatest, time.Minute))); err != nil {
-		t.Fatal(err)
-	}
+	h.start(t, config(everyPolicy("a", 10*time.Second, policy.CatchUpLatest, time.Minute)))
 	// 12:00:10 is due but its timer has not fired when the reload changes the schedule.
 	h.clock.Set(base.Add(10*time.Second + time.Millisecond))
 	a2 := everyPolicy("a", 60*time.Second, policy.CatchUpLatest, time.Minute)
@@ -431,18 +430,12 @@ func TestSwapTakesDueSlotOfOldSchedule(t *testing.T) {
 
 func TestPanickingRunIsFailedAndPolicyGoesOn(t *testing.T) {
 	h := newTickHarness(t)
-	if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute))); err != nil {
-		t.Fatal(err)
-	}
-	h.runs.mu.Lock()
-	h.runs.panicky["p"] = true
-	h.runs.mu.Unlock()
+	h.start(t, config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute)))
+	h.runs.setPanicky("p", true)
 	h.tick(10 * time.Second)
 	h.runs.next(t)
 	h.settle(t)
-	h.runs.mu.Lock()
-	h.runs.panicky["p"] = false
-	h.runs.mu.Unlock()
+	h.runs.setPanicky("p", false)
 	h.tick(10 * time.Second)
 	h.runs.next(t)
 	h.settle(t)
@@ -454,9 +447,7 @@ func TestPanickingRunIsFailedAndPolicyGoesOn(t *testing.T) {
 func TestDrain(t *testing.T) {
 	t.Run("clean", func(t *testing.T) {
 		h := newTickHarness(t)
-		if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute))); err != nil {
-			t.Fatal(err)
-		}
+		h.start(t, config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute)))
 		release := h.runs.blockPolicy("p")
 		h.tick(10 * time.Second)
 		h.runs.next(t)
@@ -476,9 +467,7 @@ func TestDrain(t *testing.T) {
 	})
 	t.Run("deadline cancels runs", func(t *testing.T) {
 		h := newTickHarness(t)
-		if err := h.s.Start(context.Background(), config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute))); err != nil {
-			t.Fatal(err)
-		}
+		h.start(t, config(everyPolicy("p", 10*time.Second, policy.CatchUpLatest, time.Minute)))
 		h.runs.blockPolicy("p")
 		h.tick(10 * time.Second)
 		h.runs.next(t)
