@@ -197,7 +197,9 @@ func newHarness(t testing.TB, opts ...harnessOption) *harness {
 // with our adapter on it, configured by a.
 func startSim(t testing.TB, o simcloud.Options, now func() time.Time, a openstack.Options) (*simcloud.Sim, cloud.Cloud) {
 	t.Helper()
-	o.Now = now
+	if now != nil || o.Now == nil { // a test may give the simulator a clock of its own (withSim)
+		o.Now = now
+	}
 	o.DeterministicIDs = true // ids of the seed alone: ties in listings break the same way every run
 	sim := simcloud.New(o)
 	if err := sim.Start("127.0.0.1:0"); err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/imagekeeper/imagekeeper/cloud"
 	"github.com/imagekeeper/imagekeeper/cloud/cloudtest"
 	"github.com/imagekeeper/imagekeeper/policy"
+	"github.com/imagekeeper/imagekeeper/store"
 	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
 
@@ -34,30 +35,9 @@ func BenchmarkPrunePlan(b *testing.B) {
 	path := st.Path()
 	loadRows(b, path, st.Owner(), servers, perServer, now)
 
-	cfg, err := policy.Parse("bench.yaml", []byte(`policies:
-  - name: nightly
-    select: {tags: [backup=nightly]}
-    schedule: {cron: "30 2 * * *", timezone: Europe/Berlin}
-    image: {name: '{{ .Server.Name }}', wait_timeout: 2h}
-    retention: {keep_last: 3, keep_daily: 7, keep_weekly: 4, keep_monthly: 12, keep_within: 48h, min_keep: 1}
-`))
-	if err != nil {
-		b.Fatal(err)
-	}
-	live := make([]cloud.Server, servers)
-	for i := range live {
-		live[i] = cloud.Server{ID: fmt.Sprintf("srv-%05d", i), Name: fmt.Sprintf("srv-%05d", i), Status: "ACTIVE"}
-	}
-	mock := &cloudtest.Mock{
-		ListServersFunc: func(context.Context, cloud.Selector) ([]cloud.Server, error) { return live, nil },
-		// A plan reads each of the (50) deletions it shows from Glance; gone is the
-		// cheapest answer that still plans a deletion.
-		GetImageFunc: func(context.Context, string) (cloud.Image, error) {
-			return cloud.Image{}, fmt.Errorf("bench: %w", cloud.ErrNotFound)
-		},
-	}
-	r := NewRunner(NewShared(SharedOptions{Cloud: mock, Store: st, Limits: policy.Limits{RequestsPerSecond: 1000},
-		Now: clock.Now}), RunnerOptions{})
+	ret := planRetention(b, st, clock, servers, 1000,
+		"{keep_last: 3, keep_daily: 7, keep_weekly: 4, keep_monthly: 12, keep_within: 48h, min_keep: 1}",
+		func(int) bool { return true })
 
 	runtime.GC()
 	var peak atomic.Uint64
@@ -79,12 +59,12 @@ func BenchmarkPrunePlan(b *testing.B) {
 			}
 		}
 	}()
-	ret := NewRetention(r.sh, policy.NewCoordinator(cfg), RetentionOptions{})
 	b.ReportAllocs()
 	b.ResetTimer()
 	var rep *PruneReport
+	var err error
 	for b.Loop() {
-		rep, err = ret.Prune(ctx, cfg.Policies[0].Name, PruneOptions{DryRun: true})
+		rep, err = ret.Prune(ctx, "nightly", PruneOptions{DryRun: true})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -102,6 +82,40 @@ func BenchmarkPrunePlan(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(servers*perServer), "ns/row")
 	b.ReportMetric(float64(peak.Load())/(1<<20), "peak-heap-MB")
 	b.ReportMetric(float64(rep.Counts[PruneDelete]), "to-delete")
+}
+
+// planRetention is a Retention over st for one policy, nightly, with the given
+// retention rules (YAML flow), in a cloud where the servers srv-00000 onwards for
+// which live holds exist, calls go at rps, and every image to delete is already
+// gone from Glance (a plan reads each deletion it shows; gone is the cheapest
+// answer that still plans a deletion).
+func planRetention(tb testing.TB, st *store.Store, clock *storetest.Clock, servers int, rps float64, retention string,
+	live func(i int) bool) *Retention {
+	tb.Helper()
+	cfg, err := policy.Parse("plan.yaml", []byte(`policies:
+  - name: nightly
+    select: {tags: [backup=nightly]}
+    schedule: {cron: "30 2 * * *", timezone: Europe/Berlin}
+    image: {name: '{{ .Server.Name }}', wait_timeout: 2h}
+    retention: `+retention+"\n"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var up []cloud.Server
+	for i := range servers {
+		if live(i) {
+			up = append(up, cloud.Server{ID: fmt.Sprintf("srv-%05d", i), Name: fmt.Sprintf("srv-%05d", i), Status: "ACTIVE"})
+		}
+	}
+	mock := &cloudtest.Mock{
+		ListServersFunc: func(context.Context, cloud.Selector) ([]cloud.Server, error) { return up, nil },
+		GetImageFunc: func(context.Context, string) (cloud.Image, error) {
+			return cloud.Image{}, fmt.Errorf("plan fixture: %w", cloud.ErrNotFound)
+		},
+	}
+	r := NewRunner(NewShared(SharedOptions{Cloud: mock, Store: st, Limits: policy.Limits{RequestsPerSecond: rps},
+		Now: clock.Now}), RunnerOptions{})
+	return NewRetention(r.sh, policy.NewCoordinator(cfg), RetentionOptions{})
 }
 
 // loadRows bulk-inserts the lineage in one transaction, bypassing the store's

@@ -3,15 +3,11 @@ package scheduler
 import (
 	"context"
 	"database/sql"
-	"fmt"
 	"reflect"
 	"slices"
 	"testing"
 	"time"
 
-	"github.com/imagekeeper/imagekeeper/cloud"
-	"github.com/imagekeeper/imagekeeper/cloud/cloudtest"
-	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
 
@@ -57,31 +53,8 @@ func TestPrunePlanOverManyBatchesMatchesTheFullReport(t *testing.T) {
 		}
 	}
 
-	cfg, err := policy.Parse("plan.yaml", []byte(`policies:
-  - name: nightly
-    select: {tags: [backup=nightly]}
-    schedule: {cron: "30 2 * * *", timezone: Europe/Berlin}
-    image: {name: '{{ .Server.Name }}', wait_timeout: 2h}
-    retention: {keep_last: 3, keep_daily: 4, min_keep: 1, max_deletions_per_run: 300}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var live []cloud.Server
-	for i := range servers {
-		if i%9 != 0 { // every ninth server is gone
-			live = append(live, cloud.Server{ID: fmt.Sprintf("srv-%05d", i), Name: fmt.Sprintf("srv-%05d", i), Status: "ACTIVE"})
-		}
-	}
-	mock := &cloudtest.Mock{
-		ListServersFunc: func(context.Context, cloud.Selector) ([]cloud.Server, error) { return live, nil },
-		GetImageFunc: func(context.Context, string) (cloud.Image, error) {
-			return cloud.Image{}, fmt.Errorf("test: %w", cloud.ErrNotFound)
-		},
-	}
-	r := NewRunner(NewShared(SharedOptions{Cloud: mock, Store: st, Limits: policy.Limits{RequestsPerSecond: 100000},
-		Now: clock.Now}), RunnerOptions{})
-	ret := NewRetention(r.sh, policy.NewCoordinator(cfg), RetentionOptions{})
+	ret := planRetention(t, st, clock, servers, 100000, "{keep_last: 3, keep_daily: 4, min_keep: 1, max_deletions_per_run: 300}",
+		func(i int) bool { return i%9 != 0 }) // every ninth server is gone
 	full, err := ret.Prune(ctx, "nightly", PruneOptions{DryRun: true, Full: true})
 	if err != nil {
 		t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 	"github.com/imagekeeper/imagekeeper/cloud/simcloud"
 	"github.com/imagekeeper/imagekeeper/policy"
 	"github.com/imagekeeper/imagekeeper/store"
+	"github.com/imagekeeper/imagekeeper/store/storetest"
 )
 
 // TestRunSlotFiftyServers is the acceptance run: 50 mixed servers, two in ERROR, one
@@ -272,11 +273,27 @@ func TestFailures(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			h := newHarness(t, withWaitTimeout("1s"))
+			// The cloud's time moves only by what the Runner sleeps (between polls;
+			// within one, only sub-millisecond rate-limit waits), so a poll sees the
+			// cloud at one instant. On the wall clock, a poll that listed the
+			// volume-backed image just before it vanished (at 30 ms) and read its
+			// snapshots after they went to error (at 60 ms), which load makes
+			// possible, rightly reported the error instead of the vanishing.
+			cloudClock := storetest.NewClock(time.Now())
+			h := newHarness(t, withWaitTimeout("1s"), withSim(func(o *simcloud.Options) { o.Now = cloudClock.Now }))
 			good := h.sim.AddServer(simcloud.ServerSpec{Name: "ok", Tags: []string{"backup=daily"}, Volumes: tc.volumes})
 			bad := h.sim.AddServer(simcloud.ServerSpec{Name: "bad", Tags: []string{"backup=daily"}, Volumes: tc.volumes})
 			tc.arrange(h, bad)
-			rep, err := h.runner(nil).RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerScheduled)
+			r := h.runner(func(o *runnerOptions) {
+				o.Sleep = func(ctx context.Context, d time.Duration) error {
+					if err := sleepCtx(ctx, d); err != nil {
+						return err
+					}
+					cloudClock.Advance(d)
+					return nil
+				}
+			})
+			rep, err := r.RunSlot(context.Background(), h.cfg.Version, h.p, h.slot, TriggerScheduled)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -202,7 +202,12 @@ func TestDaemonStartsWithoutTheCloud(t *testing.T) {
 func TestDaemonStopsWhileWaitingForTheCloud(t *testing.T) {
 	e := newEnv(t, simcloud.Options{})
 	e.writeConfig(policyYAML("a", "@every 1h", "a", ""))
-	e.sim.Close() // nothing listens at the auth URL any more: connection refused
+	// Nothing listens at the auth URL: connection refused. (Closing the simulator
+	// would free its port for any other test's listener to take meanwhile.)
+	refused := strings.ReplaceAll(string(e.sim.CloudsYAML("sim")), e.sim.URL(), "http://"+refusedAddr(t))
+	if err := os.WriteFile(e.clouds, []byte(refused), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	listening := make(chan string, 1)
 	sigs := make(chan os.Signal, 1)
 	ctx, reload, abort := signalled(t, sigs)
