@@ -190,13 +190,40 @@ func yearKey(t time.Time) int64 {
 //
 // A nil loc means UTC. IDs are expected to be unique.
 func Retain(images []RetentionImage, r Retention, loc *time.Location, now time.Time) []Decision {
+	var rt Retainer
+	return rt.Retain(images, r, loc, now)
+}
+
+// Retainer is Retain with scratch memory kept from one call to the next: a caller
+// that decides many servers one after another (a prune over a million rows) then
+// allocates per server only the reason texts that carry data, not the order, the
+// rule masks, the decisions and their reasons' backing array every time. The zero
+// value is ready to use; a Retainer is not safe for concurrent use.
+type Retainer struct {
+	order   []int
+	masks   []uint8
+	out     []Decision
+	backing []string
+	seen    [5][]int64
+}
+
+// Retain is the package's Retain, and decides exactly the same. The decisions and
+// their Reasons slices live in the Retainer's memory: they are valid until the next
+// call, so a caller that keeps any of them past it must copy them (slices.Clone of
+// the Reasons; the strings themselves are never overwritten). A nil Retainer
+// allocates afresh, like Retain.
+func (rt *Retainer) Retain(images []RetentionImage, r Retention, loc *time.Location, now time.Time) []Decision {
 	if len(images) == 0 {
 		return nil
+	}
+	if rt == nil {
+		rt = &Retainer{}
 	}
 	if loc == nil {
 		loc = time.UTC
 	}
-	order := make([]int, len(images))
+	order := grow(rt.order, len(images))
+	rt.order = order
 	for i := range order {
 		order[i] = i
 	}
@@ -214,7 +241,9 @@ func Retain(images []RetentionImage, r Retention, loc *time.Location, now time.T
 	})
 
 	// Pass 1: which rules keep each good image that is not in the future.
-	masks := make([]uint8, len(images)) // by position in order
+	masks := grow(rt.masks, len(images)) // by position in order
+	rt.masks = masks
+	clear(masks)
 	lastRank := 0
 	keepLast := max(r.KeepLast, 0)
 	buckets := [...]struct {
@@ -227,6 +256,14 @@ func Retain(images []RetentionImage, r Retention, loc *time.Location, now time.T
 		{bucket{bit: ruleMonthly, left: max(r.KeepMonthly, 0)}, monthKey},
 		{bucket{bit: ruleYearly, left: max(r.KeepYearly, 0)}, yearKey},
 	}
+	for b := range buckets {
+		buckets[b].seen = rt.seen[b][:0]
+	}
+	defer func() {
+		for b := range buckets {
+			rt.seen[b] = buckets[b].seen
+		}
+	}()
 	var anchor time.Time // the newest good image that is not in the future
 	haveAnchor := false
 	keptGood := 0
@@ -279,8 +316,14 @@ func Retain(images []RetentionImage, r Retention, loc *time.Location, now time.T
 
 	// Pass 3: reasons. One backing array serves every decision's Reasons; each gets
 	// a full slice expression so that an append by a caller cannot clobber another's.
-	out := make([]Decision, len(images))
-	backing := make([]string, 0, 2*len(images))
+	out := grow(rt.out, len(images))
+	rt.out = out
+	backing := rt.backing[:0]
+	if cap(backing) < 2*len(images) {
+		backing = make([]string, 0, 2*len(images))
+	}
+	// Kept with whatever capacity the appends below grew it to.
+	defer func() { rt.backing = backing[:0] }()
 	lastRank = 0
 	var buf [64]byte
 	for k, i := range order {
@@ -358,6 +401,14 @@ func Retain(images []RetentionImage, r Retention, loc *time.Location, now time.T
 		out[k] = Decision{ImageID: img.ID, Keep: keep, Reasons: backing[start:end:end]}
 	}
 	return out
+}
+
+// grow returns a slice of length n, s's array when it is large enough.
+func grow[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
 }
 
 func failedReason(why string) string {

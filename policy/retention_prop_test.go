@@ -361,3 +361,20 @@ func orUnknown(s string) string {
 	}
 	return s
 }
+
+// TestRetainerReusedDecidesLikeRetain checks that a Retainer carried from one server
+// to the next (its scratch holding a previous, possibly larger, input's order,
+// masks, buckets and reasons) decides each input exactly as a fresh Retain does.
+func TestRetainerReusedDecidesLikeRetain(t *testing.T) {
+	var rt policy.Retainer
+	rapid.Check(t, func(t *rapid.T) {
+		for i, n := 0, rapid.IntRange(1, 4).Draw(t, "servers"); i < n; i++ {
+			c := genCase(t)
+			want := c.run()
+			got := rt.Retain(c.imgs, c.r, c.loc, c.now)
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("server %d: reused Retainer decided\n%+v\nfresh Retain decided\n%+v", i, got, want)
+			}
+		}
+	})
+}

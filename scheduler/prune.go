@@ -204,6 +204,9 @@ type pruner struct {
 	// server (a plan decides one server at a time).
 	retainIn []policy.RetentionImage
 	candBuf  []candRef
+	// retainer is Retain's scratch, reused likewise: its decisions' Reasons are
+	// only valid until the next server, so whatever keeps them clones them.
+	retainer policy.Retainer
 }
 
 // run plans, then (unless a dry run) executes the plan, and counts the outcome.

@@ -159,7 +159,8 @@ func (pr *pruner) plan(ctx context.Context) (*prunePlan, error) {
 				if ref.item >= 0 {
 					c.it = items[ref.item]
 				} else {
-					c.it = pr.candidateItem(*row, ref.reasons)
+					// ref.reasons is the retainer's, valid for this server only.
+					c.it = pr.candidateItem(*row, slices.Clone(ref.reasons))
 				}
 				if c.row.State == store.ImageDeleting {
 					if !pr.opts.Full {
@@ -326,9 +327,12 @@ func deletionLimit(ret policy.Retention) int {
 // retainServer is a policy's verdict on one server's images: Retain, then the
 // when_server_gone rule (keep: every image of a server that is gone or no longer
 // selected stays). The prune and the simulation both decide with it.
-func retainServer(images []policy.RetentionImage, ret policy.Retention, loc *time.Location, now time.Time,
-	gone bool) []policy.Decision {
-	ds := policy.Retain(images, ret, loc, now)
+//
+// rt is the scratch Retain decides with (nil: fresh memory); the decisions are
+// valid until its next use.
+func retainServer(rt *policy.Retainer, images []policy.RetentionImage, ret policy.Retention, loc *time.Location,
+	now time.Time, gone bool) []policy.Decision {
+	ds := rt.Retain(images, ret, loc, now)
 	if gone && ret.WhenServerGone != policy.ServerGoneApply {
 		for i := range ds {
 			if !ds[i].Keep {
@@ -455,7 +459,7 @@ func (pr *pruner) decideServer(rows []store.LineageRow, gone bool, count map[Pru
 		input = append(input, policy.RetentionImage{ID: retentionKey(i), Time: row.Slot, Status: st, FailReason: row.Reason,
 			RequestedAt: row.RequestedAt, FailedAt: row.FailedAt, LateUntil: row.LateUntil, WaitTimeout: wait})
 	}
-	decisions := retainServer(input, ret, pr.p.Location(), pr.now, gone)
+	decisions := retainServer(&pr.retainer, input, ret, pr.p.Location(), pr.now, gone)
 	minKeep := max(ret.MinKeep, 1)
 	if count == nil {
 		items = make([]PruneItem, 0, len(rows))
@@ -465,11 +469,11 @@ func (pr *pruner) decideServer(rows []store.LineageRow, gone bool, count map[Pru
 		if err != nil || ri < 0 || ri >= len(rows) {
 			panic(fmt.Sprintf("retention decided on an image it was not given: %q", d.ImageID))
 		}
-		row := rows[ri]
 		if d.Keep && count != nil {
 			count[PruneKeep]++
 			continue
 		}
+		row := &rows[ri]
 		var refused string
 		switch {
 		case d.Keep:
@@ -486,13 +490,13 @@ func (pr *pruner) decideServer(rows []store.LineageRow, gone bool, count map[Pru
 			ref := candRef{row: ri, item: -1, reasons: d.Reasons}
 			if count == nil {
 				ref.item = len(items)
-				items = append(items, pr.candidateItem(row, d.Reasons))
+				items = append(items, pr.candidateItem(*row, slices.Clone(d.Reasons)))
 			}
 			cands = append(cands, ref)
 			continue
 		}
-		it := pr.item(row)
-		it.Keep, it.Reasons, it.Action = d.Keep, d.Reasons, PruneKeep
+		it := pr.item(*row)
+		it.Keep, it.Reasons, it.Action = d.Keep, slices.Clone(d.Reasons), PruneKeep
 		if refused != "" {
 			it.Action = PruneRefused
 			it.Reasons = append(it.Reasons[:len(it.Reasons):len(it.Reasons)], refused)

@@ -109,7 +109,7 @@ func SimulateRetention(p *policy.Policy, servers []SimServer, existing map[strin
 			}
 			// The prune runs right after the slot's images are good, and decides as
 			// Prune does: a server no longer selected is a gone server.
-			for _, d := range retainServer(in, p.Retention, loc, slot, !selected[sid]) {
+			for _, d := range retainServer(nil, in, p.Retention, loc, slot, !selected[sid]) {
 				if !d.Keep {
 					cands = append(cands, SimDeletion{SimImage: byID[d.ImageID], Reasons: d.Reasons})
 				}
