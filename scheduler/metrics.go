@@ -223,10 +223,42 @@ func (c *ageCollector) DeletePartialMatch(labels prometheus.Labels) int {
 	return 1
 }
 
+// metricNamespace prefixes every metric name.
+const metricNamespace = "imagekeeper"
+
+// counterVec, gaugeVec, histogramVec and gauge build imagekeeper's metrics, so
+// that the namespace is spelt once and each metric reads as its name, help and labels.
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricNamespace, Name: name, Help: help}, labels)
+}
+
+func gaugeVec(name, help string, labels ...string) *prometheus.GaugeVec {
+	return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: metricNamespace, Name: name, Help: help}, labels)
+}
+
+func histogramVec(name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
+	return prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: metricNamespace, Name: name, Help: help, Buckets: buckets,
+	}, labels)
+}
+
+func gauge(name, help string) prometheus.Gauge {
+	return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metricNamespace, Name: name, Help: help})
+}
+
+// policyCounter and policyGauge build a vector labelled by policy first (the
+// label RemovePolicy deletes by), then by the given labels.
+func policyCounter(name, help string, labels ...string) *prometheus.CounterVec {
+	return counterVec(name, help, append([]string{"policy"}, labels...)...)
+}
+
+func policyGauge(name, help string) *prometheus.GaugeVec {
+	return gaugeVec(name, help, "policy")
+}
+
 // NewMetrics creates the metrics and registers them on reg. It panics if a metric
 // is already registered there (a programming error, as with MustRegister).
 func NewMetrics(reg prometheus.Registerer, build BuildInfo) *Metrics {
-	const ns = "imagekeeper"
 	m := &Metrics{
 		policies: map[string]bool{},
 		periods:  map[string]periodCache{},
@@ -234,126 +266,74 @@ func NewMetrics(reg prometheus.Registerer, build BuildInfo) *Metrics {
 
 		emptySeeded: map[string]bool{},
 		emptyAt:     map[string]time.Time{},
-		slots: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: ns, Name: "slots_total",
-			Help: "Scheduled slots by outcome (ran, caught_up, missed, skipped_overlap, failed, empty).",
-		}, []string{"policy", "outcome"}),
-		imagesCreated: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: ns, Name: "images_created_total",
-			Help: "Images requested by imagekeeper that ended good (active, all snapshots available), failed, or late_good (failed at wait_timeout, completed later).",
-		}, []string{"policy", "result"}),
-		serversSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: ns, Name: "servers_skipped_total",
-			Help: "Selected servers not imaged in a slot, by reason.",
-		}, []string{"policy", "reason"}),
-		createDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: ns, Name: "image_create_duration_seconds",
-			Help:    "Time from the createImage request to a good image (active, all volume snapshots available).",
-			Buckets: ImageCreateBuckets,
-		}, []string{"policy"}),
-		imagesDeleted: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: ns, Name: "images_deleted_total",
-			Help: "Image deletions by result (deleted, already_gone, protected, failed).",
-		}, []string{"policy", "result"}),
-		snapshotsDeleted: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: ns, Name: "snapshots_deleted_total",
-			Help: "Volume snapshot deletions by result (deleted, already_gone, in_use, failed).",
-		}, []string{"policy", "result"}),
-		images: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: ns, Name: "images",
-			Help: "Images imagekeeper manages, by lineage state.",
-		}, []string{"policy", "state"}),
-		leftover: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: ns, Name: "leftover_snapshots",
-			Help: "Volume snapshots whose image is deleted but which are still in the cloud.",
-		}),
-		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: ns, Name: "last_success_timestamp_seconds",
-			Help: "Unix time at which the policy's last successful slot run finished (every selected server imaged or skipped with a reason).",
-		}, []string{"policy"}),
-		nextSlot: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: ns, Name: "next_slot_timestamp_seconds",
-			Help: "Unix time of the policy's next scheduled slot.",
-		}, []string{"policy"}),
-		newestGoodAge: newAgeCollector(prometheus.NewDesc(ns+"_newest_good_image_age_seconds",
+		slots: policyCounter("slots_total",
+			"Scheduled slots by outcome (ran, caught_up, missed, skipped_overlap, failed, empty).", "outcome"),
+		imagesCreated: policyCounter("images_created_total",
+			"Images requested by imagekeeper that ended good (active, all snapshots available), failed, or late_good (failed at wait_timeout, completed later).", "result"),
+		serversSkipped: policyCounter("servers_skipped_total",
+			"Selected servers not imaged in a slot, by reason.", "reason"),
+		createDuration: histogramVec("image_create_duration_seconds",
+			"Time from the createImage request to a good image (active, all volume snapshots available).",
+			ImageCreateBuckets, "policy"),
+		imagesDeleted: policyCounter("images_deleted_total",
+			"Image deletions by result (deleted, already_gone, protected, failed).", "result"),
+		snapshotsDeleted: policyCounter("snapshots_deleted_total",
+			"Volume snapshot deletions by result (deleted, already_gone, in_use, failed).", "result"),
+		images: gaugeVec("images",
+			"Images imagekeeper manages, by lineage state.", "policy", "state"),
+		leftover: gauge("leftover_snapshots",
+			"Volume snapshots whose image is deleted but which are still in the cloud."),
+		lastSuccess: policyGauge("last_success_timestamp_seconds",
+			"Unix time at which the policy's last successful slot run finished (every selected server imaged or skipped with a reason)."),
+		nextSlot: policyGauge("next_slot_timestamp_seconds",
+			"Unix time of the policy's next scheduled slot."),
+		newestGoodAge: newAgeCollector(prometheus.NewDesc(metricNamespace+"_newest_good_image_age_seconds",
 			"Worst recovery point: age of the oldest, across the policy's live servers, of each server's newest good image.",
 			[]string{"policy"}, nil)),
-		schedulePeriod: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: ns, Name: "schedule_period_seconds",
-			Help: "Longest gap between consecutive slots of the policy's schedule over the coming week.",
-		}, []string{"policy"}),
-		serversSelected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: ns, Name: "servers_selected",
-			Help: "Servers the policy selected in its latest slot.",
-		}, []string{"policy"}),
-		serversNoGood: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: ns, Name: "servers_without_good_image",
-			Help: "Live servers of the policy that have no good image.",
-		}, []string{"policy"}),
-		emptySince: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: ns, Name: "selection_empty_since_timestamp_seconds",
-			Help: "Unix time of the first slot of the policy's current run of slots that selected no server; absent while its latest slot selected one.",
-		}, []string{"policy"}),
-		cloudRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: ns, Name: "cloud_requests_total",
-			Help: "Requests to the cloud API by service, operation and HTTP status (code=\"error\": no response).",
-		}, []string{"service", "operation", "code"}),
-		cloudDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: ns, Name: "cloud_request_duration_seconds",
-			Help:    "Duration of requests to the cloud API.",
-			Buckets: CloudRequestBuckets,
-		}, []string{"service", "operation"}),
-		reloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: ns, Name: "config_last_reload_successful",
-			Help: "Whether the last configuration load or reload succeeded (1) or failed (0).",
+		schedulePeriod: policyGauge("schedule_period_seconds",
+			"Longest gap between consecutive slots of the policy's schedule over the coming week."),
+		serversSelected: policyGauge("servers_selected",
+			"Servers the policy selected in its latest slot."),
+		serversNoGood: policyGauge("servers_without_good_image",
+			"Live servers of the policy that have no good image."),
+		emptySince: policyGauge("selection_empty_since_timestamp_seconds",
+			"Unix time of the first slot of the policy's current run of slots that selected no server; absent while its latest slot selected one."),
+		cloudRequests: counterVec("cloud_requests_total",
+			"Requests to the cloud API by service, operation and HTTP status (code=\"error\": no response).",
+			"service", "operation", "code"),
+		cloudDuration: histogramVec("cloud_request_duration_seconds",
+			"Duration of requests to the cloud API.", CloudRequestBuckets, "service", "operation"),
+		reloadOK: gauge("config_last_reload_successful",
+			"Whether the last configuration load or reload succeeded (1) or failed (0)."),
+		reloadTime: gauge("config_last_reload_success_timestamp_seconds",
+			"Unix time of the last successful configuration load or reload."),
+		cloudUp: gauge("cloud_up",
+			"Whether the cloud answered imagekeeper's last request (1), or it got no answer, a 5xx or a 401, or the daemon has not authenticated yet (0)."),
+		foreignStamped: gauge("foreign_stamped_images",
+			"Images in the cloud stamped with one of the config's policy names but another owner id (a lost lineage: see imagekeeper recover)."),
+		buildInfo: gaugeVec("build_info",
+			"A metric with a constant '1' value labelled by the build's version, revision and Go version.",
+			"version", "revision", "goversion"),
+		verifications: policyCounter("verifications_total",
+			"Restore drills by result: ok (booted to ACTIVE, console marker seen when set), failed (refused, ERROR), timeout.", "result"),
+		lastVerified: policyGauge("last_verified_timestamp_seconds",
+			"Unix time of the last successful restore drill of the policy."),
+		verifyDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: metricNamespace, Name: "verify_duration_seconds",
+			Help:    "Time from a restore drill's boot request to its result.",
+			Buckets: []float64{5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600},
 		}),
-		reloadTime: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: ns, Name: "config_last_reload_success_timestamp_seconds",
-			Help: "Unix time of the last successful configuration load or reload.",
-		}),
-		cloudUp: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: ns, Name: "cloud_up",
-			Help: "Whether the cloud answered imagekeeper's last request (1), or it got no answer, a 5xx or a 401, or the daemon has not authenticated yet (0).",
-		}),
-		foreignStamped: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: ns, Name: "foreign_stamped_images",
-			Help: "Images in the cloud stamped with one of the config's policy names but another owner id (a lost lineage: see imagekeeper recover).",
-		}),
-		buildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: ns, Name: "build_info",
-			Help: "A metric with a constant '1' value labelled by the build's version, revision and Go version.",
-		}, []string{"version", "revision", "goversion"}),
+		verifyPeriod: policyGauge("verify_period_seconds",
+			"Longest gap between consecutive restore drills of the policy's verify schedule over the coming week."),
+		lastVerifyOK: policyGauge("last_verify_success",
+			"1 when the policy's last restore drill booted its image, 0 when it failed or timed out."),
+		hookRuns: policyCounter("hook_runs_total",
+			"Application-consistency hook runs (image.hooks) by hook (pre, post) and result (ok, failed, timeout).",
+			"hook", "result"),
+		hookDuration: histogramVec("hook_duration_seconds",
+			"Run time of application-consistency hooks, by hook (pre, post).",
+			[]float64{0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600}, "policy", "hook"),
 	}
-	m.verifications = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns, Name: "verifications_total",
-		Help: "Restore drills by result: ok (booted to ACTIVE, console marker seen when set), failed (refused, ERROR), timeout.",
-	}, []string{"policy", "result"})
-	m.lastVerified = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: ns, Name: "last_verified_timestamp_seconds",
-		Help: "Unix time of the last successful restore drill of the policy.",
-	}, []string{"policy"})
-	m.verifyDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Namespace: ns, Name: "verify_duration_seconds",
-		Help:    "Time from a restore drill's boot request to its result.",
-		Buckets: []float64{5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600},
-	})
-	m.verifyPeriod = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: ns, Name: "verify_period_seconds",
-		Help: "Longest gap between consecutive restore drills of the policy's verify schedule over the coming week.",
-	}, []string{"policy"})
-	m.lastVerifyOK = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: ns, Name: "last_verify_success",
-		Help: "1 when the policy's last restore drill booted its image, 0 when it failed or timed out.",
-	}, []string{"policy"})
-	m.hookRuns = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns, Name: "hook_runs_total",
-		Help: "Application-consistency hook runs (image.hooks) by hook (pre, post) and result (ok, failed, timeout).",
-	}, []string{"policy", "hook", "result"})
-	m.hookDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: ns, Name: "hook_duration_seconds",
-		Help:    "Run time of application-consistency hooks, by hook (pre, post).",
-		Buckets: []float64{0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600},
-	}, []string{"policy", "hook"})
 	reg.MustRegister(m.hookRuns, m.hookDuration)
 	reg.MustRegister(m.verifications, m.lastVerified, m.verifyDuration, m.verifyPeriod, m.lastVerifyOK)
 	reg.MustRegister(m.slots, m.imagesCreated, m.serversSkipped, m.createDuration, m.imagesDeleted,
