@@ -161,7 +161,8 @@ func weekKey(t time.Time) int64 {
 }
 
 func monthKey(t time.Time) int64 {
-	return int64(t.Year())*100 + int64(t.Month())
+	y, m, _ := t.Date() // one zone lookup, not one for Year and one for Month
+	return int64(y)*100 + int64(m)
 }
 
 func yearKey(t time.Time) int64 {

@@ -15,7 +15,13 @@ import (
 //	go test ./policy -run '^$' -bench RetainMillion -benchmem -count 3
 //
 // The store query that feeds it is measured in scheduler (BenchmarkPrunePlan).
-func BenchmarkRetainMillion(b *testing.B) {
+// BenchmarkRetainerMillion is the same with one Retainer reused for every server,
+// as the prune decides.
+func BenchmarkRetainMillion(b *testing.B) { benchRetainMillion(b, nil) }
+
+func BenchmarkRetainerMillion(b *testing.B) { benchRetainMillion(b, &policy.Retainer{}) }
+
+func benchRetainMillion(b *testing.B, rt *policy.Retainer) {
 	const servers, perServer = 10_000, 100
 	loc, err := time.LoadLocation("Europe/Berlin")
 	if err != nil {
@@ -41,7 +47,7 @@ func BenchmarkRetainMillion(b *testing.B) {
 	for b.Loop() {
 		deleted = 0
 		for _, h := range histories {
-			for _, d := range policy.Retain(h, r, loc, now) {
+			for _, d := range rt.Retain(h, r, loc, now) {
 				if !d.Keep {
 					deleted++
 				}

@@ -235,20 +235,25 @@ func (pr *pruner) readBatches(ctx context.Context, serverIDs []string) (<-chan r
 	// A buffer's first batch sizes it for the next: rows per server so far times a
 	// batch (growing 4 MB buffers by appending copied them over and over).
 	var rowsRead, serversRead atomic.Int64
+	// A pooled buffer from an earlier plan is replaced likewise when it is smaller.
 	sized := func(rows []store.LineageRow) []store.LineageRow {
-		if s := serversRead.Load(); rows == nil && s > 0 {
-			return make([]store.LineageRow, 0, rowsRead.Load()*pruneBatch/s+pruneBatch)
+		if s := serversRead.Load(); s > 0 {
+			if want := rowsRead.Load()*pruneBatch/s + pruneBatch; int64(cap(rows)) < want {
+				return make([]store.LineageRow, 0, want+want/8)
+			}
 		}
 		return rows[:0]
 	}
 	lanes := make([]chan rowBatch, pruneReaders)
+	frees := make([]chan []store.LineageRow, pruneReaders)
 	var wg sync.WaitGroup
 	for k := range lanes {
 		lane := make(chan rowBatch, 1)
 		lanes[k] = lane
 		free := make(chan []store.LineageRow, 2)
-		free <- nil
-		free <- nil
+		free <- pooledRows()
+		free <- pooledRows()
+		frees[k] = free
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -311,7 +316,39 @@ func (pr *pruner) readBatches(ctx context.Context, serverIDs []string) (<-chan r
 		for range out { // wait for the merge
 		}
 		wg.Wait() // and for the readers: they may be in a query
+		// The buffers handed back go to the next plan; one still held by the caller
+		// (an error cut the loop short) is left to the collector.
+		for _, free := range frees {
+			for len(free) > 0 {
+				putRows(<-free)
+			}
+		}
 	}
+}
+
+// rowBuffers holds row buffers (*[]store.LineageRow) from one plan to the next: a
+// plan over a million rows would otherwise allocate and grow four 4 MB buffers
+// every time.
+var rowBuffers sync.Pool
+
+// pooledRows returns an empty row buffer from rowBuffers, or nil.
+func pooledRows() []store.LineageRow {
+	if p, ok := rowBuffers.Get().(*[]store.LineageRow); ok {
+		return (*p)[:0]
+	}
+	return nil
+}
+
+// putRows gives rows to rowBuffers, cleared so that the pool keeps no row's
+// strings (and the query results they are cut from) alive.
+func putRows(rows []store.LineageRow) {
+	if cap(rows) == 0 {
+		return
+	}
+	rows = rows[:cap(rows)]
+	clear(rows)
+	rows = rows[:0]
+	rowBuffers.Put(&rows)
 }
 
 // deletionLimit is the max_deletions_per_run cap of a retention: new deletions

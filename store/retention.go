@@ -196,6 +196,14 @@ func newestFirst(a, b LineageRow) int {
 	return cmp.Compare(a.Row, b.Row)
 }
 
+// sortsBefore reports whether r comes before the row (slot, id) in newestFirst order.
+func sortsBefore(r *LineageRow, slot time.Time, id int64) bool {
+	if c := slot.Compare(r.Slot); c != 0 {
+		return c < 0
+	}
+	return r.Row < id
+}
+
 // startServer parses a server's packed other rows into u.recs, newest first.
 func (u *unpacker) startServer(records, server string) error {
 	u.recs, u.next = u.recs[:0], 0
@@ -225,19 +233,22 @@ func (u *unpacker) good(dst []LineageRow, server, owner, ids, slots string) ([]L
 			return dst, fmt.Errorf("bad row id: %w", err)
 		}
 		slot := nextField(&slots)
-		r := LineageRow{Row: id, Policy: u.policy, ServerID: server, Owner: owner, State: ImageGood}
-		var ok bool
-		if r.Slot, ok = u.slots[slot]; !ok {
-			if r.Slot, err = packedTime(slot); err != nil {
+		t, ok := u.slots[slot]
+		if !ok {
+			if t, err = packedTime(slot); err != nil {
 				return dst, fmt.Errorf("row %d: %w", id, err)
 			}
-			u.slots[slot] = r.Slot
+			u.slots[slot] = t
 		}
-		for u.next < len(u.recs) && newestFirst(u.recs[u.next], r) < 0 {
+		for u.next < len(u.recs) && sortsBefore(&u.recs[u.next], t, id) {
 			dst = append(dst, u.recs[u.next])
 			u.next++
 		}
-		dst = append(dst, r)
+		// Filled in place: a 320-byte row built aside and copied in cost more than
+		// the fields it has.
+		dst = append(dst, LineageRow{})
+		r := &dst[len(dst)-1]
+		r.Row, r.Policy, r.ServerID, r.Owner, r.State, r.Slot = id, u.policy, server, owner, ImageGood, t
 	}
 	if slots != "" {
 		return dst, fmt.Errorf("%d more slots than row ids", strings.Count(slots, ",")+1)
