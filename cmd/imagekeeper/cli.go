@@ -127,6 +127,25 @@ func (c *common) viaDaemon(ctx context.Context, cmd *cobra.Command, args []strin
 	return true, nil
 }
 
+// daemonForwarder is the options of a command that a daemon serving the lineage
+// runs in its place (they embed *common, whose viaDaemon does the forwarding).
+type daemonForwarder interface {
+	viaDaemon(ctx context.Context, cmd *cobra.Command, args []string) (handled bool, err error)
+}
+
+// inDaemonOr returns the RunE of a command that runs in the daemon when one serves
+// the lineage and runs local in this process otherwise. It takes the options, not
+// their *common, because the command literal is built before the options' common is
+// set: the forwarding is resolved when the command runs.
+func inDaemonOr(o daemonForwarder, local func(cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		if handled, err := o.viaDaemon(cmd.Context(), cmd, args); handled {
+			return err
+		}
+		return local(cmd, args)
+	}
+}
+
 // withOutput registers -o/--output; complete rejects anything but table or json.
 func (c *common) withOutput() *common {
 	c.flags.StringVarP(&c.output, "output", "o", outputTable, "output format: table or json")

@@ -34,12 +34,9 @@ a prune could not decide or a guard rail refused a deletion.`,
 		Example: `  imagekeeper prune --dry-run
   imagekeeper prune --policy web-daily -o json`,
 		Args: noArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if handled, err := o.viaDaemon(cmd.Context(), cmd, args); handled {
-				return err
-			}
+		RunE: inDaemonOr(o, func(cmd *cobra.Command, args []string) error {
 			return runPrune(cmd.Context(), m, o)
-		},
+		}),
 	}
 	o.common = newCommon(m, cmd).withConfig().withOutput().withLogs("warn")
 	f := cmd.Flags()

@@ -33,12 +33,9 @@ never touched. When a daemon serves the lineage, the daemon does the work.`,
 		Example: `  imagekeeper reconcile
   imagekeeper reconcile --fix -o json`,
 		Args: noArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if handled, err := o.viaDaemon(cmd.Context(), cmd, args); handled {
-				return err
-			}
+		RunE: inDaemonOr(o, func(cmd *cobra.Command, args []string) error {
 			return runReconcile(cmd.Context(), m, o)
-		},
+		}),
 	}
 	o.common = newCommon(m, cmd).withConfig().withOutput().withLogs("warn")
 	cmd.Flags().BoolVar(&o.fix, "fix", false, "mark rows whose image is gone, adopt what is provably ours and delete leftover snapshots (default: report only, change nothing)")

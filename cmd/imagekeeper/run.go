@@ -50,12 +50,9 @@ reason, 1 otherwise.`,
   imagekeeper run --policy web-daily --slot 2026-11-30T03:00:00Z
   imagekeeper run --policy web-daily --quiet --no-prune`,
 		Args: noArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if handled, err := o.viaDaemon(cmd.Context(), cmd, args); handled {
-				return err
-			}
+		RunE: inDaemonOr(o, func(cmd *cobra.Command, args []string) error {
 			return runBackup(cmd.Context(), m, o)
-		},
+		}),
 	}
 	o.common = newCommon(m, cmd).withConfig().withLogs("warn")
 	f := cmd.Flags()

@@ -36,12 +36,9 @@ validates.`,
 		Example: `  imagekeeper status
   imagekeeper status --state /var/lib/imagekeeper/lineage.db -o json`,
 		Args: noArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if handled, err := o.viaDaemon(cmd.Context(), cmd, args); handled {
-				return err
-			}
+		RunE: inDaemonOr(o, func(cmd *cobra.Command, args []string) error {
 			return runStatus(cmd.Context(), m, o)
-		},
+		}),
 	}
 	o.common = newCommon(m, cmd).withConfig().withState().withOutput()
 	return cmd
