@@ -533,12 +533,14 @@ func (f ImageFilter) query(columns string) (string, []any) {
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
-	if len(f.States) > 0 || !f.Slot.IsZero() {
+	if f.ServerID == "" && (len(f.States) > 0 || !f.Slot.IsZero()) {
 		// A state or slot filter is selective: its index (images_policy_state,
 		// images_policy_slot, images_state) finds the few rows and they are sorted
 		// after. Without the unary +, SQLite picks the (policy, server_id, slot)
 		// index because it gives the order, and walks a policy's whole lineage to
-		// find them.
+		// find them. With a server that index is the right one (one server's rows):
+		// the unary + would send SQLite to images_policy_state, which during a slot
+		// holds every in-flight row of the policy, read once per server.
 		q += " ORDER BY +policy, +server_id, +slot, +id"
 	} else {
 		q += " ORDER BY policy, server_id, slot, id"

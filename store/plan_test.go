@@ -46,6 +46,8 @@ func TestHotQueriesUseTheirIndexes(t *testing.T) {
 	settle, settleArgs := ImageFilter{Policy: "p", States: []ImageState{ImageRequested, ImageCreating}}.query(imageColumns)
 	ofSlot, ofSlotArgs := ImageFilter{Policy: "p", Slot: slot}.query(imageColumns)
 	inFlight, inFlightArgs := ImageFilter{States: []ImageState{ImageCreating, ImageRequested}}.query(imageColumns)
+	serverInFlight, serverInFlightArgs := ImageFilter{Policy: "p", ServerID: "s",
+		States: []ImageState{ImageRequested, ImageCreating}}.query(imageColumns)
 	var liveArgs []any
 	for _, st := range LiveStates {
 		liveArgs = append(liveArgs, string(st))
@@ -65,6 +67,8 @@ func TestHotQueriesUseTheirIndexes(t *testing.T) {
 		{"leftover snapshots", countLeftoverSnapshots, nil, []string{"SEARCH sn USING INDEX snapshots_state (state=?)"}},
 		{"settle: a policy's rows in progress", settle, settleArgs, []string{"USING INDEX images_policy_state (policy=? AND state=?)"}},
 		{"a run's rows of its slot", ofSlot, ofSlotArgs, []string{"USING INDEX images_policy_slot (policy=? AND slot=?)"}},
+		{"a server's rows in progress (before each createImage)", serverInFlight, serverInFlightArgs,
+			[]string{"(policy=? AND server_id=?)"}},
 		{"every row in progress (resume)", inFlight, inFlightArgs, []string{"USING INDEX images_state (state=?)"}},
 		{"live rows (reconcile)", liveLineageQuery, liveArgs, []string{"USING INDEX images_state (state=?)"}},
 		{"compaction candidates", compactCandidates, []any{"2026-01-01", 200}, []string{"USING COVERING INDEX images_deleted_at (deleted_at<?)"}},
