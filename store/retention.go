@@ -79,9 +79,18 @@ func (s *Store) AppendRetentionRows(ctx context.Context, dst []LineageRow, polic
 	for _, id := range serverIDs {
 		args = append(args, id)
 	}
+	// Both queries read one snapshot of the lineage: between two autocommit reads a
+	// row can change kind (a late image promoted from failed to good, a wait's
+	// creating row marked good) and would be read twice, once of each kind, or not
+	// at all.
+	tx, err := s.reader().BeginTx(ctx, nil)
+	if err != nil {
+		return dst, fmt.Errorf("list retention rows of %s: %w", policy, err)
+	}
+	defer tx.Rollback() // read only: nothing to keep
 	// The other rows first: few, held per server until that server's good rows.
 	var others []serverRecords
-	err := s.queryRows(ctx, retentionOtherQuery(len(serverIDs)), args, func(rows *sql.Rows) error {
+	err = queryRows(ctx, tx, retentionOtherQuery(len(serverIDs)), args, func(rows *sql.Rows) error {
 		var sr serverRecords
 		if err := rows.Scan(&sr.server, &sr.records); err != nil {
 			return err
@@ -116,7 +125,10 @@ func (s *Store) AppendRetentionRows(ctx context.Context, dst []LineageRow, polic
 		}
 		return nil
 	}
-	err = s.queryRows(ctx, retentionGoodQuery(len(serverIDs)), args[1:], func(rows *sql.Rows) error {
+	if betweenRetentionQueries != nil {
+		betweenRetentionQueries()
+	}
+	err = queryRows(ctx, tx, retentionGoodQuery(len(serverIDs)), args[1:], func(rows *sql.Rows) error {
 		var server, owner, ids, slots string
 		if err := rows.Scan(&server, &owner, &ids, &slots); err != nil {
 			return err
@@ -141,9 +153,13 @@ func (s *Store) AppendRetentionRows(ctx context.Context, dst []LineageRow, polic
 	return dst, nil
 }
 
-// queryRows runs q on the read pool and calls each for every row.
-func (s *Store) queryRows(ctx context.Context, q string, args []any, each func(*sql.Rows) error) error {
-	rows, err := s.reader().QueryContext(ctx, q, args...)
+// betweenRetentionQueries, when set (by tests), runs between AppendRetentionRows'
+// two queries: where a concurrent write would fall.
+var betweenRetentionQueries func()
+
+// queryRows runs q in tx and calls each for every row.
+func queryRows(ctx context.Context, tx *sql.Tx, q string, args []any, each func(*sql.Rows) error) error {
+	rows, err := tx.QueryContext(ctx, q, args...)
 	if err != nil {
 		return err
 	}

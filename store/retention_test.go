@@ -132,3 +132,40 @@ func TestReadPoolCacheSize(t *testing.T) {
 		t.Errorf("write connection cache_size = %d, %v; want SQLite's -2000", n, err)
 	}
 }
+
+// TestRetentionRowsReadOneSnapshot changes a row's kind between the two queries of
+// AppendRetentionRows, as a late image promoted to good does while a prune plans:
+// read outside one snapshot, the row came back twice (failed, then good).
+func TestRetentionRowsReadOneSnapshot(t *testing.T) {
+	ctx := context.Background()
+	f := newMetricsFixture(t)
+	sl := f.slot("web", day(22, 2, 30), OutcomeRan, 2, 0)
+	late := f.image(sl, "a", "failed", sl.Slot)
+	f.image(sl, "b", "good", sl.Slot)
+	if _, err := f.s.db.Exec(`UPDATE images SET failure = 'timeout', reason = 'timed out', late_until = ? WHERE id = ?`,
+		fmtTime(day(23, 2, 30)), late); err != nil {
+		t.Fatal(err)
+	}
+	betweenRetentionQueries = func() {
+		if _, err := f.s.db.Exec(`UPDATE images SET state = 'good', failure = '', reason = '' WHERE id = ?`, late); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Cleanup(func() { betweenRetentionQueries = nil })
+	got, err := f.s.AppendRetentionRows(ctx, nil, "web", []string{"a", "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int64]int{}
+	for _, r := range got {
+		seen[r.Row]++
+	}
+	if len(got) != 2 || seen[late] != 1 {
+		t.Fatalf("rows %+v: want each of the two rows once", got)
+	}
+	for _, r := range got {
+		if r.Row == late && r.State != ImageFailed {
+			t.Errorf("row %d read as %s: the snapshot taken at the first query says failed", late, r.State)
+		}
+	}
+}
